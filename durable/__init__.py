@@ -1,0 +1,65 @@
+"""durable: durable state machines on PostgreSQL, for trio."""
+
+from .client import Database, Event, Instance, connect
+from .clock import Clock, DatabaseClock, VirtualClock
+from .codec import State
+from .context import ChildInfo, Context, Signal
+from .errors import (
+    DatabaseUnavailable,
+    DefinitionError,
+    DurableError,
+    NoSuchInstance,
+    NotDeliverable,
+    OutcomeError,
+    SchemaError,
+    StateError,
+    UnknownMachine,
+    UnknownStep,
+)
+from .machine import Machine, Registry, job, step
+from .migrate import migrate, migrated_version
+from .outcomes import UNCHANGED, Await, Cancel, Child, Done, Insert, Next, Retry, Spawn, Stop
+from .runtime import Runtime
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNCHANGED",
+    "Await",
+    "Cancel",
+    "Child",
+    "ChildInfo",
+    "Clock",
+    "Context",
+    "Database",
+    "DatabaseClock",
+    "DatabaseUnavailable",
+    "DefinitionError",
+    "Done",
+    "DurableError",
+    "Event",
+    "Insert",
+    "Instance",
+    "Machine",
+    "Next",
+    "NoSuchInstance",
+    "NotDeliverable",
+    "OutcomeError",
+    "Registry",
+    "Retry",
+    "Runtime",
+    "SchemaError",
+    "Signal",
+    "Spawn",
+    "State",
+    "StateError",
+    "Stop",
+    "UnknownMachine",
+    "UnknownStep",
+    "VirtualClock",
+    "connect",
+    "job",
+    "migrate",
+    "migrated_version",
+    "step",
+]

@@ -1,0 +1,176 @@
+"""The one module that owns the trio <-> asyncio boundary: asyncpg under trio through trio-asyncio.
+
+Every statement goes through :class:`Pool` by its :class:`~durable.sql.Query` (never raw text), so
+statements can be counted per name and passed one at a time through a gate (the simulator's hook).
+Driver errors are mapped here: an unreachable server becomes :class:`~durable.errors.DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from .errors import DatabaseUnavailable
+from .sql import Query
+
+T = TypeVar("T")
+Record = asyncpg.Record
+
+
+class Gate(Protocol):
+    """Wraps every database call; the simulator serializes calls and injects faults here."""
+
+    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T: ...
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for error messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+
+
+_UNREACHABLE = (
+    OSError,
+    ConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
+
+def _aio(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    return trio_asyncio.aio_as_trio(fn)  # type: ignore[no-any-return]
+
+
+class Conn:
+    """One connection, inside a transaction opened by :meth:`Pool.transaction`."""
+
+    def __init__(self, pool: Pool, raw: asyncpg.Connection) -> None:
+        self._pool = pool
+        self.raw = raw
+
+    async def fetch(self, q: Query, *args: Any) -> list[Record]:
+        return await self._pool._run(q, self.raw.fetch, args)
+
+    async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        return await self._pool._run(q, self.raw.fetchrow, args)
+
+    async def fetchval(self, q: Query, *args: Any) -> Any:
+        return await self._pool._run(q, self.raw.fetchval, args)
+
+    async def execute(self, q: Query, *args: Any) -> str:
+        return await self._pool._run(q, self.raw.execute, args)
+
+
+class _Direct:
+    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        return await run()
+
+
+class Pool:
+    """An asyncpg pool whose connections use ``search_path = <schema>``; all calls are trio calls."""
+
+    def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str) -> None:
+        self.raw = raw
+        self.dsn = dsn
+        self.schema = schema
+        self.gate: Gate = _Direct()
+        self.statement_counts: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+        try:
+            raw = await _aio(asyncpg.create_pool)(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                server_settings={"search_path": f"{schema},public", "application_name": "durable"},
+                statement_cache_size=256,
+            )
+        except _UNREACHABLE as exc:
+            raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
+        assert raw is not None
+        return cls(raw, dsn, schema)
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(10) as scope:
+                await _aio(self.raw.close)()
+            if scope.cancelled_caught:
+                self.raw.terminate()
+
+    async def _run(self, q: Query, method: Callable[..., Awaitable[T]], args: Sequence[Any]) -> T:
+        self.statement_counts[q.name] += 1
+
+        async def run() -> T:
+            try:
+                return await _aio(method)(q.text, *args)
+            except _UNREACHABLE as exc:
+                raise DatabaseUnavailable(f"lost PostgreSQL at {redact(self.dsn)}: {exc}") from exc
+
+        return await self.gate.call(q.name, run)
+
+    async def fetch(self, q: Query, *args: Any) -> list[Record]:
+        return await self._run(q, self.raw.fetch, args)
+
+    async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        return await self._run(q, self.raw.fetchrow, args)
+
+    async def fetchval(self, q: Query, *args: Any) -> Any:
+        return await self._run(q, self.raw.fetchval, args)
+
+    async def execute(self, q: Query, *args: Any) -> str:
+        return await self._run(q, self.raw.execute, args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A connection in a transaction: commit on success, rollback on error or cancellation.
+        Commit, rollback and release are shielded so a cancelled caller never leaks a connection."""
+        raw = await _aio(self.raw.acquire)()
+        try:
+            tx = raw.transaction()
+            await _aio(tx.start)()
+            try:
+                yield Conn(self, raw)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await _aio(tx.rollback)()
+                raise
+            else:
+                with trio.CancelScope(shield=True):
+                    await _aio(tx.commit)()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aio(self.raw.release)(raw)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A pooled connection outside any transaction (for LISTEN or session-level work)."""
+        raw = await _aio(self.raw.acquire)()
+        try:
+            yield Conn(self, raw)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aio(self.raw.release)(raw)
+
+
+@asynccontextmanager
+async def asyncio_loop() -> AsyncIterator[None]:
+    """Open a trio-asyncio loop unless one is already running in this trio task tree."""
+    try:
+        trio_asyncio.current_loop.get()
+        running = trio_asyncio.current_loop.get() is not None
+    except LookupError:
+        running = False
+    if running:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield

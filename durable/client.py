@@ -1,0 +1,319 @@
+"""The client API: connect, insert, insert_many, signal, get, history, cancel, retry.
+
+    async with durable.connect() as db:          # no DSN: the embedded server
+        iid = await db.insert(Checkout, {"order": 42}, partition_key="order:42")
+        await db.signal(iid, "payment_confirmed", {"amount": 100}, dedup_key="evt-7")
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import codec, tracing
+from ._pg import Pool, asyncio_loop
+from .clock import Clock, DatabaseClock
+from .embedded import resolve_dsn
+from .errors import DefinitionError, NoSuchInstance, NotDeliverable
+from .machine import Machine, Registry, check_insert
+from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
+from .outcomes import NON_TERMINAL, Insert, seconds
+from .sql import Q
+
+DEFAULT_SCHEMA = "durable"
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One instance as stored, with its inbox and children."""
+
+    id: int
+    machine: str
+    version: int
+    step: str
+    status: str
+    state: Any
+    result: Any
+    awaits: str | None
+    queue: str
+    priority: int
+    partition_key: str | None
+    eligible_at: datetime
+    attempt: int
+    last_error: str | None
+    worker_id: str | None
+    lease_token: int | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    parent_id: int | None
+    children_pending: int
+    unique_key: str | None
+    unique_scope: list[str]
+    traceparent: str | None
+    inserted_at: datetime
+    updated_at: datetime
+    inbox: list[dict[str, Any]] = field(default_factory=list)
+    children: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One history row."""
+
+    id: int
+    instance_id: int
+    machine: str
+    event: str
+    step: str | None
+    attempt: int | None
+    status: str | None
+    worker_id: str | None
+    lease_token: int | None
+    detail: Any
+    at: datetime
+
+
+class InsertColumns:
+    """Insert specs turned into the parallel arrays of ``insert_instances`` / ``complete``'s children."""
+
+    def __init__(self) -> None:
+        self.machine: list[str] = []
+        self.version: list[int] = []
+        self.step: list[str] = []
+        self.state: list[str] = []
+        self.queue: list[str] = []
+        self.priority: list[int] = []
+        self.partition_key: list[str | None] = []
+        self.unique_key: list[str | None] = []
+        self.scope: list[str] = []
+        self.eligible_at: list[datetime | None] = []
+        self.traceparent: list[str | None] = []
+        self.tracestate: list[str | None] = []
+        self.delay: list[float | None] = []
+
+    def __len__(self) -> int:
+        return len(self.machine)
+
+    def add(self, spec: Insert, registry: Registry | None, where: str) -> None:
+        check_insert(spec, where)
+        m = spec.machine
+        if isinstance(m, str):
+            cls = registry.latest(m) if registry is not None and spec.step is None else None
+            if cls is None and spec.step is None:
+                raise DefinitionError(f"{where}: machine {m!r} is given by name: pass step= or register it")
+            name = m
+            version = spec.version or (cls.version if cls else 1)
+            step = spec.step or (cls.initial if cls else "")
+            queue = spec.queue or (cls.queue if cls else "default")
+            state_cls = cls.State if cls else None
+        elif isinstance(m, type) and issubclass(m, Machine) and m.steps:
+            name, version = m.name, spec.version or m.version
+            step = spec.step or m.initial
+            if step not in m.steps:
+                raise DefinitionError(f"{where}: machine {m.name} has no step {step!r}")
+            queue = spec.queue or m.queue
+            state_cls = m.State
+        else:
+            raise DefinitionError(f"{where}: {m!r} is not a machine (a Machine subclass, a @job or a name)")
+        state = spec.state
+        if state is None:
+            state = {} if state_cls is not None else None
+        if state_cls is not None and isinstance(state, dict):
+            state = codec.decode_state(state_cls, codec.encode(state, f"{where}: state"), f"{where}: state")
+        self.machine.append(name)
+        self.version.append(version)
+        self.step.append(step)
+        self.state.append(codec.encode(state, f"{where}: state of {name}"))
+        self.queue.append(queue)
+        self.priority.append(spec.priority or 0)
+        self.partition_key.append(spec.partition_key)
+        self.unique_key.append(spec.unique_key)
+        scope = spec.unique_scope if spec.unique_scope is not None else NON_TERMINAL
+        self.scope.append("{" + ",".join(scope) + "}" if spec.unique_key is not None else "{}")
+        self.eligible_at.append(spec.schedule_at)
+        self.delay.append(seconds(spec.schedule_in, f"{where}: schedule_in") if spec.schedule_in else None)
+        parent, state_ = tracing.current_context_headers()
+        self.traceparent.append(parent)
+        self.tracestate.append(state_)
+
+
+class Database:
+    """A connection pool to one durable schema. Create with :func:`connect`."""
+
+    def __init__(self, pool: Pool, *, clock: Clock, registry: Registry) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.registry = registry
+        self._wakers: dict[str, list[Callable[[], None]]] = defaultdict(list)
+
+    @property
+    def schema(self) -> str:
+        return self.pool.schema
+
+    # -- local wake-ups: an insert in this process wakes this process's schedulers at once
+    def add_waker(self, queue: str, wake: Callable[[], None]) -> None:
+        self._wakers[queue].append(wake)
+
+    def remove_waker(self, queue: str, wake: Callable[[], None]) -> None:
+        if wake in self._wakers.get(queue, []):
+            self._wakers[queue].remove(wake)
+
+    def wake(self, queues: Iterable[str | None]) -> None:
+        for q in set(queues):
+            if q is not None:
+                for w in self._wakers.get(q, ()):
+                    w()
+
+    async def migrate(self) -> list[int]:
+        return await migrate(self.pool)
+
+    async def migrated_version(self) -> int:
+        return await migrated_version(self.pool)
+
+    async def insert(
+        self,
+        machine: type[Machine] | str,
+        state: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        partition_key: str | None = None,
+        unique_key: str | None = None,
+        unique_scope: Sequence[str] | None = None,
+        schedule_at: datetime | None = None,
+        schedule_in: float | timedelta | None = None,
+        step: str | None = None,
+        version: int | None = None,
+    ) -> int | None:
+        """Insert one instance; returns its id, or None when its unique key is occupied."""
+        spec = Insert(machine, state, queue, priority, partition_key, unique_key, unique_scope,
+                      schedule_at, schedule_in, step, version)
+        return (await self.insert_many([spec]))[0]
+
+    async def insert_many(self, specs: Iterable[Insert]) -> list[int | None]:
+        """Insert a batch in one statement; per input, the new id or None for a duplicate unique key
+        (against existing rows or an earlier row of the same batch)."""
+        cols = InsertColumns()
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, Insert):
+                raise DefinitionError(f"insert_many: item #{i} is {spec!r}, not a durable.Insert")
+            cols.add(spec, self.registry, f"insert #{i}")
+        if not cols:
+            return []
+        rows = await self.pool.fetch(
+            Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue,
+            cols.priority, cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at,
+            cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
+        )
+        ids = [r["id"] for r in rows]
+        self.wake(q for q, i in zip(cols.queue, ids, strict=True) if i is not None)
+        return ids
+
+    async def signal(
+        self, instance_id: int, name: str, payload: Any = None, *, dedup_key: str | None = None
+    ) -> int | None:
+        """Deliver a durable signal; returns its id, or None when ``dedup_key`` was already delivered.
+        Raises NoSuchInstance for an unknown id and NotDeliverable for a terminal instance."""
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"signal name must be a non-empty string, not {name!r}")
+        body = codec.encode(payload, f"payload of signal {name!r}")
+        parent, _ = tracing.current_context_headers()
+        row = await self.pool.fetchrow(
+            Q.deliver_signal, instance_id, name, body, dedup_key, parent, self.clock.now()
+        )
+        if row is None:
+            raise NoSuchInstance(f"no instance with id {instance_id}")
+        if row["signal_id"] is None and row["before"] in ("done", "failed", "cancelled"):
+            raise NotDeliverable(f"instance {instance_id} is {row['before']}: signal {name!r} not stored")
+        if row["after"] == "runnable":
+            self.wake([row["queue"]])
+        return row["signal_id"]  # type: ignore[no-any-return]
+
+    async def get(self, instance_id: int) -> Instance:
+        row = await self.pool.fetchrow(Q.get_instance, instance_id)
+        if row is None:
+            raise NoSuchInstance(f"no instance with id {instance_id}")
+        inbox = await self.pool.fetch(Q.get_inbox, instance_id)
+        children = await self.pool.fetch(Q.get_children, instance_id)
+        data = dict(row)
+        data["state"] = codec.decode(data["state"])
+        data["result"] = codec.decode(data["result"])
+        data.pop("signal_seq", None)
+        data.pop("tracestate", None)
+        return Instance(
+            **data,
+            inbox=[{**dict(s), "payload": codec.decode(s["payload"])} for s in inbox],
+            children=[
+                {**dict(c), "state": codec.decode(c["state"]), "result": codec.decode(c["result"])}
+                for c in children
+            ],
+        )
+
+    async def history(self, instance_id: int) -> list[Event]:
+        rows = await self.pool.fetch(Q.get_history, instance_id)
+        return [
+            Event(
+                id=r["id"], instance_id=r["instance_id"], machine=r["machine"], event=r["event"],
+                step=r["step"], attempt=r["attempt"], status=r["status"], worker_id=r["worker_id"],
+                lease_token=r["lease_token"], detail=codec.decode(r["detail"]), at=r["at"],
+            )
+            for r in rows
+        ]
+
+    async def cancel(self, instance_id: int, reason: str = "cancelled") -> str:
+        """Cancel: an idle instance now, an executing one when its step ends. Returns the status after
+        (``executing`` while a cancel is pending)."""
+        row = await self.pool.fetchrow(Q.cancel_instance, instance_id, reason, self.clock.now())
+        if row is None:
+            raise NoSuchInstance(f"no instance with id {instance_id}")
+        if row["woken_queue"]:
+            self.wake([row["woken_queue"]])
+        return row["after"]  # type: ignore[no-any-return]
+
+    async def retry(self, instance_id: int) -> str:
+        """A failed or cancelled instance back to runnable at its last step, attempt reset."""
+        row = await self.pool.fetchrow(Q.retry_instance, instance_id, self.clock.now())
+        if row is None:
+            raise NoSuchInstance(f"no instance with id {instance_id}")
+        if row["queue"]:
+            self.wake([row["queue"]])
+        return row["after"]  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def connect(
+    dsn: str | None = None,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    machines: Iterable[type[Machine]] = (),
+    migrate: bool = True,
+    clock: Clock | None = None,
+    min_size: int = 1,
+    max_size: int = 10,
+) -> AsyncIterator[Database]:
+    """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server.
+    ``migrate=True`` brings the schema up to date first. Usable from a plain ``trio.run``: the asyncio
+    bridge is opened here when needed."""
+    check_schema_name(schema)
+    import trio
+
+    target = await trio.to_thread.run_sync(resolve_dsn, dsn)
+    async with asyncio_loop():
+        pool = await Pool.open(target, schema, min_size=min_size, max_size=max_size)
+        try:
+            if migrate:
+                await pool_migrate(pool)
+            db = Database(pool, clock=clock or DatabaseClock(), registry=Registry(machines))
+            yield db
+        finally:
+            await pool.close()
+
+
+async def pool_migrate(pool: Pool) -> None:
+    version = await migrated_version(pool)
+    if version < LATEST_VERSION:
+        await migrate(pool)

@@ -1,0 +1,60 @@
+"""What a step sees: ``ctx`` with the instance's id, machine, version, step, attempt, state, inbox and
+children, plus the claim's lease token (to fence the step's own side effects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    id: int
+    name: str
+    payload: Any
+    dedup_key: str | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    id: int
+    machine: str
+    status: str
+    step: str
+    state: Any
+    result: Any
+    last_error: str | None
+
+
+@dataclass(slots=True)
+class Context:
+    id: int
+    machine: str
+    version: int
+    step: str
+    attempt: int
+    state: Any
+    signals: tuple[Signal, ...] = ()
+    children: tuple[ChildInfo, ...] = ()
+    queue: str = "default"
+    priority: int = 0
+    partition_key: str | None = None
+    parent_id: int | None = None
+    awaits: str | None = None
+    lease_token: int = 0
+    worker_id: str = ""
+    db: Database | None = field(default=None, repr=False)
+
+    def signal(self, name: str) -> Signal | None:
+        """The oldest signal named ``name`` in the inbox, or None."""
+        for s in self.signals:
+            if s.name == name:
+                return s
+        return None
+
+    def signals_named(self, name: str) -> list[Signal]:
+        return [s for s in self.signals if s.name == name]

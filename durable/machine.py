@@ -1,0 +1,304 @@
+"""Defining machines: named async steps over a typed state, an error handler, a version and a queue.
+
+    class Checkout(Machine, queue="checkout", version=1, initial="start"):
+        class State(durable.State):
+            order: int
+
+        @step
+        async def start(self, ctx): return Next("pay", ctx.state)
+
+The one-step form, :func:`job`, wraps a function ``perform(args, ctx)`` with ``max_attempts`` and a
+default exponential backoff.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import pydantic
+
+from .errors import DefinitionError, OutcomeError, UnknownMachine, UnknownStep
+from .outcomes import (
+    OUTCOME_TYPES,
+    STATUSES,
+    Await,
+    Cancel,
+    Done,
+    Insert,
+    Next,
+    Outcome,
+    Retry,
+    Spawn,
+    Stop,
+    seconds,
+    step_name,
+)
+
+if TYPE_CHECKING:
+    from .context import Context
+
+StepFn = Callable[[Any, "Context"], Awaitable[Any]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STEP_MARK = "__durable_step__"
+
+
+def step(fn: F) -> F:
+    """Mark an ``async def name(self, ctx)`` method as a step of its machine."""
+    if not inspect.iscoroutinefunction(fn):
+        raise DefinitionError(f"step {fn.__qualname__} must be an async function")
+    setattr(fn, _STEP_MARK, True)
+    return fn
+
+
+class Machine:
+    """Base class of state machines. Class keywords: name, version, queue, initial, max_attempts."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    queue: ClassVar[str] = "default"
+    initial: ClassVar[str]
+    max_attempts: ClassVar[int] = 20
+    backoff_base: ClassVar[float] = 1.0
+    backoff_max: ClassVar[float] = 300.0
+    State: ClassVar[type[pydantic.BaseModel] | None] = None
+    steps: ClassVar[dict[str, StepFn]]
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        version: int | None = None,
+        queue: str | None = None,
+        initial: str | None = None,
+        max_attempts: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = name or cls.__dict__.get("name") or cls.__name__
+        if version is not None:
+            cls.version = version
+        if queue is not None:
+            cls.queue = queue
+        if max_attempts is not None:
+            cls.max_attempts = max_attempts
+        if not isinstance(cls.version, int) or isinstance(cls.version, bool) or cls.version < 1:
+            raise DefinitionError(f"machine {cls.name}: version must be a positive int, not {cls.version!r}")
+        if not isinstance(cls.queue, str) or not cls.queue:
+            raise DefinitionError(f"machine {cls.name}: queue must be a non-empty string")
+        if cls.max_attempts < 1:
+            raise DefinitionError(f"machine {cls.name}: max_attempts must be at least 1")
+        steps: dict[str, StepFn] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if getattr(value, _STEP_MARK, False):
+                    steps[attr] = value
+        cls.steps = steps
+        state_cls = cls.__dict__.get("State", cls.State)
+        if state_cls is not None and not (
+            isinstance(state_cls, type) and issubclass(state_cls, pydantic.BaseModel)
+        ):
+            raise DefinitionError(f"machine {cls.name}: State must subclass durable.State")
+        cls.State = state_cls
+        if initial is not None:
+            cls.initial = initial
+        elif "initial" not in cls.__dict__ and steps:
+            own = [a for a, v in cls.__dict__.items() if getattr(v, _STEP_MARK, False)]
+            cls.initial = own[0] if own else next(iter(steps))
+        if steps and getattr(cls, "initial", None) not in steps:
+            raise DefinitionError(
+                f"machine {cls.name}: initial step {getattr(cls, 'initial', None)!r} is not one of its "
+                f"steps ({', '.join(steps)})"
+            )
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt + 1``: exponential, capped (no jitter: deterministic)."""
+        return float(min(self.backoff_base * 2**attempt, self.backoff_max))
+
+    async def handle(self, error: BaseException, ctx: Context) -> Outcome:
+        """Called with an exception raised by a step; returns any outcome. Default: retry with
+        exponential backoff until ``max_attempts`` attempts, then stop as failed."""
+        if ctx.attempt + 1 < self.max_attempts:
+            return Retry(delay=self.backoff(ctx.attempt), error=describe(error))
+        return Stop(f"{describe(error)} (after {ctx.attempt + 1} attempts)")
+
+
+def describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def job(
+    fn: Callable[..., Awaitable[Any]] | None = None,
+    *,
+    queue: str = "default",
+    max_attempts: int = 20,
+    name: str | None = None,
+    version: int = 1,
+    backoff_base: float = 1.0,
+) -> Any:
+    """The one-step form: ``@job(queue="email", max_attempts=20) async def send(args, ctx): ...``.
+
+    ``perform`` returning a value (or None) ends the job done with that result; it may also return an
+    outcome (``Retry``, ``Cancel``, ``Stop``, ``Done``). An exception retries with exponential backoff
+    until ``max_attempts`` attempts, then fails.
+    """
+
+    def wrap(perform: Callable[..., Awaitable[Any]]) -> type[Machine]:
+        if not inspect.iscoroutinefunction(perform):
+            raise DefinitionError(f"job {perform.__qualname__} must be an async function")
+
+        async def perform_step(self: Machine, ctx: Context) -> Any:
+            result = await perform(ctx.state, ctx)
+            if isinstance(result, (Retry, Cancel, Stop, Done)):
+                return result
+            if isinstance(result, OUTCOME_TYPES):
+                raise OutcomeError(
+                    f"job {perform.__qualname__} returned {type(result).__name__}: a job may return "
+                    "a value, Done, Retry, Stop or Cancel"
+                )
+            return Done(result)
+
+        perform_step.__name__ = "perform"
+        setattr(perform_step, _STEP_MARK, True)
+        cls = type(
+            perform.__name__,
+            (Machine,),
+            {
+                "perform": perform_step,
+                "backoff_base": backoff_base,
+                "__module__": perform.__module__,
+                "__doc__": perform.__doc__,
+                "perform_fn": staticmethod(perform),
+            },
+            name=name or perform.__name__,
+            queue=queue,
+            version=version,
+            initial="perform",
+            max_attempts=max_attempts,
+        )
+        return cls
+
+    return wrap(fn) if fn is not None else wrap
+
+
+class Registry:
+    """Machines by (name, version); several versions of one name run side by side (spec §8)."""
+
+    def __init__(self, machines: Iterable[type[Machine]] = ()) -> None:
+        self._by_key: dict[tuple[str, int], type[Machine]] = {}
+        self._instances: dict[tuple[str, int], Machine] = {}
+        for m in machines:
+            self.add(m)
+
+    def add(self, machine: type[Machine]) -> None:
+        if not (isinstance(machine, type) and issubclass(machine, Machine)) or machine is Machine:
+            raise DefinitionError(f"{machine!r} is not a Machine subclass or a @job")
+        if not machine.steps:
+            raise DefinitionError(f"machine {machine.name} has no steps (mark them with @durable.step)")
+        key = (machine.name, machine.version)
+        existing = self._by_key.get(key)
+        if existing is not None and existing is not machine:
+            raise DefinitionError(
+                f"two definitions of machine {machine.name} version {machine.version}: "
+                f"{existing.__qualname__} and {machine.__qualname__}"
+            )
+        self._by_key[key] = machine
+        self._instances[key] = machine()
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self._by_key
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_key.values())
+
+    def names(self) -> list[str]:
+        return sorted({f"{n} v{v}" for n, v in self._by_key})
+
+    def resolve(self, name: str, version: int) -> Machine:
+        try:
+            return self._instances[(name, version)]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise UnknownMachine(
+                f"machine {name!r} version {version} is not registered with this runtime "
+                f"(registered: {known})"
+            ) from None
+
+    def latest(self, name: str) -> type[Machine]:
+        versions = [m for (n, _), m in self._by_key.items() if n == name]
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise UnknownMachine(f"no machine named {name!r} is registered (registered: {known})")
+        return max(versions, key=lambda m: m.version)
+
+
+def step_fn(machine: Machine, name: str) -> StepFn:
+    try:
+        return type(machine).steps[name]
+    except KeyError:
+        raise UnknownStep(
+            f"machine {machine.name} v{machine.version} has no step {name!r} "
+            f"(steps: {', '.join(type(machine).steps)})"
+        ) from None
+
+
+def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
+    """Check an outcome's shape against the machine before it touches SQL; OutcomeError names the
+    problem."""
+    steps = type(machine).steps
+    if not isinstance(outcome, OUTCOME_TYPES):
+        raise OutcomeError(
+            f"{where} returned {outcome!r} ({type(outcome).__name__}); a step must return "
+            "Next, Retry, Await, Spawn, Done, Stop or Cancel"
+        )
+
+    def check_step(ref: Any, label: str) -> None:
+        try:
+            name = step_name(ref)
+        except TypeError as exc:
+            raise OutcomeError(f"{where} returned {label}: {exc}") from None
+        if name not in steps:
+            raise OutcomeError(
+                f"{where} returned {label} to unknown step {name!r} (steps: {', '.join(steps)})"
+            )
+
+    if isinstance(outcome, Next):
+        check_step(outcome.step, "Next")
+    elif isinstance(outcome, Retry):
+        seconds(outcome.delay, f"{where}: Retry delay")
+        if outcome.error is not None and not isinstance(outcome.error, str):
+            raise OutcomeError(f"{where} returned Retry with a non-string error {outcome.error!r}")
+    elif isinstance(outcome, Await):
+        if not isinstance(outcome.signal, str) or not outcome.signal:
+            raise OutcomeError(f"{where} returned Await with signal {outcome.signal!r}: need a name")
+        if outcome.step is not None:
+            check_step(outcome.step, "Await")
+    elif isinstance(outcome, Spawn):
+        check_step(outcome.step, "Spawn")
+        if isinstance(outcome.children, (str, bytes)) or not hasattr(outcome.children, "__iter__"):
+            raise OutcomeError(f"{where} returned Spawn whose children is not a list of durable.Child")
+        for i, child in enumerate(outcome.children):
+            if not isinstance(child, Insert):
+                raise OutcomeError(f"{where} returned Spawn whose child #{i} is {child!r}, not a durable.Child")
+            check_insert(child, f"{where}: child #{i}")
+    elif isinstance(outcome, Stop | Cancel):
+        reason = outcome.reason
+        if not isinstance(reason, str):
+            raise OutcomeError(f"{where} returned {type(outcome).__name__} with a non-string reason {reason!r}")
+    return outcome
+
+
+def check_insert(spec: Insert, where: str) -> None:
+    from .errors import OutcomeError as _E
+
+    if spec.unique_scope is not None:
+        bad = [s for s in spec.unique_scope if s not in STATUSES]
+        if bad:
+            raise _E(f"{where}: unknown status {bad[0]!r} in unique_scope (statuses: {', '.join(STATUSES)})")
+    if spec.schedule_in is not None:
+        seconds(spec.schedule_in, f"{where}: schedule_in")
+    if spec.priority is not None and not (-32768 <= spec.priority <= 32767):
+        raise _E(f"{where}: priority {spec.priority} is outside -32768..32767")

@@ -1,0 +1,123 @@
+"""What a step (or ``handle``) returns: Next, Retry, Await, Spawn, Done, Stop, Cancel.
+
+``state`` defaults to UNCHANGED (the stored state is kept). Outcomes are validated against the machine
+before anything touches SQL (:func:`durable.machine.validate_outcome`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+
+class _Unchanged:
+    _instance: _Unchanged | None = None
+
+    def __new__(cls) -> _Unchanged:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = _Unchanged()
+
+StepRef = str | Callable[..., Any]
+
+NON_TERMINAL: Final = ("runnable", "executing", "awaiting_signal", "awaiting_children")
+TERMINAL: Final = ("done", "failed", "cancelled")
+STATUSES: Final = NON_TERMINAL + TERMINAL
+
+
+def step_name(ref: StepRef) -> str:
+    if isinstance(ref, str):
+        return ref
+    name = getattr(ref, "__name__", None)
+    if not isinstance(name, str):
+        raise TypeError(f"a step is named by a string or a step function, not {ref!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """One instance to insert (``insert_many``) or spawn as a child (``Spawn``)."""
+
+    machine: type[Machine] | str
+    state: Any = None
+    queue: str | None = None
+    priority: int | None = None
+    partition_key: str | None = None
+    unique_key: str | None = None
+    unique_scope: Sequence[str] | None = None
+    schedule_at: datetime | None = None
+    schedule_in: float | timedelta | None = None
+    step: str | None = None
+    version: int | None = None
+
+
+Child = Insert
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    step: StepRef
+    state: Any = UNCHANGED
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    state: Any = UNCHANGED
+    delay: float | timedelta = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Await:
+    signal: str
+    state: Any = UNCHANGED
+    step: StepRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    step: StepRef
+    children: Sequence[Insert] = field(default_factory=tuple)
+    state: Any = UNCHANGED
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    reason: str = "cancelled"
+
+
+Outcome = Next | Retry | Await | Spawn | Done | Stop | Cancel
+OUTCOME_TYPES: Final = (Next, Retry, Await, Spawn, Done, Stop, Cancel)
+
+
+def seconds(value: float | timedelta, what: str) -> float:
+    from .errors import OutcomeError
+
+    secs = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(secs, bool) or not isinstance(secs, (int, float)):
+        raise OutcomeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+    if not math.isfinite(secs) or secs < 0:
+        raise OutcomeError(f"{what} must be a finite, non-negative delay, not {value!r}")
+    return float(secs)

@@ -1,0 +1,76 @@
+"""A claimed row (one pick result) and the encoded outcome the executor hands to the flusher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from .. import codec
+from ..context import ChildInfo, Signal
+
+
+@dataclass(eq=False, slots=True)
+class Claim:
+    id: int
+    machine: str
+    version: int
+    step: str
+    state_json: str
+    attempt: int
+    queue: str
+    priority: int
+    partition_key: str | None
+    lease_token: int
+    signal_seq: int
+    awaits: str | None
+    parent_id: int | None
+    cancel_requested: bool
+    traceparent: str | None
+    tracestate: str | None
+    signals: tuple[Signal, ...]
+    children: tuple[ChildInfo, ...]
+    started: bool = False
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Claim:
+        signals = tuple(
+            Signal(s["id"], s["name"], s["payload"], s["dedup_key"], s["traceparent"])
+            for s in codec.decode(row["signals"])
+        )
+        children = tuple(
+            ChildInfo(c["id"], c["machine"], c["status"], c["step"], c["state"], c["result"], c["last_error"])
+            for c in codec.decode(row["children"])
+        )
+        return cls(
+            id=row["id"], machine=row["machine"], version=row["version"], step=row["step"],
+            state_json=row["state"], attempt=row["attempt"], queue=row["queue"], priority=row["priority"],
+            partition_key=row["partition_key"], lease_token=row["lease_token"],
+            signal_seq=row["signal_seq"], awaits=row["awaits"], parent_id=row["parent_id"],
+            cancel_requested=row["cancel_requested"], traceparent=row["traceparent"],
+            tracestate=row["tracestate"], signals=signals, children=children,
+        )
+
+
+@dataclass(slots=True)
+class Encoded:
+    """An outcome as the ``complete`` statement's columns."""
+
+    kind: str
+    step: str | None = None
+    state: str | None = None
+    delay: float | None = None
+    awaits: str | None = None
+    result: str | None = None
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    children: Any = None  # client.InsertColumns for spawn
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What the database made of an outcome."""
+
+    status: str | None
+    fenced: bool

@@ -1,0 +1,143 @@
+"""Running one claim: resolve the machine and step, build ``ctx``, call the step (or ``handle`` on an
+exception), validate and encode the outcome. Everything that can go wrong with user code or user data
+becomes an outcome recorded on the row; nothing here raises into the scheduler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .. import codec, tracing
+from ..client import InsertColumns
+from ..context import Context
+from ..errors import UnknownMachine
+from ..machine import Machine, describe, step_fn, validate_outcome
+from ..outcomes import (
+    UNCHANGED,
+    Await,
+    Cancel,
+    Done,
+    Next,
+    Outcome,
+    Retry,
+    Spawn,
+    Stop,
+    seconds,
+    step_name,
+)
+from .claim import Claim, Encoded
+
+if TYPE_CHECKING:
+    from ..client import Database
+
+UNKNOWN_MACHINE_RETRY = 60.0
+
+
+def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Database) -> Encoded:
+    """The ``complete`` columns of a validated outcome; StateError when a state does not serialize."""
+    where = f"{machine.name}.{ctx.step}"
+
+    def state(value: Any) -> str | None:
+        if value is UNCHANGED:
+            return None
+        return codec.encode(value, f"state returned by {where}")
+
+    if isinstance(outcome, Next):
+        nxt = step_name(outcome.step)
+        return Encoded("next", step=nxt, state=state(outcome.state), detail={"next": nxt})
+    if isinstance(outcome, Retry):
+        delay = seconds(outcome.delay, f"{where}: Retry delay")
+        return Encoded("retry", state=state(outcome.state), delay=delay, error=outcome.error,
+                       detail={"delay": delay, "error": outcome.error})
+    if isinstance(outcome, Await):
+        wake = step_name(outcome.step) if outcome.step is not None else None
+        return Encoded("await", step=wake, state=state(outcome.state), awaits=outcome.signal,
+                       detail={"signal": outcome.signal, "wake_step": wake})
+    if isinstance(outcome, Spawn):
+        cols = InsertColumns()
+        for i, child in enumerate(outcome.children):
+            cols.add(child, db.registry, f"{where}: child #{i}")
+        nxt = step_name(outcome.step)
+        return Encoded("spawn", step=nxt, state=state(outcome.state), children=cols,
+                       detail={"next": nxt, "children": len(cols)})
+    if isinstance(outcome, Done):
+        return Encoded("done", result=codec.encode(outcome.result, f"result of {where}"))
+    if isinstance(outcome, Stop):
+        return Encoded("stop", error=outcome.reason, detail={"error": outcome.reason})
+    if isinstance(outcome, Cancel):
+        return Encoded("cancel", error=outcome.reason, detail={"reason": outcome.reason})
+    raise AssertionError(f"unvalidated outcome {outcome!r}")
+
+
+async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, BaseException | None]:
+    """Run the claim's step; returns the encoded outcome and the step's exception, if any."""
+    try:
+        machine = db.registry.resolve(claim.machine, claim.version)
+    except UnknownMachine as exc:
+        # Not this runtime's machine (a rolling deploy?): put it back for a runtime that knows it.
+        return Encoded("retry", delay=UNKNOWN_MACHINE_RETRY, error=str(exc),
+                       detail={"error": str(exc), "delay": UNKNOWN_MACHINE_RETRY}), exc
+    if claim.cancel_requested:
+        return Encoded("cancel", error="cancelled", detail={"reason": "cancel requested"}), None
+
+    ctx = Context(
+        id=claim.id, machine=claim.machine, version=claim.version, step=claim.step,
+        attempt=claim.attempt, state=None, signals=claim.signals, children=claim.children,
+        queue=claim.queue, priority=claim.priority, partition_key=claim.partition_key,
+        parent_id=claim.parent_id, awaits=claim.awaits, lease_token=claim.lease_token,
+        worker_id=worker_id, db=db,
+    )
+    where = f"step {machine.name}.{claim.step}"
+    error: BaseException | None = None
+    try:
+        ctx.state = codec.decode_state(type(machine).State, claim.state_json, f"state of instance {claim.id}")
+        fn = step_fn(machine, claim.step)
+        outcome = validate_outcome(machine, await fn(machine, ctx), where)
+        return encode_outcome(machine, outcome, ctx, db), None
+    except Exception as exc:  # user code, bad outcome, state that does not (de)serialize
+        error = exc
+    try:
+        handled = validate_outcome(machine, await machine.handle(error, ctx), f"{machine.name}.handle")
+        encoded = encode_outcome(machine, handled, ctx, db)
+    except Exception as exc:
+        reason = f"handle() failed with {describe(exc)} while handling {describe(error)}"
+        encoded = Encoded("stop", error=reason, detail={"error": reason})
+    encoded.detail.setdefault("error", describe(error))
+    return encoded, error
+
+
+def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
+    return {
+        "messaging.system": "durable",
+        "messaging.destination.name": claim.queue,
+        "messaging.message.id": str(claim.id),
+        "durable.instance.id": claim.id,
+        "durable.machine": claim.machine,
+        "durable.machine.version": claim.version,
+        "durable.step": claim.step,
+        "durable.attempt": claim.attempt,
+        "durable.partition_key": claim.partition_key,
+        "durable.worker.id": worker_id,
+        "durable.lease_token": claim.lease_token,
+    }
+
+
+async def run_claim(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, float]:
+    """Execute inside a step span that continues the instance's trace; returns outcome and seconds."""
+    links = [link for s in claim.signals if (link := tracing.link_from(s.traceparent)) is not None]
+    parent = tracing.context_from(claim.traceparent, claim.tracestate)
+    start = trio.current_time()
+    with tracing.span(f"step {claim.machine}.{claim.step}", attributes(claim, worker_id),
+                      parent=parent, links=links, kind=tracing.SpanKind.CONSUMER) as span:
+        encoded, error = await execute(claim, db, worker_id)
+        if error is not None:
+            tracing.record_error(span, error)
+        span.set_attribute("durable.outcome", encoded.kind)
+        if encoded.step:
+            span.set_attribute("durable.next_step", encoded.step)
+        if encoded.delay is not None:
+            span.set_attribute("durable.delay", encoded.delay)
+    elapsed = trio.current_time() - start
+    encoded.detail["duration_ms"] = round(elapsed * 1000, 3)
+    return encoded, elapsed

@@ -1,0 +1,507 @@
+-- The engine's statements. Spec §10 maps to them one to one:
+--   Pick                      -> pick
+--   Lease heartbeat           -> heartbeat        (batched: one statement for all of a runtime's claims)
+--   Reaper                    -> reap
+--   Step outcomes             -> complete         (group commit: one statement for a batch of outcomes of
+--                                                  any kind; name-scoped consume, spawn, child->parent join)
+--   Signal delivery           -> deliver_signal
+--   Batch insert, uniqueness  -> insert_instances (insert = a batch of one)
+-- Deviations from the spec text, and why:
+--   * Every claim carries a fresh lease_token; heartbeat and outcomes match id + status='executing' +
+--     lease_token. A reaped worker's late outcome changes nothing and is logged as `fenced`.
+--   * Partition keys are serialized by the unique partial index instances_partition_active, not by a
+--     session advisory lock: the claim is the lock, no connection is pinned, a dead worker's keys are
+--     freed by the reaper. The pick skips keys already executing and takes one row per key.
+--   * No lost wake-up without a re-check transaction: delivery always locks and rewrites the target
+--     row (signal_seq + 1); an await whose claim saw an older signal_seq parks as runnable. Row-lock
+--     re-evaluation makes every deliver/park interleaving end runnable.
+--   * Consumption is name-scoped AND limited to the signals the step was shown (ctx.signals): a signal
+--     of the awaited name that arrived during the step survives for the next await (no silent loss).
+--   * retry keeps `awaits` and consumes nothing, so the retried step sees the same inbox (upstream 0.1.3).
+--   * An await may name the step to run when woken (default: the same step).
+--   * Cancel: terminal status `cancelled`; a claim with cancel_requested ends cancelled whatever the
+--     step returned; a cancelled child releases its parent like a failed one.
+--   * Every time-dependent statement takes `now` (NULL = the database's now()) for the simulator.
+--   * Every change writes its history row in the same statement.
+
+-- name: pick
+-- Claim up to $2 runnable rows of queue $1 for worker $3 with a lease of $4 seconds; $5 now.
+-- Order: priority, eligible_at, id. Locked rows are skipped; a partition key that is executing is
+-- skipped and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
+-- and the children ride along so the executor needs no further round trip.
+with candidate as (
+  select g.id, g.partition_key, g.priority, g.eligible_at
+  from instances g
+  where g.status = 'runnable' and g.queue = $1
+    and g.eligible_at <= coalesce($5::timestamptz, now())
+  order by g.priority, g.eligible_at, g.id
+  limit $2
+  for no key update skip locked
+),
+free as (
+  select c.id,
+         row_number() over (partition by coalesce(c.partition_key, 'id:' || c.id::text)
+                            order by c.priority, c.eligible_at, c.id) as nth
+  from candidate c
+  left join lateral (
+    select 1 as busy from instances e
+    where c.partition_key is not null and e.partition_key = c.partition_key and e.status = 'executing'
+    limit 1
+  ) b on true
+  where b.busy is null
+)
+update instances g
+set status = 'executing', worker_id = $3, lease_token = nextval('lease_tokens'),
+    lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $4::float8),
+    updated_at = coalesce($5::timestamptz, now())
+from free f
+where g.id = f.id and f.nth = 1
+returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
+  g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
+  g.traceparent, g.tracestate, g.inserted_at,
+  (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
+            'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
+     from signals s where s.target_id = g.id) as signals,
+  (select coalesce(json_agg(json_build_object('id', c.id, 'machine', c.machine, 'status', c.status,
+            'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
+            order by c.id), '[]')::text
+     from instances c where c.parent_id = g.id) as children;
+
+-- name: heartbeat
+-- Extend the leases still held by this worker (fenced by token) and refresh its registry row.
+-- $1 ids, $2 tokens, $3 lease seconds, $4 now, $5 worker id, $6 gauges (json text).
+-- Rows are locked in id order and locked rows skipped (no deadlock with reaper or outcomes).
+-- Returns the ids whose lease was extended.
+with held as (
+  select g.id
+  from instances g
+  join unnest($1::bigint[], $2::bigint[]) as h(id, token) on g.id = h.id and g.lease_token = h.token
+  where g.status = 'executing'
+  order by g.id
+  for no key update of g skip locked
+),
+extended as (
+  update instances g
+  set lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $3::float8)
+  from held where g.id = held.id
+  returning g.id
+),
+seen as (
+  update workers set seen_at = coalesce($4::timestamptz, now()), gauges = $6::text::jsonb
+  where id = $5
+  returning 1
+)
+select coalesce(array_agg(extended.id), '{}') as extended, (select count(*) from seen) as registered
+from extended;
+
+-- name: reap
+-- Return up to $2 executing rows whose lease expired before $1 (now) to runnable with attempt + 1:
+-- the crash path, handle() is not called. Ordered SKIP LOCKED claim, then update.
+-- Returns the reaped rows.
+with expired as (
+  select id, worker_id, lease_token, attempt
+  from instances
+  where status = 'executing' and lease_expires_at < coalesce($1::timestamptz, now())
+  order by id
+  limit $2
+  for no key update skip locked
+),
+reaped as (
+  update instances g
+  set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
+      attempt = g.attempt + 1, eligible_at = coalesce($1::timestamptz, now()),
+      updated_at = coalesce($1::timestamptz, now())
+  from expired e
+  where g.id = e.id
+  returning g.id, g.machine, g.step, g.attempt, g.queue, e.worker_id, e.lease_token, e.attempt as old_attempt
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token, at)
+  select id, machine, 'reaped', step, old_attempt, 'runnable', worker_id, lease_token,
+         coalesce($1::timestamptz, now())
+  from reaped
+)
+select id, queue, worker_id, lease_token from reaped;
+
+-- name: release
+-- Give claims back without running them (drain): to runnable, eligible now, attempt + $3[i]
+-- (0 for a buffered claim, 1 for a step interrupted mid-flight). Fenced by token. $4 worker, $5 now.
+with held as (
+  select g.id, r.bump
+  from instances g
+  join unnest($1::bigint[], $2::bigint[], $3::int[]) as r(id, token, bump)
+    on g.id = r.id and g.lease_token = r.token
+  where g.status = 'executing'
+  order by g.id
+  for no key update of g
+),
+released as (
+  update instances g
+  set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
+      attempt = g.attempt + h.bump, eligible_at = coalesce($5::timestamptz, now()),
+      updated_at = coalesce($5::timestamptz, now())
+  from held h
+  where g.id = h.id
+  returning g.id, g.machine, g.step, g.attempt, g.queue, h.bump
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, detail, at)
+  select id, machine, 'released', step, attempt, 'runnable', $4,
+         jsonb_build_object('interrupted', bump > 0), coalesce($5::timestamptz, now())
+  from released
+)
+select id, queue from released;
+
+-- name: complete
+-- Commit a batch of step outcomes (group commit) in one statement. Per outcome i:
+--   $1 id, $2 lease_token, $3 kind (next|retry|await|spawn|done|stop|cancel), $4 step (next: the next
+--   step; await: step to run when woken, NULL = same; spawn: step after the join), $5 state json (NULL =
+--   unchanged), $6 retry delay seconds, $7 awaited signal name, $8 done result json, $9 error text,
+--   $10 signal_seq seen at pick, $11 history detail json.
+-- Signals shown to the step: $12 instance ids, $13 signal ids (flattened pairs).
+-- Children to spawn: $14 parent id, $15 machine, $16 version, $17 step, $18 state json, $19 queue,
+--   $20 priority, $21 partition key, $22 unique key, $23 unique scope (status[] literal),
+--   $24 eligible_at (NULL = now), $25 traceparent, $26 tracestate, $29 delay seconds.
+-- $27 worker id, $28 now.
+-- Only rows still held (executing, same lease_token) change; the others are logged as fenced.
+-- A progressing outcome (not await/retry) deletes the shown signals named like `awaits` and clears it.
+-- A terminal outcome decrements its parent's barrier in the same statement; the decrement that reaches
+-- zero releases the parent. Returns one 'outcome' row per input (id, new status, queue, fenced), then
+-- one 'joined' row per parent decremented and one 'child' row per child inserted (for local wake-ups).
+with o as (
+  select *
+  from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
+              $8::text[], $9::text[], $10::bigint[], $11::text[])
+       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail)
+),
+held as (
+  select g.id, g.machine, g.step as old_step, g.attempt as old_attempt, g.awaits as old_awaits,
+         g.signal_seq, g.cancel_requested
+  from instances g
+  join o on g.id = o.id and g.lease_token = o.token
+  where g.status = 'executing'
+  order by g.id
+  for no key update of g
+),
+shown as (
+  select p.iid, p.sid from unnest($12::bigint[], $13::bigint[]) as p(iid, sid)
+),
+kids as (
+  insert into instances (machine, version, step, state, queue, priority, partition_key, unique_key,
+                         unique_scope, eligible_at, parent_id, traceparent, tracestate, inserted_at,
+                         updated_at)
+  select c.machine, c.version, c.step, c.state::jsonb, c.queue, c.priority, c.partition_key,
+         c.unique_key, c.scope::status[],
+         coalesce(c.eligible_at, $28::timestamptz, now()) + make_interval(secs => coalesce(c.delay, 0)),
+         c.parent,
+         c.traceparent, c.tracestate, coalesce($28::timestamptz, now()), coalesce($28::timestamptz, now())
+  from unnest($14::bigint[], $15::text[], $16::int[], $17::text[], $18::text[], $19::text[],
+              $20::int[], $21::text[], $22::text[], $23::text[], $24::timestamptz[], $25::text[],
+              $26::text[], $29::float8[])
+       as c(parent, machine, version, step, state, queue, priority, partition_key, unique_key, scope,
+            eligible_at, traceparent, tracestate, delay)
+  join held h on h.id = c.parent and not h.cancel_requested
+  order by c.unique_key nulls last
+  on conflict (unique_guard) where unique_guard is not null do nothing
+  returning id, parent_id, machine, step, queue
+),
+decided as (
+  select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail,
+         h.machine, h.old_step, h.old_attempt, h.old_awaits,
+         (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
+         (case
+            when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
+            when o.kind in ('next', 'retry') then 'runnable'
+            when o.kind = 'await' then
+              case when h.signal_seq <> o.seq
+                     or exists (select 1 from signals s
+                                where s.target_id = o.id and s.name = o.awaits
+                                  and not exists (select 1 from shown w where w.iid = o.id and w.sid = s.id))
+                   then 'runnable' else 'awaiting_signal' end
+            when o.kind = 'spawn' then
+              case when exists (select 1 from kids k where k.parent_id = o.id)
+                   then 'awaiting_children' else 'runnable' end
+            when o.kind = 'done' then 'done'
+            when o.kind = 'stop' then 'failed'
+          end)::status as new_status
+  from o join held h on h.id = o.id
+),
+consumed as (
+  delete from signals s
+  using decided d, shown w
+  where d.kind not in ('await', 'retry') and w.iid = d.id and s.id = w.sid
+    and s.target_id = d.id and s.name = d.old_awaits
+  returning s.target_id
+),
+upd as (
+  update instances g
+  set status = d.new_status,
+      step = case when d.kind in ('next', 'spawn') then d.step
+                  when d.kind = 'await' and d.step is not null then d.step
+                  else g.step end,
+      state = coalesce(d.state::jsonb, g.state),
+      result = case when d.kind = 'done' then d.result::jsonb else g.result end,
+      last_error = case when d.kind in ('retry', 'stop', 'cancel') and d.error is not null then d.error
+                        when d.new_status = 'cancelled' then coalesce(d.error, 'cancelled')
+                        else g.last_error end,
+      attempt = case when d.kind = 'retry' then g.attempt + 1
+                     when d.kind in ('next', 'spawn') then 0
+                     when d.kind = 'await' and d.step is not null and d.step <> g.step then 0
+                     else g.attempt end,
+      eligible_at = case when d.new_status <> 'runnable' then g.eligible_at
+                         when d.kind = 'retry'
+                           then coalesce($28::timestamptz, now()) + make_interval(secs => d.delay)
+                         else coalesce($28::timestamptz, now()) end,
+      awaits = case when d.kind = 'await' then d.awaits when d.kind = 'retry' then g.awaits end,
+      children_pending = case when d.kind = 'spawn' then d.spawned else g.children_pending end,
+      worker_id = null, lease_token = null, lease_expires_at = null, cancel_requested = false,
+      updated_at = coalesce($28::timestamptz, now())
+  from decided d
+  where g.id = d.id
+  returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue
+),
+joins as (
+  select parent_id, count(*)::int as n
+  from upd
+  where status in ('done', 'failed', 'cancelled') and parent_id is not null
+  group by parent_id
+),
+joined as (
+  update instances p
+  set children_pending = p.children_pending - j.n,
+      status = case when p.children_pending - j.n <= 0 and p.status = 'awaiting_children'
+                    then 'runnable'::status else p.status end,
+      eligible_at = case when p.children_pending - j.n <= 0 and p.status = 'awaiting_children'
+                         then coalesce($28::timestamptz, now()) else p.eligible_at end,
+      updated_at = coalesce($28::timestamptz, now())
+  from joins j
+  where p.id = j.parent_id
+  returning p.id, p.machine, p.step, p.attempt, p.status, p.queue, j.n
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
+                       detail, at)
+  select d.id, d.machine, d.kind, d.old_step, d.old_attempt, u.status, $27, d.token, d.detail::jsonb,
+         coalesce($28::timestamptz, now())
+  from decided d join upd u on u.id = d.id
+  union all
+  select o.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $27, o.token,
+         jsonb_build_object('kind', o.kind), coalesce($28::timestamptz, now())
+  from o left join instances g on g.id = o.id
+  where not exists (select 1 from held h where h.id = o.id)
+  union all
+  select k.id, k.machine, 'inserted', k.step, 0, 'runnable', $27, null,
+         jsonb_build_object('parent_id', k.parent_id), coalesce($28::timestamptz, now())
+  from kids k
+  union all
+  select j.id, j.machine, 'joined', j.step, j.attempt, j.status, $27, null,
+         jsonb_build_object('children', j.n), coalesce($28::timestamptz, now())
+  from joined j
+)
+select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null) as fenced
+from o left join upd u on u.id = o.id
+union all
+select 'joined', j.id, j.status::text, j.queue, false from joined j
+union all
+select 'child', k.id, 'runnable', k.queue, false from kids k;
+
+-- name: insert_instances
+-- Insert a batch of instances in one statement; a row whose unique key is occupied (by an existing row
+-- or an earlier row of the batch) is skipped. Rows are inserted in unique-key order (no deadlock
+-- between concurrent batches). $1 machine, $2 version, $3 step, $4 state json, $5 queue, $6 priority,
+-- $7 partition key, $8 unique key, $9 unique scope (status[] literal), $10 eligible_at (NULL = now),
+-- $11 traceparent, $12 tracestate, $13 parent id, $15 delay seconds added to eligible_at; $14 now.
+-- Returns one row per input, in input order: ord, id (NULL when skipped as a duplicate).
+with src as (
+  select s.ord, nextval('instances_id_seq') as id, s.machine, s.version, s.step, s.state, s.queue,
+         s.priority, s.partition_key, s.unique_key, s.scope, s.eligible_at, s.traceparent, s.tracestate,
+         s.parent_id, s.delay
+  from unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+              $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], $13::bigint[],
+              $15::float8[])
+       with ordinality as s(machine, version, step, state, queue, priority, partition_key, unique_key,
+                            scope, eligible_at, traceparent, tracestate, parent_id, delay, ord)
+),
+ins as (
+  insert into instances (id, machine, version, step, state, queue, priority, partition_key, unique_key,
+                         unique_scope, eligible_at, traceparent, tracestate, parent_id, inserted_at,
+                         updated_at)
+  select id, machine, version, step, state::jsonb, queue, priority, partition_key, unique_key,
+         scope::status[],
+         coalesce(eligible_at, $14::timestamptz, now()) + make_interval(secs => coalesce(delay, 0)),
+         traceparent, tracestate, parent_id, coalesce($14::timestamptz, now()), coalesce($14::timestamptz, now())
+  from src
+  order by unique_key nulls last, ord
+  on conflict (unique_guard) where unique_guard is not null do nothing
+  returning id, machine, step, queue, eligible_at
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, detail, at)
+  select id, machine, 'inserted', step, 0, 'runnable',
+         jsonb_build_object('queue', queue, 'eligible_at', eligible_at), coalesce($14::timestamptz, now())
+  from ins
+)
+select s.ord, i.id from src s left join ins i on i.id = s.id order by s.ord;
+
+-- name: deliver_signal
+-- Deliver signal $2 with payload $3 (json) and dedup key $4 to instance $1; $5 sender traceparent,
+-- $6 now. The target row is locked first, the signal inserted (unless the dedup key was seen or the
+-- target is terminal), then the target rewritten: signal_seq + 1 always, and runnable when it awaits
+-- this name. `awaits` is kept: the woken step consumes on its outcome.
+-- Returns nothing for a missing target, else the target's status before, the new signal id (NULL for a
+-- duplicate or a terminal target) and the status after.
+with target as (
+  select id, status, machine, step, attempt from instances where id = $1 for no key update
+),
+stored as (
+  insert into signals (target_id, name, payload, dedup_key, traceparent, inserted_at)
+  select t.id, $2, $3::text::jsonb, $4, $5, coalesce($6::timestamptz, now())
+  from target t
+  where t.status not in ('done', 'failed', 'cancelled')
+  on conflict (target_id, dedup_key) do nothing
+  returning id
+),
+woken as (
+  update instances g
+  set signal_seq = g.signal_seq + 1,
+      status = case when g.status = 'awaiting_signal' and g.awaits = $2 then 'runnable'::status
+                    else g.status end,
+      eligible_at = case when g.status = 'awaiting_signal' and g.awaits = $2
+                         then coalesce($6::timestamptz, now()) else g.eligible_at end,
+      updated_at = coalesce($6::timestamptz, now())
+  where g.id = $1 and exists (select 1 from stored)
+  returning g.status, g.queue
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, detail, at)
+  select t.id, t.machine, 'signal', t.step, t.attempt, w.status,
+         jsonb_build_object('name', $2::text, 'signal_id', s.id, 'dedup_key', $4::text),
+         coalesce($6::timestamptz, now())
+  from target t, stored s, woken w
+)
+select t.status::text as before, (select id from stored) as signal_id,
+       (select status::text from woken) as after, (select queue from woken) as queue
+from target t;
+
+-- name: cancel_instance
+-- Cancel instance $1 with reason $2; $3 now. An idle instance (runnable or awaiting) ends cancelled at
+-- once and, when it is a child, releases its parent's barrier like a failed child; an executing one is
+-- marked cancel_requested and ends cancelled when its current step's outcome commits; a terminal one is
+-- left alone. Returns the status before and after (nothing for a missing id).
+with target as (
+  select id, status, parent_id, machine, step, attempt from instances where id = $1 for no key update
+),
+idle as (
+  update instances g
+  set status = 'cancelled', last_error = $2, worker_id = null, lease_token = null,
+      lease_expires_at = null, updated_at = coalesce($3::timestamptz, now())
+  from target t
+  where g.id = t.id and t.status in ('runnable', 'awaiting_signal', 'awaiting_children')
+  returning g.id, g.parent_id
+),
+requested as (
+  update instances g
+  set cancel_requested = true, updated_at = coalesce($3::timestamptz, now())
+  from target t
+  where g.id = t.id and t.status = 'executing'
+  returning g.id
+),
+joined as (
+  update instances p
+  set children_pending = p.children_pending - 1,
+      status = case when p.children_pending - 1 <= 0 and p.status = 'awaiting_children'
+                    then 'runnable'::status else p.status end,
+      eligible_at = case when p.children_pending - 1 <= 0 and p.status = 'awaiting_children'
+                         then coalesce($3::timestamptz, now()) else p.eligible_at end,
+      updated_at = coalesce($3::timestamptz, now())
+  from idle i
+  where p.id = i.parent_id
+  returning p.id, p.machine, p.step, p.attempt, p.status, p.queue
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, detail, at)
+  select t.id, t.machine, 'cancelled', t.step, t.attempt,
+         case when exists (select 1 from idle) then 'cancelled'::status else t.status end,
+         jsonb_build_object('reason', $2::text, 'requested', exists (select 1 from requested)),
+         coalesce($3::timestamptz, now())
+  from target t
+  where exists (select 1 from idle) or exists (select 1 from requested)
+  union all
+  select j.id, j.machine, 'joined', j.step, j.attempt, j.status, jsonb_build_object('children', 1),
+         coalesce($3::timestamptz, now())
+  from joined j
+)
+select t.status::text as before,
+       case when exists (select 1 from idle) then 'cancelled' else t.status::text end as after,
+       exists (select 1 from requested) as requested,
+       (select queue from joined where status = 'runnable') as woken_queue
+from target t;
+
+-- name: retry_instance
+-- Put failed (or cancelled) instance $1 back to runnable at the step where it ended, attempt reset,
+-- eligible now; recorded in history. $2 now. Returns the status before and after.
+with target as (
+  select id, status, machine, step, attempt from instances where id = $1 for no key update
+),
+revived as (
+  update instances g
+  set status = 'runnable', attempt = 0, eligible_at = coalesce($2::timestamptz, now()),
+      cancel_requested = false, result = null, updated_at = coalesce($2::timestamptz, now())
+  from target t
+  where g.id = t.id and t.status in ('failed', 'cancelled')
+  returning g.id, g.queue
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, detail, at)
+  select t.id, t.machine, 'retried', t.step, t.attempt, 'runnable',
+         jsonb_build_object('from', t.status::text), coalesce($2::timestamptz, now())
+  from target t join revived r on r.id = t.id
+)
+select t.status::text as before,
+       case when exists (select 1 from revived) then 'runnable' else t.status::text end as after,
+       (select queue from revived) as queue
+from target t;
+
+-- name: get_instance
+-- One instance by id $1, every column, state/result as json text.
+select id, machine, version, step, status::text as status, state::text as state, result::text as result,
+       awaits, queue, priority, partition_key, eligible_at, attempt, last_error, worker_id, lease_token,
+       lease_expires_at, signal_seq, cancel_requested, parent_id, children_pending, unique_key,
+       unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at
+from instances where id = $1;
+
+-- name: get_inbox
+-- The pending signals of instance $1, oldest first.
+select id, name, payload::text as payload, dedup_key, traceparent, inserted_at
+from signals where target_id = $1 order by id;
+
+-- name: get_children
+-- The children of instance $1 with their status, oldest first.
+select id, machine, version, step, status::text as status, state::text as state, result::text as result,
+       last_error, attempt
+from instances where parent_id = $1 order by id;
+
+-- name: get_history
+-- The history of instance $1 in event order.
+select id, xid::text as xid, instance_id, machine, event, step, attempt, status::text as status,
+       worker_id, lease_token, detail::text as detail, at
+from history where instance_id = $1 order by id;
+
+-- name: register_worker
+-- Register (or re-register) runtime $1 on host $2, pid $3, serving queues $4; $5 gauges json, $6 now.
+insert into workers (id, host, pid, queues, gauges, started_at, seen_at, stopped_at)
+values ($1, $2, $3, $4, $5::text::jsonb, coalesce($6::timestamptz, now()), coalesce($6::timestamptz, now()),
+        null)
+on conflict (id) do update
+set host = excluded.host, pid = excluded.pid, queues = excluded.queues, gauges = excluded.gauges,
+    started_at = excluded.started_at, seen_at = excluded.seen_at, stopped_at = null;
+
+-- name: stop_worker
+-- Mark runtime $1 stopped (graceful shutdown) with its final gauges $2; $3 now.
+update workers set stopped_at = coalesce($3::timestamptz, now()), seen_at = coalesce($3::timestamptz, now()),
+       gauges = $2::text::jsonb
+where id = $1;
+
+-- name: migrated_version
+-- The highest applied schema version (0 when none).
+select coalesce(max(version), 0) from schema_migrations;
