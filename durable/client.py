@@ -283,6 +283,25 @@ class Database:
             self.wake([row["queue"]])
         return row["after"]  # type: ignore[no-any-return]
 
+    # -- operator queries (implemented in durable.ops) -----------------------------------------------
+    async def query(self, *args: Any, **kwargs: Any) -> Any:
+        """Instances matching filters (AND), sorted, keyset-paged: see :func:`durable.ops.query`."""
+        from . import ops
+
+        return await ops.query(self, *args, **kwargs)
+
+    def tail(self, *args: Any, **kwargs: Any) -> Any:
+        """History events in commit order from an offset (async iterator): see :func:`durable.ops.tail`."""
+        from . import ops
+
+        return ops.tail(self, *args, **kwargs)
+
+    async def gc(self, *args: Any, **kwargs: Any) -> Any:
+        """Delete old terminal instances with their signals and history: see :func:`durable.ops.gc`."""
+        from . import ops
+
+        return await ops.gc(self, *args, **kwargs)
+
 
 @asynccontextmanager
 async def connect(

@@ -58,6 +58,8 @@ class Runtime:
         clock: Clock | None = None,
         on_step: OnStep | None = None,
         on_error: Callable[[str], None] | None = None,
+        retention: float | None = None,
+        retention_every: float = 60.0,
     ) -> None:
         for m in machines:
             if (m.name, m.version) not in db.registry:
@@ -85,6 +87,9 @@ class Runtime:
         self.on_step = on_step
         self.on_error = on_error
         self.stopping = False
+        self.killed = False
+        self.retention = retention
+        self.retention_every = retention_every
         self.lost: set[Claim] = set()
         self.schedulers = {
             q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
@@ -129,6 +134,14 @@ class Runtime:
             for s in self.schedulers.values():
                 s.wakeup.set()
 
+    def kill(self) -> None:
+        """Die like a crashed process: stop at once, release nothing, leave every claim to the reaper
+        (the simulator's worker crash)."""
+        self.killed = True
+        self.stopping = True
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -149,6 +162,8 @@ class Runtime:
                 await services.start(self.flusher.run)
                 services.start_soon(self._heartbeat_loop)
                 services.start_soon(self._reaper_loop)
+                if self.retention is not None:
+                    services.start_soon(self._retention_loop)
                 async with trio.open_nursery() as work:
                     for s in self.schedulers.values():
                         work.start_soon(s.run)
@@ -163,6 +178,8 @@ class Runtime:
             for q, s in self.schedulers.items():
                 self.db.remove_waker(q, s.wakeup.set)
             with trio.CancelScope(shield=True), trio.move_on_after(5):
+                if self.killed:
+                    return
                 try:
                     await pool.execute(Q.stop_worker, self.worker_id, self._gauges_json(), self.clock.now())
                 except (DatabaseUnavailable, asyncpg.PostgresError, OSError):
@@ -170,6 +187,8 @@ class Runtime:
 
     async def _release_unfinished(self) -> None:
         """After the drain deadline: claims whose step was cut off go back with attempt + 1."""
+        if self.killed:
+            return
         leftovers = [c for s in self.schedulers.values() for c in s.held()]
         leftovers += list(self.lost)
         if not leftovers:
@@ -238,6 +257,17 @@ class Runtime:
             span.set_attribute("durable.reaped", total)
         self.reaped += total
         return total
+
+    async def _retention_loop(self) -> None:
+        from ..ops import gc  # retention lives with the operator tools
+
+        assert self.retention is not None
+        while True:
+            await trio.sleep(self.retention_every)
+            try:
+                await gc(self.db, older_than=self.retention)
+            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+                self.log_error(f"retention failed: {exc}")
 
     # -- helpers -------------------------------------------------------------------------------------
     def _woken(self, rows: list[asyncpg.Record]) -> None:

@@ -99,9 +99,10 @@ class Scheduler:
                             idle = rt.poll_min
             finally:
                 # drain: give buffered claims back at once; in-flight steps finish in the nursery
-                with trio.CancelScope(shield=True):
-                    await rt.release(list(self.buffer), bump=0)
-                    self.buffer.clear()
+                if not rt.killed:
+                    with trio.CancelScope(shield=True):
+                        await rt.release(list(self.buffer), bump=0)
+                        self.buffer.clear()
 
     def start_ready(self, nursery: trio.Nursery) -> None:
         while self.buffer and len(self.in_flight) < self.concurrency and not self.runtime.stopping:
