@@ -1,0 +1,174 @@
+-- Operator statements: instance queries (durable ls, db.query, the console), queue counts, the
+-- commit-ordered history tail, retention. Shared by durable.ops (trio) and the console (asyncio).
+--
+-- Instance filters. Every query_instances* statement takes the same filter parameters; NULL = no filter,
+-- all given filters are ANDed:
+--   $1  ids              bigint[]     id = any($1)
+--   $2  statuses         text[]       status = any($2) (values of the `status` enum; an unknown value is
+--                                     an invalid_text_representation error: validate before)
+--   $3  machine          text         machine = $3
+--   $4  machine prefix   text         starts_with(machine, $4) (a family: 'billing.')
+--   $5  version          int          version = $5
+--   $6  queue            text         queue = $6
+--   $7  partition key    text         partition_key = $7
+--   $8  unique key       text         unique_key = $8
+--   $9  parent id        bigint       parent_id = $9
+--   $10 inserted after   timestamptz  inserted_at >= $10
+--   $11 inserted before  timestamptz  inserted_at < $11
+--   $12 updated after    timestamptz  updated_at >= $12
+--   $13 updated before   timestamptz  updated_at < $13
+--   $14 state contains   text (json)  state @> $14::jsonb (GIN instances_state, jsonb_path_ops)
+--   $15 limit            int          page size
+-- Keyset cursor (the sort key + id of the last row of the previous page; NULL = first page):
+--   $16 cursor id        bigint
+--   $17 cursor updated   timestamptz  (query_instances_updated* only)
+-- One statement per sort order, because a keyset page is only fast when ORDER BY and the cursor
+-- predicate match an index exactly:
+--   query_instances               order by id            (primary key)
+--   query_instances_desc          order by id desc       (primary key, backwards)
+--   query_instances_updated       order by updated_at, id
+--   query_instances_updated_desc  order by updated_at desc, id desc
+--
+-- Plans: the `($n is null or ...)` filters are only fast with custom plans, where the parameters are
+-- constants and an absent filter folds to TRUE. A generic plan (PostgreSQL's default after five
+-- executions of a prepared statement, when its estimate looks no worse) keeps every OR and cannot use
+-- the GIN or the partial indexes. So run these statements in a transaction after `force_custom_plans`
+-- (SET LOCAL plan_cache_mode = force_custom_plan): planning costs ~0.1 ms, a wrong plan seconds.
+
+-- name: force_custom_plans
+-- Plan every statement of the current transaction for its actual parameters (SET LOCAL
+-- plan_cache_mode = force_custom_plan). Run first in the transaction of a query_instances* statement.
+select set_config('plan_cache_mode', 'force_custom_plan', true);
+
+-- name: query_instances
+-- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by id, at most $15,
+-- after cursor id $16.
+select id, machine, version, step, status::text as status, state::text as state, result::text as result,
+       awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
+       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
+       updated_at
+from instances
+where ($1::bigint[] is null or id = any($1::bigint[]))
+  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($3::text is null or machine = $3::text)
+  and ($4::text is null or starts_with(machine, $4::text))
+  and ($5::int is null or version = $5::int)
+  and ($6::text is null or queue = $6::text)
+  and ($7::text is null or partition_key = $7::text)
+  and ($8::text is null or unique_key = $8::text)
+  and ($9::bigint is null or parent_id = $9::bigint)
+  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
+  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
+  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
+  and ($13::timestamptz is null or updated_at < $13::timestamptz)
+  and ($14::text is null or state @> $14::text::jsonb)
+  and ($16::bigint is null or id > $16::bigint)
+order by id
+limit $15;
+
+-- name: query_instances_desc
+-- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by id descending, at
+-- most $15, before cursor id $16.
+select id, machine, version, step, status::text as status, state::text as state, result::text as result,
+       awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
+       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
+       updated_at
+from instances
+where ($1::bigint[] is null or id = any($1::bigint[]))
+  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($3::text is null or machine = $3::text)
+  and ($4::text is null or starts_with(machine, $4::text))
+  and ($5::int is null or version = $5::int)
+  and ($6::text is null or queue = $6::text)
+  and ($7::text is null or partition_key = $7::text)
+  and ($8::text is null or unique_key = $8::text)
+  and ($9::bigint is null or parent_id = $9::bigint)
+  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
+  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
+  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
+  and ($13::timestamptz is null or updated_at < $13::timestamptz)
+  and ($14::text is null or state @> $14::text::jsonb)
+  and ($16::bigint is null or id < $16::bigint)
+order by id desc
+limit $15;
+
+-- name: query_instances_updated
+-- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by (updated_at, id), at
+-- most $15, after the cursor ($17 updated_at, $16 id).
+select id, machine, version, step, status::text as status, state::text as state, result::text as result,
+       awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
+       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
+       updated_at
+from instances
+where ($1::bigint[] is null or id = any($1::bigint[]))
+  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($3::text is null or machine = $3::text)
+  and ($4::text is null or starts_with(machine, $4::text))
+  and ($5::int is null or version = $5::int)
+  and ($6::text is null or queue = $6::text)
+  and ($7::text is null or partition_key = $7::text)
+  and ($8::text is null or unique_key = $8::text)
+  and ($9::bigint is null or parent_id = $9::bigint)
+  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
+  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
+  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
+  and ($13::timestamptz is null or updated_at < $13::timestamptz)
+  and ($14::text is null or state @> $14::text::jsonb)
+  and ($17::timestamptz is null or (updated_at, id) > ($17::timestamptz, $16::bigint))
+order by updated_at, id
+limit $15;
+
+-- name: query_instances_updated_desc
+-- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by (updated_at, id)
+-- descending, at most $15, before the cursor ($17 updated_at, $16 id).
+select id, machine, version, step, status::text as status, state::text as state, result::text as result,
+       awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
+       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
+       updated_at
+from instances
+where ($1::bigint[] is null or id = any($1::bigint[]))
+  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($3::text is null or machine = $3::text)
+  and ($4::text is null or starts_with(machine, $4::text))
+  and ($5::int is null or version = $5::int)
+  and ($6::text is null or queue = $6::text)
+  and ($7::text is null or partition_key = $7::text)
+  and ($8::text is null or unique_key = $8::text)
+  and ($9::bigint is null or parent_id = $9::bigint)
+  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
+  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
+  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
+  and ($13::timestamptz is null or updated_at < $13::timestamptz)
+  and ($14::text is null or state @> $14::text::jsonb)
+  and ($17::timestamptz is null or (updated_at, id) < ($17::timestamptz, $16::bigint))
+order by updated_at desc, id desc
+limit $15;
+
+-- name: queue_counts
+-- Instances per (queue, status) with the runnable ones split into 'due' (eligible_at <= now) and
+-- 'scheduled' (later); $1 now (NULL = now()), $2 include the terminal statuses (done, failed,
+-- cancelled: a scan of the whole (queue, status) index, skip it on a hot refresh path).
+-- Returns queue, status (due|scheduled|executing|awaiting_signal|awaiting_children|done|failed|
+-- cancelled), n, and oldest: the earliest eligible_at (due/scheduled) or updated_at (other statuses),
+-- i.e. how long the oldest row of that group has waited.
+select queue, case when eligible_at <= coalesce($1::timestamptz, now()) then 'due' else 'scheduled' end
+         as status,
+       count(*) as n, min(eligible_at) as oldest
+from instances
+where status = 'runnable'
+group by 1, 2
+union all
+select queue, status::text, count(*) as n, min(updated_at) as oldest
+from instances
+where status in ('executing', 'awaiting_signal', 'awaiting_children')
+   or ($2::boolean and status in ('done', 'failed', 'cancelled'))
+group by 1, 2
+order by 1, 2;
+
+-- name: list_workers
+-- Registered runtimes, most recently seen first, with their age in seconds at $1 (NULL = now()).
+-- gauges: {queue: {concurrency, prefetch, in_flight, buffered, steps, done, failed, fenced, picks}}.
+select id, host, pid, queues, gauges::text as gauges, started_at, seen_at, stopped_at,
+       extract(epoch from coalesce($1::timestamptz, now()) - seen_at)::float8 as seen_ago
+from workers
+order by stopped_at is not null, seen_at desc, id;
