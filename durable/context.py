@@ -48,13 +48,17 @@ class Context:
     lease_token: int = 0
     worker_id: str = ""
     db: Database | None = field(default=None, repr=False)
+    taken: set[str] = field(default_factory=set, repr=False)
 
     def signal(self, name: str) -> Signal | None:
-        """The oldest signal named ``name`` in the inbox, or None."""
+        """The oldest signal named ``name`` in the inbox, or None. Reading a name marks its signals as
+        consumed when the step's outcome progresses (like the awaited name)."""
+        self.taken.add(name)
         for s in self.signals:
             if s.name == name:
                 return s
         return None
 
     def signals_named(self, name: str) -> list[Signal]:
+        self.taken.add(name)
         return [s for s in self.signals if s.name == name]

@@ -66,6 +66,7 @@ class Encoded:
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     children: Any = None  # client.InsertColumns for spawn
+    consume: list[int] = field(default_factory=list)  # signal ids a progressing outcome deletes
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,16 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
     raise AssertionError(f"unvalidated outcome {outcome!r}")
 
 
+def consuming(encoded: Encoded, claim: Claim, ctx: Context) -> Encoded:
+    """The shown signals a progressing outcome consumes: those of the awaited name and those the step
+    read by name (ctx.signal / ctx.signals_named). Others stay in the inbox for their own await."""
+    names = set(ctx.taken)
+    if claim.awaits is not None:
+        names.add(claim.awaits)
+    encoded.consume = [s.id for s in claim.signals if s.name in names]
+    return encoded
+
+
 async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, BaseException | None]:
     """Run the claim's step; returns the encoded outcome and the step's exception, if any."""
     try:
@@ -94,12 +104,12 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
         ctx.state = codec.decode_state(type(machine).State, claim.state_json, f"state of instance {claim.id}")
         fn = step_fn(machine, claim.step)
         outcome = validate_outcome(machine, await fn(machine, ctx), where)
-        return encode_outcome(machine, outcome, ctx, db), None
+        return consuming(encode_outcome(machine, outcome, ctx, db), claim, ctx), None
     except Exception as exc:  # user code, bad outcome, state that does not (de)serialize
         error = exc
     try:
         handled = validate_outcome(machine, await machine.handle(error, ctx), f"{machine.name}.handle")
-        encoded = encode_outcome(machine, handled, ctx, db)
+        encoded = consuming(encode_outcome(machine, handled, ctx, db), claim, ctx)
     except Exception as exc:
         reason = f"handle() failed with {describe(exc)} while handling {describe(error)}"
         encoded = Encoded("stop", error=reason, detail={"error": reason})

@@ -15,8 +15,10 @@
 --   * No lost wake-up without a re-check transaction: delivery always locks and rewrites the target
 --     row (signal_seq + 1); an await whose claim saw an older signal_seq parks as runnable. Row-lock
 --     re-evaluation makes every deliver/park interleaving end runnable.
---   * Consumption is name-scoped AND limited to the signals the step was shown (ctx.signals): a signal
---     of the awaited name that arrived during the step survives for the next await (no silent loss).
+--   * Consumption is name-scoped and limited to the signals the step was shown: a progressing outcome
+--     deletes the shown signals named like `awaits` and those the step read by name (ctx.signal(name)),
+--     so a signal that arrived before the step ever parked does not linger to wake a later await. A
+--     signal of that name that arrived during the step survives for the next await (no silent loss).
 --   * retry keeps `awaits` and consumes nothing, so the retried step sees the same inbox (upstream 0.1.3).
 --   * An await may name the step to run when woken (default: the same step).
 --   * Cancel: terminal status `cancelled`; a claim with cancel_requested ends cancelled whatever the
@@ -158,13 +160,14 @@ select id, queue from released;
 --   step; await: step to run when woken, NULL = same; spawn: step after the join), $5 state json (NULL =
 --   unchanged), $6 retry delay seconds, $7 awaited signal name, $8 done result json, $9 error text,
 --   $10 signal_seq seen at pick, $11 history detail json.
--- Signals shown to the step: $12 instance ids, $13 signal ids (flattened pairs).
+-- Signals shown to the step: $12 instance ids, $13 signal ids (flattened pairs); signals to consume
+-- when the outcome progresses: $30 instance ids, $31 signal ids (the engine picks them by name).
 -- Children to spawn: $14 parent id, $15 machine, $16 version, $17 step, $18 state json, $19 queue,
 --   $20 priority, $21 partition key, $22 unique key, $23 unique scope (status[] literal),
 --   $24 eligible_at (NULL = now), $25 traceparent, $26 tracestate, $29 delay seconds.
 -- $27 worker id, $28 now.
 -- Only rows still held (executing, same lease_token) change; the others are logged as fenced.
--- A progressing outcome (not await/retry) deletes the shown signals named like `awaits` and clears it.
+-- A progressing outcome (not await/retry) deletes the signals listed to consume and clears `awaits`.
 -- A terminal outcome decrements its parent's barrier in the same statement; the decrement that reaches
 -- zero releases the parent. Returns one 'outcome' row per input (id, new status, queue, fenced), then
 -- one 'joined' row per parent decremented and one 'child' row per child inserted (for local wake-ups).
@@ -228,9 +231,8 @@ decided as (
 ),
 consumed as (
   delete from signals s
-  using decided d, shown w
-  where d.kind not in ('await', 'retry') and w.iid = d.id and s.id = w.sid
-    and s.target_id = d.id and s.name = d.old_awaits
+  using decided d, unnest($30::bigint[], $31::bigint[]) as e(iid, sid)
+  where d.kind not in ('await', 'retry') and e.iid = d.id and s.id = e.sid and s.target_id = d.id
   returning s.target_id
 ),
 upd as (
@@ -240,7 +242,7 @@ upd as (
                   when d.kind = 'await' and d.step is not null then d.step
                   else g.step end,
       state = coalesce(d.state::jsonb, g.state),
-      result = case when d.kind = 'done' then d.result::jsonb else g.result end,
+      result = case when d.new_status = 'done' then d.result::jsonb else g.result end,
       last_error = case when d.kind in ('retry', 'stop', 'cancel') and d.error is not null then d.error
                         when d.new_status = 'cancelled' then coalesce(d.error, 'cancelled')
                         else g.last_error end,
