@@ -172,5 +172,14 @@ async def asyncio_loop() -> AsyncIterator[None]:
     if running:
         yield
         return
-    async with trio_asyncio.open_loop():
-        yield
+    try:
+        async with trio_asyncio.open_loop():
+            yield
+    except BaseExceptionGroup as group:
+        # the loop's internal nurseries wrap everything raised inside; hand a lone error back as is
+        lone: BaseException = group
+        while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
+            lone = lone.exceptions[0]
+        if lone is not group and not isinstance(lone, BaseExceptionGroup):
+            raise lone from None
+        raise
