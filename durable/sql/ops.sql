@@ -172,3 +172,51 @@ select id, host, pid, queues, gauges::text as gauges, started_at, seen_at, stopp
        extract(epoch from coalesce($1::timestamptz, now()) - seen_at)::float8 as seen_ago
 from workers
 order by stopped_at is not null, seen_at desc, id;
+
+-- name: tail_history
+-- History events after offset ($1 xid, $2 id), in (xid, id) order, at most $5; $3 instance id and $4
+-- machine filter (NULL = all). Only rows of transactions older than every transaction still running
+-- (xid < pg_snapshot_xmin) are returned: a transaction that started earlier but commits later can no
+-- longer add a row behind a returned offset, so a reader resuming from its last offset loses nothing
+-- and reads nothing twice. A long transaction delays the tail; it never makes it skip.
+select id, xid::text as xid, instance_id, machine, event, step, attempt, status::text as status,
+       worker_id, lease_token, detail::text as detail, at
+from history
+where (xid, id) > ($1::text::xid8, $2::bigint)
+  and xid < pg_snapshot_xmin(pg_current_snapshot())
+  and ($3::bigint is null or instance_id = $3::bigint)
+  and ($4::text is null or machine = $4::text)
+order by xid, id
+limit $5;
+
+-- name: tail_frontier
+-- The tail's current end: the xmin of a fresh snapshot. Every row a tail can still return has an xid
+-- at or above it (the offset `now` is (frontier, 0)).
+select pg_snapshot_xmin(pg_current_snapshot())::text;
+
+-- name: gc_batch
+-- Delete up to $2 terminal instances (done, failed, cancelled) last updated more than $3 seconds
+-- before $1 (now; NULL = now()) with their signals and history, oldest first. A child whose parent is still live (not terminal) is kept:
+-- the parent may read its result. Rows locked by someone else (a concurrent retry) are skipped, and
+-- the terminal check is made on the locked row, so a revived instance is never deleted.
+-- Returns the number of instances deleted.
+with doomed as (
+  select g.id
+  from instances g
+  where g.status in ('done', 'failed', 'cancelled') and g.updated_at < coalesce($1::timestamptz, now()) - make_interval(secs => $3::float8)
+    and not exists (select 1 from instances p
+                    where p.id = g.parent_id and p.status not in ('done', 'failed', 'cancelled'))
+  order by g.updated_at, g.id
+  limit $2
+  for update of g skip locked
+),
+gone_signals as (
+  delete from signals s using doomed d where s.target_id = d.id
+),
+gone_history as (
+  delete from history h where h.instance_id = any (array(select id from doomed))
+),
+gone as (
+  delete from instances g using doomed d where g.id = d.id returning g.id
+)
+select count(*)::int from gone;

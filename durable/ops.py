@@ -1,0 +1,372 @@
+"""Operator tools over a :class:`~durable.Database`: instance queries, the history tail, retention.
+
+    page = await db.query(status={"failed"}, machine_prefix="billing.", state={"order": 42})
+    more = await db.query(status={"failed"}, machine_prefix="billing.", after=page.next)
+
+    async for ev in db.tail(after="-1", follow=True):   # every history event once, in commit order
+        save(ev.offset)                                 # resume later with after=ev.offset
+
+    deleted = await db.gc(older_than=7 * 86400)         # terminal instances older than a week
+
+Statements are in ``durable/sql/ops.sql``; the console reads through the same ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from . import codec
+from .errors import DurableError
+from .outcomes import STATUSES, TERMINAL
+from .sql import Q, Query
+
+if TYPE_CHECKING:
+    from .client import Database
+
+__all__ = ["ORDERS", "InvalidArgument", "Page", "Row", "TailEvent", "gc", "parse_statuses", "query", "tail"]
+
+
+class InvalidArgument(DurableError):
+    """A filter, cursor or offset given to an operator tool is malformed (the message names it)."""
+
+
+# status aliases accepted next to the enum values
+_STATUS_GROUPS: dict[str, tuple[str, ...]] = {
+    "terminal": TERMINAL,
+    "active": ("runnable", "executing", "awaiting_signal", "awaiting_children"),
+    "awaiting": ("awaiting_signal", "awaiting_children"),
+}
+
+# order name -> (statement, keyed by updated_at)
+ORDERS: dict[str, tuple[Query, bool]] = {
+    "id": (Q.query_instances, False),
+    "-id": (Q.query_instances_desc, False),
+    "updated": (Q.query_instances_updated, True),
+    "-updated": (Q.query_instances_updated_desc, True),
+}
+
+MAX_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One instance as listed by :func:`query` (no inbox, children or history: see ``db.get``)."""
+
+    id: int
+    machine: str
+    version: int
+    step: str
+    status: str
+    state: Any
+    result: Any
+    awaits: str | None
+    queue: str
+    priority: int
+    partition_key: str | None
+    unique_key: str | None
+    attempt: int
+    last_error: str | None
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    parent_id: int | None
+    children_pending: int
+    eligible_at: datetime
+    inserted_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :func:`query`; ``next`` is the cursor of the following page (None on the last)."""
+
+    items: list[Row]
+    next: str | None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class TailEvent:
+    """One history event with its tail offset (opaque, sortable as a string, resumable)."""
+
+    offset: str
+    id: int
+    instance_id: int
+    machine: str
+    event: str
+    step: str | None
+    attempt: int | None
+    status: str | None
+    worker_id: str | None
+    lease_token: int | None
+    detail: Any
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+# -- query ------------------------------------------------------------------------------------------
+def parse_statuses(value: str | Iterable[str] | None) -> list[str] | None:
+    """Statuses from a name, a comma-separated list or an iterable; aliases: terminal, active, awaiting."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in names:
+        if not isinstance(raw, str):
+            raise InvalidArgument(f"status must be a string, not {raw!r}")
+        name = raw.strip().lower()
+        if name in _STATUS_GROUPS:
+            out.extend(s for s in _STATUS_GROUPS[name] if s not in out)
+        elif name in STATUSES:
+            if name not in out:
+                out.append(name)
+        else:
+            choices = ", ".join((*STATUSES, *_STATUS_GROUPS))
+            raise InvalidArgument(f"unknown status {raw!r} (one of: {choices})")
+    if not out:
+        raise InvalidArgument("empty status filter")
+    return out
+
+
+def _state_filter(state: Any) -> str | None:
+    if state is None:
+        return None
+    if isinstance(state, (str, bytes)):
+        try:
+            parsed = orjson.loads(state)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"state filter is not valid JSON: {exc}") from None
+    else:
+        parsed = state
+    if not isinstance(parsed, (dict, list)):
+        raise InvalidArgument(f"state filter must be a JSON object or array, not {parsed!r}")
+    return codec.encode(parsed, "state filter")
+
+
+def _when(value: datetime | timedelta | None, what: str) -> datetime | None:
+    """A timestamp filter: an aware datetime (naive = UTC) or a timedelta meaning 'that long ago'."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return datetime.now(UTC) - value
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    raise InvalidArgument(f"{what} must be a datetime or a timedelta, not {value!r}")
+
+
+def _opt_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be an integer, not {value!r}")
+    return value
+
+
+def _opt_text(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string, not {value!r}")
+    return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _encode_cursor(order: str, row: Row) -> str:
+    parts = [order, str(row.id)]
+    if ORDERS[order][1]:
+        delta = row.updated_at - _EPOCH
+        parts.append(str((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds))
+    return base64.urlsafe_b64encode(":".join(parts).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order: str) -> tuple[int, datetime | None]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        parts = raw.split(":")
+        kind = parts[0]
+        last_id = int(parts[1])
+        stamp = _EPOCH + timedelta(microseconds=int(parts[2])) if ORDERS[kind][1] else None
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError):
+        raise InvalidArgument(f"malformed cursor {cursor!r} (pass the `next` of a previous page)") from None
+    if kind != order:
+        raise InvalidArgument(f"cursor {cursor!r} belongs to order {kind!r}, not {order!r}")
+    return last_id, stamp
+
+
+async def query(
+    db: Database,
+    *,
+    ids: Iterable[int] | None = None,
+    status: str | Iterable[str] | None = None,
+    machine: str | None = None,
+    machine_prefix: str | None = None,
+    version: int | None = None,
+    queue: str | None = None,
+    partition_key: str | None = None,
+    unique_key: str | None = None,
+    parent_id: int | None = None,
+    inserted_after: datetime | timedelta | None = None,
+    inserted_before: datetime | timedelta | None = None,
+    updated_after: datetime | timedelta | None = None,
+    updated_before: datetime | timedelta | None = None,
+    state: Any = None,
+    order: str = "id",
+    limit: int = 50,
+    after: str | None = None,
+) -> Page:
+    """Instances matching every given filter, sorted by ``order`` (id, -id, updated, -updated),
+    ``limit`` per page; pass ``after=page.next`` for the following page (keyset paging: a page is as
+    fast at row 1,000,000 as at row 1, and rows inserted meanwhile never shift it). ``status`` is a
+    name, a comma-separated list or a set (aliases: terminal, active, awaiting). ``state`` is a dict
+    (or JSON text) the state must contain (``@>``). Time bounds take datetimes or timedeltas (ago)."""
+    if order not in ORDERS:
+        raise InvalidArgument(f"unknown order {order!r} (one of: {', '.join(ORDERS)})")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}")
+    id_list = None
+    if ids is not None:
+        id_list = [_opt_int(i, "id") for i in ids]
+    statement, keyed_by_time = ORDERS[order]
+    args: list[Any] = [
+        id_list,
+        parse_statuses(status),
+        _opt_text(machine, "machine"),
+        _opt_text(machine_prefix, "machine prefix"),
+        _opt_int(version, "version"),
+        _opt_text(queue, "queue"),
+        _opt_text(partition_key, "partition key"),
+        _opt_text(unique_key, "unique key"),
+        _opt_int(parent_id, "parent id"),
+        _when(inserted_after, "inserted_after"),
+        _when(inserted_before, "inserted_before"),
+        _when(updated_after, "updated_after"),
+        _when(updated_before, "updated_before"),
+        _state_filter(state),
+        limit + 1,  # one more than asked: tells whether a next page exists
+    ]
+    cursor_id, cursor_at = _decode_cursor(after, order) if after else (None, None)
+    args.append(cursor_id)
+    if keyed_by_time:
+        args.append(cursor_at)
+    async with db.pool.transaction() as conn:
+        await conn.fetchval(Q.force_custom_plans)
+        records = await conn.fetch(statement, *args)
+    rows = [_row(dict(r)) for r in records[:limit]]
+    return Page(rows, _encode_cursor(order, rows[-1]) if len(records) > limit else None)
+
+
+def _row(data: dict[str, Any]) -> Row:
+    return Row(**{**data, "state": codec.decode(data["state"]), "result": codec.decode(data["result"])})
+
+
+# -- tail -------------------------------------------------------------------------------------------
+_OFFSET = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})$")
+BEGINNING = "-1"
+END = "now"
+
+
+def format_offset(xid: int, event_id: int) -> str:
+    """The offset after the event (xid, id): fixed-width hex, so string order is tail order."""
+    return f"{xid:016x}-{event_id:016x}"
+
+
+def parse_offset(offset: str) -> tuple[int, int]:
+    m = _OFFSET.match(offset.strip().lower()) if isinstance(offset, str) else None
+    if m is None:
+        raise InvalidArgument(
+            f"malformed offset {offset!r} (use -1, now, or an offset printed by the tail)"
+        )
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+async def resolve_offset(db: Database, after: str) -> tuple[int, int]:
+    """``-1`` = before the first event, ``now`` = the current end, else a tail offset."""
+    if after == BEGINNING:
+        return 0, 0
+    if after == END:
+        return int(await db.pool.fetchval(Q.tail_frontier)), 0
+    return parse_offset(after)
+
+
+async def tail(
+    db: Database,
+    after: str = BEGINNING,
+    *,
+    follow: bool = False,
+    instance: int | None = None,
+    machine: str | None = None,
+    poll: float = 0.5,
+    batch: int = 500,
+) -> AsyncIterator[TailEvent]:
+    """History events after offset ``after`` in commit order (by transaction id, then event id); each
+    carries the offset to resume from. A reader that stores the last offset it handled and resumes
+    from it sees every event exactly once, including events of transactions that commit out of id
+    order. ``follow`` keeps polling every ``poll`` seconds for new events instead of stopping at the end.
+    """
+    instance = _opt_int(instance, "instance id")
+    machine = _opt_text(machine, "machine")
+    if not isinstance(batch, int) or batch < 1:
+        raise InvalidArgument(f"batch must be a positive integer, not {batch!r}")
+    xid, last_id = await resolve_offset(db, after)
+    while True:
+        rows = await db.pool.fetch(Q.tail_history, str(xid), last_id, instance, machine, batch)
+        for record in rows:
+            r: dict[str, Any] = dict(record)
+            xid, last_id = int(r.pop("xid")), r["id"]
+            yield TailEvent(offset=format_offset(xid, last_id), **{**r, "detail": codec.decode(r["detail"])})
+        if len(rows) < batch:
+            if not follow:
+                return
+            await trio.sleep(poll)
+
+
+# -- retention --------------------------------------------------------------------------------------
+async def gc(
+    db: Database,
+    older_than: float,
+    *,
+    batch: int = 1000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete terminal instances (done, failed, cancelled) last updated more than ``older_than``
+    seconds ago, with their signals and history, ``batch`` per transaction. A terminal child whose
+    parent is still live is kept. Returns how many instances were deleted; ``progress`` is called
+    with the running total after each batch."""
+    if isinstance(older_than, timedelta):
+        older_than = older_than.total_seconds()
+    if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
+        raise InvalidArgument(f"older_than must be a non-negative number of seconds, not {older_than!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidArgument(f"batch must be a positive integer, not {batch!r}")
+    total = 0
+    while True:
+        deleted = int(await db.pool.fetchval(Q.gc_batch, db.clock.now(), batch, float(older_than)))
+        total += deleted
+        if progress is not None:
+            progress(total)
+        if deleted < batch:
+            return total
