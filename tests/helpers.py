@@ -7,7 +7,7 @@ from typing import Any
 import trio
 
 import durable
-from durable.runtime.claim import Claim, Committed, Encoded
+from durable.runtime.claim import Claim, Committed, Encoded, claims_from_rows
 from durable.runtime.executor import run_claim
 from durable.runtime.flusher import Flusher
 from durable.sql import Q
@@ -16,7 +16,7 @@ from durable.sql import Q
 async def pick(db: durable.Database, queue: str = "default", n: int = 10, *, worker: str = "w1",
                lease: float = 60.0) -> list[Claim]:
     rows = await db.pool.fetch(Q.pick, queue, n, worker, lease, db.clock.now())
-    return [Claim.from_row(r) for r in rows]
+    return claims_from_rows(rows)
 
 
 async def commit(db: durable.Database, claim: Claim, outcome: Encoded, *, worker: str = "w1") -> Committed:

@@ -53,6 +53,12 @@ class Claim:
         )
 
 
+def claims_from_rows(rows: list[asyncpg.Record]) -> list[Claim]:
+    """Pick results in pick order (priority, eligible_at, id): RETURNING itself is unordered."""
+    ordered = sorted(rows, key=lambda r: (r["priority"], r["eligible_at"], r["id"]))
+    return [Claim.from_row(r) for r in ordered]
+
+
 @dataclass(slots=True)
 class Encoded:
     """An outcome as the ``complete`` statement's columns."""

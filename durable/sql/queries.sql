@@ -30,7 +30,8 @@
 -- Claim up to $2 runnable rows of queue $1 for worker $3 with a lease of $4 seconds; $5 now.
 -- Order: priority, eligible_at, id. Locked rows are skipped; a partition key that is executing is
 -- skipped and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
--- and the children ride along so the executor needs no further round trip.
+-- and the children ride along so the executor needs no further round trip. RETURNING has no order:
+-- the caller sorts the claims by (priority, eligible_at, id).
 with candidate as (
   select g.id, g.partition_key, g.priority, g.eligible_at
   from instances g
@@ -60,7 +61,7 @@ from free f
 where g.id = f.id and f.nth = 1
 returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
   g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
-  g.traceparent, g.tracestate, g.inserted_at,
+  g.traceparent, g.tracestate, g.inserted_at, g.eligible_at,
   (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
             'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
      from signals s where s.target_id = g.id) as signals,
