@@ -1,0 +1,153 @@
+"""db.tail against real PostgreSQL: commit order with transactions that commit out of id order, resume
+from an offset without loss or duplicate, -1/now, follow, filters, and malformed offsets."""
+
+from __future__ import annotations
+
+import random
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+import trio
+
+import durable
+from durable.client import InsertColumns
+from durable.ops import InvalidArgument, TailEvent
+from durable.sql import Q
+
+pytestmark = pytest.mark.trio
+
+
+async def insert_in(conn: Any, db: durable.Database, n: int = 1, machine: str = "m") -> list[int]:
+    """Insert n instances inside the caller's open transaction (each writes an 'inserted' event)."""
+    cols = InsertColumns()
+    for i in range(n):
+        cols.add(durable.Insert(machine, {"i": i}, step="s"), None, "test")
+    rows = await conn.fetch(
+        Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue, cols.priority,
+        cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at, cols.traceparent,
+        cols.tracestate, [None] * n, None, cols.delay,
+    )
+    return [r["id"] for r in rows]
+
+
+async def drain(db: durable.Database, after: str, **kw: Any) -> list[TailEvent]:
+    return [ev async for ev in db.tail(after=after, **kw)]
+
+
+async def test_transactions_committing_in_reverse_id_order_are_not_skipped(db: durable.Database) -> None:
+    (before,) = await db.insert_many([durable.Insert("m", {}, step="s")])
+    seen = await drain(db, "-1")
+    assert [e.instance_id for e in seen] == [before]
+    offset = seen[-1].offset
+
+    async with db.pool.transaction() as slow:
+        (early,) = await insert_in(slow, db)          # smaller history id, commits last
+        async with db.pool.transaction() as fast:
+            (late,) = await insert_in(fast, db)       # larger history id, commits first
+        assert late > early
+        # `late` is committed and visible, but an earlier transaction is still open: a reader that
+        # took it now would move its offset past `early` and lose it. The tail holds it back.
+        assert await drain(db, offset) == []
+        assert [e.instance_id for e in await drain(db, "-1")] == [before]
+    # both committed: the resumed reader gets both, once, in (transaction, id) order
+    resumed = await drain(db, offset)
+    assert [e.instance_id for e in resumed] == [early, late]
+    assert [e.event for e in resumed] == ["inserted", "inserted"]
+    assert await drain(db, resumed[-1].offset) == []
+    # offsets sort like the events
+    offsets = [e.offset for e in seen + resumed]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 3
+
+
+async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db: durable.Database) -> None:
+    rng = random.Random(7)
+    written: list[int] = []
+    got: list[TailEvent] = []
+    writers_done = trio.Event()
+
+    async def writer(k: int) -> None:
+        for _ in range(6):
+            async with db.pool.transaction() as conn:
+                await insert_in(conn, db, n=rng.randint(1, 3), machine=f"w{k}")
+                await trio.sleep(rng.random() * 0.02)  # hold the transaction open a little
+                if rng.random() < 0.3:
+                    await trio.sleep(0.03)               # sometimes long: commits after later ones
+            await trio.sleep(rng.random() * 0.01)
+
+    async def reader() -> None:
+        offset = "-1"
+        while True:
+            # one session: follow for a few events, then stop; the next resumes from the last offset
+            wanted, n = rng.randint(1, 7), 0
+            with trio.move_on_after(0.2):
+                async with aclosing(db.tail(after=offset, follow=True, poll=0.01)) as events:
+                    async for ev in events:
+                        got.append(ev)
+                        offset = ev.offset
+                        n += 1
+                        if n >= wanted:
+                            break
+            if writers_done.is_set() and len(got) >= len(written):
+                return
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            async with trio.open_nursery() as writers:
+                for k in range(6):
+                    writers.start_soon(writer, k)
+            # every history row written, by anyone
+            written.extend(e.id for e in await drain(db, "-1"))
+            writers_done.set()
+    ids = [e.id for e in got]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    assert set(ids) == set(written), "an event was lost"
+    assert len(written) >= 36
+    offsets = [e.offset for e in got]
+    assert offsets == sorted(offsets)
+
+
+async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Database) -> None:
+    await db.insert_many([durable.Insert("m", {}, step="s")] * 3)
+    assert len(await drain(db, "-1")) == 3
+    assert await drain(db, "now") == []
+    received: list[TailEvent] = []
+    async with trio.open_nursery() as nursery:
+        async def follow() -> None:
+            async for ev in db.tail(after="now", follow=True, poll=0.02):
+                received.append(ev)
+                if len(received) == 2:
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(follow)
+        await trio.sleep(0.1)
+        (iid,) = await db.insert_many([durable.Insert("m", {}, step="s")])
+        await db.signal(iid, "ping", {"n": 1})
+        with trio.fail_after(10):
+            await trio.sleep_forever()
+    assert [(e.instance_id, e.event) for e in received] == [(iid, "inserted"), (iid, "signal")]
+    assert received[1].detail["name"] == "ping"
+
+
+async def test_filters_by_instance_and_machine(db: durable.Database) -> None:
+    a, b = await db.insert_many([durable.Insert("alpha", {}, step="s"), durable.Insert("beta", {}, step="s")])
+    await db.signal(a, "x")
+    await db.signal(b, "y")
+    await db.cancel(b)
+    assert [e.event for e in await drain(db, "-1", instance=b)] == ["inserted", "signal", "cancelled"]
+    assert [(e.instance_id, e.event) for e in await drain(db, "-1", machine="alpha")] == [
+        (a, "inserted"), (a, "signal")]
+    everything = await drain(db, "-1")
+    assert len(everything) == 5
+    # a filtered reader's offset is a valid offset for an unfiltered reader
+    first_b = (await drain(db, "-1", instance=b))[0]
+    assert [e.id for e in await drain(db, first_b.offset)] == [e.id for e in everything if e.offset > first_b.offset]
+
+
+async def test_malformed_offsets_are_errors_that_name_them(db: durable.Database) -> None:
+    for bad in ["", "42", "latest", "zz-00", "0000000000000001"]:
+        with pytest.raises(InvalidArgument, match="malformed offset"):
+            await drain(db, bad)
+    with pytest.raises(InvalidArgument, match="instance id must be an integer"):
+        await drain(db, "-1", instance="7")
