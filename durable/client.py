@@ -194,6 +194,7 @@ class Database:
                       schedule_at, schedule_in, step, version)
         return (await self.insert_many([spec]))[0]
 
+    @tracing.traced("durable insert", kind=tracing.SpanKind.PRODUCER, after=tracing.inserted)
     async def insert_many(self, specs: Iterable[Insert]) -> list[int | None]:
         """Insert a batch in one statement; per input, the new id or None for a duplicate unique key
         (against existing rows or an earlier row of the same batch)."""
@@ -213,6 +214,8 @@ class Database:
         self.wake(q for q, i in zip(cols.queue, ids, strict=True) if i is not None)
         return ids
 
+    @tracing.traced("durable signal", kind=tracing.SpanKind.PRODUCER, before=tracing.signal_attributes,
+                    after=tracing.signalled)
     async def signal(
         self, instance_id: int, name: str, payload: Any = None, *, dedup_key: str | None = None
     ) -> int | None:

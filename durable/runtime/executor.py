@@ -120,6 +120,7 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
 def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
     return {
         "messaging.system": "durable",
+        "messaging.operation.type": "process",
         "messaging.destination.name": claim.queue,
         "messaging.message.id": str(claim.id),
         "durable.instance.id": claim.id,
@@ -138,8 +139,8 @@ async def run_claim(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded
     links = [link for s in claim.signals if (link := tracing.link_from(s.traceparent)) is not None]
     parent = tracing.context_from(claim.traceparent, claim.tracestate)
     start = trio.current_time()
-    with tracing.span(f"step {claim.machine}.{claim.step}", attributes(claim, worker_id),
-                      parent=parent, links=links, kind=tracing.SpanKind.CONSUMER) as span:
+    with tracing.step_span(f"step {claim.machine}.{claim.step}", attributes(claim, worker_id),
+                           parent=parent, links=links) as span:
         encoded, error = await execute(claim, db, worker_id)
         if error is not None:
             tracing.record_error(span, error)

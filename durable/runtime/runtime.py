@@ -157,6 +157,7 @@ class Runtime:
                            list(self.schedulers), self._gauges_json(), self.clock.now())
         for q, s in self.schedulers.items():
             self.db.add_waker(q, s.wakeup.set)
+        tracing.watch(self)
         try:
             async with trio.open_nursery() as services:
                 await services.start(self.flusher.run)
@@ -177,6 +178,7 @@ class Runtime:
         finally:
             for q, s in self.schedulers.items():
                 self.db.remove_waker(q, s.wakeup.set)
+            tracing.unwatch(self)
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 if self.killed:
                     return

@@ -146,14 +146,17 @@ class Scheduler:
 
     async def commit(self, claim: Claim, encoded: Encoded) -> None:
         rt = self.runtime
+        span = tracing.start_outcome(claim, encoded)
         try:
             result = await rt.flusher.commit(claim, encoded)
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError, RuntimeError) as exc:
             # not committed (or unknown): the lease expires and the reaper re-runs the step
+            tracing.finish_outcome(span, claim, encoded, error=exc)
             self.errors += 1
             rt.log_error(f"outcome of instance {claim.id} not committed: {exc}")
             rt.lost.add(claim)
             return
+        tracing.finish_outcome(span, claim, encoded, result=result)
         self.steps += 1
         if result.fenced:
             self.fenced += 1

@@ -1,0 +1,49 @@
+"""Layering, checked in a fresh interpreter: the engine loads only the OpenTelemetry API, never the SDK,
+the web stack or the console; the ``otel`` package loads the SDK only when asked to configure it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "textual", "starlette", "hypercorn",
+         "otel", "console", "sim")
+
+
+def loaded_after(code: str) -> set[str]:
+    """Top-level-or-dotted module names in sys.modules after running ``code`` in a new interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def heavy(modules: set[str], prefixes: tuple[str, ...] = HEAVY) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+def test_import_durable_loads_only_the_api() -> None:
+    modules = loaded_after("import durable, durable.tracing, durable.runtime, durable.cli")
+    assert "opentelemetry.trace" in modules and "durable.tracing" in modules  # the probe sees imports
+    assert heavy(modules) == []
+
+
+def test_durable_help_loads_no_subcommand_stack() -> None:
+    modules = loaded_after(
+        "from durable.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert "click" in modules
+    assert heavy(modules) == []
+
+
+def test_otel_loads_the_sdk_only_when_configuring() -> None:
+    modules = loaded_after("import otel, otel.cli")
+    assert "otel.cli" in modules
+    assert heavy(modules, ("opentelemetry.sdk", "opentelemetry.exporter", "grpc")) == []
+    configured = loaded_after("import otel\notel.configure('probe', otlp='grpc', endpoint='127.0.0.1:9')\n"
+                              "otel.shutdown()")
+    assert "opentelemetry.sdk.trace" in configured
+    assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in configured
+    assert "opentelemetry.exporter.otlp.proto.http" not in configured  # only the protocol asked for

@@ -1,0 +1,368 @@
+"""Tracing end to end: a workload runs in a subprocess (the OpenTelemetry SDK is process-global) with
+``otel.configure`` and the real OTLP exporter, against a real OTLP receiver in this process (gRPC and
+HTTP servers decoding ``ExportTraceServiceRequest`` with opentelemetry-proto).
+
+Run as a script, this file is that workload: ``python tests/test_tracing.py DSN SCHEMA PROTO ENDPOINT OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import durable
+from durable import Await, Child, Done, Machine, Next, Retry, Spawn, Stop, step
+
+TIMEOUT = 60
+
+
+# -- the workload -----------------------------------------------------------------------------------
+class Ship(Machine, queue="trace"):
+    @step
+    async def go(self, ctx: durable.Context) -> Done:
+        return Done({"parcel": ctx.state["n"]})
+
+
+class Order(Machine, queue="trace", initial="start"):
+    """start fails once (retried through ``handle``), pay awaits a signal, then fans out two Ships."""
+
+    class State(durable.State):
+        order: int
+
+    @step
+    async def start(self, ctx: durable.Context) -> Next:
+        if ctx.attempt == 0:
+            raise RuntimeError("card reader offline")
+        return Next("pay", ctx.state)
+
+    @step
+    async def pay(self, ctx: durable.Context) -> Await | Spawn:
+        if ctx.signal("paid") is None:
+            return Await("paid", ctx.state)
+        return Spawn("join", [Child(Ship, {"n": i}) for i in range(2)], ctx.state)
+
+    @step
+    async def join(self, ctx: durable.Context) -> Done:
+        return Done({"parcels": sorted(c.result["parcel"] for c in ctx.children)})
+
+    async def handle(self, error: BaseException, ctx: durable.Context) -> Retry:
+        return Retry(ctx.state, delay=0, error=f"{type(error).__name__}: {error}")
+
+
+class Doomed(Machine, queue="trace"):
+    @step
+    async def check(self, ctx: durable.Context) -> Stop:
+        return Stop("out of stock")
+
+
+class Slow(Machine, queue="slow"):
+    """The first attempt outlives its lease: the reaper hands the row to attempt 1, and attempt 0's
+    outcome comes back fenced."""
+
+    @step
+    async def work(self, ctx: durable.Context) -> Done:
+        if ctx.attempt == 0:
+            await trio.sleep(1.0)
+        return Done(ctx.attempt)
+
+
+async def wait_status(db: durable.Database, iid: int, *statuses: str) -> durable.Instance:
+    with trio.fail_after(20):
+        while (inst := await db.get(iid)).status not in statuses:  # noqa: ASYNC110 - polls the database
+            await trio.sleep(0.02)
+    return inst
+
+
+async def workload(dsn: str, schema: str) -> dict[str, Any]:
+    from opentelemetry import trace
+
+    from durable.migrate import drop_schema
+
+    tracer = trace.get_tracer("checkout-app")
+    async with durable.connect(dsn, schema=schema, machines=[Order, Ship, Doomed, Slow]) as db:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace").run)
+                await nursery.start(durable.Runtime(db, queues={"slow": 2}, worker_id="w-slow", lease=0.4,
+                                                    heartbeat=60, reap_every=0.1).run)
+                with tracer.start_as_current_span("POST /checkout"):
+                    order = await db.insert(Order, {"order": 7})
+                doomed = await db.insert(Doomed)
+                slow = await db.insert(Slow)
+                assert order is not None and doomed is not None and slow is not None
+                await wait_status(db, order, "awaiting_signal")
+                with tracer.start_as_current_span("POST /payment-webhook"):
+                    await db.signal(order, "paid", {"amount": 100}, dedup_key="evt-1")
+                done = await wait_status(db, order, "done", "failed")
+                await wait_status(db, doomed, "failed")
+                await wait_status(db, slow, "done")
+                # the fenced attempt 0 commits ~1 s after it started
+                with trio.fail_after(20):
+                    while not any(e.event == "fenced" for e in await db.history(slow)):  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await drop_schema(db.pool, schema)
+    return {"order": order, "doomed": doomed, "slow": slow, "result": done.result, "status": done.status,
+            "children": [c["id"] for c in done.children]}
+
+
+def main(argv: list[str]) -> None:
+    import otel
+
+    dsn, schema, proto, endpoint, out = argv
+    otel.configure("tracing-test", otlp=proto, endpoint=endpoint,  # type: ignore[arg-type]
+                   console=proto == "http", metrics_interval=0.2,
+                   resource_attributes={"deployment.environment": "test"})
+    try:
+        ids = trio.run(workload, dsn, schema)
+    finally:
+        otel.shutdown()
+    Path(out).write_text(json.dumps(ids))
+
+
+# -- the tests --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def receiver() -> Any:
+    from otel.receiver import Receiver
+
+    with Receiver() as rx:
+        yield rx
+
+
+def run_workload(pg_dsn: str, schema: str, proto: str, endpoint: str, tmp_path: Path) -> tuple[dict, str]:
+    out = tmp_path / "ids.json"
+    proc = subprocess.run([sys.executable, __file__, pg_dsn, schema, proto, endpoint, str(out)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def tree(spans: list[Any]) -> dict[str, Any]:
+    return {s.span_id: s for s in spans}
+
+
+def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_name: str,
+                                            tmp_path: Path) -> None:
+    ids, _ = run_workload(pg_dsn, schema_name, "grpc", receiver.grpc_endpoint, tmp_path)
+    assert ids["status"] == "done" and ids["result"] == {"parcels": [0, 1]}
+    spans = [s for s in receiver.spans if s.transport == "grpc"]
+    by_id = tree(spans)
+    assert {s.resource["service.name"] for s in spans} == {"tracing-test"}
+    assert {s.resource["deployment.environment"] for s in spans} == {"test"}
+
+    # the order: one trace from the HTTP request that inserted it, through every step, to its children
+    (request,) = [s for s in spans if s.name == "POST /checkout"]
+    order_trace = [s for s in spans if s.trace_id == request.trace_id]
+    steps = [s for s in order_trace if s.name.startswith("step Order.")]
+    assert Counter(s.name for s in steps) == {"step Order.start": 2, "step Order.pay": 2,
+                                              "step Order.join": 1}
+    (insert,) = [s for s in order_trace if s.name == "durable insert"]
+    assert insert.parent_span_id == request.span_id and insert.kind == "PRODUCER"
+    assert insert.attributes["durable.instance.id"] == ids["order"]
+    for s in steps:
+        assert s.parent_span_id == insert.span_id, s.name  # every step continues the inserted trace
+        assert s.kind == "CONSUMER"
+        assert s.attributes["messaging.system"] == "durable"
+        assert s.attributes["messaging.operation.type"] == "process"
+        assert s.attributes["messaging.destination.name"] == "trace"
+        assert s.attributes["durable.instance.id"] == ids["order"]
+        assert s.attributes["durable.machine"] == "Order"
+        assert s.attributes["durable.machine.version"] == 1
+        assert s.attributes["durable.worker.id"] == "w-trace"
+        assert s.attributes["durable.step"] == s.name.removeprefix("step Order.")
+
+    # the failed attempt: exception recorded, status ERROR, outcome retry; attempt 1 goes on
+    first, second = sorted((s for s in steps if s.name == "step Order.start"),
+                           key=lambda s: s.attributes["durable.attempt"])
+    assert first.attributes["durable.attempt"] == 0 and first.status == "ERROR"
+    assert "card reader offline" in first.status_message
+    assert [name for name, _ in first.events] == ["exception"]
+    assert first.events[0][1]["exception.type"] == "RuntimeError"
+    assert first.attributes["durable.outcome"] == "retry"
+    assert second.attributes["durable.attempt"] == 1 and second.status == "UNSET"
+    assert second.attributes["durable.outcome"] == "next" and second.attributes["durable.next_step"] == "pay"
+
+    # one outcome span under each step, named by what the database made of it
+    outcomes = {s.parent_span_id: s for s in order_trace if s.name.startswith("outcome ")}
+    assert set(outcomes) == {s.span_id for s in order_trace if s.name.startswith("step ")}
+    assert outcomes[first.span_id].name == "outcome retry"
+    assert outcomes[first.span_id].attributes["durable.error"] == "RuntimeError: card reader offline"
+    assert outcomes[second.span_id].attributes["durable.next_step"] == "pay"
+    assert all(o.attributes["durable.fenced"] is False for o in outcomes.values())
+
+    # await, then the signal wakes pay: the woken step links to the signal's PRODUCER span
+    await_pay, woken_pay = sorted((s for s in steps if s.name == "step Order.pay"), key=lambda s: s.start_ns)
+    assert outcomes[await_pay.span_id].name == "outcome await"
+    assert outcomes[await_pay.span_id].attributes["durable.signal.name"] == "paid"
+    assert outcomes[await_pay.span_id].attributes["durable.status"] == "awaiting_signal"
+    (signal,) = [s for s in spans if s.name == "durable signal"
+                 and s.attributes.get("durable.instance.id") == ids["order"]]
+    webhook = by_id[signal.parent_span_id]
+    assert webhook.name == "POST /payment-webhook" and signal.kind == "PRODUCER"
+    assert signal.trace_id != request.trace_id  # the webhook is its own trace, linked, not merged
+    assert signal.attributes["durable.signal.name"] == "paid"
+    assert signal.attributes["durable.signal.dedup_key"] == "evt-1"
+    assert (signal.trace_id, signal.span_id) in woken_pay.links
+    assert await_pay.links == []
+    spawn = outcomes[woken_pay.span_id]
+    assert spawn.name == "outcome spawn" and spawn.attributes["durable.children"] == 2
+    assert outcomes[by_name(steps, "step Order.join").span_id].attributes["durable.status"] == "done"
+
+    # children: their steps are in the parent's trace, under the step that spawned them
+    kids = [s for s in order_trace if s.name == "step Ship.go"]
+    assert sorted(s.attributes["durable.instance.id"] for s in kids) == sorted(ids["children"])
+    assert all(s.parent_span_id == woken_pay.span_id for s in kids)
+
+    # one trace per instance: the order's trace holds only the order and its children
+    instances = {s.attributes["durable.instance.id"] for s in order_trace if s.name.startswith("step ")}
+    assert instances == {ids["order"], *ids["children"]}
+
+    # a step that returned Stop: the instance failed, its outcome span says so with status ERROR
+    (doomed,) = [s for s in spans if s.name == "step Doomed.check"
+                 and s.attributes["durable.instance.id"] == ids["doomed"]]
+    stop = [s for s in spans if s.parent_span_id == doomed.span_id]
+    assert [(s.name, s.status, s.attributes["durable.status"]) for s in stop] == [
+        ("outcome stop", "ERROR", "failed")]
+    assert by_id[doomed.parent_span_id].name == "durable insert"  # no caller span: the insert is the root
+
+    # the fenced attempt: its outcome span is "outcome fenced", the retry's is "outcome done"
+    slow_steps = sorted((s for s in spans if s.name == "step Slow.work"),
+                        key=lambda s: s.attributes["durable.attempt"])
+    assert [s.attributes["durable.attempt"] for s in slow_steps] == [0, 1]
+    assert len({s.trace_id for s in slow_steps}) == 1
+    slow_outcomes = [next(o for o in spans if o.parent_span_id == s.span_id) for s in slow_steps]
+    assert [o.name for o in slow_outcomes] == ["outcome fenced", "outcome done"]
+    assert slow_outcomes[0].attributes["durable.outcome.requested"] == "done"
+    assert slow_outcomes[0].attributes["durable.fenced"] is True
+    reaps = [s for s in spans if s.name == "durable reap" and s.attributes["durable.worker.id"] == "w-slow"]
+    assert reaps and all(s.attributes["durable.reaped"] > 0 for s in reaps)  # idle reaps are dropped
+    assert sum(s.attributes["durable.reaped"] for s in reaps) >= 1
+
+    # picks: CONSUMER spans with demand and rows claimed; the empty ones were dropped
+    picks = [s for s in spans if s.name == "durable pick"
+             and s.attributes["durable.worker.id"] in ("w-trace", "w-slow")]
+    assert picks and all(s.attributes["durable.claimed"] > 0 and s.kind == "CONSUMER" for s in picks)
+    assert all(s.attributes["durable.demand"] >= s.attributes["durable.claimed"] for s in picks)
+    claimed = sum(s.attributes["durable.claimed"] for s in picks
+                  if s.attributes["durable.worker.id"] == "w-trace")
+    assert claimed == len([s for s in spans if s.name.startswith("step ")
+                           and s.attributes["durable.worker.id"] == "w-trace"])
+
+
+def by_name(spans: list[Any], name: str) -> Any:
+    (found,) = [s for s in spans if s.name == name]
+    return found
+
+
+def test_http_export_spans_metrics_and_console(receiver: Any, pg_dsn: str, schema_name: str,
+                                               tmp_path: Path) -> None:
+    ids, stdout = run_workload(pg_dsn, schema_name, "http", receiver.http_endpoint, tmp_path)
+    spans = [s for s in receiver.spans if s.transport == "http"]
+    assert receiver.requests["http traces"] >= 1
+    (request,) = [s for s in spans if s.name == "POST /checkout"]
+    order_steps = [s for s in spans if s.name.startswith("step ") and s.trace_id == request.trace_id]
+    assert {s.attributes["durable.instance.id"] for s in order_steps} == {ids["order"], *ids["children"]}
+    assert len(order_steps) == 7
+    assert {s.resource["service.name"] for s in spans} == {"tracing-test"}
+
+    # metrics: cumulative step counts by machine and outcome (the last export of each series wins)
+    steps: dict[tuple[str, str], float] = {}
+    for p in receiver.points:
+        if p.transport == "http" and p.metric == "durable.steps":
+            key = (p.attributes["durable.machine"], p.attributes["durable.outcome"])
+            steps[key] = max(steps.get(key, 0), p.value)
+    assert steps == {("Order", "retry"): 1, ("Order", "next"): 1, ("Order", "await"): 1,
+                     ("Order", "spawn"): 1, ("Order", "done"): 1, ("Ship", "done"): 2,
+                     ("Doomed", "stop"): 1, ("Slow", "fenced"): 1, ("Slow", "done"): 1}
+    durations = [p for p in receiver.points if p.transport == "http" and p.metric == "durable.step.duration"
+                 and p.attributes["durable.outcome"] == "fenced"]
+    assert durations and durations[-1].value == 1 and durations[-1].total >= 1.0  # the step slept 1 s
+    in_flight = [p for p in receiver.points if p.transport == "http" and p.metric == "durable.in_flight"]
+    series = {(p.attributes["messaging.destination.name"], p.attributes["durable.worker.id"]) for p in in_flight}
+    assert series == {("trace", "w-trace"), ("slow", "w-slow")}
+    assert max(p.value for p in in_flight if p.attributes["durable.worker.id"] == "w-slow") >= 1
+
+    # the console exporter printed the same spans as JSON
+    assert '"name": "step Order.join"' in stdout and '"name": "outcome spawn"' in stdout
+
+
+def test_configure_rejects_bad_options() -> None:
+    import otel
+
+    with pytest.raises(otel.ConfigurationError, match="unknown OTLP protocol 'zipkin'"):
+        otel.configure(otlp="zipkin")  # type: ignore[arg-type]
+    with pytest.raises(otel.ConfigurationError, match="without a protocol"):
+        otel.configure(endpoint="http://localhost:4317")
+    assert otel.configured() is None
+
+
+def test_otlp_option_parses_and_rejects() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from otel.cli import configure_from_options, otlp_option
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    @click.command()
+    @otlp_option
+    def worker(otlp: str | None, otlp_endpoint: str | None) -> None:
+        seen.append((otlp, otlp_endpoint))
+        if otlp is None:
+            assert configure_from_options(otlp, otlp_endpoint) is None
+
+    runner = CliRunner()
+    ok = runner.invoke(worker, ["--otlp", "grpc", "--otlp-endpoint", "jaeger:4317"])
+    assert ok.exit_code == 0, ok.output
+    from_env = runner.invoke(worker, [], env={"DURABLE_OTLP": "http"})
+    assert from_env.exit_code == 0, from_env.output
+    assert seen == [("grpc", "jaeger:4317"), ("http", None)]
+    bad = runner.invoke(worker, ["--otlp", "zipkin"])
+    assert bad.exit_code == 2 and "'zipkin' is not one of 'grpc', 'http'" in bad.output
+    lonely = runner.invoke(worker, ["--otlp-endpoint", "jaeger:4317"])
+    assert lonely.exit_code == 2 and "--otlp-endpoint needs --otlp grpc or --otlp http" in lonely.output
+    assert "Traceback" not in bad.output + lonely.output
+
+
+def test_compose_file_is_valid() -> None:
+    """``docker-compose config`` (Debian's docker-compose) accepts compose.yaml and resolves what the
+    docs promise: PostgreSQL, Jaeger v2 with OTLP and the UI published, a worker wired to both."""
+    import shutil
+
+    import yaml
+
+    exe = shutil.which("docker-compose")
+    assert exe is not None, "docker-compose is not installed (apt-get install -y docker-compose)"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([exe, "-f", str(root / "compose.yaml"), "--profile", "worker", "config"],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load(proc.stdout)
+    services = config["services"]
+    assert set(services) == {"postgres", "jaeger", "worker"}
+    assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:2.")
+    published = {int(p["target"]) if isinstance(p, dict) else int(str(p).split(":")[-1])
+                 for p in services["jaeger"]["ports"]}
+    assert {4317, 4318, 16686} <= published
+    worker = services["worker"]
+    assert "durable worker examples.checkout --otlp grpc" in " ".join(_command(worker["command"]))
+    env = worker["environment"]
+    assert env["DURABLE_DSN"].startswith("postgresql://") and "@postgres:5432/" in env["DURABLE_DSN"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+
+
+def _command(cmd: str | list[str]) -> list[str]:
+    return [cmd] if isinstance(cmd, str) else cmd
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
