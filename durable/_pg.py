@@ -45,7 +45,7 @@ _UNREACHABLE = (
 )
 
 
-def _aio(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def aio(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return trio_asyncio.aio_as_trio(fn)  # type: ignore[no-any-return]
 
 
@@ -87,7 +87,7 @@ class Pool:
     @classmethod
     async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
         try:
-            raw = await _aio(asyncpg.create_pool)(
+            raw = await aio(asyncpg.create_pool)(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
@@ -102,7 +102,7 @@ class Pool:
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(10) as scope:
-                await _aio(self.raw.close)()
+                await aio(self.raw.close)()
             if scope.cancelled_caught:
                 self.raw.terminate()
 
@@ -111,7 +111,7 @@ class Pool:
 
         async def run() -> T:
             try:
-                return await _aio(method)(q.text, *args)
+                return await aio(method)(q.text, *args)
             except _UNREACHABLE as exc:
                 raise DatabaseUnavailable(f"lost PostgreSQL at {redact(self.dsn)}: {exc}") from exc
 
@@ -133,32 +133,32 @@ class Pool:
     async def transaction(self) -> AsyncIterator[Conn]:
         """A connection in a transaction: commit on success, rollback on error or cancellation.
         Commit, rollback and release are shielded so a cancelled caller never leaks a connection."""
-        raw = await _aio(self.raw.acquire)()
+        raw = await aio(self.raw.acquire)()
         try:
             tx = raw.transaction()
-            await _aio(tx.start)()
+            await aio(tx.start)()
             try:
                 yield Conn(self, raw)
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await _aio(tx.rollback)()
+                    await aio(tx.rollback)()
                 raise
             else:
                 with trio.CancelScope(shield=True):
-                    await _aio(tx.commit)()
+                    await aio(tx.commit)()
         finally:
             with trio.CancelScope(shield=True):
-                await _aio(self.raw.release)(raw)
+                await aio(self.raw.release)(raw)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A pooled connection outside any transaction (for LISTEN or session-level work)."""
-        raw = await _aio(self.raw.acquire)()
+        raw = await aio(self.raw.acquire)()
         try:
             yield Conn(self, raw)
         finally:
             with trio.CancelScope(shield=True):
-                await _aio(self.raw.release)(raw)
+                await aio(self.raw.release)(raw)
 
 
 @asynccontextmanager

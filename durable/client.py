@@ -149,6 +149,12 @@ class Database:
         self.clock = clock
         self.registry = registry
         self._wakers: dict[str, list[Callable[[], None]]] = defaultdict(list)
+        self.notify = True  # inserts send a NOTIFY hint so other processes' runtimes wake at once
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel of this schema's wake-up hints."""
+        return f"durable_{self.pool.schema}"[:63]
 
     @property
     def schema(self) -> str:
@@ -209,6 +215,7 @@ class Database:
             Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue,
             cols.priority, cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at,
             cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
+            self.channel if self.notify else None,
         )
         ids = [r["id"] for r in rows]
         self.wake(q for q, i in zip(cols.queue, ids, strict=True) if i is not None)

@@ -25,6 +25,7 @@ import orjson
 import trio
 
 from .. import tracing
+from .._pg import aio
 from ..client import Database
 from ..clock import Clock
 from ..errors import DatabaseUnavailable, DefinitionError
@@ -60,6 +61,7 @@ class Runtime:
         on_error: Callable[[str], None] | None = None,
         retention: float | None = None,
         retention_every: float = 60.0,
+        listen: bool = True,
     ) -> None:
         for m in machines:
             if (m.name, m.version) not in db.registry:
@@ -90,6 +92,7 @@ class Runtime:
         self.killed = False
         self.retention = retention
         self.retention_every = retention_every
+        self.listen = listen
         self.lost: set[Claim] = set()
         self.schedulers = {
             q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
@@ -165,6 +168,8 @@ class Runtime:
                 services.start_soon(self._reaper_loop)
                 if self.retention is not None:
                     services.start_soon(self._retention_loop)
+                if self.listen:
+                    services.start_soon(self._listen_loop)
                 async with trio.open_nursery() as work:
                     for s in self.schedulers.values():
                         work.start_soon(s.run)
@@ -259,6 +264,30 @@ class Runtime:
             span.set_attribute("durable.reaped", total)
         self.reaped += total
         return total
+
+    async def _listen_loop(self) -> None:
+        """Wake schedulers on NOTIFY hints from inserts in other processes. Only a hint: polling
+        remains the correctness floor, so a lost connection just means polling until it is back."""
+        def hint(_conn: object, _pid: int, _channel: str, queue: str) -> None:
+            scheduler = self.schedulers.get(queue)
+            if scheduler is not None:
+                scheduler.wakeup.set()
+
+        channel = self.db.channel
+        while True:
+            try:
+                async with self.db.pool.connection() as conn:
+                    await aio(conn.raw.add_listener)(channel, hint)
+                    try:
+                        while not conn.raw.is_closed():
+                            await trio.sleep(self.poll_max)
+                    finally:
+                        with trio.CancelScope(shield=True), trio.move_on_after(2):
+                            if not conn.raw.is_closed():
+                                await aio(conn.raw.remove_listener)(channel, hint)
+            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+                self.log_error(f"listening for wake-up hints failed (polling meanwhile): {exc}")
+            await trio.sleep(self.poll_max)
 
     async def _retention_loop(self) -> None:
         from ..ops import gc  # retention lives with the operator tools

@@ -12,7 +12,7 @@ import trio
 from .. import tracing
 from ..errors import DatabaseUnavailable
 from ..sql import Q
-from .claim import Claim, Encoded
+from .claim import Claim, Encoded, claims_from_rows
 from .executor import run_claim
 
 if TYPE_CHECKING:
@@ -131,18 +131,17 @@ class Scheduler:
             self.picks += 1
             self.picked += len(rows)
             span.set_attribute("durable.claimed", len(rows))
-            return [Claim.from_row(r) for r in rows]
+            return claims_from_rows(rows)
 
     async def run_step(self, claim: Claim, nursery: trio.Nursery) -> None:
         rt = self.runtime
-        try:
-            claim.started = True
-            encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
-            await self.commit(claim, encoded)
-        finally:
-            self.in_flight.discard(claim)
-            self.start_ready(nursery)
-            self.wakeup.set()
+        claim.started = True
+        # a step cut off by cancellation stays in in_flight so the drain can release it
+        encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
+        await self.commit(claim, encoded)
+        self.in_flight.discard(claim)
+        self.start_ready(nursery)
+        self.wakeup.set()
 
     async def commit(self, claim: Claim, encoded: Encoded) -> None:
         rt = self.runtime

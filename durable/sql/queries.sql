@@ -313,7 +313,8 @@ select 'child', k.id, 'runnable', k.queue, false from kids k;
 -- or an earlier row of the batch) is skipped. Rows are inserted in unique-key order (no deadlock
 -- between concurrent batches). $1 machine, $2 version, $3 step, $4 state json, $5 queue, $6 priority,
 -- $7 partition key, $8 unique key, $9 unique scope (status[] literal), $10 eligible_at (NULL = now),
--- $11 traceparent, $12 tracestate, $13 parent id, $15 delay seconds added to eligible_at; $14 now.
+-- $11 traceparent, $12 tracestate, $13 parent id, $15 delay seconds added to eligible_at; $14 now;
+-- $16 notify channel (NULL = none): one pg_notify per distinct queue, delivered at commit.
 -- Returns one row per input, in input order: ord, id (NULL when skipped as a duplicate).
 with src as (
   select s.ord, nextval('instances_id_seq') as id, s.machine, s.version, s.step, s.state, s.queue,
@@ -343,8 +344,13 @@ logged as (
   select id, machine, 'inserted', step, 0, 'runnable',
          jsonb_build_object('queue', queue, 'eligible_at', eligible_at), coalesce($14::timestamptz, now())
   from ins
+),
+notified as (
+  -- a wake-up hint for runtimes in other processes (LISTEN on channel $16); NULL = no notify
+  select pg_notify($16::text, d.queue) from (select distinct queue from ins) d where $16::text is not null
 )
-select s.ord, i.id from src s left join ins i on i.id = s.id order by s.ord;
+select s.ord, i.id, (select count(*) from notified) as notified
+from src s left join ins i on i.id = s.id order by s.ord;
 
 -- name: deliver_signal
 -- Deliver signal $2 with payload $3 (json) and dedup key $4 to instance $1; $5 sender traceparent,
