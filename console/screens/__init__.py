@@ -1,0 +1,1 @@
+"""The console's screens: queues (home), instances, one instance, and the dialogs."""

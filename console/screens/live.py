@@ -1,0 +1,80 @@
+"""A screen that reloads its data about once a second in a worker, off the UI's critical path."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.message import Message
+from textual.screen import Screen
+
+from ..messages import DatabaseDown, DatabaseUp
+from ..source import QueryFailed, SchemaMissing, Source, Unreachable
+
+if TYPE_CHECKING:
+    from ..app import ConsoleApp
+
+
+class LiveScreen(Screen[None]):
+    """Subclasses implement :meth:`fetch` (returning the message to post to themselves).
+
+    A tick starts a load only when none is running, so a slow database never piles up queries; an
+    explicit :meth:`reload` (a new filter, a page turn) replaces the running one (exclusive worker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loading_generation = 0  # generation of the load in progress, 0 = none
+        self._generation = 0
+
+    @property
+    def console(self) -> ConsoleApp:
+        from ..app import ConsoleApp
+
+        assert isinstance(self.app, ConsoleApp)
+        return self.app
+
+    @property
+    def source(self) -> Source:
+        return self.console.source
+
+    def on_mount(self) -> None:
+        if self.console.refresh_every:
+            self.set_interval(self.console.refresh_every, self.tick)
+        self.reload()
+
+    def on_screen_resume(self) -> None:
+        if self._generation:  # not on the first show: on_mount loaded already
+            self.reload()
+
+    def tick(self) -> None:
+        if self.is_current and not self._loading_generation:
+            self.reload()
+
+    def reload(self) -> None:
+        self._generation += 1
+        self._loading_generation = self._generation
+        self._load(self._generation)
+
+    @work(exclusive=True, group="load")
+    async def _load(self, generation: int) -> None:
+        try:
+            message = await self.fetch()
+        except Unreachable as exc:
+            self.app.post_message(DatabaseDown(banner_text(exc)))
+        else:
+            self.app.post_message(DatabaseUp())
+            self.post_message(message)
+        finally:
+            if self._loading_generation == generation:
+                self._loading_generation = 0
+
+    async def fetch(self) -> Message:
+        raise NotImplementedError
+
+
+def banner_text(exc: Unreachable) -> str:
+    if isinstance(exc, SchemaMissing):
+        return str(exc)
+    if isinstance(exc, QueryFailed):
+        return f"query failed, retrying · {exc}"
+    return f"database unreachable, retrying · {exc}"

@@ -1,0 +1,351 @@
+"""The console against a real database filled by the real trio runtime, driven with Textual's pilot.
+
+The data is written before the asyncio part runs (``trio.run`` in a module fixture); the checks compare
+what is on screen with what SQL says at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+import trio
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, Static
+
+from console.app import ConsoleApp
+from console.screens.dialogs import ConfirmDialog, HelpScreen, SignalDialog
+from console.screens.instance import InstanceScreen
+from console.screens.instances import InstancesScreen
+from console.screens.queues import QueuesScreen
+from console.source import Source
+
+from .test_console_support import Live, drop, fill_live, run_trio, wake_runtime
+
+pytestmark = pytest.mark.asyncio
+
+SIZE = (160, 50)
+
+
+@pytest.fixture(scope="module")
+def live(pg_dsn: str) -> Iterator[tuple[str, Live]]:
+    schema = f"t_console_{uuid.uuid4().hex[:8]}"
+    data = trio.run(fill_live, pg_dsn, schema)
+    yield schema, data
+    trio.run(drop, pg_dsn, schema)
+
+
+@pytest_asyncio.fixture
+async def sql(pg_dsn: str, live: tuple[str, Live]) -> AsyncIterator[asyncpg.Connection]:
+    """An independent connection to check the screen against (the test's oracle)."""
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": live[0]})
+    yield conn
+    await conn.close()
+
+
+def make_app(pg_dsn: str, schema: str, refresh: float | None = 0.2) -> ConsoleApp:
+    return ConsoleApp(Source(pg_dsn, schema, timeout=5), refresh_every=refresh)
+
+
+async def until(pilot: Pilot[Any], condition: Callable[[], bool], what: str, limit: float = 15) -> None:
+    """Let the app run until ``condition`` holds (``limit`` is a failure guard, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def cells(table: DataTable[Any], key: str) -> list[str]:
+    return [c.plain if isinstance(c, Text) else str(c) for c in table.get_row(key)]
+
+
+def plain(widget: Static) -> str:
+    """The text a Static shows (strings, rich Text and rich renderables alike)."""
+    import io
+
+    from rich.console import Console
+
+    content = widget.content
+    if isinstance(content, str):
+        return content
+    console = Console(width=200, file=io.StringIO(), record=True)
+    console.print(content)
+    return console.export_text()
+
+
+async def test_runs_on_a_native_asyncio_loop() -> None:
+    import trio_asyncio  # noqa: F401  (imported by durable: its policy must not reach the console)
+
+    from console.app import native_asyncio
+
+    native_asyncio()
+    loop = asyncio.get_running_loop()
+    assert type(loop).__module__.startswith("asyncio"), type(loop)
+
+
+async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[str, Live],
+                                                     sql: asyncpg.Connection) -> None:
+    schema, _ = live
+    app = make_app(pg_dsn, schema)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, QueuesScreen)
+        queues = screen.query_one("#queues", DataTable)
+        await until(pilot, lambda: queues.row_count >= 4, "the queues table")
+        rows = await sql.fetch(
+            "select queue, case when status = 'runnable' and eligible_at > now() then 'scheduled' "
+            "when status = 'runnable' then 'due' else status::text end as s, count(*)::int as n "
+            "from instances group by 1, 2")
+        expected: dict[str, dict[str, int]] = {}
+        for r in rows:
+            expected.setdefault(r["queue"], {})[r["s"]] = r["n"]
+        assert sorted(expected) == sorted(k.value for k in queues.rows if k.value in expected)
+        labels = {"due": "due", "scheduled": "scheduled", "executing": "executing",
+                  "awaiting_signal": "awaiting_signal", "awaiting_children": "awaiting_children",
+                  "done": "done", "failed": "failed", "cancelled": "cancelled"}
+        for queue, counts in expected.items():
+            shown = dict(zip([k.value for k in queues.columns], cells(queues, queue), strict=True))
+            for status, col in labels.items():
+                assert shown[col] == str(counts.get(status, 0)), (queue, status, shown)
+        # every queue with data shows something: the fill made each status somewhere
+        assert expected["mail"]["failed"] >= 1 and expected["mail"]["done"] >= 1
+        assert expected["orders"]["awaiting_signal"] == 3 and expected["orders"]["awaiting_children"] == 2
+
+        # throughput: the sparkline buckets add up to the outcome events of the last five minutes
+        events = {r["queue"]: r["n"] for r in await sql.fetch(
+            "select i.queue, count(*)::int as n from history h join instances i on i.id = h.instance_id "
+            "where h.at > now() - interval '290 seconds' "
+            "and h.event in ('next','retry','await','spawn','done','stop','cancel') group by 1")}
+        trend = {q.queue: sum(q.trend) for q in screen.overview.queues} if screen.overview else {}
+        assert events and {q: trend.get(q, 0) for q in events} == events
+
+        # saturation: the killed worker still holds its claim; the stopped one is shown stopped
+        workers = screen.query_one("#workers", DataTable)
+        await until(pilot, lambda: "runtime-killed\x00slow" in [k.value for k in workers.rows], "workers")
+        wcols = [k.value for k in workers.columns]
+        killed = dict(zip(wcols, cells(workers, "runtime-killed\x00slow"), strict=True))
+        assert killed["in_flight"] == "1/3" and killed["state"] == "live"
+        main = dict(zip(wcols, cells(workers, "runtime-main\x00mail"), strict=True))
+        assert main["state"] == "stopped"
+        slow = dict(zip([k.value for k in queues.columns], cells(queues, "slow"), strict=True))
+        assert slow["in_flight"] == "1/3" and slow["executing"] == "1" and slow["workers"] == "1"
+
+
+async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Live],
+                                               sql: asyncpg.Connection) -> None:
+    schema, data = live
+    app = make_app(pg_dsn, schema)
+    async with app.run_test(size=SIZE) as pilot:
+        queues = app.screen.query_one("#queues", DataTable)
+        await until(pilot, lambda: queues.row_count >= 4, "the queues table")
+        await pilot.press("i")
+        await until(pilot, lambda: isinstance(app.screen, InstancesScreen), "the instances screen")
+        screen = app.screen
+        assert isinstance(screen, InstancesScreen)
+        table = screen.query_one("#instances", DataTable)
+        total = await sql.fetchval("select count(*) from instances")
+        await until(pilot, lambda: table.row_count == total, "all instances on one page")
+
+        filt = screen.query_one("#filter", Input)
+
+        async def set_filter(text: str) -> None:
+            if not filt.has_focus:
+                await pilot.press("slash")
+            assert filt.has_focus
+            filt.value = text
+            await pilot.press("enter")
+
+        # filter: failed mail
+        await set_filter("queue:mail status:failed")
+        failed = [r["id"] for r in await sql.fetch(
+            "select id from instances where queue = 'mail' and status = 'failed' order by id desc")]
+        await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == failed, "the filtered rows")
+        assert failed == sorted(data.failed, reverse=True)
+
+        # a bad filter says why, and keeps the rows
+        await set_filter("status:sleeping")
+        await pilot.pause(0.2)
+        assert [int(k.value or 0) for k in table.rows] == failed
+        assert filt.has_focus  # still editing the bad filter
+
+        # paging: 3 rows a page over every instance, ascending id
+        screen.page_size = 3
+        await set_filter("")
+        await pilot.press("r")
+        all_ids = [r["id"] for r in await sql.fetch("select id from instances order by id")]
+        await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == all_ids[:3], "page 1")
+        await pilot.press("n")
+        await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == all_ids[3:6], "page 2")
+        await pilot.press("p")
+        await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == all_ids[:3], "page 1 again")
+        # sort by updated, newest first (click the header twice: ascending then descending)
+        await pilot.press("o", "r")
+        by_updated = [r["id"] for r in await sql.fetch(
+            "select id from instances order by updated_at desc, id desc limit 3")]
+        await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == by_updated, "updated order")
+
+        # drill down: a parent awaiting its children
+        parent = data.parents[0]
+        await set_filter(f"id:{parent}")
+        await until(pilot, lambda: [k.value for k in table.rows] == [str(parent)], "the parent row")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, InstanceScreen), "the instance screen")
+        inst = app.screen
+        assert isinstance(inst, InstanceScreen)
+        children = inst.query_one("#children", DataTable)
+        history = inst.query_one("#history", DataTable)
+        await until(pilot, lambda: inst.detail is not None and history.row_count > 0, "the instance")
+        kids = await sql.fetch("select id, status::text as status from instances where parent_id = $1 "
+                               "order by id", parent)
+        assert [int(k.value or 0) for k in children.rows] == [k["id"] for k in kids]
+        for k in kids:
+            assert cells(children, str(k["id"]))[3] == k["status"]
+        events = await sql.fetch("select event, step from history where instance_id = $1 order by id", parent)
+        assert [cells(history, k.value or "")[1] for k in history.rows] == [e["event"] for e in events]
+        facts = plain(inst.query_one("#facts", Static))
+        assert "awaiting_children" in facts and f"#{parent}" in facts
+
+        # into a child and back up to its parent with u
+        children.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, InstanceScreen) and app.screen is not inst,
+                    "the child screen")
+        child = app.screen
+        assert isinstance(child, InstanceScreen) and child.instance_id == kids[0]["id"]
+        await until(pilot, lambda: child.detail is not None, "the child")
+        assert f"#{parent}" in plain(child.query_one("#facts", Static))
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, InstanceScreen) and app.screen.instance_id == parent
+                    and app.screen is not inst, "the parent via u")
+        # escape walks back
+        await pilot.press("escape", "escape", "escape")
+        await until(pilot, lambda: isinstance(app.screen, InstancesScreen), "back to the instances")
+
+
+async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[str, Live],
+                                                      sql: asyncpg.Connection) -> None:
+    schema, data = live
+    target = data.awaiting[0]
+    app = make_app(pg_dsn, schema)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.push_screen(InstanceScreen(target))
+        screen = app.screen
+        assert isinstance(screen, InstanceScreen)
+        await until(pilot, lambda: screen.detail is not None, "the instance")
+        assert "paid" in plain(screen.query_one("#facts", Static))
+
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, SignalDialog), "the signal dialog")
+        dialog = app.screen
+        assert dialog.query_one("#name", Input).value == "paid"  # prefilled with the awaited name
+        dialog.query_one("#payload", Input).value = "{not json"
+        await pilot.press("enter")
+        assert "not JSON" in plain(dialog.query_one("#error", Static))
+        dialog.query_one("#payload", Input).value = '{"amount": 5}'
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the confirmation")
+        assert await sql.fetchval("select status::text from instances where id = $1", target) == \
+            "awaiting_signal"  # nothing happens before the confirmation
+        await pilot.press("y")
+
+        async def status() -> str:
+            return str(await sql.fetchval("select status::text from instances where id = $1", target))
+
+        for _ in range(200):
+            if await status() != "awaiting_signal":
+                break
+            await pilot.pause(0.05)
+        assert await status() == "runnable"
+        payload = await sql.fetchval(
+            "select payload::text from signals where target_id = $1 and name = 'paid'", target)
+        assert payload == '{"amount": 5}'
+        inbox = screen.query_one("#inbox", DataTable)
+        await until(pilot, lambda: inbox.row_count == 1, "the signal in the inbox")
+
+        # a runtime picks the woken instance up; the screen follows it live
+        await asyncio.to_thread(run_trio, wake_runtime, pg_dsn, schema, target, "awaiting_children")
+        children = screen.query_one("#children", DataTable)
+        await until(pilot, lambda: children.row_count == 2, "the spawned children")
+        assert "awaiting_children" in plain(screen.query_one("#facts", Static))
+        history = screen.query_one("#history", DataTable)
+        await until(pilot, lambda: "spawn" in [cells(history, k.value or "")[1] for k in history.rows],
+                    "the spawn event")
+        assert inbox.row_count == 0  # the woken step consumed the signal
+
+
+async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live],
+                                          sql: asyncpg.Connection) -> None:
+    schema, data = live
+    failed, awaiting = data.failed[0], data.awaiting[1]
+    app = make_app(pg_dsn, schema)
+
+    async def status(iid: int) -> str:
+        return str(await sql.fetchval("select status::text from instances where id = $1", iid))
+
+    async with app.run_test(size=SIZE) as pilot:
+        await app.push_screen(InstanceScreen(failed))
+        screen = app.screen
+        assert isinstance(screen, InstanceScreen)
+        await until(pilot, lambda: screen.detail is not None, "the failed instance")
+        assert "smtp: connection refused" in plain(screen.query_one("#facts", Static))
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the retry confirmation")
+        await pilot.press("n")  # declined: nothing changes
+        await pilot.pause(0.3)
+        assert await status(failed) == "failed"
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the retry confirmation")
+        await pilot.press("y")
+        for _ in range(100):
+            if await status(failed) != "failed":
+                break
+            await pilot.pause(0.05)
+        assert await status(failed) == "runnable"
+        history = screen.query_one("#history", DataTable)
+        await until(pilot, lambda: "retried" in [cells(history, k.value or "")[1] for k in history.rows],
+                    "the retried event")
+
+        await pilot.press("escape")
+        await app.push_screen(InstanceScreen(awaiting))
+        other = app.screen
+        assert isinstance(other, InstanceScreen)
+        await until(pilot, lambda: other.detail is not None, "the awaiting instance")
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the cancel confirmation")
+        await pilot.click("#yes")  # the mouse works too
+        for _ in range(100):
+            if await status(awaiting) != "awaiting_signal":
+                break
+            await pilot.pause(0.05)
+        assert await status(awaiting) == "cancelled"
+
+
+async def test_unreachable_database_shows_a_banner_and_stays_responsive() -> None:
+    source = Source("postgresql://nobody@127.0.0.1:9/none", "durable", timeout=0.5)
+    app = ConsoleApp(source, refresh_every=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.screen.query_one("#banner", Static)
+        await until(pilot, lambda: app.db_error is not None and banner.display, "the banner")
+        assert plain(banner).startswith("database unreachable, retrying")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "help while the database is down")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, QueuesScreen), "back from help")
+        await pilot.press("i")
+        await until(pilot, lambda: isinstance(app.screen, InstancesScreen), "the instances screen")
+        assert app.screen.query_one("#banner", Static).display
+
+
+async def test_missing_schema_says_how_to_fix_it(pg_dsn: str) -> None:
+    app = ConsoleApp(Source(pg_dsn, "no_such_schema_here", timeout=5), refresh_every=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.db_error is not None, "the banner")
+        assert "durable migrate --schema no_such_schema_here" in (app.db_error or "")
