@@ -27,7 +27,7 @@ import trio
 from .. import tracing
 from .._pg import aio
 from ..client import Database
-from ..clock import Clock
+from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
 from ..machine import Machine, Registry
 from ..sql import Q
@@ -61,7 +61,7 @@ class Runtime:
         on_error: Callable[[str], None] | None = None,
         retention: float | None = None,
         retention_every: float = 60.0,
-        listen: bool = True,
+        listen: bool | None = None,
     ) -> None:
         for m in machines:
             if (m.name, m.version) not in db.registry:
@@ -92,7 +92,8 @@ class Runtime:
         self.killed = False
         self.retention = retention
         self.retention_every = retention_every
-        self.listen = listen
+        # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
+        self.listen = listen if listen is not None else not isinstance(self.clock, VirtualClock)
         self.lost: set[Claim] = set()
         self.schedulers = {
             q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
