@@ -11,24 +11,21 @@ import pytest
 import trio
 
 import durable
-from durable.client import InsertColumns
 from durable.ops import InvalidArgument, TailEvent
 from durable.sql import Q
 
 pytestmark = pytest.mark.trio
 
 
-async def insert_in(conn: Any, db: durable.Database, n: int = 1, machine: str = "m") -> list[int]:
-    """Insert n instances inside the caller's open transaction (each writes an 'inserted' event)."""
-    cols = InsertColumns()
-    for i in range(n):
-        cols.add(durable.Insert(machine, {"i": i}, step="s"), None, "test")
-    rows = await conn.fetch(
-        Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue, cols.priority,
-        cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at, cols.traceparent,
-        cols.tracestate, [None] * n, None, cols.delay,
-    )
-    return [r["id"] for r in rows]
+async def fresh(db: durable.Database, n: int = 1, machine: str = "m") -> list[int]:
+    ids = await db.insert_many([durable.Insert(machine, {"i": i}, step="s") for i in range(n)])
+    return [i for i in ids if i is not None]
+
+
+async def cancel_in(conn: Any, ids: list[int]) -> None:
+    """Cancel instances inside the caller's open transaction (each writes a 'cancelled' event)."""
+    for iid in ids:
+        await conn.fetchrow(Q.cancel_instance, iid, "test", None)
 
 
 async def drain(db: durable.Database, after: str, **kw: Any) -> list[TailEvent]:
@@ -36,28 +33,27 @@ async def drain(db: durable.Database, after: str, **kw: Any) -> list[TailEvent]:
 
 
 async def test_transactions_committing_in_reverse_id_order_are_not_skipped(db: durable.Database) -> None:
-    (before,) = await db.insert_many([durable.Insert("m", {}, step="s")])
+    before, early, late = await fresh(db, 3)
     seen = await drain(db, "-1")
-    assert [e.instance_id for e in seen] == [before]
+    assert [e.instance_id for e in seen] == [before, early, late]
     offset = seen[-1].offset
 
     async with db.pool.transaction() as slow:
-        (early,) = await insert_in(slow, db)          # smaller history id, commits last
+        await cancel_in(slow, [early])                # smaller history id, commits last
         async with db.pool.transaction() as fast:
-            (late,) = await insert_in(fast, db)       # larger history id, commits first
-        assert late > early
+            await cancel_in(fast, [late])             # larger history id, commits first
         # `late` is committed and visible, but an earlier transaction is still open: a reader that
         # took it now would move its offset past `early` and lose it. The tail holds it back.
         assert await drain(db, offset) == []
-        assert [e.instance_id for e in await drain(db, "-1")] == [before]
+        assert len(await drain(db, "-1")) == 3
     # both committed: the resumed reader gets both, once, in (transaction, id) order
     resumed = await drain(db, offset)
-    assert [e.instance_id for e in resumed] == [early, late]
-    assert [e.event for e in resumed] == ["inserted", "inserted"]
+    assert [(e.instance_id, e.event) for e in resumed] == [(early, "cancelled"), (late, "cancelled")]
+    assert resumed[0].id < resumed[1].id
     assert await drain(db, resumed[-1].offset) == []
     # offsets sort like the events
     offsets = [e.offset for e in seen + resumed]
-    assert offsets == sorted(offsets) and len(set(offsets)) == 3
+    assert offsets == sorted(offsets) and len(set(offsets)) == 5
 
 
 async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db: durable.Database) -> None:
@@ -67,9 +63,12 @@ async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db:
     writers_done = trio.Event()
 
     async def writer(k: int) -> None:
+        mine = await fresh(db, 18, machine=f"w{k}")
         for _ in range(6):
             async with db.pool.transaction() as conn:
-                await insert_in(conn, db, n=rng.randint(1, 3), machine=f"w{k}")
+                take = mine[: rng.randint(1, 3)]
+                del mine[: len(take)]
+                await cancel_in(conn, take)
                 await trio.sleep(rng.random() * 0.02)  # hold the transaction open a little
                 if rng.random() < 0.3:
                     await trio.sleep(0.03)               # sometimes long: commits after later ones
@@ -103,7 +102,7 @@ async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db:
     ids = [e.id for e in got]
     assert len(ids) == len(set(ids)), "an event was delivered twice"
     assert set(ids) == set(written), "an event was lost"
-    assert len(written) >= 36
+    assert len(written) >= 6 * 18 + 6 * 6
     offsets = [e.offset for e in got]
     assert offsets == sorted(offsets)
 
@@ -122,7 +121,7 @@ async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Data
 
         nursery.start_soon(follow)
         await trio.sleep(0.1)
-        (iid,) = await db.insert_many([durable.Insert("m", {}, step="s")])
+        (iid,) = await fresh(db)
         await db.signal(iid, "ping", {"n": 1})
         with trio.fail_after(10):
             await trio.sleep_forever()
@@ -131,7 +130,7 @@ async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Data
 
 
 async def test_filters_by_instance_and_machine(db: durable.Database) -> None:
-    a, b = await db.insert_many([durable.Insert("alpha", {}, step="s"), durable.Insert("beta", {}, step="s")])
+    (a,), (b,) = await fresh(db, machine="alpha"), await fresh(db, machine="beta")
     await db.signal(a, "x")
     await db.signal(b, "y")
     await db.cancel(b)
@@ -142,7 +141,8 @@ async def test_filters_by_instance_and_machine(db: durable.Database) -> None:
     assert len(everything) == 5
     # a filtered reader's offset is a valid offset for an unfiltered reader
     first_b = (await drain(db, "-1", instance=b))[0]
-    assert [e.id for e in await drain(db, first_b.offset)] == [e.id for e in everything if e.offset > first_b.offset]
+    after_b = [e.id for e in everything if e.offset > first_b.offset]
+    assert [e.id for e in await drain(db, first_b.offset)] == after_b
 
 
 async def test_malformed_offsets_are_errors_that_name_them(db: durable.Database) -> None:
