@@ -1,0 +1,67 @@
+-- The simulator's statements (sim/): its ledger, whole-schema reads for the invariant checks, and the
+-- fault hooks' admin statements. They run in the simulated run's own schema (search_path).
+
+-- name: sim_create_ledger
+-- Create the bank workload's ledger in the current schema: one row per (instance, step) effect, so a
+-- re-executed step writes nothing twice. No parameters.
+create table if not exists sim_ledger (
+  instance_id bigint not null,
+  step        text   not null,
+  account     int    not null,
+  delta       bigint not null,
+  lease_token bigint not null,
+  primary key (instance_id, step)
+);
+
+-- name: sim_ledger_write
+-- Record one effect idempotently: instance $1, step $2, account $3, delta $4, lease token $5.
+-- Returns 1 when written, nothing when the effect was already there.
+insert into sim_ledger (instance_id, step, account, delta, lease_token)
+values ($1, $2, $3, $4, $5)
+on conflict (instance_id, step) do nothing
+returning 1;
+
+-- name: sim_ledger_all
+-- Every ledger row, by instance and step.
+select instance_id, step, account, delta, lease_token from sim_ledger order by instance_id, step;
+
+-- name: sim_freeze_tables
+-- Turn autovacuum/autoanalyze off for the run's tables so plans and row order depend only on the run
+-- (several statements: run without parameters, simple protocol).
+alter table instances set (autovacuum_enabled = false);
+alter table signals set (autovacuum_enabled = false);
+alter table history set (autovacuum_enabled = false);
+
+-- name: sim_instances_all
+-- Every instance of the run with the columns the invariants read, by id.
+select id, machine, step, status::text as status, state::text as state, result::text as result,
+       attempt, last_error, parent_id, children_pending, partition_key, lease_token, worker_id
+from instances order by id;
+
+-- name: sim_signals_all
+-- Every signal still in an inbox, by id.
+select id, target_id, name, dedup_key from signals order by id;
+
+-- name: sim_history_all
+-- The whole history in id order (calls are serialized by the simulator, so id order is commit order).
+select id, instance_id, machine, event, step, attempt, status::text as status, worker_id, lease_token,
+       detail::text as detail
+from history order by id;
+
+-- name: sim_block_instances
+-- Inside an admin transaction: lock the instances table so the next engine statement blocks on it
+-- (the connection-kill fault terminates it while it waits). No parameters.
+lock table instances in access exclusive mode;
+
+-- name: sim_blocked_backends
+-- Backends of application $1 waiting on a lock (the statement the connection-kill fault targets).
+select pid from pg_stat_activity
+where application_name = $1 and wait_event_type = 'Lock' order by pid;
+
+-- name: sim_terminate_backends
+-- Terminate the backends $1 (pids); returns how many were signalled.
+select count(*) filter (where pg_terminate_backend(p)) as killed from unnest($1::int[]) as t(p);
+
+-- name: sim_drop_partition_index
+-- Planted bug helper: drop the unique index that serializes partition keys. No parameters.
+drop index if exists instances_partition_active;

@@ -1,0 +1,241 @@
+"""The gate every database call passes through (``Pool.gate``): one call at a time, virtual time frozen
+while it runs, and the fault hooks (before execute, after commit before the acknowledgement, connection
+kill during the statement, stalls).
+
+Determinism: before a call runs, every other task must be blocked (``wait_all_tasks_blocked``); while
+it runs the mock clock cannot jump; afterwards trio's scheduler shuffle is reseeded from the run's own
+PRNG, so the order in which tasks wake depends on the seed and on nothing the I/O did.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import trio
+import trio.testing
+from trio._core import _run as trio_run_module
+
+from durable._pg import Pool
+from durable.sql import Q
+
+from .core import Run
+from .plan import STATEMENT
+
+if TYPE_CHECKING:
+    from durable.runtime import Runtime
+
+T = TypeVar("T")
+
+
+def deterministic_scheduling(on: bool) -> None:
+    """Make trio shuffle each batch of runnable tasks with its (seedable) module PRNG."""
+    trio_run_module._ALLOW_DETERMINISTIC_SCHEDULING = on  # type: ignore[misc]
+
+
+class Serializer:
+    """One database call at a time (FIFO); in dst mode the mock clock is frozen during the call."""
+
+    def __init__(self, run: Run, clock: trio.testing.MockClock | None) -> None:
+        self.run = run
+        self.clock = clock
+        self.lock = trio.Lock()
+        self.sched = random.Random(f"{run.config.seed}:sched")
+        self.calls = 0
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self.clock is None:  # chaos mode: real concurrency
+            self.calls += 1
+            yield
+            return
+        async with self.lock:
+            await trio.testing.wait_all_tasks_blocked()
+            self.clock.autojump_threshold = math.inf
+            self.calls += 1
+            try:
+                yield
+            finally:
+                self.clock.autojump_threshold = 0
+                trio_run_module._r.seed(self.sched.getrandbits(64))
+
+    async def frozen(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run harness I/O (setup, final reads) with the clock frozen, outside the log."""
+        async with self.turn():
+            return await fn()
+
+
+class Slot:
+    """A worker slot: successive incarnations (after crashes) of one worker, and its call counters."""
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        self.counts: Counter[str] = Counter()
+        self.paused: trio.Event | None = None  # set while a zombie pause lasts
+        self.runtime: Runtime | None = None
+        self.incarnation = 0
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.name}.{self.incarnation}"
+
+
+class SlotGate:
+    """``Pool.gate`` of one slot's pool: counts calls, applies the slot's faults, logs the results."""
+
+    def __init__(self, run: Run, serializer: Serializer, slot: Slot, admin: Pool | None,
+                 watch: Pool | None, application_name: str) -> None:
+        self.run = run
+        self.serializer = serializer
+        self.slot = slot
+        self.admin = admin
+        self.watch = watch
+        self.application_name = application_name
+
+    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        sim, slot = self.run, self.slot
+        slot.counts[name] += 1
+        nth = slot.counts[name]
+        faults = [f for f in sim.plan
+                  if sim.faults_on and f.slot == slot.index and STATEMENT.get(f.kind) == name and f.nth == nth]
+        if slot.paused is not None:
+            await slot.paused.wait()
+        for f in faults:
+            if f.kind == "reaper_delay":
+                sim.fire(f, f" ({slot.worker_id})")
+                await trio.sleep(f.seconds)
+            elif f.kind == "zombie":
+                await self._zombie(f)
+        kinds = {f.kind for f in faults}
+        async with self.serializer.turn():
+            held = self._held()
+            if "crash" in kinds:
+                self._crash(next(f for f in faults if f.kind == "crash"))
+                await trio.lowlevel.checkpoint()  # the kill cancelled us: the statement never runs
+            if kinds & {"conn_pick", "conn_heartbeat", "conn_complete"}:
+                fault = next(f for f in faults if f.kind.startswith("conn_"))
+                result = await self._kill_during(fault, name, run)
+            else:
+                result = await run()
+            self._observe(name, nth, result, held)
+            if "commit_unknown" in kinds:
+                self._crash(next(f for f in faults if f.kind == "commit_unknown"))
+                await trio.lowlevel.checkpoint()  # committed, but the worker never hears of it
+            return result
+
+    # -- faults ----------------------------------------------------------------------------------
+    async def _zombie(self, fault: Any) -> None:
+        """Stall every call of this worker (heartbeats too) until the reaper has taken one of its claims
+        back and another worker holds it, or ``fault.seconds`` passed; then let it try to commit."""
+        slot, sim = self.slot, self.run
+        sim.fire(fault, f" ({slot.worker_id})")
+        mine = self._held()
+        repicked = trio.Event()
+        waiter = (mine, repicked)
+        sim.zombies.append(waiter)
+        slot.paused = trio.Event()
+        try:
+            with trio.move_on_after(fault.seconds):
+                await repicked.wait()
+            sim.log.add(f"{slot.worker_id} resumes")
+        finally:
+            sim.zombies.remove(waiter)
+            slot.paused.set()
+            slot.paused = None
+
+    def _crash(self, fault: Any) -> None:
+        self.run.fire(fault, f" ({self.slot.worker_id})")
+        if self.slot.runtime is not None:
+            self.slot.runtime.kill()
+
+    async def _kill_during(self, fault: Any, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        """Block the statement on a table lock, terminate its backend while it waits, let it fail."""
+        assert self.admin is not None and self.watch is not None
+        done: dict[str, Any] = {}
+
+        async def victim() -> None:
+            try:
+                done["result"] = await run()
+            except Exception as exc:  # the driver's error is what the engine must survive
+                done["error"] = exc
+
+        killed = 0
+        async with self.admin.transaction() as conn:
+            await conn.execute(Q.sim_block_instances)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(victim)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    pids = [r["pid"] for r in await self.watch.fetch(Q.sim_blocked_backends,
+                                                                      self.application_name)]
+                    if pids:
+                        killed = int(await self.watch.fetchval(Q.sim_terminate_backends, pids))
+                        break
+        self.run.fire(fault, f" ({self.slot.worker_id}, {killed} backend, "
+                             f"{type(done['error']).__name__ if 'error' in done else 'no error'})")
+        if "error" in done:
+            self.run.log.add(f"{self.slot.worker_id} {name} failed: {type(done['error']).__name__}")
+            raise done["error"]
+        return done["result"]  # type: ignore[no-any-return]
+
+    # -- observation -----------------------------------------------------------------------------
+    def _held(self) -> dict[int, set[int]]:
+        rt = self.slot.runtime
+        if rt is None:
+            return {}
+        out: dict[int, set[int]] = {}
+        for s in rt.schedulers.values():
+            for c in s.held():
+                out.setdefault(c.id, set()).add(c.lease_token)
+        return out
+
+    def _observe(self, name: str, nth: int, result: Any, held: dict[int, set[int]]) -> None:
+        sim, who = self.run, self.slot.worker_id
+        rows = result if isinstance(result, list) else [result] if isinstance(result, asyncpg.Record) else []
+        leases = sim.leases
+        if name == "pick":
+            for r in rows:
+                leases[r["id"]] = (r["lease_token"], who)
+                for mine, repicked in sim.zombies:  # a zombie's claim taken over: let it try now
+                    if r["id"] in mine and r["lease_token"] not in mine[r["id"]]:
+                        repicked.set()
+            text = " ".join(f"{r['id']}:t{r['lease_token']}" for r in rows)
+        elif name in ("reap", "release"):
+            for r in rows:
+                leases.pop(r["id"], None)
+            text = " ".join(str(r["id"]) for r in rows)
+        elif name == "complete":
+            parts = []
+            for r in rows:
+                parts.append(f"{r['kind']}:{r['id']}:{r['status']}{':fenced' if r['fenced'] else ''}")
+                if r["kind"] != "outcome" or r["fenced"]:
+                    continue
+                live = leases.pop(r["id"], None)
+                if live is None or live[0] not in held.get(r["id"], set()):
+                    sim.violate("no_fenced_outcome_visible",
+                                f"{who} committed an outcome for instance {r['id']} holding tokens "
+                                f"{sorted(held.get(r['id'], set()))} while the live lease is {live}")
+            text = " ".join(parts)
+        elif name == "heartbeat":
+            extended = list(rows[0]["extended"]) if rows else []
+            for iid in extended:
+                live = leases.get(iid)
+                if live is None or live[1] != who or live[0] not in held.get(iid, set()):
+                    sim.violate("one_live_lease",
+                                f"{who} extended the lease of instance {iid} with tokens "
+                                f"{sorted(held.get(iid, set()))} while the live lease is {live}")
+            text = " ".join(str(i) for i in sorted(extended))
+        elif name == "deliver_signal":
+            text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
+        elif name == "insert_instances":
+            text = " ".join(str(r["id"]) for r in rows)
+        else:
+            text = f"{len(rows)} rows" if isinstance(result, list) else ""
+        sim.log.add(f"{who} {name}#{nth} {text}".rstrip())

@@ -1,0 +1,115 @@
+"""The engine-wide invariants, checked on the committed state at the end of a run (the lease checks
+that need the moment of each call run live in the gate)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from durable.outcomes import TERMINAL
+
+from .core import Run, StepRecord, Violation
+from .workloads import Final, decode
+
+OUTCOMES = ("next", "retry", "await", "spawn", "done", "stop", "cancel")
+STEP_CHANGES = ("inserted", "next", "spawn", "joined", "retried")
+
+
+def terminal(final: Final) -> list[Violation]:
+    stuck = [f"{i['machine']}#{i['id']} {i['status']} at {i['step']}"
+             for i in final.instances if i["status"] not in TERMINAL]
+    if not stuck:
+        return []
+    return [Violation("terminal_after_heal", f"{len(stuck)} not terminal: {', '.join(stuck[:8])}")]
+
+
+def partition_serial(run: Run, final: Final) -> list[Violation]:
+    """Committed executions of one partition key never overlap in (virtual) time."""
+    committed = {(h["instance_id"], h["lease_token"]) for h in final.history if h["event"] in OUTCOMES}
+    by_key: dict[str, list[StepRecord]] = defaultdict(list)
+    for rec in run.steps:
+        if rec.partition_key is not None and rec.end is not None and (rec.instance, rec.token) in committed:
+            by_key[rec.partition_key].append(rec)
+    out: list[Violation] = []
+    for key, recs in sorted(by_key.items()):
+        recs.sort(key=lambda r: (r.start, r.end))
+        for a, b in zip(recs, recs[1:], strict=False):
+            assert a.end is not None
+            if b.start < a.end:
+                out.append(Violation("partition_serial",
+                                     f"{key}: #{a.instance}.{a.step} [{a.start:.2f}, {a.end:.2f}] overlaps "
+                                     f"#{b.instance}.{b.step} [{b.start:.2f}, {b.end:.2f}]"))
+    return out
+
+
+def children(final: Final) -> list[Violation]:
+    """Each terminal child decremented its parent once: per parent, the `joined` decrements add up to
+    the number of its terminal children, and a parent that went on has no pending children left."""
+    out: list[Violation] = []
+    decrements: dict[int, int] = defaultdict(int)
+    for h in final.history:
+        if h["event"] == "joined":
+            decrements[h["instance_id"]] += int(decode(h["detail"]).get("children", 0))
+    kids: dict[int, list[dict[str, object]]] = defaultdict(list)
+    for i in final.instances:
+        if i["parent_id"] is not None:
+            kids[i["parent_id"]].append(i)
+    rows = final.by_id()
+    for parent, group in sorted(kids.items()):
+        ended = sum(1 for k in group if k["status"] in TERMINAL)
+        if decrements[parent] != ended:
+            out.append(Violation("child_decrements_once",
+                                 f"parent {parent}: {decrements[parent]} decrements for {ended} terminal children"))
+        if rows[parent]["status"] in TERMINAL and ended < len(group):
+            out.append(Violation("child_decrements_once",
+                                 f"parent {parent} ended {rows[parent]['status']} with "
+                                 f"{len(group) - ended} children still running"))
+    return out
+
+
+def history(run: Run, final: Final, early: list[dict[str, object]]) -> list[Violation]:
+    """Append-only (rows read at the end of chaos are unchanged), one outcome per lease token, no
+    outcome under a token that was reaped before it, attempts monotone within a step."""
+    out: list[Violation] = []
+    now = {h["id"]: h for h in final.history}
+    for h in early:
+        if now.get(h["id"]) != h:
+            out.append(Violation("history_consistent", f"history row {h['id']} changed or vanished"))
+            break
+    seen: dict[tuple[int, int], int] = {}
+    reaped: set[tuple[int, int]] = set()
+    last: dict[int, tuple[str | None, int]] = {}
+    for h in final.history:
+        iid, token = h["instance_id"], h["lease_token"]
+        if h["event"] == "reaped":
+            reaped.add((iid, token))
+        if h["event"] in OUTCOMES and token is not None:
+            if (iid, token) in seen:
+                out.append(Violation("history_consistent",
+                                     f"instance {iid}: two outcomes under lease token {token}"))
+            seen[(iid, token)] = h["id"]
+            if (iid, token) in reaped:
+                out.append(Violation("no_fenced_outcome_visible",
+                                     f"instance {iid}: outcome {h['event']} committed under token {token} "
+                                     "after that lease was reaped"))
+        if h["event"] in ("fenced", "signal", "cancelled") or h["attempt"] is None:
+            continue
+        prev = last.get(iid)
+        if prev is not None and prev[0] == h["step"] and h["attempt"] < prev[1]:
+            out.append(Violation("history_consistent",
+                                 f"instance {iid}: attempt went from {prev[1]} to {h['attempt']} at {h['step']}"))
+        last[iid] = (None, 0) if h["event"] in STEP_CHANGES else (h["step"], h["attempt"])
+    return out
+
+
+def signals(run: Run, final: Final) -> list[Violation]:
+    """Signals the driver sent that were stored must be in the history (delivery is recorded)."""
+    recorded = {decode(h["detail"])["signal_id"] for h in final.history if h["event"] == "signal"}
+    missing = [sid for _, _, sid in run.sent if sid is not None and sid not in recorded]
+    if missing:
+        return [Violation("signals_accounted", f"signals {missing[:5]} stored without a history row")]
+    return []
+
+
+def check_all(run: Run, final: Final, early: list[dict[str, object]]) -> list[Violation]:
+    return [*terminal(final), *partition_serial(run, final), *children(final),
+            *history(run, final, early), *signals(run, final)]
