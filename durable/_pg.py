@@ -11,7 +11,7 @@ import collections
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 import trio
@@ -21,7 +21,7 @@ from .errors import DatabaseUnavailable
 from .sql import Query
 
 T = TypeVar("T")
-Record = asyncpg.Record
+Record: TypeAlias = asyncpg.Record
 
 
 class Gate(Protocol):

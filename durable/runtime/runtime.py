@@ -178,20 +178,18 @@ class Runtime:
                 # every scheduler has drained: flush what is queued, then stop the services
                 self.flusher.close()
                 with trio.move_on_after(self.drain_timeout):
-                    while self.flusher._running and self.flusher._queue:
-                        await trio.sleep(0.01)
+                    await self.flusher.finished.wait()
                 services.cancel_scope.cancel()
         finally:
             for q, s in self.schedulers.items():
                 self.db.remove_waker(q, s.wakeup.set)
             tracing.unwatch(self)
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                if self.killed:
-                    return
-                try:
-                    await pool.execute(Q.stop_worker, self.worker_id, self._gauges_json(), self.clock.now())
-                except (DatabaseUnavailable, asyncpg.PostgresError, OSError):
-                    pass
+            if not self.killed:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await pool.execute(Q.stop_worker, self.worker_id, self._gauges_json(), self.clock.now())
+                    except (DatabaseUnavailable, asyncpg.PostgresError, OSError):
+                        pass
 
     async def _release_unfinished(self) -> None:
         """After the drain deadline: claims whose step was cut off go back with attempt + 1."""
@@ -280,7 +278,7 @@ class Runtime:
                 async with self.db.pool.connection() as conn:
                     await aio(conn.raw.add_listener)(channel, hint)
                     try:
-                        while not conn.raw.is_closed():
+                        while not conn.raw.is_closed():  # noqa: ASYNC110 - asyncpg offers no trio event
                             await trio.sleep(self.poll_max)
                     finally:
                         with trio.CancelScope(shield=True), trio.move_on_after(2):

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["MIGRATIONS", "Migration", "Query", "Q", "load_queries"]
+__all__ = ["MIGRATIONS", "Migration", "Q", "Query", "load_queries"]
 
 
 @dataclass(frozen=True, slots=True)
