@@ -43,7 +43,7 @@ class Failer(Machine, name="billing.fail", queue="work"):
 async def wait_until(check: Callable[[], Any], seconds: float = 10.0) -> None:
     """Poll the database until ``check()`` holds (a real runtime commits asynchronously)."""
     with trio.fail_after(seconds):
-        while not await check():  # noqa: ASYNC110 - the condition lives in the database
+        while not await check():
             await trio.sleep(0.02)
 
 
