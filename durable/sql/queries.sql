@@ -187,6 +187,10 @@ held as (
   order by g.id
   for no key update of g
 ),
+fenced as (
+  -- outcomes whose claim is gone (reaped, re-claimed): they change nothing and are only logged
+  select o.id, o.token, o.kind from o where o.id not in (select h.id from held h)
+),
 shown as (
   select p.iid, p.sid from unnest($12::bigint[], $13::bigint[]) as p(iid, sid)
 ),
@@ -288,10 +292,10 @@ logged as (
          coalesce($28::timestamptz, now())
   from decided d join upd u on u.id = d.id
   union all
-  select o.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $27, o.token,
-         jsonb_build_object('kind', o.kind), coalesce($28::timestamptz, now())
-  from o left join instances g on g.id = o.id
-  where not exists (select 1 from held h where h.id = o.id)
+  select f.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $27, f.token,
+         jsonb_build_object('kind', f.kind), coalesce($28::timestamptz, now())
+  from fenced f
+  left join lateral (select machine, step, attempt, status from instances where id = f.id) g on true
   union all
   select k.id, k.machine, 'inserted', k.step, 0, 'runnable', $27, null,
          jsonb_build_object('parent_id', k.parent_id), coalesce($28::timestamptz, now())
