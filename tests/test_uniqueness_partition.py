@@ -133,3 +133,18 @@ async def test_fifty_on_one_key_never_overlap_and_keys_run_in_parallel(db: durab
     overlapping = sum(1 for (s1, e1), (s2, _) in itertools.pairwise(cold) if s2 < e1)
     assert overlapping > 0, "different keys should run in parallel"
     assert Q.pick.name == "pick"
+
+
+async def test_a_dead_worker_frees_its_partition_keys(db: durable.Database) -> None:
+    db.registry.add(Keyed)
+    first, second = await db.insert_many([Insert(Keyed, {"i": 1}, partition_key="acct:9"),
+                                          Insert(Keyed, {"i": 2}, partition_key="acct:9")])
+    dead = await pick(db, "p", 10, worker="dead", lease=0.1)
+    assert [c.id for c in dead] == [first]
+    assert await pick(db, "p", 10, worker="alive") == []  # the key is held
+    await trio.sleep(0.2)
+    await db.pool.fetch(Q.reap, None, 100)  # the worker died: its lease expired
+    claims = await pick(db, "p", 10, worker="alive")
+    assert [c.id for c in claims] == [first]  # the key is free again; order within the key kept
+    await run_step(db, claims[0], worker="alive")
+    assert [c.id for c in await pick(db, "p", 10, worker="alive")] == [second]
