@@ -5,8 +5,9 @@ Spans (attribute names follow the messaging semantic conventions, ``durable.*`` 
 
     durable insert / durable signal   PRODUCER, in the client; the row stores this span's traceparent
     step {machine}.{step}             CONSUMER, one per execution, continuing the instance's trace and
-                                      linked to the spans of the signals it reads
-    └── outcome {kind}                the commit of its outcome: next/retry/await/spawn/done/stop/cancel,
+                                      linked to the spans of the signals it reads; open until its
+                                      outcome is committed, then an ``outcome`` event says what the
+                                      database made of it: next/retry/await/spawn/done/stop/cancel,
                                       or ``fenced`` when the lease was lost meanwhile
     durable pick / heartbeat / reap   the runtime's own work, with counts
 
@@ -18,10 +19,12 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
@@ -61,7 +64,7 @@ tracer = trace.get_tracer("durable")
 meter = metrics.get_meter("durable")
 
 _enabled = os.environ.get("DURABLE_TRACING", "on").strip().lower() not in ("0", "off", "false", "no")
-# the current task's step span, read when its outcome is committed (after the step span has ended)
+# the current task's open step span, ended once its outcome is committed
 _step_span: ContextVar[trace.Span] = ContextVar("durable_step_span", default=INVALID_SPAN)
 
 
@@ -86,12 +89,18 @@ def current_context_headers() -> tuple[str | None, str | None]:
 
 
 def context_from(traceparent: str | None, tracestate: str | None) -> otel_context.Context | None:
+    """The context a stored traceparent/tracestate stands for (None without one)."""
     if not traceparent or not _enabled:
         return None
+    return _extract(traceparent, tracestate)
+
+
+@functools.lru_cache(maxsize=4096)  # an instance's steps (and a batch's instances) share one context
+def _extract(traceparent: str, tracestate: str | None) -> otel_context.Context:
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
-    return propagate.extract(carrier)
+    return propagate.extract(carrier, context=otel_context.Context())  # not the caller's context
 
 
 def link_from(traceparent: str | None) -> Link | None:
@@ -110,25 +119,42 @@ def span(name: str, attributes: dict[str, Any], *, kind: SpanKind = SpanKind.INT
     if not _enabled:
         yield INVALID_SPAN
         return
-    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=_clean(attributes),
-                                      links=links, record_exception=False,
-                                      set_status_on_exception=False) as s:
-        try:
-            yield s
-        except Exception as exc:
-            record_error(s, exc)
-            raise
+    s = tracer.start_span(name, context=parent, kind=kind, attributes=_clean(attributes), links=links)
+    token = otel_context.attach(trace.set_span_in_context(s, parent))
+    try:
+        yield s
+    except Exception as exc:
+        record_error(s, exc)
+        raise
+    finally:
+        otel_context.detach(token)
+        s.end()
 
 
 @contextmanager
 def step_span(name: str, attributes: dict[str, Any], *, parent: otel_context.Context | None,
               links: list[Link] | None = None) -> Iterator[trace.Span]:
     """A step's span: continues ``parent`` (the instance's trace) or starts a new trace, never the
-    worker's own context; remembered for the outcome span of the same task."""
+    worker's own context. It stays open after the block until :func:`finish_outcome` records what
+    the database made of the outcome (so one span tells the whole story); a block that raises, or is
+    cancelled, ends it at once."""
+    if not _enabled:
+        yield INVALID_SPAN
+        return
     root = parent if parent is not None else otel_context.Context()
-    with span(name, attributes, kind=SpanKind.CONSUMER, parent=root, links=links) as s:
-        _step_span.set(s)
+    s = tracer.start_span(name, context=root, kind=SpanKind.CONSUMER, attributes=_clean(attributes),
+                          links=links)
+    token = otel_context.attach(trace.set_span_in_context(s, root))
+    try:
         yield s
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            record_error(s, exc)
+        s.end()
+        raise
+    finally:
+        otel_context.detach(token)
+    _step_span.set(s)
 
 
 def record_error(s: trace.Span, error: BaseException) -> None:
@@ -183,45 +209,53 @@ def signalled(s: trace.Span, signal_id: int | None) -> None:
 
 
 # -- outcomes -------------------------------------------------------------------------------------
-def start_outcome(claim: Claim, encoded: Encoded) -> trace.Span:
-    """A child of the task's step span, open while the outcome is being committed."""
-    if not _enabled:
-        return INVALID_SPAN
-    step = _step_span.get()
-    parent = trace.set_span_in_context(step) if step.get_span_context().is_valid else otel_context.Context()
-    return tracer.start_span(f"outcome {encoded.kind}", context=parent, attributes=_clean({
-        "durable.instance.id": claim.id,
-        "durable.outcome": encoded.kind,
-        "durable.next_step": encoded.step,
-        "durable.delay": encoded.delay,
-        "durable.error": encoded.error,
-        "durable.signal.name": encoded.awaits,
-        "durable.children": len(encoded.children) if encoded.children is not None else None,
-    }))
+@dataclass(slots=True)
+class PendingOutcome:
+    span: trace.Span
+    started: float
 
 
-def finish_outcome(s: trace.Span, claim: Claim, encoded: Encoded, *, result: Committed | None = None,
-                   error: BaseException | None = None) -> None:
-    """End the outcome span with what the database made of it; count the step."""
+def start_outcome(claim: Claim, encoded: Encoded) -> PendingOutcome:
+    """Before committing a step's outcome: picks up the task's open step span."""
+    s = _step_span.get()
+    _step_span.set(INVALID_SPAN)
+    return PendingOutcome(s, time.perf_counter())
+
+
+def finish_outcome(pending: PendingOutcome, claim: Claim, encoded: Encoded, *,
+                   result: Committed | None = None, error: BaseException | None = None) -> None:
+    """After the commit: an ``outcome`` event on the step span (kind, or ``fenced`` when the lease
+    was lost meanwhile; next step, delay, error, resulting status), then the span ends. Counts the
+    step in the metrics."""
     if not _enabled:
         return
-    if result is None:
-        kind = "uncommitted"
-        if error is not None:
-            record_error(s, error)
-    else:
-        kind = "fenced" if result.fenced else encoded.kind
-        s.set_attribute("durable.fenced", result.fenced)
-        if result.status is not None:
-            s.set_attribute("durable.status", result.status)
-        if result.fenced:
-            s.update_name("outcome fenced")
-            s.set_attribute("durable.outcome", "fenced")
-            s.set_attribute("durable.outcome.requested", encoded.kind)
-        elif result.status == "failed":
-            s.set_status(Status(StatusCode.ERROR, encoded.error or "failed"))
+    kind = "uncommitted" if result is None else "fenced" if result.fenced else encoded.kind
+    s = pending.span
+    if s.is_recording():
+        s.add_event("outcome", _clean({
+            "durable.outcome": kind,
+            "durable.next_step": encoded.step,
+            "durable.delay": encoded.delay,
+            "durable.error": encoded.error,
+            "durable.signal.name": encoded.awaits,
+            "durable.children": len(encoded.children) if encoded.children is not None else None,
+            "durable.status": result.status if result is not None else None,
+            "durable.commit_ms": round((time.perf_counter() - pending.started) * 1000, 3),
+        }))
+        if result is None:
+            s.set_attribute("durable.outcome", kind)
+            if error is not None:
+                record_error(s, error)
+        else:
+            s.set_attribute("durable.fenced", result.fenced)
+            if result.status is not None:
+                s.set_attribute("durable.status", result.status)
+            if result.fenced:
+                s.set_attribute("durable.outcome", "fenced")
+                s.set_attribute("durable.outcome.requested", encoded.kind)
+            elif result.status == "failed":
+                s.set_status(Status(StatusCode.ERROR, encoded.error or "failed"))
     s.end()
-    _step_span.set(INVALID_SPAN)
     labels = {QUEUE: claim.queue, "durable.machine": claim.machine, "durable.outcome": kind}
     _steps.add(1, labels)
     duration_ms = encoded.detail.get("duration_ms")

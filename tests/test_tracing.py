@@ -75,7 +75,7 @@ class Slow(Machine, queue="slow"):
 
 async def wait_status(db: durable.Database, iid: int, *statuses: str) -> durable.Instance:
     with trio.fail_after(20):
-        while (inst := await db.get(iid)).status not in statuses:  # noqa: ASYNC110 - polls the database
+        while (inst := await db.get(iid)).status not in statuses:
             await trio.sleep(0.02)
     return inst
 
@@ -105,7 +105,7 @@ async def workload(dsn: str, schema: str) -> dict[str, Any]:
                 await wait_status(db, slow, "done")
                 # the fenced attempt 0 commits ~1 s after it started
                 with trio.fail_after(20):
-                    while not any(e.event == "fenced" for e in await db.history(slow)):  # noqa: ASYNC110
+                    while not any(e.event == "fenced" for e in await db.history(slow)):
                         await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
         finally:
@@ -185,25 +185,25 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_n
                            key=lambda s: s.attributes["durable.attempt"])
     assert first.attributes["durable.attempt"] == 0 and first.status == "ERROR"
     assert "card reader offline" in first.status_message
-    assert [name for name, _ in first.events] == ["exception"]
+    assert [name for name, _ in first.events] == ["exception", "outcome"]
     assert first.events[0][1]["exception.type"] == "RuntimeError"
     assert first.attributes["durable.outcome"] == "retry"
+    assert outcome(first)["durable.error"] == "RuntimeError: card reader offline"
+    assert outcome(first)["durable.status"] == "runnable"
     assert second.attributes["durable.attempt"] == 1 and second.status == "UNSET"
     assert second.attributes["durable.outcome"] == "next" and second.attributes["durable.next_step"] == "pay"
+    assert outcome(second)["durable.next_step"] == "pay"
 
-    # one outcome span under each step, named by what the database made of it
-    outcomes = {s.parent_span_id: s for s in order_trace if s.name.startswith("outcome ")}
-    assert set(outcomes) == {s.span_id for s in order_trace if s.name.startswith("step ")}
-    assert outcomes[first.span_id].name == "outcome retry"
-    assert outcomes[first.span_id].attributes["durable.error"] == "RuntimeError: card reader offline"
-    assert outcomes[second.span_id].attributes["durable.next_step"] == "pay"
-    assert all(o.attributes["durable.fenced"] is False for o in outcomes.values())
+    # every step span carries one outcome event, with what the database made of it
+    assert all(s.attributes["durable.fenced"] is False for s in steps)
+    assert {s.name for s in order_trace} == {"POST /checkout", "durable insert", "step Order.start",
+                                             "step Order.pay", "step Order.join", "step Ship.go"}
 
     # await, then the signal wakes pay: the woken step links to the signal's PRODUCER span
     await_pay, woken_pay = sorted((s for s in steps if s.name == "step Order.pay"), key=lambda s: s.start_ns)
-    assert outcomes[await_pay.span_id].name == "outcome await"
-    assert outcomes[await_pay.span_id].attributes["durable.signal.name"] == "paid"
-    assert outcomes[await_pay.span_id].attributes["durable.status"] == "awaiting_signal"
+    assert outcome(await_pay)["durable.outcome"] == "await"
+    assert outcome(await_pay)["durable.signal.name"] == "paid"
+    assert outcome(await_pay)["durable.status"] == "awaiting_signal"
     (signal,) = [s for s in spans if s.name == "durable signal"
                  and s.attributes.get("durable.instance.id") == ids["order"]]
     webhook = by_id[signal.parent_span_id]
@@ -213,36 +213,35 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_n
     assert signal.attributes["durable.signal.dedup_key"] == "evt-1"
     assert (signal.trace_id, signal.span_id) in woken_pay.links
     assert await_pay.links == []
-    spawn = outcomes[woken_pay.span_id]
-    assert spawn.name == "outcome spawn" and spawn.attributes["durable.children"] == 2
-    assert outcomes[by_name(steps, "step Order.join").span_id].attributes["durable.status"] == "done"
+    assert outcome(woken_pay)["durable.outcome"] == "spawn" and outcome(woken_pay)["durable.children"] == 2
+    assert outcome(by_name(steps, "step Order.join"))["durable.status"] == "done"
 
     # children: their steps are in the parent's trace, under the step that spawned them
     kids = [s for s in order_trace if s.name == "step Ship.go"]
     assert sorted(s.attributes["durable.instance.id"] for s in kids) == sorted(ids["children"])
     assert all(s.parent_span_id == woken_pay.span_id for s in kids)
+    assert [outcome(s)["durable.outcome"] for s in kids] == ["done", "done"]
 
     # one trace per instance: the order's trace holds only the order and its children
     instances = {s.attributes["durable.instance.id"] for s in order_trace if s.name.startswith("step ")}
     assert instances == {ids["order"], *ids["children"]}
 
-    # a step that returned Stop: the instance failed, its outcome span says so with status ERROR
+    # a step that returned Stop: the instance failed, the step span says so with status ERROR
     (doomed,) = [s for s in spans if s.name == "step Doomed.check"
                  and s.attributes["durable.instance.id"] == ids["doomed"]]
-    stop = [s for s in spans if s.parent_span_id == doomed.span_id]
-    assert [(s.name, s.status, s.attributes["durable.status"]) for s in stop] == [
-        ("outcome stop", "ERROR", "failed")]
+    assert (doomed.status, doomed.status_message) == ("ERROR", "out of stock")
+    assert outcome(doomed)["durable.outcome"] == "stop" and outcome(doomed)["durable.status"] == "failed"
     assert by_id[doomed.parent_span_id].name == "durable insert"  # no caller span: the insert is the root
 
-    # the fenced attempt: its outcome span is "outcome fenced", the retry's is "outcome done"
+    # the fenced attempt: its outcome is "fenced" (it asked for done), the retry's is "done"
     slow_steps = sorted((s for s in spans if s.name == "step Slow.work"),
                         key=lambda s: s.attributes["durable.attempt"])
     assert [s.attributes["durable.attempt"] for s in slow_steps] == [0, 1]
     assert len({s.trace_id for s in slow_steps}) == 1
-    slow_outcomes = [next(o for o in spans if o.parent_span_id == s.span_id) for s in slow_steps]
-    assert [o.name for o in slow_outcomes] == ["outcome fenced", "outcome done"]
-    assert slow_outcomes[0].attributes["durable.outcome.requested"] == "done"
-    assert slow_outcomes[0].attributes["durable.fenced"] is True
+    assert [outcome(s)["durable.outcome"] for s in slow_steps] == ["fenced", "done"]
+    assert [s.attributes["durable.outcome"] for s in slow_steps] == ["fenced", "done"]
+    assert slow_steps[0].attributes["durable.outcome.requested"] == "done"
+    assert slow_steps[0].attributes["durable.fenced"] is True
     reaps = [s for s in spans if s.name == "durable reap" and s.attributes["durable.worker.id"] == "w-slow"]
     assert reaps and all(s.attributes["durable.reaped"] > 0 for s in reaps)  # idle reaps are dropped
     assert sum(s.attributes["durable.reaped"] for s in reaps) >= 1
@@ -256,6 +255,11 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_n
                   if s.attributes["durable.worker.id"] == "w-trace")
     assert claimed == len([s for s in spans if s.name.startswith("step ")
                            and s.attributes["durable.worker.id"] == "w-trace"])
+
+
+def outcome(span: Any) -> dict[str, Any]:
+    (event,) = [attrs for name, attrs in span.events if name == "outcome"]
+    return event  # type: ignore[no-any-return]
 
 
 def by_name(spans: list[Any], name: str) -> Any:
@@ -292,7 +296,7 @@ def test_http_export_spans_metrics_and_console(receiver: Any, pg_dsn: str, schem
     assert max(p.value for p in in_flight if p.attributes["durable.worker.id"] == "w-slow") >= 1
 
     # the console exporter printed the same spans as JSON
-    assert '"name": "step Order.join"' in stdout and '"name": "outcome spawn"' in stdout
+    assert '"name": "step Order.join"' in stdout and '"durable.outcome": "spawn"' in stdout
 
 
 def test_configure_rejects_bad_options() -> None:
