@@ -99,7 +99,8 @@ from extended;
 
 -- name: reap
 -- Return up to $2 executing rows whose lease expired before $1 (now) to runnable with attempt + 1:
--- the crash path, handle() is not called. Ordered SKIP LOCKED claim, then update.
+-- the crash path, handle() is not called. Ordered SKIP LOCKED claim, then update. eligible_at is kept
+-- (it is already due), so a re-run keeps its place ahead of later rows of its partition key.
 -- Returns the reaped rows.
 with expired as (
   select id, worker_id, lease_token, attempt
@@ -112,8 +113,7 @@ with expired as (
 reaped as (
   update instances g
   set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
-      attempt = g.attempt + 1, eligible_at = coalesce($1::timestamptz, now()),
-      updated_at = coalesce($1::timestamptz, now())
+      attempt = g.attempt + 1, updated_at = coalesce($1::timestamptz, now())
   from expired e
   where g.id = e.id
   returning g.id, g.machine, g.step, g.attempt, g.queue, e.worker_id, e.lease_token, e.attempt as old_attempt
@@ -127,7 +127,7 @@ logged as (
 select id, queue, worker_id, lease_token from reaped;
 
 -- name: release
--- Give claims back without running them (drain): to runnable, eligible now, attempt + $3[i]
+-- Give claims back without running them (drain): to runnable, place in line kept, attempt + $3[i]
 -- (0 for a buffered claim, 1 for a step interrupted mid-flight). Fenced by token. $4 worker, $5 now.
 with held as (
   select g.id, r.bump
@@ -141,8 +141,7 @@ with held as (
 released as (
   update instances g
   set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
-      attempt = g.attempt + h.bump, eligible_at = coalesce($5::timestamptz, now()),
-      updated_at = coalesce($5::timestamptz, now())
+      attempt = g.attempt + h.bump, updated_at = coalesce($5::timestamptz, now())
   from held h
   where g.id = h.id
   returning g.id, g.machine, g.step, g.attempt, g.queue, h.bump
