@@ -1,0 +1,718 @@
+"""Operator commands: ``durable ls|show|tail|signal|insert|retry|cancel|workers|queues|gc``.
+
+Tables (rich) for people, ``--json`` for scripts. A wrong argument (unknown id, malformed JSON, unknown
+status, bad duration) is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, TypeVar
+
+import click
+import orjson
+
+from .cli import dsn_option, run, schema_option
+from .errors import DurableError, SchemaError
+
+T = TypeVar("T")
+
+GONE_AFTER = 60.0  # a worker not seen for this long is shown as gone
+
+
+# -- plumbing shared with cli_admin -------------------------------------------------------------------
+class OneLineError(click.ClickException):
+    """A usage error printed as one line (``error: ...``) with exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Command(click.Command):
+    """A click command whose argument errors are one line (no usage block)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise OneLineError(f"durable {info_name}: {exc.format_message()}") from None
+
+
+class Group(click.Group):
+    """A click group with one-line argument errors, whose subcommands have them too."""
+
+    command_class = Command
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise OneLineError(f"durable {info_name}: {exc.format_message()}") from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise OneLineError(f"durable {ctx.info_name}: {exc.format_message()}") from None
+
+
+def execute(body: Callable[[], Awaitable[T]]) -> T:
+    """Run a command body under trio (durable.cli.run); a server-side error is one line, exit 1."""
+    import asyncpg
+
+    async def main() -> T:
+        try:
+            return await body()
+        except asyncpg.PostgresError as exc:
+            click.echo(f"error: PostgreSQL: {exc}", err=True)
+            sys.exit(1)
+
+    return run(main)
+
+
+@asynccontextmanager
+async def connect(dsn: str | None, schema: str) -> AsyncIterator[Any]:
+    """A small pool on an existing durable schema (never creates or migrates it)."""
+    import durable
+
+    async with durable.connect(dsn, schema=schema, migrate=False, min_size=1, max_size=3) as db:
+        if await db.migrated_version() == 0:
+            raise SchemaError(f"no durable schema {schema!r} in this database: run `durable migrate` first")
+        yield db
+
+
+def parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise OneLineError(f"{what} is not valid JSON: {exc}") from None
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Seconds from '90', '90s', '10m', '2h', '7d', '1w', '250ms'."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise OneLineError(f"{what}: {text!r} is not a duration (like 90s, 10m, 2h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_when(text: str | None, what: str) -> datetime | timedelta | None:
+    """An ISO timestamp (naive = UTC) or a duration meaning 'that long ago'."""
+    if text is None:
+        return None
+    if _DURATION.match(text):
+        return timedelta(seconds=parse_duration(text, what))
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise OneLineError(f"{what}: {text!r} is neither an ISO timestamp nor a duration (10m, 2h)") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, default=_json_default).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def console() -> Any:
+    """stdout for tables; piped output is not cut to 80 columns (COLUMNS still wins)."""
+    from rich.console import Console
+
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
+    return Console(highlight=False, soft_wrap=False, width=wide)
+
+
+def short(value: Any, width: int = 40) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return ""
+    secs = ((now or datetime.now(UTC)) - when).total_seconds()
+    future = secs < 0
+    secs = abs(secs)
+    if secs < 1:
+        text = f"{secs * 1000:.0f}ms"
+    elif secs < 120:
+        text = f"{secs:.0f}s"
+    elif secs < 7200:
+        text = f"{secs / 60:.0f}m"
+    elif secs < 172800:
+        text = f"{secs / 3600:.0f}h"
+    else:
+        text = f"{secs / 86400:.0f}d"
+    return f"in {text}" if future else f"{text} ago"
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+STATUS_STYLE = {"done": "green", "failed": "red", "cancelled": "magenta", "executing": "cyan",
+                "runnable": "yellow", "awaiting_signal": "blue", "awaiting_children": "blue"}
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+# -- ls ---------------------------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.option("--id", "ids", type=int, multiple=True, help="Instance id (repeatable).")
+@click.option("--status", "statuses", multiple=True,
+              help="Status or comma list (repeatable); also terminal, active, awaiting.")
+@click.option("--machine", help="Machine name.")
+@click.option("--prefix", "machine_prefix", help="Machine-name prefix (a family, e.g. 'billing.').")
+@click.option("--version", type=int, help="Machine version.")
+@click.option("--queue", help="Queue name.")
+@click.option("--partition-key", help="Partition key.")
+@click.option("--unique-key", help="Unique key.")
+@click.option("--parent", "parent_id", type=int, help="Parent instance id.")
+@click.option("--inserted-after", help="ISO timestamp or duration ago (10m, 2h, 7d).")
+@click.option("--inserted-before", help="ISO timestamp or duration ago.")
+@click.option("--updated-after", help="ISO timestamp or duration ago.")
+@click.option("--updated-before", help="ISO timestamp or duration ago.")
+@click.option("--state", help='JSON the state must contain, e.g. \'{"order": 42}\'.')
+@click.option("--order", default="id", show_default=True, type=click.Choice(["id", "-id", "updated", "-updated"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--after", help="Cursor printed with the previous page.")
+@json_option
+def ls(dsn: str | None, schema: str, ids: tuple[int, ...], statuses: tuple[str, ...], state: str | None,
+       inserted_after: str | None, inserted_before: str | None, updated_after: str | None,
+       updated_before: str | None, as_json: bool, **filters: Any) -> None:
+    """List instances matching every filter, one keyset page at a time."""
+    from .ops import InvalidArgument, parse_statuses
+
+    try:
+        status = parse_statuses(",".join(statuses)) if statuses else None
+    except InvalidArgument as exc:
+        raise OneLineError(f"--status: {exc}") from None
+    filters.update(
+        ids=list(ids) or None,
+        status=status,
+        state=parse_json(state, "--state") if state is not None else None,
+        inserted_after=parse_when(inserted_after, "--inserted-after"),
+        inserted_before=parse_when(inserted_before, "--inserted-before"),
+        updated_after=parse_when(updated_after, "--updated-after"),
+        updated_before=parse_when(updated_before, "--updated-before"),
+    )
+    if filters["state"] is not None and not isinstance(filters["state"], (dict, list)):
+        raise OneLineError("--state must be a JSON object, e.g. '{\"order\": 42}'")
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            page = await db.query(**filters)
+        if as_json:
+            emit_json({"items": [r.to_json() for r in page.items], "next": page.next})
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("id", "machine", "step", "status", "queue", "att", "updated", "state"):
+            table.add_column(col, justify="right" if col in ("id", "att") else "left", no_wrap=col != "state")
+        now = datetime.now(UTC)
+        for r in page.items:
+            name = r.machine if r.version == 1 else f"{r.machine} v{r.version}"
+            table.add_row(str(r.id), name, r.step, styled(r.status), r.queue, str(r.attempt),
+                          ago(r.updated_at, now), short(r.state))
+        out = console()
+        if page.items:
+            out.print(table)
+        else:
+            out.print("no instances match")
+        if page.next:
+            click.echo(f"more: --after {page.next}", err=True)
+
+    execute(body)
+
+
+# -- show -------------------------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("instance_id", metavar="ID", type=int)
+@click.option("--no-history", is_flag=True, help="Leave the history out.")
+@json_option
+def show(dsn: str | None, schema: str, instance_id: int, no_history: bool, as_json: bool) -> None:
+    """One instance: state, step, status, lease, awaited signal, inbox, children, result or error, history."""
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            inst = await db.get(instance_id)
+            history = [] if no_history else await db.history(instance_id)
+        if as_json:
+            data = {k: getattr(inst, k) for k in inst.__dataclass_fields__}
+            emit_json({**data, "history": [{k: getattr(e, k) for k in e.__dataclass_fields__} for e in history]})
+            return
+        from rich.table import Table
+
+        out = console()
+        now = datetime.now(UTC)
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="bold")
+        facts.add_column()
+        name = f"{inst.machine} v{inst.version}"
+        rows: list[tuple[str, str]] = [
+            ("instance", f"{inst.id}  {name}"),
+            ("status", styled(inst.status) + ("  (cancel requested)" if inst.cancel_requested else "")),
+            ("step", f"{inst.step}  attempt {inst.attempt}"),
+            ("queue", f"{inst.queue}  priority {inst.priority}"),
+        ]
+        if inst.status == "runnable":
+            rows.append(("eligible", f"{inst.eligible_at.isoformat()} ({ago(inst.eligible_at, now)})"))
+        if inst.worker_id:
+            rows.append(("lease", f"{inst.worker_id} until {inst.lease_expires_at} "
+                                  f"({ago(inst.lease_expires_at, now)})"))
+        if inst.awaits:
+            rows.append(("awaits", inst.awaits))
+        if inst.partition_key:
+            rows.append(("partition", inst.partition_key))
+        if inst.unique_key:
+            rows.append(("unique", f"{inst.unique_key} in {','.join(inst.unique_scope)}"))
+        if inst.parent_id is not None:
+            rows.append(("parent", str(inst.parent_id)))
+        if inst.children or inst.children_pending:
+            rows.append(("children", f"{len(inst.children)} ({inst.children_pending} pending)"))
+        rows.append(("state", orjson.dumps(inst.state).decode()))
+        if inst.result is not None or inst.status == "done":
+            rows.append(("result", orjson.dumps(inst.result).decode()))
+        if inst.last_error:
+            rows.append(("error", inst.last_error))
+        rows.append(("inserted", f"{inst.inserted_at.isoformat()} ({ago(inst.inserted_at, now)})"))
+        rows.append(("updated", f"{inst.updated_at.isoformat()} ({ago(inst.updated_at, now)})"))
+        for k, v in rows:
+            facts.add_row(k, v)
+        out.print(facts)
+        if inst.inbox:
+            inbox = Table(title="inbox", title_justify="left", box=None, header_style="bold")
+            for col in ("signal", "name", "payload", "dedup", "received"):
+                inbox.add_column(col)
+            for s in inst.inbox:
+                inbox.add_row(str(s["id"]), s["name"], short(s["payload"], 60), s["dedup_key"] or "",
+                              ago(s["inserted_at"], now))
+            out.print(inbox)
+        if inst.children:
+            kids = Table(title="children", title_justify="left", box=None, header_style="bold")
+            for col in ("id", "machine", "step", "status", "result / error"):
+                kids.add_column(col)
+            for c in inst.children:
+                outcome = c["last_error"] if c["status"] in ("failed", "cancelled") else c["result"]
+                kids.add_row(str(c["id"]), c["machine"], c["step"], styled(c["status"]),
+                             short(outcome, 60) if outcome is not None else "")
+            out.print(kids)
+        if history:
+            hist = Table(title="history", title_justify="left", box=None, header_style="bold")
+            for col in ("#", "at", "event", "step", "att", "status", "worker", "detail"):
+                hist.add_column(col, no_wrap=col != "detail")
+            for e in history:
+                hist.add_row(str(e.id), e.at.strftime("%H:%M:%S.%f")[:-3], e.event, e.step or "",
+                             "" if e.attempt is None else str(e.attempt), styled(e.status or ""),
+                             e.worker_id or "", short(e.detail, 60) if e.detail is not None else "")
+            out.print(hist)
+
+    execute(body)
+
+
+# -- tail -------------------------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.option("--from", "start", default="-1", show_default=True,
+              help="Offset to start after: -1 (the beginning), now (the end) or a printed offset.")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
+@click.option("--instance", type=int, help="Only this instance's events.")
+@click.option("--machine", help="Only this machine's events.")
+@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.01, 60),
+              help="Seconds between polls with --follow.")
+@click.option("--limit", type=click.IntRange(1), help="Stop after this many events.")
+@json_option
+def tail(dsn: str | None, schema: str, start: str, follow: bool, instance: int | None, machine: str | None,
+         poll: float, limit: int | None, as_json: bool) -> None:
+    """Print history events in commit order; each line starts with its offset (resume with --from)."""
+    if start not in ("-1", "now") and not _valid_offset(start):
+        raise OneLineError(f"--from: malformed offset {start!r} (use -1, now, or an offset printed by tail)")
+
+    async def body() -> None:
+        n = 0
+        async with connect(dsn, schema) as db, aclosing(
+            db.tail(after=start, follow=follow, instance=instance, machine=machine, poll=poll)
+        ) as events:
+            async for ev in events:
+                if as_json:
+                    emit_json(ev.to_json())
+                else:
+                    detail = "" if ev.detail is None else " " + orjson.dumps(ev.detail).decode()
+                    click.echo(f"{ev.offset} {ev.at.isoformat(timespec='milliseconds')} "
+                               f"{ev.instance_id} {ev.machine} {ev.event} {ev.step or '-'} "
+                               f"{ev.status or '-'}{detail}")
+                    sys.stdout.flush()
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+    execute(body)
+
+
+def _valid_offset(text: str) -> bool:
+    from .ops import InvalidArgument, parse_offset
+
+    try:
+        parse_offset(text)
+    except InvalidArgument:
+        return False
+    return True
+
+
+# -- nudges -----------------------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("instance_id", metavar="ID", type=int)
+@click.argument("name")
+@click.option("--payload", help="JSON payload (default null).")
+@click.option("--dedup", "dedup_key", help="Dedup key: a second signal with the same key is dropped.")
+@json_option
+def signal(dsn: str | None, schema: str, instance_id: int, name: str, payload: str | None,
+           dedup_key: str | None, as_json: bool) -> None:
+    """Send signal NAME to instance ID."""
+    value = parse_json(payload, "--payload")
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            sid = await db.signal(instance_id, name, value, dedup_key=dedup_key)
+            status = (await db.get(instance_id)).status
+        if as_json:
+            emit_json({"signal_id": sid, "duplicate": sid is None, "status": status})
+        elif sid is None:
+            click.echo(f"duplicate: dedup key {dedup_key!r} was already delivered to {instance_id} ({status})")
+        else:
+            click.echo(f"signal {sid} delivered to {instance_id} ({status})")
+
+    execute(body)
+
+
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("machine")
+@click.option("--state", default="{}", show_default=True, help="Initial state (JSON).")
+@click.option("--step", help="First step (required unless --module registers the machine).")
+@click.option("--module", help="Import this module and use its machine definition (initial step, queue).")
+@click.option("--version", type=click.IntRange(1), help="Machine version (default 1, or the module's latest).")
+@click.option("--queue", help="Queue (default: the machine's, else 'default').")
+@click.option("--priority", type=int, help="Lower runs earlier (default 0).")
+@click.option("--partition-key", help="At most one executing step per key.")
+@click.option("--unique-key", help="Skip the insert when a live instance holds this key.")
+@click.option("--schedule-in", help="Delay before the first step (90s, 10m, 2h).")
+@json_option
+def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | None, module: str | None,
+           version: int | None, queue: str | None, priority: int | None, partition_key: str | None,
+           unique_key: str | None, schedule_in: str | None, as_json: bool) -> None:
+    """Insert an instance of MACHINE (by name: the CLI has no registry, so give --step or --module)."""
+    value = parse_json(state, "--state")
+    delay = parse_duration(schedule_in, "--schedule-in") if schedule_in else None
+    machines = load_machines(module) if module else []
+    if step is None and not any(m.name == machine for m in machines):
+        where = f" in module {module!r}" if module else ""
+        raise OneLineError(f"no machine {machine!r}{where}: give its first step with --step")
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            for m in machines:
+                if (m.name, m.version) not in db.registry:
+                    db.registry.add(m)
+            iid = await db.insert(machine, value, step=step, version=version, queue=queue, priority=priority,
+                                  partition_key=partition_key, unique_key=unique_key, schedule_in=delay)
+            inst = await db.get(iid) if iid is not None else None
+        if as_json:
+            emit_json({"id": iid, "duplicate": iid is None,
+                       "queue": inst.queue if inst else None, "step": inst.step if inst else None})
+        elif iid is None:
+            click.echo(f"duplicate: unique key {unique_key!r} is held by a live instance; nothing inserted")
+        else:
+            assert inst is not None
+            click.echo(f"inserted {iid} ({inst.machine} v{inst.version} at {inst.step} on queue {inst.queue})")
+
+    execute(body)
+
+
+def load_machines(module_name: str) -> list[Any]:
+    """The machines (Machine subclasses and @job classes) a module defines or imports."""
+    from .machine import Machine
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `durable worker examples.checkout` from the project folder
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OneLineError(f"cannot import module {module_name!r}: {exc}") from None
+    except DurableError as exc:
+        raise OneLineError(f"module {module_name!r}: {exc}") from None
+    found: list[Any] = []
+    for value in vars(module).values():
+        if (isinstance(value, type) and issubclass(value, Machine) and value is not Machine
+                and getattr(value, "steps", None) and value not in found):
+            found.append(value)
+    return found
+
+
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("instance_id", metavar="ID", type=int)
+@json_option
+def retry(dsn: str | None, schema: str, instance_id: int, as_json: bool) -> None:
+    """Put a failed (or cancelled) instance back to runnable at the step where it ended."""
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            before = (await db.get(instance_id)).status
+            after = await db.retry(instance_id)
+        if as_json:
+            emit_json({"id": instance_id, "before": before, "after": after})
+        elif before == after:
+            click.echo(f"error: instance {instance_id} is {after}: only failed or cancelled instances can "
+                       "be retried", err=True)
+            sys.exit(2)
+        else:
+            click.echo(f"{instance_id}: {before} -> {after}")
+
+    execute(body)
+
+
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("instance_id", metavar="ID", type=int)
+@click.option("--reason", default="cancelled by operator", show_default=True)
+@json_option
+def cancel(dsn: str | None, schema: str, instance_id: int, reason: str, as_json: bool) -> None:
+    """Cancel an instance: an idle one at once, an executing one when its current step ends."""
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            before = (await db.get(instance_id)).status
+            after = await db.cancel(instance_id, reason)
+        pending = after == "executing"
+        if as_json:
+            emit_json({"id": instance_id, "before": before, "after": after, "pending": pending})
+        elif pending:
+            click.echo(f"{instance_id}: cancel requested; it ends cancelled when its current step ends")
+        elif before == after == "cancelled":
+            click.echo(f"{instance_id} is already cancelled")
+        elif before == after:
+            click.echo(f"error: instance {instance_id} is {after}: nothing to cancel", err=True)
+            sys.exit(2)
+        else:
+            click.echo(f"{instance_id}: {before} -> {after}")
+
+    execute(body)
+
+
+# -- workers and queues -----------------------------------------------------------------------------
+def worker_state(row: dict[str, Any], gone_after: float) -> str:
+    if row["stopped_at"] is not None:
+        return "stopped"
+    return "gone" if row["seen_ago"] > gone_after else "live"
+
+
+async def fetch_workers(db: Any, gone_after: float) -> list[dict[str, Any]]:
+    from .sql import Q
+
+    rows = [dict(r) for r in await db.pool.fetch(Q.list_workers, db.clock.now())]
+    for r in rows:
+        r["gauges"] = orjson.loads(r["gauges"]) if r["gauges"] else {}
+        r["state"] = worker_state(r, gone_after)
+    return rows
+
+
+gone_option = click.option("--gone-after", default=GONE_AFTER, show_default=True, type=click.FloatRange(0),
+                           help="Seconds without a heartbeat after which a worker is shown as gone.")
+
+
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@gone_option
+@click.option("--all", "show_all", is_flag=True, help="Include stopped and gone workers.")
+@json_option
+def workers(dsn: str | None, schema: str, gone_after: float, show_all: bool, as_json: bool) -> None:
+    """Registered workers with their per-queue load (live first; stale heartbeats shown as gone)."""
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            rows = await fetch_workers(db, gone_after)
+        if not show_all:
+            rows = [r for r in rows if r["state"] == "live"]
+        if as_json:
+            emit_json(rows)
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("worker", "host", "pid", "state", "seen", "queue", "in flight", "buffered", "done",
+                    "failed", "fenced"):
+            table.add_column(col, no_wrap=True)
+        now = datetime.now(UTC)
+        for r in rows:
+            state = {"live": "[green]live[/]", "gone": "[red]gone[/]"}.get(r["state"], r["state"])
+            first = True
+            for q in r["queues"] or [""]:
+                g = r["gauges"].get(q, {})
+                head = (r["id"], r["host"], str(r["pid"]), state, ago(r["seen_at"], now)) if first else ("",) * 5
+                table.add_row(*head, q, f"{g.get('in_flight', 0)}/{g.get('concurrency', 0)}",
+                              f"{g.get('buffered', 0)}/{g.get('prefetch', 0)}", str(g.get("done", 0)),
+                              str(g.get("failed", 0)), str(g.get("fenced", 0)))
+                first = False
+        out = console()
+        out.print(table if rows else "no live workers" + ("" if show_all else " (--all shows stopped ones)"))
+
+    execute(body)
+
+
+COUNT_COLUMNS = ("due", "scheduled", "executing", "awaiting_signal", "awaiting_children")
+TERMINAL_COLUMNS = ("done", "failed", "cancelled")
+
+
+def saturation(counts: Iterable[dict[str, Any]], worker_rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Per queue: counts by status (runnable split into due/scheduled), the oldest due row, and the
+    capacity of live workers (in flight / concurrency, buffered / prefetch)."""
+    queues: dict[str, dict[str, Any]] = {}
+
+    def entry(q: str) -> dict[str, Any]:
+        return queues.setdefault(q, {"counts": {}, "oldest_due": None, "workers": [], "in_flight": 0,
+                                     "concurrency": 0, "buffered": 0, "prefetch": 0})
+
+    for c in counts:
+        e = entry(c["queue"])
+        e["counts"][c["status"]] = c["n"]
+        if c["status"] == "due":
+            e["oldest_due"] = c["oldest"]
+    for w in worker_rows:
+        if w["state"] != "live":
+            continue
+        for q, g in w["gauges"].items():
+            e = entry(q)
+            e["workers"].append({"worker": w["id"], **g})
+            for k in ("in_flight", "concurrency", "buffered", "prefetch"):
+                e[k] += int(g.get(k, 0))
+    return dict(sorted(queues.items()))
+
+
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@gone_option
+@click.option("--all", "with_terminal", is_flag=True, help="Also count done, failed and cancelled rows.")
+@json_option
+def queues(dsn: str | None, schema: str, gone_after: float, with_terminal: bool, as_json: bool) -> None:
+    """Queue saturation: rows by status per queue, and what live workers are doing with them."""
+
+    async def body() -> None:
+        from .sql import Q
+
+        async with connect(dsn, schema) as db:
+            counts = [dict(r) for r in await db.pool.fetch(Q.queue_counts, db.clock.now(), with_terminal)]
+            worker_rows = await fetch_workers(db, gone_after)
+        data = saturation(counts, worker_rows)
+        if as_json:
+            emit_json({"queues": data, "workers": worker_rows})
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        cols = ["queue", *COUNT_COLUMNS, *(TERMINAL_COLUMNS if with_terminal else ()), "oldest due",
+                "workers", "in flight", "buffered", "busy"]
+        for col in cols:
+            table.add_column(col.replace("awaiting_", "await "), justify="left" if col == "queue" else "right",
+                             no_wrap=True)
+        now = datetime.now(UTC)
+        for q, e in data.items():
+            busy = f"{100 * e['in_flight'] / e['concurrency']:.0f}%" if e["concurrency"] else "-"
+            counts_row = [str(e["counts"].get(s, 0)) for s in COUNT_COLUMNS]
+            if with_terminal:
+                counts_row += [str(e["counts"].get(s, 0)) for s in TERMINAL_COLUMNS]
+            table.add_row(q, *counts_row, ago(e["oldest_due"], now) if e["oldest_due"] else "-",
+                          str(len(e["workers"])), f"{e['in_flight']}/{e['concurrency']}",
+                          f"{e['buffered']}/{e['prefetch']}", busy)
+        out = console()
+        out.print(table if data else "no queues: nothing inserted and no live workers")
+        if any(e["workers"] for e in data.values()):
+            per = Table(title="live workers", title_justify="left", box=None, header_style="bold")
+            for col in ("queue", "worker", "in flight", "buffered", "done", "failed"):
+                per.add_column(col, no_wrap=True)
+            for q, e in data.items():
+                for w in e["workers"]:
+                    per.add_row(q, w["worker"], f"{w.get('in_flight', 0)}/{w.get('concurrency', 0)}",
+                                f"{w.get('buffered', 0)}/{w.get('prefetch', 0)}", str(w.get("done", 0)),
+                                str(w.get("failed", 0)))
+            out.print(per)
+        gone = [w for w in worker_rows if w["state"] == "gone"]
+        if gone:
+            out.print(f"[red]gone[/] (no heartbeat for {gone_after:.0f}s): " + ", ".join(w["id"] for w in gone))
+
+    execute(body)
+
+
+# -- retention --------------------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.option("--older-than", required=True, help="Age of the last change (7d, 12h, 30m).")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Instances deleted per transaction.")
+@json_option
+def gc(dsn: str | None, schema: str, older_than: str, batch: int, as_json: bool) -> None:
+    """Delete done, failed and cancelled instances older than --older-than with their signals and
+    history (a terminal child whose parent is still live is kept)."""
+    age = parse_duration(older_than, "--older-than")
+
+    async def body() -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        async with connect(dsn, schema) as db:
+            progress = Progress(SpinnerColumn(), TextColumn("deleted {task.completed} instances"),
+                                TimeElapsedColumn(), console=_stderr_console(), transient=True,
+                                disable=as_json)
+            with progress:
+                task = progress.add_task("gc", total=None)
+                deleted = await db.gc(older_than=age, batch=batch,
+                                      progress=lambda n: progress.update(task, completed=n))
+        if as_json:
+            emit_json({"deleted": deleted, "older_than": age})
+        else:
+            click.echo(f"deleted {deleted} instances (with their signals and history) older than {older_than}")
+
+    execute(body)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)

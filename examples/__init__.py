@@ -1,0 +1,1 @@
+"""Example machines, importable from the repository root (``durable worker examples.checkout``)."""
