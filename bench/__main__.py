@@ -1,0 +1,3 @@
+from .cli import command
+
+command(prog_name="python -m bench")

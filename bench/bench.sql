@@ -1,0 +1,62 @@
+-- The benchmark's own statements (the engine's live in durable/sql). Loaded by bench/sql.py.
+
+-- name: database_exists
+-- Whether database $1 exists.
+select exists (select 1 from pg_database where datname = $1);
+
+-- name: create_database_ddl
+-- The DDL creating database $1 (identifier quoted by the server).
+select format('create database %I', $1::text);
+
+-- name: drop_database_ddl
+-- The DDL dropping database $1 and its sessions.
+select format('drop database if exists %I with (force)', $1::text);
+
+-- name: server_version
+-- The server's version string.
+select version();
+
+-- name: server_settings
+-- The settings that decide commit and pick costs, as name, setting, unit.
+select name, setting, coalesce(unit, '') as unit
+from pg_settings
+where name = any ('{shared_buffers,synchronous_commit,fsync,wal_level,wal_sync_method,full_page_writes,
+                   commit_delay,max_wal_size,work_mem,effective_cache_size,max_connections,jit,
+                   random_page_cost,autovacuum,checkpoint_timeout}'::text[])
+order by name;
+
+-- name: counter_table
+-- One row per client for the commit-limit probe (run in the bench database).
+create table if not exists bench_counter (id int primary key, n bigint not null default 0);
+
+-- name: counter_seed
+-- Rows 1..$1 of the counter table.
+insert into bench_counter (id) select g from generate_series(1, $1::int) g on conflict (id) do nothing;
+
+-- name: counter_bump
+-- The PostgreSQL-limit statement: a single-row UPDATE, its own transaction. $1 row id.
+update bench_counter set n = n + 1 where id = $1;
+
+-- name: seed_runnable
+-- Add $1 runnable one-step rows of machine $2 (step $3) to queue $4, eligible an hour ago, in
+-- durable's instances table (search_path = the durable schema). For the picker-cost probe only:
+-- no history rows. Returns how many were added.
+with ins as (
+  insert into instances (machine, version, step, state, queue, eligible_at)
+  select $2, 1, $3, '{}'::jsonb, $4, now() - interval '1 hour'
+  from generate_series(1, $1::int)
+  returning 1
+)
+select count(*) from ins;
+
+-- name: vacuum_instances
+-- Refresh statistics and the visibility map of instances after a bulk load.
+vacuum (analyze) instances;
+
+-- name: count_status
+-- Rows of queue $1 by status.
+select status::text as status, count(*) as n from instances where queue = $1 group by status;
+
+-- name: count_unfinished
+-- Rows of queue $1 not yet terminal.
+select count(*) from instances where queue = $1 and status not in ('done', 'failed', 'cancelled');

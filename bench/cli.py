@@ -1,0 +1,64 @@
+"""``durable bench`` / ``python -m bench``: every measurement in one run against one server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .durable_bench import Tuning
+from .run import Plan
+
+
+@click.command(name="bench")
+@click.option("--quick", is_flag=True, help="Small sizes (10k jobs, 100k picker backlog): for development.")
+@click.option("--dsn", envvar="DURABLE_BENCH_DSN", default=None,
+              help="PostgreSQL server to use (a maintenance database DSN; the run creates bench_* "
+                   "databases on it). Default: an embedded server in --data-dir.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of the embedded server (default: the user cache dir, bench-pgdata).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write every figure as JSON here.")
+@click.option("--jobs", type=click.IntRange(min=100), default=None, help="One-step jobs (default 100k).")
+@click.option("--machines", type=click.IntRange(min=10), default=None,
+              help="Five-step instances (default 20k).")
+@click.option("--peers", default="pgqueuer,procrastinate,oban,dbos", show_default=True,
+              help="Comma-separated peers to run ('' for none).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="durable: steps at once.")
+@click.option("--no-profile", is_flag=True, help="Skip the py-spy profile of a durable drain.")
+def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: Path | None, jobs: int | None,
+            machines: int | None, peers: str, concurrency: int | None, no_profile: bool) -> None:
+    """Benchmark durable against pgqueuer, procrastinate, oban and DBOS, and against PostgreSQL's
+    own commit limit, in one run against one server; prints a table and optionally writes JSON."""
+    known = ("pgqueuer", "procrastinate", "oban", "dbos")
+    chosen = tuple(p.strip() for p in peers.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in known]
+    if unknown:
+        raise click.UsageError(f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    if json_path is not None and not json_path.parent.exists():
+        raise click.UsageError(f"--json: folder {json_path.parent} does not exist")
+    plan = Plan.quick_plan() if quick else Plan()
+    plan.peers = chosen
+    plan.profile = not no_profile
+    if jobs is not None:
+        plan.jobs = jobs
+    if machines is not None:
+        plan.machines = machines
+    if concurrency is not None:
+        plan.tuning = Tuning(concurrency=concurrency, prefetch=concurrency)
+    console = Console(stderr=True)
+    from durable.cli import run
+
+    from .main import main
+
+    results = run(lambda: main(plan, dsn, data_dir, console))
+    from .report import render
+
+    render(results, Console())
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2, default=str))
+        console.print(f"wrote {json_path}")
+    sys.exit(0)

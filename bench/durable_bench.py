@@ -1,0 +1,267 @@
+"""durable's own measurements: one-step drain, five-step drain, pickup latency, picker cost, and the
+engine's SQL ceiling (pick + complete with no step code). Each runs in a fresh schema of the
+``bench_durable`` database; drains run in a separate worker process (``bench.worker``)."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import durable
+from durable.migrate import drop_schema
+from durable.runtime.claim import Claim, Encoded
+from durable.runtime.flusher import Flusher, _Pending
+from durable.sql import Q, Query
+
+from . import workloads
+from .profile import record_argv
+from .sql import B, Statement
+from .stats import latency_summary, percentile, rate
+from .subproc import run_json
+
+INSERT_BATCH = 10_000
+
+
+def q(s: Statement) -> Query:
+    """A bench statement as a durable Query (so durable's Pool runs and counts it)."""
+    return Query(s.name, s.text, s.doc)
+
+
+def explain(query: Query) -> Query:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of a named statement, same parameters (a constant prefix)."""
+    return Query(f"explain_{query.name}", "explain (analyze, buffers) " + query.text, query.doc)
+
+
+@dataclass
+class Tuning:
+    """The runtime settings of every durable drain (its documented fast knobs)."""
+
+    concurrency: int = 200
+    prefetch: int = 200
+    flush_max: int = 500
+    flush_linger: float = 0.0
+    pool: int = 10
+
+    def worker_options(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "pool": self.pool,
+                "runtime": {"prefetch": self.prefetch, "flush_max": self.flush_max,
+                            "flush_linger": self.flush_linger}}
+
+
+@asynccontextmanager
+async def fresh(dsn: str, schema: str, max_size: int = 10) -> AsyncIterator[durable.Database]:
+    """A freshly migrated durable schema (dropped first if a previous run left it)."""
+    async with durable.connect(dsn, schema=schema, machines=workloads.MACHINES, migrate=False,
+                               max_size=max_size) as db:
+        await drop_schema(db.pool, schema)
+        await db.migrate()
+        yield db
+
+
+async def insert_all(db: durable.Database, workload: str, n: int) -> float:
+    """Batch-insert ``n`` instances; returns rows/s."""
+    start = time.perf_counter()
+    for offset in range(0, n, INSERT_BATCH):
+        await db.insert_many(workloads.specs(workload, min(INSERT_BATCH, n - offset)))
+    return n / (time.perf_counter() - start)
+
+
+def cost_model(counts: dict[str, int], steps: int) -> dict[str, Any]:
+    """Statements per step and per pick from the worker's statement counts."""
+    picks = counts.get("pick", 0)
+    completes = counts.get("complete", 0)
+    return {
+        "statements": counts,
+        "picks": picks, "completes": completes,
+        "steps_per_pick": round(steps / picks, 1) if picks else None,
+        "outcomes_per_complete": round(steps / completes, 1) if completes else None,
+        "statements_per_step": round(sum(counts.values()) / steps, 4) if steps else None,
+    }
+
+
+async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
+                limit: float = 1800, profile_to: Path | None = None) -> dict[str, Any]:
+    """Insert ``n`` instances of ``workload`` then drain them with one worker process (sampled by
+    py-spy into ``profile_to`` when given)."""
+    async with fresh(dsn, schema) as db:
+        insert_rate = await insert_all(db, workload, n)
+    steps = n * workloads.STEPS_PER_INSTANCE[workload]
+    spy: trio.Process | None = None
+
+    async def attach(pid: int) -> None:
+        nonlocal spy
+        if profile_to is not None:
+            spy = await trio.lowlevel.open_process(record_argv(pid, profile_to), stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL)
+            await trio.sleep(0.3)  # let py-spy attach before the drain starts in earnest
+
+    out = await run_json("bench.worker", {"dsn": dsn, "schema": schema, "workload": workload,
+                                          "expect": steps, "timeout": limit,
+                                          **tuning.worker_options()}, limit=limit + 60, on_ready=attach)
+    if spy is not None:
+        with trio.move_on_after(30):
+            await spy.wait()
+    if out["timed_out"]:
+        raise RuntimeError(f"durable {workload}: {out['steps']} of {steps} steps before the timeout")
+    return {"instances": n, "steps": steps, "seconds": round(out["seconds"], 3),
+            "per_s": round(steps / out["seconds"], 1), "insert_rows_per_s": round(insert_rate),
+            "tuning": asdict(tuning), "cost": cost_model(out["statement_counts"], steps),
+            "statistics": out["statistics"]}
+
+
+# -- pickup latency ------------------------------------------------------------------------------
+async def pickup_in_process(dsn: str, samples: int, schema: str = "b_pickup_local") -> dict[str, Any]:
+    """Idle runtime in this process; one insert at a time, each waited for, random gaps."""
+    workloads.latencies.clear()
+    async with fresh(dsn, schema) as db:
+        ran = trio.Event()
+
+        def on_step(*_: Any) -> None:
+            ran.set()
+
+        rt = durable.Runtime(db, queues={workloads.PROBE_QUEUE: 10}, on_step=on_step)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            await trio.sleep(0.2)
+            for _ in range(samples):
+                ran = trio.Event()
+                await db.insert(workloads.probe, {"t": time.time()})
+                with trio.move_on_after(10):
+                    await ran.wait()
+                await trio.sleep(random.uniform(0.01, 0.05))
+            nursery.cancel_scope.cancel()
+    return latency_summary(list(workloads.latencies))
+
+
+async def pickup_cross_process(dsn: str, samples: int, tuning: Tuning | None = None,
+                               schema: str = "b_pickup_remote") -> dict[str, Any]:
+    """Idle runtime in a worker process; this process inserts one row at a time, random gaps."""
+    async with fresh(dsn, schema) as db:
+
+        async def produce(pid: int) -> None:
+            for _ in range(samples):
+                await db.insert(workloads.probe, {"t": time.time()})
+                await trio.sleep(random.uniform(0.02, 0.1))
+
+        opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": samples, "timeout": 300,
+                **(tuning or Tuning(concurrency=10, prefetch=10)).worker_options()}
+        out = await run_json("bench.worker", opts, limit=400, on_ready=produce)
+    return latency_summary(out["latencies"])
+
+
+async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuning,
+                            schema: str = "b_pickup_load") -> dict[str, Any]:
+    """A worker process fed at ``per_s`` rows/s (batches every 10 ms) by this process; the latency
+    of every row."""
+    tick = 0.01
+    per_tick = max(1, round(per_s * tick))
+    ticks = int(seconds / tick)
+    async with fresh(dsn, schema) as db:
+        behind = 0
+
+        async def produce(pid: int) -> None:
+            nonlocal behind
+            start = trio.current_time()
+            for i in range(ticks):
+                await db.insert_many(workloads.specs("probe", per_tick))
+                wait = start + (i + 1) * tick - trio.current_time()
+                if wait > 0:
+                    await trio.sleep(wait)
+                else:
+                    behind += 1
+
+        opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": ticks * per_tick,
+                "timeout": seconds * 10 + 60, **tuning.worker_options()}
+        out = await run_json("bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
+    summary = latency_summary(out["latencies"])
+    summary.update({"offered_per_s": round(per_tick / tick), "late_ticks": behind, "ticks": ticks})
+    return summary
+
+
+# -- picker cost ---------------------------------------------------------------------------------
+class _Rollback(Exception):
+    pass
+
+
+async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, Any]:
+    """Time ``pick`` of ``demand`` rows at a steady backlog of ``backlog`` runnable rows (each pick is
+    committed and its rows replaced, untimed), then EXPLAIN (ANALYZE, BUFFERS) one pick."""
+    queue = workloads.ONE_STEP_QUEUE
+    schema = f"b_pick_{backlog}"
+    async with fresh(dsn, schema) as db:
+        pool = db.pool
+        for offset in range(0, backlog, 100_000):
+            await pool.fetchval(q(B.seed_runnable), min(100_000, backlog - offset), workloads.noop.name,
+                                "perform", queue)
+        await pool.execute(q(B.vacuum_instances))
+        times: list[float] = []
+        for _ in range(picks):
+            start = time.perf_counter()
+            rows = await pool.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None)
+            times.append(time.perf_counter() - start)
+            assert len(rows) == demand, f"pick returned {len(rows)} rows at backlog {backlog}"
+            await pool.fetchval(q(B.seed_runnable), demand, workloads.noop.name, "perform", queue)
+        plan: list[str] = []
+        try:
+            async with pool.transaction() as conn:
+                plan = [r[0] for r in await conn.fetch(explain(Q.pick), queue, demand, "bench-picker",  # type: ignore[index]
+                                                       60.0, None)]
+                raise _Rollback
+        except _Rollback:
+            pass
+        await drop_schema(pool, schema)
+    ms = [t * 1000 for t in times]
+    return {"backlog": backlog, "picks": picks, "demand": demand,
+            "mean_ms": round(sum(ms) / len(ms), 3), "p50_ms": round(percentile(ms, 50) or 0, 3),
+            "p99_ms": round(percentile(ms, 99) or 0, 3), "plan": plan}
+
+
+# -- the engine's SQL ceiling -------------------------------------------------------------------
+def done_batch(rows: list[Any]) -> list[_Pending]:
+    """Picked rows as the flusher's pending ``done`` outcomes (its own claim decoding and encoding)."""
+    return [_Pending(Claim.from_row(r), Encoded("done", result="null")) for r in rows]
+
+
+async def ceiling(dsn: str, batch: int, n: int, loops: int = 1) -> dict[str, Any]:
+    """``pick`` + ``complete`` in a tight loop through durable's Pool: no step code, no tasks, no
+    tracing, one statement at a time (``loops`` such loops at once, each on its own connection, shows
+    what overlapping picks and commits buys). The outcomes go through the flusher's own statement
+    builder (``Flusher._execute``), so the ceiling follows the engine's ``complete`` as it changes."""
+    queue = workloads.ONE_STEP_QUEUE
+    schema = f"b_ceiling_{batch}_{loops}"
+    async with fresh(dsn, schema, max_size=loops + 1) as db:
+        pool = db.pool
+        for offset in range(0, n, 100_000):
+            await pool.fetchval(q(B.seed_runnable), min(100_000, n - offset), workloads.noop.name, "perform",
+                                queue)
+        await pool.execute(q(B.vacuum_instances))
+        flusher = Flusher(pool, "bench-ceiling", db.clock)
+        pool.statement_counts.clear()
+        done = 0
+
+        async def loop() -> None:
+            nonlocal done
+            while done < n:
+                rows = await pool.fetch(Q.pick, queue, batch, "bench-ceiling", 60.0, None)
+                if not rows:
+                    return
+                await flusher._execute(done_batch(rows))
+                done += len(rows)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(loops):
+                nursery.start_soon(loop)
+        seconds = time.perf_counter() - start
+        counts = dict(pool.statement_counts)
+        await drop_schema(pool, schema)
+    return {"batch": batch, "loops": loops, "jobs": done, "seconds": round(seconds, 3),
+            "per_s": round(rate(done, seconds) or 0, 1), "statements": counts}

@@ -1,0 +1,26 @@
+"""Start (or reach) the server, run the plan, judge the targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+
+from durable._pg import asyncio_loop
+
+from . import server as srv
+from .report import targets
+from .run import Plan, Runner
+
+
+async def main(plan: Plan, dsn: str | None, data_dir: Path | None, console: Console) -> dict[str, Any]:
+    if dsn is None:
+        folder = data_dir or srv.default_data_dir()
+        with console.status(f"starting the embedded PostgreSQL in {folder}"):
+            dsn = await trio.to_thread.run_sync(srv.start_embedded, folder)
+    async with asyncio_loop():
+        results = await Runner(srv.Server(dsn), plan, console).run()
+    results["targets"] = targets(results)
+    return results

@@ -1,0 +1,1 @@
+"""Peer engines, each driven by a module run in its own process: ``python -m bench.peers.<name>``."""

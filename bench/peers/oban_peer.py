@@ -1,0 +1,55 @@
+"""oban (oban-py, the Python port of Elixir's Oban): batch-enqueue N no-op ``@job`` jobs
+(``enqueue_many``), then drain them with one ``Oban`` instance in this process, queue ``bench`` with
+``concurrency`` slots. oban requires Python >= 3.12: on an older interpreter this module reports that
+and exits non-zero, and the run lists oban as not installable (never silently dropped)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from .common import INSERT_CHUNK, emit, options, version
+
+
+async def main(opts: dict[str, Any]) -> dict[str, Any]:
+    if sys.version_info < (3, 12):
+        raise RuntimeError(f"oban requires Python >= 3.12 (Requires-Python of every release); this is "
+                           f"{sys.version.split()[0]}, so the bench extra cannot install it")
+    from oban import Oban, job
+    from oban.schema import install
+
+    dsn, n = opts["dsn"], int(opts["jobs"])
+    concurrency = int(opts.get("concurrency", 100))
+    pool = await Oban.create_pool(dsn, min_size=2, max_size=10)
+    await install(pool)
+    ran = 0
+    all_ran = asyncio.Event()
+
+    @job(queue="bench")
+    async def noop() -> None:
+        nonlocal ran
+        ran += 1
+        if ran >= n:
+            all_ran.set()
+
+    client = Oban(pool=pool)
+    start = time.perf_counter()
+    for offset in range(0, n, INSERT_CHUNK):
+        await client.enqueue_many([noop.new() for _ in range(min(INSERT_CHUNK, n - offset))])
+    insert_s = time.perf_counter() - start
+    server = Oban(pool=pool, name="bench-worker", queues={"bench": concurrency})
+    start = time.perf_counter()
+    await server.start()
+    await all_ran.wait()
+    seconds = time.perf_counter() - start
+    await server.stop()
+    await pool.close()
+    return {"engine": "oban", "version": version("oban"), "jobs": n, "seconds": seconds,
+            "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
+            "settings": {"queue_concurrency": concurrency}}
+
+
+if __name__ == "__main__":
+    emit(asyncio.run(main(options())))

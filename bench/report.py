@@ -1,0 +1,172 @@
+"""The run's figures as a rich table, the issue's targets judged against them, and JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ONE_STEP_PEERS = ("pgqueuer", "procrastinate", "oban")
+
+
+def _get(results: dict[str, Any], path: str) -> Any:
+    node: Any = results
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) else None
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "—"
+    return f"{x:,.0f}{unit}" if abs(x) >= 100 else f"{x:,.2f}{unit}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _failure(node: Any) -> str | None:
+    return node.get("error") if isinstance(node, dict) and "error" in node else None
+
+
+def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows: measurement, engine/setting, figure, comparison with durable."""
+    rows: list[tuple[str, str, str, str]] = []
+    one = _num(_get(r, "durable.one_step.per_s"))
+    five = _num(_get(r, "durable.five_step.per_s"))
+    rows.append(("one-step jobs/s", "durable", _fmt(one), f"{_get(r, 'durable.one_step.instances') or '—'} jobs"))
+    for peer in ONE_STEP_PEERS:
+        node = _get(r, f"peers.{peer}")
+        err = _failure(node)
+        if node is None:
+            continue
+        if err:
+            rows.append(("one-step jobs/s", peer, "not run", err[:100]))
+        else:
+            x = _num(node.get("per_s"))
+            ratio = _ratio(one, x)
+            rows.append(("one-step jobs/s", f"{peer} {node.get('version', '')}", _fmt(x),
+                         f"durable = {ratio:.2f}x ({node.get('jobs')} jobs)" if ratio else "—"))
+    rows.append(("5-step steps/s", "durable", _fmt(five), f"{_get(r, 'durable.five_step.instances') or '—'} inst."))
+    node = _get(r, "peers.dbos")
+    if node is not None:
+        err = _failure(node)
+        if err:
+            rows.append(("5-step steps/s", "dbos", "not run", err[:100]))
+        else:
+            x = _num(node.get("per_s"))
+            ratio = _ratio(five, x)
+            rows.append(("5-step steps/s", f"dbos {node.get('version', '')}", _fmt(x),
+                         f"durable = {ratio:.2f}x ({node.get('instances')} inst.)" if ratio else "—"))
+    for key, label in (("in_process", "idle, same process"), ("cross_process", "idle, producer process"),
+                       ("under_load", "under load")):
+        node = _get(r, f"durable.pickup.{key}")
+        err = _failure(node)
+        if node is None:
+            continue
+        if err:
+            rows.append(("pickup p50 / p99 ms", label, "failed", err[:100]))
+        else:
+            extra = f"{node.get('n')} samples"
+            if key == "under_load":
+                extra += f" at {node.get('offered_per_s')}/s"
+            rows.append(("pickup p50 / p99 ms", label, f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
+                         extra))
+    small = _num(_get(r, "durable.picker.small.mean_ms"))
+    large = _num(_get(r, "durable.picker.large.mean_ms"))
+    for key, ms in (("small", small), ("large", large)):
+        backlog = _get(r, f"durable.picker.{key}.backlog")
+        if backlog is not None:
+            rows.append(("pick ms (mean)", f"{backlog:,} runnable, {_get(r, f'durable.picker.{key}.demand')}/pick",
+                         _fmt(ms), f"{_ratio(ms, small):.2f}x the small backlog" if key == "large" and small and ms
+                         else ""))
+    lim = _get(r, "pg_limit.commits_per_s") or {}
+    for clients in ("1", "16"):
+        x = _num(lim.get(clients))
+        if x is not None:
+            rows.append(("PG UPDATE commits/s", f"{clients} client{'s' if clients != '1' else ''}", _fmt(x),
+                         f"durable one-step = {_ratio(one, x):.2f}x, 5-step = {_ratio(five, x):.2f}x"
+                         if one and five else ""))
+    for node in (_get(r, "durable.ceiling") or {}).values():
+        x = _num(node.get("per_s")) if isinstance(node, dict) else None
+        if x is not None:
+            rows.append(("SQL ceiling jobs/s", f"pick+complete, batch {node['batch']}, {node['loops']} loop(s)",
+                         _fmt(x),
+                         f"durable one-step = {_ratio(one, x):.0%} of it" if one else ""))
+    return rows
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets: met or not, and by how much."""
+    out: list[dict[str, Any]] = []
+    one = _num(_get(r, "durable.one_step.per_s"))
+    five = _num(_get(r, "durable.five_step.per_s"))
+    peers = {p: _num(_get(r, f"peers.{p}.per_s")) for p in ONE_STEP_PEERS}
+    ran = {p: x for p, x in peers.items() if x}
+    if one and ran:
+        best = max(ran, key=lambda p: ran[p])
+        ratio = one / ran[best]
+        out.append({"target": "one-step jobs/s >= 2x the fastest peer", "met": ratio >= 2,
+                    "measured": f"{ratio:.2f}x {best} ({one:,.0f} vs {ran[best]:,.0f})",
+                    "gap": None if ratio >= 2 else f"needs {2 * ran[best]:,.0f} jobs/s, "
+                    f"{2 * ran[best] / one:.2f}x today's"})
+    dbos = _num(_get(r, "peers.dbos.per_s"))
+    if five and dbos:
+        ratio = five / dbos
+        out.append({"target": "5-step steps/s >= 2x DBOS", "met": ratio >= 2,
+                    "measured": f"{ratio:.1f}x ({five:,.0f} vs {dbos:,.0f})", "gap": None})
+    single = _num(_get(r, "pg_limit.commits_per_s.1"))
+    if five and single:
+        ratio = five / single
+        out.append({"target": "5-step steps/s >= single-client commit limit", "met": ratio >= 1,
+                    "measured": f"{ratio:.2f}x ({five:,.0f} vs {single:,.0f})",
+                    "gap": None if ratio >= 1 else f"{single - five:,.0f} steps/s short"})
+    small = _num(_get(r, "durable.picker.small.mean_ms"))
+    large = _num(_get(r, "durable.picker.large.mean_ms"))
+    if small and large:
+        ratio = large / small
+        backlog = _get(r, "durable.picker.large.backlog")
+        out.append({"target": f"pick at {backlog:,} rows within 2x of 1k", "met": ratio <= 2,
+                    "measured": f"{ratio:.2f}x ({large:.2f} vs {small:.2f} ms)",
+                    "gap": None if ratio <= 2 else f"{ratio / 2:.2f}x over"})
+    for key, label in (("in_process", "in-process"), ("cross_process", "cross-process")):
+        p50 = _num(_get(r, f"durable.pickup.{key}.p50_ms"))
+        if p50 is not None:
+            out.append({"target": f"pickup p50 < 5 ms {label}", "met": p50 < 5, "measured": f"{p50:.2f} ms",
+                        "gap": None if p50 < 5 else f"{p50 - 5:.1f} ms over"})
+    return out
+
+
+def render(r: dict[str, Any], console: Console) -> None:
+    m, pg = r.get("machine", {}), r.get("postgres", {})
+    table = Table(title=f"durable bench ({'quick' if _get(r, 'plan.quick') else 'full'}) — "
+                        f"{m.get('nproc')} cores, {m.get('memory_gib')} GiB, "
+                        f"{str(pg.get('version', '')).split(' on ')[0]}")
+    for col in ("measurement", "engine / setting", "figure", "compared"):
+        table.add_column(col)
+    for row in figures(r):
+        table.add_row(*row)
+    console.print(table)
+    goals = Table(title="targets (issue 7)")
+    for col in ("target", "met", "measured", "gap"):
+        goals.add_column(col)
+    for t in r.get("targets", []):
+        goals.add_row(t["target"], "[green]yes[/green]" if t["met"] else "[red]no[/red]", t["measured"],
+                      t["gap"] or "")
+    console.print(goals)
+    prof = r.get("profile")
+    if isinstance(prof, dict) and "self" in prof:
+        top = Table(title=f"py-spy: durable worker, self time ({prof['samples']} samples)")
+        top.add_column("share")
+        top.add_column("function")
+        for item in prof["self"][:12]:
+            top.add_row(f"{item['share']:.1%}", item["function"])
+        console.print(top)

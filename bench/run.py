@@ -1,0 +1,161 @@
+"""One benchmark run: every measurement, in order, against one server; a failing stage is recorded
+with its error and the run goes on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio_asyncio
+from rich.console import Console
+
+from . import durable_bench as d
+from .profile import py_spy, rank
+from .server import Server, machine
+from .subproc import run_json
+
+
+@dataclass
+class Plan:
+    """How big each measurement is. ``quick()`` for development, the defaults for the record."""
+
+    jobs: int = 100_000
+    machines: int = 20_000
+    pickup_samples: int = 200
+    load_seconds: float = 8.0
+    load_fraction: float = 0.5
+    picker_small: int = 1_000
+    picker_large: int = 1_000_000
+    picks: int = 200
+    pick_demand: int = 50
+    ceiling_jobs: int = 100_000
+    ceiling_runs: tuple[tuple[int, int], ...] = ((50, 1), (200, 1), (200, 2))
+    pglimit_seconds: float = 8.0
+    procrastinate_jobs: int = 10_000
+    dbos_instances: int = 2_000
+    peers: tuple[str, ...] = ("pgqueuer", "procrastinate", "oban", "dbos")
+    profile: bool = True
+    profile_jobs: int = 50_000
+    tuning: d.Tuning = field(default_factory=d.Tuning)
+    quick: bool = False
+
+    @classmethod
+    def quick_plan(cls) -> Plan:
+        return cls(jobs=10_000, machines=4_000, pickup_samples=100, load_seconds=4.0,
+                   picker_large=100_000, picks=100, ceiling_jobs=20_000, pglimit_seconds=3.0,
+                   procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, quick=True)
+
+
+# Peer settings: each engine's documented throughput knobs, chosen by a small sweep on this machine
+# (see PERFORMANCE.md).
+PEER_SETTINGS: dict[str, dict[str, Any]] = {
+    "pgqueuer": {"dequeuers": 2, "batch": 100},
+    "procrastinate": {"concurrency": 10},
+    "oban": {"concurrency": 100},
+    "dbos": {"concurrency": 50, "poll": 0.05},
+}
+
+
+class Runner:
+    def __init__(self, server: Server, plan: Plan, console: Console) -> None:
+        self.server = server
+        self.plan = plan
+        self.console = console
+        self.results: dict[str, Any] = {"plan": {k: v for k, v in asdict(plan).items() if k != "tuning"},
+                                        "tuning": asdict(plan.tuning)}
+
+    async def stage(self, path: str, label: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one measurement under a spinner; store its result (or its error) at ``path``."""
+        start = time.perf_counter()
+        with self.console.status(f"[bold]{label}[/bold]"):
+            try:
+                value = await fn()
+            except Exception as exc:  # a broken stage is reported, the run goes on
+                value = {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc),
+                         "detail": str(exc)}
+        took = time.perf_counter() - start
+        mark = "[red]failed[/red]" if isinstance(value, dict) and "error" in value else "[green]done[/green]"
+        self.console.print(f"{mark} {label} [dim]({took:.1f} s)[/dim]")
+        node = self.results
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        return value
+
+    async def aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    async def run(self) -> dict[str, Any]:
+        p, srv = self.plan, self.server
+        self.results["started_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.results["machine"] = machine()
+        self.results["postgres"] = await self.aio(srv.describe)
+        durable_dsn = await self.aio(srv.recreate_database, "bench_durable")
+        limit_dsn = await self.aio(srv.recreate_database, "bench_pglimit")
+
+        await self.stage("pg_limit", f"PostgreSQL limit: single-row UPDATE commits/s ({p.pglimit_seconds:.0f} s "
+                         "per client count)", lambda: run_json(
+                             "bench.pglimit", {"dsn": limit_dsn, "seconds": p.pglimit_seconds,
+                                               "clients": [1, 16]}, limit=p.pglimit_seconds * 4 + 60))
+        one = await self.stage("durable.one_step", f"durable one-step: insert {p.jobs:,}, drain with one worker",
+                               lambda: d.drain(durable_dsn, "onestep", p.jobs, p.tuning, "b_onestep"))
+        await self.stage("durable.five_step", f"durable five-step: {p.machines:,} instances",
+                         lambda: d.drain(durable_dsn, "fivestep", p.machines, p.tuning, "b_fivestep"))
+        await self.stage("durable.pickup.in_process", "pickup latency, idle runtime in this process",
+                         lambda: d.pickup_in_process(durable_dsn, p.pickup_samples))
+        await self.stage("durable.pickup.cross_process", "pickup latency, idle worker, producer in another "
+                         "process", lambda: d.pickup_cross_process(durable_dsn, p.pickup_samples))
+        load_rate = p.load_fraction * (one.get("per_s") or 2000)
+        await self.stage("durable.pickup.under_load", f"pickup latency under load ({load_rate:,.0f} rows/s "
+                         f"for {p.load_seconds:.0f} s)", lambda: d.pickup_under_load(
+                             durable_dsn, load_rate, p.load_seconds, p.tuning))
+        for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
+            await self.stage(f"durable.picker.{label}", f"picker cost at {backlog:,} runnable rows",
+                             lambda b=backlog: d.picker(durable_dsn, b, p.picks, p.pick_demand))  # type: ignore[misc]
+        for batch, loops in p.ceiling_runs:
+            await self.stage(f"durable.ceiling.b{batch}x{loops}", f"SQL ceiling: pick + complete, batch {batch}, "
+                             f"{loops} loop(s)", lambda b=batch, k=loops: d.ceiling(  # type: ignore[misc]
+                                 durable_dsn, b, p.ceiling_jobs, k))
+        for peer in p.peers:
+            await self.stage(f"peers.{peer}", f"peer {peer}", lambda name=peer: self.peer(name))  # type: ignore[misc]
+        if p.profile:
+            await self.stage("profile", f"profile: py-spy on a durable one-step drain of {p.profile_jobs:,}",
+                             lambda: self.profile(durable_dsn))
+        self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        return self.results
+
+    async def peer(self, name: str) -> dict[str, Any]:
+        p = self.plan
+        dsn = await self.aio(self.server.recreate_database, f"bench_{name}")
+        size: dict[str, Any]
+        if name == "dbos":
+            size = {"instances": p.dbos_instances}
+        elif name == "procrastinate":
+            size = {"jobs": min(p.jobs, p.procrastinate_jobs)}
+        else:
+            size = {"jobs": p.jobs}
+        try:
+            result: dict[str, Any] = await run_json(f"bench.peers.{name}_peer",
+                                                    {"dsn": dsn, **size, **PEER_SETTINGS[name]}, limit=1800)
+        finally:
+            await self.aio(self.server.drop_database, f"bench_{name}")
+        return result
+
+    async def profile(self, dsn: str) -> dict[str, Any]:
+        if py_spy() is None:
+            raise RuntimeError("py-spy is not installed (pip install 'durable[bench]')")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "drain.txt"
+            drained = await d.drain(dsn, "onestep", self.plan.profile_jobs, self.plan.tuning, "b_profile",
+                                    profile_to=out)
+            if not out.exists():
+                raise RuntimeError("py-spy wrote no samples (ptrace not permitted?)")
+            ranked = rank(out.read_text())
+        ranked["per_s_while_sampled"] = drained["per_s"]
+        return ranked

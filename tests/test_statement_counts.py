@@ -1,0 +1,155 @@
+"""Regression guard for the engine's round trips: statements per pick, per step and per outcome,
+counted by name through the driver (``db.pool.statement_counts``). It times nothing.
+
+The designed costs (DESIGN.md §3, durable/sql/queries.sql):
+* inserting a batch is ONE ``insert_instances`` statement, whatever its size (its NOTIFY hint rides
+  inside it);
+* a pick is ONE ``pick`` statement that claims up to ``concurrency + prefetch`` rows and brings their
+  inbox and children along, so running a step costs no further read (no ``get_*`` statement);
+* outcomes are group-committed: ONE ``complete`` statement per flush, carrying every outcome that
+  was ready, never one per step.
+
+Bounds are derived from the scheduler's structure, not from a stopwatch:
+* a pick after the first needs capacity, and only a committed flush frees capacity while the queue is
+  busy, so ``picks <= completes + SLACK``;
+* with no step code to wait for, the steps of one pick finish together; the flusher takes what is
+  queued when it wakes and the rest in its next flush, so a batch costs one or two ``complete``
+  statements: ``completes <= 2 * ceil(steps / concurrency) + SLACK``. On an idle machine one
+  (observed 12 completes for 1200 jobs at concurrency 100; 18 for 900 steps at 50); a loaded machine
+  splits more batches in two (observed 33 for 900 steps at 50), never more.
+SLACK covers the pick that finds the queue empty and the flush boundaries at the start and the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import trio
+
+import durable
+from durable import UNCHANGED, Done, Machine, Next, step
+
+pytestmark = pytest.mark.trio
+
+# Slack, in statements, for the pick/flush boundaries described above (observed: 0 to 2).
+SLACK = 4
+
+
+@durable.job(queue="sc_jobs", name="sc_noop")
+async def noop(args: Any, ctx: durable.Context) -> None:
+    return None
+
+
+class ThreeStep(Machine, queue="sc_steps", name="sc_three", initial="a"):
+    @step
+    async def a(self, ctx: durable.Context) -> Next:
+        return Next("b", UNCHANGED)
+
+    @step
+    async def b(self, ctx: durable.Context) -> Next:
+        return Next("c", UNCHANGED)
+
+    @step
+    async def c(self, ctx: durable.Context) -> Done:
+        return Done(None)
+
+
+async def drain(db: durable.Database, queue: str, steps: int, concurrency: int,
+                prefetch: int) -> dict[str, int]:
+    """Run a runtime until ``steps`` outcomes are committed; the statements counted meanwhile."""
+    committed = 0
+    done = trio.Event()
+    counts: dict[str, int] = {}
+
+    def on_step(*_: Any) -> None:
+        nonlocal committed, counts
+        committed += 1
+        if committed == steps:
+            counts = dict(db.pool.statement_counts)  # at the last commit, before any idle poll
+            done.set()
+
+    # long lease: no heartbeat or reaper statement falls inside the measured window
+    rt = durable.Runtime(db, queues={queue: concurrency}, prefetch=prefetch, lease=600, on_step=on_step)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rt.run)
+        db.pool.statement_counts.clear()
+        with trio.fail_after(60):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert rt.flusher.committed >= steps
+    return counts
+
+
+async def test_insert_batch_is_one_statement(db: durable.Database) -> None:
+    db.registry.add(noop)
+    db.pool.statement_counts.clear()
+    ids = await db.insert_many([durable.Insert(noop, {"i": i}) for i in range(1500)])
+    assert len(ids) == 1500 and all(ids)
+    assert dict(db.pool.statement_counts) == {"insert_instances": 1}
+
+
+async def test_one_step_jobs_cost_a_pick_and_a_complete_per_batch(db: durable.Database) -> None:
+    n, concurrency, prefetch = 1200, 100, 100
+    db.registry.add(noop)
+    await db.insert_many([durable.Insert(noop, {}) for _ in range(n)])
+    counts = await drain(db, "sc_jobs", n, concurrency, prefetch)
+
+    # nothing but picks and group commits: no per-step read, no per-outcome statement
+    assert set(counts) <= {"pick", "complete"}, counts
+    picks, completes = counts["pick"], counts["complete"]
+    # a pick claims up to concurrency + prefetch rows: never fewer picks than that allows
+    assert picks >= math.ceil(n / (concurrency + prefetch)), counts
+    # every pick but the first refills capacity that a committed flush freed
+    assert picks <= completes + SLACK, counts
+    # group commit: one or two complete statements per batch, never one per job
+    assert completes <= 2 * math.ceil(n / concurrency) + SLACK, counts
+
+
+async def test_machine_steps_cost_the_same_per_step(db: durable.Database) -> None:
+    instances, concurrency = 300, 50
+    steps = 3 * instances
+    db.registry.add(ThreeStep)
+    await db.insert_many([durable.Insert(ThreeStep, {}) for _ in range(instances)])
+    counts = await drain(db, "sc_steps", steps, concurrency, concurrency)
+
+    assert set(counts) <= {"pick", "complete"}, counts
+    # a Next makes the row runnable again in the same statement that commits it: the next step is
+    # picked like any other row, so a machine step costs what a job costs
+    picks, completes = counts["pick"], counts["complete"]
+    assert picks <= completes + SLACK, counts
+    assert completes <= 2 * math.ceil(steps / concurrency) + SLACK, counts
+    # together: at most 4 statements per `concurrency` steps (+ slack), i.e. < 0.1 per step here
+    assert picks + completes <= 4 * math.ceil(steps / concurrency) + 3 * SLACK, counts
+
+
+@pytest.mark.parametrize("listen", [False, True])
+async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, listen: bool) -> None:
+    """Idle runtime, local insert: the insert wakes the scheduler, whose one pick claims the row;
+    its outcome is one complete. Counted from just before the insert to its commit.
+
+    With LISTEN on, the runtime also hears the NOTIFY hint of its own process's insert, which can
+    arrive after the pick and cost one more (empty) pick: allowed, and no more than that."""
+    db.registry.add(noop)
+    ran = trio.Event()
+    counts: dict[str, int] = {}
+
+    def on_step(*_: Any) -> None:
+        nonlocal counts
+        counts = dict(db.pool.statement_counts)
+        ran.set()
+
+    # poll_min high: no idle poll can fall between the insert and its pick
+    rt = durable.Runtime(db, queues={"sc_jobs": 4}, lease=600, poll_min=30, poll_max=30, on_step=on_step,
+                         listen=listen)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rt.run)
+        await trio.sleep(0.1)  # the scheduler's first (empty) pick is done; it now waits 30 s
+        db.pool.statement_counts.clear()
+        await db.insert(noop, {"x": 1})
+        with trio.fail_after(20):
+            await ran.wait()
+        nursery.cancel_scope.cancel()
+    assert counts.pop("pick") <= (2 if listen else 1)
+    assert counts == {"insert_instances": 1, "complete": 1}
