@@ -69,7 +69,7 @@ class Slow(Machine, queue="slow"):
     @step
     async def work(self, ctx: durable.Context) -> Done:
         if ctx.attempt == 0:
-            await trio.sleep(1.0)
+            await trio.sleep(2.0)
         return Done(ctx.attempt)
 
 
@@ -90,7 +90,7 @@ async def workload(dsn: str, schema: str) -> dict[str, Any]:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace").run)
-                await nursery.start(durable.Runtime(db, queues={"slow": 2}, worker_id="w-slow", lease=0.4,
+                await nursery.start(durable.Runtime(db, queues={"slow": 2}, worker_id="w-slow", lease=0.8,
                                                     heartbeat=60, reap_every=0.1).run)
                 with tracer.start_as_current_span("POST /checkout"):
                     order = await db.insert(Order, {"order": 7})
@@ -103,7 +103,7 @@ async def workload(dsn: str, schema: str) -> dict[str, Any]:
                 done = await wait_status(db, order, "done", "failed")
                 await wait_status(db, doomed, "failed")
                 await wait_status(db, slow, "done")
-                # the fenced attempt 0 commits ~1 s after it started
+                # the fenced attempt 0 commits ~2 s after it started
                 with trio.fail_after(20):
                     while not any(e.event == "fenced" for e in await db.history(slow)):
                         await trio.sleep(0.05)
@@ -289,7 +289,7 @@ def test_http_export_spans_metrics_and_console(receiver: Any, pg_dsn: str, schem
                      ("Doomed", "stop"): 1, ("Slow", "fenced"): 1, ("Slow", "done"): 1}
     durations = [p for p in receiver.points if p.transport == "http" and p.metric == "durable.step.duration"
                  and p.attributes["durable.outcome"] == "fenced"]
-    assert durations and durations[-1].value == 1 and durations[-1].total >= 1.0  # the step slept 1 s
+    assert durations and durations[-1].value == 1 and durations[-1].total >= 2.0  # the step slept 2 s
     in_flight = [p for p in receiver.points if p.transport == "http" and p.metric == "durable.in_flight"]
     series = {(p.attributes["messaging.destination.name"], p.attributes["durable.worker.id"]) for p in in_flight}
     assert series == {("trace", "w-trace"), ("slow", "w-slow")}
