@@ -175,7 +175,9 @@ def traced(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
             if not _enabled:
                 return await fn(*args, **kwargs)
             attrs = before(*args, **kwargs) if before is not None else {}
-            with span(name, {"messaging.system": SYSTEM, **attrs}, kind=kind) as s:
+            operation = "send" if kind is SpanKind.PRODUCER else None
+            with span(name, {"messaging.system": SYSTEM, "messaging.operation.type": operation, **attrs},
+                      kind=kind) as s:
                 result = await fn(*args, **kwargs)
                 if after is not None:
                     after(s, result)
@@ -188,7 +190,6 @@ def traced(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
 
 # client spans: ``before`` gets the method's arguments (self first)
 def inserted(s: trace.Span, ids: list[int | None]) -> None:
-    s.set_attribute("messaging.operation.type", "send")
     s.set_attribute("messaging.batch.message_count", len(ids))
     s.set_attribute("durable.inserted", sum(1 for i in ids if i is not None))
     if len(ids) == 1 and ids[0] is not None:
@@ -196,8 +197,8 @@ def inserted(s: trace.Span, ids: list[int | None]) -> None:
 
 
 def signal_attributes(_db: Any, instance_id: int, name: str, *_: Any, **kw: Any) -> dict[str, Any]:
-    return {"messaging.operation.type": "send", "durable.instance.id": instance_id,
-            "durable.signal.name": name, "durable.signal.dedup_key": kw.get("dedup_key")}
+    return {"durable.instance.id": instance_id, "durable.signal.name": name,
+            "durable.signal.dedup_key": kw.get("dedup_key")}
 
 
 def signalled(s: trace.Span, signal_id: int | None) -> None:
@@ -298,8 +299,10 @@ def _gauge(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 
 _steps = meter.create_counter("durable.steps", unit="{step}",
                               description="Step executions, by queue, machine and outcome.")
-_step_duration = meter.create_histogram("durable.step.duration", unit="s",
-                                        description="Time spent running a step (not committing it).")
+_step_duration = meter.create_histogram(
+    "durable.step.duration", unit="s", description="Time spent running a step (not committing it).",
+    explicit_bucket_boundaries_advisory=[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                         1, 2.5, 5, 10, 30, 60, 300])
 meter.create_observable_gauge("durable.in_flight", callbacks=[_gauge("in_flight")], unit="{step}",
                               description="Steps executing now, per queue and worker.")
 meter.create_observable_gauge("durable.buffered", callbacks=[_gauge("buffered")], unit="{step}",

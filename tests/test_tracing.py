@@ -167,6 +167,8 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_n
                                               "step Order.join": 1}
     (insert,) = [s for s in order_trace if s.name == "durable insert"]
     assert insert.parent_span_id == request.span_id and insert.kind == "PRODUCER"
+    assert insert.attributes["messaging.operation.type"] == "send"
+    assert insert.attributes["messaging.batch.message_count"] == 1
     assert insert.attributes["durable.instance.id"] == ids["order"]
     for s in steps:
         assert s.parent_span_id == insert.span_id, s.name  # every step continues the inserted trace
@@ -211,6 +213,7 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_n
     assert signal.trace_id != request.trace_id  # the webhook is its own trace, linked, not merged
     assert signal.attributes["durable.signal.name"] == "paid"
     assert signal.attributes["durable.signal.dedup_key"] == "evt-1"
+    assert signal.attributes["messaging.operation.type"] == "send"
     assert (signal.trace_id, signal.span_id) in woken_pay.links
     assert await_pay.links == []
     assert outcome(woken_pay)["durable.outcome"] == "spawn" and outcome(woken_pay)["durable.children"] == 2
@@ -297,6 +300,46 @@ def test_http_export_spans_metrics_and_console(receiver: Any, pg_dsn: str, schem
 
     # the console exporter printed the same spans as JSON
     assert '"name": "step Order.join"' in stdout and '"durable.outcome": "spawn"' in stdout
+
+
+OFF_PROGRAM = """
+import sys, trio, durable, otel
+from opentelemetry import trace
+
+@durable.job(queue="off")
+async def ping(args, ctx):
+    return args
+
+async def main(dsn, schema):
+    from durable.migrate import drop_schema
+    async with durable.connect(dsn, schema=schema, machines=[ping]) as db:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(durable.Runtime(db, queues={"off": 2}).run)
+            with trace.get_tracer("app").start_as_current_span("app work"):
+                iid = await db.insert(ping, {"n": 1})
+            while (await db.get(iid)).status != "done":
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        await drop_schema(db.pool, schema)
+
+otel.configure("tracing-off", otlp="grpc", endpoint=sys.argv[3])
+trio.run(main, sys.argv[1], sys.argv[2])
+otel.shutdown()
+"""
+
+
+def test_durable_tracing_off_leaves_only_the_application_spans(receiver: Any, pg_dsn: str,
+                                                                 schema_name: str) -> None:
+    import os
+
+    env = {**os.environ, "DURABLE_TRACING": "off"}
+    proc = subprocess.run([sys.executable, "-c", OFF_PROGRAM, pg_dsn, schema_name, receiver.grpc_endpoint],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert receiver.wait_for(lambda rx: any(s.resource.get("service.name") == "tracing-off"
+                                            for s in rx.spans), timeout=10)
+    mine = [s.name for s in receiver.spans if s.resource.get("service.name") == "tracing-off"]
+    assert mine == ["app work"]
 
 
 def test_configure_rejects_bad_options() -> None:
