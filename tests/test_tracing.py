@@ -380,6 +380,33 @@ def test_otlp_option_parses_and_rejects() -> None:
     assert "Traceback" not in bad.output + lonely.output
 
 
+CLI_PROGRAM = """
+import click
+from opentelemetry import trace
+from otel.cli import otlp_option, telemetry
+
+@click.command()
+@otlp_option
+def cmd(otlp, otlp_endpoint):
+    with telemetry(otlp, otlp_endpoint, service_name="cli-probe"):
+        with trace.get_tracer("probe").start_as_current_span("probe work"):
+            pass
+
+cmd()
+"""
+
+
+@pytest.mark.parametrize("proto", ["grpc", "http"])
+def test_otlp_option_configures_and_flushes(receiver: Any, proto: str) -> None:
+    endpoint = receiver.grpc_endpoint if proto == "grpc" else receiver.http_endpoint
+    address = endpoint.removeprefix("http://")  # host:port means plain text, not TLS
+    proc = subprocess.run([sys.executable, "-c", CLI_PROGRAM, "--otlp", proto, "--otlp-endpoint", address],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [s for s in receiver.spans if s.name == "probe work" and s.transport == proto]
+    assert [s.resource["service.name"] for s in got] == ["cli-probe"]  # flushed before exit
+
+
 def test_compose_file_is_valid() -> None:
     """``docker-compose config`` (Debian's docker-compose) accepts compose.yaml and resolves what the
     docs promise: PostgreSQL, Jaeger v2 with OTLP and the UI published, a worker wired to both."""
