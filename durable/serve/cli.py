@@ -1,0 +1,61 @@
+"""``durable serve``: the Durable Streams protocol over HTTP, stored in PostgreSQL."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import click
+
+from ..cli import dsn_option, run, schema_option
+
+
+@click.command(name="serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=4437, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0 = any free port; the URL is printed).")
+@dsn_option
+@schema_option
+@click.option("--long-poll-timeout", default=30.0, show_default=True, type=click.FloatRange(0.05, 300),
+              help="Seconds a long-poll (or an idle SSE interval) waits for data.")
+@click.option("--max-append-bytes", default=8 << 20, show_default=True, type=click.IntRange(1),
+              help="Largest accepted request body (413 above).")
+def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeout: float,
+            max_append_bytes: int) -> None:
+    """Serve Durable Streams (and /instances/{id}/history, /instances/{id}/signals/{name})."""
+    import trio
+
+    from ..errors import DurableError, SchemaError
+    from ..migrate import check_schema_name
+    from .server import serve
+    from .streams import Settings
+
+    try:
+        check_schema_name(schema)
+    except SchemaError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = Settings(long_poll_timeout=long_poll_timeout, max_append_bytes=max_append_bytes)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
+            click.echo(f"durable serve: listening on {server.url} (schema {schema})", err=True)
+
+    try:
+        run(main)
+    except BaseExceptionGroup as group:
+        # a failure inside the nursery: report the first durable error as one line
+        leaf = _first_leaf(group)
+        if isinstance(leaf, DurableError):
+            click.echo(f"error: {leaf}", err=True)
+            sys.exit(1)
+        if isinstance(leaf, OSError):
+            click.echo(f"error: cannot listen on {host}:{port}: {leaf.strerror or leaf}", err=True)
+            sys.exit(1)
+        raise
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,149 @@
+"""Engine endpoints: an instance's history as a read-only JSON stream, and signals over HTTP.
+
+    GET  /instances/{id}/history[?offset=&live=long-poll|sse]   history rows in commit order
+    HEAD /instances/{id}/history                                 tail offset
+    POST /instances/{id}/signals/{name}   JSON body = payload; Idempotency-Key = dedup key
+
+History offsets are ``<xid>_<id>`` (20 digits each): rows are ordered by commit visibility, so a row
+that commits late is never skipped (see ``history_stream_page``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..client import Database
+from ..errors import DefinitionError, NoSuchInstance, NotDeliverable, StateError
+from ..sql import Q
+from ..streams.errors import BadRequest, StreamError, StreamNotFound
+from . import protocol as p
+from .streams import Settings, error
+
+PAGE_ROWS = 500
+POLL_INTERVAL = 0.2
+Position = tuple[int, int]
+
+
+def format_position(pos: Position) -> str:
+    return f"{pos[0]:020d}_{pos[1]:020d}"
+
+
+def parse_position(text: str) -> Position:
+    if text == "-1":
+        return (0, 0)
+    xid, _, hid = text.partition("_")
+    if not (xid.isdigit() and hid.isdigit()):
+        raise BadRequest("invalid offset format")
+    return (int(xid), int(hid))
+
+
+def event_json(row: Any) -> str:
+    return json.dumps({
+        "id": row["id"], "instance_id": row["instance_id"], "machine": row["machine"],
+        "event": row["event"], "step": row["step"], "attempt": row["attempt"], "status": row["status"],
+        "worker_id": row["worker_id"], "lease_token": row["lease_token"],
+        "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
+        "at": row["at"].isoformat(),
+    }, separators=(",", ":"))
+
+
+class InstanceEndpoints:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.pool = db.pool
+        self.settings = settings
+
+    async def _tail(self, iid: int) -> Position:
+        row = await self.pool.fetchrow(Q.history_stream_tail, iid)
+        return (0, 0) if row is None else (int(row["xid"]), row["id"])
+
+    async def _page(self, iid: int, after: Position) -> tuple[list[str], Position]:
+        rows = await self.pool.fetch(Q.history_stream_page, iid, str(after[0]), after[1], PAGE_ROWS)
+        if not rows:
+            return [], after
+        return [event_json(r) for r in rows], (int(rows[-1]["xid"]), rows[-1]["id"])
+
+    async def history(self, request: Request) -> Response:
+        try:
+            iid = int(request.path_params["id"])
+            if not await self.pool.fetchval(Q.history_instance_exists, iid):
+                raise StreamNotFound(f"no instance with id {iid}")
+            headers = {"content-type": "application/json"}
+            if request.method == "HEAD":
+                tail = await self._tail(iid)
+                headers.update({"Stream-Next-Offset": format_position(tail), "cache-control": "no-store"})
+                return Response(status_code=200, headers=headers)
+            q = request.query_params
+            offset = q.get("offset") or "-1"
+            live = q.get("live")
+            if not p.OFFSET_QUERY.match(offset):
+                raise BadRequest("invalid offset format")
+            after = await self._tail(iid) if offset == "now" else parse_position(offset)
+            if live == "sse":
+                return StreamingResponse(self._sse(iid, after, q.get("cursor")), media_type="text/event-stream",
+                                         headers={"cache-control": "no-cache"})
+            events, pos = await self._page(iid, after)
+            if not events and live == "long-poll":
+                with trio.move_on_after(self.settings.long_poll_timeout):
+                    while not events:
+                        await trio.sleep(POLL_INTERVAL)
+                        events, pos = await self._page(iid, after)
+                if not events:
+                    return Response(status_code=204, headers={
+                        "Stream-Next-Offset": format_position(pos), "Stream-Up-To-Date": "true",
+                        "Stream-Cursor": p.cursor(q.get("cursor"))})
+            headers["Stream-Next-Offset"] = format_position(pos)
+            if len(events) < PAGE_ROWS:
+                headers["Stream-Up-To-Date"] = "true"
+            if live == "long-poll":
+                headers["Stream-Cursor"] = p.cursor(q.get("cursor"))
+            return Response("[" + ",".join(events) + "]", status_code=200, headers=headers)
+        except StreamError as exc:
+            return error(exc)
+
+    async def _sse(self, iid: int, after: Position, client_cursor: str | None) -> AsyncIterator[bytes]:
+        ends_at = trio.current_time() + self.settings.sse_lifetime
+        idle_since = trio.current_time()
+        first = True
+        while trio.current_time() < ends_at:
+            events, pos = await self._page(iid, after)
+            if events or first or trio.current_time() - idle_since >= self.settings.long_poll_timeout:
+                out = [p.sse_event("data", "[" + ",".join(events) + "]")] if events else []
+                out.append(p.sse_control(format_position(pos), closed=False,
+                                         up_to_date=len(events) < PAGE_ROWS, client_cursor=client_cursor))
+                yield b"".join(out)
+                first = False
+                idle_since = trio.current_time()
+            after = pos
+            if len(events) < PAGE_ROWS:
+                await trio.sleep(POLL_INTERVAL)
+
+    async def signal(self, request: Request) -> Response:
+        try:
+            iid = int(request.path_params["id"])
+        except ValueError:
+            return JSONResponse({"error": "instance id must be an integer"}, status_code=400)
+        name = request.path_params["name"]
+        body = await request.body()
+        try:
+            payload = json.loads(body) if body.strip() else None
+        except ValueError as exc:
+            return JSONResponse({"error": f"body is not JSON: {exc}"}, status_code=400)
+        dedup = request.headers.get("idempotency-key") or request.headers.get("signal-dedup-key")
+        try:
+            signal_id = await self.db.signal(iid, name, payload, dedup_key=dedup)
+        except NoSuchInstance as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except NotDeliverable as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except (DefinitionError, StateError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if signal_id is None:
+            return JSONResponse({"signal_id": None, "duplicate": True}, status_code=200)
+        return JSONResponse({"signal_id": signal_id, "duplicate": False}, status_code=201)

@@ -1,0 +1,116 @@
+"""The ASGI app and its hypercorn/trio runner (trio's start protocol: ``await nursery.start(serve, ...)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, NoReturn
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..client import Database, connect
+from ..streams.store import Store
+from .hub import Hub
+from .instances import InstanceEndpoints
+from .protocol import COMMON_HEADERS
+from .streams import Settings, StreamEndpoints
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGI = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+                Awaitable[None]]
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
+
+
+class CommonHeaders:
+    """Adds the CORS and browser security headers to every response; answers CORS preflights."""
+
+    def __init__(self, app: ASGI) -> None:
+        self.app = app
+        self.raw = [(k.encode(), v.encode()) for k, v in COMMON_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await send({"type": "http.response.start", "status": 204, "headers": self.raw})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []),
+                                      *((k, v) for k, v in self.raw if k not in present)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def build_app(db: Database, store: Store, hub: Hub, settings: Settings) -> ASGI:
+    streams = StreamEndpoints(store, hub, settings)
+    instances = InstanceEndpoints(db, settings)
+
+    async def stream_route(request: Request) -> Response:
+        return await streams(request)
+
+    app = Starlette(routes=[
+        Route("/instances/{id:int}/history", instances.history, methods=["GET", "HEAD"]),
+        Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
+        Route("/{path:path}", stream_route, methods=ALL_METHODS),
+    ])
+    return CommonHeaders(app)
+
+
+class Server:
+    """A running ``durable serve``: its URL and statistics."""
+
+    def __init__(self, url: str, store: Store) -> None:
+        self.url = url
+        self.store = store
+
+
+async def serve(
+    dsn: str | None,
+    schema: str,
+    host: str = "127.0.0.1",
+    port: int = 4437,
+    *,
+    settings: Settings | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve Durable Streams until cancelled; ``started`` with the :class:`Server` once listening."""
+    settings = settings or Settings()
+    async with connect(dsn, schema=schema, max_size=20) as db:
+        store = Store(db.pool)
+        hub = Hub()
+        async with hub.listening(db.pool, store.channel):
+            config = Config()
+            config.bind = [f"{host}:{port}"]
+            config.accesslog = None
+            config.errorlog = "-"
+            config.keep_alive_timeout = 75
+            config.graceful_timeout = 1
+            app = build_app(db, store, hub, settings)
+
+            async def run_hypercorn(task_status: trio.TaskStatus[list[str]]) -> None:
+                try:
+                    await hypercorn_serve(app, config, mode="asgi", task_status=task_status)  # type: ignore[arg-type]
+                except BaseException:
+                    import traceback
+                    traceback.print_exc()
+                    raise
+
+            async with trio.open_nursery() as nursery:
+                binds: list[str] = await nursery.start(run_hypercorn)
+                url = binds[0]
+                task_status.started(Server(url, store))
+                await trio.sleep_forever()
+    raise AssertionError("unreachable")

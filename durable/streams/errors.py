@@ -1,0 +1,51 @@
+"""Errors of the stream store; each carries the HTTP status the protocol gives it.
+
+    StreamError                  base (status, message, extra response headers)
+    ├── BadRequest     400       malformed headers, body or offset
+    ├── Fenced         403       a stale producer epoch (a zombie writer)
+    ├── StreamNotFound 404       no such stream (or it expired)
+    ├── Conflict       409       config, content type, sequence, closed stream, soft-deleted path
+    ├── StreamGone     410       the stream was deleted while forks still read it
+    └── TooLarge       413       the append exceeds the server's limit
+"""
+
+from __future__ import annotations
+
+
+class StreamError(Exception):
+    status = 500
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(StreamError):
+    status = 400
+
+
+class Fenced(StreamError):
+    """A stale producer epoch: the writer was superseded (``current_epoch`` is the server's)."""
+
+    status = 403
+
+    def __init__(self, message: str, current_epoch: int) -> None:
+        super().__init__(message, {"Producer-Epoch": str(current_epoch)})
+        self.current_epoch = current_epoch
+
+
+class StreamNotFound(StreamError):
+    status = 404
+
+
+class Conflict(StreamError):
+    status = 409
+
+
+class StreamGone(StreamError):
+    status = 410
+
+
+class TooLarge(StreamError):
+    status = 413

@@ -1,0 +1,492 @@
+"""The stream store: Durable Streams semantics over PostgreSQL (tables of migration 0002).
+
+Every append is one transaction that locks the stream row, validates (closed, content type, producer,
+Stream-Seq), writes the message, moves the tail and saves the producer state: an acknowledged append is
+durable, a failed one leaves nothing, and appends to one stream commit in offset order. The HTTP server
+(durable.serve) and engine steps (durable.streams.engine) both write through here; neither needs the
+other. This module never imports the web stack.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from .._pg import Conn, Pool, Record
+from ..sql import Q
+from .errors import BadRequest, Conflict, Fenced, StreamGone, StreamNotFound
+from .offsets import format_offset
+
+JSON = "application/json"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_JS_INT = 2**53 - 1
+
+
+def channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which appends, closes and deletes of a schema are announced."""
+    return f"ds_{schema}"[:63]
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def is_json(content_type: str | None) -> bool:
+    return media_type(content_type) == JSON
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_values(body: bytes, *, allow_empty: bool) -> list[str]:
+    """The messages of a JSON-mode body, each compact JSON text: an array is flattened one level."""
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    items = value if isinstance(value, list) else [value]
+    if not items and not allow_empty:
+        raise BadRequest("empty JSON arrays are not allowed")
+    return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in items]
+
+
+def json_message(items: list[str]) -> bytes:
+    """One stored JSON-mode message: the values of one append, comma-joined."""
+    return ",".join(items).encode("utf-8")
+
+
+def json_array(messages: list[bytes]) -> bytes:
+    """Stored JSON-mode messages as the JSON array a read returns."""
+    return b"[" + b",".join(m for m in messages if m) + b"]"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    id: int
+    path: str
+    content_type: str
+    ttl_seconds: int | None
+    expires_at: str | None
+    tail: int
+    closed: bool
+    forked_from: int | None
+    fork_offset: int | None
+    soft_deleted: bool
+
+    @property
+    def next_offset(self) -> str:
+        return format_offset(self.tail)
+
+    @property
+    def json(self) -> bool:
+        return is_json(self.content_type)
+
+    @classmethod
+    def of(cls, row: Record) -> StreamInfo:
+        return cls(row["id"], row["path"], row["content_type"], row["ttl_seconds"], row["expires_at"],
+                   row["tail"], row["closed"], row["forked_from"], row["fork_offset"], row["soft_deleted"])
+
+
+@dataclass(frozen=True, slots=True)
+class Producer:
+    """Idempotent producer headers of one request."""
+
+    id: str
+    epoch: int
+    seq: int
+    # engine producers continue their seq across epochs (a re-executed step repeats its seqs)
+    spans_epochs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSpec:
+    content_type: str | None = None
+    ttl_seconds: int | None = None
+    expires_at: str | None = None
+    expires_at_ts: datetime | None = None
+    closed: bool = False
+    body: bytes = b""
+    forked_from: str | None = None
+    fork_offset: int | None = None
+    fork_sub_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    stream: StreamInfo
+    new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of an append or close. ``status``: accepted | duplicate."""
+
+    status: str
+    next_offset: str
+    closed: bool
+    producer: Producer | None = None
+    last_seq: int | None = None  # highest accepted producer seq (for the Producer-Seq header)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A read: the stored messages (end position, bytes) and where the next read starts."""
+
+    stream: StreamInfo
+    messages: list[tuple[int, bytes]]
+    next_position: int
+    up_to_date: bool
+
+    @property
+    def next_offset(self) -> str:
+        return format_offset(self.next_position)
+
+    @property
+    def closed_at_tail(self) -> bool:
+        return self.stream.closed and self.up_to_date and self.next_position == self.stream.tail
+
+    def body(self) -> bytes:
+        datas = [d for _, d in self.messages]
+        return json_array(datas) if self.stream.json else b"".join(datas)
+
+
+class Store:
+    """Durable Streams on one durable schema. ``max_read_bytes`` bounds a catch-up chunk."""
+
+    def __init__(self, pool: Pool, *, max_read_bytes: int = 1 << 20, max_read_rows: int = 2048) -> None:
+        self.pool = pool
+        self.channel = channel(pool.schema)
+        self.max_read_bytes = max_read_bytes
+        self.max_read_rows = max_read_rows
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        """A transaction that cancellation cannot interrupt: a cancelled caller (a client that went
+        away) waits the few milliseconds the statements take, so no connection is left mid-protocol."""
+        with trio.CancelScope(shield=True):
+            async with self.pool.transaction() as conn:
+                yield conn
+
+    # -- lookups ------------------------------------------------------------------------------------
+    async def _live(self, conn: Conn, path: str, *, lock: bool) -> Record:
+        """The stream row, locked when asked; expired streams are removed first (404), soft-deleted
+        ones raise 410."""
+        row = await conn.fetchrow(Q.stream_lock if lock else Q.stream_get, path)
+        if row is None:
+            raise StreamNotFound("stream not found")
+        if row["expired"] and not row["soft_deleted"]:
+            await self._expire(conn, row)
+            if row["ref_count"] == 0:
+                raise StreamNotFound("stream not found")
+            raise StreamGone("stream is gone")
+        if row["soft_deleted"]:
+            raise StreamGone("stream is gone")
+        return row
+
+    async def _expire(self, conn: Conn, row: Record) -> None:
+        """An expired stream: soft-deleted while forks read it, else deleted."""
+        if row["ref_count"] > 0:
+            await conn.fetch(Q.stream_soft_delete, row["id"], self.channel)
+        else:
+            await self._delete_cascade(conn, row["id"])
+
+    async def get(self, path: str) -> StreamInfo:
+        """Metadata of a live stream (HEAD): raises StreamNotFound / StreamGone."""
+        async with self._transaction() as conn:
+            return StreamInfo.of(await self._live(conn, path, lock=False))
+
+    # -- create -------------------------------------------------------------------------------------
+    async def create(self, path: str, spec: CreateSpec) -> Created:
+        """Create a stream (or a fork); the same config again is idempotent, a different one 409."""
+        for _ in range(3):
+            async with self._transaction() as conn:
+                existing = await conn.fetchrow(Q.stream_lock, path)
+                if existing is not None and existing["expired"] and not existing["soft_deleted"]:
+                    await self._expire(conn, existing)
+                    existing = await conn.fetchrow(Q.stream_lock, path)
+                if existing is not None:
+                    if existing["soft_deleted"]:
+                        raise Conflict("stream was deleted but still has active forks")
+                    self._check_same_config(existing, spec)
+                    return Created(StreamInfo.of(existing), new=False)
+                created = await self._insert(conn, path, spec)
+                if created is not None:
+                    return Created(created, new=True)
+            # lost a race with a concurrent create of the same path: compare with the winner
+        raise Conflict("stream is being created concurrently")
+
+    def _check_same_config(self, row: Record, spec: CreateSpec) -> None:
+        same_type = (spec.content_type is None and spec.forked_from is not None) or (
+            media_type(spec.content_type or DEFAULT_CONTENT_TYPE) == media_type(row["content_type"])
+        )
+        same = (
+            same_type
+            and spec.ttl_seconds == row["ttl_seconds"]
+            and spec.expires_at == row["expires_at"]
+            and spec.closed == row["closed"]
+            and spec.forked_from == row["forked_from_path"]
+            and (spec.fork_offset is None or spec.fork_offset == row["fork_offset"])
+            and spec.fork_sub_offset == row["fork_sub_offset"]
+        )
+        if not same:
+            raise Conflict("stream already exists with a different configuration")
+
+    async def _insert(self, conn: Conn, path: str, spec: CreateSpec) -> StreamInfo | None:
+        content_type = spec.content_type
+        ttl, expires_at, expires_ts = spec.ttl_seconds, spec.expires_at, spec.expires_at_ts
+        source_id: int | None = None
+        fork_offset: int | None = None
+        prefix: bytes | None = None
+        if spec.forked_from is not None:
+            source = await conn.fetchrow(Q.stream_lock, spec.forked_from)
+            if source is None or (source["expired"] and not source["soft_deleted"]):
+                raise StreamNotFound("source stream not found")
+            if source["soft_deleted"]:
+                raise Conflict("source stream was deleted but still has active forks")
+            if content_type is not None and media_type(content_type) != media_type(source["content_type"]):
+                raise Conflict("content type differs from the source stream's")
+            content_type = source["content_type"]
+            fork_offset = source["tail"] if spec.fork_offset is None else spec.fork_offset
+            if fork_offset > source["tail"]:
+                raise BadRequest("fork offset beyond the source stream's tail")
+            if spec.fork_sub_offset:
+                prefix = await self._sub_offset_prefix(conn, source["id"], fork_offset,
+                                                       spec.fork_sub_offset, is_json(content_type))
+            if ttl is None and expires_at is None:
+                ttl, expires_at = source["ttl_seconds"], source["expires_at"]
+                expires_ts = source["expires_at_ts"]
+            source_id = source["id"]
+        content_type = content_type or DEFAULT_CONTENT_TYPE
+        initial: bytes | None = None
+        if spec.body:
+            if is_json(content_type):
+                items = json_values(spec.body, allow_empty=True)
+                initial = json_message(items) if items else None
+            else:
+                initial = spec.body
+        start = fork_offset or 0
+        sid = await conn.fetchval(
+            Q.stream_insert, path, content_type, ttl, expires_at, expires_ts, False, source_id,
+            fork_offset, spec.fork_sub_offset, spec.forked_from, spec.fork_offset is not None, start,
+        )
+        if sid is None:
+            return None
+        if source_id is not None:
+            await conn.execute(Q.stream_add_ref, source_id)
+        tail = start
+        for data in (prefix, initial):
+            if data:
+                tail += len(data)
+                await conn.fetch(Q.stream_append_txn, sid, tail, data, False, None, None, None, None,
+                                 False, self.channel)
+        if spec.closed:
+            await conn.fetch(Q.stream_close_txn, sid, None, None, None, False, self.channel)
+        row = await conn.fetchrow(Q.stream_get, path)
+        assert row is not None
+        return StreamInfo.of(row)
+
+    async def _sub_offset_prefix(self, conn: Conn, source_id: int, at: int, sub: int, json_mode: bool) -> bytes:
+        """The first ``sub`` bytes (JSON: values) of the source's message after position ``at``."""
+        ranges = await self._ranges(conn, source_id, at)
+        rows = await conn.fetch(Q.stream_read, *ranges, 1, 1)
+        if not rows:
+            raise BadRequest("invalid fork sub-offset: no data past the fork offset")
+        data = bytes(rows[0]["data"])
+        if json_mode:
+            values = json.loads(b"[" + data + b"]")
+            if sub > len(values):
+                raise BadRequest("invalid fork sub-offset: beyond the message")
+            return json_message([json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                                 for v in values[:sub]])
+        if sub > len(data):
+            raise BadRequest("invalid fork sub-offset: beyond the message")
+        return data[:sub]
+
+    # -- append / close -----------------------------------------------------------------------------
+    async def append(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        producer: Producer | None = None,
+        stream_seq: str | None = None,
+        close: bool = False,
+        expected_lease: tuple[int, int] | None = None,
+    ) -> AppendResult:
+        """Append ``body`` (non-empty) in one transaction; ``close`` closes atomically with it.
+        ``expected_lease`` = (instance id, lease token): fenced unless that claim is still current."""
+        async with self._transaction() as conn:
+            row = await self._live(conn, path, lock=True)
+            if expected_lease is not None:
+                await self._check_lease(conn, *expected_lease)
+            if row["closed"]:
+                return self._closed_result(row, producer)
+            if content_type is not None and media_type(content_type) != media_type(row["content_type"]):
+                raise Conflict("content type does not match the stream's")
+            last_seq: int | None = None
+            save_producer = False
+            if producer is not None:
+                verdict = await self._validate_producer(conn, row["id"], producer)
+                if verdict is not None:
+                    return AppendResult("duplicate", format_offset(row["tail"]), False, producer, verdict)
+                save_producer, last_seq = True, producer.seq
+            if stream_seq is not None and row["last_stream_seq"] is not None \
+                    and stream_seq <= row["last_stream_seq"]:
+                raise Conflict("Stream-Seq regression", {})
+            data = json_message(json_values(body, allow_empty=False)) if is_json(row["content_type"]) \
+                else body
+            tail = row["tail"] + len(data)
+            await conn.fetch(
+                Q.stream_append_txn, row["id"], tail, data, close,
+                producer.id if producer else None, producer.epoch if producer else None,
+                producer.seq if producer else None, stream_seq, save_producer, self.channel,
+            )
+            return AppendResult("accepted", format_offset(tail), close, producer, last_seq)
+
+    async def close(self, path: str, *, producer: Producer | None = None) -> AppendResult:
+        """Close without data (idempotent); with producer headers it takes part in sequencing."""
+        async with self._transaction() as conn:
+            row = await self._live(conn, path, lock=True)
+            offset = format_offset(row["tail"])
+            if row["closed"]:
+                if producer is None:
+                    return AppendResult("duplicate", offset, True)
+                return self._closed_result(row, producer)
+            save = False
+            if producer is not None:
+                verdict = await self._validate_producer(conn, row["id"], producer)
+                if verdict is not None:
+                    return AppendResult("duplicate", offset, False, producer, verdict)
+                save = True
+            await conn.fetch(
+                Q.stream_close_txn, row["id"], producer.id if producer else None,
+                producer.epoch if producer else None, producer.seq if producer else None, save,
+                self.channel,
+            )
+            return AppendResult("accepted", offset, True, producer, producer.seq if producer else None)
+
+    @staticmethod
+    def _closed_result(row: Record, producer: Producer | None) -> AppendResult:
+        """A write to a closed stream: the retry of the closing request is a duplicate, else 409."""
+        offset = format_offset(row["tail"])
+        if producer is not None and (row["closed_by"], row["closed_epoch"], row["closed_seq"]) == (
+            producer.id, producer.epoch, producer.seq
+        ):
+            return AppendResult("duplicate", offset, True, producer, producer.seq)
+        raise Conflict("stream is closed", {"Stream-Closed": "true", "Stream-Next-Offset": offset})
+
+    async def _validate_producer(self, conn: Conn, stream_id: int, p: Producer) -> int | None:
+        """None when the request is new and in order; the last seq when it is a duplicate; raises
+        Fenced (stale epoch), BadRequest (new epoch not at 0) or Conflict (sequence gap)."""
+        state = await conn.fetchrow(Q.stream_producer, stream_id, p.id)
+        if state is None:
+            if p.seq != 0 and not p.spans_epochs:
+                raise _gap(0, p.seq)
+            if p.spans_epochs and p.seq != 0:
+                raise _gap(0, p.seq)
+            return None
+        epoch, last = state["epoch"], state["last_seq"]
+        if p.epoch < epoch:
+            raise Fenced("stale producer epoch", epoch)
+        if p.epoch > epoch and not p.spans_epochs:
+            if p.seq != 0:
+                raise BadRequest("a new producer epoch must start at sequence 0")
+            return None
+        if p.seq <= last:
+            return last
+        if p.seq == last + 1:
+            return None
+        raise _gap(last + 1, p.seq)
+
+    async def _check_lease(self, conn: Conn, instance_id: int, token: int) -> None:
+        row = await conn.fetchrow(Q.stream_instance_lease, instance_id)
+        if row is None or row["status"] != "executing" or row["lease_token"] != token:
+            current = row["lease_token"] if row is not None and row["lease_token"] is not None else token
+            raise Fenced(f"instance {instance_id} no longer holds lease {token}", max(current, token))
+
+    # -- delete -------------------------------------------------------------------------------------
+    async def delete(self, path: str) -> None:
+        """Delete: soft while forks read through the stream, else at once (cascading to sources)."""
+        async with self._transaction() as conn:
+            row = await self._live(conn, path, lock=True)
+            if row["ref_count"] > 0:
+                await conn.fetch(Q.stream_soft_delete, row["id"], self.channel)
+            else:
+                await self._delete_cascade(conn, row["id"])
+
+    async def _delete_cascade(self, conn: Conn, stream_id: int) -> None:
+        gone = await conn.fetchrow(Q.stream_delete, stream_id, self.channel)
+        source = gone["forked_from"] if gone is not None else None
+        while source is not None:
+            await conn.fetchrow(Q.stream_lock_id, source)
+            ref = await conn.fetchrow(Q.stream_drop_ref, source)
+            if ref is None or ref["ref_count"] > 0 or not ref["soft_deleted"]:
+                return
+            gone = await conn.fetchrow(Q.stream_delete, source, self.channel)
+            source = gone["forked_from"] if gone is not None else None
+
+    # -- read ---------------------------------------------------------------------------------------
+    async def _ranges(self, conn: Conn | Pool, stream_id: int, after: int,
+                      ) -> tuple[list[int], list[int], list[int]]:
+        """Position ranges (stream, lo, hi] that make up a read after ``after``: the fork's own data
+        and, below its fork offset, its sources' data (never a source's appends after the fork)."""
+        chain = await conn.fetch(Q.stream_chain, stream_id)
+        sids: list[int] = []
+        los: list[int] = []
+        his: list[int] = []
+        cap = 2**62
+        for link in chain:
+            if after < cap:
+                sids.append(link["id"])
+                los.append(after)
+                his.append(cap)
+            if link["fork_offset"] is None:
+                break
+            cap = min(cap, link["fork_offset"])
+        return sids, los, his
+
+    async def read(self, path: str, after: int | None, *, touch: bool = True) -> Page:
+        """Messages after position ``after`` (None = the tail, for ``offset=now``), one chunk."""
+        async with self._transaction() as conn:
+            row = await self._live(conn, path, lock=False)
+            info = StreamInfo.of(row)
+            if touch and row["ttl_seconds"] is not None:
+                await conn.execute(Q.stream_touch, info.id)
+        return await self.read_info(info, after)
+
+    async def read_info(self, info: StreamInfo, after: int | None) -> Page:
+        if after is None or after >= info.tail:
+            return Page(info, [], info.tail, True)
+        with trio.CancelScope(shield=True):
+            ranges = await self._ranges(self.pool, info.id, after)
+            rows = await self.pool.fetch(Q.stream_read, *ranges, self.max_read_rows, self.max_read_bytes)
+        messages = [(r["end_pos"], bytes(r["data"])) for r in rows if r["end_pos"] <= info.tail]
+        if not messages:
+            return Page(info, [], info.tail, True)
+        last = messages[-1][0]
+        return Page(info, messages, last, last >= info.tail)
+
+    async def refresh(self, path: str) -> StreamInfo:
+        """Current metadata without touching the TTL window."""
+        async with self._transaction() as conn:
+            return StreamInfo.of(await self._live(conn, path, lock=False))
+
+    async def touch(self, info: StreamInfo) -> None:
+        if info.ttl_seconds is not None:
+            with trio.CancelScope(shield=True):
+                await self.pool.execute(Q.stream_touch, info.id)
+
+
+def _gap(expected: int, received: int) -> Conflict:
+    return Conflict("producer sequence gap", {
+        "Producer-Expected-Seq": str(expected), "Producer-Received-Seq": str(received),
+    })
