@@ -68,6 +68,18 @@ _enabled = os.environ.get("DURABLE_TRACING", "on").strip().lower() not in ("0", 
 _step_span: ContextVar[trace.Span] = ContextVar("durable_step_span", default=INVALID_SPAN)
 
 
+_sdk_seen = False
+
+
+def _sdk() -> bool:
+    """Whether an SDK (any real tracer provider) is installed; without one every span is a no-op and
+    the fast paths below do only what the no-op would: keep the caller's context flowing."""
+    global _sdk_seen
+    if not _sdk_seen:
+        _sdk_seen = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _sdk_seen
+
+
 def set_enabled(enabled: bool) -> None:
     """Turn all durable telemetry on or off (off: not even the no-op API is called)."""
     global _enabled
@@ -116,7 +128,7 @@ def link_from(traceparent: str | None) -> Link | None:
 def span(name: str, attributes: dict[str, Any], *, kind: SpanKind = SpanKind.INTERNAL,
          parent: otel_context.Context | None = None, links: list[Link] | None = None) -> Iterator[trace.Span]:
     """A current span; an exception escaping it is recorded and sets status ERROR."""
-    if not _enabled:
+    if not _enabled or not _sdk():
         yield INVALID_SPAN
         return
     s = tracer.start_span(name, context=parent, kind=kind, attributes=_clean(attributes), links=links)
@@ -142,6 +154,13 @@ def step_span(name: str, attributes: dict[str, Any], *, parent: otel_context.Con
         yield INVALID_SPAN
         return
     root = parent if parent is not None else otel_context.Context()
+    if not _sdk():  # no span to make: the step still runs in the instance's context (for its children)
+        no_span = otel_context.attach(root)
+        try:
+            yield INVALID_SPAN
+        finally:
+            otel_context.detach(no_span)
+        return
     s = tracer.start_span(name, context=root, kind=SpanKind.CONSUMER, attributes=_clean(attributes),
                           links=links)
     token = otel_context.attach(trace.set_span_in_context(s, root))

@@ -302,6 +302,61 @@ def test_http_export_spans_metrics_and_console(receiver: Any, pg_dsn: str, schem
     assert '"name": "step Order.join"' in stdout and '"durable.outcome": "spawn"' in stdout
 
 
+class Parcel(Machine, queue="api-only"):
+    @step
+    async def go(self, ctx: durable.Context) -> Done:
+        return Done()
+
+
+class Box(Machine, queue="api-only", initial="pack"):
+    @step
+    async def pack(self, ctx: durable.Context) -> Spawn | Await:
+        if ctx.signal("label") is None:
+            return Await("label")
+        return Spawn("sent", [Child(Parcel)])
+
+    @step
+    async def sent(self, ctx: durable.Context) -> Done:
+        return Done()
+
+
+@pytest.mark.trio
+async def test_api_only_propagates_the_callers_trace(db: durable.Database) -> None:
+    """No SDK in this process: nothing is recorded, yet the caller's W3C context flows through rows —
+    to the instance, to the children its steps spawn, and to signals."""
+    from opentelemetry import context, propagate
+
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    sender = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    token = context.attach(propagate.extract({"traceparent": caller}))
+    try:
+        box = await db.insert(Box)
+    finally:
+        context.detach(token)
+    assert box is not None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(durable.Runtime(db, machines=[Box, Parcel], queues={"api-only": 2}).run)
+        await wait_status(db, box, "awaiting_signal")
+        token = context.attach(propagate.extract({"traceparent": sender}))
+        try:
+            await db.signal(box, "note", "fragile")  # not awaited: stays in the inbox
+            await db.signal(box, "label", {"to": "Lyon"})
+        finally:
+            context.detach(token)
+        done = await wait_status(db, box, "done")
+        nursery.cancel_scope.cancel()
+    (child,) = done.children
+    kid = await db.get(child["id"])
+    assert trace_id(done.traceparent) == trace_id(kid.traceparent) == trace_id(caller)
+    (note,) = [s for s in done.inbox if s["name"] == "note"]
+    assert trace_id(note["traceparent"]) == trace_id(sender)
+
+
+def trace_id(traceparent: str | None) -> str:
+    assert traceparent is not None
+    return traceparent.split("-")[1]
+
+
 OFF_PROGRAM = """
 import sys, trio, durable, otel
 from opentelemetry import trace
