@@ -1,0 +1,274 @@
+"""The real ``durable`` command in subprocesses against a real database: output, exit codes, and bad
+arguments as one line on stderr with exit status 2 (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import durable
+from durable.migrate import drop_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+DURABLE = str(Path(sys.executable).parent / "durable")
+
+
+class CLI:
+    """Runs ``durable`` with ``--dsn``/``--schema`` of a test database."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn, self.schema = dsn, schema
+        self.env = {**os.environ, "COLUMNS": "200", "DURABLE_DSN": "", "DURABLE_SCHEMA": ""}
+
+    def argv(self, *args: str, db: bool = True) -> list[str]:
+        """The command line; the test's own options come after ours (a repeated option: last wins)."""
+        if not db:
+            return [DURABLE, *args]
+        return [DURABLE, args[0], "--dsn", self.dsn, "--schema", self.schema, *args[1:]]
+
+    def __call__(self, *args: str, db: bool = True, code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.argv(*args, db=db), capture_output=True, text=True, env=self.env, cwd=ROOT,
+                              timeout=60)
+        assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+    def popen(self, *args: str, db: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args, db=db), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env or self.env, cwd=ROOT)
+
+
+def in_process(dsn: str, schema: str, fn: Callable[[durable.Database], Any]) -> Any:
+    """Run ``await fn(db)`` on a connection of our own (fast setup without subprocesses)."""
+
+    async def main() -> Any:
+        async with durable.connect(dsn, schema=schema, migrate=False) as db:
+            return await fn(db)
+
+    return trio.run(main)
+
+
+@pytest.fixture(scope="module")
+def cli(pg_dsn: str) -> Iterator[CLI]:
+    schema = f"t_cli_{uuid.uuid4().hex[:10]}"
+    runner = CLI(pg_dsn, schema)
+    yield runner
+
+    async def drop(db: durable.Database) -> None:
+        await drop_schema(db.pool, schema)
+
+    in_process(pg_dsn, schema, drop)
+
+
+def wait_for(check: Callable[[], Any], seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)
+
+
+def test_migrate_reports_what_it_did(cli: CLI) -> None:
+    first = cli("migrate")
+    assert "applied 1" in first.stdout
+    assert "up to date" in cli("migrate").stdout
+    report = cli.json("migrate", "--check")
+    assert report["version"] == report["latest"] >= 1 and report["applied"] == []
+
+
+def test_a_worker_runs_the_example_checkout_driven_from_the_cli(cli: CLI) -> None:
+    cli("migrate")
+    worker = cli.popen("worker", "examples.checkout", "--queue", "checkout=2", "--queue", "shipping=2",
+                       "--queue", "email=1", "--lease", "5")
+    try:
+        assert worker.stderr is not None
+        started = worker.stderr.readline()
+        assert "started" in started and "checkout=2" in started and "Checkout v1" in started, started
+        made = cli.json("insert", "Checkout", "--module", "examples.checkout", "--state",
+                        '{"order": 42, "items": 2}')
+        iid = made["id"]
+        assert made["step"] == "reserve" and made["queue"] == "checkout"
+        status_of = lambda i: in_process(cli.dsn, cli.schema, lambda db: db.get(i)).status  # noqa: E731
+        wait_for(lambda: status_of(iid) == "awaiting_signal")
+        sent = cli.json("signal", str(iid), "payment_confirmed", "--payload", '{"amount": 100}', "--dedup", "e1")
+        assert sent["signal_id"] is not None and not sent["duplicate"]
+        # the same dedup key twice, to an instance nobody runs (so it cannot have ended in between)
+        parked = in_process(cli.dsn, cli.schema, lambda db: db.insert("cli.parked", {}, step="s", queue="nobody"))
+        assert cli("signal", str(parked), "go", "--dedup", "d1").stdout.startswith("signal ")
+        assert cli("signal", str(parked), "go", "--dedup", "d1").stdout.startswith("duplicate")
+        assert len(in_process(cli.dsn, cli.schema, lambda db: db.get(parked)).inbox) == 1
+        wait_for(lambda: status_of(iid) == "done")
+        done = cli.json("show", str(iid))
+        assert done["status"] == "done" and done["awaits"] is None
+        assert done["result"] == {"order": 42, "paid": 100, "parcels": 2}
+        assert [c["status"] for c in done["children"]] == ["done", "done"]
+        assert [e["event"] for e in done["history"]] == [
+            "inserted", "next", "await", "signal", "spawn", "joined", "done"]
+        text = cli("show", str(iid)).stdout
+        assert "Checkout v1" in text and '"parcels":2' in text
+        assert "children" in text and "Shipment" in text and "joined" in text
+        live = cli.json("workers")
+        assert len(live) == 1 and live[0]["state"] == "live"
+        assert live[0]["gauges"]["checkout"]["concurrency"] == 2
+        sat = cli.json("queues", "--all")
+        assert sat["queues"]["shipping"]["counts"]["done"] == 2
+        assert sat["queues"]["checkout"]["concurrency"] == 2 and sat["queues"]["email"]["prefetch"] == 1
+        table = cli("queues").stdout
+        assert "checkout" in table and "0/2" in table and "live workers" in table
+    finally:
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert "draining" in err and "stopped: 3 done" in err and "Traceback" not in err
+    stopped = cli.json("workers", "--all")
+    assert stopped[0]["state"] == "stopped" and cli.json("workers") == []
+    assert "no live workers" in cli("workers").stdout
+
+
+def test_ls_filters_pages_and_prints_a_table(cli: CLI) -> None:
+    cli("migrate")
+
+    async def fill(db: durable.Database) -> list[int | None]:
+        return await db.insert_many(
+            [durable.Insert("cli.ls", {"order": i, "tier": "gold" if i % 2 else "std"}, step="s", queue="lsq")
+             for i in range(5)])
+
+    ids = in_process(cli.dsn, cli.schema, fill)
+    first = cli.json("ls", "--machine", "cli.ls", "--status", "runnable", "--limit", "2")
+    assert [r["id"] for r in first["items"]] == ids[:2] and first["next"]
+    rest = cli.json("ls", "--machine", "cli.ls", "--status", "runnable", "--limit", "2", "--after", first["next"])
+    assert [r["id"] for r in rest["items"]] == ids[2:4]
+    gold = cli.json("ls", "--prefix", "cli.", "--state", '{"tier": "gold"}', "--order", "-id")
+    assert [r["id"] for r in gold["items"]] == [ids[3], ids[1]] and gold["next"] is None
+    assert cli.json("ls", "--queue", "lsq", "--updated-before", "1h")["items"] == []
+    assert len(cli.json("ls", "--queue", "lsq", "--inserted-after", "1h")["items"]) == 5
+    table = cli("ls", "--queue", "lsq", "--limit", "3")
+    assert "machine" in table.stdout.splitlines()[0] and "cli.ls" in table.stdout
+    assert "more: --after " in table.stderr
+    assert "no instances match" in cli("ls", "--id", "999999").stdout
+
+
+def test_tail_prints_offsets_and_resumes(cli: CLI) -> None:
+    cli("migrate")
+    events = [json.loads(line) for line in cli("tail", "--json").stdout.splitlines()]
+    assert events and all(set(e) >= {"offset", "instance_id", "event", "at"} for e in events)
+    offsets = [e["offset"] for e in events]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    resumed = [json.loads(line) for line in cli("tail", "--json", "--from", offsets[1]).stdout.splitlines()]
+    assert [e["offset"] for e in resumed] == offsets[2:len(resumed) + 2] and resumed[0]["offset"] == offsets[2]
+    assert cli("tail", "--from", "now").stdout == ""
+    text = cli("tail", "--limit", "1").stdout.splitlines()
+    assert len(text) == 1 and text[0].startswith(offsets[0])
+    follower = cli.popen("tail", "--from", "now", "--follow", "--poll", "0.05", "--limit", "1", "--json")
+    time.sleep(0.8)  # let it reach its first poll before the insert (otherwise "now" is after it)
+    made = cli.json("insert", "cli.tail", "--step", "s", "--queue", "nobody")
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["instance_id"] == made["id"] and seen["event"] == "inserted"
+
+
+def test_cancel_retry_and_gc(cli: CLI) -> None:
+    cli("migrate")
+    iid = cli.json("insert", "cli.nudge", "--step", "s", "--queue", "nobody", "--state", '{"n": 1}')["id"]
+    assert cli("cancel", str(iid), "--reason", "testing").stdout.strip() == f"{iid}: runnable -> cancelled"
+    assert cli("retry", str(iid)).stdout.strip() == f"{iid}: cancelled -> runnable"
+    refused = cli("retry", str(iid), code=2)
+    assert refused.stderr.strip() == (
+        f"error: instance {iid} is runnable: only failed or cancelled instances can be retried")
+    cli("cancel", str(iid))
+    assert "already cancelled" in cli("cancel", str(iid)).stdout
+    assert cli.json("gc", "--older-than", "1d")["deleted"] == 0
+    gone = cli("gc", "--older-than", "0s")
+    assert gone.stdout.startswith("deleted ") and int(gone.stdout.split()[1]) >= 1
+    assert cli("show", str(iid), code=2).stderr.strip() == f"error: no instance with id {iid}"
+
+
+BAD = [
+    (["show", "999999999"], "no instance with id 999999999"),
+    (["show", "abc"], "'abc' is not a valid integer"),
+    (["ls", "--status", "finished"], "unknown status 'finished'"),
+    (["ls", "--state", "{bad"], "--state is not valid JSON"),
+    (["ls", "--bogus"], "No such option"),
+    (["ls", "--after", "!!"], "malformed cursor"),
+    (["signal", "1", "go", "--payload", "{"], "--payload is not valid JSON"),
+    (["insert", "M"], "give its first step with --step"),
+    (["tail", "--from", "zzz"], "malformed offset 'zzz'"),
+    (["gc", "--older-than", "3x"], "'3x' is not a duration"),
+    (["worker", "examples.checkout", "--queue", "checkout"], "expected NAME=N"),
+    (["worker", "no_such_module_here"], "cannot import module 'no_such_module_here'"),
+]
+
+
+def test_bad_arguments_are_one_line_and_exit_2(cli: CLI) -> None:
+    cli("migrate")
+    # run them side by side: each is a process start
+    procs = [(args, wanted, cli.popen(*args)) for args, wanted in BAD]
+    for args, wanted, proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (args, proc.returncode, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+        assert wanted in lines[0], (args, err)
+        assert out == ""
+
+
+def test_a_schema_that_does_not_exist_is_reported_not_created(cli: CLI) -> None:
+    proc = cli("ls", "--schema", "t_nothing_here", code=2)
+    assert proc.stderr.strip().startswith("error: no durable schema 't_nothing_here'")
+
+
+def test_worker_otlp_without_the_otel_package_is_one_line(cli: CLI, tmp_path: Path) -> None:
+    # a folder where `otel` cannot be imported, run from there (the worker imports from its cwd)
+    fake = tmp_path / "otel"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('No module named opentelemetry.sdk')\n")
+    (tmp_path / "tiny_jobs.py").write_text(
+        "import durable\n\n@durable.job(queue='tiny')\nasync def tiny(args, ctx):\n    return 1\n")
+    env = {**cli.env, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen(cli.argv("worker", "tiny_jobs", "--otlp", "grpc"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "--otlp needs the 'otel' package" in err
+
+
+def test_embedded_db_status_uri_and_stop(cli: CLI, tmp_path: Path) -> None:
+    env = {**cli.env, "DURABLE_HOME": str(tmp_path / "home")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([DURABLE, "db", *args], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    assert run("status").stdout.startswith("not running (not initialized)")
+    assert run("stop").stdout.strip() == "not running"
+    uri = run("uri").stdout.strip()
+    try:
+        assert uri.startswith("postgresql://") and str(tmp_path) in uri
+        status = json.loads(run("status", "--json").stdout)
+        assert status["running"] and status["initialized"]
+    finally:
+        assert run("stop").stdout.strip() == "stopped"
+    assert run("status").stdout.startswith("not running (initialized)")
