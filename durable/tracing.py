@@ -38,13 +38,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Link",
+    "PendingOutcome",
     "SpanKind",
     "context_from",
     "current_context_headers",
+    "enabled",
     "finish_outcome",
+    "inserted",
     "link_from",
     "record_error",
     "set_enabled",
+    "signal_attributes",
+    "signalled",
     "span",
     "start_outcome",
     "step_span",
@@ -64,11 +69,9 @@ tracer = trace.get_tracer("durable")
 meter = metrics.get_meter("durable")
 
 _enabled = os.environ.get("DURABLE_TRACING", "on").strip().lower() not in ("0", "off", "false", "no")
+_sdk_seen = False
 # the current task's open step span, ended once its outcome is committed
 _step_span: ContextVar[trace.Span] = ContextVar("durable_step_span", default=INVALID_SPAN)
-
-
-_sdk_seen = False
 
 
 def _sdk() -> bool:
@@ -166,9 +169,11 @@ def step_span(name: str, attributes: dict[str, Any], *, parent: otel_context.Con
     token = otel_context.attach(trace.set_span_in_context(s, root))
     try:
         yield s
-    except BaseException as exc:
+    except BaseException as exc:  # no outcome will be committed
         if isinstance(exc, Exception):
             record_error(s, exc)
+        else:
+            s.set_attribute("durable.interrupted", type(exc).__name__)  # cancelled: drain deadline, kill
         s.end()
         raise
     finally:
@@ -191,7 +196,7 @@ def traced(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
     def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
         async def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-            if not _enabled:
+            if not _enabled or not _sdk():
                 return await fn(*args, **kwargs)
             attrs = before(*args, **kwargs) if before is not None else {}
             operation = "send" if kind is SpanKind.PRODUCER else None
