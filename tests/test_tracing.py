@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -138,21 +139,31 @@ def receiver() -> Any:
         yield rx
 
 
-def run_workload(pg_dsn: str, schema: str, proto: str, endpoint: str, tmp_path: Path) -> tuple[dict, str]:
-    out = tmp_path / "ids.json"
-    proc = subprocess.run([sys.executable, __file__, pg_dsn, schema, proto, endpoint, str(out)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+@pytest.fixture(scope="module")
+def workloads(receiver: Any, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The workload exported over gRPC and over HTTP, both runs at once (each in its own schema):
+    per protocol, the ids it reports and its stdout."""
+    folder = tmp_path_factory.mktemp("workloads")
+    procs = {}
+    for proto, endpoint in (("grpc", receiver.grpc_endpoint), ("http", receiver.http_endpoint)):
+        schema = f"t_trace_{proto}_{uuid.uuid4().hex[:8]}"
+        procs[proto] = subprocess.Popen([sys.executable, __file__, pg_dsn, schema, proto, endpoint,
+                                         str(folder / f"{proto}.json")],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = {}
+    for proto, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, stderr[-3000:]
+        results[proto] = (json.loads((folder / f"{proto}.json").read_text()), stdout)
+    return results
 
 
 def tree(spans: list[Any]) -> dict[str, Any]:
     return {s.span_id: s for s in spans}
 
 
-def test_grpc_export_one_trace_per_instance(receiver: Any, pg_dsn: str, schema_name: str,
-                                            tmp_path: Path) -> None:
-    ids, _ = run_workload(pg_dsn, schema_name, "grpc", receiver.grpc_endpoint, tmp_path)
+def test_grpc_export_one_trace_per_instance(receiver: Any, workloads: dict[str, Any]) -> None:
+    ids, _ = workloads["grpc"]
     assert ids["status"] == "done" and ids["result"] == {"parcels": [0, 1]}
     spans = [s for s in receiver.spans if s.transport == "grpc"]
     by_id = tree(spans)
@@ -270,9 +281,8 @@ def by_name(spans: list[Any], name: str) -> Any:
     return found
 
 
-def test_http_export_spans_metrics_and_console(receiver: Any, pg_dsn: str, schema_name: str,
-                                               tmp_path: Path) -> None:
-    ids, stdout = run_workload(pg_dsn, schema_name, "http", receiver.http_endpoint, tmp_path)
+def test_http_export_spans_metrics_and_console(receiver: Any, workloads: dict[str, Any]) -> None:
+    ids, stdout = workloads["http"]
     spans = [s for s in receiver.spans if s.transport == "http"]
     assert receiver.requests["http traces"] >= 1
     (request,) = [s for s in spans if s.name == "POST /checkout"]
