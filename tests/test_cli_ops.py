@@ -166,6 +166,8 @@ def test_ls_filters_pages_and_prints_a_table(cli: CLI) -> None:
 
 def test_tail_prints_offsets_and_resumes(cli: CLI) -> None:
     cli("migrate")
+    in_process(cli.dsn, cli.schema, lambda db: db.insert_many(
+        [durable.Insert("cli.tail", {}, step="s", queue="nobody")] * 3))
     events = [json.loads(line) for line in cli("tail", "--json").stdout.splitlines()]
     assert events and all(set(e) >= {"offset", "instance_id", "event", "at"} for e in events)
     offsets = [e["offset"] for e in events]
@@ -175,8 +177,7 @@ def test_tail_prints_offsets_and_resumes(cli: CLI) -> None:
     assert cli("tail", "--from", "now").stdout == ""
     text = cli("tail", "--limit", "1").stdout.splitlines()
     assert len(text) == 1 and text[0].startswith(offsets[0])
-    follower = cli.popen("tail", "--from", "now", "--follow", "--poll", "0.05", "--limit", "1", "--json")
-    time.sleep(0.8)  # let it reach its first poll before the insert (otherwise "now" is after it)
+    follower = cli.popen("tail", "--from", offsets[-1], "--follow", "--poll", "0.05", "--limit", "1", "--json")
     made = cli.json("insert", "cli.tail", "--step", "s", "--queue", "nobody")
     out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err

@@ -119,8 +119,11 @@ async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Data
                 if len(received) == 2:
                     nursery.cancel_scope.cancel()
 
+        polls = db.pool.statement_counts["tail_history"]
         nursery.start_soon(follow)
-        await trio.sleep(0.1)
+        with trio.fail_after(10):  # "now" is fixed once the follower has made its first read
+            while db.pool.statement_counts["tail_history"] == polls:
+                await trio.sleep(0.01)
         (iid,) = await fresh(db)
         await db.signal(iid, "ping", {"n": 1})
         with trio.fail_after(10):
