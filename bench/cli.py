@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 from .durable_bench import Tuning
-from .run import Plan
+from .run import STAGES, Plan
 
 
 @click.command(name="bench")
@@ -29,8 +29,13 @@ from .run import Plan
               help="Comma-separated peers to run ('' for none).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="durable: steps at once.")
 @click.option("--no-profile", is_flag=True, help="Skip the py-spy profile of a durable drain.")
+@click.option("--profile-out", type=click.Path(path_type=Path), default=None,
+              help="Keep the profile's collapsed stacks (py-spy raw format) in this file.")
+@click.option("--only", default=None,
+              help=f"Comma-separated stage groups to run, of: {', '.join(STAGES)} (default: all).")
 def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: Path | None, jobs: int | None,
-            machines: int | None, peers: str, concurrency: int | None, no_profile: bool) -> None:
+            machines: int | None, peers: str, concurrency: int | None, no_profile: bool,
+            profile_out: Path | None, only: str | None) -> None:
     """Benchmark durable against pgqueuer, procrastinate, oban and DBOS, and against PostgreSQL's
     own commit limit, in one run against one server; prints a table and optionally writes JSON."""
     known = ("pgqueuer", "procrastinate", "oban", "dbos")
@@ -41,6 +46,12 @@ def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: Path
     if json_path is not None and not json_path.parent.exists():
         raise click.UsageError(f"--json: folder {json_path.parent} does not exist")
     plan = Plan.quick_plan() if quick else Plan()
+    if only is not None:
+        groups = frozenset(g.strip() for g in only.split(",") if g.strip())
+        if not groups or not groups <= set(STAGES):
+            raise click.UsageError(f"--only: choose among {', '.join(STAGES)}")
+        plan.only = groups
+    plan.profile_out = profile_out
     plan.peers = chosen
     plan.profile = not no_profile
     if jobs is not None:

@@ -121,6 +121,7 @@ async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
 async def pickup_in_process(dsn: str, samples: int, schema: str = "b_pickup_local") -> dict[str, Any]:
     """Idle runtime in this process; one insert at a time, each waited for, random gaps."""
     workloads.latencies.clear()
+    inserts: list[float] = []
     async with fresh(dsn, schema) as db:
         ran = trio.Event()
 
@@ -133,28 +134,34 @@ async def pickup_in_process(dsn: str, samples: int, schema: str = "b_pickup_loca
             await trio.sleep(0.2)
             for _ in range(samples):
                 ran = trio.Event()
+                start = time.perf_counter()
                 await db.insert(workloads.probe, {"t": time.time()})
+                inserts.append(time.perf_counter() - start)
                 with trio.move_on_after(10):
                     await ran.wait()
                 await trio.sleep(random.uniform(0.01, 0.05))
             nursery.cancel_scope.cancel()
-    return latency_summary(list(workloads.latencies))
+    return {**latency_summary(list(workloads.latencies)), "insert": latency_summary(inserts)}
 
 
 async def pickup_cross_process(dsn: str, samples: int, tuning: Tuning | None = None,
                                schema: str = "b_pickup_remote") -> dict[str, Any]:
     """Idle runtime in a worker process; this process inserts one row at a time, random gaps."""
+    inserts: list[float] = []
     async with fresh(dsn, schema) as db:
 
         async def produce(pid: int) -> None:
+            await trio.sleep(0.5)  # the worker's LISTEN connection is up
             for _ in range(samples):
+                start = time.perf_counter()
                 await db.insert(workloads.probe, {"t": time.time()})
+                inserts.append(time.perf_counter() - start)
                 await trio.sleep(random.uniform(0.02, 0.1))
 
         opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": samples, "timeout": 300,
                 **(tuning or Tuning(concurrency=10, prefetch=10)).worker_options()}
         out = await run_json("bench.worker", opts, limit=400, on_ready=produce)
-    return latency_summary(out["latencies"])
+    return {**latency_summary(out["latencies"]), "insert": latency_summary(inserts)}
 
 
 async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuning,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import trio
 from rich.console import Console
 
+from durable import tracing
 from durable._pg import asyncio_loop
 
 from . import server as srv
@@ -16,6 +18,9 @@ from .run import Plan, Runner
 
 
 async def main(plan: Plan, dsn: str | None, data_dir: Path | None, console: Console) -> dict[str, Any]:
+    # the targets are for tracing off: this process (the in-process pickup) and every worker process
+    tracing.set_enabled(False)
+    os.environ["DURABLE_TRACING"] = "off"
     if dsn is None:
         folder = data_dir or srv.default_data_dir()
         with console.status(f"starting the embedded PostgreSQL in {folder}"):

@@ -42,7 +42,9 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     one = _num(_get(r, "durable.one_step.per_s"))
     five = _num(_get(r, "durable.five_step.per_s"))
-    rows.append(("one-step jobs/s", "durable", _fmt(one), f"{_get(r, 'durable.one_step.instances') or '—'} jobs"))
+    if _get(r, "durable.one_step") is not None:
+        rows.append(("one-step jobs/s", "durable", _fmt(one) if one else "failed",
+                     f"{_get(r, 'durable.one_step.instances') or _get(r, 'durable.one_step.error')} jobs"))
     for peer in ONE_STEP_PEERS:
         node = _get(r, f"peers.{peer}")
         err = _failure(node)
@@ -55,7 +57,9 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ratio = _ratio(one, x)
             rows.append(("one-step jobs/s", f"{peer} {node.get('version', '')}", _fmt(x),
                          f"durable = {ratio:.2f}x ({node.get('jobs')} jobs)" if ratio else "—"))
-    rows.append(("5-step steps/s", "durable", _fmt(five), f"{_get(r, 'durable.five_step.instances') or '—'} inst."))
+    if _get(r, "durable.five_step") is not None:
+        rows.append(("5-step steps/s", "durable", _fmt(five) if five else "failed",
+                     f"{_get(r, 'durable.five_step.instances') or _get(r, 'durable.five_step.error')} inst."))
     node = _get(r, "peers.dbos")
     if node is not None:
         err = _failure(node)
@@ -76,6 +80,8 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(("pickup p50 / p99 ms", label, "failed", err[:100]))
         else:
             extra = f"{node.get('n')} samples"
+            if isinstance(node.get("insert"), dict):
+                extra += f"; the insert itself p50 {_fmt(node['insert'].get('p50_ms'))} ms"
             if key == "under_load":
                 extra += f" at {node.get('offered_per_s')}/s"
             rows.append(("pickup p50 / p99 ms", label, f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
@@ -147,9 +153,11 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render(r: dict[str, Any], console: Console) -> None:
     m, pg = r.get("machine", {}), r.get("postgres", {})
+    load = m.get("loadavg_at_start") or [None]
     table = Table(title=f"durable bench ({'quick' if _get(r, 'plan.quick') else 'full'}) — "
                         f"{m.get('nproc')} cores, {m.get('memory_gib')} GiB, "
-                        f"{str(pg.get('version', '')).split(' on ')[0]}")
+                        f"{str(pg.get('version', '')).split(' on ')[0]}, load average at start "
+                        f"{_fmt(load[0])}")
     for col in ("measurement", "engine / setting", "figure", "compared"):
         table.add_column(col)
     for row in figures(r):

@@ -4,6 +4,8 @@ with its error and the run goes on."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -43,12 +45,22 @@ class Plan:
     profile_jobs: int = 50_000
     tuning: d.Tuning = field(default_factory=d.Tuning)
     quick: bool = False
+    only: frozenset[str] | None = None  # stage groups to run (STAGES); None = all
+    profile_out: Path | None = None  # keep py-spy's collapsed stacks here
 
     @classmethod
     def quick_plan(cls) -> Plan:
         return cls(jobs=10_000, machines=4_000, pickup_samples=100, load_seconds=4.0,
                    picker_large=100_000, picks=100, ceiling_jobs=20_000, pglimit_seconds=3.0,
                    procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, quick=True)
+
+
+STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "peers", "profile")
+
+
+def stage_group(path: str) -> str:
+    parts = path.split(".")
+    return parts[1] if parts[0] == "durable" else parts[0]
 
 
 # Peer settings: each engine's documented throughput knobs, chosen by a small sweep on this machine
@@ -71,6 +83,8 @@ class Runner:
 
     async def stage(self, path: str, label: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run one measurement under a spinner; store its result (or its error) at ``path``."""
+        if self.plan.only is not None and stage_group(path) not in self.plan.only:
+            return None
         start = time.perf_counter()
         with self.console.status(f"[bold]{label}[/bold]"):
             try:
@@ -111,7 +125,7 @@ class Runner:
                          lambda: d.pickup_in_process(durable_dsn, p.pickup_samples))
         await self.stage("durable.pickup.cross_process", "pickup latency, idle worker, producer in another "
                          "process", lambda: d.pickup_cross_process(durable_dsn, p.pickup_samples))
-        load_rate = p.load_fraction * (one.get("per_s") or 2000)
+        load_rate = p.load_fraction * ((one or {}).get("per_s") or 2000)
         await self.stage("durable.pickup.under_load", f"pickup latency under load ({load_rate:,.0f} rows/s "
                          f"for {p.load_seconds:.0f} s)", lambda: d.pickup_under_load(
                              durable_dsn, load_rate, p.load_seconds, p.tuning))
@@ -128,6 +142,7 @@ class Runner:
             await self.stage("profile", f"profile: py-spy on a durable one-step drain of {p.profile_jobs:,}",
                              lambda: self.profile(durable_dsn))
         self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
         return self.results
 
     async def peer(self, name: str) -> dict[str, Any]:
@@ -157,5 +172,8 @@ class Runner:
             if not out.exists():
                 raise RuntimeError("py-spy wrote no samples (ptrace not permitted?)")
             ranked = rank(out.read_text())
+            if self.plan.profile_out is not None:
+                shutil.copyfile(out, self.plan.profile_out)
+                ranked["collapsed_stacks"] = str(self.plan.profile_out)
         ranked["per_s_while_sampled"] = drained["per_s"]
         return ranked
