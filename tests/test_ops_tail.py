@@ -12,7 +12,7 @@ import trio
 
 import durable
 from durable.ops import InvalidArgument, TailEvent
-from durable.sql import Q
+from durable.sql import Q, Query
 
 pytestmark = pytest.mark.trio
 
@@ -154,3 +154,34 @@ async def test_malformed_offsets_are_errors_that_name_them(db: durable.Database)
             await drain(db, bad)
     with pytest.raises(InvalidArgument, match="instance id must be an integer"):
         await drain(db, "-1", instance="7")
+
+
+CURRENT_XID = Query("test_current_xid", "select pg_current_xact_id()::text", "A fresh xid (test).")
+BURNER = Query("test_xid_burner", """
+create table xid_burner (n int);
+create function burn_xids(n int) returns void language plpgsql as $$
+begin
+  for i in 1..n loop
+    begin
+      insert into xid_burner values (i);  -- a write in a subtransaction takes a new (sub)xid
+    exception when others then null;
+    end;
+  end loop;
+end $$;
+""", "Test helper: consume transaction ids.")
+BURN = Query("test_burn_xids", "select burn_xids($1::int)", "Consume $1 transaction ids (test).")
+
+
+async def test_offsets_order_numerically_across_a_digit_boundary(db: durable.Database) -> None:
+    """Transaction ids 9xx and 1000 must tail in numeric order (text order would put '1000' first and
+    skip the other event for good)."""
+    (a,) = await fresh(db)
+    xid_a = int(await db.pool.fetchval(CURRENT_XID))
+    boundary = 10 ** len(str(xid_a))
+    await db.pool.execute(BURNER)
+    await db.pool.fetchval(BURN, boundary - xid_a)
+    (b,) = await fresh(db)
+    events = [ev async for ev in db.tail(after="-1", batch=1)]
+    assert [e.instance_id for e in events] == [a, b]
+    xids = [int(e.offset.split("-")[0], 16) for e in events]
+    assert len(str(xids[0])) < len(str(xids[1]))

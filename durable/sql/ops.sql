@@ -179,14 +179,15 @@ order by stopped_at is not null, seen_at desc, id;
 -- (xid < pg_snapshot_xmin) are returned: a transaction that started earlier but commits later can no
 -- longer add a row behind a returned offset, so a reader resuming from its last offset loses nothing
 -- and reads nothing twice. A long transaction delays the tail; it never makes it skip.
-select id, xid::text as xid, instance_id, machine, event, step, attempt, status::text as status,
-       worker_id, lease_token, detail::text as detail, at
-from history
-where (xid, id) > ($1::text::xid8, $2::bigint)
-  and xid < pg_snapshot_xmin(pg_current_snapshot())
-  and ($3::bigint is null or instance_id = $3::bigint)
-  and ($4::text is null or machine = $4::text)
-order by xid, id
+-- (ORDER BY names h.xid: a bare `xid` would sort by the text output column, where '10' < '9'.)
+select h.id, h.xid::text as xid, h.instance_id, h.machine, h.event, h.step, h.attempt,
+       h.status::text as status, h.worker_id, h.lease_token, h.detail::text as detail, h.at
+from history h
+where (h.xid, h.id) > ($1::text::xid8, $2::bigint)
+  and h.xid < pg_snapshot_xmin(pg_current_snapshot())
+  and ($3::bigint is null or h.instance_id = $3::bigint)
+  and ($4::text is null or h.machine = $4::text)
+order by h.xid, h.id
 limit $5;
 
 -- name: tail_frontier
