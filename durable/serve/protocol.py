@@ -27,7 +27,7 @@ COMMON_HEADERS = {
     "access-control-allow-headers": (
         "content-type, authorization, Stream-Seq, Stream-TTL, Stream-Expires-At, Stream-Closed, "
         "Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, Stream-Fork-Offset, "
-        "Stream-Fork-Sub-Offset, Idempotency-Key"
+        "Stream-Fork-Sub-Offset, Idempotency-Key, If-None-Match"
     ),
     "access-control-expose-headers": (
         "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Producer-Epoch, "

@@ -88,10 +88,10 @@ async def serve(
 ) -> NoReturn:
     """Serve Durable Streams until cancelled; ``started`` with the :class:`Server` once listening."""
     settings = settings or Settings()
-    async with connect(dsn, schema=schema, max_size=20) as db:
+    async with connect(dsn, schema=schema, max_size=settings.connections + 8) as db:
         store = Store(db.pool)
         hub = Hub()
-        async with hub.listening(db.pool, store.channel):
+        async with hub.listening(db.pool, store.channel), store.pinned(settings.connections):
             config = Config()
             config.bind = [f"{host}:{port}"]
             config.accesslog = None

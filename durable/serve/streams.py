@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..streams.errors import BadRequest, StreamError, StreamGone, StreamNotFound, TooLarge
-from ..streams.offsets import NOW, is_offset, parse_offset
+from ..streams.offsets import NOW, format_offset, is_offset, parse_offset
 from ..streams.store import CreateSpec, Page, Store, StreamInfo, is_json, media_type
 from . import protocol as p
 from .hub import Hub, wait
@@ -22,6 +22,7 @@ class Settings:
     long_poll_timeout: float = 30.0
     sse_lifetime: float = 60.0
     max_append_bytes: int = 8 << 20
+    connections: int = 8  # PostgreSQL connections kept for stream statements
 
 
 def error(exc: StreamError) -> Response:
@@ -172,7 +173,8 @@ class StreamEndpoints:
             return Response(b"[]" if s.json else b"", status_code=200, headers=headers)
         after = s.tail if offset == NOW else parse_offset(offset or "-1")
         event = self.hub.subscribe(s.id)
-        page = await self.store.read(path, after)
+        await self.store.touch(s)
+        page = await self.store.read_info(s, after)
         if live == "long-poll" and not page.messages and (offset == NOW or after == page.stream.tail):
             if page.stream.closed:
                 return Response(status_code=204, headers={
@@ -242,11 +244,17 @@ class StreamEndpoints:
                 page = await self.store.read(path, position)
             except (StreamNotFound, StreamGone):
                 return
-            out = [p.sse_data(data, base64_mode=base64_mode, json_mode=json_mode)
-                   for _, data in page.messages]
             closed = page.closed_at_tail
-            out.append(p.sse_control(page.next_offset, closed=closed, up_to_date=page.up_to_date,
-                                     client_cursor=client_cursor))
+            out = []
+            # every data event is followed by its control event (clients frame data by controls)
+            for i, (end, data) in enumerate(page.messages):
+                last = i == len(page.messages) - 1
+                out.append(p.sse_data(data, base64_mode=base64_mode, json_mode=json_mode))
+                out.append(p.sse_control(format_offset(end), closed=closed and last,
+                                         up_to_date=page.up_to_date and last, client_cursor=client_cursor))
+            if not page.messages:
+                out.append(p.sse_control(page.next_offset, closed=closed, up_to_date=page.up_to_date,
+                                         client_cursor=client_cursor))
             yield b"".join(out)
             if closed:
                 return

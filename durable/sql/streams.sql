@@ -163,3 +163,11 @@ from history h
 where h.instance_id = $1 and h.xid < pg_snapshot_xmin(pg_current_snapshot())
 order by h.xid desc, h.id desc
 limit 1;
+
+-- name: stream_append
+-- Append (or close, data $2 NULL) to the stream at path $1 in one statement: see ds_append in
+-- migration 0002. $3 request content type, $4 close, $5 producer id, $6 epoch, $7 seq, $8 seq spans
+-- epochs (engine producers), $9 Stream-Seq, $10 JSON error verdict (invalid_json|empty_json|NULL),
+-- $11 notify channel, $12 instance id and $13 lease token to fence on (engine appends; else NULL).
+-- Returns verdict, tail, closed, last_seq, current_epoch, expected_seq.
+select * from ds_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import trio
 
-from .._pg import Conn, Pool, Record
-from ..sql import Q
+from .._pg import Conn, Pool, Record, aio
+from ..sql import Q, Query
 from .errors import BadRequest, Conflict, Fenced, StreamGone, StreamNotFound
 from .offsets import format_offset
 
@@ -166,14 +167,61 @@ class Store:
         self.channel = channel(pool.schema)
         self.max_read_bytes = max_read_bytes
         self.max_read_rows = max_read_rows
+        self._free: tuple[trio.MemorySendChannel[asyncpg.Connection],
+                          trio.MemoryReceiveChannel[asyncpg.Connection]] | None = None
+
+    @asynccontextmanager
+    async def pinned(self, connections: int) -> AsyncIterator[None]:
+        """Keep ``connections`` connections for this store while the block runs: a statement then costs
+        one round trip (a pool release would add a reset query each time)."""
+        send, receive = trio.open_memory_channel[asyncpg.Connection](connections)
+        raws = []
+        try:
+            for _ in range(connections):
+                raw = await aio(self.pool.raw.acquire)()
+                raws.append(raw)
+                send.send_nowait(raw)
+            self._free = (send, receive)
+            yield
+        finally:
+            self._free = None
+            with trio.CancelScope(shield=True):
+                for raw in raws:
+                    await aio(self.pool.raw.release)(raw)
+
+    async def _one(self, method: str, q: Query, *args: Any) -> Any:
+        """One statement, shielded from cancellation (it is short, and a cut would break the connection)."""
+        with trio.CancelScope(shield=True):
+            if self._free is None:
+                return await getattr(self.pool, method)(q, *args)
+            raw = await self._free[1].receive()
+            try:
+                return await getattr(Conn(self.pool, raw), method)(q, *args)
+            finally:
+                self._free[0].send_nowait(raw)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
         """A transaction that cancellation cannot interrupt: a cancelled caller (a client that went
         away) waits the few milliseconds the statements take, so no connection is left mid-protocol."""
         with trio.CancelScope(shield=True):
-            async with self.pool.transaction() as conn:
-                yield conn
+            if self._free is None:
+                async with self.pool.transaction() as conn:
+                    yield conn
+                return
+            raw = await self._free[1].receive()
+            try:
+                tx = raw.transaction()
+                await aio(tx.start)()
+                try:
+                    yield Conn(self.pool, raw)
+                except BaseException:
+                    await aio(tx.rollback)()
+                    raise
+                else:
+                    await aio(tx.commit)()
+            finally:
+                self._free[0].send_nowait(raw)
 
     # -- lookups ------------------------------------------------------------------------------------
     async def _live(self, conn: Conn, path: str, *, lock: bool) -> Record:
@@ -199,7 +247,11 @@ class Store:
             await self._delete_cascade(conn, row["id"])
 
     async def get(self, path: str) -> StreamInfo:
-        """Metadata of a live stream (HEAD): raises StreamNotFound / StreamGone."""
+        """Metadata of a live stream (HEAD): raises StreamNotFound / StreamGone. One round trip unless
+        the stream has just expired (then it is removed in a transaction)."""
+        row = await self._one("fetchrow", Q.stream_get, path)
+        if row is not None and not row["expired"] and not row["soft_deleted"]:
+            return StreamInfo.of(row)
         async with self._transaction() as conn:
             return StreamInfo.of(await self._live(conn, path, lock=False))
 
@@ -322,96 +374,73 @@ class Store:
         close: bool = False,
         expected_lease: tuple[int, int] | None = None,
     ) -> AppendResult:
-        """Append ``body`` (non-empty) in one transaction; ``close`` closes atomically with it.
+        """Append ``body`` (non-empty) in one statement; ``close`` closes atomically with it.
         ``expected_lease`` = (instance id, lease token): fenced unless that claim is still current."""
-        async with self._transaction() as conn:
-            row = await self._live(conn, path, lock=True)
-            if expected_lease is not None:
-                await self._check_lease(conn, *expected_lease)
-            if row["closed"]:
-                return self._closed_result(row, producer)
-            if content_type is not None and media_type(content_type) != media_type(row["content_type"]):
-                raise Conflict("content type does not match the stream's")
-            last_seq: int | None = None
-            save_producer = False
-            if producer is not None:
-                verdict = await self._validate_producer(conn, row["id"], producer)
-                if verdict is not None:
-                    return AppendResult("duplicate", format_offset(row["tail"]), False, producer, verdict)
-                save_producer, last_seq = True, producer.seq
-            if stream_seq is not None and row["last_stream_seq"] is not None \
-                    and stream_seq <= row["last_stream_seq"]:
-                raise Conflict("Stream-Seq regression", {})
-            data = json_message(json_values(body, allow_empty=False)) if is_json(row["content_type"]) \
-                else body
-            tail = row["tail"] + len(data)
-            await conn.fetch(
-                Q.stream_append_txn, row["id"], tail, data, close,
-                producer.id if producer else None, producer.epoch if producer else None,
-                producer.seq if producer else None, stream_seq, save_producer, self.channel,
-            )
-            return AppendResult("accepted", format_offset(tail), close, producer, last_seq)
+        data: bytes | None = body
+        json_error: str | None = None
+        if is_json(content_type):
+            try:
+                data = json_message(json_values(body, allow_empty=False))
+            except BadRequest as exc:
+                data, json_error = None, ("empty_json" if "empty" in exc.message else "invalid_json")
+        return await self._write(path, data, content_type, close, producer, stream_seq, json_error,
+                                 expected_lease)
 
     async def close(self, path: str, *, producer: Producer | None = None) -> AppendResult:
         """Close without data (idempotent); with producer headers it takes part in sequencing."""
-        async with self._transaction() as conn:
-            row = await self._live(conn, path, lock=True)
-            offset = format_offset(row["tail"])
-            if row["closed"]:
-                if producer is None:
-                    return AppendResult("duplicate", offset, True)
-                return self._closed_result(row, producer)
-            save = False
-            if producer is not None:
-                verdict = await self._validate_producer(conn, row["id"], producer)
-                if verdict is not None:
-                    return AppendResult("duplicate", offset, False, producer, verdict)
-                save = True
-            await conn.fetch(
-                Q.stream_close_txn, row["id"], producer.id if producer else None,
-                producer.epoch if producer else None, producer.seq if producer else None, save,
-                self.channel,
-            )
-            return AppendResult("accepted", offset, True, producer, producer.seq if producer else None)
+        return await self._write(path, None, None, True, producer, None, None, None)
 
-    @staticmethod
-    def _closed_result(row: Record, producer: Producer | None) -> AppendResult:
-        """A write to a closed stream: the retry of the closing request is a duplicate, else 409."""
-        offset = format_offset(row["tail"])
-        if producer is not None and (row["closed_by"], row["closed_epoch"], row["closed_seq"]) == (
-            producer.id, producer.epoch, producer.seq
-        ):
-            return AppendResult("duplicate", offset, True, producer, producer.seq)
-        raise Conflict("stream is closed", {"Stream-Closed": "true", "Stream-Next-Offset": offset})
-
-    async def _validate_producer(self, conn: Conn, stream_id: int, p: Producer) -> int | None:
-        """None when the request is new and in order; the last seq when it is a duplicate; raises
-        Fenced (stale epoch), BadRequest (new epoch not at 0) or Conflict (sequence gap)."""
-        state = await conn.fetchrow(Q.stream_producer, stream_id, p.id)
-        if state is None:
-            if p.seq != 0 and not p.spans_epochs:
-                raise _gap(0, p.seq)
-            if p.spans_epochs and p.seq != 0:
-                raise _gap(0, p.seq)
-            return None
-        epoch, last = state["epoch"], state["last_seq"]
-        if p.epoch < epoch:
-            raise Fenced("stale producer epoch", epoch)
-        if p.epoch > epoch and not p.spans_epochs:
-            if p.seq != 0:
+    async def _write(self, path: str, data: bytes | None, content_type: str | None, close: bool,
+                     producer: Producer | None, stream_seq: str | None, json_error: str | None,
+                     lease: tuple[int, int] | None) -> AppendResult:
+        p = producer
+        row = await self._one(  # one statement = one transaction
+            "fetchrow", Q.stream_append, path, data, content_type, close, p.id if p else None,
+            p.epoch if p else None, p.seq if p else None, p.spans_epochs if p else False,
+            stream_seq, json_error, self.channel, lease[0] if lease else None,
+            lease[1] if lease else None,
+        )
+        assert row is not None
+        verdict, tail = row["verdict"], row["tail"]
+        offset = format_offset(tail) if tail is not None else ""
+        match verdict:
+            case "accepted":
+                return AppendResult("accepted", offset, row["closed"], p, row["last_seq"])
+            case "duplicate":
+                return AppendResult("duplicate", offset, False, p, row["last_seq"])
+            case "closed_duplicate":
+                return AppendResult("duplicate", offset, True, p, row["last_seq"])
+            case "already_closed":
+                return AppendResult("duplicate", offset, True)
+            case "not_found":
+                raise StreamNotFound("stream not found")
+            case "gone":
+                raise StreamGone("stream is gone")
+            case "expired":
+                async with self._transaction() as conn:
+                    await self._live(conn, path, lock=True)  # removes it and raises
+                raise StreamNotFound("stream not found")
+            case "fenced_lease":
+                assert lease is not None
+                raise Fenced(f"instance {lease[0]} no longer holds lease {lease[1]}", row["current_epoch"])
+            case "closed":
+                raise Conflict("stream is closed", {"Stream-Closed": "true", "Stream-Next-Offset": offset})
+            case "content_type":
+                raise Conflict("content type does not match the stream's")
+            case "stale_epoch":
+                raise Fenced("stale producer epoch", row["current_epoch"])
+            case "new_epoch_seq":
                 raise BadRequest("a new producer epoch must start at sequence 0")
-            return None
-        if p.seq <= last:
-            return last
-        if p.seq == last + 1:
-            return None
-        raise _gap(last + 1, p.seq)
-
-    async def _check_lease(self, conn: Conn, instance_id: int, token: int) -> None:
-        row = await conn.fetchrow(Q.stream_instance_lease, instance_id)
-        if row is None or row["status"] != "executing" or row["lease_token"] != token:
-            current = row["lease_token"] if row is not None and row["lease_token"] is not None else token
-            raise Fenced(f"instance {instance_id} no longer holds lease {token}", max(current, token))
+            case "seq_gap":
+                assert p is not None
+                raise _gap(row["expected_seq"], p.seq)
+            case "stream_seq":
+                raise Conflict("Stream-Seq regression")
+            case "invalid_json":
+                raise BadRequest("invalid JSON")
+            case "empty_json":
+                raise BadRequest("empty JSON arrays are not allowed")
+        raise AssertionError(f"unknown append verdict {verdict!r}")
 
     # -- delete -------------------------------------------------------------------------------------
     async def delete(self, path: str) -> None:
@@ -456,34 +485,29 @@ class Store:
 
     async def read(self, path: str, after: int | None, *, touch: bool = True) -> Page:
         """Messages after position ``after`` (None = the tail, for ``offset=now``), one chunk."""
-        async with self._transaction() as conn:
-            row = await self._live(conn, path, lock=False)
-            info = StreamInfo.of(row)
-            if touch and row["ttl_seconds"] is not None:
-                await conn.execute(Q.stream_touch, info.id)
+        info = await self.get(path)
+        if touch:
+            await self.touch(info)
         return await self.read_info(info, after)
 
     async def read_info(self, info: StreamInfo, after: int | None) -> Page:
         if after is None or after >= info.tail:
             return Page(info, [], info.tail, True)
-        with trio.CancelScope(shield=True):
-            ranges = await self._ranges(self.pool, info.id, after)
-            rows = await self.pool.fetch(Q.stream_read, *ranges, self.max_read_rows, self.max_read_bytes)
+        if info.forked_from is None:
+            ranges: tuple[list[int], list[int], list[int]] = ([info.id], [after], [2**62])
+        else:
+            async with self._transaction() as conn:
+                ranges = await self._ranges(conn, info.id, after)
+        rows = await self._one("fetch", Q.stream_read, *ranges, self.max_read_rows, self.max_read_bytes)
         messages = [(r["end_pos"], bytes(r["data"])) for r in rows if r["end_pos"] <= info.tail]
         if not messages:
             return Page(info, [], info.tail, True)
         last = messages[-1][0]
         return Page(info, messages, last, last >= info.tail)
 
-    async def refresh(self, path: str) -> StreamInfo:
-        """Current metadata without touching the TTL window."""
-        async with self._transaction() as conn:
-            return StreamInfo.of(await self._live(conn, path, lock=False))
-
     async def touch(self, info: StreamInfo) -> None:
         if info.ttl_seconds is not None:
-            with trio.CancelScope(shield=True):
-                await self.pool.execute(Q.stream_touch, info.id)
+            await self._one("execute", Q.stream_touch, info.id)
 
 
 def _gap(expected: int, received: int) -> Conflict:

@@ -1,0 +1,92 @@
+"""Helpers for the stream tests (no tests here): ``durable serve`` as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+import durable
+from durable.migrate import drop_schema
+
+
+class ServeProcess:
+    """``durable serve --port 0`` in its own process; ``url`` once it listens."""
+
+    def __init__(self, dsn: str, schema: str, *extra: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> str:
+        cmd = [sys.executable, "-c", "from durable.cli import main; main()", "serve", "--port", "0", "--dsn", self.dsn,
+               "--schema", self.schema, *self.extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                     env=env)
+        found = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.log.append(line)
+                m = re.search(r"listening on (http://\S+)", line)
+                if m:
+                    self.url = m.group(1)
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(timeout):
+            self.stop()
+            raise RuntimeError("durable serve did not start:\n" + "".join(self.log))
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def new_schema() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def drop(dsn: str, schema: str) -> None:
+    async def main() -> None:
+        async with durable.connect(dsn, schema=schema, migrate=False) as db:
+            await drop_schema(db.pool, schema)
+
+    trio.run(main)
+
+
+@contextmanager
+def serving(dsn: str, *extra: str, schema: str | None = None) -> Iterator[ServeProcess]:
+    """A server on a fresh schema, dropped afterwards."""
+    schema = schema or new_schema()
+    server = ServeProcess(dsn, schema, *extra)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        drop(dsn, schema)
