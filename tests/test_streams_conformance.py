@@ -48,7 +48,7 @@ def test_official_conformance_suite(pg_dsn: str, tmp_path: Path) -> None:
     summary = re.search(r"Tests\s+(?:(\d+) failed \| )?(\d+) passed(?: \| (\d+) skipped)? \((\d+)\)", out)
     assert summary, f"no vitest summary in the output:\n{out[-3000:]}"
     failed, passed = int(summary.group(1) or 0), int(summary.group(2))
-    failing = set(re.findall(r"^\s*×\s+(.+?)(?:\s+\d+ms)?\s*$", out, re.MULTILINE))
+    failing = set(re.findall(r"^\s*\u00d7\s+(.+?)(?:\s+\d+ms)?\s*$", out, re.MULTILINE))
     print(f"\nconformance: {passed} passed, {failed} failed, total {summary.group(4)}")
     unexplained = failing - known_failures()
     assert not unexplained, f"{len(unexplained)} unexplained failures: {sorted(unexplained)}\n{out[-5000:]}"
