@@ -59,6 +59,12 @@ async def wait_until(check: Callable[[], Any], seconds: float = 10.0) -> None:
             await trio.sleep(0.02)
 
 
+async def one(db: durable.Database, machine: Any, state: Any, **kw: Any) -> int:
+    iid = await db.insert(machine, state, **kw)
+    assert iid is not None
+    return iid
+
+
 async def statuses(db: durable.Database, ids: list[int]) -> list[str | None]:
     out: list[str | None] = []
     for i in ids:
@@ -75,15 +81,15 @@ async def history_count(db: durable.Database, ids: list[int]) -> int:
 
 async def test_gc_deletes_old_terminal_work_and_leaves_live_work(db: durable.Database) -> None:
     done = [i for i in await db.insert_many([durable.Insert(Finisher, {})] * 3) if i]
-    failed = [await db.insert(Failer, {})]
-    cancelled = await db.insert("gc.idle", {}, step="s", queue="idle")
+    failed = [await one(db, Failer, {})]
+    cancelled = await one(db, "gc.idle", {}, step="s", queue="idle")
     await db.signal(cancelled, "hello", {"x": 1})
     await db.cancel(cancelled)
-    finished_parent = await db.insert(Parent, {})
-    live_parent = await db.insert(Parent, {"keep_one_live": True})
-    waiting = await db.insert("gc.idle", {}, step="s", queue="idle")
+    finished_parent = await one(db, Parent, {})
+    live_parent = await one(db, Parent, {"keep_one_live": True})
+    waiting = await one(db, "gc.idle", {}, step="s", queue="idle")
     await db.signal(waiting, "pending", {"y": 2})
-    assert done and failed[0] and cancelled and finished_parent and live_parent and waiting
+    assert len(done) == 3
 
     async with trio.open_nursery() as nursery:
         await nursery.start(durable.Runtime(db, machines=[Parent, Finisher, Failer], queues={"work": 4},
@@ -107,8 +113,7 @@ async def test_gc_deletes_old_terminal_work_and_leaves_live_work(db: durable.Dat
     stamp = max([(await db.get(i)).updated_at for i in old])
     # recent terminal work: updated after every `old` row
     await trio.sleep(0.02)
-    recent = await db.insert("gc.idle", {}, step="s", queue="idle")
-    assert recent is not None
+    recent = await one(db, "gc.idle", {}, step="s", queue="idle")
     await db.cancel(recent)
     assert (await db.get(recent)).updated_at > stamp + timedelta(milliseconds=5)
 
@@ -148,7 +153,7 @@ async def test_gc_rejects_bad_arguments(db: durable.Database) -> None:
 async def test_runtime_retention_service_deletes_finished_work_and_is_off_by_default(
     db: durable.Database,
 ) -> None:
-    idle = await db.insert("gc.idle", {}, step="s", queue="idle")
+    idle = await one(db, "gc.idle", {}, step="s", queue="idle")
     first = [i for i in await db.insert_many([durable.Insert(Finisher, {})] * 4) if i]
     async with trio.open_nursery() as nursery:
         # no retention configured: finished work stays
