@@ -33,16 +33,22 @@ class Claim:
     children: tuple[ChildInfo, ...]
     started: bool = False
 
+    def run_ahead(self, row: asyncpg.Record) -> None:
+        """Become the claim of the next step, kept by a `next` outcome (same row, new lease token)."""
+        self.step = row["step"]
+        self.attempt = row["attempt"]
+        self.state_json = row["state"]
+        self.lease_token = row["lease_token"]
+        self.signal_seq = row["signal_seq"]
+        self.awaits = None
+        self.cancel_requested = False
+        self.signals = _signals(row["signals"])
+        self.children = _children(row["children"])
+
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Claim:
-        signals = tuple(
-            Signal(s["id"], s["name"], s["payload"], s["dedup_key"], s["traceparent"])
-            for s in codec.decode(row["signals"])
-        )
-        children = tuple(
-            ChildInfo(c["id"], c["machine"], c["status"], c["step"], c["state"], c["result"], c["last_error"])
-            for c in codec.decode(row["children"])
-        )
+        signals = _signals(row["signals"])
+        children = _children(row["children"])
         return cls(
             id=row["id"], machine=row["machine"], version=row["version"], step=row["step"],
             state_json=row["state"], attempt=row["attempt"], queue=row["queue"], priority=row["priority"],
@@ -51,6 +57,16 @@ class Claim:
             cancel_requested=row["cancel_requested"], traceparent=row["traceparent"],
             tracestate=row["tracestate"], signals=signals, children=children,
         )
+
+
+def _signals(text: str) -> tuple[Signal, ...]:
+    return tuple(Signal(s["id"], s["name"], s["payload"], s["dedup_key"], s["traceparent"])
+                 for s in codec.decode(text))
+
+
+def _children(text: str) -> tuple[ChildInfo, ...]:
+    return tuple(ChildInfo(c["id"], c["machine"], c["status"], c["step"], c["state"], c["result"], c["last_error"])
+                 for c in codec.decode(text))
 
 
 def claims_from_rows(rows: list[asyncpg.Record]) -> list[Claim]:
@@ -73,6 +89,7 @@ class Encoded:
     detail: dict[str, Any] = field(default_factory=dict)
     children: Any = None  # client.InsertColumns for spawn
     consume: list[int] = field(default_factory=list)  # signal ids a progressing outcome deletes
+    hold: bool = False  # `next` only: keep the claim and run the next step at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +98,4 @@ class Committed:
 
     status: str | None
     fenced: bool
+    held: Any = None  # the 'outcome' row when a `next` kept the claim (run-ahead)

@@ -34,7 +34,8 @@ class _Pending:
 
 class Flusher:
     def __init__(self, pool: Pool, worker_id: str, clock: Clock, *, max_batch: int = 500,
-                 linger: float = 0.0, on_commit: Any = None) -> None:
+                 linger: float = 0.0, on_commit: Any = None, lease: float = 60.0) -> None:
+        self.lease = lease  # for claims kept by run-ahead
         self.pool = pool
         self.worker_id = worker_id
         self.clock = clock
@@ -114,8 +115,12 @@ class Flusher:
     @staticmethod
     def results(batch: list[_Pending], rows: list[asyncpg.Record]) -> list[Committed]:
         by_id = {r["id"]: r for r in rows if r["kind"] == "outcome"}
-        return [Committed(status=by_id[p.claim.id]["status"], fenced=by_id[p.claim.id]["fenced"])
-                for p in batch]
+        out = []
+        for p in batch:
+            r = by_id[p.claim.id]
+            out.append(Committed(status=r["status"], fenced=r["fenced"],
+                                 held=r if r["status"] == "executing" else None))
+        return out
 
     async def commit_now(self, items: list[tuple[Claim, Encoded]]) -> list[Committed]:
         """Commit outcomes in one statement right away, bypassing the queue (tests, tools)."""
@@ -178,4 +183,5 @@ class Flusher:
             shown_i, shown_s, k["parent"], k["machine"], k["version"], k["step"], k["state"], k["queue"],
             k["priority"], k["partition_key"], k["unique_key"], k["scope"], k["eligible_at"],
             k["traceparent"], k["tracestate"], self.worker_id, self.clock.now(), k["delay"], eat_i, eat_s,
+            [p.outcome.hold for p in batch], self.lease,
         )

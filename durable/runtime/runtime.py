@@ -62,6 +62,7 @@ class Runtime:
         retention: float | None = None,
         retention_every: float = 60.0,
         listen: bool | None = None,
+        chain: int = 0,
     ) -> None:
         for m in machines:
             if (m.name, m.version) not in db.registry:
@@ -93,13 +94,14 @@ class Runtime:
         self.retention = retention
         self.retention_every = retention_every
         # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
+        self.chain = chain  # run-ahead: steps a claim may run in a row after `next` outcomes
         self.listen = listen if listen is not None else not isinstance(self.clock, VirtualClock)
         self.lost: set[Claim] = set()
         self.schedulers = {
             q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
         }
         self.flusher = Flusher(db.pool, self.worker_id, self.clock, max_batch=flush_max, linger=flush_linger,
-                               on_commit=self._woken)
+                               on_commit=self._woken, lease=self.lease)
         self.reaped = 0
         self.heartbeats = 0
         self._work_scope: trio.CancelScope | None = None

@@ -12,7 +12,7 @@ import trio
 from .. import tracing
 from ..errors import DatabaseUnavailable
 from ..sql import Q
-from .claim import Claim, Encoded, claims_from_rows
+from .claim import Claim, Committed, Encoded, claims_from_rows
 from .executor import run_claim
 
 if TYPE_CHECKING:
@@ -137,13 +137,19 @@ class Scheduler:
         rt = self.runtime
         claim.started = True
         # a step cut off by cancellation stays in in_flight so the drain can release it
-        encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
-        await self.commit(claim, encoded)
+        for ahead in range(rt.chain + 1):
+            encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
+            # run-ahead: a `next` keeps the claim and this task runs the next step without a pick
+            encoded.hold = encoded.kind == "next" and ahead < rt.chain and not rt.stopping
+            result = await self.commit(claim, encoded)
+            if result is None or result.held is None:
+                break
+            claim.run_ahead(result.held)
         self.in_flight.discard(claim)
         self.start_ready(nursery)
         self.wakeup.set()
 
-    async def commit(self, claim: Claim, encoded: Encoded) -> None:
+    async def commit(self, claim: Claim, encoded: Encoded) -> Committed | None:
         rt = self.runtime
         span = tracing.start_outcome(claim, encoded)
         try:
@@ -154,7 +160,7 @@ class Scheduler:
             self.errors += 1
             rt.log_error(f"outcome of instance {claim.id} not committed: {exc}")
             rt.lost.add(claim)
-            return
+            return None
         tracing.finish_outcome(span, claim, encoded, result=result)
         self.steps += 1
         if result.fenced:
@@ -165,3 +171,4 @@ class Scheduler:
             self.failed += 1
         if rt.on_step is not None:
             rt.on_step(claim, encoded, result)
+        return result

@@ -166,6 +166,9 @@ select id, queue from released;
 --   $20 priority, $21 partition key, $22 unique key, $23 unique scope (status[] literal),
 --   $24 eligible_at (NULL = now), $25 traceparent, $26 tracestate, $29 delay seconds.
 -- $27 worker id, $28 now.
+-- Run-ahead: $32 hold (per outcome): a `next` outcome keeps the claim (status stays executing, a fresh
+-- lease_token, lease of $33 seconds) so the same worker runs the next step without a pick; the
+-- 'outcome' row then carries the new claim (token, state, inbox, children).
 -- Only rows still held (executing, same lease_token) change; the others are logged as fenced.
 -- A progressing outcome (not await/retry) deletes the signals listed to consume and clears `awaits`.
 -- A terminal outcome decrements its parent's barrier in the same statement; the decrement that reaches
@@ -174,8 +177,8 @@ select id, queue from released;
 with o as (
   select *
   from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
-              $8::text[], $9::text[], $10::bigint[], $11::text[])
-       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail)
+              $8::text[], $9::text[], $10::bigint[], $11::text[], $32::bool[])
+       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold)
 ),
 held as (
   select g.id, g.machine, g.step as old_step, g.attempt as old_attempt, g.awaits as old_awaits,
@@ -213,11 +216,12 @@ kids as (
   returning id, parent_id, machine, step, queue
 ),
 decided as (
-  select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail,
+  select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail, o.hold,
          h.machine, h.old_step, h.old_attempt, h.old_awaits,
          (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
          (case
             when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
+            when o.kind = 'next' and o.hold then 'executing'
             when o.kind in ('next', 'retry') then 'runnable'
             when o.kind = 'await' then
               case when h.signal_seq <> o.seq
@@ -237,7 +241,10 @@ consumed as (
   delete from signals s
   using decided d, unnest($30::bigint[], $31::bigint[]) as e(iid, sid)
   where d.kind not in ('await', 'retry') and e.iid = d.id and s.id = e.sid and s.target_id = d.id
-  returning s.target_id
+  returning s.target_id, s.id as sid
+),
+consumed_ids as (
+  select sid from consumed
 ),
 upd as (
   update instances g
@@ -254,17 +261,22 @@ upd as (
                      when d.kind in ('next', 'spawn') then 0
                      when d.kind = 'await' and d.step is not null and d.step <> g.step then 0
                      else g.attempt end,
-      eligible_at = case when d.new_status <> 'runnable' then g.eligible_at
+      eligible_at = case when d.new_status not in ('runnable', 'executing') then g.eligible_at
                          when d.kind = 'retry'
                            then coalesce($28::timestamptz, now()) + make_interval(secs => d.delay)
                          else coalesce($28::timestamptz, now()) end,
       awaits = case when d.kind = 'await' then d.awaits when d.kind = 'retry' then g.awaits end,
       children_pending = case when d.kind = 'spawn' then d.spawned else g.children_pending end,
-      worker_id = null, lease_token = null, lease_expires_at = null, cancel_requested = false,
+      worker_id = case when d.new_status = 'executing' then $27 end,
+      lease_token = case when d.new_status = 'executing' then nextval('lease_tokens') end,
+      lease_expires_at = case when d.new_status = 'executing'
+                              then coalesce($28::timestamptz, now()) + make_interval(secs => $33::float8) end,
+      cancel_requested = false,
       updated_at = coalesce($28::timestamptz, now())
   from decided d
   where g.id = d.id
-  returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue
+  returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue, g.lease_token, g.signal_seq,
+            g.state
 ),
 joins as (
   select parent_id, count(*)::int as n
@@ -304,12 +316,25 @@ logged as (
          jsonb_build_object('children', j.n), coalesce($28::timestamptz, now())
   from joined j
 )
-select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null) as fenced
+select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null) as fenced,
+       u.lease_token, u.signal_seq, u.step, u.attempt,
+       case when u.status = 'executing' then u.state::text end as state,
+       case when u.status = 'executing' then
+         (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
+                   'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
+            from signals s where s.target_id = u.id and s.id not in (select c.sid from consumed_ids c))
+       end as signals,
+       case when u.status = 'executing' then
+         (select coalesce(json_agg(json_build_object('id', c.id, 'machine', c.machine, 'status', c.status,
+                   'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
+                   order by c.id), '[]')::text
+            from instances c where c.parent_id = u.id)
+       end as children
 from o left join upd u on u.id = o.id
 union all
-select 'joined', j.id, j.status::text, j.queue, false from joined j
+select 'joined', j.id, j.status::text, j.queue, false, null, null, null, null, null, null, null from joined j
 union all
-select 'child', k.id, 'runnable', k.queue, false from kids k;
+select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, null, null from kids k;
 
 -- name: insert_instances
 -- Insert a batch of instances in one statement; a row whose unique key is occupied (by an existing row
