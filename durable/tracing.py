@@ -265,6 +265,7 @@ def finish_outcome(pending: PendingOutcome, claim: Claim, encoded: Encoded, *,
             "durable.signal.name": encoded.awaits,
             "durable.children": len(encoded.children) if encoded.children is not None else None,
             "durable.status": result.status if result is not None else None,
+            "durable.run_ahead": True if result is not None and result.held is not None else None,
             "durable.commit_ms": round((time.perf_counter() - pending.started) * 1000, 3),
         }))
         if result is None:

@@ -81,7 +81,7 @@ async def wait_status(db: durable.Database, iid: int, *statuses: str) -> durable
     return inst
 
 
-async def workload(dsn: str, schema: str) -> dict[str, Any]:
+async def workload(dsn: str, schema: str, chain: int) -> dict[str, Any]:
     from opentelemetry import trace
 
     from durable.migrate import drop_schema
@@ -90,7 +90,8 @@ async def workload(dsn: str, schema: str) -> dict[str, Any]:
     async with durable.connect(dsn, schema=schema, machines=[Order, Ship, Doomed, Slow]) as db:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace").run)
+                await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace",
+                                                    chain=chain).run)
                 await nursery.start(durable.Runtime(db, queues={"slow": 2}, worker_id="w-slow", lease=0.8,
                                                     heartbeat=60, reap_every=0.1).run)
                 with tracer.start_as_current_span("POST /checkout"):
@@ -124,7 +125,7 @@ def main(argv: list[str]) -> None:
                    console=proto == "http", metrics_interval=0.2,
                    resource_attributes={"deployment.environment": "test"})
     try:
-        ids = trio.run(workload, dsn, schema)
+        ids = trio.run(workload, dsn, schema, 2 if proto == "http" else 0)  # HTTP: with run-ahead
     finally:
         otel.shutdown()
     Path(out).write_text(json.dumps(ids))
@@ -289,6 +290,13 @@ def test_http_export_spans_metrics_and_console(receiver: Any, workloads: dict[st
     order_steps = [s for s in spans if s.name.startswith("step ") and s.trace_id == request.trace_id]
     assert {s.attributes["durable.instance.id"] for s in order_steps} == {ids["order"], *ids["children"]}
     assert len(order_steps) == 7
+    # run-ahead (chain=2): Order.start's retry ends with `next`, and the same claim runs pay at once
+    (start,) = [s for s in order_steps if s.name == "step Order.start" and s.attributes["durable.attempt"] == 1]
+    assert outcome(start)["durable.run_ahead"] is True
+    picked = sum(s.attributes["durable.claimed"] for s in spans if s.name == "durable pick"
+                 and s.attributes["durable.worker.id"] == "w-trace")
+    assert picked < len([s for s in spans if s.name.startswith("step ")
+                         and s.attributes["durable.worker.id"] == "w-trace"])
     assert {s.resource["service.name"] for s in spans} == {"tracing-test"}
 
     # metrics: cumulative step counts by machine and outcome (the last export of each series wins)
