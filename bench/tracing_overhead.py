@@ -27,7 +27,7 @@ import durable
 from durable import Done, Machine, Next, step
 
 MODES = ("off", "api", "sdk-grpc", "sdk-http")
-LABELS = {"off": "tracing off", "api": "API only (no SDK)", "sdk-grpc": "SDK + OTLP/gRPC",
+LABELS = {"off": "tracing off", "api": "API only, no SDK", "sdk-grpc": "SDK + OTLP/gRPC",
           "sdk-http": "SDK + OTLP/HTTP"}
 STEPS_PER_INSTANCE = 3
 
@@ -129,24 +129,23 @@ def report(runs: list[Run], instances: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Tracing overhead: {instances} instances x {STEPS_PER_INSTANCE} steps, median of "
-                        f"{len(runs) // len({r.mode for r in runs})} runs")
-    first = next(m for m in MODES if any(r.mode == m for r in runs))
-    for col in ("mode", "steps/s", f"vs {LABELS[first]}", "spans exported", "spans/step", "flush at exit"):
+    per_mode = len(runs) // len({r.mode for r in runs})
+    table = Table(title=f"{instances} instances x {STEPS_PER_INSTANCE} steps, median of {per_mode} run(s)")
+    for col in ("mode", "steps/s", "vs first", "added per step", "spans/step", "exit flush"):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    base = None
+    base: float | None = None
     for mode in MODES:
         mine = [r for r in runs if r.mode == mode]
         if not mine:
             continue
         rate = statistics.median(r.rate for r in mine)
         base = base or rate
-        spans = statistics.median(r.spans for r in mine)
+        spans = statistics.median(r.spans / r.steps for r in mine)
         table.add_row(LABELS[mode], f"{rate:,.0f}", f"{rate / base - 1:+.1%}",
-                      f"{spans:,.0f}" if mode.startswith("sdk") else "-",
-                      f"{spans / mine[0].steps:.2f}" if mode.startswith("sdk") else "-",
+                      f"{(1 / rate - 1 / base) * 1e6:+,.0f} µs",
+                      f"{spans:.2f}" if mode.startswith("sdk") else "-",
                       f"{statistics.median(r.flush_seconds for r in mine):.2f} s")
-    Console().print(table)
+    Console(width=max(Console().width, 100)).print(table)
 
 
 @click.command()
