@@ -153,8 +153,9 @@ limit $15;
 -- 'scheduled' (later); $1 now (NULL = now()), $2 include the terminal statuses (done, failed,
 -- cancelled: a scan of the whole (queue, status) index, skip it on a hot refresh path).
 -- Returns queue, status (due|scheduled|executing|awaiting_signal|awaiting_children|done|failed|
--- cancelled), n, and oldest: the earliest eligible_at (due/scheduled) or updated_at (other statuses),
--- i.e. how long the oldest row of that group has waited.
+-- cancelled), n, and oldest: the earliest eligible_at of due/scheduled rows (how long the oldest due
+-- row has waited), NULL for the other statuses (so they are counted from the (queue, status) index
+-- alone, without reading the table).
 select queue, case when eligible_at <= coalesce($1::timestamptz, now()) then 'due' else 'scheduled' end
          as status,
        count(*) as n, min(eligible_at) as oldest
@@ -162,7 +163,7 @@ from instances
 where status = 'runnable'
 group by 1, 2
 union all
-select queue, status::text, count(*) as n, min(updated_at) as oldest
+select queue, status::text, count(*) as n, null::timestamptz as oldest
 from instances
 where status in ('executing', 'awaiting_signal', 'awaiting_children')
    or ($2::boolean and status in ('done', 'failed', 'cancelled'))
