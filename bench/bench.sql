@@ -60,3 +60,19 @@ select status::text as status, count(*) as n from instances where queue = $1 gro
 -- name: count_unfinished
 -- Rows of queue $1 not yet terminal.
 select count(*) from instances where queue = $1 and status not in ('done', 'failed', 'cancelled');
+
+-- name: drop_index_ddl
+-- The DDL dropping index $1 of the current schema (ablation experiments only).
+select format('drop index %I', $1::text);
+
+-- name: wal_lsn
+-- The server's current WAL insert position (text).
+select pg_current_wal_insert_lsn()::text;
+
+-- name: wal_since
+-- WAL bytes written since position $1.
+select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint;
+
+-- name: data_directory
+-- The server's data directory (to find its postmaster when it is local).
+select current_setting('data_directory');

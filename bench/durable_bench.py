@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import trio
+import trio_asyncio
 
 import durable
+from durable._pg import Pool
 from durable.migrate import drop_schema
 from durable.runtime.claim import Claim, Encoded
 from durable.runtime.flusher import Flusher, _Pending
@@ -88,7 +91,8 @@ def cost_model(counts: dict[str, int], steps: int) -> dict[str, Any]:
 
 
 async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
-                limit: float = 1800, profile_to: Path | None = None) -> dict[str, Any]:
+                limit: float = 1800, profile_to: Path | None = None,
+                postmaster: int | None = None) -> dict[str, Any]:
     """Insert ``n`` instances of ``workload`` then drain them with one worker process (sampled by
     py-spy into ``profile_to`` when given)."""
     async with fresh(dsn, schema) as db:
@@ -104,7 +108,7 @@ async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
             await trio.sleep(0.3)  # let py-spy attach before the drain starts in earnest
 
     out = await run_json("bench.worker", {"dsn": dsn, "schema": schema, "workload": workload,
-                                          "expect": steps, "timeout": limit,
+                                          "expect": steps, "timeout": limit, "postmaster": postmaster,
                                           **tuning.worker_options()}, limit=limit + 60, on_ready=attach)
     if spy is not None:
         with trio.move_on_after(30):
@@ -114,6 +118,8 @@ async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
     return {"instances": n, "steps": steps, "seconds": round(out["seconds"], 3),
             "per_s": round(steps / out["seconds"], 1), "insert_rows_per_s": round(insert_rate),
             "tuning": asdict(tuning), "cost": cost_model(out["statement_counts"], steps),
+            "cpu_us_per_step": round(out["cpu_s"] / steps * 1e6, 1),
+            "pg_cpu_us_per_step": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / steps * 1e6, 1),
             "statistics": out["statistics"]}
 
 
@@ -237,14 +243,31 @@ def done_batch(rows: list[Any]) -> list[_Pending]:
     return [_Pending(Claim.from_row(r), Encoded("done", result="null")) for r in rows]
 
 
-async def ceiling(dsn: str, batch: int, n: int, loops: int = 1) -> dict[str, Any]:
+@asynccontextmanager
+async def async_commit_pool(dsn: str, schema: str, size: int) -> AsyncIterator[Pool]:
+    """A durable Pool whose sessions run ``synchronous_commit = off`` (the picks of the
+    ``async_pick`` ceiling variant: a claim that a crash loses is re-run, its late outcome fenced)."""
+    raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
+        dsn, min_size=1, max_size=size, statement_cache_size=256,
+        server_settings={"search_path": f"{schema},public", "synchronous_commit": "off"})
+    pool = Pool(raw, dsn, schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def ceiling(dsn: str, batch: int, n: int, loops: int = 1, async_pick: bool = False) -> dict[str, Any]:
     """``pick`` + ``complete`` in a tight loop through durable's Pool: no step code, no tasks, no
     tracing, one statement at a time (``loops`` such loops at once, each on its own connection, shows
     what overlapping picks and commits buys). The outcomes go through the flusher's own statement
-    builder (``Flusher._execute``), so the ceiling follows the engine's ``complete`` as it changes."""
+    builder (``Flusher._execute``), so the ceiling follows the engine's ``complete`` as it changes.
+    ``async_pick`` sends the picks through sessions with ``synchronous_commit = off``."""
     queue = workloads.ONE_STEP_QUEUE
-    schema = f"b_ceiling_{batch}_{loops}"
-    async with fresh(dsn, schema, max_size=loops + 1) as db:
+    schema = f"b_ceiling_{batch}_{loops}{'_a' if async_pick else ''}"
+    async with fresh(dsn, schema, max_size=loops + 1) as db, \
+            async_commit_pool(dsn, schema, loops + 1) as fast:
+        pickers = fast if async_pick else db.pool
         pool = db.pool
         for offset in range(0, n, 100_000):
             await pool.fetchval(q(B.seed_runnable), min(100_000, n - offset), workloads.noop.name, "perform",
@@ -257,7 +280,7 @@ async def ceiling(dsn: str, batch: int, n: int, loops: int = 1) -> dict[str, Any
         async def loop() -> None:
             nonlocal done
             while done < n:
-                rows = await pool.fetch(Q.pick, queue, batch, "bench-ceiling", 60.0, None)
+                rows = await pickers.fetch(Q.pick, queue, batch, "bench-ceiling", 60.0, None)
                 if not rows:
                     return
                 await flusher._execute(done_batch(rows))
@@ -269,6 +292,9 @@ async def ceiling(dsn: str, batch: int, n: int, loops: int = 1) -> dict[str, Any
                 nursery.start_soon(loop)
         seconds = time.perf_counter() - start
         counts = dict(pool.statement_counts)
+        for name, k in fast.statement_counts.items():
+            counts[name] = counts.get(name, 0) + k
         await drop_schema(pool, schema)
-    return {"batch": batch, "loops": loops, "jobs": done, "seconds": round(seconds, 3),
+    return {"batch": batch, "loops": loops, "async_pick": async_pick, "jobs": done,
+            "seconds": round(seconds, 3),
             "per_s": round(rate(done, seconds) or 0, 1), "statements": counts}

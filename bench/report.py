@@ -37,6 +37,32 @@ def _failure(node: Any) -> str | None:
     return node.get("error") if isinstance(node, dict) and "error" in node else None
 
 
+def cost_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Per job (or per step): WAL bytes of insert + drain (server-wide), and CPU microseconds of the
+    engine's process and of PostgreSQL (all backends) during the drain."""
+    rows = []
+    for label, path in (("durable one-step, per job", "durable.one_step"),
+                        ("durable 5-step, per step", "durable.five_step"),
+                        ("pgqueuer, per job", "peers.pgqueuer"), ("procrastinate, per job", "peers.procrastinate"),
+                        ("oban, per job", "peers.oban"), ("dbos, per step", "peers.dbos")):
+        node = _get(r, path)
+        if not isinstance(node, dict) or "error" in node:
+            continue
+        units = node.get("steps") or node.get("jobs") or node.get("instances")
+        if not units:
+            continue
+        wal = node.get("wal_bytes")
+        cpu = node.get("cpu_s")
+        if cpu is None and node.get("cpu_us_per_step") is not None:
+            cpu = node["cpu_us_per_step"] * units / 1e6
+        pg = node.get("pg_cpu_s")
+        if pg is None and node.get("pg_cpu_us_per_step") is not None:
+            pg = node["pg_cpu_us_per_step"] * units / 1e6
+        rows.append((label, _fmt(wal / units if wal else None), _fmt(cpu / units * 1e6 if cpu else None),
+                     _fmt(pg / units * 1e6 if pg else None)))
+    return rows
+
+
 def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows: measurement, engine/setting, figure, comparison with durable."""
     rows: list[tuple[str, str, str, str]] = []
@@ -104,7 +130,9 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for node in (_get(r, "durable.ceiling") or {}).values():
         x = _num(node.get("per_s")) if isinstance(node, dict) else None
         if x is not None:
-            rows.append(("SQL ceiling jobs/s", f"pick+complete, batch {node['batch']}, {node['loops']} loop(s)",
+            variant = ", async pick commit" if node.get("async_pick") else ""
+            rows.append(("SQL ceiling jobs/s", f"pick+complete, batch {node['batch']}, {node['loops']} loop(s)"
+                         f"{variant}",
                          _fmt(x),
                          f"durable one-step = {_ratio(one, x):.0%} of it" if one else ""))
     return rows
@@ -170,6 +198,14 @@ def render(r: dict[str, Any], console: Console) -> None:
         goals.add_row(t["target"], "[green]yes[/green]" if t["met"] else "[red]no[/red]", t["measured"],
                       t["gap"] or "")
     console.print(goals)
+    costs = cost_rows(r)
+    if costs:
+        c = Table(title="cost per job / step")
+        for col in ("workload", "WAL bytes (insert + drain)", "engine CPU µs (drain)", "PostgreSQL CPU µs (drain)"):
+            c.add_column(col)
+        for cost in costs:
+            c.add_row(*cost)
+        console.print(c)
     prof = r.get("profile")
     if isinstance(prof, dict) and "self" in prof:
         top = Table(title=f"py-spy: durable worker, self time ({prof['samples']} samples)")

@@ -36,7 +36,8 @@ class Plan:
     picks: int = 200
     pick_demand: int = 50
     ceiling_jobs: int = 100_000
-    ceiling_runs: tuple[tuple[int, int], ...] = ((50, 1), (200, 1), (200, 2))
+    ceiling_runs: tuple[tuple[int, int, bool], ...] = ((50, 1, False), (200, 1, False), (200, 2, False),
+                                                     (200, 1, True))
     pglimit_seconds: float = 8.0
     procrastinate_jobs: int = 10_000
     dbos_instances: int = 2_000
@@ -78,6 +79,7 @@ class Runner:
         self.server = server
         self.plan = plan
         self.console = console
+        self.postmaster: int | None = None
         self.results: dict[str, Any] = {"plan": {k: v for k, v in asdict(plan).items() if k != "tuning"},
                                         "tuning": asdict(plan.tuning)}
 
@@ -86,9 +88,12 @@ class Runner:
         if self.plan.only is not None and stage_group(path) not in self.plan.only:
             return None
         start = time.perf_counter()
+        lsn = await self.aio(self.server.wal_lsn)
         with self.console.status(f"[bold]{label}[/bold]"):
             try:
                 value = await fn()
+                if isinstance(value, dict):
+                    value["wal_bytes"] = await self.aio(self.server.wal_since, lsn)
             except Exception as exc:  # a broken stage is reported, the run goes on
                 value = {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc),
                          "detail": str(exc)}
@@ -110,6 +115,7 @@ class Runner:
         self.results["started_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.results["machine"] = machine()
         self.results["postgres"] = await self.aio(srv.describe)
+        self.postmaster = await self.aio(srv.postmaster)
         durable_dsn = await self.aio(srv.recreate_database, "bench_durable")
         limit_dsn = await self.aio(srv.recreate_database, "bench_pglimit")
 
@@ -118,9 +124,11 @@ class Runner:
                              "bench.pglimit", {"dsn": limit_dsn, "seconds": p.pglimit_seconds,
                                                "clients": [1, 16]}, limit=p.pglimit_seconds * 4 + 60))
         one = await self.stage("durable.one_step", f"durable one-step: insert {p.jobs:,}, drain with one worker",
-                               lambda: d.drain(durable_dsn, "onestep", p.jobs, p.tuning, "b_onestep"))
+                               lambda: d.drain(durable_dsn, "onestep", p.jobs, p.tuning, "b_onestep",
+                                               postmaster=self.postmaster))
         await self.stage("durable.five_step", f"durable five-step: {p.machines:,} instances",
-                         lambda: d.drain(durable_dsn, "fivestep", p.machines, p.tuning, "b_fivestep"))
+                         lambda: d.drain(durable_dsn, "fivestep", p.machines, p.tuning, "b_fivestep",
+                                         postmaster=self.postmaster))
         await self.stage("durable.pickup.in_process", "pickup latency, idle runtime in this process",
                          lambda: d.pickup_in_process(durable_dsn, p.pickup_samples))
         await self.stage("durable.pickup.cross_process", "pickup latency, idle worker, producer in another "
@@ -132,10 +140,12 @@ class Runner:
         for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
             await self.stage(f"durable.picker.{label}", f"picker cost at {backlog:,} runnable rows",
                              lambda b=backlog: d.picker(durable_dsn, b, p.picks, p.pick_demand))  # type: ignore[misc]
-        for batch, loops in p.ceiling_runs:
-            await self.stage(f"durable.ceiling.b{batch}x{loops}", f"SQL ceiling: pick + complete, batch {batch}, "
-                             f"{loops} loop(s)", lambda b=batch, k=loops: d.ceiling(  # type: ignore[misc]
-                                 durable_dsn, b, p.ceiling_jobs, k))
+        for batch, loops, async_pick in p.ceiling_runs:
+            tag = "a" if async_pick else ""
+            await self.stage(f"durable.ceiling.b{batch}x{loops}{tag}", f"SQL ceiling: pick + complete, batch {batch}, "
+                             f"{loops} loop(s){', picks with synchronous_commit off' if async_pick else ''}",
+                             lambda b=batch, k=loops, a=async_pick: d.ceiling(  # type: ignore[misc]
+                                 durable_dsn, b, p.ceiling_jobs, k, a))
         for peer in p.peers:
             await self.stage(f"peers.{peer}", f"peer {peer}", lambda name=peer: self.peer(name))  # type: ignore[misc]
         if p.profile:
@@ -157,7 +167,8 @@ class Runner:
             size = {"jobs": p.jobs}
         try:
             result: dict[str, Any] = await run_json(f"bench.peers.{name}_peer",
-                                                    {"dsn": dsn, **size, **PEER_SETTINGS[name]}, limit=1800)
+                                                    {"dsn": dsn, "postmaster": self.postmaster, **size,
+                                                     **PEER_SETTINGS[name]}, limit=1800)
         finally:
             await self.aio(self.server.drop_database, f"bench_{name}")
         return result

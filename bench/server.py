@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from .cpu import postmaster_pid
 from .sql import B
 
 
@@ -53,6 +54,32 @@ class Server:
         conn = await asyncpg.connect(self.dsn)
         try:
             await conn.execute(await conn.fetchval(B.drop_database_ddl.text, name))
+        finally:
+            await conn.close()
+
+    async def postmaster(self) -> int | None:
+        """The server's postmaster pid when it runs on this machine and we may read its files."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            folder = await conn.fetchval(B.data_directory.text)
+        except asyncpg.PostgresError:
+            return None
+        finally:
+            await conn.close()
+        return postmaster_pid(folder)
+
+    async def wal_lsn(self) -> str:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return str(await conn.fetchval(B.wal_lsn.text))
+        finally:
+            await conn.close()
+
+    async def wal_since(self, lsn: str) -> int:
+        """WAL bytes the whole server wrote since ``lsn`` (every database: run one stage at a time)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return int(await conn.fetchval(B.wal_since.text, lsn))
         finally:
             await conn.close()
 

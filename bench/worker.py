@@ -19,6 +19,7 @@ import trio
 import durable
 
 from . import workloads
+from .cpu import own_cpu, server_cpu
 
 
 def runtime_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -54,9 +55,11 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
             await nursery.start(rt.run)
             db.pool.statement_counts.clear()
             start = time.perf_counter()
+            cpu0, pg0 = own_cpu(), server_cpu(opts.get("postmaster"))
             print("ready", flush=True)
             with trio.move_on_after(float(opts.get("timeout", 600))) as scope:
                 await done.wait()
+            cpu1, pg1 = own_cpu(), server_cpu(opts.get("postmaster"))
             counts = dict(db.pool.statement_counts)
             stats = rt.statistics()
             nursery.cancel_scope.cancel()
@@ -64,7 +67,8 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         "steps": count, "seconds": last - start if count else None,
         "seconds_first_to_last": (last - first) if first is not None else None,
         "timed_out": scope.cancelled_caught, "statement_counts": counts, "statistics": stats,
-        "latencies": workloads.latencies,
+        "latencies": workloads.latencies, "cpu_s": cpu1 - cpu0,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
     }
 
 

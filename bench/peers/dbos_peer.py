@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from ..cpu import own_cpu, server_cpu
 from .common import emit, options, version
 
 QUEUE = "bench"
@@ -46,17 +47,20 @@ def main(opts: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     handles: list[Any] = [client.enqueue({"queue_name": QUEUE, "workflow_name": "five_steps"}) for _ in range(n)]
     insert_s = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu0, pg0 = time.perf_counter(), own_cpu(), server_cpu(opts.get("postmaster"))
     DBOS.register_queue(QUEUE, worker_concurrency=concurrency, polling_interval_sec=poll)
     for h in handles:  # in enqueue order; each returns once that workflow committed SUCCESS
         h.get_result(polling_interval_sec=0.01)
     seconds = time.perf_counter() - start
+    cpu_s, pg1 = own_cpu() - cpu0, server_cpu(opts.get("postmaster"))
     client.destroy()
     DBOS.destroy()
     if steps_run < 5 * n:
         raise RuntimeError(f"DBOS ran {steps_run} of {5 * n} steps")
     return {"engine": "dbos", "version": version("dbos"), "instances": n, "steps": 5 * n,
-            "seconds": seconds, "per_s": 5 * n / seconds, "insert_rows_per_s": n / insert_s,
+            "seconds": seconds, "cpu_s": cpu_s,
+            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0, "per_s": 5 * n / seconds,
+            "insert_rows_per_s": n / insert_s,
             "settings": {"worker_concurrency": concurrency, "polling_interval_sec": poll,
                          "sys_db_pool_size": concurrency + 10, "workflow": "sync, 5 steps"}}
 

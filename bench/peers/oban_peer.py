@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from ..cpu import own_cpu, server_cpu
 from .common import INSERT_CHUNK, emit, options, version
 
 
@@ -40,13 +41,16 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         await client.enqueue_many([noop.new() for _ in range(min(INSERT_CHUNK, n - offset))])
     insert_s = time.perf_counter() - start
     server = Oban(pool=pool, name="bench-worker", queues={"bench": concurrency})
-    start = time.perf_counter()
+    start, cpu0, pg0 = time.perf_counter(), own_cpu(), server_cpu(opts.get("postmaster"))
     await server.start()
     await all_ran.wait()
     seconds = time.perf_counter() - start
+    cpu_s, pg1 = own_cpu() - cpu0, server_cpu(opts.get("postmaster"))
     await server.stop()
     await pool.close()
-    return {"engine": "oban", "version": version("oban"), "jobs": n, "seconds": seconds,
+    return {"engine": "oban", "version": version("oban"), "jobs": n,
+            "seconds": seconds, "cpu_s": cpu_s,
+            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
             "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
             "settings": {"queue_concurrency": concurrency}}
 

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+from ..cpu import own_cpu, server_cpu
 from .common import INSERT_CHUNK, emit, options, version
 
 
@@ -36,13 +37,16 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
             nonlocal ran
             ran += 1
 
-    start = time.perf_counter()
+    start, cpu0, pg0 = time.perf_counter(), own_cpu(), server_cpu(opts.get("postmaster"))
     await asyncio.gather(*(p.run(batch_size=batch, mode=types.QueueExecutionMode.drain) for p in pgqs))
     seconds = time.perf_counter() - start
+    cpu_s, pg1 = own_cpu() - cpu0, server_cpu(opts.get("postmaster"))
     left = sum(s.count for s in await admin.queue_size())
     if ran < n or left:
         raise RuntimeError(f"pgqueuer ran {ran} of {n} jobs, {left} left queued")
-    return {"engine": "pgqueuer", "version": version("pgqueuer"), "jobs": n, "seconds": seconds,
+    return {"engine": "pgqueuer", "version": version("pgqueuer"), "jobs": n,
+            "seconds": seconds, "cpu_s": cpu_s,
+            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
             "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
             "settings": {"dequeuers": dequeuers, "batch_size": batch, "mode": "drain", "loop": "uvloop"}}
 

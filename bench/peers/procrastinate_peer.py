@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from ..cpu import own_cpu, server_cpu
 from .common import INSERT_CHUNK, emit, options, version
 
 
@@ -33,13 +34,16 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         for offset in range(0, n, INSERT_CHUNK):
             await noop.batch_defer_async(*({} for _ in range(min(INSERT_CHUNK, n - offset))))
         insert_s = time.perf_counter() - start
-        start = time.perf_counter()
+        start, cpu0, pg0 = time.perf_counter(), own_cpu(), server_cpu(opts.get("postmaster"))
         await app.run_worker_async(queues=["bench"], concurrency=concurrency, wait=False,
                                    install_signal_handlers=False)
         seconds = time.perf_counter() - start
+        cpu_s, pg1 = own_cpu() - cpu0, server_cpu(opts.get("postmaster"))
     if ran < n:
         raise RuntimeError(f"procrastinate ran {ran} of {n} jobs")
-    return {"engine": "procrastinate", "version": version("procrastinate"), "jobs": n, "seconds": seconds,
+    return {"engine": "procrastinate", "version": version("procrastinate"), "jobs": n,
+            "seconds": seconds, "cpu_s": cpu_s,
+            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
             "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
             "settings": {"concurrency": concurrency, "wait": False, "pool_max": concurrency + 4}}
 
