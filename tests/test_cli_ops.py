@@ -230,6 +230,27 @@ def test_bad_arguments_are_one_line_and_exit_2(cli: CLI) -> None:
         assert out == ""
 
 
+def test_a_worker_without_heartbeat_is_shown_as_gone(cli: CLI) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from durable.sql import Q
+
+    cli("migrate")
+    gauges = json.dumps({"ghostq": {"concurrency": 7, "prefetch": 7, "in_flight": 3, "buffered": 1}})
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    in_process(cli.dsn, cli.schema, lambda db: db.pool.execute(
+        Q.register_worker, "ghost:1", "elsewhere", 1, ["ghostq"], gauges, long_ago))
+    rows = {w["id"]: w for w in cli.json("workers", "--all")}
+    assert rows["ghost:1"]["state"] == "gone" and rows["ghost:1"]["seen_ago"] >= 600
+    assert "ghost:1" not in {w["id"] for w in cli.json("workers")}
+    text = cli("queues").stdout
+    assert "gone" in text and "ghost:1" in text
+    # a gone worker's capacity is not counted
+    in_process(cli.dsn, cli.schema, lambda db: db.insert("cli.ghost", {}, step="s", queue="ghostq"))
+    sat = cli.json("queues")["queues"]["ghostq"]
+    assert sat["counts"] == {"due": 1} and sat["concurrency"] == 0 and sat["workers"] == []
+
+
 def test_a_schema_that_does_not_exist_is_reported_not_created(cli: CLI) -> None:
     proc = cli("ls", "--schema", "t_nothing_here", code=2)
     assert proc.stderr.strip().startswith("error: no durable schema 't_nothing_here'")
