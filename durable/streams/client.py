@@ -282,12 +282,18 @@ class Writer:
     auto_claim: bool
     seq: int = 0
     last_offset: str | None = None
+    retries: int = 0  # batches sent again after a network error or 5xx
     _buffer: list[bytes] = field(default_factory=list)
     _size: int = 0
     _stop: bool = False
     _error: BaseException | None = None
     _sending: bool = False
     _wake: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def in_flight(self) -> bool:
+        """A batch is being sent (or retried) right now."""
+        return self._sending
 
     @property
     def json(self) -> bool:
@@ -343,9 +349,11 @@ class Writer:
             try:
                 r = await self.client.http.post(self.path, headers=headers, content=body)
             except httpx.TransportError:
+                self.retries += 1
                 await anyio.sleep(backoff.delay(n))
                 continue  # same seq again: the server drops it if the first attempt landed
             if r.status_code in RETRYABLE:
+                self.retries += 1
                 await anyio.sleep(backoff.delay(n))
                 continue
             if r.status_code == 403 and self.auto_claim:

@@ -1,0 +1,217 @@
+"""Durability beyond the black-box suite, against ``durable serve`` as a real process:
+
+* a server SIGKILLed while appends are in flight loses no acknowledged byte and exposes no partial
+  append (every record in the stream is whole, every acknowledged record is there exactly once and
+  ends at the offset it was acknowledged with);
+* concurrent writers get strictly increasing, distinct offsets that tile the stream;
+* a reader resuming at any offset the server returned sees every later byte exactly once;
+* the batching writer (durable.streams.client) survives a server kill without loss or duplicates.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+
+from durable.streams.client import Backoff, StreamsClient
+
+from .test_streams_util import ServeProcess, drop, new_schema
+
+pytestmark = pytest.mark.trio
+
+OCTETS = {"content-type": "application/octet-stream"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def record(writer: int, n: int, size: int) -> bytes:
+    """A self-describing record: header, filler, trailer. A torn record cannot parse."""
+    head = f"<{writer:02d}:{n:05d}:{size:07d}|".encode()
+    return head + b"x" * (size - len(head) - 1) + b">"
+
+
+def parse(data: bytes) -> list[tuple[int, int, int]]:
+    """Records in stream order as (writer, n, end position); asserts every record is whole."""
+    out, pos = [], 0
+    while pos < len(data):
+        assert data[pos:pos + 1] == b"<", f"garbage at {pos}"
+        w, n, size = data[pos + 1:pos + 20].split(b"|")[0].split(b":")
+        end = pos + int(size)
+        assert end <= len(data) and data[end - 1:end] == b">", f"torn record at {pos}"
+        out.append((int(w), int(n), end))
+        pos = end
+    return out
+
+
+def position(offset: str) -> int:
+    """Our offsets end with the byte position (only the test peeks: clients must not)."""
+    return int(offset.split("_")[1])
+
+
+async def read_all(http: httpx.AsyncClient, path: str, offset: str = "-1") -> tuple[bytes, list[str]]:
+    """Catch-up read from ``offset`` to the tail, chunk by chunk; returns bytes and chunk offsets."""
+    data, offsets = b"", []
+    while True:
+        r = await http.get(path, params={"offset": offset})
+        assert r.status_code == 200, r.text
+        data += r.content
+        offset = r.headers["stream-next-offset"]
+        offsets.append(offset)
+        if r.headers.get("stream-up-to-date") == "true":
+            return data, offsets
+
+
+@pytest.fixture
+def schema(pg_dsn: str):  # type: ignore[no-untyped-def]
+    name = new_schema()
+    yield name
+    drop(pg_dsn, name)
+
+
+async def start(pg_dsn: str, schema: str, port: int) -> ServeProcess:
+    """``durable serve`` on a fixed port (a restarted server keeps its clients' URL)."""
+    server = ServeProcess(pg_dsn, schema, "--long-poll-timeout", "2", "--port", str(port))
+    await trio.to_thread.run_sync(server.start)
+    return server
+
+
+async def test_sigkill_mid_append_loses_no_acknowledged_byte(pg_dsn: str, schema: str) -> None:
+    port = free_port()
+    server = await start(pg_dsn, schema, port)
+    acked: dict[tuple[int, int], str] = {}
+    cut: list[tuple[int, int]] = []
+    sizes = [40, 300, 70_000, 900, 250_000]
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert (await http.put("/dur/kill", headers=OCTETS)).status_code == 201
+
+            async def writer(w: int) -> None:
+                for n in range(10_000):
+                    body = record(w, n, sizes[(w + n) % len(sizes)])
+                    try:
+                        r = await http.post("/dur/kill", headers=OCTETS, content=body)
+                    except httpx.TransportError:
+                        cut.append((w, n))  # the server died under this request: unacknowledged
+                        return
+                    assert r.status_code == 204
+                    acked[(w, n)] = r.headers["stream-next-offset"]
+
+            async with trio.open_nursery() as nursery:
+                for w in range(4):
+                    nursery.start_soon(writer, w)
+                while len(acked) < 60:
+                    await trio.sleep(0.01)
+                await trio.to_thread.run_sync(server.kill)  # appends are in flight right now
+    finally:
+        server.kill()
+
+    server = await start(pg_dsn, schema, port)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            data, _ = await read_all(http, "/dur/kill")
+    finally:
+        server.stop()
+    assert cut, "no append was in flight when the server was killed"
+    records = parse(data)  # raises on any torn (partial) append
+    ends = {(w, n): end for w, n, end in records}
+    assert len(ends) == len(records), "a record is stored twice"
+    for key, offset in acked.items():
+        assert key in ends, f"acknowledged record {key} lost"
+        assert ends[key] == position(offset), f"record {key} is not where it was acknowledged"
+    per_writer: dict[int, list[int]] = {}
+    for w, n, _ in records:
+        per_writer.setdefault(w, []).append(n)
+    for ns in per_writer.values():
+        assert ns == sorted(ns) and ns == list(range(len(ns))), "a writer's records are out of order"
+
+
+async def test_concurrent_writers_and_resuming_readers(pg_dsn: str, schema: str) -> None:
+    port = free_port()
+    server = await start(pg_dsn, schema, port)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert (await http.put("/dur/many", headers=OCTETS)).status_code == 201
+            offsets: dict[int, list[str]] = {w: [] for w in range(6)}
+            seen_live: list[str] = []
+
+            async def writer(w: int) -> None:
+                for n in range(40):
+                    r = await http.post("/dur/many", headers=OCTETS, content=record(w, n, 50 + 37 * n))
+                    assert r.status_code == 204
+                    offsets[w].append(r.headers["stream-next-offset"])
+
+            async def tail_reader(done: trio.Event) -> None:
+                offset = "-1"
+                data = b""
+                while not done.is_set() or len(data) < total:
+                    r = await http.get("/dur/many", params={"offset": offset, "live": "long-poll"})
+                    if r.status_code == 200:
+                        data += r.content
+                        assert position(r.headers["stream-next-offset"]) == len(data)
+                    nxt = r.headers["stream-next-offset"]
+                    assert nxt >= offset or offset == "-1"
+                    offset = nxt
+                    seen_live.append(offset)
+                parse(data)
+
+            total = sum(50 + 37 * n for n in range(40)) * 6
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tail_reader, done)
+                async with trio.open_nursery() as writers:
+                    for w in offsets:
+                        writers.start_soon(writer, w)
+                done.set()
+
+            for w, offs in offsets.items():
+                assert offs == sorted(offs) and len(set(offs)) == len(offs), f"writer {w} not monotonic"
+            every = [o for offs in offsets.values() for o in offs]
+            assert len(set(every)) == len(every), "two appends got the same offset"
+            full, _ = await read_all(http, "/dur/many")
+            assert len(full) == total
+            records = parse(full)
+            assert sorted(end for *_, end in records) == sorted(position(o) for o in every)
+
+            # resume at every offset any response returned: exactly the bytes after it, once
+            for offset in sorted(set(every + seen_live))[::7]:
+                rest, _ = await read_all(http, "/dur/many", offset)
+                assert rest == full[position(offset):]
+    finally:
+        server.stop()
+
+
+async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str, schema: str) -> None:
+    port = free_port()
+    server = await start(pg_dsn, schema, port)
+    items = [{"i": i} for i in range(400)]
+    try:
+        async with StreamsClient(server.url, backoff=Backoff(base=0.05, cap=0.5, attempts=80)) as c:
+            await c.create("/dur/exactly", content_type="application/json")
+            async with c.writer("/dur/exactly", producer_id="w1", epoch=0, content_type="application/json",
+                                linger=0.002, max_batch_bytes=300) as w:
+
+                async def produce() -> None:
+                    for n, item in enumerate(items):
+                        await w.append(item)
+                        if n % 10 == 0:
+                            await trio.sleep(0.002)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(produce)
+                    while not (w.seq > 5 and w.in_flight):
+                        await trio.lowlevel.checkpoint()
+                    await trio.to_thread.run_sync(server.kill)  # a batch is in flight right now
+                    server = await start(pg_dsn, schema, port)
+            assert w.retries > 0, "the kill did not interrupt the writer"
+            got = [m for chunk in [x async for x in c.read("/dur/exactly")] for m in chunk.json()]
+        assert got == items
+    finally:
+        server.stop()
