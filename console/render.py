@@ -65,6 +65,11 @@ def clock(at: datetime | None) -> str:
     return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
 
 
+def short_clock(at: datetime | None) -> str:
+    """Month, day and time to the second: enough for a table column."""
+    return "-" if at is None else at.strftime("%m-%d %H:%M:%S")
+
+
 def status(value: str | None) -> Text:
     return Text(value or "-", style=STATUS_STYLE.get(value or "", ""))
 

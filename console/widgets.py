@@ -42,6 +42,9 @@ def sync_table(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]])
             selected = None
     scroll_y = table.scroll_y
     table.clear()
+    for column in table.columns.values():  # let widths shrink to the new rows
+        if column.auto_width:
+            column.content_width = column.label.cell_len
     for key, cells in rows:
         table.add_row(*cells, key=key)
     if selected in keys:

@@ -113,7 +113,7 @@ async def fill_live(dsn: str, schema: str) -> Live:
             killed = await nursery.start(durable.Runtime(db, queues={"slow": 3}, lease=600,
                                                          worker_id="runtime-killed").run)
             await _wait_status(db, slow, "executing")
-            while not killed.schedulers["slow"].in_flight:  # noqa: ASYNC110 (polling another runtime)
+            while not killed.schedulers["slow"].in_flight:
                 await trio.sleep(0.01)
             await killed.beat()
             killed.kill()
@@ -128,7 +128,7 @@ async def fill_live(dsn: str, schema: str) -> Live:
 async def _wait_status(db: durable.Database, iid: int | None, *statuses: str) -> None:
     assert iid is not None
     with trio.fail_after(20):
-        while (await db.get(iid)).status not in statuses:  # noqa: ASYNC110 (polling the database)
+        while (await db.get(iid)).status not in statuses:
             await trio.sleep(0.02)
 
 

@@ -100,14 +100,18 @@ class InstanceScreen(LiveScreen):
         yield Header()
         yield Banner(id="banner")
         with Horizontal(id="top"):
-            with VerticalScroll(id="left"):
+            with VerticalScroll(id="facts-pane"):
                 yield Static("loading…", id="facts")
+            with Vertical(id="state-pane"):
                 yield Static("State", classes="section")
-                yield Static("", id="state")
-            with Vertical(id="right"):
-                yield Static("Inbox", classes="section")
+                with VerticalScroll(id="state-scroll"):
+                    yield Static("", id="state")
+        with Horizontal(id="lists"):
+            with Vertical(id="inbox-pane"):
+                yield Static("Inbox", classes="section", id="inbox-title")
                 yield DataTable(id="inbox", cursor_type="row")
-                yield Static("Children", classes="section")
+            with Vertical(id="children-pane"):
+                yield Static("Children", classes="section", id="children-title")
                 yield DataTable(id="children", cursor_type="row")
         yield Static("History", classes="section", id="history-title")
         yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
@@ -139,10 +143,13 @@ class InstanceScreen(LiveScreen):
                    background_color="default")
         )
         sync_table(self.query_one("#inbox", DataTable), [
-            (str(s["id"]), [str(s["id"]), s["name"], render.short_json(s["payload"], 40),
+            (str(s["id"]), [str(s["id"]), s["name"], render.short_json(s["payload"], 30),
                             s["dedup_key"] or "", render.clock(s["inserted_at"])])
             for s in d.inbox
         ])
+        self.query_one("#inbox-title", Static).update(f"Inbox · {len(d.inbox)} pending signals")
+        self.query_one("#children-title", Static).update(
+            f"Children · {len(d.children)} ({d.instance['children_pending']} pending)")
         sync_table(self.query_one("#children", DataTable), [
             (str(c["id"]), [str(c["id"]), c["machine"], c["step"], render.status(c["status"]),
                             render.one_line(c["last_error"], 30)])

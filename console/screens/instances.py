@@ -29,7 +29,7 @@ def instance_rows(page: Page) -> list[tuple[str, list[Any]]]:
         (str(r["id"]), [
             str(r["id"]), r["queue"], r["machine"], str(r["version"]), r["step"], render.status(r["status"]),
             str(r["attempt"]), r["awaits"] or "", r["partition_key"] or "", r["worker_id"] or "",
-            render.clock(r["updated_at"]), render.one_line(r["last_error"], 40),
+            render.short_clock(r["updated_at"]), render.one_line(r["last_error"], 40),
         ])
         for r in page.rows
     ]
@@ -104,8 +104,9 @@ class InstancesScreen(LiveScreen):
         except FilterError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.query_one("#instances", DataTable).focus()
         self.restart()
+        # move to the table once this key press is fully handled (the Enter must not reach the table)
+        self.call_after_refresh(self.query_one("#instances", DataTable).focus)
 
     def action_focus_filter(self) -> None:
         self.query_one("#filter", Input).focus()

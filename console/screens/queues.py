@@ -18,7 +18,7 @@ from .live import LiveScreen
 QUEUE_COLUMNS = (
     ("queue", "queue"), ("due", "due"), ("scheduled", "later"), ("executing", "exec"),
     ("awaiting_signal", "await sig"), ("awaiting_children", "await kids"), ("done", "done"),
-    ("failed", "failed"), ("cancelled", "cancel"), ("rate", "steps/s"), ("trend", "last 5 min"),
+    ("failed", "failed"), ("cancelled", "cancel"), ("rate", "step/s"), ("trend", "5 min"),
     ("in_flight", "in flight"), ("buffered", "buffer"), ("workers", "wkrs"),
 )
 WORKER_COLUMNS = (
@@ -57,6 +57,10 @@ def worker_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
             cells += [render.ago(w.seen_ago), Text(w.state, style=STATE_STYLE.get(w.state, ""))]
             rows.append((f"{w.id}\x00{q}", cells))
     return rows
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 class QueuesScreen(LiveScreen):
@@ -102,7 +106,7 @@ class QueuesScreen(LiveScreen):
         gone = sum(1 for w in ov.workers if w.state == "gone")
         total = sum(q.rate for q in ov.queues)
         self.query_one("#summary", Static).update(
-            f"{len(ov.queues)} queues · {live} live workers"
+            f"{plural(len(ov.queues), 'queue')} · {plural(live, 'live worker')}"
             + (f" · [bold red]{gone} gone[/]" if gone else "")
             + f" · {render.rate(total)} steps/s · at {ov.now.strftime('%H:%M:%S')}"
         )

@@ -1,0 +1,101 @@
+"""Snapshots of every console screen over a deterministic data set (fixed ids, tokens, timestamps and
+durations; the console's clock frozen; no live refresh). Update with ``--snapshot-update`` after checking
+the SVGs by eye."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from console.app import ConsoleApp, native_asyncio
+from console.screens.instance import InstanceScreen
+from console.source import Source
+
+from .test_console_support import FROZEN_NOW, SNAP_SCHEMA, drop, fill_frozen
+
+SIZE = (120, 40)
+
+
+@pytest.fixture(scope="module")
+def frozen(pg_dsn: str) -> Iterator[str]:
+    trio.run(fill_frozen, pg_dsn)
+    native_asyncio()  # snap_compare runs the app with asyncio.run
+    yield pg_dsn
+    trio.run(drop, pg_dsn, SNAP_SCHEMA)
+
+
+def app(dsn: str) -> ConsoleApp:
+    return ConsoleApp(Source(dsn, SNAP_SCHEMA, timeout=10), now=FROZEN_NOW, refresh_every=None)
+
+
+async def settle(pilot: Pilot[Any], *tables: str) -> None:
+    """Wait until the current screen's tables are filled and every load is done."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    screen = pilot.app.screen
+    while not all(screen.query_one(t, DataTable).row_count for t in tables):
+        assert loop.time() < deadline, f"{tables} never filled"
+        await pilot.pause(0.05)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.1)
+
+
+def open_instance(iid: int, *tables: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot, "#queues")
+        await pilot.app.push_screen(InstanceScreen(iid))
+        await settle(pilot, "#history", *tables)
+
+    return run_before
+
+
+def test_queues_screen(frozen: str, snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot, "#queues", "#workers")
+
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
+
+
+def test_instances_screen(frozen: str, snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot, "#queues")
+        await pilot.press("i")
+        await settle(pilot, "#instances")
+
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
+
+
+def test_instance_awaiting_signal_with_inbox(frozen: str, snap_compare: Any) -> None:
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=open_instance(1, "#inbox"))
+
+
+def test_instance_awaiting_children(frozen: str, snap_compare: Any) -> None:
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=open_instance(3, "#children"))
+
+
+def test_instance_failed(frozen: str, snap_compare: Any) -> None:
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=open_instance(5))
+
+
+def test_signal_dialog(frozen: str, snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await open_instance(1, "#inbox")(pilot)
+        await pilot.press("s")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
+
+
+def test_help(frozen: str, snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot, "#queues")
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
