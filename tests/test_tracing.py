@@ -22,6 +22,8 @@ import durable
 from durable import Await, Child, Done, Machine, Next, Retry, Spawn, Stop, step
 
 TIMEOUT = 60
+ROOT = Path(__file__).resolve().parent.parent
+DURABLE = str(Path(sys.executable).with_name("durable"))  # the console script of this environment
 
 
 # -- the workload -----------------------------------------------------------------------------------
@@ -373,6 +375,52 @@ async def test_api_only_propagates_the_callers_trace(db: durable.Database) -> No
 def trace_id(traceparent: str | None) -> str:
     assert traceparent is not None
     return traceparent.split("-")[1]
+
+
+@pytest.mark.trio
+async def test_worker_command_exports_one_trace_per_checkout(receiver: Any, db: durable.Database,
+                                                             tmp_path: Path) -> None:
+    """The documented flow: ``durable worker examples.checkout --otlp grpc`` (compose runs exactly
+    this) exports each checkout, its signal wake-up and its shipment children as one trace."""
+    import os
+    import signal as signals
+
+    from opentelemetry import context, propagate
+
+    from examples.checkout import Checkout
+
+    caller = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01"
+    token = context.attach(propagate.extract({"traceparent": caller}))  # the shop's request, no SDK here
+    try:
+        order = await db.insert(Checkout, {"order": 42, "items": 2})
+    finally:
+        context.detach(token)
+    assert order is not None
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DURABLE_DSN": db.pool.dsn}
+    log = tmp_path / "worker.log"
+    with open(log, "w") as stderr:  # noqa: ASYNC230 - a local file for the worker's stderr
+        worker = await trio.lowlevel.open_process(
+            [DURABLE, "worker", "examples.checkout", "--schema", db.schema, "--otlp", "grpc",
+             "--otlp-endpoint", receiver.grpc_endpoint, "--lease", "30"],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        await wait_status(db, order, "awaiting_signal")
+        await db.signal(order, "payment_confirmed", {"amount": 100}, dedup_key="evt-1")
+        done = await wait_status(db, order, "done", "failed")
+    finally:
+        worker.send_signal(signals.SIGTERM)  # drain, then flush the exporter on the way out
+        with trio.fail_after(TIMEOUT):
+            await worker.wait()
+    assert worker.returncode == 0, log.read_text()[-3000:]
+    assert done.status == "done", done.last_error
+    steps = [s for s in receiver.spans if s.resource.get("service.name") == "durable-worker"
+             and s.trace_id == trace_id(caller)]
+    assert Counter(s.name for s in steps) == {
+        "step Checkout.reserve": 1, "step Checkout.await_payment": 2, "step Checkout.finish": 1,
+        "step Shipment.book": 2}
+    assert {s.attributes["durable.instance.id"] for s in steps if s.name == "step Shipment.book"} == {
+        c["id"] for c in done.children}
+    assert all(outcome(s)["durable.status"] for s in steps)
 
 
 OFF_PROGRAM = """
