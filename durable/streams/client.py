@@ -162,14 +162,19 @@ class StreamsClient:
                      max_batch_bytes: int = 256 * 1024, auto_claim: bool = False) -> AsyncIterator[Writer]:
         """A batching, exactly-once writer; everything appended is flushed when the block ends."""
         w = Writer(self, path, producer_id, epoch, content_type, linger, max_batch_bytes, auto_claim)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(w._run)
-            try:
-                yield w
-                await w.flush()
-            finally:
-                w._stop = True
-                w._wake.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(w._run)
+                try:
+                    yield w
+                    await w.flush()
+                finally:
+                    w._stop = True
+                    w._wake.set()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:  # one error (e.g. Fenced) is raised as itself
+                raise group.exceptions[0] from None
+            raise
 
     # -- reading ------------------------------------------------------------------------------------
     async def read(self, path: str, *, offset: str = "-1", live: str | None = None,
