@@ -349,3 +349,126 @@ async def test_missing_schema_says_how_to_fix_it(pg_dsn: str) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.db_error is not None, "the banner")
         assert "durable migrate --schema no_such_schema_here" in (app.db_error or "")
+
+
+class Proxy:
+    """A TCP proxy in front of the test database that can drop every connection (down) or stop
+    forwarding bytes (stalled), to play an unreachable or a hung server."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.target = _target(dsn)
+        self.mode = "up"
+        self.links: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        from urllib.parse import urlparse
+
+        url = urlparse(self.dsn)  # same credentials and database, through the proxy
+        userinfo = url.netloc.rpartition("@")[0] or "postgres"
+        return f"postgresql://{userinfo}@127.0.0.1:{self.port}{url.path or '/postgres'}"
+
+    def set(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "down":
+            for w in list(self.links):
+                w.transport.abort()
+            self.links.clear()
+
+    async def close(self) -> None:
+        self.set("down")
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "down":
+            writer.transport.abort()
+            return
+        kind, where = self.target
+        if kind == "unix":
+            up_reader, up_writer = await asyncio.open_unix_connection(where)
+        else:
+            host, port = where.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self.links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    while self.mode == "stalled":
+                        await asyncio.sleep(0.05)
+                    if self.mode == "down":
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def _target(dsn: str) -> tuple[str, str]:
+    """Where the test database listens: ("unix", socket path) or ("tcp", "host:port")."""
+    import glob
+    from urllib.parse import parse_qs, urlparse
+
+    url = urlparse(dsn)
+    host = parse_qs(url.query).get("host", [url.hostname or ""])[0]
+    if host.startswith("/"):
+        port = url.port or 5432
+        sockets = glob.glob(f"{host}/.s.PGSQL.{port}") or glob.glob(f"{host}/.s.PGSQL.*")
+        assert sockets, f"no PostgreSQL socket in {host}"
+        return "unix", sockets[0]
+    return "tcp", f"{host}:{url.port or 5432}"
+
+
+async def test_database_down_then_back_and_a_hung_server(pg_dsn: str, live: tuple[str, Live],
+                                                         sql: asyncpg.Connection) -> None:
+    schema, _ = live
+    proxy = Proxy(pg_dsn)
+    dsn = await proxy.start()
+    app = ConsoleApp(Source(dsn, schema, timeout=1.0), refresh_every=0.2)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = app.screen
+            assert isinstance(screen, QueuesScreen)
+            queues = screen.query_one("#queues", DataTable)
+            banner = screen.query_one("#banner", Static)
+            await until(pilot, lambda: queues.row_count >= 4, "the queues table")
+            assert not banner.display
+
+            proxy.set("down")
+            await until(pilot, lambda: banner.display, "the banner")
+            assert plain(banner).startswith("database unreachable, retrying")
+            before = cells(queues, "mail")  # the last numbers stay on screen
+            await pilot.press("i")  # still responsive
+            await until(pilot, lambda: isinstance(app.screen, InstancesScreen), "the instances screen")
+            assert app.screen.query_one("#banner", Static).display
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen, "back to the queues")
+            assert cells(queues, "mail") == before
+
+            proxy.set("up")
+            await until(pilot, lambda: not banner.display and app.db_error is None, "the banner to go")
+
+            proxy.set("stalled")  # the server hangs: every call times out after 1 s
+            await until(pilot, lambda: banner.display, "the banner on a hung server")
+            assert "no answer within 1s" in plain(banner)
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen), "help while hung")
+            await pilot.press("escape")
+            proxy.set("up")
+            await until(pilot, lambda: not banner.display, "recovery after the hang")
+            done = await sql.fetchval(
+                "select count(*)::int from instances where queue = 'mail' and status = 'done'")
+            cols = [k.value for k in queues.columns]
+            await until(pilot, lambda: dict(zip(cols, cells(queues, "mail"), strict=True))["done"] == str(done),
+                        "fresh numbers")
+    finally:
+        await proxy.close()
