@@ -99,6 +99,7 @@ async def test_official_client_resumes_a_step_written_stream(db: durable.Databas
         async with trio.open_nursery() as nursery, httpx.AsyncClient(base_url=server.url) as http:
             await nursery.start(durable.Runtime(db, machines=[Talker], queues={"talk": 2}, lease=30).run)
             iid = await db.insert(Talker, {})
+            assert iid is not None
             await wait_status(db, iid, "awaiting_signal")
             url = f"{server.url}/talk/{iid}"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,9 +179,11 @@ class StreamsClient:
     # -- reading ------------------------------------------------------------------------------------
     async def read(self, path: str, *, offset: str = "-1", live: str | None = None,
                    checkpoint: Callable[[str], Awaitable[None] | None] | None = None,
-                   ) -> AsyncIterator[Chunk]:
+                   ) -> AsyncGenerator[Chunk, None]:
         """Chunks from ``offset``: catch-up only (``live=None``, ends when up to date), or tailing
-        with ``long-poll`` / ``sse`` (ends when the stream is closed). Errors back off and resume."""
+        with ``long-poll`` / ``sse`` (ends when the stream is closed). Errors back off and resume.
+        To stop early and still checkpoint the last chunk, close the generator:
+        ``async with contextlib.aclosing(client.read(...)) as chunks: ...``."""
         failures = 0
         cursor: str | None = None
         pending: str | None = None  # offset of the chunk handed out last, checkpointed once consumed
