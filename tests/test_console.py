@@ -139,6 +139,25 @@ async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[st
         assert slow["in_flight"] == "1/3" and slow["executing"] == "1" and slow["workers"] == "1"
 
 
+async def test_silent_workers_are_gone_and_leave_the_saturation(pg_dsn: str, live: tuple[str, Live]) -> None:
+    schema, _ = live
+    app = ConsoleApp(Source(pg_dsn, schema, timeout=5), refresh_every=0.2, gone_after=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, QueuesScreen)
+        workers = screen.query_one("#workers", DataTable)
+        queues = screen.query_one("#queues", DataTable)
+        key = "runtime-killed\x00slow"
+        await until(pilot, lambda: key in [k.value for k in workers.rows] and "slow" in [
+            k.value for k in queues.rows], "the killed worker")
+        wcols = [k.value for k in workers.columns]
+        await until(pilot, lambda: dict(zip(wcols, cells(workers, key), strict=True))["state"] == "gone",
+                    "the killed worker shown gone")
+        slow = dict(zip([k.value for k in queues.columns], cells(queues, "slow"), strict=True))
+        assert slow["in_flight"] == "0/0" and slow["workers"] == "0" and slow["executing"] == "1"
+        assert "gone" in plain(screen.query_one("#summary", Static))
+
+
 async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Live],
                                                sql: asyncpg.Connection) -> None:
     schema, data = live
@@ -186,8 +205,16 @@ async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Liv
         await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == all_ids[3:6], "page 2")
         await pilot.press("p")
         await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == all_ids[:3], "page 1 again")
-        # sort by updated, newest first (click the header twice: ascending then descending)
-        await pilot.press("o", "r")
+        # the mouse: a click on the "updated" header sorts by it (ascending, as the current order)
+        x = sum(c.get_render_width(table) for c in list(table.columns.values())[:10]) + 2
+        assert list(table.columns)[10].value == "updated_at"
+        await pilot.click("#instances", offset=(x, 0))
+        by_updated_asc = [r["id"] for r in await sql.fetch(
+            "select id from instances order by updated_at, id limit 3")]
+        await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == by_updated_asc, "a header click")
+        assert screen.sort == "updated"
+        # newest first with the keyboard
+        await pilot.press("r")
         by_updated = [r["id"] for r in await sql.fetch(
             "select id from instances order by updated_at desc, id desc limit 3")]
         await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == by_updated, "updated order")
