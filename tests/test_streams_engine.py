@@ -1,8 +1,9 @@
 """Engine integration: steps append through ctx with (instance id, lease token) as (producer, epoch).
 
 A zombie's appends are refused, a re-executed step's appends are de-duplicated, and a stream written
-by a durable step is read by the official Python client (``durable-streams`` on PyPI), which
-disconnects and resumes from its last offset without loss or duplicates. The same run exercises the
+by a durable step is read by the official Python client (``durable-streams`` on PyPI) and the official
+TypeScript client (npm ``@durable-streams/client``), which disconnect and resume from their last offset
+without loss or duplicates. The same run exercises the
 HTTP signal endpoint and the history stream (catch-up and long-poll).
 """
 
@@ -22,7 +23,7 @@ from durable.sql import Q
 from durable.streams import Fenced, Store
 
 from .helpers import pick, wait_status
-from .test_streams_util import ServeProcess
+from .test_streams_util import ServeProcess, ts_read
 
 pytestmark = pytest.mark.trio
 
@@ -111,6 +112,8 @@ async def test_official_client_resumes_a_step_written_stream(db: durable.Databas
 
             first, resume_at = await trio.to_thread.run_sync(read_part, None)
             assert first == FIRST
+            ts_first = await trio.to_thread.run_sync(ts_read, url, None)  # the TypeScript client too
+            assert ts_first["items"] == FIRST and ts_first["closed"] is False
 
             # history tail: a long-poll from the current tail wakes on the signal's events
             hist = await http.get(f"/instances/{iid}/history")
@@ -143,6 +146,8 @@ async def test_official_client_resumes_a_step_written_stream(db: durable.Databas
             # resume from the saved offset: exactly the second part, then the stream is closed
             rest, _ = await trio.to_thread.run_sync(read_part, resume_at)
             assert rest == SECOND
+            ts_rest = await trio.to_thread.run_sync(ts_read, url, str(ts_first["offset"]))
+            assert ts_rest["items"] == SECOND and ts_rest["closed"] is True
             head = await http.head(f"/talk/{iid}")
             assert head.headers["stream-closed"] == "true"
             missing = await http.post("/instances/999999/signals/more", json={})

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import trio
 
@@ -90,3 +91,35 @@ def serving(dsn: str, *extra: str, schema: str | None = None) -> Iterator[ServeP
     finally:
         server.stop()
         drop(dsn, schema)
+
+
+TS_READER = """\
+import { stream } from "@durable-streams/client"
+const [url, offset] = process.argv.slice(2)
+const res = await stream({ url, offset: offset || undefined, live: false })
+const items = await res.json()
+console.log(JSON.stringify({ items, offset: res.offset, closed: res.streamClosed }))
+"""
+
+
+def ts_reader() -> Path:
+    """A Node script reading a JSON stream with the official TypeScript client (npm
+    ``@durable-streams/client``, installed once into the user's cache folder)."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "durable-tests" / "ts-client"
+    if not (folder / "node_modules" / "@durable-streams" / "client").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "package.json").write_text('{"name": "ts-client", "private": true, "type": "module"}')
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "@durable-streams/client"],
+                       cwd=folder, check=True, timeout=300)
+    script = folder / "read.mjs"
+    script.write_text(TS_READER)
+    return script
+
+
+def ts_read(url: str, offset: str | None = None) -> dict[str, object]:
+    """Catch-up read with the TypeScript client: ``{"items", "offset", "closed"}``."""
+    import json
+
+    out = subprocess.run(["node", str(ts_reader()), url, offset or ""], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
