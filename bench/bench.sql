@@ -76,3 +76,7 @@ select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint;
 -- name: data_directory
 -- The server's data directory (to find its postmaster when it is local).
 select current_setting('data_directory');
+
+-- name: checkpoint
+-- Flush dirty buffers now, so a bulk load's checkpoint does not land inside a timed loop.
+checkpoint;

@@ -118,8 +118,10 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         backlog = _get(r, f"durable.picker.{key}.backlog")
         if backlog is not None:
             rows.append(("pick ms (mean)", f"{backlog:,} runnable, {_get(r, f'durable.picker.{key}.demand')}/pick",
-                         _fmt(ms), f"{_ratio(ms, small):.2f}x the small backlog" if key == "large" and small and ms
-                         else ""))
+                         _fmt(ms), (f"{_ratio(ms, small):.2f}x the small backlog; " if key == "large" and small and ms
+                                    else "") + "p50 " + _fmt(_get(r, f"durable.picker.{key}.p50_ms")) + " ms, "
+                         f"{_fmt(_get(r, f'durable.picker.{key}.async_commit_p50_ms'))} ms with "
+                         "synchronous_commit off"))
     lim = _get(r, "pg_limit.commits_per_s") or {}
     for clients in ("1", "16"):
         x = _num(lim.get(clients))
