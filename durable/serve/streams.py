@@ -37,6 +37,9 @@ class StreamEndpoints:
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
+        if "__ds" in path.split("/"):
+            return Response("the reserved subscription API (__ds) is not implemented", status_code=501,
+                            media_type="text/plain")
         try:
             match request.method:
                 case "PUT":
