@@ -86,8 +86,8 @@ class InstanceEndpoints:
                 raise BadRequest("invalid offset format")
             after = await self._tail(iid) if offset == "now" else parse_position(offset)
             if live == "sse":
-                return StreamingResponse(self._sse(iid, after, q.get("cursor")), media_type="text/event-stream",
-                                         headers={"cache-control": "no-cache"})
+                return StreamingResponse(self._sse(iid, after, q.get("cursor")), headers={
+                    "cache-control": "no-cache", "content-type": "text/event-stream"})
             events, pos = await self._page(iid, after)
             if not events and live == "long-poll":
                 with trio.move_on_after(self.settings.long_poll_timeout):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any, NoReturn
 
 import trio
@@ -100,16 +101,9 @@ async def serve(
             config.graceful_timeout = 1
             app = build_app(db, store, hub, settings)
 
-            async def run_hypercorn(task_status: trio.TaskStatus[list[str]]) -> None:
-                try:
-                    await hypercorn_serve(app, config, mode="asgi", task_status=task_status)  # type: ignore[arg-type]
-                except BaseException:
-                    import traceback
-                    traceback.print_exc()
-                    raise
-
             async with trio.open_nursery() as nursery:
-                binds: list[str] = await nursery.start(run_hypercorn)
+                binds: list[str] = await nursery.start(
+                    partial(hypercorn_serve, app, config, mode="asgi"))  # type: ignore[arg-type]
                 url = binds[0]
                 task_status.started(Server(url, store))
                 await trio.sleep_forever()
