@@ -154,7 +154,7 @@ class Database:
     @property
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel of this schema's wake-up hints."""
-        return f"durable_{self.pool.schema}"[:63]
+        return f"durable_{self.pool.schema}"[:63]  # deliver_signal computes the same from current_schema()
 
     @property
     def schema(self) -> str:

@@ -8,6 +8,7 @@
     ├── UnknownStep               a step name does not exist on its machine
     ├── OutcomeError              a step returned something that is not a valid outcome
     ├── StateError                a state or payload cannot be encoded to / decoded from JSON
+    ├── InvalidArgument           a filter, cursor or offset given to a query is malformed
     ├── NoSuchInstance            no instance has this id
     └── NotDeliverable            a signal to a terminal instance (it would never be read)
 """
@@ -44,6 +45,10 @@ class OutcomeError(DurableError):
 
 
 class StateError(DurableError):
+    pass
+
+
+class InvalidArgument(DurableError):
     pass
 
 

@@ -24,7 +24,7 @@ import orjson
 import trio
 
 from . import codec
-from .errors import DurableError
+from .errors import InvalidArgument
 from .outcomes import STATUSES, TERMINAL
 from .sql import Q, Query
 
@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["ORDERS", "InvalidArgument", "Page", "Row", "TailEvent", "gc", "parse_statuses", "query", "tail"]
 
 
-class InvalidArgument(DurableError):
-    """A filter, cursor or offset given to an operator tool is malformed (the message names it)."""
+
 
 
 # status aliases accepted next to the enum values

@@ -19,6 +19,12 @@ pytestmark = pytest.mark.trio
 RELEASE = trio.Event()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_release() -> None:
+    global RELEASE
+    RELEASE = trio.Event()
+
+
 class Blocking(Machine, queue="drain"):
     @step
     async def go(self, ctx):

@@ -131,3 +131,25 @@ async def test_runtime_wakes_on_signal(pdb: durable.Database) -> None:
         r = await wait_status(db, iid, "done")
         assert durable.codec.decode(r["result"]) == {"amount": 4}
         n.cancel_scope.cancel()
+
+
+async def test_signal_from_another_process_wakes_the_runtime(pdb: durable.Database, pg_dsn: str) -> None:
+    """With 60 s polls, only the NOTIFY sent by deliver_signal explains the wake-up."""
+    import sys
+    import textwrap
+
+    db = pdb
+    iid = await db.insert(Payment, {})
+    program = textwrap.dedent(f"""
+        import trio, durable
+        async def main():
+            async with durable.connect({pg_dsn!r}, schema={db.schema!r}, migrate=False) as other:
+                await other.signal({iid}, "paid", {{"amount": 8}})
+        trio.run(main)
+    """)
+    async with trio.open_nursery() as n:
+        await n.start(durable.Runtime(db, queues={"pay": 1}, poll_min=60, poll_max=60).run)
+        await wait_status(db, iid, "awaiting_signal")
+        await trio.run_process([sys.executable, "-c", program])
+        await wait_status(db, iid, "done", timeout=20)
+        n.cancel_scope.cancel()

@@ -141,6 +141,8 @@ async def run_claim(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded
     start = trio.current_time()
     with tracing.step_span(f"step {claim.machine}.{claim.step}", attributes(claim, worker_id),
                            parent=parent, links=links) as span:
+        if claim.traceparent is None:  # no trace yet: this step's span becomes the instance's trace
+            claim.traceparent, claim.tracestate = tracing.current_context_headers()
         encoded, error = await execute(claim, db, worker_id)
         if error is not None:
             tracing.record_error(span, error)

@@ -184,4 +184,5 @@ class Flusher:
             k["priority"], k["partition_key"], k["unique_key"], k["scope"], k["eligible_at"],
             k["traceparent"], k["tracestate"], self.worker_id, self.clock.now(), k["delay"], eat_i, eat_s,
             [p.outcome.hold for p in batch], self.lease,
+            [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
         )

@@ -169,6 +169,8 @@ select id, queue from released;
 -- Run-ahead: $32 hold (per outcome): a `next` outcome keeps the claim (status stays executing, a fresh
 -- lease_token, lease of $33 seconds) so the same worker runs the next step without a pick; the
 -- 'outcome' row then carries the new claim (token, state, inbox, children).
+-- Trace context: $34 traceparent, $35 tracestate (per outcome) become the instance's when it has none
+-- (an instance inserted without trace context adopts its first step's span as its trace).
 -- Only rows still held (executing, same lease_token) change; the others are logged as fenced.
 -- A progressing outcome (not await/retry) deletes the signals listed to consume and clears `awaits`.
 -- A terminal outcome decrements its parent's barrier in the same statement; the decrement that reaches
@@ -177,8 +179,8 @@ select id, queue from released;
 with o as (
   select *
   from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
-              $8::text[], $9::text[], $10::bigint[], $11::text[], $32::bool[])
-       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold)
+              $8::text[], $9::text[], $10::bigint[], $11::text[], $32::bool[], $34::text[], $35::text[])
+       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold, tp, ts)
 ),
 held as (
   select g.id, g.machine, g.step as old_step, g.attempt as old_attempt, g.awaits as old_awaits,
@@ -217,7 +219,7 @@ kids as (
 ),
 decided as (
   select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail, o.hold,
-         h.machine, h.old_step, h.old_attempt, h.old_awaits,
+         o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.old_awaits,
          (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
          (case
             when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
@@ -253,6 +255,8 @@ upd as (
                   when d.kind = 'await' and d.step is not null then d.step
                   else g.step end,
       state = coalesce(d.state::jsonb, g.state),
+      traceparent = coalesce(g.traceparent, d.tp),
+      tracestate = case when g.traceparent is null then d.ts else g.tracestate end,
       result = case when d.new_status = 'done' then d.result::jsonb else g.result end,
       last_error = case when d.kind in ('retry', 'stop', 'cancel') and d.error is not null then d.error
                         when d.new_status = 'cancelled' then coalesce(d.error, 'cancelled')
@@ -384,7 +388,8 @@ from src s left join ins i on i.id = s.id order by s.ord;
 -- Deliver signal $2 with payload $3 (json) and dedup key $4 to instance $1; $5 sender traceparent,
 -- $6 now. The target row is locked first, the signal inserted (unless the dedup key was seen or the
 -- target is terminal), then the target rewritten: signal_seq + 1 always, and runnable when it awaits
--- this name. `awaits` is kept: the woken step consumes on its outcome.
+-- this name. `awaits` is kept: the woken step consumes on its outcome. A wake NOTIFYs the queue on the
+-- schema's channel (durable_<schema>) so runtimes in other processes pick it up at once.
 -- Returns nothing for a missing target, else the target's status before, the new signal id (NULL for a
 -- duplicate or a terminal target) and the status after.
 with target as (
@@ -409,6 +414,10 @@ woken as (
   where g.id = $1 and exists (select 1 from stored)
   returning g.status, g.queue
 ),
+notified as (
+  -- a wake-up hint to other processes' runtimes (the channel of the schema in search_path)
+  select pg_notify(left('durable_' || current_schema(), 63), w.queue) from woken w where w.status = 'runnable'
+),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, detail, at)
   select t.id, t.machine, 'signal', t.step, t.attempt, w.status,
@@ -417,7 +426,8 @@ logged as (
   from target t, stored s, woken w
 )
 select t.status::text as before, (select id from stored) as signal_id,
-       (select status::text from woken) as after, (select queue from woken) as queue
+       (select status::text from woken) as after, (select queue from woken) as queue,
+       (select count(*) from notified) as notified
 from target t;
 
 -- name: cancel_instance
