@@ -156,10 +156,11 @@ class InstanceScreen(LiveScreen):
             for c in d.children
         ])
         history = self.query_one("#history", DataTable)
+        at_end = history.row_count == 0 or history.cursor_row >= history.row_count - 1
         sync_table(history, history_rows(d))
         self.query_one("#history-title", Static).update(
             f"History · {len(d.history)} events" + (" · following" if self.follow else ""))
-        if self.follow and history.row_count:
+        if self.follow and at_end and history.row_count:  # moving the cursor up pauses following
             history.move_cursor(row=history.row_count - 1, animate=False)
 
     # -- navigation --------------------------------------------------------------------------------

@@ -55,12 +55,14 @@ class LiveScreen(Screen[None]):
         self._loading_generation = self._generation
         self._load(self._generation)
 
-    @work(exclusive=True, group="load")
+    @work(exclusive=True, group="load", exit_on_error=False)
     async def _load(self, generation: int) -> None:
         try:
             message = await self.fetch()
         except Unreachable as exc:
             self.app.post_message(DatabaseDown(banner_text(exc)))
+        except Exception as exc:  # a console bug must not take the terminal down with a traceback
+            self.app.post_message(DatabaseDown(f"console error, retrying · {type(exc).__name__}: {exc}"))
         else:
             self.app.post_message(DatabaseUp())
             self.post_message(message)
