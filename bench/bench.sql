@@ -17,8 +17,8 @@ select format('drop database if exists %I with (force)', $1::text);
 select version();
 
 -- name: server_settings
--- The settings that decide commit and pick costs, as name, setting, unit.
-select name, setting, coalesce(unit, '') as unit
+-- The settings that decide commit and pick costs, as name and human-readable value (unit is '').
+select name, current_setting(name) as setting, '' as unit
 from pg_settings
 where name = any ('{shared_buffers,synchronous_commit,fsync,wal_level,wal_sync_method,full_page_writes,
                    commit_delay,max_wal_size,work_mem,effective_cache_size,max_connections,jit,
