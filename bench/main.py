@@ -6,11 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import trio
+import trio_asyncio
 from rich.console import Console
 
 from durable import tracing
-from durable._pg import asyncio_loop
+from durable._pg import asyncio_loop, redact
+from durable.errors import DatabaseUnavailable
 
 from . import server as srv
 from .report import targets
@@ -26,6 +29,11 @@ async def main(plan: Plan, dsn: str | None, data_dir: Path | None, console: Cons
         with console.status(f"starting the embedded PostgreSQL in {folder}"):
             dsn = await trio.to_thread.run_sync(srv.start_embedded, folder)
     async with asyncio_loop():
-        results = await Runner(srv.Server(dsn), plan, console).run()
+        server = srv.Server(dsn)
+        try:
+            await trio_asyncio.aio_as_trio(server.describe)()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
+        results = await Runner(server, plan, console).run()
     results["targets"] = targets(results)
     return results
