@@ -82,6 +82,7 @@ class QueueRow:
     rate: float = 0.0  # steps/s over the last RATE_WINDOW seconds
     trend: tuple[int, ...] = ()  # steps per bucket, oldest first
     saturation: Saturation = field(default_factory=Saturation)
+    lag: float | None = None  # seconds the oldest due row has waited (None: nothing due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +201,11 @@ class OverviewLoader:
         self.throughput.merge(start, end, ((r["queue"], r["second"], r["steps"]) for r in steps))
         self.loads += 1
         by_queue: dict[str, dict[str, int]] = {}
+        lags: dict[str, float] = {}
         for r in counts:
             by_queue.setdefault(r["queue"], {})[r["status"]] = int(r["n"])
+            if r["status"] == "due" and r["oldest"] is not None:
+                lags[r["queue"]] = max(0.0, (clock - r["oldest"]).total_seconds())
         if with_terminal:
             self.terminal = {q: {s: c.get(s, 0) for s in TERMINAL} for q, c in by_queue.items()}
         sat = saturation(workers)
@@ -219,7 +223,7 @@ class OverviewLoader:
                 failed=t.get("failed", 0) if t is not None else (0 if self.terminal else None),
                 cancelled=t.get("cancelled", 0) if t is not None else (0 if self.terminal else None),
                 rate=self.throughput.rate(q, second), trend=self.throughput.trend(q, second),
-                saturation=sat.get(q, Saturation()),
+                saturation=sat.get(q, Saturation()), lag=lags.get(q),
             ))
         return Overview(now=clock, queues=rows, workers=workers)
 

@@ -44,13 +44,19 @@ def ratio(used: int, capacity: int) -> Text:
     return Text(text, style="bold red" if share >= 1 else "yellow" if share >= 0.8 else "")
 
 
-def ago(seconds: float) -> str:
+def duration(seconds: float) -> str:
     s = int(seconds)
     if s < 60:
-        return f"{s}s ago"
+        return f"{s}s"
     if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s ago"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m ago"
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def ago(seconds: float) -> str:
+    return f"{duration(seconds)} ago"
 
 
 def until(then: datetime | None, now: datetime) -> str:

@@ -75,7 +75,7 @@ def plain(widget: Static) -> str:
 
     content = widget.content
     if isinstance(content, str):
-        return content
+        return Text.from_markup(content).plain
     console = Console(width=200, file=io.StringIO(), record=True)
     console.print(content)
     return console.export_text()
@@ -118,6 +118,15 @@ async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[st
         # every queue with data shows something: the fill made each status somewhere
         assert expected["mail"]["failed"] >= 1 and expected["mail"]["done"] >= 1
         assert expected["orders"]["awaiting_signal"] == 3 and expected["orders"]["awaiting_children"] == 2
+
+        # the line under the table describes the queue under the cursor
+        keys = [k.value for k in queues.rows]
+        detail = screen.query_one("#queue-detail", Static)
+        queues.move_cursor(row=keys.index("shipping"))
+        await until(pilot, lambda: plain(detail).startswith("shipping · oldest due row waiting"), "due lag")
+        queues.move_cursor(row=keys.index("slow"))
+        await until(pilot, lambda: plain(detail).startswith("slow · nothing due"), "no lag")
+        assert "in flight 1/3" in plain(detail)
 
         # throughput: the sparkline buckets add up to the outcome events of the last five minutes
         events = {r["queue"]: r["n"] for r in await sql.fetch(

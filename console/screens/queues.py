@@ -80,6 +80,7 @@ class QueuesScreen(LiveScreen):
         yield Banner(id="banner")
         yield Static("loading…", id="summary")
         yield DataTable(id="queues", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="queue-detail")
         yield Static("Workers", classes="section")
         yield DataTable(id="workers", cursor_type="row", zebra_stripes=True)
         yield Footer()
@@ -102,6 +103,7 @@ class QueuesScreen(LiveScreen):
         ov = self.overview = message.overview
         sync_table(self.query_one("#queues", DataTable), queue_rows(ov))
         sync_table(self.query_one("#workers", DataTable), worker_rows(ov))
+        self.show_selected()
         live = sum(1 for w in ov.workers if w.state == "live")
         gone = sum(1 for w in ov.workers if w.state == "gone")
         total = sum(q.rate for q in ov.queues)
@@ -110,6 +112,24 @@ class QueuesScreen(LiveScreen):
             + (f" · [bold red]{gone} gone[/]" if gone else "")
             + f" · {render.rate(total)} steps/s · at {ov.now.strftime('%H:%M:%S')}"
         )
+
+    def show_selected(self) -> None:
+        """One line on the queue under the cursor: its backlog's age and its saturation in words."""
+        queue = selected_key(self.query_one("#queues", DataTable))
+        row = next((q for q in self.overview.queues if q.queue == queue), None) if self.overview else None
+        if row is None:
+            self.query_one("#queue-detail", Static).update("")
+            return
+        s = row.saturation
+        waited = "nothing due" if row.lag is None else f"oldest due row waiting {render.duration(row.lag)}"
+        self.query_one("#queue-detail", Static).update(
+            f"[b]{row.queue}[/b] · {waited} · {render.rate(row.rate)} steps/s · {plural(s.workers, 'live worker')}"
+            f" · in flight {s.in_flight}/{s.concurrency} · buffered {s.buffered}/{s.prefetch}"
+        )
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "queues":
+            self.show_selected()
 
     def action_open_queue(self) -> None:
         from .instances import InstancesScreen
