@@ -122,6 +122,12 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                                     else "") + "p50 " + _fmt(_get(r, f"durable.picker.{key}.p50_ms")) + " ms, "
                          f"{_fmt(_get(r, f'durable.picker.{key}.async_commit_p50_ms'))} ms with "
                          "synchronous_commit off"))
+    loop = _get(r, "steploop")
+    if isinstance(loop, dict) and "run_claim_us" in loop:
+        rows.append(("engine Python µs/step, no DB", "Claim.from_row + run_claim (+ task per step)",
+                     f"{loop['from_row_us'] + loop['run_claim_us']:.1f} "
+                     f"({loop['from_row_us'] + loop['run_claim_task_per_step_us']:.1f})",
+                     f"{loop['steps']} steps, CPU time"))
     lim = _get(r, "pg_limit.commits_per_s") or {}
     for clients in ("1", "16"):
         x = _num(lim.get(clients))

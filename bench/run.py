@@ -17,6 +17,7 @@ import trio_asyncio
 from rich.console import Console
 
 from . import durable_bench as d
+from . import steploop
 from .profile import py_spy, rank
 from .server import Server, machine
 from .subproc import run_json
@@ -44,6 +45,7 @@ class Plan:
     peers: tuple[str, ...] = ("pgqueuer", "procrastinate", "oban", "dbos")
     profile: bool = True
     profile_jobs: int = 50_000
+    steploop: int = 50_000
     tuning: d.Tuning = field(default_factory=d.Tuning)
     quick: bool = False
     only: frozenset[str] | None = None  # stage groups to run (STAGES); None = all
@@ -56,7 +58,7 @@ class Plan:
                    procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, quick=True)
 
 
-STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "peers", "profile")
+STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "steploop", "peers", "profile")
 
 
 def stage_group(path: str) -> str:
@@ -146,6 +148,8 @@ class Runner:
                              f"{loops} loop(s){', picks with synchronous_commit off' if async_pick else ''}",
                              lambda b=batch, k=loops, a=async_pick: d.ceiling(  # type: ignore[misc]
                                  durable_dsn, b, p.ceiling_jobs, k, a))
+        await self.stage("steploop", f"engine Python per step, no database ({p.steploop:,} steps)",
+                         lambda: steploop.measure(p.steploop))
         for peer in p.peers:
             await self.stage(f"peers.{peer}", f"peer {peer}", lambda name=peer: self.peer(name))  # type: ignore[misc]
         if p.profile:
