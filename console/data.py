@@ -98,7 +98,19 @@ def worker_state(seen_ago: float, stopped: bool, gone_after: float) -> str:
     return "gone" if seen_ago > gone_after else "live"
 
 
+def heartbeat_of(raw: Any) -> float | None:
+    """The heartbeat period a runtime reports in its gauges (``heartbeat`` seconds in any queue's
+    gauges), if it does."""
+    if isinstance(raw, dict):
+        for g in raw.values():
+            if isinstance(g, dict) and isinstance(g.get("heartbeat"), int | float) and g["heartbeat"] > 0:
+                return float(g["heartbeat"])
+    return None
+
+
 def parse_workers(rows: Iterable[Record], gone_after: float) -> list[WorkerInfo]:
+    """Registry rows as records. A worker is gone after three of its own heartbeats when it reports
+    its period, else after ``gone_after`` seconds."""
     out = []
     for r in rows:
         stopped = r["stopped_at"] is not None
@@ -106,10 +118,12 @@ def parse_workers(rows: Iterable[Record], gone_after: float) -> list[WorkerInfo]
             continue
         raw = json.loads(r["gauges"] or "{}")
         gauges = {q: Gauge.parse(g) for q, g in sorted(raw.items())} if isinstance(raw, dict) else {}
+        beat = heartbeat_of(raw)
+        limit = 3 * beat if beat is not None else gone_after
         out.append(WorkerInfo(
             id=r["id"], host=r["host"], pid=r["pid"], queues=tuple(r["queues"] or ()), gauges=gauges,
             seen_at=r["seen_at"], stopped_at=r["stopped_at"], seen_ago=max(0.0, float(r["seen_ago"])),
-            state=worker_state(float(r["seen_ago"]), stopped, gone_after),
+            state=worker_state(float(r["seen_ago"]), stopped, limit),
         ))
     out.sort(key=lambda w: (w.state != "live", w.id))
     return out

@@ -70,3 +70,27 @@ def test_cells() -> None:
     assert render.ago(59) == "59s ago" and render.ago(61) == "1m01s ago" and render.ago(3700) == "1h01m ago"
     assert render.millis(12.25) == "12.2 ms" and render.millis(1500) == "1.50 s"
     assert render.pretty_json('{"b":1,"a":[1]}') == '{\n  "a": [\n    1\n  ],\n  "b": 1\n}'
+
+
+def test_gone_after_three_of_the_workers_own_heartbeats_when_reported() -> None:
+    import json
+
+    from console.data import parse_workers
+
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def row(wid: str, seen_ago: float, gauges: dict[str, object], stopped: bool = False) -> dict[str, object]:
+        return {"id": wid, "host": "h", "pid": 1, "queues": list(gauges), "gauges": json.dumps(gauges),
+                "seen_at": at, "stopped_at": at if stopped else None, "seen_ago": seen_ago}
+
+    workers = parse_workers([
+        row("fast", 7.0, {"q": {"in_flight": 1, "heartbeat": 2}}),  # 3 x 2 s < 7 s: gone
+        row("slow", 7.0, {"q": {"in_flight": 1, "heartbeat": 5}}),  # 3 x 5 s > 7 s: live
+        row("silent", 61.0, {"q": {"in_flight": 1}}),  # no period reported: the 60 s default
+        row("quiet", 59.0, {"q": {}}),
+        row("done", 10.0, {"q": {}}, stopped=True),
+        row("long-done", 400.0, {"q": {}}, stopped=True),  # stopped long ago: not listed
+    ], gone_after=60.0)
+    assert {w.id: w.state for w in workers} == {
+        "fast": "gone", "slow": "live", "silent": "gone", "quiet": "live", "done": "stopped"}
+    assert [w.id for w in workers][:2] == ["quiet", "slow"]  # live first
