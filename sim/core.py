@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import random
+import sys
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from durable.context import Context
 
 
+TRACE = bool(os.environ.get("DURABLE_SIM_TRACE"))  # print the operation log as it grows
+CHAOS_SCALE = 0.05  # chaos mode runs the same scenario 20x faster, in real time
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     seed: int = 1
@@ -31,13 +37,15 @@ class SimConfig:
     faults: tuple[str, ...] = ()
     mode: str = "dst"
     lease: float = 30.0
-    chaos_seconds: float = 120.0     # virtual seconds of the chaos phase (inserts and faults)
-    heal_bound: float = 900.0        # virtual seconds the heal phase may take to make every instance terminal
+    chaos_seconds: float = 80.0      # virtual seconds of the chaos phase (inserts and faults)
+    heal_bound: float = 300.0        # virtual seconds the heal phase may take to make every instance terminal
     processes: bool = False
 
     def command(self, extra: str = "") -> str:
         """The exact command that reproduces this run."""
-        faults = ",".join(self.faults) or "none"
+        from .plan import FAULT_KINDS
+
+        faults = "all" if set(self.faults) == set(FAULT_KINDS) else ",".join(self.faults) or "none"
         parts = [f"durable sim --seed {self.seed} --workload {self.workload} --instances {self.instances}",
                  f"--workers {self.workers} --faults {faults}"]
         if self.mode != "dst":
@@ -95,10 +103,14 @@ class OpLog:
         self.lines.append(line)
         self._hash.update(line.encode() + b"\n")
         self.last.append(line)
+        if TRACE:
+            print(line, file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
         """Context for a failure report only (may hold non-deterministic text): not hashed."""
         self.last.append(f"{trio.current_time():10.3f} ({text})")
+        if TRACE:
+            print(self.last[-1], file=sys.stderr, flush=True)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -113,6 +125,7 @@ class Run:
         self.log = OpLog()
         self.workload_rng = random.Random(f"{config.seed}:workload")
         self.phase = "setup"
+        self.scale = 1.0 if config.mode == "dst" else CHAOS_SCALE  # chaos: real seconds, compressed
         self.steps: list[StepRecord] = []
         self.executions: Counter[int] = Counter()        # instance id -> step executions so far
         self.faults_fired: Counter[str] = Counter()
@@ -120,6 +133,8 @@ class Run:
         self.violations: list[Violation] = []
         # lease model, from the results of pick / reap / release / complete: instance -> (token, worker)
         self.leases: dict[int, tuple[int, str]] = {}
+        self.now: Callable[[], float] = trio.current_time  # worker processes use wall time
+        self.sink: Callable[[StepRecord], None] | None = None  # worker processes write records out
         self.zombies: list[tuple[dict[int, set[int]], trio.Event]] = []  # paused workers' claims
         self.sent: list[tuple[int, str, int | None]] = []  # (target, name, signal id or None = dedup)
 
@@ -168,14 +183,14 @@ def sim_step(fn: StepMethod) -> StepMethod:
         run.executions[ctx.id] += 1
         nth = run.executions[ctx.id]
         rec = StepRecord(ctx.id, ctx.machine, ctx.step, ctx.attempt, ctx.lease_token, ctx.worker_id,
-                         ctx.partition_key, trio.current_time())
+                         ctx.partition_key, run.now())
         run.steps.append(rec)
         run.log.add(f"{ctx.worker_id} step {ctx.machine}#{ctx.id}.{ctx.step} a{ctx.attempt} t{ctx.lease_token}")
         try:
             for fault in run.step_fault(ctx.id, nth):
                 run.fire(fault)
                 if fault.kind == "slow_step":
-                    await trio.sleep(fault.seconds)
+                    await trio.sleep(fault.seconds * run.scale)
                 elif fault.kind == "step_error":
                     raise InjectedError(f"injected into {ctx.machine}#{ctx.id}.{ctx.step}")
             result = await fn(self, ctx)
@@ -188,6 +203,8 @@ def sim_step(fn: StepMethod) -> StepMethod:
             rec.outcome = "raised"
             raise
         finally:
-            rec.end = trio.current_time()
+            rec.end = run.now()
+            if run.sink is not None:
+                run.sink(rec)
 
     return durable.step(wrapper)

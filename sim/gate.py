@@ -39,6 +39,21 @@ def deterministic_scheduling(on: bool) -> None:
     trio_run_module._ALLOW_DETERMINISTIC_SCHEDULING = on  # type: ignore[misc]
 
 
+def seeded_clock(seed: int) -> trio.testing.MockClock:
+    """A MockClock that reseeds trio's scheduler PRNG at every autojump: the order in which the tasks
+    due at the new time wake depends on the run's seed, not on how many I/O wake-ups came before."""
+    clock = trio.testing.MockClock(autojump_threshold=math.inf)
+    jumps = random.Random(f"{seed}:jumps")
+    autojump = clock._autojump
+
+    def reseeded() -> None:
+        trio_run_module._r.seed(jumps.getrandbits(64))
+        autojump()
+
+    clock._autojump = reseeded  # type: ignore[method-assign]  # MockClock is final: patch the instance
+    return clock
+
+
 class Serializer:
     """One database call at a time (FIFO); in dst mode the mock clock is frozen during the call."""
 
@@ -110,7 +125,7 @@ class SlotGate:
         for f in faults:
             if f.kind == "reaper_delay":
                 sim.fire(f, f" ({slot.worker_id})")
-                await trio.sleep(f.seconds)
+                await trio.sleep(f.seconds * sim.scale)
             elif f.kind == "zombie":
                 await self._zombie(f)
         kinds = {f.kind for f in faults}
@@ -142,7 +157,7 @@ class SlotGate:
         sim.zombies.append(waiter)
         slot.paused = trio.Event()
         try:
-            with trio.move_on_after(fault.seconds):
+            with trio.move_on_after(fault.seconds * sim.scale):
                 await repicked.wait()
             sim.log.add(f"{slot.worker_id} resumes")
         finally:
@@ -167,17 +182,21 @@ class SlotGate:
                 done["error"] = exc
 
         killed = 0
-        async with self.admin.transaction() as conn:
-            await conn.execute(Q.sim_block_instances)
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            async with self.admin.transaction() as conn:
+                await conn.execute(Q.sim_block_instances)
                 nursery.start_soon(victim)
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 5
                 while time.monotonic() < deadline:
                     pids = [r["pid"] for r in await self.watch.fetch(Q.sim_blocked_backends,
                                                                       self.application_name)]
                     if pids:
                         killed = int(await self.watch.fetchval(Q.sim_terminate_backends, pids))
                         break
+            # the lock is released: the victim ends either way. Let the dead connection's last bytes and
+            # EOF arrive now, while the clock is frozen and the lock held, not at some later moment that
+            # would perturb the scheduling order.
+            await trio.to_thread.run_sync(time.sleep, 0.05)
         self.run.fire(fault, f" ({self.slot.worker_id}, {killed} backend, "
                              f"{type(done['error']).__name__ if 'error' in done else 'no error'})")
         if "error" in done:
@@ -197,7 +216,10 @@ class SlotGate:
         return out
 
     def _observe(self, name: str, nth: int, result: Any, held: dict[int, set[int]]) -> None:
+        """Log the call and keep the lease model. The live lease checks need calls in commit order, so
+        they run only when calls are serialized (dst); chaos relies on the history checks."""
         sim, who = self.run, self.slot.worker_id
+        live_checks = self.serializer.clock is not None
         rows = result if isinstance(result, list) else [result] if isinstance(result, asyncpg.Record) else []
         leases = sim.leases
         if name == "pick":
@@ -215,7 +237,7 @@ class SlotGate:
             parts = []
             for r in rows:
                 parts.append(f"{r['kind']}:{r['id']}:{r['status']}{':fenced' if r['fenced'] else ''}")
-                if r["kind"] != "outcome" or r["fenced"]:
+                if r["kind"] != "outcome" or r["fenced"] or not live_checks:
                     continue
                 live = leases.pop(r["id"], None)
                 if live is None or live[0] not in held.get(r["id"], set()):
@@ -225,7 +247,7 @@ class SlotGate:
             text = " ".join(parts)
         elif name == "heartbeat":
             extended = list(rows[0]["extended"]) if rows else []
-            for iid in extended:
+            for iid in extended if live_checks else []:
                 live = leases.get(iid)
                 if live is None or live[1] != who or live[0] not in held.get(iid, set()):
                     sim.violate("one_live_lease",

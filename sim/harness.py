@@ -7,6 +7,7 @@ phases (chaos -> heal -> liveness) and the final checks.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -34,8 +35,9 @@ from durable.sql import Q
 from . import invariants
 from .bugs import Prepare
 from .core import INVARIANTS, Run, SimConfig, SimDatabase, Violation
-from .gate import Serializer, Slot, SlotGate, deterministic_scheduling
+from .gate import Serializer, Slot, SlotGate, deterministic_scheduling, seeded_clock
 from .plan import Fault, draw_plan
+from .processes import Workers
 from .workloads import Final, Workload, workloads
 
 Progress = Callable[[str, float], None]
@@ -93,25 +95,50 @@ def plan_for(config: SimConfig) -> list[Fault]:
 
 def simulate(config: SimConfig, plan: list[Fault] | None = None, *, dsn: str | None = None,
              progress: Progress | None = None, keep_schema: bool = False,
-             prepare: Prepare | None = None) -> Result:
+             prepare: Prepare | None = None, loads: list[Workload] | None = None) -> Result:
     """Run one simulation to the end (blocking; starts its own trio run). ``prepare`` runs on the
-    fresh schema before the workers start (planted bugs use it)."""
-    plan = plan_for(config) if plan is None else plan
+    fresh schema before the workers start (planted bugs use it); ``loads`` replaces the named workload
+    (a scenario written in Python)."""
     target = resolve_dsn(dsn)
     started = time.perf_counter()
     if config.mode == "dst":
-        clock = trio.testing.MockClock(autojump_threshold=math.inf)
-        deterministic_scheduling(True)
-        trio_run_module._r.seed(config.seed)
-        try:
-            result = trio.run(_simulate, config, plan, target, clock, progress, keep_schema, prepare,
-                              clock=clock)
-        finally:
-            deterministic_scheduling(False)
+        clock = seeded_clock(config.seed)
+        result = trio.run(_dst, config, plan, target, clock, progress, keep_schema, prepare, loads,
+                          clock=clock)
     else:
-        result = trio.run(_simulate, config, plan, target, None, progress, keep_schema, prepare)
+        result = trio.run(_simulate, config, plan, target, None, progress, keep_schema, prepare, loads)
     result.real_seconds = time.perf_counter() - started
     return result
+
+
+async def simulate_async(config: SimConfig, plan: list[Fault] | None = None, *, dsn: str,
+                         clock: trio.testing.MockClock | None, prepare: Prepare | None = None,
+                         loads: list[Workload] | None = None, keep_schema: bool = False) -> Result:
+    """The same from inside a trio run (pytest-trio: pass the ``mock_clock`` / ``autojump_clock``
+    fixture for dst; None runs in real time, like chaos mode)."""
+    started = time.perf_counter()
+    if clock is None:
+        result = await _simulate(config, plan, dsn, None, None, keep_schema, prepare, loads)
+    else:
+        clock.autojump_threshold = math.inf
+        result = await _dst(config, plan, dsn, clock, None, keep_schema, prepare, loads)
+    result.real_seconds = time.perf_counter() - started
+    return result
+
+
+async def _dst(config: SimConfig, plan: list[Fault] | None, dsn: str, clock: trio.testing.MockClock,
+               progress: Progress | None, keep_schema: bool, prepare: Prepare | None,
+               loads: list[Workload] | None) -> Result:
+    deterministic_scheduling(True)
+    trio_run_module._r.seed(config.seed)
+    try:
+        return await _simulate(config, plan, dsn, clock, progress, keep_schema, prepare, loads)
+    finally:
+        deterministic_scheduling(False)
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
 
 
 async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, schema: str,
@@ -119,6 +146,7 @@ async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, s
     app = f"sim-{schema}-{slot.name}"[:63]
     raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
         dsn, min_size=1, max_size=3, max_inactive_connection_lifetime=0, statement_cache_size=256,
+        reset=_no_reset,  # the engine keeps no session state: skip a round trip per call
         server_settings={"search_path": f"{schema},public", "application_name": app})
     pool = Pool(raw, dsn, schema)
     pool.gate = SlotGate(run, serializer, slot, admin, watch, app)
@@ -129,12 +157,13 @@ async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, s
     return db
 
 
-async def _simulate(config: SimConfig, plan: list[Fault], dsn: str, clock: trio.testing.MockClock | None,
-                    progress: Progress | None, keep_schema: bool, prepare: Prepare | None) -> Result:
-    dst = clock is not None
-    scale = 1.0 if dst else 0.05
+async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
+                    clock: trio.testing.MockClock | None, progress: Progress | None, keep_schema: bool,
+                    prepare: Prepare | None, loads: list[Workload] | None) -> Result:
+    plan = plan_for(config) if plan is None else plan
     run = Run(config, plan)
-    loads: list[Workload] = workloads(config.workload)
+    scale = run.scale
+    loads = workloads(config.workload) if loads is None else loads
     machines = [m for w in loads for m in w.machines]
     schema = f"sim_{config.seed}_{uuid.uuid4().hex[:8]}"
     lease = config.lease * scale
@@ -161,11 +190,12 @@ async def _simulate(config: SimConfig, plan: list[Fault], dsn: str, clock: trio.
             actions.sort(key=lambda a: a[0])
             slots = [Slot(i, f"w{i}") for i in range(1, config.workers + 1)]
             run.phase = "chaos"
+            t0 = trio.current_time()
             if clock is not None:
                 clock.autojump_threshold = 0
 
             async def supervise(slot: Slot) -> None:
-                while True:
+                while run.phase != "done":  # a worker that crashed restarts after half a lease
                     slot.incarnation += 1
                     db = await serializer.frozen(lambda: open_slot_db(run, serializer, slot, dsn, schema,
                                                                       machines, admin, watch))
@@ -174,12 +204,14 @@ async def _simulate(config: SimConfig, plan: list[Fault], dsn: str, clock: trio.
                                  heartbeat=lease / 3, reap_every=lease / 3, poll_min=0.5 * scale,
                                  poll_max=4.0 * scale, drain_timeout=lease, worker_id=slot.worker_id,
                                  clock=db.clock,
-                                 on_error=lambda m, w=slot.worker_id: run.log.note(f"{w}: {m[:160]}"))
+                                 on_error=functools.partial(note_error, run, slot.worker_id))
                     slot.runtime = rt
                     run.log.add(f"{slot.worker_id} start")
                     try:
                         async with trio.open_nursery() as nursery:
                             await nursery.start(rt.run)
+                            if run.phase == "done":
+                                rt.stop()
                             await rt.wait_stopped()
                     except Exception as exc:  # an engine bug: the runtime must survive its faults
                         run.violate("workers_survive", f"{slot.worker_id} died: {type(exc).__name__}: {exc}")
@@ -192,13 +224,17 @@ async def _simulate(config: SimConfig, plan: list[Fault], dsn: str, clock: trio.
                         return
                     await trio.sleep(lease / 2)
 
+            procs = Workers(run, dsn, schema, lease, config.workers, watch) if config.processes else None
             async with trio.open_nursery() as nursery:
-                for slot in slots:
-                    nursery.start_soon(supervise, slot)
+                if procs is not None:
+                    nursery.start_soon(procs.supervise, plan)
+                else:
+                    for slot in slots:
+                        nursery.start_soon(supervise, slot)
                 for at, act in actions:
-                    await trio.sleep_until(at)
+                    await trio.sleep_until(t0 + at)
                     await act(client)
-                await trio.sleep_until(config.chaos_seconds * scale)
+                await trio.sleep_until(t0 + config.chaos_seconds * scale)
                 run.phase = "heal"
                 run.log.add("phase heal")
                 if progress:
@@ -212,9 +248,16 @@ async def _simulate(config: SimConfig, plan: list[Fault], dsn: str, clock: trio.
                         break
                 run.phase = "done"
                 run.log.add("phase liveness")
+                if procs is not None:
+                    await procs.stop()
                 for slot in slots:
                     if slot.runtime is not None:
                         slot.runtime.stop()
+                nursery.cancel_scope.deadline = trio.current_time() + lease * 4
+            if nursery.cancel_scope.cancelled_caught:
+                run.violate("workers_survive", "a worker did not stop within four leases of being asked")
+            if procs is not None:
+                run.steps = procs.records()
             if clock is not None:
                 clock.autojump_threshold = math.inf
             final = Final(
@@ -243,8 +286,12 @@ async def _simulate(config: SimConfig, plan: list[Fault], dsn: str, clock: trio.
         steps=len(run.steps), reexecutions=max(0, len(run.steps) - outcomes),
         faults=dict(sorted(run.faults_fired.items())),
         fenced=sum(1 for h in final.history if h["event"] == "fenced"),
-        virtual_seconds=trio.current_time(), real_seconds=0.0, calls=serializer.calls, log=run.log.lines,
+        virtual_seconds=trio.current_time() - t0, real_seconds=0.0, calls=serializer.calls, log=run.log.lines,
     )
+
+
+def note_error(run: Run, worker_id: str, message: str) -> None:
+    run.log.note(f"{worker_id}: {message[:160]}")
 
 
 async def history(db: SimDatabase) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@ that need the moment of each call run live in the gate)."""
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from typing import Any
 
 from durable.outcomes import TERMINAL
 
@@ -32,7 +34,7 @@ def partition_serial(run: Run, final: Final) -> list[Violation]:
     out: list[Violation] = []
     for key, recs in sorted(by_key.items()):
         recs.sort(key=lambda r: (r.start, r.end))
-        for a, b in zip(recs, recs[1:], strict=False):
+        for a, b in itertools.pairwise(recs):
             assert a.end is not None
             if b.start < a.end:
                 out.append(Violation("partition_serial",
@@ -66,7 +68,7 @@ def children(final: Final) -> list[Violation]:
     return out
 
 
-def history(run: Run, final: Final, early: list[dict[str, object]]) -> list[Violation]:
+def history(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
     """Append-only (rows read at the end of chaos are unchanged), one outcome per lease token, no
     outcome under a token that was reaped before it, attempts monotone within a step."""
     out: list[Violation] = []
@@ -79,8 +81,9 @@ def history(run: Run, final: Final, early: list[dict[str, object]]) -> list[Viol
     reaped: set[tuple[int, int]] = set()
     last: dict[int, tuple[str | None, int]] = {}
     for h in final.history:
-        iid, token = h["instance_id"], h["lease_token"]
-        if h["event"] == "reaped":
+        iid: int = h["instance_id"]
+        token: int | None = h["lease_token"]
+        if h["event"] == "reaped" and token is not None:
             reaped.add((iid, token))
         if h["event"] in OUTCOMES and token is not None:
             if (iid, token) in seen:
@@ -110,6 +113,6 @@ def signals(run: Run, final: Final) -> list[Violation]:
     return []
 
 
-def check_all(run: Run, final: Final, early: list[dict[str, object]]) -> list[Violation]:
+def check_all(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
     return [*terminal(final), *partition_serial(run, final), *children(final),
             *history(run, final, early), *signals(run, final)]

@@ -65,3 +65,7 @@ select count(*) filter (where pg_terminate_backend(p)) as killed from unnest($1:
 -- name: sim_drop_partition_index
 -- Planted bug helper: drop the unique index that serializes partition keys. No parameters.
 drop index if exists instances_partition_active;
+
+-- name: sim_backends_of
+-- Every backend of application $1 (a worker process's connections), by pid.
+select pid from pg_stat_activity where application_name = $1 order by pid;

@@ -1,0 +1,99 @@
+"""Chaos mode with ``--processes``: every worker slot is an OS process (``python -m sim.worker``); the
+seed's fault plan becomes signals and backend kills at planned moments: crash and commit_unknown ->
+SIGKILL (restarted after half a lease), zombie -> SIGSTOP past the lease then SIGCONT, conn_* ->
+pg_terminate_backend of the worker's connections. Step-level faults and reaper delays need the worker's
+gate and are not applied across processes (the report counts only what fired)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+import trio
+
+from durable._pg import Pool
+from durable.sql import Q
+
+from .core import Run, StepRecord
+from .plan import Fault
+
+SPACING = 0.4  # real seconds between the n-th and (n+1)-th planned fault of a slot
+
+
+class Workers:
+    def __init__(self, run: Run, dsn: str, schema: str, lease: float, count: int, watch: Pool) -> None:
+        self.run = run
+        self.dsn = dsn
+        self.schema = schema
+        self.lease = lease
+        self.count = count
+        self.watch = watch
+        self.folder = Path(tempfile.mkdtemp(prefix="durable-sim-"))
+        self.procs: dict[int, trio.Process] = {}
+        self.incarnation: dict[int, int] = {}
+        self.stopping = False
+
+    def records(self) -> list[StepRecord]:
+        out = []
+        for path in sorted(self.folder.glob("*.jsonl")):
+            for line in path.read_bytes().splitlines():
+                out.append(StepRecord(**orjson.loads(line)))
+        return out
+
+    async def start(self, slot: int) -> None:
+        self.incarnation[slot] = self.incarnation.get(slot, 0) + 1
+        wid = f"w{slot}.{self.incarnation[slot]}"
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "sim.worker", self.dsn, self.schema, wid, self.run.config.workload,
+             str(self.lease), str(self.folder / f"{wid}.jsonl")],
+            stdout=None, stderr=None, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.procs[slot] = proc
+        self.run.log.add(f"{wid} start (process)")
+
+    async def supervise(self, plan: list[Fault]) -> None:
+        async with trio.open_nursery() as nursery:
+            for slot in range(1, self.count + 1):
+                await self.start(slot)
+            for fault in plan:
+                if fault.slot is not None and fault.kind not in ("reaper_delay",):
+                    nursery.start_soon(self.inject, fault)
+
+    async def inject(self, fault: Fault) -> None:
+        assert fault.slot is not None
+        await trio.sleep(fault.nth * SPACING + fault.slot * SPACING / self.count)
+        if not self.run.faults_on or self.stopping:
+            return
+        proc = self.procs[fault.slot]
+        self.run.fire(fault, f" (process {fault.slot})")
+        if fault.kind in ("crash", "commit_unknown"):
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            await trio.sleep(self.lease / 2)
+            if not self.stopping:
+                await self.start(fault.slot)
+        elif fault.kind == "zombie":
+            proc.send_signal(signal.SIGSTOP)
+            await trio.sleep(self.lease * 1.5)
+            proc.send_signal(signal.SIGCONT)
+        elif fault.kind.startswith("conn_"):
+            app = f"sim-{self.schema}-w{fault.slot}"[:63]
+            pids = [r["pid"] for r in await self.watch.fetch(Q.sim_backends_of, app)]
+            await self.watch.fetchval(Q.sim_terminate_backends, pids)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(self.lease * 3):
+            for proc in self.procs.values():
+                await proc.wait()
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
