@@ -3,7 +3,8 @@
 
     python -m bench.streams [--dsn DSN] [--seconds 5] [--writers 1,16] [--read-mb 32]
 
-Every server gets the same load from the same client (httpx on trio, one connection per writer):
+Every server gets the same load from the same client (a Node fetch load generator, one connection per
+writer):
 * appends/s: W writers each POST 100-byte appends to their own stream for ``--seconds``;
 * read MB/s: one stream pre-filled with ``--read-mb`` MB in 64 KiB appends, read from the start to the
   tail chunk by chunk (catch-up GETs), twice.
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import httpx
 import trio
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +40,47 @@ const server = new DurableStreamTestServer({ port: 0, host: "127.0.0.1", dataDir
 const url = await server.start()
 console.log("listening on " + url)
 process.on("SIGTERM", async () => { await server.stop(); process.exit(0) })
+"""
+# the load generator: Node's fetch (undici) is lighter than a Python client, so more of the two CPUs
+# go to the server under test
+LOAD_SCRIPT = """
+const [url, mode, a, b] = process.argv.slice(2)
+const octets = { "content-type": "application/octet-stream" }
+const run = Math.random().toString(36).slice(2)
+if (mode === "append") {
+  const writers = +a, seconds = +b, body = new Uint8Array(100)
+  for (let w = 0; w < writers; w++) await fetch(`${url}/bench/${run}/${w}`, { method: "PUT", headers: octets })
+  let count = 0
+  const start = performance.now(), end = start + seconds * 1000
+  await Promise.all(Array.from({ length: writers }, async (_, w) => {
+    while (performance.now() < end) {
+      const r = await fetch(`${url}/bench/${run}/${w}`, { method: "POST", headers: octets, body })
+      await r.arrayBuffer()
+      if (r.status !== 204 && r.status !== 200) throw new Error(`append: ${r.status}`)
+      count++
+    }
+  }))
+  console.log(JSON.stringify({ rate: count / ((performance.now() - start) / 1000) }))
+} else {
+  const mb = +a, path = `${url}/bench/read-${run}`, chunk = new Uint8Array(64 * 1024).map((_, i) => i)
+  await fetch(path, { method: "PUT", headers: octets })
+  for (let i = 0; i < mb * 16; i++) {
+    await (await fetch(path, { method: "POST", headers: octets, body: chunk })).arrayBuffer()
+  }
+  let total = 0
+  const start = performance.now()
+  for (let round = 0; round < 2; round++) {
+    let offset = "-1"
+    for (;;) {
+      const r = await fetch(`${path}?offset=${encodeURIComponent(offset)}`)
+      total += (await r.arrayBuffer()).byteLength
+      offset = r.headers.get("stream-next-offset")
+      if (r.headers.get("stream-up-to-date") === "true") break
+    }
+  }
+  if (total !== 2 * mb * 16 * chunk.length) throw new Error(`read ${total} bytes`)
+  console.log(JSON.stringify({ rate: total / 1048576 / ((performance.now() - start) / 1000) }))
+}
 """
 
 
@@ -88,61 +129,27 @@ def reference_dir() -> Path:
         (folder / "package.json").write_text('{"name": "dsref", "private": true, "type": "module"}')
         subprocess.run(["npm", "install", "--silent", REF_PACKAGE], cwd=folder, check=True)
     (folder / "serve.mjs").write_text(NODE_SCRIPT)
+    (folder / "load.mjs").write_text(LOAD_SCRIPT)
     return folder
 
 
-async def appends_per_second(url: str, writers: int, seconds: float) -> float:
-    run = uuid.uuid4().hex[:8]
-    body = b"x" * 100
-    count = 0
-    limits = httpx.Limits(max_connections=writers, max_keepalive_connections=writers)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
-        for w in range(writers):
-            await http.put(f"/bench/{run}/{w}", headers={"content-type": "application/octet-stream"})
-
-        async def writer(w: int, deadline: float) -> None:
-            nonlocal count
-            while trio.current_time() < deadline:
-                r = await http.post(f"/bench/{run}/{w}", content=body,
-                                    headers={"content-type": "application/octet-stream"})
-                assert r.status_code in (200, 204), r.text
-                count += 1
-
-        start = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for w in range(writers):
-                nursery.start_soon(writer, w, start + seconds)
-        return count / (trio.current_time() - start)
+def load(ref: Path, url: str, *args: object) -> float:
+    """Run the Node load generator; its figure (appends/s or MB/s)."""
+    out = subprocess.run(["node", "load.mjs", url, *map(str, args)], cwd=ref, capture_output=True,
+                         text=True, timeout=600)
+    if out.returncode != 0:
+        raise click.ClickException(f"load generator failed: {out.stderr.strip()[-500:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
 
 
-async def read_mb_per_second(url: str, megabytes: int) -> float:
-    path = f"/bench/read-{uuid.uuid4().hex[:8]}"
-    chunk = os.urandom(64 * 1024)
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        await http.put(path, headers={"content-type": "application/octet-stream"})
-        for _ in range(megabytes * 16):
-            await http.post(path, content=chunk, headers={"content-type": "application/octet-stream"})
-        total = 0
-        start = trio.current_time()
-        for _ in range(2):
-            offset = "-1"
-            while True:
-                r = await http.get(path, params={"offset": offset})
-                total += len(r.content)
-                offset = r.headers["stream-next-offset"]
-                if r.headers.get("stream-up-to-date") == "true":
-                    break
-        assert total == 2 * megabytes * 16 * len(chunk), total
-        return total / (1 << 20) / (trio.current_time() - start)
-
-
-def measure(name: str, url: str, writers: list[int], seconds: float, read_mb: int, console: Console) -> Result:
+def measure(name: str, url: str, ref: Path, writers: list[int], seconds: float, read_mb: int,
+            console: Console) -> Result:
     console.print(f"[bold]{name}[/] at {url}")
     appends = {}
     for w in writers:
-        appends[w] = trio.run(appends_per_second, url, w, seconds)
+        appends[w] = load(ref, url, "append", w, seconds)
         console.print(f"  {w:>3} writer(s): {appends[w]:,.0f} appends/s")
-    mb = trio.run(read_mb_per_second, url, read_mb)
+    mb = load(ref, url, "read", read_mb)
     console.print(f"  read: {mb:,.1f} MB/s")
     return Result(name, appends, mb)
 
@@ -173,7 +180,7 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, json_path:
         for name, cmd, cwd in servers:
             proc = Proc(cmd, cwd)
             try:
-                results.append(measure(name, proc.url, counts, seconds, read_mb, console))
+                results.append(measure(name, proc.url, ref, counts, seconds, read_mb, console))
             finally:
                 proc.stop()
     finally:

@@ -60,10 +60,6 @@ moved as (
 )
 select pg_notify($10, id::text) from moved;
 
--- name: stream_producer
--- Producer $2's state on stream $1: epoch and last accepted seq (nothing for a new producer).
-select epoch, last_seq from stream_producers where stream_id = $1 and producer_id = $2;
-
 -- name: stream_chain
 -- Stream $1 and its fork ancestors, nearest first: id, source id and fork offset of each.
 with recursive chain(id, forked_from, fork_offset, depth) as (
@@ -131,11 +127,6 @@ update streams set ref_count = ref_count + 1 where id = $1;
 -- One fork fewer reads through stream $1; returns its ref count, whether it is soft-deleted, its source.
 update streams set ref_count = greatest(ref_count - 1, 0) where id = $1
 returning ref_count, soft_deleted, forked_from;
-
--- name: stream_instance_lease
--- Instance $1's status and current lease token: an engine append is fenced unless the step's claim
--- is still the current one.
-select status::text as status, lease_token from instances where id = $1;
 
 -- name: history_instance_exists
 -- Whether instance $1 exists or ever wrote history.
