@@ -264,10 +264,19 @@ class StreamEndpoints:
             position = page.next_position
             if not page.up_to_date:
                 continue
-            remaining = ends_at - trio.current_time()
-            if remaining <= 0:
-                return
-            fired = await wait(event, min(remaining, self.settings.long_poll_timeout))
-            if not fired and trio.current_time() < ends_at:
-                # keep-alive: nothing new within the poll window (the loop re-reads and says so)
-                continue
+            # wait for a notification; re-check the tail every second in case one was lost, and
+            # send a keep-alive control event after a poll window without data
+            keep_alive_at = trio.current_time() + self.settings.long_poll_timeout
+            while not await wait(event, min(1.0, max(0.0, min(keep_alive_at, ends_at) - trio.current_time()))):
+                now = trio.current_time()
+                if now >= ends_at:
+                    return
+                if now >= keep_alive_at:
+                    break
+                event = self.hub.subscribe(s.id)  # before the check: an append after it still wakes us
+                try:
+                    current = await self.store.get(path)
+                except (StreamNotFound, StreamGone):
+                    return
+                if current.tail != position or current.closed:
+                    break
