@@ -14,7 +14,7 @@ from typing import Any
 
 from durable.sql import Q, Query
 
-from .source import Record, Source
+from .source import Reader, Record, Source
 
 STATUSES = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
@@ -205,13 +205,19 @@ class OverviewLoader:
         self.terminal: dict[str, dict[str, int]] = {}
 
     async def load(self, source: Source, now: datetime | None = None) -> Overview:
-        clock: datetime = await source.fetchval(Q.console_now, now)
         with_terminal = self.loads % self.terminal_every == 0
-        counts = await source.fetch(Q.queue_counts, clock, with_terminal)
-        workers = parse_workers(await source.fetch(Q.list_workers, clock), self.gone_after)
+
+        async def read(r: Reader) -> tuple[datetime, list[Record], list[Record], list[Record], int, int]:
+            clock: datetime = await r.fetchval(Q.console_now, now)
+            counts = await r.fetch(Q.queue_counts, clock, with_terminal)
+            workers = await r.fetch(Q.list_workers, clock)
+            start, end = self.throughput.next_range(int(clock.timestamp()))
+            steps = await r.fetch(Q.console_throughput, _at(start), _at(end))
+            return clock, counts, workers, steps, start, end
+
+        clock, counts, worker_rows, steps, start, end = await source.read(read)
         second = int(clock.timestamp())
-        start, end = self.throughput.next_range(second)
-        steps = await source.fetch(Q.console_throughput, _at(start), _at(end))
+        workers = parse_workers(worker_rows, self.gone_after)
         self.throughput.merge(start, end, ((r["queue"], r["second"], r["steps"]) for r in steps))
         self.loads += 1
         by_queue: dict[str, dict[str, int]] = {}
@@ -381,20 +387,25 @@ class Detail:
 
 
 async def load_detail(source: Source, instance_id: int, now: datetime | None = None) -> Detail | None:
-    clock: datetime = await source.fetchval(Q.console_now, now)
-    row = await source.fetchrow(Q.get_instance, instance_id)
-    if row is None:
-        return None
-    parent_status = None
-    if row["parent_id"] is not None:
-        parent = await source.fetchrow(Q.get_instance, row["parent_id"])
-        parent_status = parent["status"] if parent is not None else "deleted"
-    return Detail(
-        now=clock, instance=row, parent_status=parent_status,
-        inbox=await source.fetch(Q.get_inbox, instance_id),
-        children=await source.fetch(Q.get_children, instance_id),
-        history=await source.fetch(Q.get_history, instance_id),
-    )
+    """Everything the instance screen shows, read from one snapshot."""
+
+    async def read(r: Reader) -> Detail | None:
+        clock: datetime = await r.fetchval(Q.console_now, now)
+        row = await r.fetchrow(Q.get_instance, instance_id)
+        if row is None:
+            return None
+        parent_status = None
+        if row["parent_id"] is not None:
+            parent = await r.fetchrow(Q.get_instance, row["parent_id"])
+            parent_status = parent["status"] if parent is not None else "deleted"
+        return Detail(
+            now=clock, instance=row, parent_status=parent_status,
+            inbox=await r.fetch(Q.get_inbox, instance_id),
+            children=await r.fetch(Q.get_children, instance_id),
+            history=await r.fetch(Q.get_history, instance_id),
+        )
+
+    return await source.read(read)
 
 
 # -- actions ---------------------------------------------------------------------------------------

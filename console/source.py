@@ -9,14 +9,17 @@ returns. Failures surface as :class:`Unreachable` with a one-line reason.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg import Record
 
 from durable.sql import Q, Query
 
-__all__ = ["QueryFailed", "Record", "SchemaMissing", "Source", "Unreachable"]
+__all__ = ["QueryFailed", "Reader", "Record", "SchemaMissing", "Source", "Unreachable"]
+
+T = TypeVar("T")
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -76,14 +79,21 @@ class Source:
             return self._pool
 
     async def _call(self, method: str, q: Query, args: tuple[Any, ...]) -> Any:
-        try:
+        async def run() -> Any:
             pool = await self._open()
-            return await asyncio.wait_for(getattr(pool, method)(q.text, *args), self.timeout)
+            return await getattr(pool, method)(q.text, *args)
+
+        return await self._guard(run(), q.name)
+
+    async def _guard(self, work: Awaitable[T], name: str) -> T:
+        """``work`` within the timeout, its failures mapped to Unreachable / QueryFailed."""
+        try:
+            return await asyncio.wait_for(work, self.timeout)
         except asyncpg.PostgresError as exc:
             if isinstance(exc, _CONNECTION_ERRORS):
                 await self._drop()
                 raise Unreachable(_reason(exc, self.timeout)) from exc
-            raise QueryFailed(f"{q.name}: {_reason(exc, self.timeout)}") from exc
+            raise QueryFailed(f"{name}: {_reason(exc, self.timeout)}") from exc
         except _CONNECTION_ERRORS as exc:
             await self._drop()
             raise Unreachable(_reason(exc, self.timeout)) from exc
@@ -99,26 +109,26 @@ class Source:
     async def fetchval(self, q: Query, *args: Any) -> Any:
         return await self._call("fetchval", q, args)
 
+    async def read(self, fn: Callable[[Reader], Awaitable[T]]) -> T:
+        """Run several reads on one snapshot (a read-only repeatable-read transaction), so what one
+        screen shows is consistent: an instance's status, children and history from the same moment."""
+
+        async def run() -> T:
+            pool = await self._open()
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                return await fn(Reader(conn, self.timeout))
+
+        return await self._guard(run(), "read")
+
     async def fetch_custom_plan(self, q: Query, *args: Any) -> list[Record]:
         """``q`` planned for its actual parameters (``force_custom_plans`` first, in one transaction):
         the instance queries' optional filters only use their indexes that way."""
 
-        async def run(pool: asyncpg.Pool) -> list[Record]:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.fetchval(Q.force_custom_plans.text)
-                rows: list[Record] = await conn.fetch(q.text, *args)
-                return rows
+        async def run(r: Reader) -> list[Record]:
+            await r.fetchval(Q.force_custom_plans)
+            return await r.fetch(q, *args)
 
-        try:
-            return await asyncio.wait_for(run(await self._open()), self.timeout)
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, _CONNECTION_ERRORS):
-                await self._drop()
-                raise Unreachable(_reason(exc, self.timeout)) from exc
-            raise QueryFailed(f"{q.name}: {_reason(exc, self.timeout)}") from exc
-        except _CONNECTION_ERRORS as exc:
-            await self._drop()
-            raise Unreachable(_reason(exc, self.timeout)) from exc
+        return await self.read(run)
 
     async def _drop(self) -> None:
         pool, self._pool = self._pool, None
@@ -132,6 +142,33 @@ class Source:
                 await asyncio.wait_for(pool.close(), 2)
             except _CONNECTION_ERRORS:
                 pool.terminate()
+
+
+class Reader:
+    """Named statements on the connection of one :meth:`Source.read` snapshot."""
+
+    def __init__(self, conn: asyncpg.Connection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+
+    async def _run(self, method: str, q: Query, args: tuple[Any, ...]) -> Any:
+        try:
+            return await getattr(self.conn, method)(q.text, *args)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise
+            raise QueryFailed(f"{q.name}: {_reason(exc, self.timeout)}") from exc
+
+    async def fetch(self, q: Query, *args: Any) -> list[Record]:
+        rows: list[Record] = await self._run("fetch", q, args)
+        return rows
+
+    async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        row: Record | None = await self._run("fetchrow", q, args)
+        return row
+
+    async def fetchval(self, q: Query, *args: Any) -> Any:
+        return await self._run("fetchval", q, args)
 
 
 def _reason(exc: BaseException, timeout: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.text import Text
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowDoesNotExist
 
@@ -18,12 +19,14 @@ class Banner(Static):
     def show_error(self, reason: str | None) -> None:
         self.display = reason is not None
         if reason is not None:
-            self.update(reason)
+            self.update(Text(reason))  # not markup: the reason may hold brackets
 
 
 def sync_table(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]]) -> None:
     """Make ``table`` show ``rows`` (key, cells) without flicker: when the keys are unchanged only the
     changed cells are written; otherwise the rows are rebuilt and the cursor stays on its row key."""
+    # DataTable reads a str cell as markup: user data (payloads, errors, names) must stay literal
+    rows = [(key, [Text(c) if isinstance(c, str) else c for c in cells]) for key, cells in rows]
     keys = [k for k, _ in rows]
     current = [rk.value for rk in table.rows]
     columns = list(table.columns)

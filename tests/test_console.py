@@ -7,6 +7,7 @@ what is on screen with what SQL says at the same moment.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -285,7 +286,8 @@ async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[s
         dialog.query_one("#payload", Input).value = "{not json"
         await pilot.press("enter")
         assert "not JSON" in plain(dialog.query_one("#error", Static))
-        dialog.query_one("#payload", Input).value = '{"amount": 5}'
+        dialog.query_one("#payload", Input).value = '{"amount": 5, "tags": ["[/b]", "[red]"]}'  # not markup
+        dialog.query_one("#dedup", Input).value = "[b]pay-1"
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the confirmation")
         assert await sql.fetchval("select status::text from instances where id = $1", target) == \
@@ -302,7 +304,7 @@ async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[s
         assert await status() == "runnable"
         payload = await sql.fetchval(
             "select payload::text from signals where target_id = $1 and name = 'paid'", target)
-        assert payload == '{"amount": 5}'
+        assert json.loads(payload) == {"amount": 5, "tags": ["[/b]", "[red]"]}
         inbox = screen.query_one("#inbox", DataTable)
         await until(pilot, lambda: inbox.row_count == 1, "the signal in the inbox")
 

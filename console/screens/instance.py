@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -193,8 +194,8 @@ class InstanceScreen(LiveScreen):
         def confirm(request: SignalRequest | None) -> None:
             if request is None:
                 return
-            text = (f"Send signal [b]{request.name}[/b] with payload {request.payload} to "
-                    f"#{self.instance_id}?")
+            text = (f"Send signal [b]{escape(request.name)}[/b] with payload {escape(request.payload)} "
+                    f"to #{self.instance_id}?")
 
             def send(ok: bool | None) -> None:
                 if ok:
@@ -231,5 +232,5 @@ class InstanceScreen(LiveScreen):
             self.post_message(ActionDone(text))
 
     def on_action_done(self, message: ActionDone) -> None:
-        self.notify(message.text, severity="information" if message.ok else "error")
+        self.notify(escape(message.text), severity="information" if message.ok else "error")
         self.reload()

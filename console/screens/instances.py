@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
@@ -102,7 +103,7 @@ class InstancesScreen(LiveScreen):
         try:
             self.filter = InstanceFilter.parse(event.value)
         except FilterError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(escape(str(exc)), severity="error")
             return
         self.restart()
         # move to the table once this key press is fully handled (the Enter must not reach the table)

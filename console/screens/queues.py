@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
@@ -43,8 +45,6 @@ def queue_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
 
 
 def worker_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
-    from rich.text import Text
-
     rows = []
     for w in overview.workers:
         for q, g in (w.gauges.items() or [("-", None)]):
@@ -123,8 +123,9 @@ class QueuesScreen(LiveScreen):
         s = row.saturation
         waited = "nothing due" if row.lag is None else f"oldest due row waiting {render.duration(row.lag)}"
         self.query_one("#queue-detail", Static).update(
-            f"[b]{row.queue}[/b] · {waited} · {render.rate(row.rate)} steps/s · {plural(s.workers, 'live worker')}"
-            f" · in flight {s.in_flight}/{s.concurrency} · buffered {s.buffered}/{s.prefetch}"
+            f"[b]{escape(row.queue)}[/b] · {waited} · {render.rate(row.rate)} steps/s"
+            f" · {plural(s.workers, 'live worker')} · in flight {s.in_flight}/{s.concurrency}"
+            f" · buffered {s.buffered}/{s.prefetch}"
         )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
