@@ -71,7 +71,7 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings) -> ASGI:
 
 
 class Server:
-    """A running ``durable serve``: its URL and statistics."""
+    """A running ``durable serve``: its URL and its store."""
 
     def __init__(self, url: str, store: Store) -> None:
         self.url = url

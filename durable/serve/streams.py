@@ -16,6 +16,8 @@ from ..streams.store import CreateSpec, Page, Store, StreamInfo, is_json, media_
 from . import protocol as p
 from .hub import Hub, wait
 
+MAX_PATH_BYTES = 1024
+
 
 @dataclass
 class Settings:
@@ -37,6 +39,8 @@ class StreamEndpoints:
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
+        if len(path.encode()) > MAX_PATH_BYTES:
+            return Response("stream path too long", status_code=400, media_type="text/plain")
         if "__ds" in path.split("/"):
             return Response("the reserved subscription API (__ds) is not implemented", status_code=501,
                             media_type="text/plain")

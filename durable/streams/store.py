@@ -464,11 +464,13 @@ class Store:
             source = gone["forked_from"] if gone is not None else None
 
     # -- read ---------------------------------------------------------------------------------------
-    async def _ranges(self, conn: Conn | Pool, stream_id: int, after: int,
-                      ) -> tuple[list[int], list[int], list[int]]:
+    async def _ranges(self, conn: Conn, stream_id: int, after: int) -> tuple[list[int], list[int], list[int]]:
+        return self._ranges_of(await conn.fetch(Q.stream_chain, stream_id), after)
+
+    @staticmethod
+    def _ranges_of(chain: list[Record], after: int) -> tuple[list[int], list[int], list[int]]:
         """Position ranges (stream, lo, hi] that make up a read after ``after``: the fork's own data
         and, below its fork offset, its sources' data (never a source's appends after the fork)."""
-        chain = await conn.fetch(Q.stream_chain, stream_id)
         sids: list[int] = []
         los: list[int] = []
         his: list[int] = []
@@ -496,8 +498,7 @@ class Store:
         if info.forked_from is None:
             ranges: tuple[list[int], list[int], list[int]] = ([info.id], [after], [2**62])
         else:
-            async with self._transaction() as conn:
-                ranges = await self._ranges(conn, info.id, after)
+            ranges = self._ranges_of(await self._one("fetch", Q.stream_chain, info.id), after)
         rows = await self._one("fetch", Q.stream_read, *ranges, self.max_read_rows, self.max_read_bytes)
         messages = [(r["end_pos"], bytes(r["data"])) for r in rows if r["end_pos"] <= info.tail]
         if not messages:
