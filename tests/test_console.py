@@ -351,6 +351,14 @@ async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live],
         await until(pilot, lambda: "retried" in [cells(history, k.value or "")[1] for k in history.rows],
                     "the retried event")
 
+        await pilot.press("x")  # runnable now: cancelling asks first (declined here)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the cancel confirmation")
+        await pilot.press("n")
+        await pilot.press("R")  # not failed any more: no dialog, a warning
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, InstanceScreen)
+        assert await status(failed) == "runnable"
+
         await pilot.press("escape")
         await app.push_screen(InstanceScreen(awaiting))
         other = app.screen

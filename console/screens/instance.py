@@ -206,7 +206,15 @@ class InstanceScreen(LiveScreen):
 
         self.app.push_screen(SignalDialog(self.instance_id, awaits or ""), confirm)
 
+    def status(self) -> str | None:
+        return str(self.detail.instance["status"]) if self.detail is not None else None
+
     def action_retry(self) -> None:
+        if self.status() not in ("failed", "cancelled"):
+            self.notify(f"#{self.instance_id} is {self.status()}: only a failed or cancelled instance can be retried",
+                        severity="warning")
+            return
+
         def retry(ok: bool | None) -> None:
             if ok:
                 self._act(lambda: data.retry_now(self.source, self.instance_id, self.console.now))
@@ -215,6 +223,10 @@ class InstanceScreen(LiveScreen):
                              retry)
 
     def action_cancel(self) -> None:
+        if self.status() in ("done", "failed", "cancelled"):
+            self.notify(f"#{self.instance_id} is {self.status()}: nothing to cancel", severity="warning")
+            return
+
         def cancel(ok: bool | None) -> None:
             if ok:
                 self._act(lambda: data.cancel(self.source, self.instance_id, "cancelled from the console",
