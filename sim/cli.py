@@ -98,7 +98,7 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: Path 
         _summary(console, results, time.perf_counter() - started)
     if configs[0].mode == "chaos":
         console.print("chaos mode: real time and real concurrency — the interleaving is not reproducible; "
-                      "the seed reproduces the workload and the fault plan only.")
+                      "the seed reproduces the workload and the fault plan only.", soft_wrap=True)
     if json_path is not None:
         json_path.write_text(json.dumps([
             {"seed": r.config.seed, "ok": r.ok, "log_hash": r.log_hash,

@@ -1,0 +1,85 @@
+"""Engine bugs found while building the simulator, each as a failing test (fixing the engine makes it
+pass). Driven one statement at a time through the real executor and the real ``complete`` statement."""
+
+from __future__ import annotations
+
+import pytest
+
+import durable
+from durable import Child, Done, Machine, Spawn, Stop, step
+
+from .helpers import pick, row
+from .helpers import step as run_step
+
+pytestmark = pytest.mark.trio
+
+FAIL_ONCE: set[int] = set()
+
+
+class FlakyChild(Machine, queue="bugs", name="bugs.flaky_child"):
+    @step
+    async def go(self, ctx: durable.Context) -> Done | Stop:
+        if ctx.id not in FAIL_ONCE:
+            FAIL_ONCE.add(ctx.id)
+            return Stop("first run fails")
+        return Done("ok")
+
+
+class Joiner(Machine, queue="bugs", name="bugs.joiner"):
+    @step
+    async def fan(self, ctx: durable.Context) -> Spawn:
+        return Spawn("join", [Child(FlakyChild, {})], ctx.state)
+
+    @step
+    async def join(self, ctx: durable.Context) -> Done:
+        return Done([c.status for c in ctx.children])
+
+
+async def test_retried_child_does_not_decrement_its_released_parent_again(db: durable.Database) -> None:
+    """A failed child releases its parent (one decrement). `db.retry(child)` puts it back to runnable;
+    when it then finishes, `complete` decrements the parent's barrier a second time: children_pending
+    would go to -1, the check constraint instances_children_pending_nonnegative rejects the whole
+    statement, and the child can never commit (the runtime re-runs it after every lease, forever).
+    Expected: the retried child ends done and the parent, already released, is left alone."""
+    for m in (FlakyChild, Joiner):
+        db.registry.add(m)
+    parent = await db.insert(Joiner, {})
+    assert parent is not None
+    [claim] = await pick(db, "bugs")
+    await run_step(db, claim)                              # fan: spawn one child
+    [claim] = await pick(db, "bugs")
+    child = claim.id
+    _, committed = await run_step(db, claim)               # the child fails: parent released
+    assert committed.status == "failed"
+    [claim] = await pick(db, "bugs")
+    assert claim.id == parent
+    await run_step(db, claim)                              # join: parent done
+    assert (await row(db, parent))["status"] == "done"
+
+    assert await db.retry(child) == "runnable"
+    [claim] = await pick(db, "bugs")
+    assert claim.id == child
+    _, committed = await run_step(db, claim)               # today: CheckViolationError here
+    assert committed.status == "done"
+    after = await row(db, parent)
+    assert (after["status"], after["children_pending"]) == ("done", 0)
+
+
+@durable.job(queue="keys", name="bugs.keyed")
+async def keyed(args: dict[str, int], ctx: durable.Context) -> int:
+    return args["n"]
+
+
+async def test_a_busy_partition_key_does_not_starve_other_keys(db: durable.Database) -> None:
+    """`pick` takes its LIMIT of candidates *before* it drops the rows whose key is executing, so a
+    backlog of one busy key that fills the window hides every other runnable row: the picker returns
+    nothing although a row of an idle key is runnable (upstream_lessons "hot keys" #1/#4). Expected: the
+    row of key b is claimed while key a executes."""
+    db.registry.add(keyed)
+    for n in range(6):
+        await db.insert(keyed, {"n": n}, partition_key="a")
+    other = await db.insert(keyed, {"n": 99}, partition_key="b")
+    [first] = await pick(db, "keys", 2)                  # one row of key a (one per key)
+    assert first.partition_key == "a"
+    claims = await pick(db, "keys", 2, worker="w2")      # a is busy: the only runnable work is b
+    assert [c.id for c in claims] == [other]
