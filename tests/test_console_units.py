@@ -94,3 +94,18 @@ def test_gone_after_three_of_the_workers_own_heartbeats_when_reported() -> None:
     assert {w.id: w.state for w in workers} == {
         "fast": "gone", "slow": "live", "silent": "gone", "quiet": "live", "done": "stopped"}
     assert [w.id for w in workers][:2] == ["quiet", "slow"]  # live first
+
+
+def test_long_fan_outs_and_histories_are_summed_up_not_all_drawn() -> None:
+    from console.data import Detail
+    from console.screens.instance import CHILDREN_SHOWN, HISTORY_SHOWN, children_summary, history_rows
+
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    kids = [{"status": "done" if i % 4 else "failed"} for i in range(1000)]
+    events = [{"id": i, "at": at, "event": "next", "step": "s", "attempt": 0, "status": "runnable",
+               "worker_id": "w", "detail": '{"duration_ms": 1.5}'} for i in range(2000)]
+    d = Detail(now=at, instance={}, parent_status=None, inbox=[], children=kids, history=events)  # type: ignore[arg-type]
+    assert children_summary(d) == f"Children · 1,000 (750 done, 250 failed) · first {CHILDREN_SHOWN}"
+    rows = history_rows(d)
+    assert len(rows) == HISTORY_SHOWN and rows[-1][0] == "1999"  # the newest
+    assert rows[0][1][6] == "1.5 ms"

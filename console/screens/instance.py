@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,6 +70,17 @@ def facts(d: Detail) -> Table:
     return t
 
 
+HISTORY_SHOWN = 500  # the newest events in the table; the UI stays light for very long histories
+CHILDREN_SHOWN = 200  # the first children in the table; the title counts all by status
+
+
+def children_summary(d: Detail) -> str:
+    by_status = Counter(str(c["status"]) for c in d.children)
+    parts = ", ".join(f"{n:,} {s}" for s, n in sorted(by_status.items(), key=lambda kv: (-kv[1], kv[0])))
+    shown = f" · first {CHILDREN_SHOWN}" if len(d.children) > CHILDREN_SHOWN else ""
+    return f"Children · {len(d.children):,}" + (f" ({parts})" if parts else "") + shown
+
+
 def history_rows(d: Detail) -> list[tuple[str, list[Any]]]:
     return [
         (str(h["id"]), [
@@ -77,7 +89,7 @@ def history_rows(d: Detail) -> list[tuple[str, list[Any]]]:
             render.status(h["status"]), h["worker_id"] or "", render.millis(data.duration_ms(h["detail"])),
             Text(render.one_line(data.detail_error(h["detail"]), 60), style="red"),
         ])
-        for h in d.history
+        for h in d.history[-HISTORY_SHOWN:]
     ]
 
 
@@ -149,18 +161,19 @@ class InstanceScreen(LiveScreen):
             for s in d.inbox
         ])
         self.query_one("#inbox-title", Static).update(f"Inbox · {len(d.inbox)} pending signals")
-        self.query_one("#children-title", Static).update(
-            f"Children · {len(d.children)} ({d.instance['children_pending']} pending)")
+        self.query_one("#children-title", Static).update(children_summary(d))
         sync_table(self.query_one("#children", DataTable), [
             (str(c["id"]), [str(c["id"]), c["machine"], c["step"], render.status(c["status"]),
                             render.one_line(c["last_error"], 30)])
-            for c in d.children
+            for c in d.children[:CHILDREN_SHOWN]
         ])
         history = self.query_one("#history", DataTable)
         at_end = history.row_count == 0 or history.cursor_row >= history.row_count - 1
         sync_table(history, history_rows(d))
         self.query_one("#history-title", Static).update(
-            f"History · {len(d.history)} events" + (" · following" if self.follow else ""))
+            f"History · {len(d.history):,} events"
+            + (f" · the last {HISTORY_SHOWN}" if len(d.history) > HISTORY_SHOWN else "")
+            + (" · following" if self.follow else ""))
         if self.follow and at_end and history.row_count:  # moving the cursor up pauses following
             history.move_cursor(row=history.row_count - 1, animate=False)
 
