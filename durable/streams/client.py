@@ -22,7 +22,7 @@ import base64
 import json
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,15 +200,16 @@ class StreamsClient:
             while True:
                 try:
                     if live == "sse":
-                        async for chunk in self._sse(path, offset, cursor):
-                            failures = 0
-                            await commit()
-                            offset = chunk.offset
-                            if chunk.data:
-                                pending = offset
-                                yield chunk
-                            if chunk.closed:
-                                return
+                        async with aclosing(self._sse(path, offset, cursor)) as events:
+                            async for chunk in events:
+                                failures = 0
+                                await commit()
+                                offset = chunk.offset
+                                if chunk.data:
+                                    pending = offset
+                                    yield chunk
+                                if chunk.closed:
+                                    return
                         continue  # the server ended the connection: reconnect from offset
                     params = {"offset": offset}
                     if live == "long-poll":
@@ -246,7 +247,7 @@ class StreamsClient:
         await anyio.sleep(self.backoff.delay(failures))
         return failures + 1
 
-    async def _sse(self, path: str, offset: str, cursor: str | None) -> AsyncIterator[Chunk]:
+    async def _sse(self, path: str, offset: str, cursor: str | None) -> AsyncGenerator[Chunk, None]:
         params = {"offset": offset, "live": "sse"}
         if cursor:
             params["cursor"] = cursor
