@@ -63,7 +63,7 @@ class Scheduler:
         return {
             "concurrency": self.concurrency, "prefetch": self.prefetch, "in_flight": len(self.in_flight),
             "buffered": len(self.buffer), "steps": self.steps, "done": self.done, "failed": self.failed,
-            "fenced": self.fenced, "picks": self.picks,
+            "fenced": self.fenced, "picks": self.picks, "heartbeat": self.runtime.heartbeat_every,
         }
 
     async def run(self) -> None:

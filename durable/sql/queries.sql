@@ -28,30 +28,31 @@
 
 -- name: pick
 -- Claim up to $2 runnable rows of queue $1 for worker $3 with a lease of $4 seconds; $5 now.
--- Order: priority, eligible_at, id. Locked rows are skipped; a partition key that is executing is
--- skipped and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
+-- Order: priority, eligible_at, id. Locked rows are skipped; rows whose partition key is executing are
+-- skipped before the LIMIT (a busy key never hides other keys' work; it costs an index probe per
+-- skipped row), and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
 -- and the children ride along so the executor needs no further round trip. RETURNING has no order:
 -- the caller sorts the claims by (priority, eligible_at, id).
 with candidate as (
   select g.id, g.partition_key, g.priority, g.eligible_at
   from instances g
-  where g.status = 'runnable' and g.queue = $1
+  left join lateral (
+    select 1 as busy from instances e
+    where g.partition_key is not null and e.partition_key = g.partition_key and e.status = 'executing'
+    limit 1
+  ) b on true
+  where b.busy is null
+    and g.status = 'runnable' and g.queue = $1
     and g.eligible_at <= coalesce($5::timestamptz, now())
   order by g.priority, g.eligible_at, g.id
   limit $2
-  for no key update skip locked
+  for no key update of g skip locked
 ),
 free as (
   select c.id,
          row_number() over (partition by coalesce(c.partition_key, 'id:' || c.id::text)
                             order by c.priority, c.eligible_at, c.id) as nth
   from candidate c
-  left join lateral (
-    select 1 as busy from instances e
-    where c.partition_key is not null and e.partition_key = c.partition_key and e.status = 'executing'
-    limit 1
-  ) b on true
-  where b.busy is null
 )
 update instances g
 set status = 'executing', worker_id = $3, lease_token = nextval('lease_tokens'),
@@ -173,7 +174,8 @@ select id, queue from released;
 -- (an instance inserted without trace context adopts its first step's span as its trace).
 -- Only rows still held (executing, same lease_token) change; the others are logged as fenced.
 -- A progressing outcome (not await/retry) deletes the signals listed to consume and clears `awaits`.
--- A terminal outcome decrements its parent's barrier in the same statement; the decrement that reaches
+-- A terminal outcome decrements its parent's barrier in the same statement, once per child (the child's
+-- `joined` flag: a retried child that ends again leaves its parent alone); the decrement that reaches
 -- zero releases the parent. Returns one 'outcome' row per input (id, new status, queue, fenced), then
 -- one 'joined' row per parent decremented and one 'child' row per child inserted (for local wake-ups).
 with o as (
@@ -184,7 +186,7 @@ with o as (
 ),
 held as (
   select g.id, g.machine, g.step as old_step, g.attempt as old_attempt, g.awaits as old_awaits,
-         g.signal_seq, g.cancel_requested
+         g.signal_seq, g.cancel_requested, g.joined
   from instances g
   join o on g.id = o.id and g.lease_token = o.token
   where g.status = 'executing'
@@ -219,7 +221,7 @@ kids as (
 ),
 decided as (
   select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail, o.hold,
-         o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.old_awaits,
+         o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.old_awaits, h.joined,
          (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
          (case
             when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
@@ -276,16 +278,17 @@ upd as (
       lease_expires_at = case when d.new_status = 'executing'
                               then coalesce($28::timestamptz, now()) + make_interval(secs => $33::float8) end,
       cancel_requested = false,
+      joined = g.joined or (d.new_status in ('done', 'failed', 'cancelled') and g.parent_id is not null),
       updated_at = coalesce($28::timestamptz, now())
   from decided d
   where g.id = d.id
   returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue, g.lease_token, g.signal_seq,
-            g.state
+            g.state, d.joined as joined_before
 ),
 joins as (
   select parent_id, count(*)::int as n
   from upd
-  where status in ('done', 'failed', 'cancelled') and parent_id is not null
+  where status in ('done', 'failed', 'cancelled') and parent_id is not null and not joined_before
   group by parent_id
 ),
 joined as (
@@ -436,15 +439,16 @@ from target t;
 -- marked cancel_requested and ends cancelled when its current step's outcome commits; a terminal one is
 -- left alone. Returns the status before and after (nothing for a missing id).
 with target as (
-  select id, status, parent_id, machine, step, attempt from instances where id = $1 for no key update
+  select id, status, parent_id, machine, step, attempt, joined from instances where id = $1 for no key update
 ),
 idle as (
   update instances g
   set status = 'cancelled', last_error = $2, worker_id = null, lease_token = null,
-      lease_expires_at = null, updated_at = coalesce($3::timestamptz, now())
+      lease_expires_at = null, joined = g.parent_id is not null,
+      updated_at = coalesce($3::timestamptz, now())
   from target t
   where g.id = t.id and t.status in ('runnable', 'awaiting_signal', 'awaiting_children')
-  returning g.id, g.parent_id
+  returning g.id, g.parent_id, t.joined as joined_before
 ),
 requested as (
   update instances g
@@ -462,7 +466,7 @@ joined as (
                          then coalesce($3::timestamptz, now()) else p.eligible_at end,
       updated_at = coalesce($3::timestamptz, now())
   from idle i
-  where p.id = i.parent_id
+  where p.id = i.parent_id and not i.joined_before
   returning p.id, p.machine, p.step, p.attempt, p.status, p.queue
 ),
 logged as (
