@@ -16,8 +16,7 @@ from .common import INSERT_CHUNK, emit, options, version
 
 async def main(opts: dict[str, Any]) -> dict[str, Any]:
     if sys.version_info < (3, 12):
-        raise RuntimeError(f"oban requires Python >= 3.12 (Requires-Python of every release); this is "
-                           f"{sys.version.split()[0]}, so the bench extra cannot install it")
+        raise RuntimeError(f"not installable: oban needs Python >= 3.12, this is {sys.version.split()[0]}")
     from oban import Oban, job
     from oban.schema import install
 
