@@ -201,8 +201,8 @@ async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
                                                                       machines, admin, watch))
                     dbs.append(db)
                     rt = Runtime(db, machines=machines, queues={QUEUE: 4}, lease=lease,
-                                 heartbeat=lease / 3, reap_every=lease / 3, poll_min=0.5 * scale,
-                                 poll_max=4.0 * scale, drain_timeout=lease, worker_id=slot.worker_id,
+                                 heartbeat=lease / 3, reap_every=lease / 2, poll_min=1.0 * scale,
+                                 poll_max=8.0 * scale, drain_timeout=lease, worker_id=slot.worker_id,
                                  clock=db.clock,
                                  on_error=functools.partial(note_error, run, slot.worker_id))
                     slot.runtime = rt

@@ -52,6 +52,10 @@ class Workers:
              str(self.lease), str(self.folder / f"{wid}.jsonl")],
             stdout=None, stderr=None, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.procs[slot] = proc
+        if self.stopping:  # stop() began while this one was starting
+            proc.kill()
+            await proc.wait()
+            return
         self.run.log.add(f"{wid} start (process)")
 
     async def supervise(self, plan: list[Fault]) -> None:

@@ -4,11 +4,13 @@ pass). Driven one statement at a time through the real executor and the real ``c
 from __future__ import annotations
 
 import pytest
+import trio
 
 import durable
 from durable import Child, Done, Machine, Spawn, Stop, step
+from durable.sql import Q
 
-from .helpers import pick, row
+from .helpers import pick, row, wait_for, wait_status
 from .helpers import step as run_step
 
 pytestmark = pytest.mark.trio
@@ -83,3 +85,31 @@ async def test_a_busy_partition_key_does_not_starve_other_keys(db: durable.Datab
     assert first.partition_key == "a"
     claims = await pick(db, "keys", 2, worker="w2")      # a is busy: the only runnable work is b
     assert [c.id for c in claims] == [other]
+
+
+@durable.job(queue="hints", name="bugs.hinted")
+async def hinted(args: dict[str, int], ctx: durable.Context) -> int:
+    return args["n"]
+
+
+async def test_a_killed_listen_connection_does_not_crash_the_runtime(db: durable.Database) -> None:
+    """Found by `durable sim --mode chaos --processes` (conn faults terminate a worker's backends). When
+    the server drops the runtime's LISTEN connection, asyncpg releases it from the pool and the
+    `conn.raw.is_closed()` check in `Runtime._listen_loop` raises InterfaceError ("connection has been
+    released back to the pool"), which is not caught: the whole runtime dies instead of polling until
+    the hint connection is back, as its docstring promises."""
+    db.registry.add(hinted)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(durable.Runtime(db, queues={"hints": 2}, listen=True, poll_max=0.2).run)
+
+        async def listening() -> bool:
+            return bool(await db.pool.fetch(Q.sim_listeners, db.channel))
+
+        await wait_for(listening)
+        pids = [r["pid"] for r in await db.pool.fetch(Q.sim_listeners, db.channel)]
+        assert await db.pool.fetchval(Q.sim_terminate_backends, pids) == len(pids)
+        await trio.sleep(1.0)  # the runtime notices within poll_max
+        iid = await db.insert(hinted, {"n": 1})
+        assert iid is not None
+        assert (await wait_status(db, iid, "done", "failed", timeout=10))["status"] == "done"
+        nursery.cancel_scope.cancel()

@@ -69,3 +69,8 @@ drop index if exists instances_partition_active;
 -- name: sim_backends_of
 -- Every backend of application $1 (a worker process's connections), by pid.
 select pid from pg_stat_activity where application_name = $1 order by pid;
+
+-- name: sim_listeners
+-- Backends whose last statement was a LISTEN on channel $1 (a runtime's wake-up hint connection).
+select pid from pg_stat_activity
+where query ilike 'listen%' and position($1::text in query) > 0 order by pid;
