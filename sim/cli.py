@@ -39,6 +39,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               help="Comma-separated fault kinds, 'conn', 'all' or 'none': " + ", ".join(FAULT_KINDS))
 @click.option("--mode", type=click.Choice(["dst", "chaos"]), default="dst", show_default=True,
               help="dst: virtual time, one call at a time, reproducible; chaos: real time and concurrency.")
+@click.option("--chain", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Runtime run-ahead: steps a claim may run in a row after `next` outcomes.")
 @click.option("--processes", is_flag=True, help="chaos mode: workers are OS processes killed with SIGKILL.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the per-seed results as JSON to this file.")
@@ -48,8 +50,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               hidden=True, help="Run against a planted engine bug (to test the simulator itself).")
 @dsn_option
 def command(seed: int, seeds: int, workload: str, instances: int, workers: int, faults: tuple[str, ...],
-            mode: str, processes: bool, json_path: Path | None, shrink_path: Path | None, plant: str | None,
-            dsn: str | None) -> None:
+            mode: str, chain: int, processes: bool, json_path: Path | None, shrink_path: Path | None,
+            plant: str | None, dsn: str | None) -> None:
     """Deterministic simulation of many instances on several workers under injected faults."""
     from .core import SimConfig
 
@@ -60,7 +62,8 @@ def command(seed: int, seeds: int, workload: str, instances: int, workers: int, 
         if shrink_path is not None:
             sys.exit(_shrink(console, shrink_path, dsn))
         configs = [SimConfig(seed=s, workload=workload, instances=instances, workers=workers, faults=faults,
-                             mode=mode, processes=processes) for s in range(seed, seed + seeds)]
+                             mode=mode, processes=processes, chain=chain)
+                   for s in range(seed, seed + seeds)]
         sys.exit(_run(console, configs, dsn, json_path, plant))
     except DurableError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -156,7 +159,7 @@ def _shrink(console: Console, path: Path, dsn: str | None) -> int:
         config = SimConfig(seed=int(data["seed"]), workload=cfg["workload"], instances=int(cfg["instances"]),
                            workers=int(cfg["workers"]), faults=tuple(cfg["faults"]), mode=cfg["mode"],
                            lease=float(cfg["lease"]), chaos_seconds=float(cfg["chaos_seconds"]),
-                           heal_bound=float(cfg["heal_bound"]))
+                           heal_bound=float(cfg["heal_bound"]), chain=int(cfg.get("chain", 0)))
         plan = [Fault.from_json(f) for f in data["plan"]]
         target = set(data["violated"])
         plant = data.get("plant")

@@ -40,6 +40,7 @@ class SimConfig:
     chaos_seconds: float = 80.0      # virtual seconds of the chaos phase (inserts and faults)
     heal_bound: float = 300.0        # virtual seconds the heal phase may take to make every instance terminal
     processes: bool = False
+    chain: int = 0                   # Runtime(chain=N): steps a claim may run ahead after `next`
 
     def command(self, extra: str = "") -> str:
         """The exact command that reproduces this run."""
@@ -52,6 +53,8 @@ class SimConfig:
             parts.append(f"--mode {self.mode}")
         if self.processes:
             parts.append("--processes")
+        if self.chain:
+            parts.append(f"--chain {self.chain}")
         return " ".join(parts) + extra
 
 

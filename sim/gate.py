@@ -237,13 +237,18 @@ class SlotGate:
             parts = []
             for r in rows:
                 parts.append(f"{r['kind']}:{r['id']}:{r['status']}{':fenced' if r['fenced'] else ''}")
-                if r["kind"] != "outcome" or r["fenced"] or not live_checks:
+                if r["kind"] != "outcome" or r["fenced"]:
+                    continue
+                if not live_checks:
+                    leases.pop(r["id"], None)
                     continue
                 live = leases.pop(r["id"], None)
                 if live is None or live[0] not in held.get(r["id"], set()):
                     sim.violate("no_fenced_outcome_visible",
                                 f"{who} committed an outcome for instance {r['id']} holding tokens "
                                 f"{sorted(held.get(r['id'], set()))} while the live lease is {live}")
+                if r["status"] == "executing":  # run-ahead: the claim is kept under a fresh token
+                    leases[r["id"]] = (r["lease_token"], who)
             text = " ".join(parts)
         elif name == "heartbeat":
             extended = list(rows[0]["extended"]) if rows else []

@@ -76,7 +76,7 @@ class Result:
             "seed": self.config.seed, "config": {
                 "workload": self.config.workload, "instances": self.config.instances,
                 "workers": self.config.workers, "faults": list(self.config.faults),
-                "mode": self.config.mode, "lease": self.config.lease,
+                "mode": self.config.mode, "lease": self.config.lease, "chain": self.config.chain,
                 "chaos_seconds": self.config.chaos_seconds, "heal_bound": self.config.heal_bound},
             "command": self.config.command(),
             "plan": [f.to_json() for f in self.plan],
@@ -200,7 +200,7 @@ async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
                     db = await serializer.frozen(lambda: open_slot_db(run, serializer, slot, dsn, schema,
                                                                       machines, admin, watch))
                     dbs.append(db)
-                    rt = Runtime(db, machines=machines, queues={QUEUE: 4}, lease=lease,
+                    rt = Runtime(db, machines=machines, queues={QUEUE: 4}, lease=lease, chain=config.chain,
                                  heartbeat=lease / 3, reap_every=lease / 2, poll_min=1.0 * scale,
                                  poll_max=8.0 * scale, drain_timeout=lease, worker_id=slot.worker_id,
                                  clock=db.clock,
