@@ -63,6 +63,9 @@ BUGS: dict[str, Bug] = {
              "from (select * from upd union all select * from upd) upd\n"
              "  where status in ('done', 'failed', 'cancelled') and parent_id is not null"),
         ), "checkout", ()),
+        Bug("rejoin_retried_child", "child_decrements_once", (
+            ("complete", r"and parent_id is not null and not joined_before", "and parent_id is not null"),
+        ), "ops", ()),
         Bug("partition_ignored", "partition_serial", (
             ("pick", r"where b\.busy is null", "where true"),
             ("pick", r"where g\.id = f\.id and f\.nth = 1", "where g.id = f.id"),

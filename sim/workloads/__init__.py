@@ -51,15 +51,18 @@ class Workload(Protocol):
 def workloads(name: str) -> list[Workload]:
     from .bank import Bank
     from .checkout import CheckoutWorkload
+    from .ops import Ops
     from .retry import RetryWorkload
 
     table: dict[str, Callable[[], Workload]] = {
         "checkout": CheckoutWorkload, "bank": Bank, "retry": RetryWorkload}
     if name == "mixed":
         return [factory() for factory in table.values()]
+    if name == "ops":
+        return [Ops()]
     if name not in table:
-        raise ValueError(f"unknown workload {name!r} (checkout, bank, retry, mixed)")
+        raise ValueError(f"unknown workload {name!r} ({', '.join(WORKLOADS)})")
     return [table[name]()]
 
 
-WORKLOADS = ("checkout", "bank", "retry", "mixed")
+WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops")
