@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,8 @@ class Workers:
         self.procs: dict[int, trio.Process] = {}
         self.incarnation: dict[int, int] = {}
         self.stopping = False
+        self.killed: set[int] = set()  # pids SIGKILLed on purpose
+        self.nursery: trio.Nursery | None = None
 
     def records(self) -> list[StepRecord]:
         out = []
@@ -47,19 +50,35 @@ class Workers:
     async def start(self, slot: int) -> None:
         self.incarnation[slot] = self.incarnation.get(slot, 0) + 1
         wid = f"w{slot}.{self.incarnation[slot]}"
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "sim.worker", self.dsn, self.schema, wid, self.run.config.workload,
-             str(self.lease), str(self.folder / f"{wid}.jsonl")],
-            stdout=None, stderr=None, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.folder / f"{wid}.err", "wb") as err:  # noqa: ASYNC230 (a local file, once)
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "sim.worker", self.dsn, self.schema, wid, self.run.config.workload,
+                 str(self.lease), str(self.folder / f"{wid}.jsonl")],
+                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.procs[slot] = proc
         if self.stopping:  # stop() began while this one was starting
             proc.kill()
             await proc.wait()
             return
         self.run.log.add(f"{wid} start (process)")
+        assert self.nursery is not None
+        self.nursery.start_soon(self.watchdog, slot, wid, proc)
+
+    async def watchdog(self, slot: int, wid: str, proc: trio.Process) -> None:
+        """A worker process that exits on its own (not SIGKILLed by a fault, not stopped) died of an
+        engine error: report it and start a new one."""
+        code = await proc.wait()
+        if self.stopping or proc.pid in self.killed:
+            return
+        lines = [line.strip(" |") for line in (self.folder / f"{wid}.err").read_text(errors="replace")
+                 .splitlines() if "Error" in line]
+        self.run.violate("workers_survive", f"worker process {wid} exited with status {code}: "
+                                            f"{lines[-1] if lines else 'no output'}")
+        await self.start(slot)
 
     async def supervise(self, plan: list[Fault]) -> None:
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
             for slot in range(1, self.count + 1):
                 await self.start(slot)
             for fault in plan:
@@ -74,6 +93,7 @@ class Workers:
         proc = self.procs[fault.slot]
         self.run.fire(fault, f" (process {fault.slot})")
         if fault.kind in ("crash", "commit_unknown"):
+            self.killed.add(proc.pid)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             await trio.sleep(self.lease / 2)
