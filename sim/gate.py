@@ -80,6 +80,11 @@ class Serializer:
                 self.clock.autojump_threshold = 0
                 trio_run_module._r.seed(self.sched.getrandbits(64))
 
+    async def settle(self) -> None:
+        """Wait until every task is blocked, then reseed the scheduler (after unserialized setup I/O)."""
+        async with self.turn():
+            pass
+
     async def frozen(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run harness I/O (setup, final reads) with the clock frozen, outside the log."""
         async with self.turn():

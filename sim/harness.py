@@ -189,6 +189,7 @@ async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
                 actions += w.schedule(run.workload_rng, per, config.chaos_seconds * scale, scale)
             actions.sort(key=lambda a: a[0])
             slots = [Slot(i, f"w{i}") for i in range(1, config.workers + 1)]
+            await serializer.settle()
             run.phase = "chaos"
             t0 = trio.current_time()
             if clock is not None:

@@ -31,6 +31,13 @@ def test_same_seed_gives_the_same_log_and_other_seeds_differ(pg_dsn: str) -> Non
     assert plan_for(cfg) != plan_for(SimConfig(seed=8, faults=ALL, instances=8))
 
 
+def test_operator_workload_with_run_ahead_is_reproducible_too(pg_dsn: str) -> None:
+    cfg = SimConfig(seed=2, workload="ops", faults=ALL, instances=8, chain=2)
+    first, again = simulate(cfg, dsn=pg_dsn), simulate(cfg, dsn=pg_dsn)
+    assert first.ok, first.violations
+    assert first.log_hash == again.log_hash
+
+
 SEEDS = 50
 
 
