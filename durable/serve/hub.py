@@ -5,13 +5,13 @@ A reader subscribes *before* it reads, so an append between its read and its wai
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
-import trio_asyncio
 
-from .._pg import Pool
+from .._pg import Pool, aio
+from ..streams.store import is_closed
 
 
 class Hub:
@@ -36,17 +36,48 @@ class Hub:
         assert self._token is not None
         self._token.run_sync_soon(self.notify, int(payload))
 
+    def notify_all(self) -> None:
+        for stream_id in list(self._events):
+            self.notify(stream_id)
+
     @asynccontextmanager
     async def listening(self, pool: Pool, channel: str) -> AsyncIterator[None]:
-        """LISTEN on ``channel`` for the duration of the block."""
+        """LISTEN on ``channel`` for the duration of the block (re-listening after a lost connection)."""
         self._token = trio.lowlevel.current_trio_token()
-        async with pool.connection() as conn:
-            await trio_asyncio.aio_as_trio(conn.raw.add_listener)(channel, self._on_notification)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._listen, pool, channel)
             try:
                 yield
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio_asyncio.aio_as_trio(conn.raw.remove_listener)(channel, self._on_notification)
+                nursery.cancel_scope.cancel()
+
+    async def _listen(self, pool: Pool, channel: str, *, task_status: trio.TaskStatus[None]) -> None:
+        started = False
+        while True:
+            try:
+                raw = await aio(pool.raw.acquire)()
+            except Exception:
+                if not started:
+                    raise
+                await trio.sleep(1)  # the server is away; readers poll meanwhile
+                continue
+            try:
+                await aio(raw.add_listener)(channel, self._on_notification)
+                if not started:
+                    task_status.started()
+                    started = True
+                self.notify_all()  # whatever was appended while we were not listening
+                lost = trio.Event()
+                token = self._token
+                assert token is not None
+                raw.add_termination_listener(
+                    lambda _conn, token=token, lost=lost: token.run_sync_soon(lost.set))
+                while not is_closed(raw):
+                    with trio.move_on_after(5):  # also look now and then, in case no callback comes
+                        await lost.wait()
+            finally:
+                with trio.CancelScope(shield=True), suppress(Exception):
+                    await aio(pool.raw.release)(raw)
 
 
 async def wait(event: trio.Event, timeout: float) -> bool:

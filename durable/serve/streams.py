@@ -10,6 +10,7 @@ import trio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..errors import DatabaseUnavailable
 from ..streams.errors import BadRequest, StreamError, StreamGone, StreamNotFound, TooLarge
 from ..streams.offsets import NOW, format_offset, is_offset, parse_offset
 from ..streams.store import CreateSpec, Page, Store, StreamInfo, is_json, media_type
@@ -61,6 +62,8 @@ class StreamEndpoints:
                     return Response("method not allowed", status_code=405, media_type="text/plain")
         except StreamError as exc:
             return error(exc)
+        except DatabaseUnavailable as exc:
+            return Response(str(exc), status_code=503, headers={"retry-after": "1"}, media_type="text/plain")
 
     # -- PUT ----------------------------------------------------------------------------------------
     async def create(self, path: str, request: Request) -> Response:
