@@ -134,6 +134,10 @@ class SlotGate:
             elif f.kind == "zombie":
                 await self._zombie(f)
         kinds = {f.kind for f in faults}
+        for f in faults:
+            if f.kind == "drain" and slot.runtime is not None and not slot.runtime.stopping:
+                sim.fire(f, f" ({slot.worker_id})")
+                slot.runtime.stop(drain_timeout=f.seconds * sim.scale)
         async with self.serializer.turn():
             held = self._held()
             if "crash" in kinds:

@@ -221,9 +221,9 @@ async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
                         dbs.remove(db)
                         db.pool.raw.terminate()  # a dead process's connections die with it
                     run.log.add(f"{slot.worker_id} {'crashed' if rt.killed else 'stopped'}")
-                    if not rt.killed or run.phase == "done":
+                    if run.phase == "done":
                         return
-                    await trio.sleep(lease / 2)
+                    await trio.sleep(lease / 2 if rt.killed else 1.0 * scale)  # crashed, or drained
 
             procs = Workers(run, dsn, schema, lease, config.workers, watch) if config.processes else None
             async with trio.open_nursery() as nursery:

@@ -22,13 +22,15 @@ FAULT_KINDS: dict[str, str] = {
     "step_error": "a step raises (handled by the machine's handle: retry with backoff)",
     "slow_step": "a step takes longer than usual (beyond the heartbeat period)",
     "reaper_delay": "a reaper call stalls before running",
+    "drain": "graceful worker restart: Runtime.stop with a short drain (buffered claims released, cut-off "
+             "steps released with attempt + 1), then a new incarnation",
 }
 ALIASES = {"conn": ["conn_pick", "conn_heartbeat", "conn_complete"], "all": list(FAULT_KINDS)}
 
 # the statement a slot-keyed fault waits for
 STATEMENT = {"crash": "complete", "commit_unknown": "complete", "zombie": "complete",
              "conn_pick": "pick", "conn_heartbeat": "heartbeat", "conn_complete": "complete",
-             "reaper_delay": "reap"}
+             "reaper_delay": "reap", "drain": "pick"}
 
 
 def parse_kinds(text: str) -> list[str]:
@@ -86,6 +88,8 @@ def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: 
             elif kind == "reaper_delay":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 6),
                                   seconds=round(rng.uniform(lease / 2, lease * 2), 1)))
+            elif kind == "drain":
+                plan.append(Fault(kind, slot=slot, nth=rng.randint(2, 12), seconds=round(rng.uniform(0.5, 5), 1)))
             elif kind == "conn_heartbeat":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 4)))
             else:
