@@ -35,6 +35,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 @click.option("--instances", type=click.IntRange(min=1), default=12, show_default=True,
               help="Top-level instances per run (children come on top).")
 @click.option("--workers", type=click.IntRange(min=1, max=16), default=3, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=1), default=80.0, show_default=True,
+              help="Virtual seconds of the chaos phase (inserts, signals, faults); chaos mode runs it 20x faster.")
 @click.option("--faults", "faults", default="all", show_default=True, callback=_kinds,
               help="Comma-separated fault kinds, 'conn', 'all' or 'none': " + ", ".join(FAULT_KINDS))
 @click.option("--mode", type=click.Choice(["dst", "chaos"]), default="dst", show_default=True,
@@ -49,7 +51,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 @click.option("--plant", type=click.Choice(sorted(__import__("sim.bugs", fromlist=["BUGS"]).BUGS)),
               hidden=True, help="Run against a planted engine bug (to test the simulator itself).")
 @dsn_option
-def command(seed: int, seeds: int, workload: str, instances: int, workers: int, faults: tuple[str, ...],
+def command(seed: int, seeds: int, workload: str, instances: int, workers: int, duration: float,
+            faults: tuple[str, ...],
             mode: str, chain: int, processes: bool, json_path: Path | None, shrink_path: Path | None,
             plant: str | None, dsn: str | None) -> None:
     """Deterministic simulation of many instances on several workers under injected faults."""
@@ -62,7 +65,7 @@ def command(seed: int, seeds: int, workload: str, instances: int, workers: int, 
         if shrink_path is not None:
             sys.exit(_shrink(console, shrink_path, dsn))
         configs = [SimConfig(seed=s, workload=workload, instances=instances, workers=workers, faults=faults,
-                             mode=mode, processes=processes, chain=chain)
+                             mode=mode, processes=processes, chain=chain, chaos_seconds=duration)
                    for s in range(seed, seed + seeds)]
         sys.exit(_run(console, configs, dsn, json_path, plant))
     except DurableError as exc:

@@ -55,6 +55,8 @@ class SimConfig:
             parts.append("--processes")
         if self.chain:
             parts.append(f"--chain {self.chain}")
+        if self.chaos_seconds != 80.0:
+            parts.append(f"--duration {self.chaos_seconds:g}")
         return " ".join(parts) + extra
 
 

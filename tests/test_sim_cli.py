@@ -69,7 +69,7 @@ def test_several_seeds_and_json(pg_dsn: str, tmp_path: Path) -> None:
 
 
 def test_chaos_mode_runs_in_real_time(pg_dsn: str) -> None:
-    code, out = sim("--mode", "chaos", "--seed", "2", "--instances", "3", "--dsn", pg_dsn)
+    code, out = sim("--mode", "chaos", "--seed", "2", "--instances", "3", "--duration", "40", "--dsn", pg_dsn)
     assert code == 0, out
     assert "the interleaving is not reproducible" in out
     assert "log sha256" not in out
@@ -82,7 +82,7 @@ def test_worker_processes_are_killed_and_the_run_still_converges(pg_dsn: str, tm
     workers_survive (today: the LISTEN connection bug, see test_sim_engine_bugs.py)."""
     monkeypatch.chdir(tmp_path)
     code, out = sim("--mode", "chaos", "--processes", "--seed", "4", "--instances", "4", "--workers", "2",
-                    "--faults", "crash,zombie,conn", "--dsn", pg_dsn)
+                    "--duration", "40", "--faults", "crash,zombie,conn", "--dsn", pg_dsn)
     assert "--processes" in out and "not reproducible" in out
     failed = set(json.loads((tmp_path / "sim-4.json").read_text())["violated"]) if code else set()
     assert failed <= {"workers_survive"}, out
