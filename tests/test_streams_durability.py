@@ -199,15 +199,15 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
                                 linger=0.002, max_batch_bytes=300) as w:
 
                 async def produce() -> None:
-                    for n, item in enumerate(items):
+                    for item in items:  # paced, so batches keep going out while the server dies
                         await w.append(item)
-                        if n % 10 == 0:
-                            await trio.sleep(0.002)
+                        await trio.sleep(0.003)
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(produce)
-                    while not (w.seq > 5 and w.in_flight):
-                        await trio.lowlevel.checkpoint()
+                    with trio.fail_after(30):
+                        while not (w.seq > 5 and w.in_flight):
+                            await trio.sleep(0.0005)
                     await trio.to_thread.run_sync(server.kill)  # a batch is in flight right now
                     server = await start(pg_dsn, schema, port)
             assert w.retries > 0, "the kill did not interrupt the writer"
