@@ -73,6 +73,8 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
 def consuming(encoded: Encoded, claim: Claim, ctx: Context) -> Encoded:
     """The shown signals a progressing outcome consumes: those of the awaited name and those the step
     read by name (ctx.signal / ctx.signals_named). Others stay in the inbox for their own await."""
+    if not claim.signals:
+        return encoded
     names = set(ctx.taken)
     if claim.awaits is not None:
         names.add(claim.awaits)
