@@ -67,7 +67,7 @@ def test_clean_engine_passes_many_seeds_with_every_fault(pg_dsn: str) -> None:
 PLANTED = {
     "no_fencing": (3, 4, 5, 6),  # needs a zombie whose instance another worker re-claims meanwhile
     "unscoped_consume": (1, 3, 4),
-    "no_prearrival_guard": (4, 1, 2, 3),  # a signal must land while the step that parks runs
+    "no_prearrival_guard": (2, 5, 6, 8),  # a signal must land while the step that parks runs
     "double_decrement": (1, 2, 3),
     # also drops the unique index instances_partition_active, which would otherwise still stop the
     # second claim of a key (as a unique violation the picker retries)

@@ -8,7 +8,7 @@ import random
 import trio
 
 import durable
-from durable import Await, Child, Done, Machine, NotDeliverable, Spawn
+from durable import Await, Child, Done, Machine, Next, NotDeliverable, Spawn
 
 from ..core import Run, SimDatabase, Violation, sim_step
 from . import Action, Final, decode
@@ -28,12 +28,16 @@ class Ship(Machine, queue=QUEUE, name="sim.ship"):
         return Done({"order": ctx.state.order, "item": ctx.state.item})
 
 
-class Checkout(Machine, queue=QUEUE, name="sim.checkout"):
+class Checkout(Machine, queue=QUEUE, name="sim.checkout", initial="start"):
     class State(durable.State):
         order: int
         items: int
         work: float = 1.0
         paid: list[int] = []
+
+    @sim_step
+    async def start(self, ctx: durable.Context) -> Next:
+        return Next("pay")  # with run-ahead (--chain) the pay step runs on the claim `next` kept
 
     @sim_step
     async def pay(self, ctx: durable.Context) -> Await | Spawn:
@@ -84,7 +88,7 @@ class CheckoutWorkload:
         for k in range(max(1, count // 2)):
             at = round(rng.uniform(0, horizon / 2), 2)
             items = rng.randint(1, 3)
-            work = round(rng.uniform(0.5, 4.0), 1) * scale
+            work = round(rng.uniform(2.0, 8.0), 1) * scale
             box: dict[str, int] = {}
 
             async def insert(db: SimDatabase, k: int = k, items: int = items, work: float = work,
@@ -95,9 +99,12 @@ class CheckoutWorkload:
                 self.orders[iid] = items
 
             actions.append((at, insert))
-            how = rng.choice(["payer", "direct", "payer+direct", "early"])
-            pay_at = at + (0.0 if how == "early" else round(rng.uniform(0, horizon / 2), 2))
-            if "payer" in how:
+            # early: before the checkout first runs; concurrent: a payer starts with the checkout, so its
+            # signal tends to land while the pay step runs (the pre-arrival race)
+            how = rng.choice(["payer", "direct", "payer+direct", "early", "concurrent", "concurrent"])
+            pay_at = at + (0.0 if how == "early" else round(rng.uniform(0, 10), 2) if how == "concurrent"
+                           else round(rng.uniform(0, horizon / 2), 2))
+            if "payer" in how or how == "concurrent":
                 async def payer(db: SimDatabase, box: dict[str, int] = box) -> None:
                     await db.insert(Payer, {"target": box["id"], "amount": 10})
                 actions.append((pay_at, payer))
