@@ -121,3 +121,5 @@ class Workers:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        if self.nursery is not None:  # planned faults still waiting for their moment
+            self.nursery.cancel_scope.cancel()

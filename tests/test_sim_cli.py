@@ -41,18 +41,18 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> 
 def test_failing_run_writes_its_file_and_shrinks(pg_dsn: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out = sim("--plant", "unscoped_consume", "--workload", "checkout", "--seed", "1",
+    code, out = sim("--plant", "unscoped_consume", "--workload", "checkout", "--seed", "6",
                     "--faults", "crash,step_error", "--dsn", pg_dsn)
     assert code == 1, out
-    data = json.loads((tmp_path / "sim-1.json").read_text())
+    data = json.loads((tmp_path / "sim-6.json").read_text())
     assert data["violated"] == ["signals_accounted"]
     assert data["plan"] and data["operation_log"] and data["last_events"]
-    assert data["command"].startswith("durable sim --seed 1 --workload checkout")
+    assert data["command"].startswith("durable sim --seed 6 --workload checkout")
 
-    code, out = sim("--shrink", str(tmp_path / "sim-1.json"), "--dsn", pg_dsn)
+    code, out = sim("--shrink", str(tmp_path / "sim-6.json"), "--dsn", pg_dsn)
     assert code == 0, out
-    assert "minimal fault plan for seed 1" in out
-    shrunk = json.loads((tmp_path / "sim-1-min.json").read_text())
+    assert "minimal fault plan for seed 6" in out
+    shrunk = json.loads((tmp_path / "sim-6-min.json").read_text())
     assert shrunk["plan"] == []  # the bug needs no fault: any note signal vanishes
 
 
