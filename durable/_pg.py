@@ -133,10 +133,15 @@ class Pool:
     async def transaction(self) -> AsyncIterator[Conn]:
         """A connection in a transaction: commit on success, rollback on error or cancellation.
         Commit, rollback and release are shielded so a cancelled caller never leaks a connection."""
-        raw = await aio(self.raw.acquire)()
-        try:
+        with trio.CancelScope(shield=True):  # a cancel during BEGIN would leave the release hanging
+            raw = await aio(self.raw.acquire)()
             tx = raw.transaction()
-            await aio(tx.start)()
+            try:
+                await aio(tx.start)()
+            except BaseException:
+                await aio(self.raw.release)(raw)
+                raise
+        try:
             try:
                 yield Conn(self, raw)
             except BaseException:
@@ -158,7 +163,10 @@ class Pool:
             yield Conn(self, raw)
         finally:
             with trio.CancelScope(shield=True):
-                await aio(self.raw.release)(raw)
+                try:
+                    await aio(self.raw.release)(raw)
+                except asyncpg.InterfaceError:
+                    pass  # the server dropped it: asyncpg already gave it back to the pool
 
 
 @asynccontextmanager

@@ -59,6 +59,13 @@ class Context:
                 return s
         return None
 
+    def stream(self, path: str, *, start: int = 0, content_type: str = "application/octet-stream") -> Any:
+        """A Durable Stream this step appends to, fenced by its claim: the instance id is the producer,
+        the lease token the epoch (see durable.streams.engine.Stream)."""
+        from .streams.engine import Stream
+
+        return Stream(self, path, start, content_type)
+
     def signals_named(self, name: str) -> list[Signal]:
         self.taken.add(name)
         return [s for s in self.signals if s.name == name]

@@ -274,19 +274,25 @@ class Runtime:
             if scheduler is not None:
                 scheduler.wakeup.set()
 
+        def alive(conn: Any) -> bool:
+            try:
+                return not conn.raw.is_closed()
+            except asyncpg.InterfaceError:  # dropped by the server: already back in the pool
+                return False
+
         channel = self.db.channel
         while True:
             try:
                 async with self.db.pool.connection() as conn:
                     await aio(conn.raw.add_listener)(channel, hint)
                     try:
-                        while not conn.raw.is_closed():  # noqa: ASYNC110 - asyncpg offers no trio event
+                        while alive(conn):  # noqa: ASYNC110 - asyncpg offers no trio event for this
                             await trio.sleep(self.poll_max)
                     finally:
-                        with trio.CancelScope(shield=True), trio.move_on_after(2):
-                            if not conn.raw.is_closed():
+                        if alive(conn):
+                            with trio.CancelScope(shield=True), trio.move_on_after(2):
                                 await aio(conn.raw.remove_listener)(channel, hint)
-            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 self.log_error(f"listening for wake-up hints failed (polling meanwhile): {exc}")
             await trio.sleep(self.poll_max)
 
