@@ -149,9 +149,20 @@ async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[st
         assert slow["in_flight"] == "1/3" and slow["executing"] == "1" and slow["workers"] == "1"
 
 
-async def test_silent_workers_are_gone_and_leave_the_saturation(pg_dsn: str, live: tuple[str, Live]) -> None:
+async def test_silent_workers_are_gone_and_leave_the_saturation(pg_dsn: str, live: tuple[str, Live],
+                                                                 sql: asyncpg.Connection) -> None:
     schema, _ = live
+    # the killed worker has been silent for an hour (far more than three of its 20 s heartbeats)
+    seen = await sql.fetchval("select seen_at from workers where id = 'runtime-killed'")
+    await sql.execute("update workers set seen_at = now() - interval '1 hour' where id = 'runtime-killed'")
     app = ConsoleApp(Source(pg_dsn, schema, timeout=5), refresh_every=0.2, gone_after=0.5)
+    try:
+        await _shown_gone(app)
+    finally:
+        await sql.execute("update workers set seen_at = $1 where id = 'runtime-killed'", seen)
+
+
+async def _shown_gone(app: ConsoleApp) -> None:
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         assert isinstance(screen, QueuesScreen)

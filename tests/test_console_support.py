@@ -110,7 +110,7 @@ async def fill_live(dsn: str, schema: str) -> Live:
         assert slow is not None
         out.executing = slow
         async with trio.open_nursery() as nursery:
-            killed = await nursery.start(durable.Runtime(db, queues={"slow": 3}, lease=600, heartbeat=0.1,
+            killed = await nursery.start(durable.Runtime(db, queues={"slow": 3}, lease=600,
                                                          worker_id="runtime-killed").run)
             await _wait_status(db, slow, "executing")
             while not killed.schedulers["slow"].in_flight:
