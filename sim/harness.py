@@ -38,7 +38,7 @@ from .core import INVARIANTS, Run, SimConfig, SimDatabase, Violation
 from .gate import Serializer, Slot, SlotGate, deterministic_scheduling, seeded_clock
 from .plan import Fault, draw_plan
 from .processes import Workers
-from .workloads import Final, Workload, workloads
+from .workloads import Action, Final, Workload, workloads
 
 Progress = Callable[[str, float], None]
 QUEUE = "sim"
@@ -160,135 +160,174 @@ async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, s
 async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
                     clock: trio.testing.MockClock | None, progress: Progress | None, keep_schema: bool,
                     prepare: Prepare | None, loads: list[Workload] | None) -> Result:
-    plan = plan_for(config) if plan is None else plan
-    run = Run(config, plan)
-    scale = run.scale
-    loads = workloads(config.workload) if loads is None else loads
-    machines = [m for w in loads for m in w.machines]
-    schema = f"sim_{config.seed}_{uuid.uuid4().hex[:8]}"
-    lease = config.lease * scale
-    async with asyncio_loop():
-        admin = await Pool.open(dsn, schema, min_size=1, max_size=2)
-        watch = await Pool.open(dsn, schema, min_size=1, max_size=1)
-        serializer = Serializer(run, clock)
-        dbs: list[SimDatabase] = []
-        try:
-            await pool_migrate(admin)
-            await admin.execute(Q.sim_freeze_tables)
-            await admin.execute(Q.sim_create_ledger)
-            if prepare is not None:
-                await prepare(admin)
-            client_slot = Slot(0, "driver")
-            client = await open_slot_db(run, serializer, client_slot, dsn, schema, machines, None, None)
-            dbs.append(client)
-            for w in loads:
-                await w.setup(client)
-            actions = []
-            per = max(1, config.instances // len(loads))
-            for w in loads:
-                actions += w.schedule(run.workload_rng, per, config.chaos_seconds * scale, scale)
-            actions.sort(key=lambda a: a[0])
-            slots = [Slot(i, f"w{i}") for i in range(1, config.workers + 1)]
-            await serializer.settle()
-            run.phase = "chaos"
-            t0 = trio.current_time()
-            if clock is not None:
-                clock.autojump_threshold = 0
+    sim = Simulation(config, plan_for(config) if plan is None else plan, dsn, clock,
+                     workloads(config.workload) if loads is None else loads)
+    return await sim.run(progress=progress, keep_schema=keep_schema, prepare=prepare)
 
-            async def supervise(slot: Slot) -> None:
-                while run.phase != "done":  # a worker that crashed restarts after half a lease
-                    slot.incarnation += 1
-                    db = await serializer.frozen(lambda: open_slot_db(run, serializer, slot, dsn, schema,
-                                                                      machines, admin, watch))
-                    dbs.append(db)
-                    rt = Runtime(db, machines=machines, queues={QUEUE: 4}, lease=lease, chain=config.chain,
-                                 heartbeat=lease / 3, reap_every=lease / 2, poll_min=1.0 * scale,
-                                 poll_max=8.0 * scale, drain_timeout=lease, worker_id=slot.worker_id,
-                                 clock=db.clock,
-                                 on_error=functools.partial(note_error, run, slot.worker_id))
-                    slot.runtime = rt
-                    run.log.add(f"{slot.worker_id} start")
-                    try:
-                        async with trio.open_nursery() as nursery:
-                            await nursery.start(rt.run)
-                            if run.phase == "done":
-                                rt.stop()
-                            await rt.wait_stopped()
-                    except Exception as exc:  # an engine bug: the runtime must survive its faults
-                        run.violate("workers_survive", f"{slot.worker_id} died: {type(exc).__name__}: {exc}")
-                        rt.killed = True
-                    finally:
-                        dbs.remove(db)
-                        db.pool.raw.terminate()  # a dead process's connections die with it
-                    run.log.add(f"{slot.worker_id} {'crashed' if rt.killed else 'stopped'}")
+
+class Simulation:
+    """One run: setup on a fresh schema, the chaos / heal / liveness phases, the final checks."""
+
+    def __init__(self, config: SimConfig, plan: list[Fault], dsn: str, clock: trio.testing.MockClock | None,
+                 loads: list[Workload]) -> None:
+        self.config = config
+        self.plan = plan
+        self.dsn = dsn
+        self.clock = clock
+        self.loads = loads
+        self.run_ = Run(config, plan)
+        self.scale = self.run_.scale
+        self.lease = config.lease * self.scale
+        self.machines = [m for w in loads for m in w.machines]
+        self.schema = f"sim_{config.seed}_{uuid.uuid4().hex[:8]}"
+        self.serializer = Serializer(self.run_, clock)
+        self.dbs: list[SimDatabase] = []
+        self.slots = [Slot(i, f"w{i}") for i in range(1, config.workers + 1)]
+        self.t0 = 0.0
+        self.early: list[dict[str, Any]] = []
+
+    async def run(self, *, progress: Progress | None, keep_schema: bool, prepare: Prepare | None) -> Result:
+        async with asyncio_loop():
+            self.admin = await Pool.open(self.dsn, self.schema, min_size=1, max_size=2)
+            self.watch = await Pool.open(self.dsn, self.schema, min_size=1, max_size=1)
+            try:
+                client = await self._setup(prepare)
+                await self._phases(client, progress)
+                final = await self._final()
+            finally:
+                with trio.CancelScope(shield=True):
+                    for db in self.dbs:
+                        db.pool.raw.terminate()
+                    if not keep_schema:
+                        await drop_schema(self.admin, self.schema)
+                    await self.watch.close()
+                    await self.admin.close()
+        return self._result(final)
+
+    async def _open(self, slot: Slot, *, faults: bool) -> SimDatabase:
+        db = await open_slot_db(self.run_, self.serializer, slot, self.dsn, self.schema, self.machines,
+                                self.admin if faults else None, self.watch if faults else None)
+        self.dbs.append(db)
+        return db
+
+    async def _setup(self, prepare: Prepare | None) -> SimDatabase:
+        await pool_migrate(self.admin)
+        await self.admin.execute(Q.sim_freeze_tables)
+        await self.admin.execute(Q.sim_create_ledger)
+        if prepare is not None:
+            await prepare(self.admin)
+        client = await self._open(Slot(0, "driver"), faults=False)
+        for w in self.loads:
+            await w.setup(client)
+        await self.serializer.settle()
+        return client
+
+    def _actions(self) -> list[tuple[float, Action]]:
+        cfg, actions = self.config, []
+        per = max(1, cfg.instances // len(self.loads))
+        for w in self.loads:
+            actions += w.schedule(self.run_.workload_rng, per, cfg.chaos_seconds * self.scale, self.scale)
+        return sorted(actions, key=lambda a: a[0])
+
+    async def _supervise(self, slot: Slot) -> None:
+        """One worker slot: run an incarnation until it stops; a crashed (or drained) one restarts."""
+        run, lease, scale = self.run_, self.lease, self.scale
+        while run.phase != "done":
+            slot.incarnation += 1
+            db = await self.serializer.frozen(functools.partial(self._open, slot, faults=True))
+            rt = Runtime(db, machines=self.machines, queues={QUEUE: 4}, lease=lease, chain=self.config.chain,
+                         heartbeat=lease / 3, reap_every=lease / 2, poll_min=1.0 * scale, poll_max=8.0 * scale,
+                         drain_timeout=lease, worker_id=slot.worker_id, clock=db.clock,
+                         on_error=functools.partial(note_error, run, slot.worker_id))
+            slot.runtime = rt
+            run.log.add(f"{slot.worker_id} start")
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(rt.run)
                     if run.phase == "done":
-                        return
-                    await trio.sleep(lease / 2 if rt.killed else 1.0 * scale)  # crashed, or drained
+                        rt.stop()
+                    await rt.wait_stopped()
+            except Exception as exc:  # an engine bug: the runtime must survive its faults
+                run.violate("workers_survive", f"{slot.worker_id} died: {type(exc).__name__}: {exc}")
+                rt.killed = True
+            finally:
+                self.dbs.remove(db)
+                db.pool.raw.terminate()  # a dead process's connections die with it
+            run.log.add(f"{slot.worker_id} {'crashed' if rt.killed else 'stopped'}")
+            if run.phase == "done":
+                return
+            await trio.sleep(lease / 2 if rt.killed else 1.0 * scale)
 
-            procs = Workers(run, dsn, schema, lease, config.workers, watch) if config.processes else None
-            async with trio.open_nursery() as nursery:
-                if procs is not None:
-                    nursery.start_soon(procs.supervise, plan)
-                else:
-                    for slot in slots:
-                        nursery.start_soon(supervise, slot)
-                for at, act in actions:
-                    await trio.sleep_until(t0 + at)
-                    await act(client)
-                await trio.sleep_until(t0 + config.chaos_seconds * scale)
-                run.phase = "heal"
-                run.log.add("phase heal")
-                if progress:
-                    progress("heal", 0.5)
-                early = await history(client)
-                deadline = trio.current_time() + config.heal_bound * scale
-                while trio.current_time() < deadline:
-                    await trio.sleep(10 * scale)
-                    rows = await client.pool.fetch(Q.sim_instances_all)
-                    if all(r["status"] in TERMINAL for r in rows):
-                        break
-                run.phase = "done"
-                run.log.add("phase liveness")
-                if procs is not None:
-                    await procs.stop()
-                for slot in slots:
-                    if slot.runtime is not None:
-                        slot.runtime.stop()
-                nursery.cancel_scope.deadline = trio.current_time() + lease * 4
-            if nursery.cancel_scope.cancelled_caught:
-                run.violate("workers_survive", "a worker did not stop within four leases of being asked")
+    async def _phases(self, client: SimDatabase, progress: Progress | None) -> None:
+        run, cfg = self.run_, self.config
+        actions = self._actions()
+        run.phase = "chaos"
+        self.t0 = trio.current_time()
+        if self.clock is not None:
+            self.clock.autojump_threshold = 0
+        procs = Workers(run, self.dsn, self.schema, self.lease, cfg.workers, self.watch) if cfg.processes else None
+        async with trio.open_nursery() as nursery:
             if procs is not None:
-                run.steps = procs.records()
-            if clock is not None:
-                clock.autojump_threshold = math.inf
-            final = Final(
-                instances=[dict(r) for r in await admin.fetch(Q.sim_instances_all)],
-                signals=[dict(r) for r in await admin.fetch(Q.sim_signals_all)],
-                history=[dict(r) for r in await admin.fetch(Q.sim_history_all)],
-                ledger=[dict(r) for r in await admin.fetch(Q.sim_ledger_all)],
-            )
-        finally:
-            with trio.CancelScope(shield=True):
-                for db in dbs:
-                    db.pool.raw.terminate()
-                if not keep_schema:
-                    await drop_schema(admin, schema)
-                await watch.close()
-                await admin.close()
-    violations = list(run.violations)
-    violations += invariants.check_all(run, final, early)
-    for w in loads:
-        violations += w.check(run, final)
-    statuses = Counter(i["status"] for i in final.instances)
-    outcomes = sum(1 for h in final.history if h["event"] in invariants.OUTCOMES)
-    return Result(
-        config=config, plan=plan, violations=violations, log_hash=run.log.hexdigest(),
-        operations=len(run.log.lines), last_events=list(run.log.last), statuses=dict(sorted(statuses.items())),
-        steps=len(run.steps), reexecutions=max(0, len(run.steps) - outcomes),
-        faults=dict(sorted(run.faults_fired.items())),
-        fenced=sum(1 for h in final.history if h["event"] == "fenced"),
-        virtual_seconds=trio.current_time() - t0, real_seconds=0.0, calls=serializer.calls, log=run.log.lines,
-    )
+                nursery.start_soon(procs.supervise, self.plan)
+            else:
+                for slot in self.slots:
+                    nursery.start_soon(self._supervise, slot)
+            for at, act in actions:
+                await trio.sleep_until(self.t0 + at)
+                await act(client)
+            await trio.sleep_until(self.t0 + cfg.chaos_seconds * self.scale)
+            run.phase = "heal"
+            run.log.add("phase heal")
+            if progress:
+                progress("heal", 0.5)
+            self.early = await history(client)
+            deadline = trio.current_time() + cfg.heal_bound * self.scale
+            while trio.current_time() < deadline:
+                await trio.sleep(10 * self.scale)
+                rows = await client.pool.fetch(Q.sim_instances_all)
+                if all(r["status"] in TERMINAL for r in rows):
+                    break
+            run.phase = "done"
+            run.log.add("phase liveness")
+            if procs is not None:
+                await procs.stop()
+            for slot in self.slots:
+                if slot.runtime is not None:
+                    slot.runtime.stop()
+            nursery.cancel_scope.deadline = trio.current_time() + self.lease * 4
+        if nursery.cancel_scope.cancelled_caught:
+            run.violate("workers_survive", "a worker did not stop within four leases of being asked")
+        if procs is not None:
+            run.steps = procs.records()
+
+    async def _final(self) -> Final:
+        if self.clock is not None:
+            self.clock.autojump_threshold = math.inf
+        self.end = trio.current_time()
+        admin = self.admin
+        return Final(
+            instances=[dict(r) for r in await admin.fetch(Q.sim_instances_all)],
+            signals=[dict(r) for r in await admin.fetch(Q.sim_signals_all)],
+            history=[dict(r) for r in await admin.fetch(Q.sim_history_all)],
+            ledger=[dict(r) for r in await admin.fetch(Q.sim_ledger_all)],
+        )
+
+    def _result(self, final: Final) -> Result:
+        run = self.run_
+        violations = list(run.violations)
+        violations += invariants.check_all(run, final, self.early)
+        for w in self.loads:
+            violations += w.check(run, final)
+        statuses = Counter(i["status"] for i in final.instances)
+        outcomes = sum(1 for h in final.history if h["event"] in invariants.OUTCOMES)
+        return Result(
+            config=self.config, plan=self.plan, violations=violations, log_hash=run.log.hexdigest(),
+            operations=len(run.log.lines), last_events=list(run.log.last),
+            statuses=dict(sorted(statuses.items())), steps=len(run.steps),
+            reexecutions=max(0, len(run.steps) - outcomes), faults=dict(sorted(run.faults_fired.items())),
+            fenced=sum(1 for h in final.history if h["event"] == "fenced"),
+            virtual_seconds=self.end - self.t0, real_seconds=0.0, calls=self.serializer.calls, log=run.log.lines,
+        )
 
 
 def note_error(run: Run, worker_id: str, message: str) -> None:
