@@ -59,7 +59,7 @@ class Scheduler:
     def held(self) -> list[Claim]:
         return [*self.in_flight, *self.buffer]
 
-    def gauges(self) -> dict[str, int]:
+    def gauges(self) -> dict[str, float]:
         return {
             "concurrency": self.concurrency, "prefetch": self.prefetch, "in_flight": len(self.in_flight),
             "buffered": len(self.buffer), "steps": self.steps, "done": self.done, "failed": self.failed,
