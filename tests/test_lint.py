@@ -1,0 +1,23 @@
+"""The code stays ruff- and mypy-clean (both are in the test extra)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_is_clean() -> None:
+    out = run("ruff", "check", ".")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_mypy_is_clean() -> None:
+    out = run("mypy", "durable", "otel", "console", "sim", "bench")
+    assert out.returncode == 0, out.stdout + out.stderr
