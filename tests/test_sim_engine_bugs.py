@@ -3,11 +3,15 @@ pass). Driven one statement at a time through the real executor and the real ``c
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
 import pytest
 import trio
 
 import durable
 from durable import Child, Done, Machine, Spawn, Stop, step
+from durable._pg import Pool
 from durable.sql import Q
 
 from .helpers import pick, row, wait_for, wait_status
@@ -113,3 +117,44 @@ async def test_a_killed_listen_connection_does_not_crash_the_runtime(db: durable
         assert iid is not None
         assert (await wait_status(db, iid, "done", "failed", timeout=10))["status"] == "done"
         nursery.cancel_scope.cancel()
+
+
+@durable.job(queue="terms", name="bugs.survivor")
+async def survivor(args: dict[str, int], ctx: durable.Context) -> int:
+    await trio.sleep(0.01)
+    return args["n"]
+
+
+async def retrying(fn: Any, *args: Any) -> Any:
+    """The test's own calls may meet a connection the server just terminated: try again."""
+    for attempt in range(5):
+        try:
+            return await fn(*args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, durable.DatabaseUnavailable):
+            if attempt == 4:
+                raise
+            await trio.sleep(0.05)
+
+
+async def test_terminated_connections_do_not_crash_the_runtime(db: durable.Database, pg_dsn: str) -> None:
+    """Found by `durable sim --mode chaos --processes` (conn faults terminate all of a worker's backends):
+    after its connections are terminated, a runtime dies of `asyncpg InternalClientError: cannot switch
+    to state 12; another operation (2) is in progress` raised by the pick (not a PostgresError, so the
+    scheduler does not catch it). Expected: the runtime keeps working on fresh connections."""
+    db.registry.add(survivor)
+    killer = await Pool.open(pg_dsn, db.schema, min_size=1, max_size=1)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(durable.Runtime(db, queues={"terms": 4}, listen=True, poll_min=0.01,
+                                                poll_max=0.05, heartbeat=0.05).run)
+            for _ in range(8):
+                ids = [await retrying(db.insert, survivor, {"n": i}) for i in range(4)]
+                await killer.fetchval(Q.sim_terminate_app, "durable")
+                for iid in ids:
+                    async def done(iid: int = iid) -> bool:
+                        return bool((await retrying(row, db, iid))["status"] == "done")
+
+                    await wait_for(done, timeout=15)
+            nursery.cancel_scope.cancel()
+    finally:
+        await killer.close()

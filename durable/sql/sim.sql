@@ -74,3 +74,8 @@ select pid from pg_stat_activity where application_name = $1 order by pid;
 -- Backends whose last statement was a LISTEN on channel $1 (a runtime's wake-up hint connection).
 select pid from pg_stat_activity
 where query ilike 'listen%' and position($1::text in query) > 0 order by pid;
+
+-- name: sim_terminate_app
+-- Terminate every backend of application $1 except the caller's own; returns how many were signalled.
+select count(*) filter (where pg_terminate_backend(pid)) as killed
+from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid();
