@@ -79,7 +79,8 @@ def test_worker_processes_are_killed_and_the_run_still_converges(pg_dsn: str, tm
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """--processes: real OS workers, SIGKILL/SIGSTOP/backend kills from the seed's plan. Every instance
     must still end terminal and every state check hold; a worker process dying on its own is reported as
-    workers_survive (today: the LISTEN connection bug, see test_sim_engine_bugs.py)."""
+    workers_survive (today: asyncpg InternalClientError after a terminated connection, see
+    test_sim_engine_bugs.py)."""
     monkeypatch.chdir(tmp_path)
     code, out = sim("--mode", "chaos", "--processes", "--seed", "4", "--instances", "4", "--workers", "2",
                     "--duration", "40", "--faults", "crash,zombie,conn", "--dsn", pg_dsn)
