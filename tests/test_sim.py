@@ -1,5 +1,5 @@
-"""The simulator itself: reproducible runs, a clean engine passing every workload under every fault, and
-planted engine bugs reported (matching invariant) and shrunk to a short fault plan.
+"""The simulator itself: reproducible runs, and a clean engine passing every workload under every fault
+(planted bugs: test_sim_planted.py, a file of its own so the two run in parallel under xdist).
 
 These tests start their own ``trio.run`` (dst mode on a MockClock), so they are plain sync tests."""
 
@@ -7,13 +7,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
-from sim.bugs import BUGS, planted
 from sim.core import SimConfig
 from sim.harness import plan_for, simulate
 from sim.plan import FAULT_KINDS, parse_kinds
-from sim.shrink import shrink
 
 ALL = tuple(parse_kinds("all"))
 
@@ -61,38 +57,3 @@ def test_clean_engine_passes_many_seeds_with_every_fault(pg_dsn: str) -> None:
     assert set(fired) == set(FAULT_KINDS), f"fault kinds never injected: {set(FAULT_KINDS) - set(fired)}"
     assert fenced > 0, "no zombie or commit-unknown outcome was ever fenced"
     assert statuses_done > SEEDS * 5
-
-
-# (bug, seeds tried in order): the first seed whose run violates the bug's invariant is shrunk
-PLANTED = {
-    "no_fencing": (3, 4, 5, 6),  # needs a zombie whose instance another worker re-claims meanwhile
-    "unscoped_consume": (1, 3, 4),
-    "no_prearrival_guard": (2, 5, 6, 8),  # a signal must land while the step that parks runs
-    "double_decrement": (1, 2, 3),
-    # also drops the unique index instances_partition_active, which would otherwise still stop the
-    # second claim of a key (as a unique violation the picker retries)
-    "partition_ignored": (2, 3, 4, 1),
-    "rejoin_retried_child": (2, 3, 4),  # the operator retries a failed child after its parent joined
-}
-
-
-@pytest.mark.parametrize("name", sorted(PLANTED))
-def test_planted_bug_is_reported_and_shrunk(pg_dsn: str, name: str) -> None:
-    bug = BUGS[name]
-    faults = tuple(bug.faults) if bug.faults else ALL
-    with planted(name):
-        for seed in PLANTED[name]:
-            cfg = SimConfig(seed=seed, workload=bug.workload, faults=faults, instances=8, chaos_seconds=50)
-            result = simulate(cfg, dsn=pg_dsn, prepare=bug.prepare)
-            if bug.invariant in {v.invariant for v in result.violations}:
-                break
-        else:
-            pytest.fail(f"planted bug {name} passed every seed: the simulator missed it")
-        # ddmin keeps only plans whose rerun still violates the invariant
-        minimal = shrink(cfg, result.plan, {bug.invariant}, dsn=pg_dsn, prepare=bug.prepare)
-    assert len(minimal) <= 2, minimal
-    assert len(minimal) < len(result.plan) or len(result.plan) <= 1
-    if name == "no_fencing":
-        assert [f.kind for f in minimal] == ["zombie"], "fencing only matters to a zombie"
-    clean = simulate(cfg, minimal, dsn=pg_dsn)
-    assert clean.ok, clean.violations
