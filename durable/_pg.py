@@ -38,6 +38,9 @@ def redact(dsn: str) -> str:
 _UNREACHABLE = (
     OSError,
     ConnectionError,
+    # client-side states of a connection the server dropped mid-operation
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.InvalidPasswordError,
     asyncpg.InvalidCatalogNameError,
@@ -133,7 +136,7 @@ class Pool:
     async def transaction(self) -> AsyncIterator[Conn]:
         """A connection in a transaction: commit on success, rollback on error or cancellation.
         Commit, rollback and release are shielded so a cancelled caller never leaks a connection."""
-        with trio.CancelScope(shield=True):  # a cancel during BEGIN would leave the release hanging
+        async def begin() -> tuple[asyncpg.Connection, Any]:
             raw = await aio(self.raw.acquire)()
             tx = raw.transaction()
             try:
@@ -141,16 +144,22 @@ class Pool:
             except BaseException:
                 await aio(self.raw.release)(raw)
                 raise
+            return raw, tx
+
+        # BEGIN, COMMIT and ROLLBACK pass the gate too (the simulator's clock must not run meanwhile);
+        # a cancel during BEGIN would leave the release hanging, hence the shield
+        with trio.CancelScope(shield=True):
+            raw, tx = await self.gate.call("begin", begin)
         try:
             try:
                 yield Conn(self, raw)
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await aio(tx.rollback)()
+                    await self.gate.call("rollback", aio(tx.rollback))
                 raise
             else:
                 with trio.CancelScope(shield=True):
-                    await aio(tx.commit)()
+                    await self.gate.call("commit", aio(tx.commit))
         finally:
             with trio.CancelScope(shield=True):
                 await aio(self.raw.release)(raw)

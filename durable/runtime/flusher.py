@@ -19,8 +19,10 @@ from ..errors import DatabaseUnavailable
 from ..sql import Q
 from .claim import Claim, Committed, Encoded
 
+# errors after which the same batch is simply tried again (a fenced re-try is harmless: it is logged)
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, DatabaseUnavailable,
-              asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError)
+              asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+              asyncpg.InterfaceError)
 
 
 @dataclass(eq=False)

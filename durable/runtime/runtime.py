@@ -207,16 +207,19 @@ class Runtime:
             await self.release(started, bump=1)
             await self.release(fresh, bump=0)
 
-    async def release(self, claims: list[Claim], *, bump: int) -> None:
+    async def release(self, claims: list[Claim], *, bump: int) -> bool:
+        """Give claims back (runnable, attempt + bump); False when the database could not be reached
+        (the leases then expire and the reaper returns them)."""
         if not claims:
-            return
+            return True
         try:
             rows = await self.db.pool.fetch(Q.release, [c.id for c in claims], [c.lease_token for c in claims],
                                             [bump] * len(claims), self.worker_id, self.clock.now())
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
             self.log_error(f"releasing {len(claims)} claims failed (the reaper will return them): {exc}")
-            return
+            return False
         self.db.wake(r["queue"] for r in rows)
+        return True
 
     # -- services ------------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

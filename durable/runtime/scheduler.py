@@ -48,6 +48,7 @@ class Scheduler:
         self.buffer: collections.deque[Claim] = collections.deque()
         self.in_flight: set[Claim] = set()
         self.wakeup = Wakeup()
+        self.orphans_suspected = False  # a pick failed: it may have claimed rows we never heard of
         self.picks = 0
         self.picked = 0
         self.done = 0
@@ -74,6 +75,8 @@ class Scheduler:
                 while not rt.stopping:
                     demand = self.concurrency + self.prefetch - len(self.in_flight) - len(self.buffer)
                     got = 0
+                    if self.orphans_suspected:
+                        await self.release_orphans()
                     if demand > 0:
                         try:
                             claims = await self.pick(demand)
@@ -81,6 +84,8 @@ class Scheduler:
                             self.errors += 1
                             rt.log_error(f"pick on queue {self.queue!r} failed: {exc}")
                             claims = []
+                            # the claim may have committed with its answer lost: give such rows back
+                            self.orphans_suspected = True
                         got = len(claims)
                         self.buffer.extend(claims)
                     self.start_ready(steps)
@@ -103,6 +108,16 @@ class Scheduler:
                     with trio.CancelScope(shield=True):
                         await rt.release(list(self.buffer), bump=0)
                         self.buffer.clear()
+
+    async def release_orphans(self) -> None:
+        rt = self.runtime
+        try:
+            await rt.db.pool.fetch(Q.release_orphans, rt.worker_id, self.queue,
+                                   [c.id for c in self.held()], rt.clock.now())
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            rt.log_error(f"releasing orphaned claims on queue {self.queue!r} failed (will retry): {exc}")
+            return
+        self.orphans_suspected = False
 
     def start_ready(self, nursery: trio.Nursery) -> None:
         while self.buffer and len(self.in_flight) < self.concurrency and not self.runtime.stopping:
@@ -155,11 +170,13 @@ class Scheduler:
         try:
             result = await rt.flusher.commit(claim, encoded)
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError, RuntimeError) as exc:
-            # not committed (or unknown): the lease expires and the reaper re-runs the step
+            # not committed (or unknown): give the claim back for a re-run (attempt + 1, fenced by its
+            # token, so a commit that did go through is left alone); failing that, the reaper will
             tracing.finish_outcome(span, claim, encoded, error=exc)
             self.errors += 1
             rt.log_error(f"outcome of instance {claim.id} not committed: {exc}")
-            rt.lost.add(claim)
+            if not await rt.release([claim], bump=1):
+                rt.lost.add(claim)
             return None
         tracing.finish_outcome(span, claim, encoded, result=result)
         self.steps += 1

@@ -155,6 +155,32 @@ logged as (
 )
 select id, queue from released;
 
+-- name: release_orphans
+-- After a pick whose answer was lost (the connection dropped mid-statement, so the claim may have
+-- committed): rows of queue $2 that worker $1 claimed but does not hold ($3 = the ids it holds) go back
+-- to runnable at once, attempt unchanged, instead of waiting for their lease to expire. $4 now.
+with orphan as (
+  select id, lease_token from instances
+  where status = 'executing' and worker_id = $1 and queue = $2 and id <> all($3::bigint[])
+  order by id
+  for no key update skip locked
+),
+released as (
+  update instances g
+  set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
+      updated_at = coalesce($4::timestamptz, now())
+  from orphan o
+  where g.id = o.id
+  returning g.id, g.machine, g.step, g.attempt, o.lease_token
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token, detail, at)
+  select id, machine, 'released', step, attempt, 'runnable', $1, lease_token,
+         jsonb_build_object('orphan', true), coalesce($4::timestamptz, now())
+  from released
+)
+select id from released;
+
 -- name: complete
 -- Commit a batch of step outcomes (group commit) in one statement. Per outcome i:
 --   $1 id, $2 lease_token, $3 kind (next|retry|await|spawn|done|stop|cancel), $4 step (next: the next

@@ -60,9 +60,13 @@ def workloads(name: str) -> list[Workload]:
         return [factory() for factory in table.values()]
     if name == "ops":
         return [Ops()]
+    if name == "streams":
+        from .streams import StreamsWorkload
+
+        return [StreamsWorkload()]
     if name not in table:
         raise ValueError(f"unknown workload {name!r} ({', '.join(WORKLOADS)})")
     return [table[name]()]
 
 
-WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops")
+WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams")
