@@ -9,12 +9,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from durable.cli import dsn_option
-from durable.errors import DurableError
+from durable.errors import DatabaseUnavailable, DurableError
 
 from .plan import FAULT_KINDS, Fault, parse_kinds
 from .workloads import WORKLOADS
@@ -89,7 +90,11 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: Path 
             task = progress.add_task("simulating", total=len(configs))
             for cfg in configs:
                 progress.update(task, description=f"seed {cfg.seed}")
-                result = simulate(cfg, dsn=dsn, prepare=prepare)
+                try:
+                    result = simulate(cfg, dsn=dsn, prepare=prepare)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                    # the database went away under the harness itself (server stopped, connection cut)
+                    raise DatabaseUnavailable(f"seed {cfg.seed}: the simulator lost its database: {exc}") from exc
                 results.append(result)
                 if not result.ok:
                     extra: dict[str, object] = {"plant": plant} if plant else {}

@@ -248,7 +248,7 @@ class Simulation:
                         rt.stop()
                     await rt.wait_stopped()
             except Exception as exc:  # an engine bug: the runtime must survive its faults
-                run.violate("workers_survive", f"{slot.worker_id} died: {type(exc).__name__}: {exc}")
+                run.violate("workers_survive", f"{slot.worker_id} died: {leaf_errors(exc)}")
                 rt.killed = True
             finally:
                 self.dbs.remove(db)
@@ -328,6 +328,13 @@ class Simulation:
             fenced=sum(1 for h in final.history if h["event"] == "fenced"),
             virtual_seconds=self.end - self.t0, real_seconds=0.0, calls=self.serializer.calls, log=run.log.lines,
         )
+
+
+def leaf_errors(exc: BaseException) -> str:
+    """The innermost exceptions of a (nested) exception group, as `Type: message`."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(leaf_errors(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def note_error(run: Run, worker_id: str, message: str) -> None:
