@@ -77,14 +77,12 @@ def test_chaos_mode_runs_in_real_time(pg_dsn: str) -> None:
 
 def test_worker_processes_are_killed_and_the_run_still_converges(pg_dsn: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """--processes: real OS workers, SIGKILL/SIGSTOP/backend kills from the seed's plan. Every instance
-    must still end terminal and every state check hold; a worker process dying on its own is reported as
-    workers_survive (today: asyncpg InternalClientError after a terminated connection, see
-    test_sim_engine_bugs.py)."""
+    """--processes: real OS workers, SIGKILL / SIGSTOP / backend kills from the seed's plan. Every instance
+    ends terminal, every check holds, and no worker process dies on its own (it did, twice, before the
+    engine handled dropped connections: see test_sim_engine_bugs.py)."""
     monkeypatch.chdir(tmp_path)
     code, out = sim("--mode", "chaos", "--processes", "--seed", "4", "--instances", "4", "--workers", "2",
                     "--duration", "40", "--faults", "crash,zombie,conn", "--dsn", pg_dsn)
+    assert code == 0, out
     assert "--processes" in out and "not reproducible" in out
-    failed = set(json.loads((tmp_path / "sim-4.json").read_text())["violated"]) if code else set()
-    assert failed <= {"workers_survive"}, out
-    assert "faults injected │ none" not in out
+    assert "FAIL" not in out
