@@ -1,5 +1,5 @@
-"""Engine bugs found while building the simulator, each as a failing test (fixing the engine makes it
-pass). Driven one statement at a time through the real executor and the real ``complete`` statement."""
+"""Engine bugs found while building the simulator, each kept as a regression test (each failed before
+its fix). Driven one statement at a time through the real executor and the real ``complete`` statement."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ async def test_retried_child_does_not_decrement_its_released_parent_again(db: du
     assert await db.retry(child) == "runnable"
     [claim] = await pick(db, "bugs")
     assert claim.id == child
-    _, committed = await run_step(db, claim)               # today: CheckViolationError here
+    _, committed = await run_step(db, claim)               # before the fix: CheckViolationError here
     assert committed.status == "done"
     after = await row(db, parent)
     assert (after["status"], after["children_pending"]) == ("done", 0)
