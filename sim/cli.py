@@ -42,6 +42,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               help="Comma-separated fault kinds, 'conn', 'all' or 'none': " + ", ".join(FAULT_KINDS))
 @click.option("--mode", type=click.Choice(["dst", "chaos"]), default="dst", show_default=True,
               help="dst: virtual time, one call at a time, reproducible; chaos: real time and concurrency.")
+@click.option("--spans", is_flag=True, help="dst: record OpenTelemetry spans, ids drawn from the seed, in the log.")
 @click.option("--chain", type=click.IntRange(min=0), default=0, show_default=True,
               help="Runtime run-ahead: steps a claim may run in a row after `next` outcomes.")
 @click.option("--processes", is_flag=True, help="chaos mode: workers are OS processes killed with SIGKILL.")
@@ -54,7 +55,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 @dsn_option
 def command(seed: int, seeds: int, workload: str, instances: int, workers: int, duration: float,
             faults: tuple[str, ...],
-            mode: str, chain: int, processes: bool, json_path: Path | None, shrink_path: Path | None,
+            mode: str, chain: int, spans: bool, processes: bool, json_path: Path | None, shrink_path: Path | None,
             plant: str | None, dsn: str | None) -> None:
     """Deterministic simulation of many instances on several workers under injected faults."""
     from .core import SimConfig
@@ -66,7 +67,8 @@ def command(seed: int, seeds: int, workload: str, instances: int, workers: int, 
         if shrink_path is not None:
             sys.exit(_shrink(console, shrink_path, dsn))
         configs = [SimConfig(seed=s, workload=workload, instances=instances, workers=workers, faults=faults,
-                             mode=mode, processes=processes, chain=chain, chaos_seconds=duration)
+                             mode=mode, processes=processes, chain=chain, chaos_seconds=duration,
+                             spans=spans)
                    for s in range(seed, seed + seeds)]
         sys.exit(_run(console, configs, dsn, json_path, plant))
     except DurableError as exc:

@@ -41,6 +41,7 @@ class SimConfig:
     heal_bound: float = 300.0        # virtual seconds the heal phase may take to make every instance terminal
     processes: bool = False
     chain: int = 0                   # Runtime(chain=N): steps a claim may run ahead after `next`
+    spans: bool = False              # dst: OpenTelemetry spans with ids from the seed, in the log
 
     def command(self, extra: str = "") -> str:
         """The exact command that reproduces this run."""
@@ -55,6 +56,8 @@ class SimConfig:
             parts.append("--processes")
         if self.chain:
             parts.append(f"--chain {self.chain}")
+        if self.spans:
+            parts.append("--spans")
         if self.chaos_seconds != 80.0:
             parts.append(f"--duration {self.chaos_seconds:g}")
         return " ".join(parts) + extra

@@ -8,6 +8,7 @@ phases (chaos -> heal -> liveness) and the final checks.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import random
 import time
@@ -129,12 +130,25 @@ async def simulate_async(config: SimConfig, plan: list[Fault] | None = None, *, 
 async def _dst(config: SimConfig, plan: list[Fault] | None, dsn: str, clock: trio.testing.MockClock,
                progress: Progress | None, keep_schema: bool, prepare: Prepare | None,
                loads: list[Workload] | None) -> Result:
+    collect = None
+    if config.spans:
+        from . import spans
+
+        collect = spans.install(config.seed)
     deterministic_scheduling(True)
     trio_run_module._r.seed(config.seed)
     try:
-        return await _simulate(config, plan, dsn, clock, progress, keep_schema, prepare, loads)
+        result = await _simulate(config, plan, dsn, clock, progress, keep_schema, prepare, loads)
     finally:
         deterministic_scheduling(False)
+    if collect is not None:  # the spans, in the order they ended, join the log and its hash
+        result.log = [*result.log, *collect.lines]
+        digest = hashlib.sha256()
+        for line in result.log:
+            digest.update(line.encode() + b"\n")
+        result.log_hash = digest.hexdigest()
+        result.operations = len(result.log)
+    return result
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
