@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
@@ -101,6 +101,3 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
 def main() -> None:
     """durable: durable state machines on PostgreSQL, for trio."""
 
-
-def entry(argv: list[str] | None = None) -> Any:
-    return main(argv)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["MIGRATIONS", "Migration", "Q", "Query", "load_queries"]
+__all__ = ["MIGRATIONS", "Migration", "Q", "Query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +54,6 @@ def parse_queries(source: str) -> dict[str, Query]:
             raise ValueError(f"duplicate query name {name!r}")
         out[name] = Query(name=name, text=body.strip() + "\n", doc=" ".join(doc_lines))
     return out
-
-
-def load_queries(filename: str = "queries.sql") -> dict[str, Query]:
-    return parse_queries(resources.files(__package__).joinpath(filename).read_text("utf-8"))
 
 
 def load_migrations() -> tuple[Migration, ...]:

@@ -211,7 +211,7 @@ with o as (
        as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold, tp, ts)
 ),
 held as (
-  select g.id, g.machine, g.step as old_step, g.attempt as old_attempt, g.awaits as old_awaits,
+  select g.id, g.machine, g.step as old_step, g.attempt as old_attempt,
          g.signal_seq, g.cancel_requested, g.joined
   from instances g
   join o on g.id = o.id and g.lease_token = o.token
@@ -247,7 +247,7 @@ kids as (
 ),
 decided as (
   select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail, o.hold,
-         o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.old_awaits, h.joined,
+         o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.joined,
          (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
          (case
             when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
