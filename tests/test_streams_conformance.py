@@ -3,11 +3,15 @@ against ``durable serve`` started as a real subprocess on a fresh schema.
 
 Known failures are listed in docs/streams.md under "Known conformance failures" (``- `<test name>`:
 reason``); any other failure fails this test. The published CLI (0.3.x) runs vitest with a filter that
-vitest 4 does not match, so a vitest config beside the run points vitest at the packaged runner.
+vitest 4 does not match, and its packaged runner leaves the suite's subscription tests (protocol 6-7)
+off, so the test runs the package's vitest itself (``npx -p``) on a runner of ours, written to the run's
+folder, that calls the package's ``runConformanceTests`` with ``subscriptions: true``. The version is
+pinned.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,13 +22,20 @@ import pytest
 from tests.test_streams_util import serving
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "streams.md"
-PACKAGE = "@durable-streams/server-conformance-tests"
+PACKAGE = "@durable-streams/server-conformance-tests@0.3.6"
 VITEST_CONFIG = """\
-import { dirname } from "node:path"
-const runner = process.argv.find((a) => a.endsWith("test-runner.js"))
+import { realpathSync } from "node:fs"
+import { dirname, join } from "node:path"
+import { pathToFileURL } from "node:url"
+const modules = dirname(dirname(realpathSync(process.argv[1])))  // .../node_modules/vitest/vitest.mjs
+const suite = join(modules, "@durable-streams", "server-conformance-tests", "dist", "index.js")
 export default {
-  test: runner ? { dir: dirname(runner), include: ["test-runner.js"], exclude: [] } : {},
+  test: { include: ["conformance-with-subscriptions.test.mjs"], env: { CONFORMANCE_SUITE: pathToFileURL(suite).href } },
 }
+"""
+RUNNER = """\
+const { runConformanceTests } = await import(process.env.CONFORMANCE_SUITE)
+runConformanceTests({ baseUrl: process.env.CONFORMANCE_TEST_URL, subscriptions: true })
 """
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -39,10 +50,11 @@ def test_official_conformance_suite(pg_dsn: str, tmp_path: Path) -> None:
     if shutil.which("npx") is None:
         pytest.fail("npx (Node.js) is required for the conformance suite")
     (tmp_path / "vitest.config.mjs").write_text(VITEST_CONFIG)
+    (tmp_path / "conformance-with-subscriptions.test.mjs").write_text(RUNNER)
     with serving(pg_dsn, "--long-poll-timeout", "1.5") as server:
         run = subprocess.run(
-            ["npx", "-y", PACKAGE, "--run", server.url], cwd=tmp_path, capture_output=True, text=True,
-            timeout=600,
+            ["npx", "-y", "-p", PACKAGE, "vitest", "run", "--no-coverage", "--reporter=default"], cwd=tmp_path,
+            capture_output=True, text=True, timeout=600, env={**os.environ, "CONFORMANCE_TEST_URL": server.url},
         )
     out = ANSI.sub("", run.stdout + run.stderr)
     summary = re.search(r"Tests\s+(?:(\d+) failed \| )?(\d+) passed(?: \| (\d+) skipped)? \((\d+)\)", out)
@@ -52,5 +64,5 @@ def test_official_conformance_suite(pg_dsn: str, tmp_path: Path) -> None:
     print(f"\nconformance: {passed} passed, {failed} failed, total {summary.group(4)}")
     unexplained = failing - known_failures()
     assert not unexplained, f"{len(unexplained)} unexplained failures: {sorted(unexplained)}\n{out[-5000:]}"
-    assert passed >= 300, out[-3000:]
+    assert passed >= 338, out[-3000:]  # 332 stream tests and the 6 subscription tests
     assert len(failing) == failed

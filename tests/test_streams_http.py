@@ -91,7 +91,7 @@ async def test_signal_errors_and_unknown_instances(server: ServeProcess, pg_dsn:
         terminal = await http.post(f"/instances/{iid}/signals/go", json={"late": True})
         assert terminal.status_code == 409 and "cancelled" in terminal.json()["error"]
         assert (await http.get("/instances/987654/history")).status_code == 404
-        assert (await http.put("/v1/__ds/subscriptions/s1", json={})).status_code == 501
+        assert (await http.put("/v1/__ds/subscriptions/s1", json={})).status_code == 400  # no "type"
 
 
 async def test_cli_reports_bad_usage_in_one_line() -> None:

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -123,3 +124,95 @@ def ts_read(url: str, offset: str | None = None) -> dict[str, object]:
     out = subprocess.run(["node", str(ts_reader()), url, offset or ""], capture_output=True, text=True,
                          timeout=60, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+class WebhookReceiver:
+    """A real HTTP server (hypercorn on trio) receiving webhooks: each request is verified against the
+    server's JWKS (Ed25519 over ``<t>.<raw body>``, kid from the header, 5-minute window) and recorded.
+    Replies come from ``replies`` (status, JSON body) in order, then ``default``."""
+
+    def __init__(self, jwks_url: str | None = None) -> None:
+        self.jwks_url = jwks_url
+        self.received: list[dict[str, object]] = []
+        self.replies: list[tuple[int, object]] = []
+        self.default: tuple[int, object] = (200, {})
+        self.url = ""
+        self._arrived = trio.Event()
+
+    async def app(self, scope: dict[str, object], receive: object, send: object) -> None:
+        import json
+
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()  # type: ignore[operator]
+                kind = event["type"].rsplit(".", 1)[-1]
+                await send({"type": f"{event['type']}.complete"})  # type: ignore[operator]
+                if kind == "shutdown":
+                    return
+        body = b""
+        while True:
+            message = await receive()  # type: ignore[operator]
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}  # type: ignore[attr-defined]
+        signature = headers.get("webhook-signature", "")
+        self.received.append({"body": json.loads(body), "raw": body, "signature": signature,
+                              "verified": await self.verify(body, signature), "at": trio.current_time()})
+        self._arrived.set()
+        status, reply = self.replies.pop(0) if self.replies else self.default
+        await send({"type": "http.response.start", "status": status,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(reply).encode()})  # type: ignore[operator]
+
+    async def verify(self, body: bytes, header: str) -> bool:
+        import base64
+        import time
+
+        import httpx
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        m = re.fullmatch(r"t=(\d+),kid=([^,]+),ed25519=([A-Za-z0-9_-]+)", header)
+        if not m or self.jwks_url is None:
+            return False
+        t, kid, sig = m.groups()
+        if abs(time.time() - int(t)) > 300:
+            return False
+        async with httpx.AsyncClient() as http:
+            keys = (await http.get(self.jwks_url)).json()["keys"]
+        key = next((k for k in keys if k["kid"] == kid), None)
+        if key is None:
+            return False
+
+        def unb64(s: str) -> bytes:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+        try:
+            Ed25519PublicKey.from_public_bytes(unb64(key["x"])).verify(unb64(sig), f"{t}.".encode() + body)
+        except InvalidSignature:
+            return False
+        return True
+
+    async def next(self, count: int, timeout: float = 5.0) -> dict[str, object]:
+        """The ``count``-th request (1-based), waiting for it."""
+        with trio.fail_after(timeout):
+            while len(self.received) < count:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+        return self.received[count - 1]
+
+    async def run(self, *, task_status: trio.TaskStatus[WebhookReceiver] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.accesslog = None
+        config.errorlog = None
+        config.graceful_timeout = 0.1
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, self.app, config, mode="asgi"))  # type: ignore[arg-type]
+            self.url = binds[0] + "/hook"
+            task_status.started(self)

@@ -20,9 +20,13 @@ from ..cli import dsn_option, run, schema_option
               help="Seconds a long-poll (or an idle SSE interval) waits for data.")
 @click.option("--max-append-bytes", default=8 << 20, show_default=True, type=click.IntRange(1),
               help="Largest accepted request body (413 above).")
+@click.option("--public-url", default=None, metavar="URL",
+              help="Base URL of callback and JWKS links in subscriptions (default: the request's origin).")
+@click.option("--dev-webhooks/--no-dev-webhooks", default=True, show_default=True,
+              help="Allow webhook URLs on localhost and 127.0.0.x (plain http:// included).")
 def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeout: float,
-            max_append_bytes: int) -> None:
-    """Serve Durable Streams (and /instances/{id}/history, /instances/{id}/signals/{name})."""
+            max_append_bytes: int, public_url: str | None, dev_webhooks: bool) -> None:
+    """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name})."""
     import trio
 
     from ..errors import DurableError, SchemaError
@@ -34,7 +38,8 @@ def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeou
         check_schema_name(schema)
     except SchemaError as exc:
         raise click.UsageError(str(exc)) from None
-    settings = Settings(long_poll_timeout=long_poll_timeout, max_append_bytes=max_append_bytes)
+    settings = Settings(long_poll_timeout=long_poll_timeout, max_append_bytes=max_append_bytes,
+                        public_url=public_url, allow_dev_webhooks=dev_webhooks)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -4,7 +4,7 @@ A reader subscribes *before* it reads, so an append between its read and its wai
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -18,6 +18,11 @@ class Hub:
     def __init__(self) -> None:
         self._events: dict[int, trio.Event] = {}
         self._token: trio.lowlevel.TrioToken | None = None
+        self._watchers: list[Callable[[int], None]] = []
+
+    def watch(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(stream_id)`` (synchronously, in trio) on every notification."""
+        self._watchers.append(callback)
 
     def subscribe(self, stream_id: int) -> trio.Event:
         """The event the next notification of ``stream_id`` sets."""
@@ -30,6 +35,8 @@ class Hub:
         ev = self._events.pop(stream_id, None)
         if ev is not None:
             ev.set()
+        for callback in self._watchers:
+            callback(stream_id)
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         # runs in the asyncio loop (same thread as trio under trio-asyncio): hop into trio

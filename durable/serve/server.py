@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any, NoReturn
 
+import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
@@ -16,10 +17,16 @@ from starlette.routing import Route
 
 from ..client import Database, connect
 from ..streams.store import Store
+from ..streams.subscription_store import SubscriptionStore
+from ..streams.wakes import Wakes
+from .dispatcher import Dispatcher
 from .hub import Hub
 from .instances import InstanceEndpoints
 from .protocol import COMMON_HEADERS
+from .signing import Signer
 from .streams import Settings, StreamEndpoints
+from .subscriptions import SubscriptionEndpoints
+from .webhooks import Deliverer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,8 +62,9 @@ class CommonHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def build_app(db: Database, store: Store, hub: Hub, settings: Settings) -> ASGI:
-    streams = StreamEndpoints(store, hub, settings)
+def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
+              control: SubscriptionEndpoints | None = None) -> ASGI:
+    streams = StreamEndpoints(store, hub, settings, control)
     instances = InstanceEndpoints(db, settings)
 
     async def stream_route(request: Request) -> Response:
@@ -92,16 +100,27 @@ async def serve(
     async with connect(dsn, schema=schema, max_size=settings.connections + 8) as db:
         store = Store(db.pool)
         hub = Hub()
-        async with hub.listening(db.pool, store.channel), store.pinned(settings.connections):
+        async with hub.listening(db.pool, store.channel), store.pinned(settings.connections), \
+                httpx.AsyncClient(follow_redirects=False) as http:
             config = Config()
             config.bind = [f"{host}:{port}"]
             config.accesslog = None
             config.errorlog = "-"
             config.keep_alive_timeout = 75
             config.graceful_timeout = 1
-            app = build_app(db, store, hub, settings)
+            wakes = await Wakes.load(store)
+            signer = await Signer.load(store)
+            deliverer = Deliverer(wakes, signer, http, timeout=settings.webhook_timeout,
+                                  allow_dev=settings.allow_dev_webhooks)
+            dispatcher = Dispatcher(wakes, deliverer, sweep_interval=settings.sweep_interval)
+            hub.watch(dispatcher.stream_changed)
+            control = SubscriptionEndpoints(SubscriptionStore(store), wakes, signer, dispatcher,
+                                            allow_dev_webhooks=settings.allow_dev_webhooks,
+                                            public_url=settings.public_url)
+            app = build_app(db, store, hub, settings, control)
 
             async with trio.open_nursery() as nursery:
+                await nursery.start(dispatcher.run)  # wakes and webhook deliveries
                 binds: list[str] = await nursery.start(
                     partial(hypercorn_serve, app, config, mode="asgi"))  # type: ignore[arg-type]
                 url = binds[0]

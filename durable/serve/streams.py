@@ -1,10 +1,12 @@
 """The stream endpoints: PUT create/fork, POST append/close, GET read (catch-up, long-poll, SSE), HEAD,
-DELETE. Any path outside ``/instances/`` is a stream."""
+DELETE. Any path outside ``/instances/`` is a stream, except paths with a ``__ds`` segment: the control
+API (:mod:`durable.serve.subscriptions`), with the path before ``__ds`` as its stream root."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from starlette.requests import Request
@@ -14,6 +16,7 @@ from ..errors import DatabaseUnavailable
 from ..streams.errors import BadRequest, StreamError, StreamGone, StreamNotFound, TooLarge
 from ..streams.offsets import NOW, format_offset, is_offset, parse_offset
 from ..streams.store import CreateSpec, Page, Store, StreamInfo, is_json, media_type
+from ..streams.subscriptions import RESERVED
 from . import protocol as p
 from .hub import Hub, wait
 
@@ -26,25 +29,37 @@ class Settings:
     sse_lifetime: float = 60.0
     max_append_bytes: int = 8 << 20
     connections: int = 8  # PostgreSQL connections kept for stream statements
+    sweep_interval: float = 0.5  # subscriptions: lease expiry and retry checks (seconds)
+    webhook_timeout: float = 30.0  # one webhook POST (also at most the subscription's lease)
+    allow_dev_webhooks: bool = True  # http://localhost and http://127.0.0.x webhook URLs
+    public_url: str | None = None  # base of callback and JWKS URLs (default: the request's origin)
 
 
 def error(exc: StreamError) -> Response:
     return Response(exc.message, status_code=exc.status, headers=exc.headers, media_type="text/plain")
 
 
+class ControlAPI(Protocol):
+    async def __call__(self, request: Request, root: str, rest: list[str]) -> Response: ...
+
+
 class StreamEndpoints:
-    def __init__(self, store: Store, hub: Hub, settings: Settings) -> None:
+    def __init__(self, store: Store, hub: Hub, settings: Settings, control: ControlAPI | None = None) -> None:
         self.store = store
         self.hub = hub
         self.settings = settings
+        self.control = control
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         if len(path.encode()) > MAX_PATH_BYTES:
             return Response("stream path too long", status_code=400, media_type="text/plain")
-        if "__ds" in path.split("/"):
-            return Response("the reserved subscription API (__ds) is not implemented", status_code=501,
-                            media_type="text/plain")
+        segments = path.split("/")
+        if RESERVED in segments:  # the control API, routed before any stream operation
+            at = segments.index(RESERVED)
+            if self.control is None:
+                return Response("the reserved __ds API is not enabled", status_code=501, media_type="text/plain")
+            return await self.control(request, "/".join(segments[:at]), segments[at + 1:])
         try:
             match request.method:
                 case "PUT":

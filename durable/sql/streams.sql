@@ -162,3 +162,157 @@ limit 1;
 -- $11 notify channel, $12 instance id and $13 lease token to fence on (engine appends; else NULL).
 -- Returns verdict, tail, closed, last_seq, current_epoch, expected_seq.
 select * from ds_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
+
+-- Subscriptions (protocol 6-7; tables of migration 0005). Every state change runs in a transaction that
+-- holds the subscription's row lock (sub_lock / sub_lock_id), so the checks before it stay true.
+
+-- name: sub_get
+-- Subscription $2 under stream root $1 (tombstoned ones included), with `lease_active`: its lease has
+-- not expired.
+select s.*, coalesce(s.lease_expires_at > now(), false) as lease_active
+from ds_subscriptions s where s.root = $1 and s.name = $2;
+
+-- name: sub_lock
+-- Like sub_get, and lock the row for the rest of the transaction.
+select s.*, coalesce(s.lease_expires_at > now(), false) as lease_active
+from ds_subscriptions s where s.root = $1 and s.name = $2
+for update;
+
+-- name: sub_lock_id
+-- Subscription $1 by row id, locked, with `lease_active` and `due` (no retry backoff pending).
+select s.*, coalesce(s.lease_expires_at > now(), false) as lease_active,
+       s.next_attempt_at is null or s.next_attempt_at <= now() as due
+from ds_subscriptions s where s.id = $1
+for update;
+
+-- name: sub_insert
+-- A new subscription: root $1, id $2, type $3, pattern $4 and its regex $5, explicit streams $6,
+-- webhook URL $7, wake stream $8 (relative) and $9 (full path), lease TTL $10 ms, description $11,
+-- config hash $12, origin $13. Returns the row id, nothing when (root, id) is taken.
+insert into ds_subscriptions (root, name, type, pattern, pattern_regex, streams, webhook_url, wake_stream,
+                              wake_path, lease_ttl_ms, description, config_hash, origin)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+on conflict (root, name) do nothing
+returning id;
+
+-- name: sub_revive
+-- Give tombstoned subscription $1 a new configuration (parameters $3-$13 as in sub_insert): live again,
+-- idle, its generation kept so tokens of its former life stay fenced.
+update ds_subscriptions
+set type = $3, pattern = $4, pattern_regex = $5, streams = $6, webhook_url = $7, wake_stream = $8,
+    wake_path = $9, lease_ttl_ms = $10, description = $11, config_hash = $12, origin = $13,
+    created_at = now(), deleted_at = null, wake_id = null, holder = null, lease_expires_at = null,
+    failed_attempts = 0, next_attempt_at = null, last_error = null
+where id = $1 and name = $2;
+
+-- name: sub_link_glob
+-- Backfill: link subscription $1 to every live stream whose path matches regex $2 (except its wake
+-- stream $3) at the stream's current tail; an existing link just gains the glob flag.
+insert into ds_subscription_links (subscription, path, glob, acked_pos)
+select $1, s.path, true, s.tail
+from streams s
+where s.path ~ $2 and s.path is distinct from $3 and not s.soft_deleted
+on conflict (subscription, path) do update set glob = true;
+
+-- name: sub_link_explicit
+-- Link subscription $1 explicitly to the full paths $2, each at its stream's current tail (0 for a
+-- stream that does not exist yet: it is reset to its start when created); idempotent.
+insert into ds_subscription_links (subscription, path, explicit, acked_pos)
+select $1, p, true, coalesce((select s.tail from streams s where s.path = p and not s.soft_deleted), 0)
+from unnest($2::text[]) as p
+on conflict (subscription, path) do update set explicit = true;
+
+-- name: sub_unlink_explicit
+-- Remove subscription $1's explicit link to path $2: the link goes unless the glob also links it.
+with dropped as (
+  delete from ds_subscription_links where subscription = $1 and path = $2 and not glob
+)
+update ds_subscription_links set explicit = false where subscription = $1 and path = $2 and glob;
+
+-- name: sub_links
+-- The links of subscription $1 by path: flags, acked position and the stream's tail (NULL when the
+-- stream does not exist or is deleted).
+select l.path, l.explicit, l.glob, l.acked_pos, s.tail
+from ds_subscription_links l
+left join streams s on s.path = l.path and not s.soft_deleted
+where l.subscription = $1
+order by l.path;
+
+-- name: sub_tombstone
+-- Delete subscription $1: tombstone it, drop its wake, lease and retry schedule, and its links.
+with dropped as (delete from ds_subscription_links where subscription = $1)
+update ds_subscriptions
+set deleted_at = now(), wake_id = null, holder = null, lease_expires_at = null, next_attempt_at = null
+where id = $1;
+
+-- name: sub_set_wake
+-- Set subscription $1's wake: generation $2, wake id $3 (NULL = none in flight), lease holder $4, and a
+-- lease of lease_ttl_ms from now when $5 (else none).
+update ds_subscriptions
+set generation = $2, wake_id = $3, holder = $4,
+    lease_expires_at = case when $5::boolean then now() + lease_ttl_ms * interval '1 millisecond' end
+where id = $1;
+
+-- name: sub_extend_lease
+-- Renew subscription $1's lease: lease_ttl_ms from now.
+update ds_subscriptions set lease_expires_at = now() + lease_ttl_ms * interval '1 millisecond'
+where id = $1;
+
+-- name: sub_apply_acks
+-- Move subscription $1's cursors forward: path $2[i] to position $3[i] (never backwards).
+update ds_subscription_links l
+set acked_pos = greatest(l.acked_pos, a.pos)
+from unnest($2::text[], $3::bigint[]) as a(path, pos)
+where l.subscription = $1 and l.path = a.path;
+
+-- name: sub_expire_leases
+-- Clear every expired lease (holder, wake, token scope); returns the subscriptions concerned.
+update ds_subscriptions
+set wake_id = null, holder = null, lease_expires_at = null
+where lease_expires_at <= now() and deleted_at is null
+returning id;
+
+-- name: sub_wakeable
+-- Live subscriptions with no wake in flight, past any retry backoff, that have a linked stream whose
+-- tail is past its cursor; only those linked to the stream ids $1 unless $1 is NULL.
+select distinct s.id
+from ds_subscriptions s
+join ds_subscription_links l on l.subscription = s.id
+join streams t on t.path = l.path
+where s.deleted_at is null and s.wake_id is null
+  and (s.next_attempt_at is null or s.next_attempt_at <= now())
+  and t.tail > l.acked_pos and not t.soft_deleted
+  and ($1::bigint[] is null or t.id = any($1::bigint[]));
+
+-- name: sub_delivered
+-- Webhook delivery of generation $2 to subscription $1 succeeded: no longer failing.
+update ds_subscriptions set failed_attempts = 0, last_error = null
+where id = $1 and generation = $2;
+
+-- name: sub_delivery_failed
+-- Webhook delivery of wake $3 (generation $2) to subscription $1 failed with error $5: the wake is
+-- dropped and the next one waits $4 milliseconds (backoff). Nothing if the wake is no longer current.
+update ds_subscriptions
+set wake_id = null, holder = null, lease_expires_at = null, failed_attempts = failed_attempts + 1,
+    next_attempt_at = now() + $4::bigint * interval '1 millisecond', last_error = $5
+where id = $1 and generation = $2 and wake_id = $3 and deleted_at is null;
+
+-- name: signing_keys
+-- Webhook signing keys not retired, oldest first.
+select kid, private_key, x, created_at from ds_signing_keys where retired_at is null order by created_at, kid;
+
+-- name: signing_key_insert
+-- Store signing key $1 (private key $2, public x $3) unless one exists already (concurrent servers).
+insert into ds_signing_keys (kid, private_key, x)
+select $1, $2, $3 where not exists (select 1 from ds_signing_keys where retired_at is null);
+
+-- name: token_key
+-- The HMAC key of callback and claim tokens, created as $1 on first use.
+with made as (
+  insert into ds_token_keys (one, secret) values (true, $1) on conflict (one) do nothing returning secret
+)
+select secret from made union all select secret from ds_token_keys limit 1;
+
+-- name: sub_note_error
+-- Record why subscription $1 could not be woken ($2, e.g. its wake stream is missing).
+update ds_subscriptions set last_error = $2 where id = $1;

@@ -7,6 +7,9 @@
     ├── Conflict       409       config, content type, sequence, closed stream, soft-deleted path
     ├── StreamGone     410       the stream was deleted while forks still read it
     └── TooLarge       413       the append exceeds the server's limit
+
+    SubscriptionError            the reserved subscription API (protocol 6-7): status + error code,
+                                 answered as ``{"error": {"code": ..., "message": ...}}``
 """
 
 from __future__ import annotations
@@ -49,3 +52,28 @@ class StreamGone(StreamError):
 
 class TooLarge(StreamError):
     status = 413
+
+
+class SubscriptionError(Exception):
+    """An error of the subscription API: HTTP ``status``, protocol ``code`` (e.g. ``FENCED``), a message
+    naming the problem and extra fields of the error object (e.g. ``current_holder``)."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+def invalid(message: str) -> SubscriptionError:
+    """400 INVALID_REQUEST."""
+    return SubscriptionError(400, "INVALID_REQUEST", message)
+
+
+def fenced(message: str) -> SubscriptionError:
+    """409 FENCED: a stale generation or wake id (protocol 7.3)."""
+    return SubscriptionError(409, "FENCED", message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -249,6 +249,14 @@ class Store:
                     await aio(tx.commit)()
             finally:
                 await self._checkin(raw)
+
+    def transaction(self) -> AbstractAsyncContextManager[Conn]:
+        """A shielded transaction on the store's connections (for the subscription store)."""
+        return self._transaction()
+
+    async def one(self, method: str, q: Query, *args: Any) -> Any:
+        """One shielded statement (``method``: fetch, fetchrow, fetchval or execute)."""
+        return await self._one(method, q, *args)
 
     # -- lookups ------------------------------------------------------------------------------------
     async def _live(self, conn: Conn, path: str, *, lock: bool) -> Record:
