@@ -31,14 +31,19 @@ class Dispatcher:
         self._streams: set[int] = set()
         self._subs: set[int] = set()
         self._kicked = trio.Event()
+        # whether the schema has subscriptions at all (from the last sweep, or a PUT here): without
+        # any, appends cost no lookup; one created on another server is found by the next sweep
+        self.active = True
 
     def stream_changed(self, stream_id: int) -> None:
         """A stream was appended to (from the hub; synchronous)."""
-        self._streams.add(stream_id)
-        self._kicked.set()
+        if self.active:
+            self._streams.add(stream_id)
+            self._kicked.set()
 
     def kick(self, sub_id: int) -> None:
-        """Look at this subscription soon (a wake of it ended)."""
+        """Look at this subscription soon (it was created, or a wake of it ended)."""
+        self.active = True
         self._subs.add(sub_id)
         self._kicked.set()
 
@@ -66,9 +71,11 @@ class Dispatcher:
     async def _issue(self, streams: set[int], subs: set[int], *, full: bool) -> list[Wake]:
         candidates = set(subs)
         if full:
+            self.active = await self.wakes.any_live()
+        if full and self.active:
             candidates.update(await self.wakes.expire_leases())
             candidates.update(await self.wakes.wakeable(None))
-        elif streams:
+        elif streams and self.active:
             candidates.update(await self.wakes.wakeable(sorted(streams)))
         webhooks = []
         for sub_id in sorted(candidates):

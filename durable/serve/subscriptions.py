@@ -114,6 +114,7 @@ class SubscriptionEndpoints:
         if config.webhook_url is not None:
             check_webhook_url(config.webhook_url, allow_dev=self.allow_dev_webhooks)
         view, created = await self.subs.put(call.root, call.name, config, call.origin)
+        self.dispatcher.kick(view.sub.id)
         return JSONResponse(self.render(view, call.origin), status_code=201 if created else 200)
 
     async def get(self, call: Call) -> Response:

@@ -316,3 +316,7 @@ select secret from made union all select secret from ds_token_keys limit 1;
 -- name: sub_note_error
 -- Record why subscription $1 could not be woken ($2, e.g. its wake stream is missing).
 update ds_subscriptions set last_error = $2 where id = $1;
+
+-- name: sub_any_live
+-- Whether the schema has any live subscription (the dispatcher skips its lookups while none exists).
+select exists (select 1 from ds_subscriptions where deleted_at is null);

@@ -99,6 +99,9 @@ class Wakes:
         return cls(store, bytes(key))
 
     # -- the dispatcher's side ----------------------------------------------------------------------
+    async def any_live(self) -> bool:
+        return bool(await self.store.one("fetchval", Q.sub_any_live))
+
     async def wakeable(self, stream_ids: list[int] | None) -> list[int]:
         """Idle subscriptions with pending work (linked to ``stream_ids``, or all when None)."""
         rows = await self.store.one("fetch", Q.sub_wakeable, stream_ids)
