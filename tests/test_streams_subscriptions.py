@@ -127,6 +127,8 @@ async def test_configuration_membership_validation_and_jwks(server: ServeProcess
         key = next(k for k in jwks.json()["keys"] if k["kid"] == signing["kid"])
         assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("OKP", "Ed25519", "EdDSA", "sig")
         assert "d" not in key  # the private part never leaves the server
+        head = await http.head(f"{ROOT}/__ds/jwks.json")
+        assert head.status_code == 200 and head.content == b""
 
         bad: list[tuple[dict[str, Any], str, str]] = [
             ({"pattern": "a/*", "webhook": {"url": "https://h.example.com"}}, "INVALID_REQUEST", "type is required"),

@@ -123,7 +123,7 @@ class Deliverer:
         try:
             await check_resolved(url, allow_dev=self.allow_dev)
             response = await self.http.post(url, content=body, headers=headers, timeout=timeout)
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
             await self._failed(wake, f"{type(exc).__name__}: {exc}")
             return False
         if not 200 <= response.status_code < 300:

@@ -255,13 +255,15 @@ class Wakes:
             link = by_path.get(full_path(sub.root, stream))
             if link is None:
                 raise invalid(f"stream {stream!r} is not linked to subscription {sub.name!r}")
+            if link.tail is None:
+                raise invalid(f"stream {stream!r} does not exist")
             try:
                 position = parse_offset(offset)
             except BadRequest:
                 raise invalid(f"invalid offset {offset!r} for stream {stream!r}") from None
-            if position > (link.tail or 0):
+            if position > link.tail:
                 raise invalid(f"offset {offset!r} is beyond the tail of stream {stream!r} "
-                              f"({format_offset(link.tail or 0)})")
+                              f"({format_offset(link.tail)})")
             paths.append(link.path)
             positions.append(position)
         await conn.execute(Q.sub_apply_acks, sub.id, paths, positions)
