@@ -77,6 +77,12 @@ class _Direct:
         return await run()
 
 
+# Every statement is planned for its actual parameters. The engine's statements take arrays of 1 to 500
+# elements; a cached generic plan assumes 10 rows and chooses nested loops over them that are quadratic
+# in the batch (measured: `complete` of 200 outcomes 12.8 ms generic vs 6.1 ms custom, planning included).
+SESSION_SETTINGS = {"application_name": "durable", "plan_cache_mode": "force_custom_plan"}
+
+
 class Pool:
     """An asyncpg pool whose connections use ``search_path = <schema>``; all calls are trio calls."""
 
@@ -94,7 +100,7 @@ class Pool:
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                server_settings={"search_path": f"{schema},public", "application_name": "durable"},
+                server_settings=SESSION_SETTINGS | {"search_path": f"{schema},public"},
                 statement_cache_size=256,
             )
         except _UNREACHABLE as exc:

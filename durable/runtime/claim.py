@@ -32,9 +32,11 @@ class Claim:
     signals: tuple[Signal, ...]
     children: tuple[ChildInfo, ...]
     started: bool = False
+    ahead: int = 0  # steps run ahead on this claim (run-ahead)
 
     def run_ahead(self, row: asyncpg.Record) -> None:
         """Become the claim of the next step, kept by a `next` outcome (same row, new lease token)."""
+        self.ahead += 1
         self.step = row["step"]
         self.attempt = row["attempt"]
         self.state_json = row["state"]

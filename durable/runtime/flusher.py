@@ -6,7 +6,8 @@ flight the next accumulates, so batching costs no latency at low load; ``linger`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -25,13 +26,23 @@ _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, Databas
               asyncpg.InterfaceError)
 
 
-@dataclass(eq=False)
+OnCommitted = Callable[[Committed | None, BaseException | None], None]
+
+
+@dataclass(eq=False, slots=True)
 class _Pending:
     claim: Claim
     outcome: Encoded
-    done: trio.Event = field(default_factory=trio.Event)
+    on_done: OnCommitted | None = None  # submit(): called with (result, error) after the flush
+    done: trio.Event | None = None  # commit(): set after the flush
     result: Committed | None = None
     error: BaseException | None = None
+
+    def settle(self) -> None:
+        if self.on_done is not None:
+            self.on_done(self.result, self.error)
+        if self.done is not None:
+            self.done.set()
 
 
 class Flusher:
@@ -56,14 +67,23 @@ class Flusher:
         """Queue an outcome and wait until it is committed (or raise the database error)."""
         if self._closing and not self._running:
             raise RuntimeError("flusher is closed")
-        p = _Pending(claim, outcome)
+        p = _Pending(claim, outcome, done=trio.Event())
         self._queue.append(p)
         self._kick.set()
+        assert p.done is not None
         await p.done.wait()
         if p.error is not None:
             raise p.error
         assert p.result is not None
         return p.result
+
+    def submit(self, claim: Claim, outcome: Encoded, on_done: OnCommitted) -> None:
+        """Queue an outcome; ``on_done(result, error)`` runs in the flusher's task once it is committed
+        (or has failed). No task waits per outcome."""
+        if self._closing and not self._running:
+            raise RuntimeError("flusher is closed")
+        self._queue.append(_Pending(claim, outcome, on_done=on_done))
+        self._kick.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._running = True
@@ -85,7 +105,7 @@ class Flusher:
             self.finished.set()
             for p in self._queue:
                 p.error = RuntimeError("runtime stopped before this outcome was committed")
-                p.done.set()
+                p.settle()
 
     def close(self) -> None:
         """Stop after the queued outcomes are flushed."""
@@ -102,13 +122,13 @@ class Flusher:
                 return
             for p in batch:
                 p.error = exc
-                p.done.set()
+                p.settle()
             if not isinstance(exc, Exception):
                 raise
             return
         for p, result in zip(batch, self.results(batch, rows), strict=True):
             p.result = result
-            p.done.set()
+            p.settle()
         self.batches += 1
         self.committed += len(batch)
         if self.on_commit is not None:

@@ -4,6 +4,7 @@ steps at once, refills on completion, backs off when idle and wakes at once on a
 from __future__ import annotations
 
 import collections
+import functools
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -40,14 +41,24 @@ class Wakeup:
 
 
 class Scheduler:
+    """Picks into ``buffer``; ``concurrency`` long-lived slot tasks take claims from it and run their
+    steps. A finished step hands its outcome to the flusher and frees its slot at once: the claim waits
+    for the commit in ``committing`` (still held, still heartbeated), so the next steps run while the
+    previous batch commits. The flusher's callback (:meth:`committed`) settles each claim."""
+
     def __init__(self, runtime: Runtime, queue: str, concurrency: int, prefetch: int) -> None:
         self.runtime = runtime
         self.queue = queue
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.buffer: collections.deque[Claim] = collections.deque()
-        self.in_flight: set[Claim] = set()
+        self.in_flight: set[Claim] = set()  # running step code
+        self.committing: set[Claim] = set()  # outcome handed to the flusher, not yet committed
+        self.uncommitted: list[Claim] = []  # outcome not committed (or unknown): to give back, attempt + 1
         self.wakeup = Wakeup()
+        self._ready = trio.lowlevel.ParkingLot()  # idle slots
+        self._slots_open = False
+        self.backlog = False  # the last pick filled its demand: more rows are probably waiting
         self.orphans_suspected = False  # a pick failed: it may have claimed rows we never heard of
         self.picks = 0
         self.picked = 0
@@ -58,25 +69,37 @@ class Scheduler:
         self.errors = 0
 
     def held(self) -> list[Claim]:
-        return [*self.in_flight, *self.buffer]
+        return [*self.in_flight, *self.committing, *self.uncommitted, *self.buffer]
 
     def gauges(self) -> dict[str, float]:
         return {
             "concurrency": self.concurrency, "prefetch": self.prefetch, "in_flight": len(self.in_flight),
-            "buffered": len(self.buffer), "steps": self.steps, "done": self.done, "failed": self.failed,
-            "fenced": self.fenced, "picks": self.picks, "heartbeat": self.runtime.heartbeat_every,
+            "committing": len(self.committing), "buffered": len(self.buffer), "steps": self.steps,
+            "done": self.done, "failed": self.failed, "fenced": self.fenced, "picks": self.picks,
+            "heartbeat": self.runtime.heartbeat_every,
         }
+
+    def demand(self) -> int:
+        """Claims to pick now: room in the slots and the prefetch buffer. Up to ``concurrency`` claims
+        awaiting their commit do not count, so picking overlaps the flush."""
+        waiting = max(0, len(self.committing) - self.concurrency)
+        return self.concurrency + self.prefetch - len(self.in_flight) - len(self.buffer) - waiting
 
     async def run(self) -> None:
         rt = self.runtime
         idle = rt.poll_min
-        async with trio.open_nursery() as steps:
+        async with trio.open_nursery() as slots:
+            self._slots_open = True
+            for _ in range(self.concurrency):
+                slots.start_soon(self.slot)
             try:
                 while not rt.stopping:
-                    demand = self.concurrency + self.prefetch - len(self.in_flight) - len(self.buffer)
                     got = 0
+                    if self.uncommitted:
+                        await self.give_back_uncommitted()
                     if self.orphans_suspected:
                         await self.release_orphans()
+                    demand = self.demand()
                     if demand > 0:
                         try:
                             claims = await self.pick(demand)
@@ -87,8 +110,9 @@ class Scheduler:
                             # the claim may have committed with its answer lost: give such rows back
                             self.orphans_suspected = True
                         got = len(claims)
+                        self.backlog = got >= demand
                         self.buffer.extend(claims)
-                    self.start_ready(steps)
+                        self._ready.unpark(count=got)
                     if rt.stopping:
                         break
                     if demand > 0 and got >= demand:
@@ -103,11 +127,77 @@ class Scheduler:
                         else:
                             idle = rt.poll_min
             finally:
-                # drain: give buffered claims back at once; in-flight steps finish in the nursery
+                self._slots_open = False
+                self._ready.unpark_all()
+                # drain: give buffered claims back at once; running steps finish in their slots
                 if not rt.killed:
                     with trio.CancelScope(shield=True):
                         await rt.release(list(self.buffer), bump=0)
                         self.buffer.clear()
+
+    async def slot(self) -> None:
+        """One concurrency slot: run the next buffered claim's step, hand its outcome over, repeat."""
+        rt = self.runtime
+        while True:
+            while not self.buffer or rt.stopping:
+                if not self._slots_open or rt.stopping:
+                    return
+                await self._ready.park()
+            claim = self.buffer.popleft()
+            self.in_flight.add(claim)
+            # a step cut off by cancellation stays in in_flight so the drain can release it
+            claim.started = True
+            encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
+            # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
+            encoded.hold = encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
+            self.in_flight.discard(claim)
+            self.committing.add(claim)
+            span = tracing.start_outcome(claim, encoded)
+            rt.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
+            if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
+                self.wakeup.set()
+
+    def committed(self, claim: Claim, encoded: Encoded, span: tracing.PendingOutcome, result: Committed | None,
+                  error: BaseException | None) -> None:
+        """The flusher's answer for one outcome (called in the flusher's task, after the commit)."""
+        rt = self.runtime
+        self.committing.discard(claim)
+        if self.backlog:
+            self.wakeup.set()
+        if result is None:
+            # not committed (or unknown): give the claim back for a re-run (attempt + 1, fenced by its
+            # token, so a commit that did go through is left alone); failing that, the reaper will
+            tracing.finish_outcome(span, claim, encoded, error=error)
+            self.errors += 1
+            rt.log_error(f"outcome of instance {claim.id} not committed: {error}")
+            self.uncommitted.append(claim)
+            return
+        tracing.finish_outcome(span, claim, encoded, result=result)
+        self.steps += 1
+        if result.fenced:
+            self.fenced += 1
+        elif result.status == "done":
+            self.done += 1
+        elif result.status == "failed":
+            self.failed += 1
+        if rt.on_step is not None:
+            rt.on_step(claim, encoded, result)
+        if result.held is not None:
+            claim.run_ahead(result.held)
+            claim.started = False
+            if self._slots_open and not rt.stopping:
+                self.buffer.appendleft(claim)
+                self._ready.unpark()
+            else:
+                self.uncommitted.append(claim)  # drained below or by the runtime (not started: bump 0)
+
+    async def give_back_uncommitted(self) -> None:
+        claims, self.uncommitted = self.uncommitted, []
+        started = [c for c in claims if c.started]
+        fresh = [c for c in claims if not c.started]
+        for group, bump in ((started, 1), (fresh, 0)):
+            if group and not await self.runtime.release(group, bump=bump):
+                self.runtime.lost.update(group)
 
     async def release_orphans(self) -> None:
         rt = self.runtime
@@ -118,12 +208,6 @@ class Scheduler:
             rt.log_error(f"releasing orphaned claims on queue {self.queue!r} failed (will retry): {exc}")
             return
         self.orphans_suspected = False
-
-    def start_ready(self, nursery: trio.Nursery) -> None:
-        while self.buffer and len(self.in_flight) < self.concurrency and not self.runtime.stopping:
-            claim = self.buffer.popleft()
-            self.in_flight.add(claim)
-            nursery.start_soon(self.run_step, claim, nursery)
 
     async def pick(self, demand: int) -> list[Claim]:
         rt = self.runtime
@@ -147,45 +231,3 @@ class Scheduler:
             self.picked += len(rows)
             span.set_attribute("durable.claimed", len(rows))
             return claims_from_rows(rows)
-
-    async def run_step(self, claim: Claim, nursery: trio.Nursery) -> None:
-        rt = self.runtime
-        claim.started = True
-        # a step cut off by cancellation stays in in_flight so the drain can release it
-        for ahead in range(rt.chain + 1):
-            encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
-            # run-ahead: a `next` keeps the claim and this task runs the next step without a pick
-            encoded.hold = encoded.kind == "next" and ahead < rt.chain and not rt.stopping
-            result = await self.commit(claim, encoded)
-            if result is None or result.held is None:
-                break
-            claim.run_ahead(result.held)
-        self.in_flight.discard(claim)
-        self.start_ready(nursery)
-        self.wakeup.set()
-
-    async def commit(self, claim: Claim, encoded: Encoded) -> Committed | None:
-        rt = self.runtime
-        span = tracing.start_outcome(claim, encoded)
-        try:
-            result = await rt.flusher.commit(claim, encoded)
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, RuntimeError) as exc:
-            # not committed (or unknown): give the claim back for a re-run (attempt + 1, fenced by its
-            # token, so a commit that did go through is left alone); failing that, the reaper will
-            tracing.finish_outcome(span, claim, encoded, error=exc)
-            self.errors += 1
-            rt.log_error(f"outcome of instance {claim.id} not committed: {exc}")
-            if not await rt.release([claim], bump=1):
-                rt.lost.add(claim)
-            return None
-        tracing.finish_outcome(span, claim, encoded, result=result)
-        self.steps += 1
-        if result.fenced:
-            self.fenced += 1
-        elif result.status == "done":
-            self.done += 1
-        elif result.status == "failed":
-            self.failed += 1
-        if rt.on_step is not None:
-            rt.on_step(claim, encoded, result)
-        return result

@@ -309,7 +309,8 @@ upd as (
   from decided d
   where g.id = d.id
   returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue, g.lease_token, g.signal_seq,
-            g.state, d.joined as joined_before
+            g.state, d.joined as joined_before, d.machine, d.kind, d.old_step, d.old_attempt, d.token,
+            d.detail
 ),
 joins as (
   select parent_id, count(*)::int as n
@@ -332,9 +333,9 @@ joined as (
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
                        detail, at)
-  select d.id, d.machine, d.kind, d.old_step, d.old_attempt, u.status, $27, d.token, d.detail::jsonb,
+  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $27, u.token, u.detail::jsonb,
          coalesce($28::timestamptz, now())
-  from decided d join upd u on u.id = d.id
+  from upd u
   union all
   select f.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $27, f.token,
          jsonb_build_object('kind', f.kind), coalesce($28::timestamptz, now())
