@@ -38,6 +38,7 @@ BUGS: dict[str, Bug] = {
     for b in (
         Bug("no_fencing", "no_fenced_outcome_visible", (
             ("complete", r"join o on g\.id = o\.id and g\.lease_token = o\.token", "join o on g.id = o.id"),
+            ("complete_simple", r"where g\.id = o\.id and g\.lease_token = o\.token", "where g.id = o.id"),
             ("heartbeat", r"on g\.id = h\.id and g\.lease_token = h\.token", "on g.id = h.id"),
         ), "mixed", ("zombie",)),
         Bug("unscoped_consume", "signals_accounted", (

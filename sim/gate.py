@@ -107,6 +107,10 @@ class Slot:
         return f"{self.name}.{self.incarnation}"
 
 
+# statements the faults, the log and the lease model treat as one (the outcome commit's two forms)
+SAME_AS = {"complete_simple": "complete"}
+
+
 class SlotGate:
     """``Pool.gate`` of one slot's pool: counts calls, applies the slot's faults, logs the results."""
 
@@ -121,6 +125,7 @@ class SlotGate:
 
     async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
         sim, slot = self.run, self.slot
+        name = SAME_AS.get(name, name)
         slot.counts[name] += 1
         nth = slot.counts[name]
         faults = [f for f in sim.plan

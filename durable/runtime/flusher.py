@@ -165,6 +165,25 @@ class Flusher:
         raise AssertionError("unreachable")
 
     async def _execute(self, batch: list[_Pending]) -> list[asyncpg.Record]:
+        if all(_plain(p) for p in batch):
+            return await self._execute_simple(batch)
+        return await self._execute_full(batch)
+
+    async def _execute_simple(self, batch: list[_Pending]) -> list[asyncpg.Record]:
+        """``complete_simple``: plain outcomes only (see :func:`_plain`), sorted by id (lock order)."""
+        batch = sorted(batch, key=lambda p: p.claim.id)
+        return await self.pool.fetch(
+            Q.complete_simple,
+            [p.claim.id for p in batch], [p.claim.lease_token for p in batch], [p.outcome.kind for p in batch],
+            [p.outcome.step for p in batch], [p.outcome.state for p in batch],
+            [_delay(p.outcome.delay) for p in batch], [p.outcome.result for p in batch],
+            [p.outcome.error for p in batch], [orjson.dumps(p.outcome.detail).decode() for p in batch],
+            [p.claim.machine for p in batch], [p.claim.step for p in batch], [p.claim.attempt for p in batch],
+            [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
+            self.worker_id, self.clock.now(),
+        )
+
+    async def _execute_full(self, batch: list[_Pending]) -> list[asyncpg.Record]:
         ids, tokens, kinds, steps, states, delays, awaits, results, errors, seqs, details = (
             [], [], [], [], [], [], [], [], [], [], [])
         shown_i: list[int] = []
@@ -181,7 +200,7 @@ class Flusher:
             kinds.append(o.kind)
             steps.append(o.step)
             states.append(o.state)
-            delays.append(o.delay if o.delay is not None and math.isfinite(o.delay) else 0.0)
+            delays.append(_delay(o.delay))
             awaits.append(o.awaits)
             results.append(o.result)
             errors.append(o.error)
@@ -208,3 +227,17 @@ class Flusher:
             [p.outcome.hold for p in batch], self.lease,
             [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
         )
+
+
+_PLAIN = frozenset({"next", "retry", "done", "stop", "cancel"})
+
+
+def _plain(p: _Pending) -> bool:
+    """An outcome ``complete_simple`` can commit: no spawn, await or run-ahead hold, no parent, and an
+    empty inbox (nothing shown, so nothing to consume)."""
+    o, c = p.outcome, p.claim
+    return o.kind in _PLAIN and not o.hold and c.parent_id is None and not c.signals
+
+
+def _delay(delay: float | None) -> float:
+    return delay if delay is not None and math.isfinite(delay) else 0.0

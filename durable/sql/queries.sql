@@ -4,6 +4,8 @@
 --   Reaper                    -> reap
 --   Step outcomes             -> complete         (group commit: one statement for a batch of outcomes of
 --                                                  any kind; name-scoped consume, spawn, child->parent join)
+--                                complete_simple  (the same for a batch of plain outcomes: a quarter of
+--                                                  the parameters and no signal/child/parent work)
 --   Signal delivery           -> deliver_signal
 --   Batch insert, uniqueness  -> insert_instances (insert = a batch of one)
 -- Deviations from the spec text, and why:
@@ -370,6 +372,65 @@ select 'joined', j.id, j.status::text, j.queue, false, null, null, null, null, n
 union all
 select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, null, null from kids k;
 
+-- name: complete_simple
+-- `complete` for a batch whose every outcome is plain: next (not held), retry, done, stop or cancel, of an
+-- instance without a parent whose step was shown no signal. Same fencing, same row changes, same history, same
+-- 'outcome' rows; nothing to join, spawn or consume. Per outcome i: $1 id, $2 lease_token, $3 kind,
+-- $4 next step, $5 state json (NULL = unchanged), $6 retry delay seconds, $7 done result json, $8 error,
+-- $9 history detail json, $10 machine, $11 step and $12 attempt at pick (the held row's own: a row whose
+-- token still matches has not changed since), $13 traceparent, $14 tracestate (adopted when the
+-- instance has none). $15 worker id, $16 now. The caller sorts the batch by id (lock order).
+with o as (
+  select *
+  from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
+              $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[], $14::text[])
+       as o(id, token, kind, step, state, delay, result, error, detail, machine, old_step, old_attempt,
+            tp, ts)
+),
+upd as (
+  update instances g
+  set status = (case
+                  when g.cancel_requested or o.kind = 'cancel' then 'cancelled'
+                  when o.kind in ('next', 'retry') then 'runnable'
+                  when o.kind = 'done' then 'done'
+                  else 'failed'
+                end)::status,
+      step = case when o.kind = 'next' then o.step else g.step end,
+      state = coalesce(o.state::jsonb, g.state),
+      traceparent = coalesce(g.traceparent, o.tp),
+      tracestate = case when g.traceparent is null then o.ts else g.tracestate end,
+      result = case when o.kind = 'done' and not g.cancel_requested then o.result::jsonb else g.result end,
+      last_error = case when g.cancel_requested or o.kind = 'cancel' then coalesce(o.error, 'cancelled')
+                        when o.kind in ('retry', 'stop') and o.error is not null then o.error
+                        else g.last_error end,
+      attempt = case when o.kind = 'retry' then g.attempt + 1 when o.kind = 'next' then 0 else g.attempt end,
+      eligible_at = case when g.cancel_requested or o.kind not in ('next', 'retry') then g.eligible_at
+                         when o.kind = 'retry'
+                           then coalesce($16::timestamptz, now()) + make_interval(secs => o.delay)
+                         else coalesce($16::timestamptz, now()) end,
+      awaits = case when o.kind = 'retry' then g.awaits end,
+      worker_id = null, lease_token = null, lease_expires_at = null, cancel_requested = false,
+      updated_at = coalesce($16::timestamptz, now())
+  from o
+  where g.id = o.id and g.lease_token = o.token and g.status = 'executing'
+  returning g.id, g.status, g.queue, o.machine, o.kind, o.old_step, o.old_attempt, o.token, o.detail
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
+                       detail, at)
+  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $15, u.token, u.detail::jsonb,
+         coalesce($16::timestamptz, now())
+  from upd u
+  union all
+  select f.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $15, f.token,
+         jsonb_build_object('kind', f.kind), coalesce($16::timestamptz, now())
+  from o f
+  left join lateral (select machine, step, attempt, status from instances where id = f.id) g on true
+  where f.id not in (select u.id from upd u)
+)
+select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null) as fenced
+from o left join upd u on u.id = o.id;
+
 -- name: insert_instances
 -- Insert a batch of instances in one statement; a row whose unique key is occupied (by an existing row
 -- or an earlier row of the batch) is skipped. Rows are inserted in unique-key order (no deadlock
@@ -544,7 +605,7 @@ from target t;
 -- One instance by id $1, every column, state/result as json text.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, eligible_at, attempt, last_error, worker_id, lease_token,
-       lease_expires_at, signal_seq, cancel_requested, parent_id, children_pending, unique_key,
+       lease_expires_at, signal_seq, cancel_requested, parent_id, children_pending, joined, unique_key,
        unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at
 from instances where id = $1;
 
