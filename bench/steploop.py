@@ -21,17 +21,25 @@ from . import workloads
 BATCH = 200
 
 
-class _Row(dict[str, Any]):
-    """A pick row as ``Claim.from_row`` reads it; columns this yardstick does not set are NULL."""
+PICK_COLUMNS = ("id", "machine", "version", "step", "state", "attempt", "queue", "priority", "partition_key",
+                "lease_token", "signal_seq", "awaits", "parent_id", "cancel_requested", "traceparent",
+                "tracestate", "inserted_at", "eligible_at", "signals", "children")
 
-    def __missing__(self, key: str) -> Any:
-        return None
+
+class _Row(tuple[Any, ...]):
+    """A pick row as ``Claim.from_row`` reads it (by position, like asyncpg's Record, and by name)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            key = PICK_COLUMNS.index(key)
+        return tuple.__getitem__(self, key)
 
 
 def pick_row(i: int) -> _Row:
-    return _Row(id=i, machine=workloads.noop.name, version=1, step="perform", state="{}", attempt=0,
-                queue=workloads.ONE_STEP_QUEUE, priority=0, lease_token=i, signal_seq=0,
-                cancel_requested=False, signals="[]", children="[]")
+    values = {"id": i, "machine": workloads.noop.name, "version": 1, "step": "perform", "state": "{}",
+              "attempt": 0, "queue": workloads.ONE_STEP_QUEUE, "priority": 0, "lease_token": i, "signal_seq": 0,
+              "cancel_requested": False, "signals": "[]", "children": "[]"}
+    return _Row(values.get(c) for c in PICK_COLUMNS)
 
 
 async def measure(n: int) -> dict[str, float]:

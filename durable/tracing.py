@@ -83,6 +83,44 @@ def _sdk() -> bool:
     return _sdk_seen
 
 
+def recording() -> bool:
+    """Whether durable makes spans now (enabled and an SDK installed)."""
+    return _enabled and _sdk()
+
+
+class _NoContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+class _Attached:
+    __slots__ = ("context", "token")
+
+    def __init__(self, context: otel_context.Context) -> None:
+        self.context = context
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(self.context)
+
+    def __exit__(self, *_: object) -> None:
+        otel_context.detach(self.token)
+
+
+_NO_CONTEXT = _NoContext()
+
+
+def instance_context(traceparent: str | None, tracestate: str | None) -> _NoContext | _Attached:
+    """When no span is recorded: run a step in its instance's trace context (so what it inserts or
+    signals carries the trace on), or in an empty one; nothing at all when telemetry is off."""
+    if not _enabled:
+        return _NO_CONTEXT
+    parent = context_from(traceparent, tracestate)
+    return _Attached(parent if parent is not None else otel_context.Context())
+
+
 def set_enabled(enabled: bool) -> None:
     """Turn all durable telemetry on or off (off: not even the no-op API is called)."""
     global _enabled

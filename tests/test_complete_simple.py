@@ -40,7 +40,7 @@ CASES: list[tuple[str, Encoded, bool, bool]] = [
 ]
 
 COLUMNS = ("status", "step", "state", "result", "last_error", "attempt", "awaits", "worker_id", "lease_token",
-           "lease_expires_at", "cancel_requested", "children_pending", "joined", "traceparent", "tracestate")
+           "lease_expires_at", "cancel_requested", "children_pending", "traceparent", "tracestate")
 
 
 async def outcome_of(db: durable.Database, flusher: Flusher, simple: bool, outcome: Encoded, cancel: bool,

@@ -605,7 +605,7 @@ from target t;
 -- One instance by id $1, every column, state/result as json text.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, eligible_at, attempt, last_error, worker_id, lease_token,
-       lease_expires_at, signal_seq, cancel_requested, parent_id, children_pending, joined, unique_key,
+       lease_expires_at, signal_seq, cancel_requested, parent_id, children_pending, unique_key,
        unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at
 from instances where id = $1;
 
