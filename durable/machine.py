@@ -130,6 +130,9 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+_DONE_NONE = Done(None)  # immutable: shared by every job that returns None
+
+
 def job(
     fn: Callable[..., Awaitable[Any]] | None = None,
     *,
@@ -152,6 +155,8 @@ def job(
 
         async def perform_step(self: Machine, ctx: Context) -> Any:
             result = await perform(ctx.state, ctx)
+            if result is None:
+                return _DONE_NONE
             if isinstance(result, (Retry, Cancel, Stop, Done)):
                 return result
             if isinstance(result, OUTCOME_TYPES):
@@ -248,7 +253,12 @@ def step_fn(machine: Machine, name: str) -> StepFn:
 def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
     """Check an outcome's shape against the machine before it touches SQL; OutcomeError names the
     problem."""
+    kind = type(outcome)
+    if kind is Done:  # the common cases first, without the checks below
+        return outcome
     steps = type(machine).steps
+    if kind is Next and type(outcome.step) is str and outcome.step in steps:
+        return outcome
     if not isinstance(outcome, OUTCOME_TYPES):
         raise OutcomeError(
             f"{where} returned {outcome!r} ({type(outcome).__name__}); a step must return "

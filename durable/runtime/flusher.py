@@ -47,7 +47,12 @@ class _Pending:
 
 class Flusher:
     def __init__(self, pool: Pool, worker_id: str, clock: Clock, *, max_batch: int = 500,
-                 linger: float = 0.0, on_commit: Any = None, lease: float = 60.0) -> None:
+                 linger: float = 0.0, on_commit: Any = None, lease: float = 60.0, parallel: int = 2,
+                 parallel_min: int = 100) -> None:
+        self.parallel = max(1, parallel)  # plain batches committed at once (separate connections)
+        self.parallel_min = parallel_min
+        self._in_flight = 0
+        self._in_flight_full = False
         self.lease = lease  # for claims kept by run-ahead
         self.pool = pool
         self.worker_id = worker_id
@@ -89,23 +94,51 @@ class Flusher:
         self._running = True
         task_status.started()
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    await self._kick.wait()
-                    self._kick = trio.Event()
-                    continue
-                if self.linger > 0 and len(self._queue) < self.max_batch:
-                    await trio.sleep(self.linger)
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                await self._flush(batch)
+            async with trio.open_nursery() as flushes:
+                while True:
+                    if not self._queue:
+                        if self._closing:
+                            break
+                        await self._wait_kick()
+                        continue
+                    if self.linger > 0 and len(self._queue) < self.max_batch and not self._in_flight:
+                        await trio.sleep(self.linger)
+                    plain = all(_plain(p) for p in self._queue[: self.max_batch])
+                    if not self._may_start(plain):
+                        await self._wait_kick()  # a flush ends (or more outcomes arrive)
+                        continue
+                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                    self._in_flight += 1
+                    self._in_flight_full = not plain
+                    flushes.start_soon(self._flush_one, batch)
         finally:
             self._running = False
             self.finished.set()
             for p in self._queue:
                 p.error = RuntimeError("runtime stopped before this outcome was committed")
                 p.settle()
+
+    def _may_start(self, plain: bool) -> bool:
+        """Whether the next batch may go now. One flush at a time, except that plain batches (which touch
+        only their own claimed rows, so they cannot wait on each other) may overlap up to ``parallel``,
+        the second one only once it is worth a statement of its own (``parallel_min`` outcomes)."""
+        if not self._in_flight:
+            return True
+        return (plain and not self._in_flight_full and self._in_flight < self.parallel
+                and len(self._queue) >= self.parallel_min)
+
+    async def _wait_kick(self) -> None:
+        await self._kick.wait()
+        self._kick = trio.Event()
+
+    async def _flush_one(self, batch: list[_Pending]) -> None:
+        try:
+            await self._flush(batch)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._in_flight_full = False
+            self._kick.set()
 
     def close(self) -> None:
         """Stop after the queued outcomes are flushed."""
@@ -170,18 +203,13 @@ class Flusher:
         return await self._execute_full(batch)
 
     async def _execute_simple(self, batch: list[_Pending]) -> list[asyncpg.Record]:
-        """``complete_simple``: plain outcomes only (see :func:`_plain`), sorted by id (lock order)."""
-        batch = sorted(batch, key=lambda p: p.claim.id)
-        return await self.pool.fetch(
-            Q.complete_simple,
-            [p.claim.id for p in batch], [p.claim.lease_token for p in batch], [p.outcome.kind for p in batch],
-            [p.outcome.step for p in batch], [p.outcome.state for p in batch],
-            [_delay(p.outcome.delay) for p in batch], [p.outcome.result for p in batch],
-            [p.outcome.error for p in batch], [orjson.dumps(p.outcome.detail).decode() for p in batch],
-            [p.claim.machine for p in batch], [p.claim.step for p in batch], [p.claim.attempt for p in batch],
-            [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
-            self.worker_id, self.clock.now(),
-        )
+        """``complete_simple``: plain outcomes only (see :func:`_plain`), sorted by id (lock order), sent
+        as one JSON parameter."""
+        rows = [[c.id, c.lease_token, o.kind, o.step, o.state, _delay(o.delay), o.result, o.error, o.detail,
+                 c.machine, c.step, c.attempt, c.traceparent, c.tracestate]
+                for c, o in sorted(((p.claim, p.outcome) for p in batch), key=_by_id)]
+        return await self.pool.fetch(Q.complete_simple, orjson.dumps(rows).decode(), self.worker_id,
+                                     self.clock.now())
 
     async def _execute_full(self, batch: list[_Pending]) -> list[asyncpg.Record]:
         ids, tokens, kinds, steps, states, delays, awaits, results, errors, seqs, details = (
@@ -227,6 +255,10 @@ class Flusher:
             [p.outcome.hold for p in batch], self.lease,
             [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
         )
+
+
+def _by_id(item: tuple[Claim, Encoded]) -> int:
+    return item[0].id
 
 
 _PLAIN = frozenset({"next", "retry", "done", "stop", "cancel"})

@@ -374,18 +374,18 @@ select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, 
 
 -- name: complete_simple
 -- `complete` for a batch whose every outcome is plain: next (not held), retry, done, stop or cancel, of an
--- instance without a parent whose step was shown no signal. Same fencing, same row changes, same history, same
--- 'outcome' rows; nothing to join, spawn or consume. Per outcome i: $1 id, $2 lease_token, $3 kind,
--- $4 next step, $5 state json (NULL = unchanged), $6 retry delay seconds, $7 done result json, $8 error,
--- $9 history detail json, $10 machine, $11 step and $12 attempt at pick (the held row's own: a row whose
--- token still matches has not changed since), $13 traceparent, $14 tracestate (adopted when the
--- instance has none). $15 worker id, $16 now. The caller sorts the batch by id (lock order).
+-- instance without a parent whose step was shown no signal. Same fencing, same row changes, same history,
+-- same 'outcome' rows; nothing to join, spawn or consume. $1 is a JSON array with one array per outcome:
+-- [id, lease_token, kind, next step, state json text (null = unchanged), retry delay seconds, done result
+-- json text, error, history detail (an object), machine, step and attempt at pick (the held row's own: a
+-- row whose token still matches has not changed since), traceparent, tracestate (adopted when the
+-- instance has none)]. One JSON parameter rather than 14 arrays: the driver encodes it ~10x cheaper.
+-- $2 worker id, $3 now. The caller sorts the batch by id (lock order).
 with o as (
-  select *
-  from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
-              $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[], $14::text[])
-       as o(id, token, kind, step, state, delay, result, error, detail, machine, old_step, old_attempt,
-            tp, ts)
+  select (e->>0)::bigint as id, (e->>1)::bigint as token, e->>2 as kind, e->>3 as step, e->>4 as state,
+         (e->>5)::float8 as delay, e->>6 as result, e->>7 as error, (e->8)::jsonb as detail,
+         e->>9 as machine, e->>10 as old_step, (e->>11)::int as old_attempt, e->>12 as tp, e->>13 as ts
+  from json_array_elements($1::json) as e
 ),
 upd as (
   update instances g
@@ -406,11 +406,11 @@ upd as (
       attempt = case when o.kind = 'retry' then g.attempt + 1 when o.kind = 'next' then 0 else g.attempt end,
       eligible_at = case when g.cancel_requested or o.kind not in ('next', 'retry') then g.eligible_at
                          when o.kind = 'retry'
-                           then coalesce($16::timestamptz, now()) + make_interval(secs => o.delay)
-                         else coalesce($16::timestamptz, now()) end,
+                           then coalesce($3::timestamptz, now()) + make_interval(secs => o.delay)
+                         else coalesce($3::timestamptz, now()) end,
       awaits = case when o.kind = 'retry' then g.awaits end,
       worker_id = null, lease_token = null, lease_expires_at = null, cancel_requested = false,
-      updated_at = coalesce($16::timestamptz, now())
+      updated_at = coalesce($3::timestamptz, now())
   from o
   where g.id = o.id and g.lease_token = o.token and g.status = 'executing'
   returning g.id, g.status, g.queue, o.machine, o.kind, o.old_step, o.old_attempt, o.token, o.detail
@@ -418,12 +418,12 @@ upd as (
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
                        detail, at)
-  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $15, u.token, u.detail::jsonb,
-         coalesce($16::timestamptz, now())
+  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $2, u.token, u.detail,
+         coalesce($3::timestamptz, now())
   from upd u
   union all
-  select f.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $15, f.token,
-         jsonb_build_object('kind', f.kind), coalesce($16::timestamptz, now())
+  select f.id, coalesce(g.machine, '?'), 'fenced', g.step, g.attempt, g.status, $2, f.token,
+         jsonb_build_object('kind', f.kind), coalesce($3::timestamptz, now())
   from o f
   left join lateral (select machine, step, attempt, status from instances where id = f.id) g on true
   where f.id not in (select u.id from upd u)
