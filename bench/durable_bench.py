@@ -47,8 +47,8 @@ def explain(query: Query) -> Query:
 class Tuning:
     """The runtime settings of every durable drain (its documented fast knobs)."""
 
-    concurrency: int = 200
-    prefetch: int = 200
+    concurrency: int = 500
+    prefetch: int = 500
     flush_max: int = 500
     flush_linger: float = 0.0
     pool: int = 10

@@ -23,7 +23,7 @@ BATCH = 200
 
 PICK_COLUMNS = ("id", "machine", "version", "step", "state", "attempt", "queue", "priority", "partition_key",
                 "lease_token", "signal_seq", "awaits", "parent_id", "cancel_requested", "traceparent",
-                "tracestate", "inserted_at", "eligible_at", "signals", "children")
+                "tracestate", "signals", "children")
 
 
 class _Row(tuple[Any, ...]):

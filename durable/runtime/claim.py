@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,12 +67,9 @@ def _children(text: str) -> tuple[ChildInfo, ...]:
                  for c in codec.decode(text))
 
 
-_PICK_ORDER = operator.itemgetter("priority", "eligible_at", "id")
-
-
 def claims_from_rows(rows: list[asyncpg.Record]) -> list[Claim]:
-    """Pick results in pick order (priority, eligible_at, id): RETURNING itself is unordered."""
-    return [Claim.from_row(r) for r in sorted(rows, key=_PICK_ORDER)]
+    """Pick results (already in pick order: priority, eligible_at, id)."""
+    return [Claim.from_row(r) for r in rows]
 
 
 @dataclass(slots=True)

@@ -55,6 +55,7 @@ class Runtime:
         drain_timeout: float = 30.0,
         flush_linger: float = 0.0,
         flush_max: int = 500,
+        flush_parallel: int = 2,
         worker_id: str | None = None,
         clock: Clock | None = None,
         on_step: OnStep | None = None,
@@ -101,7 +102,7 @@ class Runtime:
             q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
         }
         self.flusher = Flusher(db.pool, self.worker_id, self.clock, max_batch=flush_max, linger=flush_linger,
-                               on_commit=self._woken, lease=self.lease)
+                               on_commit=self._woken, lease=self.lease, parallel=flush_parallel)
         self.reaped = 0
         self.heartbeats = 0
         self._work_scope: trio.CancelScope | None = None

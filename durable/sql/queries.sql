@@ -33,8 +33,8 @@
 -- Order: priority, eligible_at, id. Locked rows are skipped; rows whose partition key is executing are
 -- skipped before the LIMIT (a busy key never hides other keys' work; it costs an index probe per
 -- skipped row), and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
--- and the children ride along so the executor needs no further round trip. RETURNING has no order:
--- the caller sorts the claims by (priority, eligible_at, id).
+-- and the children ride along so the executor needs no further round trip. Rows come in pick order
+-- (priority, eligible_at, id); the claim's fields are the leading columns, in order.
 with candidate as (
   select g.id, g.partition_key, g.priority, g.eligible_at
   from instances g
@@ -55,23 +55,29 @@ free as (
          row_number() over (partition by coalesce(c.partition_key, 'id:' || c.id::text)
                             order by c.priority, c.eligible_at, c.id) as nth
   from candidate c
+),
+claimed as (
+  update instances g
+  set status = 'executing', worker_id = $3, lease_token = nextval('lease_tokens'),
+      lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $4::float8),
+      updated_at = coalesce($5::timestamptz, now())
+  from free f
+  where g.id = f.id and f.nth = 1
+  returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
+    g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
+    g.traceparent, g.tracestate, g.eligible_at
 )
-update instances g
-set status = 'executing', worker_id = $3, lease_token = nextval('lease_tokens'),
-    lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $4::float8),
-    updated_at = coalesce($5::timestamptz, now())
-from free f
-where g.id = f.id and f.nth = 1
-returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
-  g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
-  g.traceparent, g.tracestate, g.inserted_at, g.eligible_at,
+select g.id, g.machine, g.version, g.step, g.state, g.attempt, g.queue, g.priority, g.partition_key,
+  g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested, g.traceparent, g.tracestate,
   (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
             'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
      from signals s where s.target_id = g.id) as signals,
   (select coalesce(json_agg(json_build_object('id', c.id, 'machine', c.machine, 'status', c.status,
             'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
             order by c.id), '[]')::text
-     from instances c where c.parent_id = g.id) as children;
+     from instances c where c.parent_id = g.id) as children
+from claimed g
+order by g.priority, g.eligible_at, g.id;
 
 -- name: heartbeat
 -- Extend the leases still held by this worker (fenced by token) and refresh its registry row.
