@@ -69,7 +69,7 @@ def stage_group(path: str) -> str:
 # Peer settings: each engine's documented throughput knobs, chosen by a small sweep on this machine
 # (see PERFORMANCE.md).
 PEER_SETTINGS: dict[str, dict[str, Any]] = {
-    "pgqueuer": {"dequeuers": 2, "batch": 100},
+    "pgqueuer": {"dequeuers": 1, "batch": 500},
     "procrastinate": {"concurrency": 10},
     "oban": {"concurrency": 100},
     "dbos": {"concurrency": 50, "poll": 0.05},

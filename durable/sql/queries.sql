@@ -69,9 +69,11 @@ claimed as (
 )
 select g.id, g.machine, g.version, g.step, g.state, g.attempt, g.queue, g.priority, g.partition_key,
   g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested, g.traceparent, g.tracestate,
+  -- signal_seq = 0: never signalled (every stored signal bumps it in the same statement), no lookup
+  case when g.signal_seq = 0 then '[]' else
   (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
             'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
-     from signals s where s.target_id = g.id) as signals,
+     from signals s where s.target_id = g.id) end as signals,
   (select coalesce(json_agg(json_build_object('id', c.id, 'machine', c.machine, 'status', c.status,
             'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
             order by c.id), '[]')::text
