@@ -36,6 +36,8 @@ UNKNOWN_MACHINE_RETRY = 60.0
 
 def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Database) -> Encoded:
     """The ``complete`` columns of a validated outcome; StateError when a state does not serialize."""
+    if type(outcome) is Done and outcome.result is None:  # the most common outcome: nothing to encode
+        return Encoded("done", result="null")
     where = f"{machine.name}.{ctx.step}"
 
     def state(value: Any) -> str | None:

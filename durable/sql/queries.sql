@@ -51,10 +51,14 @@ with candidate as (
   for no key update of g skip locked
 ),
 free as (
-  select c.id,
-         row_number() over (partition by coalesce(c.partition_key, 'id:' || c.id::text)
-                            order by c.priority, c.eligible_at, c.id) as nth
-  from candidate c
+  -- every keyless candidate, and the first candidate of each partition key
+  select c.id from candidate c where c.partition_key is null
+  union all
+  select k.id
+  from (select c.id, row_number() over (partition by c.partition_key
+                                         order by c.priority, c.eligible_at, c.id) as nth
+        from candidate c where c.partition_key is not null) k
+  where k.nth = 1
 ),
 claimed as (
   update instances g
@@ -62,7 +66,7 @@ claimed as (
       lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $4::float8),
       updated_at = coalesce($5::timestamptz, now())
   from free f
-  where g.id = f.id and f.nth = 1
+  where g.id = f.id
   returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
     g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
     g.traceparent, g.tracestate, g.eligible_at
