@@ -39,6 +39,15 @@ OnStep = Callable[[Claim, Encoded, Committed], None]
 
 
 class Runtime:
+    """Executes steps of ``queues`` (a mapping queue -> concurrency, or names sharing ``concurrency``).
+
+    Throughput knobs (PERFORMANCE.md): ``concurrency`` steps run at once per queue; ``prefetch`` more
+    claims wait in a buffer (default: ``concurrency``); a finished step frees its slot while its outcome
+    commits. Outcomes are group-committed: up to ``flush_max`` per statement, after an optional
+    ``flush_linger`` wait, and up to ``flush_parallel`` plain batches at once. ``chain`` lets a claim run
+    that many ``next`` steps in a row without a new pick (run-ahead).
+    """
+
     def __init__(
         self,
         db: Database,
