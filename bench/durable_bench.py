@@ -80,7 +80,7 @@ async def insert_all(db: durable.Database, workload: str, n: int) -> float:
 def cost_model(counts: dict[str, int], steps: int) -> dict[str, Any]:
     """Statements per step and per pick from the worker's statement counts."""
     picks = counts.get("pick", 0)
-    completes = counts.get("complete", 0)
+    completes = counts.get("complete", 0) + counts.get("complete_simple", 0)  # the outcome commit's two forms
     return {
         "statements": counts,
         "picks": picks, "completes": completes,
