@@ -9,15 +9,23 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import trio
 
+import durable
+from durable._pg import Pool
+from durable.sql import Query
+from durable.streams import CreateSpec, Store
+from durable.streams.subscription_store import SubscriptionStore
+from durable.streams.subscriptions import Config
+
 from .test_streams_util import ServeProcess, WebhookReceiver, drop, new_schema, serving
 
 pytestmark = pytest.mark.trio
+T = TypeVar("T")
 
 ROOT = "/v1/stream"
 
@@ -411,3 +419,120 @@ async def test_state_survives_a_server_kill(pg_dsn: str) -> None:
         first.stop()
         second.stop()
         await trio.to_thread.run_sync(drop, pg_dsn, schema)
+
+
+# -- a stream created concurrently with a subscription is linked whichever commits first ------------------
+
+WAITING_FOR_LINK_LOCK = Query("test_waiting_for_link_lock", """
+select exists (
+  select 1 from pg_locks l
+  where l.locktype = 'advisory' and not l.granted and l.objsubid = 1
+    and l.database = (select oid from pg_database where datname = current_database())
+    and ((l.classid::bigint << 32) | l.objid::bigint) = ds_link_lock_key()
+)
+""", "a transaction waits for this schema's subscription link lock")
+
+
+class PauseAfter:
+    """A pool gate that runs the first ``name`` statement and then holds its caller, and so the caller's
+    open transaction, until ``release`` is set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reached = trio.Event()
+        self.release = trio.Event()
+
+    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        result = await run()
+        if name == self.name and not self.reached.is_set():
+            self.reached.set()
+            await self.release.wait()
+        return result
+
+
+async def waits_for_link_lock(pool: Pool, done: trio.Event) -> bool:
+    """True once a transaction of the schema waits for the link lock; False if ``done`` comes first
+    (the operation went through without waiting)."""
+    with trio.fail_after(10):
+        while not done.is_set():
+            if await pool.fetchval(WAITING_FOR_LINK_LOCK):
+                return True
+            await trio.sleep(0.01)
+    return False
+
+
+def race_config() -> Config:
+    return Config(type="webhook", pattern="race/*", streams=(), webhook_url="https://hooks.example.com/in",
+                  wake_stream=None, lease_ttl_ms=30000, description=None)
+
+
+@pytest.mark.parametrize("first", ["stream", "subscription"])
+async def test_a_concurrent_stream_creation_is_linked_whichever_commits_first(
+    db: durable.Database, first: str
+) -> None:
+    """The stream's transaction (insert + link trigger) and the subscription's (insert + backfill) overlap;
+    either one is held open by a gate right after its linking statement while the other runs into it.
+    Without the link lock neither sees the other's uncommitted row and the stream is never linked."""
+    store = Store(db.pool)
+    subs = SubscriptionStore(store)
+    path = f"{ROOT}/race/a"
+    put_done, create_done = trio.Event(), trio.Event()
+
+    async def put() -> None:
+        await subs.put(ROOT, "racer", race_config(), "http://test")
+        put_done.set()
+
+    async def create() -> None:
+        await store.create(path, CreateSpec(content_type="application/json", body=b"[1]"))
+        create_done.set()
+
+    gate = PauseAfter("stream_insert" if first == "stream" else "sub_link_glob")
+    original, db.pool.gate = db.pool.gate, gate
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                nursery.start_soon(create if first == "stream" else put)
+                await gate.reached.wait()  # the first transaction has linked and is still open
+                nursery.start_soon(put if first == "stream" else create)
+                # the second one waits for the first to commit instead of missing it
+                assert await waits_for_link_lock(db.pool, put_done if first == "stream" else create_done)
+            finally:
+                gate.release.set()  # (the held transaction is shielded: never leave it waiting)
+    finally:
+        db.pool.gate = original
+
+    [link] = (await subs.get(ROOT, "racer")).links
+    assert (link.path, link.glob, link.explicit) == (path, True, False)
+    tail = (await store.get(path)).tail
+    if first == "stream":
+        assert link.acked == tail  # an existing stream is linked at its tail
+    else:
+        assert link.acked == 0 and link.pending  # a new stream at its start: its first data is pending
+
+
+async def test_a_concurrent_stream_deletion_leaves_no_glob_link(db: durable.Database) -> None:
+    """The mirror case: a stream deleted (uncommitted) while a subscription backfills is not linked."""
+    store = Store(db.pool)
+    subs = SubscriptionStore(store)
+    path = f"{ROOT}/race/gone"
+    await store.create(path, CreateSpec(content_type="application/json"))
+    put_done = trio.Event()
+
+    async def put() -> None:
+        await subs.put(ROOT, "racer", race_config(), "http://test")
+        put_done.set()
+
+    gate = PauseAfter("stream_delete")
+    original, db.pool.gate = db.pool.gate, gate
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                nursery.start_soon(store.delete, path)
+                await gate.reached.wait()  # deleted (and unlinked) but not committed
+                nursery.start_soon(put)
+                assert await waits_for_link_lock(db.pool, put_done)
+            finally:
+                gate.release.set()
+    finally:
+        db.pool.gate = original
+    assert (await subs.get(ROOT, "racer")).links == []

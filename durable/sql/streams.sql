@@ -166,6 +166,14 @@ select * from ds_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
 -- Subscriptions (protocol 6-7; tables of migration 0005). Every state change runs in a transaction that
 -- holds the subscription's row lock (sub_lock / sub_lock_id), so the checks before it stay true.
 
+-- name: sub_link_lock
+-- Take this schema's link lock exclusively until the transaction ends (migration 0006): wait for every
+-- stream creation and deletion in flight (their triggers hold the shared side from their lookup to their
+-- commit) and keep new ones out, so the links written next see every committed stream and every stream
+-- created later sees this subscription. Taken first, before any row lock, by every transaction that
+-- writes links or changes which subscriptions are live.
+select pg_advisory_xact_lock(ds_link_lock_key());
+
 -- name: sub_get
 -- Subscription $2 under stream root $1 (tombstoned ones included), with `lease_active`: its lease has
 -- not expired.

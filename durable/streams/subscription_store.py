@@ -1,7 +1,11 @@
 """Subscriptions in PostgreSQL (protocol 6): create or re-confirm, read, delete (tombstone) and explicit
 membership. Links to streams are kept by the subscription (backfill at creation) and by triggers on
 ``streams`` (a new matching stream is linked at its start, so its first append is pending work); see
-migration 0005. Wakes, leases and acks are :mod:`durable.streams.wakes`."""
+migration 0005. The two serialize on the schema's link lock (migration 0006): every transaction here
+that writes links or changes which subscriptions are live takes it exclusively first (``sub_link_lock``,
+before any row lock, so no lock-order deadlock), the triggers take it shared, so a stream created
+concurrently with a subscription is linked whichever commits first. Wakes, leases and acks are
+:mod:`durable.streams.wakes`."""
 
 from __future__ import annotations
 
@@ -122,6 +126,7 @@ class SubscriptionStore:
                   config.wake_stream, wake_path, config.lease_ttl_ms, config.description, digest, origin)
         for _ in range(3):
             async with self.store.transaction() as conn:
+                await conn.execute(Q.sub_link_lock)
                 row = await conn.fetchrow(Q.sub_lock, root, name)
                 if row is not None and row["deleted_at"] is None:
                     if row["config_hash"] != digest:
@@ -153,6 +158,7 @@ class SubscriptionStore:
     async def delete(self, root: str, name: str) -> None:
         """Tombstone: its wake, lease and links go; callbacks, acks and releases then fail (404)."""
         async with self.store.transaction() as conn:
+            await conn.execute(Q.sub_link_lock)
             row = await conn.fetchrow(Q.sub_lock, root, name)
             if row is None:
                 raise not_found(root, name)
@@ -162,6 +168,7 @@ class SubscriptionStore:
     async def add_streams(self, root: str, name: str, streams: list[str]) -> None:
         """Explicit links at each stream's current tail; already linked ones are left as they are."""
         async with self.store.transaction() as conn:
+            await conn.execute(Q.sub_link_lock)
             sub = await live(conn, root, name)
             paths = [full_path(root, s) for s in streams]
             if sub.wake_path in paths:
