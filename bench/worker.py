@@ -51,6 +51,10 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
                                migrate=False, max_size=int(opts.get("pool", 10))) as db:
         rt = durable.Runtime(db, queues={queue: int(opts["concurrency"])}, on_step=on_step,
                              **runtime_options(opts))
+        if opts.get("tune_gc", True):  # what `durable worker` does by default
+            from durable.runtime.gc_tuning import tune_for_throughput
+
+            tune_for_throughput()
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)
             db.pool.statement_counts.clear()
