@@ -160,6 +160,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": f"{ratio:.2f}x {best} ({one:,.0f} vs {ran[best]:,.0f})",
                     "gap": None if ratio >= 2 else f"needs {2 * ran[best]:,.0f} jobs/s, "
                     f"{2 * ran[best] / one:.2f}x today's"})
+    duel = _get(r, "duel.median_ratio")
+    if isinstance(duel, int | float):
+        rounds = _get(r, "duel.rounds") or []
+        spread = ", ".join(f"{x['ratio']:.2f}" for x in rounds)
+        out.append({"target": "one-step >= 2x pgqueuer, back to back (median of rounds)", "met": duel >= 2,
+                    "measured": f"{duel:.2f}x (rounds: {spread})",
+                    "gap": None if duel >= 2 else f"{2 / duel:.2f}x short"})
     dbos = _num(_get(r, "peers.dbos.per_s"))
     if five and dbos:
         ratio = five / dbos

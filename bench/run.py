@@ -46,6 +46,7 @@ class Plan:
     profile: bool = True
     profile_jobs: int = 50_000
     steploop: int = 50_000
+    duel_rounds: int = 3  # durable and the fastest one-step peer drained back to back, alternately
     tuning: d.Tuning = field(default_factory=d.Tuning)
     quick: bool = False
     only: frozenset[str] | None = None  # stage groups to run (STAGES); None = all
@@ -55,10 +56,12 @@ class Plan:
     def quick_plan(cls) -> Plan:
         return cls(jobs=10_000, machines=4_000, pickup_samples=100, load_seconds=4.0,
                    picker_large=100_000, picks=100, ceiling_jobs=20_000, pglimit_seconds=3.0,
-                   procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, quick=True)
+                   procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, duel_rounds=1,
+                   quick=True)
 
 
-STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "steploop", "peers", "profile")
+STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "steploop", "peers", "duel",
+          "profile")
 
 
 def stage_group(path: str) -> str:
@@ -152,6 +155,9 @@ class Runner:
                          lambda: steploop.measure(p.steploop))
         for peer in p.peers:
             await self.stage(f"peers.{peer}", f"peer {peer}", lambda name=peer: self.peer(name))  # type: ignore[misc]
+        if p.duel_rounds and "pgqueuer" in p.peers:
+            await self.stage("duel", f"one-step duel: durable and pgqueuer back to back, {p.duel_rounds} rounds",
+                             lambda: self.duel(durable_dsn))
         if p.profile:
             await self.stage("profile", f"profile: py-spy on a durable one-step drain of {p.profile_jobs:,}",
                              lambda: self.profile(durable_dsn))
@@ -176,6 +182,25 @@ class Runner:
         finally:
             await self.aio(self.server.drop_database, f"bench_{name}")
         return result
+
+    async def duel(self, dsn: str) -> dict[str, Any]:
+        """The one-step drain of durable and of pgqueuer back to back, several times, alternating who goes
+        first: on a shared machine the load drifts between stages minutes apart, not within seconds."""
+        rounds: list[dict[str, Any]] = []
+        for i in range(self.plan.duel_rounds):
+            order = ("durable", "pgqueuer") if i % 2 == 0 else ("pgqueuer", "durable")
+            per_s: dict[str, float] = {}
+            for engine in order:
+                if engine == "durable":
+                    r = await d.drain(dsn, "onestep", self.plan.jobs, self.plan.tuning, "b_duel",
+                                      postmaster=self.postmaster)
+                else:
+                    r = await self.peer("pgqueuer")
+                per_s[engine] = r["per_s"]
+            rounds.append({**per_s, "ratio": per_s["durable"] / per_s["pgqueuer"], "first": order[0],
+                           "loadavg": os.getloadavg()[0]})
+        ratios = sorted(float(x["ratio"]) for x in rounds)
+        return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2], "jobs": self.plan.jobs}
 
     async def profile(self, dsn: str) -> dict[str, Any]:
         if py_spy() is None:
