@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -150,6 +151,7 @@ class Database:
         self.registry = registry
         self._wakers: dict[str, list[Callable[[], None]]] = defaultdict(list)
         self.notify = True  # inserts send a NOTIFY hint so other processes' runtimes wake at once
+        self.token = secrets.token_hex(4)  # names this Database's hints (its own runtimes skip them)
 
     @property
     def channel(self) -> str:
@@ -215,7 +217,7 @@ class Database:
             Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue,
             cols.priority, cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at,
             cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
-            self.channel if self.notify else None,
+            self.channel if self.notify else None, self.token,
         )
         ids = [r["id"] for r in rows]
         self.wake(q for q, i in zip(cols.queue, ids, strict=True) if i is not None)

@@ -282,7 +282,10 @@ class Runtime:
     async def _listen_loop(self) -> None:
         """Wake schedulers on NOTIFY hints from inserts in other processes. Only a hint: polling
         remains the correctness floor, so a lost connection just means polling until it is back."""
-        def hint(_conn: object, _pid: int, _channel: str, queue: str) -> None:
+        def hint(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            sender, _, queue = payload.partition("|")  # '<sender token>|<queue>' (signals: no sender)
+            if sender == self.db.token:  # our own insert: its local wake-up already fired
+                return
             scheduler = self.schedulers.get(queue)
             if scheduler is not None:
                 scheduler.wakeup.set()

@@ -449,7 +449,8 @@ from o left join upd u on u.id = o.id;
 -- between concurrent batches). $1 machine, $2 version, $3 step, $4 state json, $5 queue, $6 priority,
 -- $7 partition key, $8 unique key, $9 unique scope (status[] literal), $10 eligible_at (NULL = now),
 -- $11 traceparent, $12 tracestate, $13 parent id, $15 delay seconds added to eligible_at; $14 now;
--- $16 notify channel (NULL = none): one pg_notify per distinct queue, delivered at commit.
+-- $16 notify channel (NULL = none): one pg_notify per distinct queue, delivered at commit, its payload
+-- '<$17>|<queue>' ($17 the inserting Database's token: its own runtimes, woken locally, ignore it).
 -- Returns one row per input, in input order: ord, id (NULL when skipped as a duplicate).
 with src as (
   select s.ord, nextval('instances_id_seq') as id, s.machine, s.version, s.step, s.state, s.queue,
@@ -482,7 +483,8 @@ logged as (
 ),
 notified as (
   -- a wake-up hint for runtimes in other processes (LISTEN on channel $16); NULL = no notify
-  select pg_notify($16::text, d.queue) from (select distinct queue from ins) d where $16::text is not null
+  select pg_notify($16::text, $17::text || '|' || d.queue) from (select distinct queue from ins) d
+  where $16::text is not null
 )
 select s.ord, i.id, (select count(*) from notified) as notified
 from src s left join ins i on i.id = s.id order by s.ord;
@@ -519,7 +521,8 @@ woken as (
 ),
 notified as (
   -- a wake-up hint to other processes' runtimes (the channel of the schema in search_path)
-  select pg_notify(left('durable_' || current_schema(), 63), w.queue) from woken w where w.status = 'runnable'
+  select pg_notify(left('durable_' || current_schema(), 63), '|' || w.queue)  -- '<sender>|<queue>', no sender
+  from woken w where w.status = 'runnable'
 ),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, detail, at)
