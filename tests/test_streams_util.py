@@ -21,12 +21,14 @@ from durable.migrate import drop_schema
 
 
 class ServeProcess:
-    """``durable serve --port 0`` in its own process; ``url`` once it listens."""
+    """``durable serve --port 0`` in its own process; ``url`` once it listens. ``env``: variables added
+    to the server's environment."""
 
-    def __init__(self, dsn: str, schema: str, *extra: str) -> None:
+    def __init__(self, dsn: str, schema: str, *extra: str, env: dict[str, str] | None = None) -> None:
         self.dsn = dsn
         self.schema = schema
         self.extra = extra
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.log: list[str] = []
@@ -34,7 +36,7 @@ class ServeProcess:
     def start(self, timeout: float = 30.0) -> str:
         cmd = [sys.executable, "-c", "from durable.cli import main; main()", "serve", "--port", "0", "--dsn", self.dsn,
                "--schema", self.schema, *self.extra]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                      env=env)
         found = threading.Event()
@@ -82,10 +84,11 @@ def drop(dsn: str, schema: str) -> None:
 
 
 @contextmanager
-def serving(dsn: str, *extra: str, schema: str | None = None) -> Iterator[ServeProcess]:
+def serving(dsn: str, *extra: str, schema: str | None = None,
+            env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
     """A server on a fresh schema, dropped afterwards."""
     schema = schema or new_schema()
-    server = ServeProcess(dsn, schema, *extra)
+    server = ServeProcess(dsn, schema, *extra, env=env)
     server.start()
     try:
         yield server

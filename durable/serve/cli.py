@@ -24,13 +24,25 @@ from ..cli import dsn_option, run, schema_option
               help="Base URL of callback and JWKS links in subscriptions (default: the request's origin).")
 @click.option("--dev-webhooks/--no-dev-webhooks", default=True, show_default=True,
               help="Allow webhook URLs on localhost and 127.0.0.x (plain http:// included).")
+@click.option("--token", "tokens", multiple=True, envvar="DURABLE_SERVE_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every request that creates, modifies or deletes "
+                   "(repeat for several tokens; env DURABLE_SERVE_TOKEN, whitespace-separated).")
+@click.option("--protect-reads", is_flag=True,
+              help="Require the token on reads (GET, HEAD) too.")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Allow listening on a non-loopback interface without --token.")
 def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeout: float,
-            max_append_bytes: int, public_url: str | None, dev_webhooks: bool) -> None:
-    """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name})."""
+            max_append_bytes: int, public_url: str | None, dev_webhooks: bool, tokens: tuple[str, ...],
+            protect_reads: bool, insecure_no_auth: bool) -> None:
+    """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name}).
+
+    Without --token anyone who can reach the server may write: it then listens only on loopback
+    (127.0.0.0/8, ::1, localhost) unless --insecure-no-auth is given."""
     import trio
 
     from ..errors import DurableError, SchemaError
     from ..migrate import check_schema_name
+    from .auth import is_loopback
     from .server import serve
     from .streams import Settings
 
@@ -38,13 +50,24 @@ def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeou
         check_schema_name(schema)
     except SchemaError as exc:
         raise click.UsageError(str(exc)) from None
+    if any(not t.strip() for t in tokens):
+        raise click.UsageError("--token must not be empty")
+    if protect_reads and not tokens:
+        raise click.UsageError("--protect-reads needs --token")
+    if not tokens and not insecure_no_auth and not is_loopback(host):
+        click.echo(f"error: refusing to listen on {host} without access control: pass --token TOKEN (or set "
+                   "DURABLE_SERVE_TOKEN), or --insecure-no-auth to serve without authentication", err=True)
+        sys.exit(2)
     settings = Settings(long_poll_timeout=long_poll_timeout, max_append_bytes=max_append_bytes,
-                        public_url=public_url, allow_dev_webhooks=dev_webhooks)
+                        public_url=public_url, allow_dev_webhooks=dev_webhooks,
+                        tokens=tuple(t.strip() for t in tokens), protect_reads=protect_reads)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
-            click.echo(f"durable serve: listening on {server.url} (schema {schema})", err=True)
+            access = ("token required for writes and reads" if protect_reads else "token required for writes") \
+                if tokens else "no access control"
+            click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
 
     try:
         run(main)

@@ -19,6 +19,7 @@ from ..client import Database, connect
 from ..streams.store import Store
 from ..streams.subscription_store import SubscriptionStore
 from ..streams.wakes import Wakes
+from .auth import AccessControl
 from .dispatcher import Dispatcher
 from .hub import Hub
 from .instances import InstanceEndpoints
@@ -36,7 +37,8 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
 
 
 class CommonHeaders:
-    """Adds the CORS and browser security headers to every response; answers CORS preflights."""
+    """Adds the CORS and browser security headers to every response; answers CORS preflights (before
+    any access control: a preflight never carries credentials)."""
 
     def __init__(self, app: ASGI) -> None:
         self.app = app
@@ -75,6 +77,8 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
         Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
         Route("/{path:path}", stream_route, methods=ALL_METHODS),
     ])
+    if settings.tokens:
+        return CommonHeaders(AccessControl(app, settings.tokens, protect_reads=settings.protect_reads))
     return CommonHeaders(app)
 
 

@@ -33,6 +33,8 @@ class Settings:
     webhook_timeout: float = 30.0  # one webhook POST (also at most the subscription's lease)
     allow_dev_webhooks: bool = True  # http://localhost and http://127.0.0.x webhook URLs
     public_url: str | None = None  # base of callback and JWKS URLs (default: the request's origin)
+    tokens: tuple[str, ...] = ()  # access control: writes need one of these as a bearer token
+    protect_reads: bool = False  # reads (GET, HEAD) need a token too
 
 
 def error(exc: StreamError) -> Response:
