@@ -81,13 +81,31 @@ class _Direct:
 # elements; a cached generic plan assumes 10 rows and chooses nested loops over them that are quadratic
 # in the batch (measured: `complete` of 200 outcomes 12.8 ms generic vs 6.1 ms custom, planning included).
 SESSION_SETTINGS = {"application_name": "durable", "plan_cache_mode": "force_custom_plan"}
+# ... except the statements marked `-- plan: generic`, whose plan cannot depend on their parameters (the
+# pick: an index scan under a LIMIT; complete_simple: one JSON parameter, estimated at 100 rows either
+# way). They run on connections of their own that keep a cached plan: planning was half of an idle
+# pick's latency (0.95 -> 0.50 ms measured).
+GENERIC_SETTINGS = {"application_name": "durable", "plan_cache_mode": "auto"}
+
+
+async def _keep_session(_con: asyncpg.Connection) -> None:
+    """Released connections keep their session: durable leaves no session state behind (locks are
+    transaction-scoped, settings are per connection set), so asyncpg's reset query (unlock, CLOSE ALL,
+    UNLISTEN, RESET ALL) would be a round trip per statement for nothing. An open transaction is still
+    rolled back by asyncpg. The connections that LISTEN are reset in full when released."""
+
+
+GENERIC_POOL_MAX = 4  # a runtime's picks (one per queue at a time) and its plain flushes (two at a time)
 
 
 class Pool:
-    """An asyncpg pool whose connections use ``search_path = <schema>``; all calls are trio calls."""
+    """Two asyncpg pools on one schema (``search_path = <schema>``): ``raw`` (up to ``max_size``
+    connections) plans every statement for its parameters, ``generic`` (up to ``min(max_size, 4)`` more,
+    opened on first use) keeps cached plans for the statements marked so. All calls are trio calls."""
 
-    def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str) -> None:
+    def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str, generic: asyncpg.Pool | None = None) -> None:
         self.raw = raw
+        self.generic = generic if generic is not None else raw
         self.dsn = dsn
         self.schema = schema
         self.gate: Gate = _Direct()
@@ -95,25 +113,38 @@ class Pool:
 
     @classmethod
     async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+        path = {"search_path": f"{schema},public"}
         try:
             raw = await aio(asyncpg.create_pool)(
-                dsn,
-                min_size=min_size,
-                max_size=max_size,
-                server_settings=SESSION_SETTINGS | {"search_path": f"{schema},public"},
-                statement_cache_size=256,
-            )
+                dsn, min_size=min_size, max_size=max_size,
+                server_settings=SESSION_SETTINGS | path, statement_cache_size=256, reset=_keep_session)
+            assert raw is not None
+            try:
+                generic = await aio(asyncpg.create_pool)(
+                    dsn, min_size=0, max_size=min(max_size, GENERIC_POOL_MAX),
+                    server_settings=GENERIC_SETTINGS | path, statement_cache_size=256, reset=_keep_session)
+            except BaseException:
+                raw.terminate()
+                raise
         except _UNREACHABLE as exc:
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
-        assert raw is not None
-        return cls(raw, dsn, schema)
+        return cls(raw, dsn, schema, generic)
+
+    def pools(self) -> list[asyncpg.Pool]:
+        return [self.raw] if self.generic is self.raw else [self.raw, self.generic]
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(10) as scope:
-                await aio(self.raw.close)()
-            if scope.cancelled_caught:
-                self.raw.terminate()
+            for raw in self.pools():
+                with trio.move_on_after(10) as scope:
+                    await aio(raw.close)()
+                if scope.cancelled_caught:
+                    raw.terminate()
+
+    def terminate(self) -> None:
+        """Close every connection at once (a crashed process's)."""
+        for raw in self.pools():
+            raw.terminate()
 
     async def _run(self, q: Query, method: Callable[..., Awaitable[T]], args: Sequence[Any]) -> T:
         self.statement_counts[q.name] += 1
@@ -126,17 +157,34 @@ class Pool:
 
         return await self.gate.call(q.name, run)
 
+    def _for(self, q: Query) -> asyncpg.Pool:
+        return self.generic if q.generic else self.raw
+
     async def fetch(self, q: Query, *args: Any) -> list[Record]:
-        return await self._run(q, self.raw.fetch, args)
+        return await self._run(q, self._for(q).fetch, args)
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
-        return await self._run(q, self.raw.fetchrow, args)
+        return await self._run(q, self._for(q).fetchrow, args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
-        return await self._run(q, self.raw.fetchval, args)
+        return await self._run(q, self._for(q).fetchval, args)
 
     async def execute(self, q: Query, *args: Any) -> str:
-        return await self._run(q, self.raw.execute, args)
+        return await self._run(q, self._for(q).execute, args)
+
+    async def release_listening(self, raw: asyncpg.Connection) -> None:
+        """Give back a connection that LISTENed: reset in full (UNLISTEN *) first."""
+        with trio.CancelScope(shield=True):
+            try:
+                if not raw.is_closed():
+                    with trio.move_on_after(2):
+                        await aio(raw.reset)()
+            except Exception:  # the release below terminates a broken connection
+                pass
+            try:
+                await aio(self.raw.release)(raw)
+            except asyncpg.InterfaceError:
+                pass  # the server dropped it: asyncpg already gave it back to the pool
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -172,16 +220,13 @@ class Pool:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
-        """A pooled connection outside any transaction (for LISTEN or session-level work)."""
+        """A pooled connection outside any transaction (for LISTEN or session-level work); reset in full
+        when given back."""
         raw = await aio(self.raw.acquire)()
         try:
             yield Conn(self, raw)
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await aio(self.raw.release)(raw)
-                except asyncpg.InterfaceError:
-                    pass  # the server dropped it: asyncpg already gave it back to the pool
+            await self.release_listening(raw)
 
 
 @asynccontextmanager

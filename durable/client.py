@@ -219,7 +219,8 @@ class Database:
             cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
             self.channel if self.notify else None, self.token,
         )
-        ids = [r["id"] for r in rows]
+        inserted = set(rows[0]["inserted"])
+        ids = [r["id"] if r["id"] in inserted else None for r in rows]
         self.wake(q for q, i in zip(cols.queue, ids, strict=True) if i is not None)
         return ids
 

@@ -246,7 +246,8 @@ class SlotGate:
         elif name in ("reap", "release"):
             for r in rows:
                 leases.pop(r["id"], None)
-            text = " ".join(str(r["id"]) for r in rows)
+            inserted = set(rows[0]["inserted"]) if rows else set()
+            text = " ".join(str(r["id"] if r["id"] in inserted else None) for r in rows)
         elif name == "complete":
             parts = []
             for r in rows:
@@ -276,7 +277,8 @@ class SlotGate:
         elif name == "deliver_signal":
             text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
         elif name == "insert_instances":
-            text = " ".join(str(r["id"]) for r in rows)
+            inserted = set(rows[0]["inserted"]) if rows else set()
+            text = " ".join(str(r["id"] if r["id"] in inserted else None) for r in rows)
         else:
             text = f"{len(rows)} rows" if isinstance(result, list) else ""
         sim.log.add(f"{who} {name}#{nth} {text}".rstrip())

@@ -211,7 +211,7 @@ class Simulation:
             finally:
                 with trio.CancelScope(shield=True):
                     for db in self.dbs:
-                        db.pool.raw.terminate()
+                        db.pool.terminate()
                     if not keep_schema:
                         await drop_schema(self.admin, self.schema)
                     await self.watch.close()
@@ -266,7 +266,7 @@ class Simulation:
                 rt.killed = True
             finally:
                 self.dbs.remove(db)
-                db.pool.raw.terminate()  # a dead process's connections die with it
+                db.pool.terminate()  # a dead process's connections die with it
             run.log.add(f"{slot.worker_id} {'crashed' if rt.killed else 'stopped'}")
             if run.phase == "done":
                 return

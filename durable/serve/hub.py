@@ -84,7 +84,7 @@ class Hub:
                         await lost.wait()
             finally:
                 with trio.CancelScope(shield=True), suppress(Exception):
-                    await aio(pool.raw.release)(raw)
+                    await pool.release_listening(raw)
 
 
 async def wait(event: trio.Event, timeout: float) -> bool:

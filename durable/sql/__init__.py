@@ -21,6 +21,9 @@ class Query:
     name: str
     text: str
     doc: str
+    # a `-- plan: generic` line: the statement's plan does not depend on its parameters, so a cached
+    # generic plan may serve it (durable._pg runs it on connections that keep one)
+    generic: bool = False
 
     def __str__(self) -> str:
         return self.text
@@ -34,6 +37,7 @@ class Migration:
 
 
 _HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_GENERIC = "plan: generic"
 
 
 def parse_queries(source: str) -> dict[str, Query]:
@@ -52,7 +56,9 @@ def parse_queries(source: str) -> dict[str, Query]:
         name = m.group(1)
         if name in out:
             raise ValueError(f"duplicate query name {name!r}")
-        out[name] = Query(name=name, text=body.strip() + "\n", doc=" ".join(doc_lines))
+        generic = _GENERIC in doc_lines
+        doc = " ".join(line for line in doc_lines if line != _GENERIC)
+        out[name] = Query(name=name, text=body.strip() + "\n", doc=doc, generic=generic)
     return out
 
 
@@ -91,7 +97,7 @@ class _Queries:
     def replace(self, name: str, text: str) -> Query:
         """Swap one statement's text (the simulator's planted bugs use this); returns the old one."""
         old = self._queries[name]
-        self._queries[name] = Query(name=name, text=text, doc=old.doc)
+        self._queries[name] = Query(name=name, text=text, doc=old.doc, generic=old.generic)
         return old
 
     def restore(self, query: Query) -> None:

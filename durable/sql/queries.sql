@@ -35,6 +35,7 @@
 -- skipped row), and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
 -- and the children ride along so the executor needs no further round trip. Rows come in pick order
 -- (priority, eligible_at, id); the claim's fields are the leading columns, in order.
+-- plan: generic
 with candidate as (
   select g.id, g.partition_key, g.priority, g.eligible_at
   from instances g
@@ -393,6 +394,7 @@ select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, 
 -- row whose token still matches has not changed since), traceparent, tracestate (adopted when the
 -- instance has none)]. One JSON parameter rather than 14 arrays: the driver encodes it ~10x cheaper.
 -- $2 worker id, $3 now. The caller sorts the batch by id (lock order).
+-- plan: generic
 with o as (
   select (e->>0)::bigint as id, (e->>1)::bigint as token, e->>2 as kind, e->>3 as step, e->>4 as state,
          (e->>5)::float8 as delay, e->>6 as result, e->>7 as error, (e->8)::jsonb as detail,
@@ -451,7 +453,11 @@ from o left join upd u on u.id = o.id;
 -- $11 traceparent, $12 tracestate, $13 parent id, $15 delay seconds added to eligible_at; $14 now;
 -- $16 notify channel (NULL = none): one pg_notify per distinct queue, delivered at commit, its payload
 -- '<$17>|<queue>' ($17 the inserting Database's token: its own runtimes, woken locally, ignore it).
--- Returns one row per input, in input order: ord, id (NULL when skipped as a duplicate).
+-- Returns one row per input, in input order: ord and the id it was given; the first row also carries
+-- `inserted`, the ids actually inserted (an id missing there was skipped as a duplicate). No join or
+-- lookup per row between the batch and the inserted rows: a cached plan that assumes a small batch
+-- stays linear for a large one.
+-- plan: generic
 with src as (
   select s.ord, nextval('instances_id_seq') as id, s.machine, s.version, s.step, s.state, s.queue,
          s.priority, s.partition_key, s.unique_key, s.scope, s.eligible_at, s.traceparent, s.tracestate,
@@ -486,8 +492,10 @@ notified as (
   select pg_notify($16::text, $17::text || '|' || d.queue) from (select distinct queue from ins) d
   where $16::text is not null
 )
-select s.ord, i.id, (select count(*) from notified) as notified
-from src s left join ins i on i.id = s.id order by s.ord;
+select s.ord, s.id,
+       case when s.ord = 1 then (select coalesce(array_agg(i.id), '{}') from ins i) end as inserted,
+       case when s.ord = 1 then (select count(*) from notified) end as notified
+from src s order by s.ord;
 
 -- name: deliver_signal
 -- Deliver signal $2 with payload $3 (json) and dedup key $4 to instance $1; $5 sender traceparent,

@@ -1,0 +1,71 @@
+"""The driver layer (durable/_pg.py): which connections plan for parameters and which keep a cached plan,
+and what a released connection keeps of its session."""
+
+from __future__ import annotations
+
+import pytest
+
+import durable
+from durable._pg import aio
+from durable.sql import Q, parse_queries
+
+pytestmark = pytest.mark.trio
+
+
+async def test_plan_marker_is_parsed_and_kept_out_of_the_doc() -> None:
+    queries = parse_queries("-- name: a\n-- Does a.\n-- plan: generic\nselect 1;\n"
+                            "-- name: b\n-- Does b.\nselect 2;\n")
+    assert queries["a"].generic and queries["a"].doc == "Does a."
+    assert not queries["b"].generic
+    # the statements whose plan cannot depend on their parameters, and only those
+    marked = sorted(q.name for q in Q if q.generic)
+    assert marked == ["complete_simple", "insert_instances", "pick"]
+
+
+async def _settings(raw: object) -> tuple[str, list[str]]:
+    async def look() -> tuple[str, list[str]]:
+        async with raw.acquire() as con:  # type: ignore[attr-defined]
+            mode = await con.fetchval("show plan_cache_mode")
+            channels = await con.fetchval(
+                "select coalesce(array_agg(c), '{}') from pg_listening_channels() c")
+            return mode, list(channels)
+
+    return await aio(look)()
+
+
+async def test_marked_statements_run_on_connections_that_keep_a_cached_plan(db: durable.Database) -> None:
+    pool = db.pool
+    assert pool.generic is not pool.raw
+    assert (await _settings(pool.raw))[0] == "force_custom_plan"
+    assert (await _settings(pool.generic))[0] == "auto"
+    before = pool.generic.get_size()  # type: ignore[attr-defined]
+    await pool.fetch(Q.pick, "nothing_here", 10, "w", 30.0, None)
+    assert pool.generic.get_size() >= max(1, before)  # type: ignore[attr-defined]
+    assert pool.generic.get_max_size() <= 4  # type: ignore[attr-defined]
+
+
+async def test_a_released_connection_keeps_its_session_but_not_its_listen(db: durable.Database) -> None:
+    pool = db.pool
+    # a session setting made on a pooled connection survives its release (no reset query per statement)
+    async def set_on_every_connection() -> int:
+        cons = [await pool.raw.acquire() for _ in range(pool.raw.get_size())]
+        for con in cons:
+            await con.execute("set application_name = 'kept'")
+        for con in cons:
+            await pool.raw.release(con)
+        return len(cons)
+
+    assert await aio(set_on_every_connection)() >= 1
+
+    async def names() -> set[str]:
+        async with pool.raw.acquire() as con:
+            return {await con.fetchval("show application_name")}
+
+    assert await aio(names)() == {"kept"}
+    # a connection that LISTENed is reset in full when given back: no channel stays subscribed
+    async with pool.connection() as conn:
+        await aio(conn.raw.add_listener)("durable_test_channel", lambda *_: None)
+        listening = await aio(conn.raw.fetchval)("select array_agg(c) from pg_listening_channels() c")
+        assert "durable_test_channel" in listening
+    for _ in range(pool.raw.get_size()):
+        assert (await _settings(pool.raw))[1] == []
