@@ -246,8 +246,7 @@ class SlotGate:
         elif name in ("reap", "release"):
             for r in rows:
                 leases.pop(r["id"], None)
-            inserted = set(rows[0]["inserted"]) if rows else set()
-            text = " ".join(str(r["id"] if r["id"] in inserted else None) for r in rows)
+            text = " ".join(str(r["id"]) for r in rows)
         elif name == "complete":
             parts = []
             for r in rows:

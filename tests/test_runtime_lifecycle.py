@@ -17,18 +17,21 @@ from .helpers import wait_for
 pytestmark = pytest.mark.trio
 
 RELEASE = trio.Event()
+STARTED = trio.Event()
 
 
 @pytest.fixture(autouse=True)
 def _fresh_release() -> None:
-    global RELEASE
+    global RELEASE, STARTED
     RELEASE = trio.Event()
+    STARTED = trio.Event()
 
 
 class Blocking(Machine, queue="drain"):
     @step
     async def go(self, ctx):
         if ctx.state.get("block"):
+            STARTED.set()
             await RELEASE.wait()
         return Done(ctx.attempt)
 
@@ -66,10 +69,8 @@ async def test_in_flight_step_finishes_within_the_drain_deadline(db: durable.Dat
     async with trio.open_nursery() as n:
         await n.start(rt.run)
 
-        async def executing() -> bool:
-            return (await statuses(db)).get("executing") == 1
-
-        await wait_for(executing)
+        with trio.fail_after(30):
+            await STARTED.wait()  # running in its slot, not merely claimed (a claimed one is released)
         rt.stop()
         await trio.sleep(0.2)
         assert (await statuses(db)) == {"executing": 1}  # still running: given time to finish
