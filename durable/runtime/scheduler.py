@@ -215,7 +215,8 @@ class Scheduler:
                                             "messaging.operation.type": "receive",
                                             "messaging.destination.name": self.queue,
                                             "durable.demand": demand,
-                                            "durable.worker.id": rt.worker_id},
+                                            "durable.worker.id": rt.worker_id,
+                                            "durable.claimed": 0},  # until the claims are in
                           kind=tracing.SpanKind.CONSUMER) as span:
             for attempt in range(PICK_RETRIES):
                 try:
