@@ -286,21 +286,27 @@ class Simulation:
             else:
                 for slot in self.slots:
                     nursery.start_soon(self._supervise, slot)
-            for at, act in actions:
-                await trio.sleep_until(self.t0 + at)
-                await act(client)
-            await trio.sleep_until(self.t0 + cfg.chaos_seconds * self.scale)
-            run.phase = "heal"
-            run.log.add("phase heal")
-            if progress:
-                progress("heal", 0.5)
-            self.early = await history(client)
-            deadline = trio.current_time() + cfg.heal_bound * self.scale
-            while trio.current_time() < deadline:
-                await trio.sleep(10 * self.scale)
-                rows = await client.pool.fetch(Q.sim_instances_all)
-                if all(r["status"] in TERMINAL for r in rows):
-                    break
+            try:
+                for at, act in actions:
+                    await trio.sleep_until(self.t0 + at)
+                    await act(client)
+                await trio.sleep_until(self.t0 + cfg.chaos_seconds * self.scale)
+                run.phase = "heal"
+                run.log.add("phase heal")
+                if progress:
+                    progress("heal", 0.5)
+                self.early = await history(client)
+                deadline = trio.current_time() + cfg.heal_bound * self.scale
+                while trio.current_time() < deadline:
+                    await trio.sleep(10 * self.scale)
+                    rows = await client.pool.fetch(Q.sim_instances_all)
+                    if all(r["status"] in TERMINAL for r in rows):
+                        break
+            except BaseException:
+                if procs is not None:  # no worker process may outlive a failed run
+                    with trio.CancelScope(shield=True):
+                        await procs.stop()
+                raise
             run.phase = "done"
             run.log.add("phase liveness")
             if procs is not None:

@@ -7,6 +7,7 @@ execution to a records file so the parent can check partition keys.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,14 @@ from durable.clock import DatabaseClock
 
 from .core import Run, SimConfig, SimDatabase, StepRecord
 from .workloads import workloads
+
+
+async def die_with_parent(parent: int) -> None:
+    """Exit at once, like a crash, when the simulator that started this worker is gone: no worker
+    outlives its run, whatever ended the run."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing signals a parent's exit
+        await trio.sleep(0.5)
+    os._exit(3)
 
 
 async def main(dsn: str, schema: str, worker_id: str, workload: str, lease: float, records: str) -> None:
@@ -50,6 +59,7 @@ async def main(dsn: str, schema: str, worker_id: str, workload: str, lease: floa
                          worker_id=worker_id, on_error=lambda m: None)
             with trio.open_signal_receiver(signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(die_with_parent, os.getppid())
                     await nursery.start(rt.run)
                     print("ready", flush=True)
                     async for _ in signals:
