@@ -55,7 +55,10 @@ def seeded_clock(seed: int) -> trio.testing.MockClock:
 
 
 class Serializer:
-    """One database call at a time (FIFO); in dst mode the mock clock is frozen during the call."""
+    """One database call at a time (FIFO); in dst mode the mock clock is frozen during the call. A
+    transaction keeps the turn from its BEGIN to its COMMIT or ROLLBACK: its statements may take row
+    locks that another participant's statement would wait on, and that wait would never end while the
+    lock holder's COMMIT queued behind it."""
 
     def __init__(self, run: Run, clock: trio.testing.MockClock | None) -> None:
         self.run = run
@@ -63,22 +66,47 @@ class Serializer:
         self.lock = trio.Lock()
         self.sched = random.Random(f"{run.config.seed}:sched")
         self.calls = 0
+        self.owner: trio.lowlevel.Task | None = None  # the task whose open transaction keeps the turn
+
+    def owns(self) -> bool:
+        return self.owner is not None and self.owner is trio.lowlevel.current_task()
 
     @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    async def turn(self, *, begins: bool = False, ends: bool = False) -> AsyncIterator[None]:
+        """One call's turn. ``begins``: the call opens a transaction, which keeps the turn if it succeeds;
+        ``ends``: the call closes the transaction that holds the turn."""
         if self.clock is None:  # chaos mode: real concurrency
             self.calls += 1
             yield
             return
-        async with self.lock:
-            await trio.testing.wait_all_tasks_blocked()
-            self.clock.autojump_threshold = math.inf
+        if self.owns():  # a statement of the transaction that holds the turn
             self.calls += 1
             try:
                 yield
             finally:
-                self.clock.autojump_threshold = 0
-                trio_run_module._r.seed(self.sched.getrandbits(64))
+                if ends:
+                    self.owner = None
+                    self._release()
+            return
+        await self.lock.acquire()
+        kept = False
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+            self.clock.autojump_threshold = math.inf
+            self.calls += 1
+            yield
+            kept = begins
+        finally:
+            if kept:
+                self.owner = trio.lowlevel.current_task()
+            else:
+                self._release()
+
+    def _release(self) -> None:
+        assert self.clock is not None
+        self.clock.autojump_threshold = 0
+        trio_run_module._r.seed(self.sched.getrandbits(64))
+        self.lock.release()
 
     async def settle(self) -> None:
         """Wait until every task is blocked, then reseed the scheduler (after unserialized setup I/O)."""
@@ -130,7 +158,8 @@ class SlotGate:
         nth = slot.counts[name]
         faults = [f for f in sim.plan
                   if sim.faults_on and f.slot == slot.index and STATEMENT.get(f.kind) == name and f.nth == nth]
-        if slot.paused is not None:
+        in_transaction = self.serializer.owns()  # it holds the turn: it must not pause
+        if slot.paused is not None and not in_transaction:
             await slot.paused.wait()
         for f in faults:
             if f.kind == "reaper_delay":
@@ -143,7 +172,7 @@ class SlotGate:
             if f.kind == "drain" and slot.runtime is not None and not slot.runtime.stopping:
                 sim.fire(f, f" ({slot.worker_id})")
                 slot.runtime.stop(drain_timeout=f.seconds * sim.scale)
-        async with self.serializer.turn():
+        async with self.serializer.turn(begins=name == "begin", ends=name in ("commit", "rollback")):
             held = self._held()
             if "crash" in kinds:
                 self._crash(next(f for f in faults if f.kind == "crash"))

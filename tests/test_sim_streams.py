@@ -31,3 +31,23 @@ def test_streams_run_is_reproducible(pg_dsn: str) -> None:
     first, again = simulate(cfg, dsn=pg_dsn), simulate(cfg, dsn=pg_dsn)
     assert first.ok and again.ok
     assert first.log == again.log
+
+
+def test_two_transactions_that_lock_the_same_row_do_not_stall_the_gate(pg_dsn: str) -> None:
+    """Seed 11005 has two workers create one stream at once: the second create waits on the first's row
+    lock inside PostgreSQL. With the gate passing one call at a time, that wait used to hold the turn the
+    first transaction's COMMIT needed, and the run hung. A transaction now keeps the turn until it ends."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        box["result"] = simulate(SimConfig(seed=11005, workload="streams", faults=ALL, instances=12,
+                                           workers=3), dsn=pg_dsn)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the simulation stalled"
+    result = box["result"]
+    assert result.ok, result.violations[:3]  # type: ignore[attr-defined]
