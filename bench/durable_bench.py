@@ -253,7 +253,9 @@ def done_batch(rows: list[Any]) -> list[_Pending]:
 @asynccontextmanager
 async def async_commit_pool(dsn: str, schema: str, size: int) -> AsyncIterator[Pool]:
     """A durable Pool whose sessions run ``synchronous_commit = off`` (the picks of the
-    ``async_pick`` ceiling variant: a claim that a crash loses is re-run, its late outcome fenced)."""
+    ``async_pick`` ceiling variant). A measurement only: the engine does not do this, because a crash
+    can rewind the lease-token sequence with the lost claims and hand the same tokens out again
+    (PERFORMANCE.md, suggestion 4)."""
     raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
         dsn, min_size=1, max_size=size, statement_cache_size=256,
         server_settings={"search_path": f"{schema},public", "synchronous_commit": "off"})
