@@ -329,7 +329,8 @@ async def connect(
 ) -> AsyncIterator[Database]:
     """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server.
     ``migrate=True`` brings the schema up to date first. Usable from a plain ``trio.run``: the asyncio
-    bridge is opened here when needed."""
+    bridge is opened here when needed. Connections: up to ``max_size``, plus up to ``min(max_size, 4)``
+    opened on first use for the pick, the plain outcome commit and the insert, which keep cached plans."""
     check_schema_name(schema)
     import trio
 
