@@ -4,6 +4,7 @@ and what a released connection keeps of its session."""
 from __future__ import annotations
 
 import pytest
+import trio
 
 import durable
 from durable._pg import aio
@@ -69,3 +70,19 @@ async def test_a_released_connection_keeps_its_session_but_not_its_listen(db: du
         assert "durable_test_channel" in listening
     for _ in range(pool.raw.get_size()):
         assert (await _settings(pool.raw))[1] == []
+
+
+async def test_a_cancelled_transaction_gives_its_connection_back(db: durable.Database) -> None:
+    """Cancelled during BEGIN or mid-statement: the transaction rolls back at once and the pool goes on."""
+    from durable.sql import Query
+
+    sleep, one = Query("t_sleep", "select pg_sleep(5)", ""), Query("t_one", "select 1", "")
+    for delay in (0.0, 0.1):  # 0: the cancel arrives with BEGIN in flight; 0.1: during the statement
+        with trio.fail_after(3):  # far less than the statement's 5 s: nothing waited for it
+            with trio.move_on_after(delay):
+                async with db.pool.transaction() as conn:
+                    await conn.fetch(sleep)
+        with trio.fail_after(10):
+            assert await db.pool.fetchval(one) == 1
+        raw = db.pool.raw
+        assert raw.get_idle_size() == raw.get_size()  # every connection is back  # type: ignore[attr-defined]
