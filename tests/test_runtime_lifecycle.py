@@ -52,6 +52,8 @@ async def test_cancel_releases_buffered_claims_at_once(db: durable.Database) -> 
             return (await statuses(db)).get("executing") == 6
 
         await wait_for(claimed)
+        with trio.fail_after(30):
+            await STARTED.wait()  # one step runs in the slot (claimed is not yet running)
         assert len(rt.schedulers["drain"].buffer) == 5
         n.cancel_scope.cancel()
     # right after the drain (0.5 s deadline), long before any 60 s lease could expire
