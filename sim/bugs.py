@@ -68,7 +68,8 @@ BUGS: dict[str, Bug] = {
             ("complete", r"and parent_id is not null and not joined_before", "and parent_id is not null"),
         ), "ops", ()),
         Bug("partition_ignored", "partition_serial", (
-            ("pick", r"where b\.busy is null", "where true"),
+            ("pick", r"and \(g\.partition_key is null\s+or not exists \(select 1 from instances e\s+"
+                     r"where e\.partition_key = g\.partition_key and e\.status = 'executing'\)\)", "and true"),
             ("pick", r"where k\.nth = 1", "where true"),
         ), "bank", (), drop_partition_index=True),
     )

@@ -30,3 +30,38 @@ async def test_the_pick_columns_are_the_claim_fields_in_order(db: durable.Databa
     claim = Claim.from_row(rows[0])
     assert (claim.id, claim.machine, claim.partition_key, claim.state_json) == (iid, "claims_noop", "k", '{"a": 1}')
     assert claim.lease_token == rows[0]["lease_token"] and claim.signals == () and claim.children == ()
+
+
+async def test_the_planner_expects_the_pick_to_stop_after_its_batch(db: durable.Database) -> None:
+    """The busy-key skip must not look selective: when the planner took it for the 0.5 % default, a LIMIT
+    of 500 looked like a scan of the whole backlog, and a plan that sorts the whole backlog (84 ms at 100k
+    rows instead of ~8) could win. The estimate of the candidate scan must be most of the backlog."""
+    import json
+
+    from durable._pg import aio
+
+    db.registry.add(noop)
+    await db.insert_many([durable.Insert(noop, {}) for _ in range(4000)])
+
+    async def plan() -> Any:
+        async with db.pool.raw.acquire() as con:
+            await con.execute("analyze instances")
+            tx = con.transaction()
+            await tx.start()
+            try:
+                await con.execute(f"prepare p as {Q.pick.text}")
+                return json.loads(await con.fetchval("explain (format json) execute p('claims', 500, 'w', 60, null)"))
+            finally:
+                await tx.rollback()
+                await con.execute("deallocate p")
+
+    def nodes(node: dict[str, Any]) -> Any:
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    root = (await aio(plan)())[0]["Plan"]
+    candidate = next(n for n in nodes(root) if n.get("Subplan Name") == "CTE candidate")
+    below_limit = candidate["Plans"][0]  # Limit -> the locked, filtered candidate rows
+    assert below_limit["Plan Rows"] > 2000, below_limit["Plan Rows"]
+    assert not any(n["Node Type"] == "Sort" for n in nodes(candidate))
