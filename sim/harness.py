@@ -25,7 +25,7 @@ import trio_asyncio
 from trio._core import _run as trio_run_module
 
 from durable import Registry, Runtime, VirtualClock
-from durable._pg import Pool, asyncio_loop
+from durable._pg import Pool, asyncio_loop, keep_session
 from durable.client import pool_migrate
 from durable.clock import DatabaseClock
 from durable.embedded import resolve_dsn
@@ -151,16 +151,12 @@ async def _dst(config: SimConfig, plan: list[Fault] | None, dsn: str, clock: tri
     return result
 
 
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    return None
-
-
 async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, schema: str,
                        machines: list[Any], admin: Pool | None, watch: Pool | None) -> SimDatabase:
     app = f"sim-{schema}-{slot.name}"[:63]
     raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
         dsn, min_size=1, max_size=3, max_inactive_connection_lifetime=0, statement_cache_size=256,
-        reset=_no_reset,  # the engine keeps no session state: skip a round trip per call
+        reset=keep_session,  # the engine keeps no session state: skip a round trip per call
         server_settings={"search_path": f"{schema},public", "application_name": app})
     pool = Pool(raw, dsn, schema)
     pool.gate = SlotGate(run, serializer, slot, admin, watch, app)
