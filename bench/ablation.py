@@ -32,15 +32,33 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "instances: no console/ops indexes": ("instances_queue_status", "instances_machine", "instances_state",
                                           "instances_terminal"),
 }
+# variants that rebuild indexes rather than drop them: (indexes dropped, DDL run after)
+_NOT_EXECUTING = "where status <> 'executing'"
+REBUILT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "console indexes skip executing rows": (
+        ("instances_queue_status", "instances_machine", "instances_state"),
+        (f"create index instances_queue_status on instances (queue, status) {_NOT_EXECUTING}",
+         f"create index instances_machine on instances (machine, version, status) {_NOT_EXECUTING}",
+         f"create index instances_state on instances using gin (state jsonb_path_ops) {_NOT_EXECUTING}")),
+    "history: primary key (xid, id)": (("history_tail",), (
+        "alter table history drop constraint history_pkey",
+        "alter table history add constraint history_pkey primary key (xid, id)")),
+    "state GIN with fastupdate off": (("instances_state",), (
+        "create index instances_state on instances using gin (state jsonb_path_ops) with (fastupdate = off)",)),
+}
+REBUILT["both: skip executing + history key"] = (
+    REBUILT["console indexes skip executing rows"][0] + REBUILT["history: primary key (xid, id)"][0],
+    REBUILT["console indexes skip executing rows"][1] + REBUILT["history: primary key (xid, id)"][1])
 
 
-async def one(dsn: str, drop: tuple[str, ...], n: int, batch: int) -> float:
+async def one(dsn: str, drop: tuple[str, ...], ddl: tuple[str, ...], n: int, batch: int) -> float:
     schema = "b_ablation"
     async with fresh(dsn, schema, max_size=2) as db:
         pool = db.pool
         for index in drop:
-            ddl = await pool.fetchval(q(B.drop_index_ddl), index)
-            await pool.execute(_ddl(ddl))
+            await pool.execute(_ddl(await pool.fetchval(q(B.drop_index_ddl), index)))
+        for text in ddl:
+            await pool.execute(_ddl(text))
         await pool.fetchval(q(B.seed_runnable), n, workloads.noop.name, "perform", workloads.ONE_STEP_QUEUE)
         await pool.execute(q(B.vacuum_instances))
         from durable.runtime.flusher import Flusher
@@ -66,13 +84,14 @@ def _ddl(text: str) -> Any:
 
 
 async def main(dsn: str, n: int, rounds: int, batch: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = {name: (drop, ()) for name, drop in VARIANTS.items()} | REBUILT
+    out: dict[str, list[float]] = {name: [] for name in variants}
     async with asyncio_loop():
         server = srv.Server(dsn)
         target = await trio_asyncio.aio_as_trio(server.recreate_database)("bench_ablation")
         for _ in range(rounds):
-            for name, drop in VARIANTS.items():
-                out[name].append(await one(target, drop, n, batch))
+            for name, (drop, ddl) in variants.items():
+                out[name].append(await one(target, drop, ddl, n, batch))
         await trio_asyncio.aio_as_trio(server.drop_database)("bench_ablation")
     return out
 

@@ -71,6 +71,15 @@ claimed as (
   returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
     g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
     g.traceparent, g.tracestate, g.eligible_at
+),
+kids as (
+  -- the children of every claimed row in one index scan (a subquery per row cost ~1.2 µs a row)
+  select c.parent_id, json_agg(json_build_object('id', c.id, 'machine', c.machine, 'status', c.status,
+           'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
+           order by c.id)::text as children
+  from instances c
+  where c.parent_id = any (array(select id from claimed))
+  group by c.parent_id
 )
 select g.id, g.machine, g.version, g.step, g.state, g.attempt, g.queue, g.priority, g.partition_key,
   g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested, g.traceparent, g.tracestate,
@@ -79,11 +88,9 @@ select g.id, g.machine, g.version, g.step, g.state, g.attempt, g.queue, g.priori
   (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
             'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
      from signals s where s.target_id = g.id) end as signals,
-  (select coalesce(json_agg(json_build_object('id', c.id, 'machine', c.machine, 'status', c.status,
-            'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
-            order by c.id), '[]')::text
-     from instances c where c.parent_id = g.id) as children
+  coalesce(k.children, '[]') as children
 from claimed g
+left join kids k on k.parent_id = g.id
 order by g.priority, g.eligible_at, g.id;
 
 -- name: heartbeat
@@ -397,9 +404,11 @@ select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, 
 -- plan: generic
 with o as (
   select (e->>0)::bigint as id, (e->>1)::bigint as token, e->>2 as kind, e->>3 as step, e->>4 as state,
-         (e->>5)::float8 as delay, e->>6 as result, e->>7 as error, (e->8)::jsonb as detail,
+         (e->>5)::float8 as delay, e->>6 as result, e->>7 as error, e->8 as detail,
          e->>9 as machine, e->>10 as old_step, (e->>11)::int as old_attempt, e->>12 as tp, e->>13 as ts
-  from json_array_elements($1::json) as e
+  -- jsonb, not json: `->>` on a json value re-parses its text for every field (14 per outcome: ~8 µs
+  -- per outcome for 500), on jsonb it is a lookup in the parsed array (~0.6 µs)
+  from jsonb_array_elements($1::jsonb) as e
 ),
 upd as (
   update instances g
