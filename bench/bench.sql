@@ -80,3 +80,29 @@ select current_setting('data_directory');
 -- name: checkpoint
 -- Flush dirty buffers now, so a bulk load's checkpoint does not land inside a timed loop.
 checkpoint;
+
+-- name: seed_ops_dataset
+-- $1 instances for the operator-query probe (bench.ops_queries), in durable's instances table: 8
+-- machines in 4 families, 4 queues, versions 1-2; 80 % done, 10 % runnable, 5 % failed, 4.9 %
+-- awaiting_signal, 0.1 % executing (with leases); state {"order": i, "customer": i % 5000}; updated
+-- at spread over the last 10 days. No history rows. Returns how many were added.
+with ins as (
+  insert into instances (machine, version, step, status, state, queue, eligible_at, worker_id,
+                         lease_token, lease_expires_at, inserted_at, updated_at)
+  select (array['billing.charge', 'billing.refund', 'billing.invoice', 'mail.send', 'mail.bounce',
+                'etl.load', 'etl.transform', 'report.daily'])[1 + i % 8],
+         1 + (i % 7 = 0)::int, 'work',
+         (case when i % 1000 = 0 then 'executing' when i % 100 < 80 then 'done'
+               when i % 100 < 90 then 'runnable' when i % 100 < 95 then 'failed'
+               else 'awaiting_signal' end)::status,
+         jsonb_build_object('order', i, 'customer', i % 5000),
+         'q' || (i % 4), now() - interval '1 hour',
+         case when i % 1000 = 0 then 'bench-ops' end,
+         case when i % 1000 = 0 then i end,
+         case when i % 1000 = 0 then now() + interval '1 hour' end,
+         now() - make_interval(secs => (($1::int - i) * 864000.0 / $1::int)),
+         now() - make_interval(secs => (($1::int - i) * 864000.0 / $1::int))
+  from generate_series(1, $1::int) i
+  returning 1
+)
+select count(*)::int from ins;

@@ -242,6 +242,40 @@ async def query(
     fast at row 1,000,000 as at row 1, and rows inserted meanwhile never shift it). ``status`` is a
     name, a comma-separated list or a set (aliases: terminal, active, awaiting). ``state`` is a dict
     (or JSON text) the state must contain (``@>``). Time bounds take datetimes or timedeltas (ago)."""
+    statement, args = query_statement(
+        ids=ids, status=status, machine=machine, machine_prefix=machine_prefix, version=version, queue=queue,
+        partition_key=partition_key, unique_key=unique_key, parent_id=parent_id,
+        inserted_after=inserted_after, inserted_before=inserted_before, updated_after=updated_after,
+        updated_before=updated_before, state=state, order=order, limit=limit, after=after)
+    async with db.pool.transaction() as conn:
+        await conn.fetchval(Q.force_custom_plans)
+        records = await conn.fetch(statement, *args)
+    rows = [_row(dict(r)) for r in records[:limit]]
+    return Page(rows, _encode_cursor(order, rows[-1]) if len(records) > limit else None)
+
+
+def query_statement(
+    *,
+    ids: Iterable[int] | None = None,
+    status: str | Iterable[str] | None = None,
+    machine: str | None = None,
+    machine_prefix: str | None = None,
+    version: int | None = None,
+    queue: str | None = None,
+    partition_key: str | None = None,
+    unique_key: str | None = None,
+    parent_id: int | None = None,
+    inserted_after: datetime | timedelta | None = None,
+    inserted_before: datetime | timedelta | None = None,
+    updated_after: datetime | timedelta | None = None,
+    updated_before: datetime | timedelta | None = None,
+    state: Any = None,
+    order: str = "id",
+    limit: int = 50,
+    after: str | None = None,
+) -> tuple[Query, list[Any]]:
+    """The statement :func:`query` runs for these filters and its parameters (validated), so a plan
+    can be inspected; run it after ``force_custom_plans`` in the same transaction."""
     if order not in ORDERS:
         raise InvalidArgument(f"unknown order {order!r} (one of: {', '.join(ORDERS)})")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
@@ -271,11 +305,7 @@ async def query(
     args.append(cursor_id)
     if keyed_by_time:
         args.append(cursor_at)
-    async with db.pool.transaction() as conn:
-        await conn.fetchval(Q.force_custom_plans)
-        records = await conn.fetch(statement, *args)
-    rows = [_row(dict(r)) for r in records[:limit]]
-    return Page(rows, _encode_cursor(order, rows[-1]) if len(records) > limit else None)
+    return statement, args
 
 
 def _row(data: dict[str, Any]) -> Row:

@@ -4,8 +4,10 @@
 -- Instance filters. Every query_instances* statement takes the same filter parameters; NULL = no filter,
 -- all given filters are ANDed:
 --   $1  ids              bigint[]     id = any($1)
---   $2  statuses         text[]       status = any($2) (values of the `status` enum; an unknown value is
---                                     an invalid_text_representation error: validate before)
+--   $2  statuses         status[]     status = any($2) (values of the `status` enum; an unknown value is
+--                                     an invalid_text_representation error: validate before). Typed
+--                                     status[], not text[] cast in SQL: the planner can only match a
+--                                     partial index's status predicate against constants of the enum
 --   $3  machine          text         machine = $3
 --   $4  machine prefix   text         starts_with(machine, $4) (a family: 'billing.')
 --   $5  version          int          version = $5
@@ -38,6 +40,13 @@
 -- queue, parent, state containment; forced generic plans 160-500 ms for the same pages. Partition-key
 -- and unique-key filters and the updated_at orders have no index yet (80-460 ms); see
 -- docs/operations.md for the three indexes that bring them to ~0.5 ms.
+--
+-- Executing rows: since schema v7 the (queue, status), (machine, version, status) and state indexes leave
+-- out `executing` rows (a claim adds no entry to them; instances_lease indexes every executing row).
+-- The planner uses a partial index only where the WHERE clause implies its predicate, so every
+-- query_instances* statement carries the always-true `(status <> 'executing' or status = 'executing')`:
+-- it lets the planner answer a filter as a BitmapOr of the partial index (first arm) and
+-- instances_lease (second arm). `python -m bench.ops_queries` times each filter on 1M rows.
 
 -- name: force_custom_plans
 -- Plan every statement of the current transaction for its actual parameters (SET LOCAL
@@ -53,7 +62,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($2::status[] is null or status = any($2::status[]))
   and ($3::text is null or machine = $3::text)
   and ($4::text is null or starts_with(machine, $4::text))
   and ($5::int is null or version = $5::int)
@@ -66,6 +75,7 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
   and ($16::bigint is null or id > $16::bigint)
 order by id
 limit $15;
@@ -79,7 +89,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($2::status[] is null or status = any($2::status[]))
   and ($3::text is null or machine = $3::text)
   and ($4::text is null or starts_with(machine, $4::text))
   and ($5::int is null or version = $5::int)
@@ -92,6 +102,7 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
   and ($16::bigint is null or id < $16::bigint)
 order by id desc
 limit $15;
@@ -105,7 +116,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($2::status[] is null or status = any($2::status[]))
   and ($3::text is null or machine = $3::text)
   and ($4::text is null or starts_with(machine, $4::text))
   and ($5::int is null or version = $5::int)
@@ -118,6 +129,7 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
   and ($17::timestamptz is null or (updated_at, id) > ($17::timestamptz, $16::bigint))
 order by updated_at, id
 limit $15;
@@ -131,7 +143,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::text[] is null or status = any($2::text[]::status[]))
+  and ($2::status[] is null or status = any($2::status[]))
   and ($3::text is null or machine = $3::text)
   and ($4::text is null or starts_with(machine, $4::text))
   and ($5::int is null or version = $5::int)
@@ -144,6 +156,7 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
   and ($17::timestamptz is null or (updated_at, id) < ($17::timestamptz, $16::bigint))
 order by updated_at desc, id desc
 limit $15;
@@ -155,7 +168,8 @@ limit $15;
 -- Returns queue, status (due|scheduled|executing|awaiting_signal|awaiting_children|done|failed|
 -- cancelled), n, and oldest: the earliest eligible_at of due/scheduled rows (how long the oldest due
 -- row has waited), NULL for the other statuses (so they are counted from the (queue, status) index
--- alone, without reading the table).
+-- alone, without reading the table; executing rows, at most every runtime's concurrency + prefetch,
+-- through instances_lease).
 select queue, case when eligible_at <= coalesce($1::timestamptz, now()) then 'due' else 'scheduled' end
          as status,
        count(*) as n, min(eligible_at) as oldest
@@ -163,9 +177,15 @@ from instances
 where status = 'runnable'
 group by 1, 2
 union all
+-- executing rows through instances_lease (the (queue, status) index leaves them out: schema v7)
+select queue, 'executing', count(*) as n, null::timestamptz as oldest
+from instances
+where status = 'executing'
+group by 1
+union all
 select queue, status::text, count(*) as n, null::timestamptz as oldest
 from instances
-where status in ('executing', 'awaiting_signal', 'awaiting_children')
+where status in ('awaiting_signal', 'awaiting_children')
    or ($2::boolean and status in ('done', 'failed', 'cancelled'))
 group by 1, 2
 order by 1, 2;
