@@ -280,9 +280,14 @@ class PendingOutcome:
 
 def start_outcome(claim: Claim, encoded: Encoded) -> PendingOutcome:
     """Before committing a step's outcome: picks up the task's open step span."""
+    if not _enabled:  # no step span was opened (finish_outcome does nothing either)
+        return _NO_OUTCOME
     s = _step_span.get()
     _step_span.set(INVALID_SPAN)
     return PendingOutcome(s, time.perf_counter())
+
+
+_NO_OUTCOME = PendingOutcome(INVALID_SPAN, 0.0)
 
 
 def finish_outcome(pending: PendingOutcome, claim: Claim, encoded: Encoded, *,

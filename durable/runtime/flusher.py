@@ -169,12 +169,13 @@ class Flusher:
 
     @staticmethod
     def results(batch: list[_Pending], rows: list[asyncpg.Record]) -> list[Committed]:
-        by_id = {r["id"]: r for r in rows if r["kind"] == "outcome"}
+        # both forms of the commit lead with kind, id, status, queue, fenced (positions: once per outcome)
+        by_id = {r[1]: r for r in rows if r[0] == "outcome"}
         out = []
         for p in batch:
             r = by_id[p.claim.id]
-            out.append(Committed(status=r["status"], fenced=r["fenced"],
-                                 held=r if r["status"] == "executing" else None))
+            status = r[2]
+            out.append(Committed(status, r[4], r if status == "executing" else None))
         return out
 
     async def commit_now(self, items: list[tuple[Claim, Encoded]]) -> list[Committed]:
