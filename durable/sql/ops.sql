@@ -37,9 +37,9 @@
 -- the GIN or the partial indexes. So run these statements in a transaction after `force_custom_plans`
 -- (SET LOCAL plan_cache_mode = force_custom_plan): planning costs ~0.1 ms, a wrong plan seconds.
 -- Measured on 1M instances: custom plans 0.2-1.2 ms per page for id sets, statuses, machine, prefix,
--- queue, parent, state containment; forced generic plans 160-500 ms for the same pages. Partition-key
--- and unique-key filters and the updated_at orders have no index yet (80-460 ms); see
--- docs/operations.md for the three indexes that bring them to ~0.5 ms.
+-- queue, parent, state containment; forced generic plans 160-500 ms for the same pages. The updated_at
+-- orders have no index for all rows (140-460 ms); see docs/operations.md for the index that brings them to
+-- ~0.5 ms. (Partition-key and unique-key filters have their indexes since schema v3.)
 --
 -- Executing rows: since schema v7 the (queue, status), (machine, version, status) and state indexes leave
 -- out `executing` rows (a claim adds no entry to them; instances_lease indexes every executing row).
