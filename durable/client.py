@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from . import codec, tracing
 from ._pg import Pool, asyncio_loop
@@ -142,6 +142,31 @@ class InsertColumns:
         self.tracestate.append(state_)
 
 
+class Handoff(Protocol):
+    """A local runtime's scheduler that takes due rows straight from an insert in this process (the
+    runtime's ``handoff`` option; implemented by ``durable.runtime.scheduler.Scheduler``)."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def lease(self) -> float: ...
+
+    def offer(self) -> int:
+        """How many new rows it takes now (0: none; it takes rows only when idle)."""
+
+    def accept(self, cols: InsertColumns, rows: Sequence[Any]) -> bool:
+        """The rows the insert handed over (those with a lease token); False when it could not take
+        them (stopping): they are then given back."""
+
+    def suspect_orphans(self) -> None:
+        """The insert failed or was cancelled with its answer unknown: it may have claimed rows for this
+        worker that nobody runs. Release them."""
+
+    async def give_back(self, cols: InsertColumns, rows: Sequence[Any]) -> None:
+        """Release handed-over rows it could not take."""
+
+
 class Database:
     """A connection pool to one durable schema. Create with :func:`connect`."""
 
@@ -150,6 +175,7 @@ class Database:
         self.clock = clock
         self.registry = registry
         self._wakers: dict[str, list[Callable[[], None]]] = defaultdict(list)
+        self._handoffs: dict[str, list[Handoff]] = defaultdict(list)
         self.notify = True  # inserts send a NOTIFY hint so other processes' runtimes wake at once
         self.token = secrets.token_hex(4)  # names this Database's hints (its own runtimes skip them)
 
@@ -169,6 +195,22 @@ class Database:
     def remove_waker(self, queue: str, wake: Callable[[], None]) -> None:
         if wake in self._wakers.get(queue, []):
             self._wakers[queue].remove(wake)
+
+    def add_handoff(self, queue: str, handoff: Handoff) -> None:
+        self._handoffs[queue].append(handoff)
+
+    def remove_handoff(self, queue: str, handoff: Handoff) -> None:
+        if handoff in self._handoffs.get(queue, []):
+            self._handoffs[queue].remove(handoff)
+
+    def _handoff_for(self, queues: list[str]) -> tuple[Handoff | None, str | None, int]:
+        """An idle local scheduler of one of the batch's queues, and how many rows it takes."""
+        for q in dict.fromkeys(queues):
+            for h in self._handoffs.get(q, ()):
+                take = h.offer()
+                if take > 0:
+                    return h, q, take
+        return None, None, 0
 
     def wake(self, queues: Iterable[str | None]) -> None:
         for q in set(queues):
@@ -213,15 +255,25 @@ class Database:
             cols.add(spec, self.registry, f"insert #{i}")
         if not cols:
             return []
-        rows = await self.pool.fetch(
-            Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue,
-            cols.priority, cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at,
-            cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
-            self.channel if self.notify else None, self.token,
-        )
+        handoff, handoff_queue, take = self._handoff_for(cols.queue)
+        try:
+            rows = await self.pool.fetch(
+                Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue,
+                cols.priority, cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at,
+                cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
+                self.channel if self.notify else None, self.token, handoff_queue,
+                handoff.worker_id if handoff else None, handoff.lease if handoff else None, take,
+            )
+        except BaseException:
+            if handoff is not None:  # committed or not: unknown
+                handoff.suspect_orphans()
+            raise
+        if handoff is not None and not handoff.accept(cols, rows):
+            await handoff.give_back(cols, rows)
         inserted = set(rows[0]["inserted"])
         ids = [r["id"] if r["id"] in inserted else None for r in rows]
-        self.wake(q for q, i in zip(cols.queue, ids, strict=True) if i is not None)
+        self.wake(q for q, r, i in zip(cols.queue, rows, ids, strict=True)
+                  if i is not None and r["lease_token"] is None)
         return ids
 
     @tracing.traced("durable signal", kind=tracing.SpanKind.PRODUCER, before=tracing.signal_attributes,

@@ -165,6 +165,11 @@ def link_from(traceparent: str | None) -> Link | None:
 
 
 # -- spans ----------------------------------------------------------------------------------------
+def detached() -> otel_context.Context:
+    """An empty context: a span started in it is a root, whatever the current task's span is."""
+    return otel_context.Context()
+
+
 @contextmanager
 def span(name: str, attributes: dict[str, Any], *, kind: SpanKind = SpanKind.INTERNAL,
          parent: otel_context.Context | None = None, links: list[Link] | None = None) -> Iterator[trace.Span]:

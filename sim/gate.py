@@ -306,7 +306,11 @@ class SlotGate:
             text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
         elif name == "insert_instances":
             inserted = set(rows[0]["inserted"]) if rows else set()
-            text = " ".join(str(r["id"] if r["id"] in inserted else None) for r in rows)
+            for r in rows:  # handed off to this worker's idle scheduler: claimed like a pick
+                if r["lease_token"] is not None:
+                    leases[r["id"]] = (r["lease_token"], who)
+            text = " ".join(str(r["id"] if r["id"] in inserted else None)
+                            + ("" if r["lease_token"] is None else f":t{r['lease_token']}") for r in rows)
         else:
             text = f"{len(rows)} rows" if isinstance(result, list) else ""
         sim.log.add(f"{who} {name}#{nth} {text}".rstrip())

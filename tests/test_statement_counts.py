@@ -130,12 +130,16 @@ async def test_machine_steps_cost_the_same_per_step(db: durable.Database) -> Non
 
 
 @pytest.mark.parametrize("listen", [False, True])
-async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, listen: bool) -> None:
+@pytest.mark.parametrize("handoff", [False, True])
+async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, listen: bool,
+                                                          handoff: bool) -> None:
     """Idle runtime, local insert: the insert wakes the scheduler, whose one pick claims the row;
-    its outcome is one complete. Counted from just before the insert to its commit.
+    its outcome is one complete. Counted from just before the insert to its commit. With handoff (the
+    default) there is no pick at all: the insert's own statement claims the row for the idle scheduler.
 
     With LISTEN on, the runtime also hears the NOTIFY hint of the insert, but the hint names the
-    inserting Database and a runtime of that Database skips it (its local wake-up already fired)."""
+    inserting Database and a runtime of that Database skips it (its local wake-up already fired); a
+    handed-off row sends no hint."""
     db.registry.add(noop)
     ran = trio.Event()
     counts: dict[str, int] = {}
@@ -147,7 +151,7 @@ async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, 
 
     # poll_min high: no idle poll can fall between the insert and its pick
     rt = durable.Runtime(db, queues={"sc_jobs": 4}, lease=600, poll_min=30, poll_max=30, on_step=on_step,
-                         listen=listen)
+                         listen=listen, handoff=handoff)
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         await trio.sleep(0.1)  # the scheduler's first (empty) pick is done; it now waits 30 s
@@ -158,9 +162,11 @@ async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, 
         await trio.sleep(0.3)  # time for the insert's own NOTIFY to arrive (and be skipped)
         later = dict(db.pool.statement_counts)
         nursery.cancel_scope.cancel()
-    assert counts.pop("pick") == 1
-    assert later["pick"] == 1, later
+    picks = 0 if handoff else 1
+    assert counts.pop("pick", 0) == picks
+    assert later.get("pick", 0) == picks, later
     assert counts == {"insert_instances": 1, "complete_simple": 1}
+    assert rt.schedulers["sc_jobs"].handed == (1 if handoff else 0)
 
 
 async def test_hints_from_another_database_wake_the_runtime(db: durable.Database, pg_dsn: str) -> None:

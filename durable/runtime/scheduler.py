@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import collections
 import functools
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import trio
@@ -17,6 +18,7 @@ from .claim import Claim, Committed, Encoded, claims_from_rows
 from .executor import run_claim
 
 if TYPE_CHECKING:
+    from ..client import InsertColumns
     from .runtime import Runtime
 
 PICK_RETRIES = 3
@@ -62,6 +64,7 @@ class Scheduler:
         self.orphans_suspected = False  # a pick failed: it may have claimed rows we never heard of
         self.picks = 0
         self.picked = 0
+        self.handed = 0  # claims taken straight from a local insert (handoff)
         self.done = 0
         self.failed = 0
         self.steps = 0
@@ -75,7 +78,7 @@ class Scheduler:
         return {
             "concurrency": self.concurrency, "prefetch": self.prefetch, "in_flight": len(self.in_flight),
             "committing": len(self.committing), "buffered": len(self.buffer), "steps": self.steps,
-            "done": self.done, "failed": self.failed, "fenced": self.fenced, "picks": self.picks,
+            "done": self.done, "failed": self.failed, "fenced": self.fenced, "picks": self.picks, "handed": self.handed,
             "heartbeat": self.runtime.heartbeat_every,
         }
 
@@ -84,6 +87,51 @@ class Scheduler:
         awaiting their commit do not count, so picking overlaps the flush."""
         waiting = max(0, len(self.committing) - self.concurrency)
         return self.concurrency + self.prefetch - len(self.in_flight) - len(self.buffer) - waiting
+
+    # -- handoff: rows of a local insert claimed in the insert's own statement (client.Handoff) --------
+    @property
+    def worker_id(self) -> str:
+        return self.runtime.worker_id
+
+    @property
+    def lease(self) -> float:
+        return self.runtime.lease
+
+    def offer(self) -> int:
+        """Rows to take from a local insert now: only when idle (nothing buffered, the last pick found
+        no backlog), so a handed-off row never overtakes rows already waiting."""
+        rt = self.runtime
+        if not rt.handoff or rt.stopping or not self._slots_open or self.buffer or self.backlog:
+            return 0
+        return max(0, min(self.demand(), self.concurrency - len(self.in_flight)))
+
+    def accept(self, cols: InsertColumns, rows: Sequence[Any]) -> bool:
+        """Buffer the rows the insert claimed for this worker; False when stopping (give them back)."""
+        rt = self.runtime
+        claims = handed_claims(cols, rows)
+        if not claims or rt.killed:  # a killed runtime leaves its claims to the reaper, like a crash
+            return True
+        if rt.stopping or not self._slots_open:
+            return False
+        # a pick span like the scheduler's own (a root span of this worker), marked as a handoff
+        with tracing.span("durable pick", {"messaging.system": "durable", "messaging.operation.type": "receive",
+                                            "messaging.destination.name": self.queue,
+                                            "durable.demand": len(claims), "durable.worker.id": rt.worker_id,
+                                            "durable.claimed": len(claims), "durable.handoff": True},
+                          kind=tracing.SpanKind.CONSUMER, parent=tracing.detached()):
+            self.buffer.extend(claims)
+            self.handed += len(claims)
+            self._ready.unpark(count=len(claims))
+        return True
+
+    def suspect_orphans(self) -> None:
+        self.orphans_suspected = True
+        self.wakeup.set()
+
+    async def give_back(self, cols: InsertColumns, rows: Sequence[Any]) -> None:
+        with trio.CancelScope(shield=True):
+            if not await self.runtime.release(handed_claims(cols, rows), bump=0):
+                self.suspect_orphans()
 
     async def run(self) -> None:
         rt = self.runtime
@@ -232,3 +280,14 @@ class Scheduler:
             self.picked += len(rows)
             span.set_attribute("durable.claimed", len(rows))
             return claims_from_rows(rows)
+
+
+def handed_claims(cols: InsertColumns, rows: Sequence[Any]) -> list[Claim]:
+    """The claims of the rows an insert handed over (``insert_instances`` rows with a lease token), built
+    from the insert's own columns: a fresh instance, attempt 0, no signals, no children, no parent."""
+    return [
+        Claim(r["id"], cols.machine[i], cols.version[i], cols.step[i], r["state"], 0, cols.queue[i],
+              cols.priority[i], None, r["lease_token"], 0, None, None, False, cols.traceparent[i],
+              cols.tracestate[i], (), ())
+        for i, r in enumerate(rows) if r["lease_token"] is not None
+    ]

@@ -1,5 +1,8 @@
 """Checkout: await a payment signal sent by another actor (a Payer machine, and the driver directly,
-early and in duplicates), spawn shipment children, join. Unrelated `note` signals must survive."""
+early and in duplicates), spawn shipment children, join. Unrelated `note` signals must survive.
+Some checkouts insert their Payer from their own first step (through the worker's Database): an idle
+scheduler of that worker takes it in the insert itself (handoff); a re-run step inserts another Payer,
+whose payment the dedup key drops."""
 
 from __future__ import annotations
 
@@ -34,9 +37,13 @@ class Checkout(Machine, queue=QUEUE, name="sim.checkout", initial="start"):
         items: int
         work: float = 1.0
         paid: list[int] = []
+        payer: bool = False  # insert the Payer from this step (a worker's insert: handoff)
 
     @sim_step
     async def start(self, ctx: durable.Context) -> Next:
+        if ctx.state.payer:
+            assert ctx.db is not None
+            await ctx.db.insert(Payer, {"target": ctx.id, "amount": 10})
         return Next("pay")  # with run-ahead (--chain) the pay step runs on the claim `next` kept
 
     @sim_step
@@ -91,17 +98,19 @@ class CheckoutWorkload:
             work = round(rng.uniform(2.0, 8.0), 1) * scale
             box: dict[str, int] = {}
 
+            # early: before the checkout first runs; concurrent: a payer starts with the checkout, so its
+            # signal tends to land while the pay step runs (the pre-arrival race); in_step: the checkout's
+            # first step inserts its payer
+            how = rng.choice(["payer", "direct", "payer+direct", "early", "concurrent", "in_step"])
+
             async def insert(db: SimDatabase, k: int = k, items: int = items, work: float = work,
-                             box: dict[str, int] = box) -> None:
-                iid = await db.insert(Checkout, {"order": k, "items": items, "work": work})
+                             box: dict[str, int] = box, in_step: bool = how == "in_step") -> None:
+                iid = await db.insert(Checkout, {"order": k, "items": items, "work": work, "payer": in_step})
                 assert iid is not None
                 box["id"] = iid
                 self.orders[iid] = items
 
             actions.append((at, insert))
-            # early: before the checkout first runs; concurrent: a payer starts with the checkout, so its
-            # signal tends to land while the pay step runs (the pre-arrival race)
-            how = rng.choice(["payer", "direct", "payer+direct", "early", "concurrent", "concurrent"])
             pay_at = at + (0.0 if how == "early" else round(rng.uniform(0, 10), 2) if how == "concurrent"
                            else round(rng.uniform(0, horizon / 2), 2))
             if "payer" in how or how == "concurrent":
