@@ -94,7 +94,9 @@ def test_signal_dialog(frozen: str, snap_compare: Any) -> None:
 
 def test_help(frozen: str, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
-        await settle(pilot, "#queues")
+        # both tables, as in test_queues_screen: the help overlay leaves the workers table visible, and a
+        # fresh clone once caught it before its rows (and its column widths) had arrived
+        await settle(pilot, "#queues", "#workers")
         await pilot.press("question_mark")
         await pilot.pause(0.2)
 
