@@ -27,6 +27,9 @@
 --     step returned; a cancelled child releases its parent like a failed one.
 --   * Every time-dependent statement takes `now` (NULL = the database's now()) for the simulator.
 --   * Every change writes its history row in the same statement.
+--   * Handoff: an insert may claim its plain due rows for an idle runtime of the inserting process in
+--     the insert itself (they are inserted `executing` with a lease token, exactly as a pick would leave
+--     them), so no pick runs between the insert and the step. See insert_instances.
 
 -- name: pick
 -- Claim up to $2 runnable rows of queue $1 for worker $3 with a lease of $4 seconds; $5 now.
