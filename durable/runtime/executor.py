@@ -102,16 +102,12 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
         parent_id=claim.parent_id, awaits=claim.awaits, lease_token=claim.lease_token,
         worker_id=worker_id, db=db,
     )
+    where = f"step {machine.name}.{claim.step}"
     error: BaseException | None = None
     try:
-        state_cls = type(machine).State
-        # error descriptions are built only when needed: this runs once per step
-        ctx.state = (codec.decode(claim.state_json) if state_cls is None else
-                     codec.decode_state(state_cls, claim.state_json, f"state of instance {claim.id}"))
+        ctx.state = codec.decode_state(type(machine).State, claim.state_json, f"state of instance {claim.id}")
         fn = step_fn(machine, claim.step)
-        outcome = await fn(machine, ctx)
-        if type(outcome) is not Done:
-            outcome = validate_outcome(machine, outcome, f"step {machine.name}.{claim.step}")
+        outcome = validate_outcome(machine, await fn(machine, ctx), where)
         return consuming(encode_outcome(machine, outcome, ctx, db), claim, ctx), None
     except Exception as exc:  # user code, bad outcome, state that does not (de)serialize
         error = exc
