@@ -106,22 +106,60 @@ def ran_all(ids: list[Any], which: set[int]) -> Any:
     return check
 
 
-async def test_a_busy_or_stopping_runtime_or_handoff_off_takes_nothing(db: durable.Database) -> None:
+release = trio.Event()
+
+
+@durable.job(queue="ho_jobs", name="ho_block")
+async def block(args: Any, ctx: durable.Context) -> None:
+    await release.wait()
+
+
+async def inserted_status(db: durable.Database, iid: Any) -> tuple[str, str | None]:
+    rows = {r["id"]: (r["status"], r["worker_id"]) for r in await db.pool.fetch(INSERTED)}
+    return rows[iid]
+
+
+async def test_handoff_off_a_backlog_a_stopping_or_a_gone_runtime_takes_nothing(db: durable.Database) -> None:
+    global release
+    release = trio.Event()
     ran.clear()
     off = durable.Runtime(db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=30, poll_max=30,
                           listen=False, handoff=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(off.run)
         await trio.sleep(0.1)
-        await db.insert(noop, {"n": 1})
+        first = await db.insert(noop, {"n": 1})
         await until(lambda: all_done(db))
         assert off.schedulers["ho_jobs"].handed == 0
+        assert await inserted_status(db, first) == ("runnable", None)
         off.stop()
         await off.wait_stopped()
         late = await db.insert(noop, {"n": 2})  # the runtime is gone: a plain runnable row
         nursery.cancel_scope.cancel()
     row = await db.get(late)
     assert row is not None and row.status == "runnable" and row.worker_id is None
+
+    rt = durable.Runtime(db, machines=[noop, block], queues={"ho_jobs": 4}, lease=600, poll_min=30,
+                         poll_max=30, listen=False, drain_timeout=30)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rt.run)
+        await trio.sleep(0.1)
+        sched = rt.schedulers["ho_jobs"]
+        # its last pick filled its demand: rows are probably waiting, a new row must not overtake them
+        sched.backlog = True
+        behind = await db.insert(noop, {"n": 3})
+        assert await inserted_status(db, behind) == ("runnable", None)
+        sched.backlog = False
+        # draining, with a step still running: it takes nothing new
+        busy = await db.insert(block, {})
+        assert await inserted_status(db, busy) == ("executing", rt.worker_id)
+        rt.stop()
+        draining = await db.insert(noop, {"n": 4})
+        assert await inserted_status(db, draining) == ("runnable", None)
+        assert sched.handed == 1
+        release.set()
+        await rt.wait_stopped()
+        nursery.cancel_scope.cancel()
 
 
 async def test_claims_whose_insert_answer_was_lost_are_given_back(db: durable.Database) -> None:
