@@ -43,11 +43,11 @@ BUGS: dict[str, Bug] = {
         ), "mixed", ("zombie",)),
         Bug("unscoped_consume", "signals_accounted", (
             ("complete",
-             r"using decided d, unnest\(\$30::bigint\[\], \$31::bigint\[\]\) as e\(iid, sid\)\s+"
-             r"where d\.kind not in \('await', 'retry'\) and e\.iid = d\.id and s\.id = e\.sid and "
+             r"using decided d, unnest\(\$30::bigint\[\], \$31::bigint\[\]\) as e\(ord, sid\)\s+"
+             r"where d\.kind not in \('await', 'retry'\) and e\.ord = d\.ord and s\.id = e\.sid and "
              r"s\.target_id = d\.id",
              # every shown signal goes, whatever its name ($30/$31 stay referenced: same arity)
-             "using decided d, shown w\n  where d.kind not in ('await', 'retry') and w.iid = d.id and "
+             "using decided d, shown w\n  where d.kind not in ('await', 'retry') and w.ord = d.ord and "
              "s.id = w.sid and s.target_id = d.id\n    and cardinality($30::bigint[]) >= 0 "
              "and cardinality($31::bigint[]) >= 0"),
         ), "checkout", ()),
@@ -55,7 +55,7 @@ BUGS: dict[str, Bug] = {
             ("complete",
              r"case when h\.signal_seq <> o\.seq\s+or exists \(select 1 from signals s\s+"
              r"where s\.target_id = o\.id and s\.name = o\.awaits\s+"
-             r"and not exists \(select 1 from shown w where w\.iid = o\.id and w\.sid = s\.id\)\)\s+"
+             r"and not exists \(select 1 from shown w where w\.ord = o\.ord and w\.sid = s\.id\)\)\s+"
              r"then 'runnable' else 'awaiting_signal' end",
              "'awaiting_signal'"),
         ), "checkout", ()),

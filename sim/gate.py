@@ -286,10 +286,13 @@ class SlotGate:
                     leases.pop(r["id"], None)
                     continue
                 live = leases.pop(r["id"], None)
-                if live is None or live[0] not in held.get(r["id"], set()):
+                # the outcome committed must be the live claim's own (its input token), not merely one of
+                # a worker that also holds the live claim (a zombie's outcome beside it in one batch)
+                if live is None or live[0] != r["claim_token"] or live[0] not in held.get(r["id"], set()):
                     sim.violate("no_fenced_outcome_visible",
-                                f"{who} committed an outcome for instance {r['id']} holding tokens "
-                                f"{sorted(held.get(r['id'], set()))} while the live lease is {live}")
+                                f"{who} committed an outcome for instance {r['id']} with token "
+                                f"{r['claim_token']} (holding {sorted(held.get(r['id'], set()))}) while the "
+                                f"live lease is {live}")
                 if r["status"] == "executing":  # run-ahead: the claim is kept under a fresh token
                     leases[r["id"]] = (r["lease_token"], who)
             text = " ".join(parts)

@@ -103,11 +103,12 @@ class Flusher:
                         continue
                     if self.linger > 0 and len(self._queue) < self.max_batch and not self._in_flight:
                         await trio.sleep(self.linger)
-                    plain = all(_plain(p) for p in self._queue[: self.max_batch])
+                    batch, rest = _one_per_instance(self._queue, self.max_batch)
+                    plain = all(_plain(p) for p in batch)
                     if not self._may_start(plain):
                         await self._wait_kick()  # a flush ends (or more outcomes arrive)
                         continue
-                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                    self._queue = rest
                     self._in_flight += 1
                     self._in_flight_full = not plain
                     flushes.start_soon(self._flush_one, batch)
@@ -169,11 +170,13 @@ class Flusher:
 
     @staticmethod
     def results(batch: list[_Pending], rows: list[asyncpg.Record]) -> list[Committed]:
-        # both forms of the commit lead with kind, id, status, queue, fenced (positions: once per outcome)
-        by_id = {r[1]: r for r in rows if r[0] == "outcome"}
+        # both forms of the commit lead with kind, id, status, queue, fenced and return one 'outcome' row
+        # per input carrying the input's lease token: an outcome is its claim's (id and token), never
+        # just its instance's
+        by_claim = {(r[1], r["claim_token"]): r for r in rows if r[0] == "outcome"}
         out = []
         for p in batch:
-            r = by_id[p.claim.id]
+            r = by_claim[(p.claim.id, p.claim.lease_token)]
             status = r[2]
             out.append(Committed(status, r[4], r if status == "executing" else None))
         return out
@@ -222,7 +225,7 @@ class Flusher:
         kid_cols: dict[str, list[Any]] = {k: [] for k in (
             "parent", "machine", "version", "step", "state", "queue", "priority", "partition_key",
             "unique_key", "scope", "eligible_at", "traceparent", "tracestate", "delay")}
-        for p in batch:
+        for ordinal, p in enumerate(batch, start=1):
             c, o = p.claim, p.outcome
             ids.append(c.id)
             tokens.append(c.lease_token)
@@ -235,15 +238,17 @@ class Flusher:
             errors.append(o.error)
             seqs.append(c.signal_seq)
             details.append(orjson.dumps(o.detail).decode())
+            # signals and children are tied to their outcome by ordinal, not by instance id (fencing is
+            # per claim: a zombie's and the live claim's outcomes of one instance may share a batch)
             for s in c.signals:
-                shown_i.append(c.id)
+                shown_i.append(ordinal)
                 shown_s.append(s.id)
-            eat_i.extend([c.id] * len(o.consume))
+            eat_i.extend([ordinal] * len(o.consume))
             eat_s.extend(o.consume)
             if o.children is not None:
                 cols = o.children
                 n = len(cols)
-                kid_cols["parent"].extend([c.id] * n)
+                kid_cols["parent"].extend([ordinal] * n)
                 for col in ("machine", "version", "step", "state", "queue", "priority", "partition_key",
                             "unique_key", "scope", "eligible_at", "traceparent", "tracestate", "delay"):
                     kid_cols[col].extend(getattr(cols, col))
@@ -256,6 +261,26 @@ class Flusher:
             [p.outcome.hold for p in batch], self.lease,
             [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
         )
+
+
+def _one_per_instance(queue: list[_Pending], max_batch: int) -> tuple[list[_Pending], list[_Pending]]:
+    """The next batch (at most ``max_batch``, in queue order) and the rest. A second outcome of an
+    instance already in the batch (a zombie's and the live claim's, after a lost lease) waits for the next
+    batch: the database decides between them one statement at a time."""
+    batch = queue[:max_batch]
+    ids = {p.claim.id for p in batch}
+    if len(ids) == len(batch):  # the common case: no instance twice
+        return batch, queue[max_batch:]
+    seen: set[int] = set()
+    taken: list[_Pending] = []
+    later: list[_Pending] = []
+    for p in queue:
+        if len(taken) < max_batch and p.claim.id not in seen:
+            seen.add(p.claim.id)
+            taken.append(p)
+        else:
+            later.append(p)
+    return taken, later
 
 
 def _by_id(item: tuple[Claim, Encoded]) -> int:

@@ -212,10 +212,11 @@ select id from released;
 --   step; await: step to run when woken, NULL = same; spawn: step after the join), $5 state json (NULL =
 --   unchanged), $6 retry delay seconds, $7 awaited signal name, $8 done result json, $9 error text,
 --   $10 signal_seq seen at pick, $11 history detail json.
--- Signals shown to the step: $12 instance ids, $13 signal ids (flattened pairs); signals to consume
--- when the outcome progresses: $30 instance ids, $31 signal ids (the engine picks them by name).
--- Children to spawn: $14 parent id, $15 machine, $16 version, $17 step, $18 state json, $19 queue,
---   $20 priority, $21 partition key, $22 unique key, $23 unique scope (status[] literal),
+-- Signals shown to the step: $12 outcome ordinals (1-based positions in $1), $13 signal ids (flattened
+-- pairs); signals to consume when the outcome progresses: $30 outcome ordinals, $31 signal ids (the engine
+-- picks them by name).
+-- Children to spawn: $14 the parent's outcome ordinal, $15 machine, $16 version, $17 step, $18 state json,
+--   $19 queue, $20 priority, $21 partition key, $22 unique key, $23 unique scope (status[] literal),
 --   $24 eligible_at (NULL = now), $25 traceparent, $26 tracestate, $29 delay seconds.
 -- $27 worker id, $28 now.
 -- Run-ahead: $32 hold (per outcome): a `next` outcome keeps the claim (status stays executing, a fresh
@@ -223,33 +224,43 @@ select id from released;
 -- 'outcome' row then carries the new claim (token, state, inbox, children).
 -- Trace context: $34 traceparent, $35 tracestate (per outcome) become the instance's when it has none
 -- (an instance inserted without trace context adopts its first step's span as its trace).
--- Only rows still held (executing, same lease_token) change; the others are logged as fenced.
+-- Only rows still held (executing, same lease_token) change; the others are logged as fenced. Fencing is
+-- per outcome (id and token), never per instance id: a batch may hold a zombie's outcome and the live
+-- claim's outcome of one instance, and only the live one may change the row, consume, spawn or be
+-- handed a run-ahead claim; when one claim appears twice only its first outcome counts. Signals,
+-- children and results are tied to outcomes by ordinal for the same reason.
 -- A progressing outcome (not await/retry) deletes the signals listed to consume and clears `awaits`.
 -- A terminal outcome decrements its parent's barrier in the same statement, once per child (the child's
 -- `joined` flag: a retried child that ends again leaves its parent alone); the decrement that reaches
--- zero releases the parent. Returns one 'outcome' row per input (id, new status, queue, fenced), then
--- one 'joined' row per parent decremented and one 'child' row per child inserted (for local wake-ups).
+-- zero releases the parent. Returns one 'outcome' row per input (id, new status, queue, fenced, ...,
+-- claim_token: the input's token), then one 'joined' row per parent decremented and one 'child' row per
+-- child inserted (for local wake-ups).
 with o as (
   select *
   from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
               $8::text[], $9::text[], $10::bigint[], $11::text[], $32::bool[], $34::text[], $35::text[])
-       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold, tp, ts)
+       with ordinality
+       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold, tp, ts, ord)
 ),
 held as (
   select g.id, g.machine, g.step as old_step, g.attempt as old_attempt,
-         g.signal_seq, g.cancel_requested, g.joined
+         g.signal_seq, g.cancel_requested, g.joined, o.ord
   from instances g
   join o on g.id = o.id and g.lease_token = o.token
   where g.status = 'executing'
   order by g.id
   for no key update of g
 ),
+live as (
+  -- the one outcome per held row that may change it: the first of its claim in the batch
+  select distinct on (h.id) h.* from held h order by h.id, h.ord
+),
 fenced as (
-  -- outcomes whose claim is gone (reaped, re-claimed): they change nothing and are only logged
-  select o.id, o.token, o.kind from o where o.id not in (select h.id from held h)
+  -- outcomes whose claim is gone (reaped, re-claimed) or repeated: they change nothing, only logged
+  select o.id, o.token, o.kind from o where o.ord not in (select l.ord from live l)
 ),
 shown as (
-  select p.iid, p.sid from unnest($12::bigint[], $13::bigint[]) as p(iid, sid)
+  select p.ord, p.sid from unnest($12::bigint[], $13::bigint[]) as p(ord, sid)
 ),
 kids as (
   insert into instances (machine, version, step, state, queue, priority, partition_key, unique_key,
@@ -258,21 +269,21 @@ kids as (
   select c.machine, c.version, c.step, c.state::jsonb, c.queue, c.priority, c.partition_key,
          c.unique_key, c.scope::status[],
          coalesce(c.eligible_at, $28::timestamptz, now()) + make_interval(secs => coalesce(c.delay, 0)),
-         c.parent,
+         l.id,
          c.traceparent, c.tracestate, coalesce($28::timestamptz, now()), coalesce($28::timestamptz, now())
   from unnest($14::bigint[], $15::text[], $16::int[], $17::text[], $18::text[], $19::text[],
               $20::int[], $21::text[], $22::text[], $23::text[], $24::timestamptz[], $25::text[],
               $26::text[], $29::float8[])
        as c(parent, machine, version, step, state, queue, priority, partition_key, unique_key, scope,
             eligible_at, traceparent, tracestate, delay)
-  join held h on h.id = c.parent and not h.cancel_requested
+  join live l on l.ord = c.parent and not l.cancel_requested
   order by c.unique_key nulls last
   on conflict (unique_guard) where unique_guard is not null do nothing
   returning id, parent_id, machine, step, queue
 ),
 decided as (
-  select o.id, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail, o.hold,
-         o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.joined,
+  select o.id, o.ord, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail,
+         o.hold, o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.joined,
          (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
          (case
             when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
@@ -282,7 +293,7 @@ decided as (
               case when h.signal_seq <> o.seq
                      or exists (select 1 from signals s
                                 where s.target_id = o.id and s.name = o.awaits
-                                  and not exists (select 1 from shown w where w.iid = o.id and w.sid = s.id))
+                                  and not exists (select 1 from shown w where w.ord = o.ord and w.sid = s.id))
                    then 'runnable' else 'awaiting_signal' end
             when o.kind = 'spawn' then
               case when exists (select 1 from kids k where k.parent_id = o.id)
@@ -290,12 +301,12 @@ decided as (
             when o.kind = 'done' then 'done'
             when o.kind = 'stop' then 'failed'
           end)::status as new_status
-  from o join held h on h.id = o.id
+  from o join live h on h.ord = o.ord
 ),
 consumed as (
   delete from signals s
-  using decided d, unnest($30::bigint[], $31::bigint[]) as e(iid, sid)
-  where d.kind not in ('await', 'retry') and e.iid = d.id and s.id = e.sid and s.target_id = d.id
+  using decided d, unnest($30::bigint[], $31::bigint[]) as e(ord, sid)
+  where d.kind not in ('await', 'retry') and e.ord = d.ord and s.id = e.sid and s.target_id = d.id
   returning s.target_id, s.id as sid
 ),
 consumed_ids as (
@@ -335,7 +346,7 @@ upd as (
   where g.id = d.id
   returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue, g.lease_token, g.signal_seq,
             g.state, d.joined as joined_before, d.machine, d.kind, d.old_step, d.old_attempt, d.token,
-            d.detail
+            d.detail, d.ord
 ),
 joins as (
   select parent_id, count(*)::int as n
@@ -388,12 +399,14 @@ select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null
                    'step', c.step, 'state', c.state, 'result', c.result, 'last_error', c.last_error)
                    order by c.id), '[]')::text
             from instances c where c.parent_id = u.id)
-       end as children
-from o left join upd u on u.id = o.id
+       end as children,
+       o.token as claim_token
+from o left join upd u on u.ord = o.ord
 union all
-select 'joined', j.id, j.status::text, j.queue, false, null, null, null, null, null, null, null from joined j
+select 'joined', j.id, j.status::text, j.queue, false, null, null, null, null, null, null, null, null
+from joined j
 union all
-select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, null, null from kids k;
+select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, null, null, null from kids k;
 
 -- name: complete_simple
 -- `complete` for a batch whose every outcome is plain: next (not held), retry, done, stop or cancel, of an
@@ -403,15 +416,21 @@ select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, 
 -- json text, error, history detail (an object), machine, step and attempt at pick (the held row's own: a
 -- row whose token still matches has not changed since), traceparent, tracestate (adopted when the
 -- instance has none)]. One JSON parameter rather than 14 arrays: the driver encodes it ~10x cheaper.
--- $2 worker id, $3 now. The caller sorts the batch by id (lock order).
+-- $2 worker id, $3 now. The caller sorts the batch by id (lock order). Fenced per outcome (id and token),
+-- as `complete`: of two outcomes of one instance only the live claim's may change the row, and a claim
+-- repeated in the batch counts once; the 'outcome' rows carry the input's token (claim_token).
 -- plan: generic
 with o as (
   select (e->>0)::bigint as id, (e->>1)::bigint as token, e->>2 as kind, e->>3 as step, e->>4 as state,
          (e->>5)::float8 as delay, e->>6 as result, e->>7 as error, e->8 as detail,
-         e->>9 as machine, e->>10 as old_step, (e->>11)::int as old_attempt, e->>12 as tp, e->>13 as ts
+         e->>9 as machine, e->>10 as old_step, (e->>11)::int as old_attempt, e->>12 as tp, e->>13 as ts, t.ord
   -- jsonb, not json: `->>` on a json value re-parses its text for every field (14 per outcome: ~8 µs
   -- per outcome for 500), on jsonb it is a lookup in the parsed array (~0.6 µs)
-  from jsonb_array_elements($1::jsonb) as e
+  from jsonb_array_elements($1::jsonb) with ordinality as t(e, ord)
+),
+once as (
+  -- each claim's first outcome in the batch (a repeated claim must not be two sources for one row)
+  select distinct on (o.id, o.token) o.* from o order by o.id, o.token, o.ord
 ),
 upd as (
   update instances g
@@ -437,9 +456,9 @@ upd as (
       awaits = case when o.kind = 'retry' then g.awaits end,
       worker_id = null, lease_token = null, lease_expires_at = null, cancel_requested = false,
       updated_at = coalesce($3::timestamptz, now())
-  from o
+  from once o
   where g.id = o.id and g.lease_token = o.token and g.status = 'executing'
-  returning g.id, g.status, g.queue, o.machine, o.kind, o.old_step, o.old_attempt, o.token, o.detail
+  returning g.id, g.status, g.queue, o.machine, o.kind, o.old_step, o.old_attempt, o.token, o.detail, o.ord
 ),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
@@ -452,10 +471,11 @@ logged as (
          jsonb_build_object('kind', f.kind), coalesce($3::timestamptz, now())
   from o f
   left join lateral (select machine, step, attempt, status from instances where id = f.id) g on true
-  where f.id not in (select u.id from upd u)
+  where f.ord not in (select u.ord from upd u)
 )
-select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null) as fenced
-from o left join upd u on u.id = o.id;
+select 'outcome' as kind, o.id, u.status::text as status, u.queue, (u.id is null) as fenced,
+       o.token as claim_token
+from o left join upd u on u.ord = o.ord;
 
 -- name: insert_instances
 -- Insert a batch of instances in one statement; a row whose unique key is occupied (by an existing row
