@@ -9,6 +9,8 @@
     ├── OutcomeError              a step returned something that is not a valid outcome
     ├── StateError                a state or payload cannot be encoded to / decoded from JSON
     ├── InvalidArgument           a filter, cursor or offset given to a query is malformed
+    ├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
+    │                             23, 54): handle() sees it, the instance's stored state is unchanged
     ├── NoSuchInstance            no instance has this id
     └── NotDeliverable            a signal to a terminal instance (it would never be read)
 """
@@ -58,3 +60,14 @@ class NoSuchInstance(DurableError):
 
 class NotDeliverable(DurableError):
     pass
+
+
+class OutcomeRejected(DurableError):
+    """The database refused a step's outcome for what it holds (a data exception, a constraint, a program
+    limit), so committing it again would fail again: the runtime calls ``handle(error, ctx)`` with this
+    error and the instance's stored state, as for an exception raised by the step."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(f"outcome rejected by the database (SQLSTATE {sqlstate}): {message}")
+        self.sqlstate = sqlstate
+        self.message = message

@@ -33,10 +33,15 @@ class Claim:
     children: tuple[ChildInfo, ...]
     started: bool = False
     ahead: int = 0  # steps run ahead on this claim (run-ahead)
+    # the database refused this claim's outcome (OutcomeRejected): handle() runs instead of the step, and
+    # a second refusal ends the instance (bounded: no outcome is retried as is)
+    rejected: BaseException | None = None
+    rejections: int = 0
 
     def run_ahead(self, row: asyncpg.Record) -> None:
         """Become the claim of the next step, kept by a `next` outcome (same row, new lease token)."""
         self.ahead += 1
+        self.rejected, self.rejections = None, 0
         self.step = row["step"]
         self.attempt = row["attempt"]
         self.state_json = row["state"]

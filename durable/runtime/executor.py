@@ -94,6 +94,15 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
                        detail={"error": str(exc), "delay": UNKNOWN_MACHINE_RETRY}), exc
     if claim.cancel_requested:
         return Encoded("cancel", error="cancelled", detail={"reason": "cancel requested"}), None
+    if claim.rejected is not None and claim.rejections > 1:
+        # handle()'s outcome was refused too: end the instance, with text the database surely stores
+        reason = safe_text(f"{claim.rejected} (handle()'s outcome was refused as well)")
+        return Encoded("stop", error=reason, detail={"error": reason}), claim.rejected
+    if claim.attempt >= machine.max_attempts:
+        # attempts that never reached handle() (crashes, lost leases, interrupted steps) are bounded too
+        reason = (f"attempts exhausted: {machine.name}.{claim.step} would run attempt {claim.attempt + 1} of at "
+                  f"most {machine.max_attempts} (earlier attempts crashed, lost their lease or were interrupted)")
+        return Encoded("stop", error=reason, detail={"error": reason}), None
 
     ctx = Context(
         id=claim.id, machine=claim.machine, version=claim.version, step=claim.step,
@@ -103,9 +112,12 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
         worker_id=worker_id, db=db,
     )
     where = f"step {machine.name}.{claim.step}"
-    error: BaseException | None = None
+    # an outcome the database refused goes to handle() with the stored state, as a step's exception would
+    error: BaseException | None = claim.rejected
     try:
         ctx.state = codec.decode_state(type(machine).State, claim.state_json, f"state of instance {claim.id}")
+        if error is not None:
+            raise error
         fn = step_fn(machine, claim.step)
         outcome = validate_outcome(machine, await fn(machine, ctx), where)
         return consuming(encode_outcome(machine, outcome, ctx, db), claim, ctx), None
@@ -119,6 +131,12 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
         encoded = Encoded("stop", error=reason, detail={"error": reason})
     encoded.detail.setdefault("error", describe(error))
     return encoded, error
+
+
+def safe_text(text: str, limit: int = 2000) -> str:
+    """Error text any database column takes: no NUL character, bounded length."""
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:

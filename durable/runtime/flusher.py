@@ -16,7 +16,7 @@ import trio
 
 from .._pg import Pool
 from ..clock import Clock
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable, OutcomeRejected
 from ..sql import Q
 from .claim import Claim, Committed, Encoded
 
@@ -24,6 +24,32 @@ from .claim import Claim, Committed, Encoded
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, DatabaseUnavailable,
               asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
               asyncpg.InterfaceError)
+
+
+# SQLSTATE classes of a refusal that a retry of the same outcome would meet again: data exception,
+# integrity constraint violation, program limit exceeded
+_REFUSALS = ("22", "23", "54")
+
+
+def transient(exc: BaseException) -> bool:
+    """An error after which the same batch may simply be tried again (not asyncpg's client-side DataError,
+    a bad argument, which is an InterfaceError too)."""
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, asyncpg.exceptions._base.DataError)
+
+
+def rejection(exc: BaseException | None) -> OutcomeRejected | None:
+    """The database's refusal of an outcome as durable's own error, when committing it again would fail
+    the same way; None for anything else (transient, or not the outcome's fault)."""
+    if isinstance(exc, OutcomeRejected):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        if sqlstate[:2] in _REFUSALS:
+            return OutcomeRejected(sqlstate, str(exc))
+        return None
+    if isinstance(exc, asyncpg.exceptions._base.DataError | OverflowError | ValueError | TypeError):
+        return OutcomeRejected("22000", str(exc))  # refused while encoding the statement's arguments
+    return None
 
 
 OnCommitted = Callable[[Committed | None, BaseException | None], None]
@@ -67,6 +93,8 @@ class Flusher:
         self.finished = trio.Event()  # set when run() returns after close()
         self.batches = 0
         self.committed = 0
+        self.transient_retries = 0  # batches tried again after a connection loss, 40001 or 40P01
+        self.rejected = 0  # outcomes the database refused (each goes to handle(), see rejection())
 
     async def commit(self, claim: Claim, outcome: Encoded) -> Committed:
         """Queue an outcome and wait until it is committed (or raise the database error)."""
@@ -150,10 +178,12 @@ class Flusher:
         try:
             rows = await self._execute_with_retry(batch)
         except BaseException as exc:
-            if len(batch) > 1 and isinstance(exc, Exception) and not isinstance(exc, _TRANSIENT):
+            if len(batch) > 1 and isinstance(exc, Exception) and not transient(exc):
                 for p in batch:  # isolate a bad outcome: commit the others one by one
                     await self._flush([p])
                 return
+            if len(batch) == 1 and rejection(exc) is not None:
+                self.rejected += 1
             for p in batch:
                 p.error = exc
                 p.settle()
@@ -194,7 +224,10 @@ class Flusher:
         for attempt in range(4):
             try:
                 return await self._execute(batch)
-            except _TRANSIENT:
+            except _TRANSIENT as exc:
+                if not transient(exc):
+                    raise
+                self.transient_retries += 1
                 if attempt == 3:
                     raise
                 await trio.sleep(delay)

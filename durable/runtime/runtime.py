@@ -343,6 +343,8 @@ class Runtime:
             "queues": {q: s.gauges() for q, s in self.schedulers.items()},
             "batches": self.flusher.batches,
             "committed": self.flusher.committed,
+            "transient_retries": self.flusher.transient_retries,  # batches retried (connection, 40001, 40P01)
+            "rejected": self.flusher.rejected,  # outcomes the database refused, each handed to handle()
             "reaped": self.reaped,
             "heartbeats": self.heartbeats,
         }

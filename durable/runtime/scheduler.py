@@ -16,6 +16,7 @@ from ..errors import DatabaseUnavailable
 from ..sql import Q
 from .claim import Claim, Committed, Encoded, claims_from_rows
 from .executor import run_claim
+from .flusher import rejection
 
 if TYPE_CHECKING:
     from ..client import InsertColumns
@@ -212,6 +213,9 @@ class Scheduler:
         self.committing.discard(claim)
         if self.backlog:
             self.wakeup.set()
+        if result is None and self.refused(claim, error):
+            tracing.finish_outcome(span, claim, encoded, error=error)
+            return
         if result is None:
             # not committed (or unknown): give the claim back for a re-run (attempt + 1, fenced by its
             # token, so a commit that did go through is left alone); failing that, the reaper will
@@ -238,6 +242,21 @@ class Scheduler:
                 self._ready.unpark()
             else:
                 self.uncommitted.append(claim)  # drained below or by the runtime (not started: bump 0)
+
+    def refused(self, claim: Claim, error: BaseException | None) -> bool:
+        """An outcome the database refused for what it holds (a NUL, a constraint, a limit): run the
+        claim again in a slot, where ``handle()`` sees the refusal instead of the step running (at most
+        twice; then the instance stops). False when it is not such a refusal, or the runtime is stopping."""
+        rt = self.runtime
+        refusal = rejection(error)
+        if refusal is None or claim.rejections >= 2 or not self._slots_open or rt.stopping:
+            return False
+        claim.rejected, claim.rejections = refusal, claim.rejections + 1
+        rt.log_error(f"outcome of instance {claim.id} ({claim.machine}.{claim.step}) refused, handle() decides: "
+                     f"{refusal}")
+        self.buffer.appendleft(claim)
+        self._ready.unpark()
+        return True
 
     async def give_back_uncommitted(self) -> None:
         claims, self.uncommitted = self.uncommitted, []
