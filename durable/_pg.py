@@ -45,6 +45,11 @@ _UNREACHABLE = (
     asyncpg.InvalidPasswordError,
     asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidAuthorizationSpecificationError,
+    # server-side: SQLSTATE class 08 (e.g. "connection was closed in the middle of operation", a postmaster
+    # that died), and the server shutting down or crashed (57P01, 57P02)
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from . import codec, tracing
 from ._pg import Pool, asyncio_loop
 from .clock import Clock, DatabaseClock
-from .embedded import resolve_dsn
+from .embedded import resolve_dsn, supervised
 from .errors import DefinitionError, NoSuchInstance, NotDeliverable
 from .machine import Machine, Registry, check_insert
 from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
@@ -379,7 +379,8 @@ async def connect(
     min_size: int = 1,
     max_size: int = 10,
 ) -> AsyncIterator[Database]:
-    """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server.
+    """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server (restarted
+    if its postmaster dies while this is open: :func:`durable.embedded.supervised`).
     ``migrate=True`` brings the schema up to date first. Usable from a plain ``trio.run``: the asyncio
     bridge is opened here when needed. Connections: up to ``max_size``, plus up to ``min(max_size, 4)``
     opened on first use for the pick, the plain outcome commit and the insert, which keep cached plans."""
@@ -387,7 +388,7 @@ async def connect(
     import trio
 
     target = await trio.to_thread.run_sync(resolve_dsn, dsn)
-    async with asyncio_loop():
+    async with supervised(dsn), asyncio_loop():  # the embedded server is restarted if it dies meanwhile
         pool = await Pool.open(target, schema, min_size=min_size, max_size=max_size)
         try:
             if migrate:

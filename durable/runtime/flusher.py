@@ -18,6 +18,7 @@ from .._pg import Pool
 from ..clock import Clock
 from ..errors import DatabaseUnavailable, OutcomeRejected
 from ..sql import Q
+from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
 
 # errors after which the same batch is simply tried again (a fenced re-try is harmless: it is logged)
@@ -95,6 +96,7 @@ class Flusher:
         self.committed = 0
         self.transient_retries = 0  # batches tried again after a connection loss, 40001 or 40P01
         self.rejected = 0  # outcomes the database refused (each goes to handle(), see rejection())
+        self.outage: Outage | None = None  # the runtime's: a batch waits out a database that does not answer
 
     async def commit(self, claim: Claim, outcome: Encoded) -> Committed:
         """Queue an outcome and wait until it is committed (or raise the database error)."""
@@ -221,18 +223,31 @@ class Flusher:
 
     async def _execute_with_retry(self, batch: list[_Pending]) -> list[asyncpg.Record]:
         delay = 0.05
-        for attempt in range(4):
+        attempt = 0
+        down_since: float | None = None
+        while True:
             try:
-                return await self._execute(batch)
+                rows = await self._execute(batch)
             except _TRANSIENT as exc:
                 if not transient(exc):
                     raise
                 self.transient_retries += 1
-                if attempt == 3:
+                # the database does not answer: keep trying (backing off, one log line per outage) while the
+                # claims' leases may still hold; a retry of a batch that did commit is fenced, not doubled
+                if self.outage is not None and unavailable(exc):
+                    down_since = trio.current_time() if down_since is None else down_since
+                    if trio.current_time() - down_since < self.lease:
+                        await self.outage.pause(exc)
+                        continue
+                attempt += 1
+                if attempt == 4:
                     raise
                 await trio.sleep(delay)
                 delay *= 2
-        raise AssertionError("unreachable")
+                continue
+            if self.outage is not None:
+                self.outage.succeeded()
+            return rows
 
     async def _execute(self, batch: list[_Pending]) -> list[asyncpg.Record]:
         if all(_plain(p) for p in batch):

@@ -31,6 +31,7 @@ from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
 from ..machine import Machine, Registry
 from ..sql import Q
+from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
 from .flusher import Flusher
 from .scheduler import Scheduler
@@ -116,6 +117,9 @@ class Runtime:
         }
         self.flusher = Flusher(db.pool, self.worker_id, self.clock, max_batch=flush_max, linger=flush_linger,
                                on_commit=self._woken, lease=self.lease, parallel=flush_parallel)
+        # a database that does not answer: one log line when it goes, one when it is back; loops back off
+        self.outage = Outage(self.log_error, seed=self.worker_id, cap=min(2.0, self.heartbeat_every))
+        self.flusher.outage = self.outage
         self.reaped = 0
         self.heartbeats = 0
         self._work_scope: trio.CancelScope | None = None
@@ -232,15 +236,21 @@ class Runtime:
             rows = await self.db.pool.fetch(Q.release, [c.id for c in claims], [c.lease_token for c in claims],
                                             [bump] * len(claims), self.worker_id, self.clock.now())
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
-            self.log_error(f"releasing {len(claims)} claims failed (the reaper will return them): {exc}")
+            if unavailable(exc):
+                self.outage.failed(exc)
+            else:
+                self.log_error(f"releasing {len(claims)} claims failed (the reaper will return them): {exc}")
             return False
+        self.outage.succeeded()
         self.db.wake(r["queue"] for r in rows)
         return True
 
     # -- services ------------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         while True:
-            await trio.sleep(self.heartbeat_every)
+            # the database down: try again sooner than the next beat, backing off
+            await trio.sleep(min(self.heartbeat_every, self.outage.delay()) if self.outage.down
+                             else self.heartbeat_every)
             await self.beat()
 
     async def beat(self) -> set[int]:
@@ -253,9 +263,13 @@ class Runtime:
                     Q.heartbeat, [c.id for c in held], [c.lease_token for c in held], self.lease,
                     self.clock.now(), self.worker_id, self._gauges_json())
             except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
-                self.log_error(f"heartbeat failed: {exc}")
+                if unavailable(exc):
+                    self.outage.failed(exc)
+                else:
+                    self.log_error(f"heartbeat failed: {exc}")
                 tracing.record_error(span, exc)
                 return set()
+            self.outage.succeeded()
             extended = set(row["extended"]) if row else set()
             span.set_attribute("durable.extended", len(extended))
         self.heartbeats += 1
@@ -263,7 +277,7 @@ class Runtime:
 
     async def _reaper_loop(self) -> None:
         while True:
-            await trio.sleep(self.reap_every)
+            await trio.sleep(min(self.reap_every, self.outage.delay()) if self.outage.down else self.reap_every)
             await self.reap()
 
     async def reap(self, limit: int = 1000) -> int:
@@ -275,9 +289,13 @@ class Runtime:
                 try:
                     rows = await self.db.pool.fetch(Q.reap, self.clock.now(), limit)
                 except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
-                    self.log_error(f"reaper failed: {exc}")
+                    if unavailable(exc):
+                        self.outage.failed(exc)
+                    else:
+                        self.log_error(f"reaper failed: {exc}")
                     tracing.record_error(span, exc)
                     break
+                self.outage.succeeded()
                 total += len(rows)
                 self.db.wake(r["queue"] for r in rows)
                 if len(rows) < limit:
@@ -316,8 +334,11 @@ class Runtime:
                             with trio.CancelScope(shield=True), trio.move_on_after(2):
                                 await aio(conn.raw.remove_listener)(channel, hint)
             except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                self.log_error(f"listening for wake-up hints failed (polling meanwhile): {exc}")
-            await trio.sleep(self.poll_max)
+                if unavailable(exc):
+                    self.outage.failed(exc)
+                else:
+                    self.log_error(f"listening for wake-up hints failed (polling meanwhile): {exc}")
+            await trio.sleep(min(self.poll_max, self.outage.delay()) if self.outage.down else self.poll_max)
 
     async def _retention_loop(self) -> None:
         from ..ops import gc  # retention lives with the operator tools
@@ -328,7 +349,10 @@ class Runtime:
             try:
                 await gc(self.db, older_than=self.retention)
             except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
-                self.log_error(f"retention failed: {exc}")
+                if unavailable(exc):
+                    self.outage.failed(exc)  # retried at the next round
+                else:
+                    self.log_error(f"retention failed: {exc}")
 
     # -- helpers -------------------------------------------------------------------------------------
     def _woken(self, rows: list[asyncpg.Record]) -> None:

@@ -14,6 +14,7 @@ import trio
 from .. import tracing
 from ..errors import DatabaseUnavailable
 from ..sql import Q
+from .backoff import unavailable
 from .claim import Claim, Committed, Encoded, claims_from_rows
 from .executor import run_claim
 from .flusher import rejection
@@ -154,10 +155,16 @@ class Scheduler:
                             claims = await self.pick(demand)
                         except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
                             self.errors += 1
-                            rt.log_error(f"pick on queue {self.queue!r} failed: {exc}")
-                            claims = []
                             # the claim may have committed with its answer lost: give such rows back
                             self.orphans_suspected = True
+                            if unavailable(exc):  # logged once per outage; wait before the next try
+                                rt.outage.failed(exc)
+                                await self.wakeup.wait(rt.outage.delay())
+                                continue
+                            rt.log_error(f"pick on queue {self.queue!r} failed: {exc}")
+                            claims = []
+                        else:
+                            rt.outage.succeeded()
                         got = len(claims)
                         self.backlog = got >= demand
                         self.buffer.extend(claims)
@@ -221,7 +228,10 @@ class Scheduler:
             # token, so a commit that did go through is left alone); failing that, the reaper will
             tracing.finish_outcome(span, claim, encoded, error=error)
             self.errors += 1
-            rt.log_error(f"outcome of instance {claim.id} not committed: {error}")
+            if error is not None and unavailable(error):
+                rt.outage.failed(error)  # one line per outage, not one per outcome
+            else:
+                rt.log_error(f"outcome of instance {claim.id} not committed: {error}")
             self.uncommitted.append(claim)
             return
         tracing.finish_outcome(span, claim, encoded, result=result)
@@ -272,7 +282,10 @@ class Scheduler:
             await rt.db.pool.fetch(Q.release_orphans, rt.worker_id, self.queue,
                                    [c.id for c in self.held()], rt.clock.now())
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
-            rt.log_error(f"releasing orphaned claims on queue {self.queue!r} failed (will retry): {exc}")
+            if unavailable(exc):
+                rt.outage.failed(exc)
+            else:
+                rt.log_error(f"releasing orphaned claims on queue {self.queue!r} failed (will retry): {exc}")
             return
         self.orphans_suspected = False
 
