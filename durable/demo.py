@@ -3,10 +3,16 @@
 Each checkout reserves stock, parks until a payment signal arrives (sent by a payment actor: some before
 the checkout parks, some twice with the same dedup key, a few declined), spawns shipment children
 (carriers time out now and then: retried with backoff), joins them and finishes.
+
+The demo starts from a fresh ``--schema``: one it made before (marked ``COMMENT ON SCHEMA ... IS 'durable
+demo'``) or an empty one is dropped and made again; a new one is made and marked. A schema holding
+instances the demo did not make is refused (exit 2) unless ``--force``; any other schema without instances
+is used as it is, nothing dropped.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import Counter
@@ -19,9 +25,12 @@ from rich.table import Table
 
 import durable
 from durable import Await, Child, Done, Machine, Next, Spawn, Stop, step
-from durable.cli import dsn_option, run
+from durable.cli import DEFAULT_SCHEMA, dsn_option, json_option, run, schema_option_with, telemetry
+from durable.errors import SchemaError
 from durable.migrate import drop_schema
 from durable.sql import Query
+
+DEMO_MARK = "durable demo"  # the comment on a schema the demo made: it may drop it again
 
 COUNT_BY_STATUS = Query(
     "demo_count_by_status",
@@ -30,6 +39,23 @@ COUNT_BY_STATUS = Query(
 )
 COUNT_EVENTS = Query(
     "demo_count_events", "select event, count(*) as n from history group by 1", "History events by kind."
+)
+SURVEY_SCHEMA = Query(
+    "demo_survey_schema",
+    """select n.oid is not null as present,
+       coalesce(obj_description(n.oid, 'pg_namespace'), '') as comment,
+       (select count(*) from pg_class c where c.relnamespace = n.oid) as relations,
+       exists (select 1 from pg_tables t where t.schemaname = $1::text and t.tablename = 'instances') as durable
+from (select $1::text as name) as s left join pg_namespace n on n.nspname = s.name""",
+    "Schema $1: whether it exists, its comment, how many relations it holds, whether it has an instances table.",
+)
+COUNT_INSTANCES = Query(
+    "demo_count_instances", "select count(*) from (select from instances limit 10001) as i",
+    "Instances in the pool's schema (first in its search_path; run only when it has the table), up to 10,001.",
+)
+MARK_DDL = Query(
+    "demo_mark_ddl", "select format('comment on schema %I is %L', $1::text, $2::text)",
+    "The COMMENT ON SCHEMA statement marking schema $1 with text $2, names quoted by the server.",
 )
 
 
@@ -87,14 +113,35 @@ async def pay(db: durable.Database, ids: list[int], rng: random.Random, sent: Co
         await trio.sleep(rng.random() * 0.002)
 
 
-async def demo(dsn: str | None, schema: str, instances: int, seed: int, console: Console) -> None:
+async def prepare_schema(db: durable.Database, schema: str, force: bool) -> None:
+    """Make ``schema`` ready for the demo without destroying what is not the demo's: a schema the demo made
+    (or an empty one) is dropped and made again, a new one is made; both are marked. A schema holding
+    instances the demo did not make raises SchemaError unless ``force`` (then dropped); any other schema
+    without instances is migrated as it is."""
+    survey = await db.pool.fetchrow(SURVEY_SCHEMA, schema)
+    assert survey is not None
+    ours = survey["comment"] == DEMO_MARK or not survey["present"] or survey["relations"] == 0
+    if not ours and not force:
+        held = await db.pool.fetchval(COUNT_INSTANCES) if survey["durable"] else 0
+        if held:
+            count = "more than 10,000" if held > 10_000 else str(held)
+            raise SchemaError(f"schema {schema!r} holds {count} instances that durable demo did not make: "
+                              "choose another --schema, or add --force to drop it with everything in it")
+        await db.migrate()  # nothing of the demo's to clear, nothing of anyone's to drop
+        return
+    await drop_schema(db.pool, schema)
+    await db.migrate()
+    await db.pool.execute(Query("demo_mark", await db.pool.fetchval(MARK_DDL, schema, DEMO_MARK), ""))
+
+
+async def demo(dsn: str | None, schema: str, instances: int, seed: int, console: Console,
+               force: bool = False, as_json: bool = False) -> None:
     rng = random.Random(seed)
     started = time.perf_counter()
-    console.print(f"[bold]durable demo[/]: {instances} checkouts on "
-                  f"{'the embedded PostgreSQL' if not dsn else 'your PostgreSQL'}, schema [cyan]{schema}[/]")
     async with durable.connect(dsn, schema=schema, migrate=False, machines=[Checkout, Shipment]) as db:
-        await drop_schema(db.pool, schema)
-        await db.migrate()
+        await prepare_schema(db, schema, force)
+        console.print(f"[bold]durable demo[/]: {instances} checkouts on "
+                      f"{'the embedded PostgreSQL' if not dsn else 'your PostgreSQL'}, schema [cyan]{schema}[/]")
         sent: Counter[str] = Counter()
         async with trio.open_nursery() as nursery:
             runtime = durable.Runtime(db, queues={"checkout": 20, "shipping": 20})
@@ -115,7 +162,7 @@ async def demo(dsn: str | None, schema: str, instances: int, seed: int, console:
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
         elapsed = time.perf_counter() - started
-        await report(db, console, runtime, sent, order_ids, elapsed)
+        await report(db, console, runtime, sent, order_ids, elapsed, schema, as_json, dsn)
 
 
 async def status_counts(db: durable.Database, machine: str) -> dict[str, int]:
@@ -123,15 +170,27 @@ async def status_counts(db: durable.Database, machine: str) -> dict[str, int]:
 
 
 async def report(db: durable.Database, console: Console, runtime: durable.Runtime, sent: Counter[str],
-                 ids: list[int], elapsed: float) -> None:
+                 ids: list[int], elapsed: float, schema: str = DEFAULT_SCHEMA, as_json: bool = False,
+                 dsn: str | None = None) -> None:
     table = Table(title="What happened", show_header=True)
     table.add_column("")
     table.add_column("count", justify="right")
-    for machine in ("Checkout", "Shipment"):
-        for status, n in sorted((await status_counts(db, machine)).items()):
+    by_status = {machine: dict(sorted((await status_counts(db, machine)).items()))
+                 for machine in ("Checkout", "Shipment")}
+    for machine, counts in by_status.items():
+        for status, n in counts.items():
             table.add_row(f"{machine} {status}", str(n))
     events = {r["event"]: r["n"] for r in await db.pool.fetch(COUNT_EVENTS)}
     steps = sum(events.get(k, 0) for k in ("next", "retry", "await", "spawn", "done", "stop", "cancel"))
+    story = ids[0]
+    if as_json:
+        from durable.cli_ops import emit_json
+
+        emit_json({"schema": schema, "instances": by_status, "steps": steps, "retries": events.get("retry", 0),
+                   "signals": {"stored": sent["stored"], "duplicate": sent["duplicate"]},
+                   "joins": events.get("joined", 0), "batches": runtime.flusher.batches,
+                   "elapsed": round(elapsed, 3), "story": story})
+        return
     table.add_row("steps executed", str(steps))
     table.add_row("retries (carrier timeouts)", str(events.get("retry", 0)))
     table.add_row("signals stored / duplicates dropped", f"{sent['stored']} / {sent['duplicate']}")
@@ -140,20 +199,31 @@ async def report(db: durable.Database, console: Console, runtime: durable.Runtim
     table.add_row("elapsed", f"{elapsed:.2f} s")
     table.add_row("steps/s", f"{steps / elapsed:.0f}")
     console.print(table)
-    story = ids[0]
     console.print(f"\n[bold]The story of checkout {story}[/] (db.history):")
     for e in await db.history(story):
         extra = {k: v for k, v in (e.detail or {}).items() if k in ("next", "signal", "name", "children", "error")}
         console.print(f"  {e.at:%H:%M:%S}  {e.event:<8} {e.step:<14} -> {e.status:<17} {extra or ''}")
-    console.print("\nNext: [cyan]durable demo --help[/], and the README for the API.")
+    # the flags `durable console` needs to find this data: none when it runs where the console looks
+    flag = "" if schema == (os.environ.get("DURABLE_SCHEMA") or DEFAULT_SCHEMA) else f" --schema {schema}"
+    if dsn and dsn != os.environ.get("DURABLE_DSN"):
+        from durable._pg import redact
+
+        flag = f" --dsn '{redact(dsn)}'{flag}"
+    console.print(f"\nNext: [cyan]durable console{flag}[/] (its queues and instances; --web in a browser), "
+                  f"[cyan]durable show{flag} {story}[/], and the README for the API.", soft_wrap=True)
 
 
 @click.command()
 @dsn_option
-@click.option("--schema", default="demo", show_default=True, help="Schema to (re)create for the demo.")
+@schema_option_with("Schema for the demo: one it made before is dropped and made again; one holding other "
+                    "instances is refused unless --force.")
 @click.option("--instances", "-n", default=300, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--seed", default=7, show_default=True, help="Seed for the payment actor.")
-def command(dsn: str | None, schema: str, instances: int, seed: int) -> None:
-    """Run a sample checkout workload (signals, children, retries) and print what happened."""
-    console = Console()
-    run(lambda: demo(dsn, schema, instances, seed, console))
+@click.option("--force", is_flag=True, help="Drop --schema even when it holds instances the demo did not make.")
+@json_option
+def command(dsn: str | None, schema: str, instances: int, seed: int, force: bool, as_json: bool) -> None:
+    """Run a sample checkout workload (signals, children, retries) and print what happened; `durable console`
+    and `durable ls` then show it (both read the same default schema)."""
+    console = Console(stderr=as_json)  # --json: the JSON report alone on stdout
+    with telemetry(service_name="durable-demo"):  # the standard OTEL_* variables export its traces
+        run(lambda: demo(dsn, schema, instances, seed, console, force, as_json))

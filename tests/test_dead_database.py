@@ -26,18 +26,22 @@ pytestmark = pytest.mark.trio
 ORDERS = 500
 
 DONE_BY_MACHINE = Query(
-    "test_dead_db_done", "select machine, status::text as status, count(*) as n from instances group by 1, 2",
-    "Instances by machine and status.")
+    "test_dead_db_done",
+    "select machine, status::text as status, count(*) as n from instances group by 1, 2",
+    "Instances by machine and status.",
+)
 DONE_EVENTS = Query(
     "test_dead_db_done_events",
     "select i.machine, count(h.*) as n from instances i left join history h on h.instance_id = i.id"
     " and h.event = 'done' group by i.id, i.machine having count(h.*) <> 1",
-    "Instances without exactly one 'done' history row.")
+    "Instances without exactly one 'done' history row.",
+)
 CHILDREN = Query(
     "test_dead_db_children",
     "select o.id, count(c.*) as n from instances o left join instances c on c.parent_id = o.id"
     " where o.machine = 'DeadDbOrder' group by o.id having count(c.*) <> 1",
-    "Orders without exactly one parcel child.")
+    "Orders without exactly one parcel child.",
+)
 
 
 class DeadDbParcel(Machine, queue="dd_ship"):
@@ -90,15 +94,19 @@ async def answered(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 async def test_killed_postmaster_is_restarted_and_every_checkout_finishes_once(
-        embedded_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    embedded_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="durable.embedded")
     folder = embedded_home / "pgdata"
     log: list[str] = []
     async with durable.connect(schema="deaddb", machines=[DeadDbOrder, DeadDbParcel]) as db:
         assert str(folder) in db.pool.dsn  # the private embedded server, through the public path
         runtime = durable.Runtime(db, queues={"dd_orders": 20, "dd_ship": 20}, lease=5.0, on_error=log.append)
-        ids = [i for i in await db.insert_many(
-            [durable.Insert(DeadDbOrder, {"order": n}) for n in range(ORDERS)]) if i is not None]
+        ids = [
+            i
+            for i in await db.insert_many([durable.Insert(DeadDbOrder, {"order": n}) for n in range(ORDERS)])
+            if i is not None
+        ]
         assert len(ids) == ORDERS
 
         async def counts() -> dict[tuple[str, str], int]:
@@ -139,3 +147,8 @@ async def test_killed_postmaster_is_restarted_and_every_checkout_finishes_once(
         back = [m for m in log if m.startswith("database available again")]
         assert 1 <= len(down) <= 3 and len(back) == len(down), log
         assert runtime.outage.failures > len(down)  # attempts were made (and backed off), not each logged
+
+    # a server stopped on purpose (durable db stop) leaves no postmaster.pid: not a crash, not restarted
+    assert embedded.crashed(folder) is None
+    await trio.to_thread.run_sync(embedded.stop, folder)
+    assert embedded.crashed(folder) is None and not embedded.status(folder)["running"]
