@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +153,32 @@ async def test_killed_postmaster_is_restarted_and_every_checkout_finishes_once(
     assert embedded.crashed(folder) is None
     await trio.to_thread.run_sync(embedded.stop, folder)
     assert embedded.crashed(folder) is None and not embedded.status(folder)["running"]
+
+
+async def test_a_connection_killed_mid_statement_is_database_unavailable(db: durable.Database) -> None:
+    """The server ending a connection during a statement (57P01 here; a dead postmaster gives SQLSTATE class
+    08) reaches the caller as DatabaseUnavailable, never as the driver's error."""
+    marker = f"t_{uuid.uuid4().hex[:12]}"
+    sleep = Query("test_dead_db_sleep", f"select pg_sleep(30) as {marker}", "A statement to kill.")
+    find = Query(
+        "test_dead_db_find",
+        "select pid from pg_stat_activity where query like '%' || $1 || '%' and pid <> pg_backend_pid()",
+        "The backend running the statement marked $1.",
+    )
+    kill = Query("test_dead_db_kill", "select pg_terminate_backend($1)", "End backend $1.")
+    caught: list[BaseException] = []
+
+    async def victim() -> None:
+        try:
+            await db.pool.fetchval(sleep)
+        except Exception as exc:
+            caught.append(exc)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(victim)
+            while not (pids := [r["pid"] for r in await db.pool.fetch(find, marker)]):
+                await trio.sleep(0.02)
+            assert await db.pool.fetchval(kill, pids[0])
+    assert len(caught) == 1 and isinstance(caught[0], DatabaseUnavailable), caught
+    assert await db.pool.fetchval(Query("test_dead_db_one", "select 1", "")) == 1  # the pool carries on
