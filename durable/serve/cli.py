@@ -19,7 +19,12 @@ from ..cli import dsn_option, run, schema_option
 @click.option("--long-poll-timeout", default=30.0, show_default=True, type=click.FloatRange(0.05, 300),
               help="Seconds a long-poll (or an idle SSE interval) waits for data.")
 @click.option("--max-append-bytes", default=8 << 20, show_default=True, type=click.IntRange(1),
-              help="Largest accepted request body (413 above).")
+              help="Largest accepted stream or signal body (413 above; a larger Content-Length is refused "
+                   "before the body is read).")
+@click.option("--body-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              envvar="DURABLE_SERVE_BODY_TIMEOUT",
+              help="Seconds a request body may take to arrive in full after the request's head (408 after; "
+                   "env DURABLE_SERVE_BODY_TIMEOUT).")
 @click.option("--public-url", default=None, metavar="URL",
               help="Base URL of callback and JWKS links in subscriptions (default: the request's origin).")
 @click.option("--dev-webhooks/--no-dev-webhooks", default=True, show_default=True,
@@ -32,8 +37,8 @@ from ..cli import dsn_option, run, schema_option
 @click.option("--insecure-no-auth", is_flag=True,
               help="Allow listening on a non-loopback interface without --token.")
 def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeout: float,
-            max_append_bytes: int, public_url: str | None, dev_webhooks: bool, tokens: tuple[str, ...],
-            protect_reads: bool, insecure_no_auth: bool) -> None:
+            max_append_bytes: int, body_timeout: float, public_url: str | None, dev_webhooks: bool,
+            tokens: tuple[str, ...], protect_reads: bool, insecure_no_auth: bool) -> None:
     """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name}).
 
     Without --token anyone who can reach the server may write: it then listens only on loopback
@@ -59,7 +64,7 @@ def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeou
                    "DURABLE_SERVE_TOKEN), or --insecure-no-auth to serve without authentication", err=True)
         sys.exit(2)
     settings = Settings(long_poll_timeout=long_poll_timeout, max_append_bytes=max_append_bytes,
-                        public_url=public_url, allow_dev_webhooks=dev_webhooks,
+                        body_timeout=body_timeout, public_url=public_url, allow_dev_webhooks=dev_webhooks,
                         tokens=tuple(t.strip() for t in tokens), protect_reads=protect_reads)
 
     async def main() -> None:

@@ -19,10 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..client import Database
-from ..errors import DefinitionError, NoSuchInstance, NotDeliverable, StateError
+from ..errors import DefinitionError, InvalidArgument, NoSuchInstance, NotDeliverable, StateError
 from ..sql import Q
-from ..streams.errors import BadRequest, StreamError, StreamNotFound
+from ..streams.errors import BadRequest, StreamError, StreamNotFound, TooLarge
+from ..streams.text import load_json, parse_decimal, text_problem
 from . import protocol as p
+from .guard import problem
 from .streams import Settings, error
 
 PAGE_ROWS = 500
@@ -38,9 +40,28 @@ def parse_position(text: str) -> Position:
     if text == "-1":
         return (0, 0)
     xid, _, hid = text.partition("_")
-    if not (xid.isdigit() and hid.isdigit()):
-        raise BadRequest("invalid offset format")
-    return (int(xid), int(hid))
+    position = (parse_decimal(xid), parse_decimal(hid))
+    if position[0] is None or position[1] is None:
+        raise BadRequest(f"invalid offset {text!r}: <xid>_<id>, each a non-negative integer up to 2^63-1")
+    return (position[0], position[1])
+
+
+def instance_id(request: Request) -> int:
+    """The ``{id}`` of the path (digits, by the route); 400 past bigint: no instance has such an id."""
+    text = request.path_params["id"]
+    iid = parse_decimal(str(text))
+    if iid is None:
+        raise BadRequest(f"instance id {text} is out of range (at most 2^63-1)")
+    return iid
+
+
+def signal_payload(body: bytes) -> Any:
+    """The JSON payload of a signal body (None when empty); 400 for what is not JSON or cannot be
+    stored (NUL, a lone surrogate, nesting too deep for the parser, NaN)."""
+    try:
+        return load_json(body) if body.strip() else None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def event_json(row: Any) -> str:
@@ -71,7 +92,7 @@ class InstanceEndpoints:
 
     async def history(self, request: Request) -> Response:
         try:
-            iid = int(request.path_params["id"])
+            iid = instance_id(request)
             if not await self.pool.fetchval(Q.history_instance_exists, iid):
                 raise StreamNotFound(f"no instance with id {iid}")
             headers = {"content-type": "application/json"}
@@ -81,7 +102,7 @@ class InstanceEndpoints:
                 return Response(status_code=200, headers=headers)
             q = request.query_params
             offset = q.get("offset") or "-1"
-            live = q.get("live")
+            live = p.parse_live(q.get("live"))
             if not p.OFFSET_QUERY.match(offset):
                 raise BadRequest("invalid offset format")
             after = await self._tail(iid) if offset == "now" else parse_position(offset)
@@ -125,25 +146,40 @@ class InstanceEndpoints:
                 await trio.sleep(POLL_INTERVAL)
 
     async def signal(self, request: Request) -> Response:
+        path = request.url.path
         try:
-            iid = int(request.path_params["id"])
-        except ValueError:
-            return JSONResponse({"error": "instance id must be an integer"}, status_code=400)
-        name = request.path_params["name"]
-        body = await request.body()
-        try:
-            payload = json.loads(body) if body.strip() else None
-        except ValueError as exc:
-            return JSONResponse({"error": f"body is not JSON: {exc}"}, status_code=400)
-        dedup = request.headers.get("idempotency-key") or request.headers.get("signal-dedup-key")
-        try:
+            iid = instance_id(request)
+            name = request.path_params["name"]
+            check = text_problem(name)
+            if check is not None:
+                raise BadRequest(f"signal name {check}")
+            dedup = request.headers.get("idempotency-key") or request.headers.get("signal-dedup-key")
+            check = text_problem(dedup) if dedup is not None else None
+            if check is not None:
+                raise BadRequest(f"Idempotency-Key {check}")
+            payload = signal_payload(await self._body(request))
             signal_id = await self.db.signal(iid, name, payload, dedup_key=dedup)
+        except StreamError as exc:
+            return problem(path, exc.status, exc.message, exc.headers)
         except NoSuchInstance as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
+            return problem(path, 404, str(exc))
         except NotDeliverable as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
-        except (DefinitionError, StateError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return problem(path, 409, str(exc))
+        except (DefinitionError, StateError, InvalidArgument, TypeError, ValueError) as exc:
+            return problem(path, 400, str(exc))  # the engine's own checks of a name, payload or key
         if signal_id is None:
             return JSONResponse({"signal_id": None, "duplicate": True}, status_code=200)
         return JSONResponse({"signal_id": signal_id, "duplicate": False}, status_code=201)
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, at most ``max_append_bytes`` (413; a chunked body is drained first, so the client
+        reads the answer; the Guard bounds how long that takes)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= self.settings.max_append_bytes:
+                chunks.append(chunk)
+        if size > self.settings.max_append_bytes:
+            raise TooLarge(f"request body above {self.settings.max_append_bytes} bytes")
+        return b"".join(chunks)

@@ -7,18 +7,20 @@ import json
 import random
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ..streams.errors import BadRequest
 from ..streams.store import MAX_JS_INT, Producer
+from ..streams.text import parse_decimal
 
 CURSOR_EPOCH = 1728432000.0  # 2024-10-09T00:00:00Z
 CURSOR_INTERVAL = 20
 
-_NON_NEGATIVE = re.compile(r"^(0|[1-9][0-9]*)$")
-_DIGITS = re.compile(r"^[0-9]+$")
+_NON_NEGATIVE = re.compile(r"0|[1-9][0-9]*")
 _MEDIA = re.compile(r"^[\w.+-]+/[\w.+-]+")
-OFFSET_QUERY = re.compile(r"^(-1|now|\d+_\d+)$")
+OFFSET_QUERY = re.compile(r"(-1|now|[0-9]+_[0-9]+)\Z")
+LIVE_MODES = ("long-poll", "sse")
+MAX_TTL_SECONDS = 36525 * 86400  # 100 years: far beyond any use, far inside PostgreSQL's intervals
 
 # CORS and browser security headers on every response (protocol 12.7)
 COMMON_HEADERS = {
@@ -51,9 +53,12 @@ def valid_media_type(value: str | None) -> bool:
 def parse_ttl(value: str | None) -> int | None:
     if value is None:
         return None
-    if not _NON_NEGATIVE.match(value):
+    if not _NON_NEGATIVE.fullmatch(value):
         raise BadRequest("invalid Stream-TTL: a non-negative integer without sign or leading zeros")
-    return int(value)
+    ttl = parse_decimal(value, MAX_TTL_SECONDS)
+    if ttl is None:
+        raise BadRequest(f"invalid Stream-TTL: at most {MAX_TTL_SECONDS} seconds (100 years)")
+    return ttl
 
 
 def parse_expires_at(value: str | None) -> datetime | None:
@@ -65,15 +70,27 @@ def parse_expires_at(value: str | None) -> datetime | None:
         raise BadRequest("invalid Stream-Expires-At: an RFC 3339 timestamp") from None
     if ts.tzinfo is None:
         raise BadRequest("invalid Stream-Expires-At: a time zone is required")
+    try:
+        ts.astimezone(UTC)  # stored in UTC: 0001-01-01T00:00+01:00 has no UTC date
+    except OverflowError:
+        raise BadRequest("invalid Stream-Expires-At: outside years 1-9999 in UTC") from None
     return ts
 
 
 def parse_sub_offset(value: str | None) -> int:
     if value is None:
         return 0
-    if not _NON_NEGATIVE.match(value.strip()):
-        raise BadRequest("invalid Stream-Fork-Sub-Offset")
-    return int(value.strip())
+    sub = parse_decimal(value.strip()) if _NON_NEGATIVE.fullmatch(value.strip()) else None
+    if sub is None:
+        raise BadRequest("invalid Stream-Fork-Sub-Offset: a non-negative integer up to 2^63-1")
+    return sub
+
+
+def parse_live(value: str | None) -> str | None:
+    """The ``live`` query parameter: absent, ``long-poll`` or ``sse`` (400 otherwise)."""
+    if value is not None and value not in LIVE_MODES:
+        raise BadRequest(f"invalid live mode {value!r}: long-poll or sse")
+    return value
 
 
 def parse_producer(pid: str | None, epoch: str | None, seq: str | None) -> Producer | None:
@@ -86,9 +103,10 @@ def parse_producer(pid: str | None, epoch: str | None, seq: str | None) -> Produ
         raise BadRequest("Producer-Id must not be empty")
     values = []
     for name, raw in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
-        if not _DIGITS.match(raw) or int(raw) > MAX_JS_INT:
+        value = parse_decimal(raw, MAX_JS_INT)
+        if value is None:
             raise BadRequest(f"invalid {name}: a non-negative integer <= 2^53-1")
-        values.append(int(raw))
+        values.append(value)
     return Producer(pid, values[0], values[1])
 
 

@@ -21,11 +21,13 @@ from ..streams.subscription_store import SubscriptionStore
 from ..streams.wakes import Wakes
 from .auth import AccessControl
 from .dispatcher import Dispatcher
+from .guard import Guard, exception_handlers
 from .hub import Hub
 from .instances import InstanceEndpoints
 from .protocol import COMMON_HEADERS
 from .signing import Signer
 from .streams import Settings, StreamEndpoints
+from .subscriptions import MAX_BODY as MAX_CONTROL_BODY
 from .subscriptions import SubscriptionEndpoints
 from .webhooks import Deliverer
 
@@ -76,10 +78,12 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
         Route("/instances/{id:int}/history", instances.history, methods=["GET", "HEAD"]),
         Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
         Route("/{path:path}", stream_route, methods=ALL_METHODS),
-    ])
+    ], exception_handlers=exception_handlers())
+    guarded = Guard(app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY,
+                    body_timeout=settings.body_timeout)
     if settings.tokens:
-        return CommonHeaders(AccessControl(app, settings.tokens, protect_reads=settings.protect_reads))
-    return CommonHeaders(app)
+        return CommonHeaders(AccessControl(guarded, settings.tokens, protect_reads=settings.protect_reads))
+    return CommonHeaders(guarded)
 
 
 class Server:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import quote
 
 import trio
 from starlette.requests import Request
@@ -27,7 +28,8 @@ MAX_PATH_BYTES = 1024
 class Settings:
     long_poll_timeout: float = 30.0
     sse_lifetime: float = 60.0
-    max_append_bytes: int = 8 << 20
+    max_append_bytes: int = 8 << 20  # largest stream or signal body (413 above)
+    body_timeout: float = 60.0  # a request body must be complete this many seconds after its head (408)
     connections: int = 8  # PostgreSQL connections kept for stream statements
     sweep_interval: float = 0.5  # subscriptions: lease expiry and retry checks (seconds)
     webhook_timeout: float = 30.0  # one webhook POST (also at most the subscription's lease)
@@ -113,8 +115,10 @@ class StreamEndpoints:
         created = await self.store.create(path, spec)
         s = created.stream
         headers = {"content-type": s.content_type, "Stream-Next-Offset": s.next_offset}
-        if created.new:
-            headers["location"] = str(request.url.replace(query=""))
+        if created.new:  # the path as the client encoded it: a header value is latin-1 only
+            raw = request.scope.get("raw_path")
+            headers["location"] = str(request.url.replace(path=raw.decode("ascii") if raw else quote(path),
+                                                          query=""))
             self.hub.notify(s.id)
         if s.closed:
             headers["Stream-Closed"] = "true"
@@ -187,6 +191,7 @@ class StreamEndpoints:
                 raise BadRequest("more than one offset")
             if not p.OFFSET_QUERY.match(offset):
                 raise BadRequest("invalid offset format")
+        live = p.parse_live(live)
         if live in ("long-poll", "sse") and not offset:
             raise BadRequest(f"live={live} requires an offset")
         if live == "sse":

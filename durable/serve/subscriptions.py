@@ -17,7 +17,6 @@ are ``{"error": {"code": ..., "message": ...}}`` with the protocol's status code
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
@@ -29,6 +28,7 @@ from ..errors import DatabaseUnavailable
 from ..streams.errors import SubscriptionError, invalid
 from ..streams.subscription_store import SubscriptionStore, View
 from ..streams.subscriptions import check_id, check_relative, parse_config, parse_stream_list
+from ..streams.text import load_json
 from ..streams.tokens import CALLBACK
 from ..streams.wakes import AckRequest, Wakes
 from .dispatcher import Dispatcher
@@ -155,9 +155,9 @@ class SubscriptionEndpoints:
     async def claim(self, call: Call) -> Response:
         body = await _body(call.request)
         try:
-            data = json.loads(body) if body.strip() else None
+            data = load_json(body) if body.strip() else None
         except ValueError as exc:
-            raise invalid(f"body is not JSON: {exc}") from None
+            raise invalid(str(exc)) from None
         worker = data.get("worker") if isinstance(data, dict) else None
         if not isinstance(worker, str) or not worker or len(worker) > 200:
             raise invalid('body must be {"worker": "<name>"} (1-200 characters)')

@@ -5,6 +5,7 @@
     ├── Fenced         403       a stale producer epoch (a zombie writer)
     ├── StreamNotFound 404       no such stream (or it expired)
     ├── Conflict       409       config, content type, sequence, closed stream, soft-deleted path
+    ├── RequestTimeout 408       the request body did not arrive in time (a trickling client)
     ├── StreamGone     410       the stream was deleted while forks still read it
     └── TooLarge       413       the append exceeds the server's limit
 
@@ -44,6 +45,10 @@ class StreamNotFound(StreamError):
 
 class Conflict(StreamError):
     status = 409
+
+
+class RequestTimeout(StreamError):
+    status = 408
 
 
 class StreamGone(StreamError):

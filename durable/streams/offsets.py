@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 
 from .errors import BadRequest
+from .text import parse_decimal
 
 START = "-1"
 NOW = "now"
-_OFFSET = re.compile(r"^(\d{1,20})_(\d{1,20})$")
+_OFFSET = re.compile(r"([0-9]{1,20})_([0-9]{1,20})")
 
 
 def format_offset(position: int) -> str:
@@ -17,14 +18,17 @@ def format_offset(position: int) -> str:
 
 
 def is_offset(text: str) -> bool:
-    return bool(_OFFSET.match(text))
+    return bool(_OFFSET.fullmatch(text))
 
 
 def parse_offset(text: str) -> int:
     """The byte position of an offset token (``-1`` is the start); BadRequest when malformed."""
     if text == START:
         return 0
-    m = _OFFSET.match(text)
+    m = _OFFSET.fullmatch(text)
     if not m:
         raise BadRequest("invalid offset format")
-    return int(m.group(2))
+    position = parse_decimal(m.group(2))
+    if parse_decimal(m.group(1)) is None or position is None:
+        raise BadRequest(f"invalid offset {text!r}: a position past 2^63-1")
+    return position

@@ -24,6 +24,7 @@ from ..errors import DatabaseUnavailable
 from ..sql import Q, Query
 from .errors import BadRequest, Conflict, Fenced, StreamGone, StreamNotFound
 from .offsets import format_offset
+from .text import load_json
 
 JSON = "application/json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -44,20 +45,20 @@ def is_json(content_type: str | None) -> bool:
     return media_type(content_type) == JSON
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def json_values(body: bytes, *, allow_empty: bool) -> list[str]:
-    """The messages of a JSON-mode body, each compact JSON text: an array is flattened one level."""
+    """The messages of a JSON-mode body, each compact JSON text: an array is flattened one level.
+    NUL in a string is kept (stored escaped, as ``\\u0000``); a lone surrogate is rejected (400)."""
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = load_json(body, allow_nul=True)
+    except ValueError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
     items = value if isinstance(value, list) else [value]
     if not items and not allow_empty:
         raise BadRequest("empty JSON arrays are not allowed")
-    return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in items]
+    try:
+        return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in items]
+    except RecursionError:  # the encoder's depth limit can be a little below the parser's
+        raise BadRequest("invalid JSON: nested too deeply") from None
 
 
 def json_message(items: list[str]) -> bytes:

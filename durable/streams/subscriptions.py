@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import invalid
+from .text import load_json
 
 TYPES = ("webhook", "pull-wake")
 DEFAULT_LEASE_TTL_MS = 30_000
@@ -122,13 +123,18 @@ class Config:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _load(body: bytes) -> Any:
+    """A control API body's JSON (None when empty); 400 when it is not JSON PostgreSQL can store."""
+    try:
+        return load_json(body) if body.strip() else None
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
 def parse_config(body: bytes) -> Config:
     """The configuration of a PUT body; ``invalid`` (400) naming the first problem. The webhook URL's
     safety (SSRF) is checked by the server, which knows its policy."""
-    try:
-        data = json.loads(body.decode("utf-8")) if body.strip() else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"body is not JSON: {exc}") from None
+    data = _load(body)
     if not isinstance(data, dict):
         raise invalid("body must be a JSON object")
     unknown = sorted(set(data) - _FIELDS)
@@ -172,10 +178,7 @@ def parse_config(body: bytes) -> Config:
 
 def parse_stream_list(body: bytes) -> list[str]:
     """The body of ``POST .../streams``: ``{"streams": [...]}``."""
-    try:
-        data = json.loads(body.decode("utf-8")) if body.strip() else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"body is not JSON: {exc}") from None
+    data = _load(body)
     if not isinstance(data, dict) or "streams" not in data:
         raise invalid('body must be {"streams": [...]}')
     streams = check_streams(data["streams"])

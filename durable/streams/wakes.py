@@ -23,6 +23,7 @@ from .offsets import format_offset, parse_offset
 from .store import Store, is_json, json_message
 from .subscription_store import Link, Subscription, links_of, live
 from .subscriptions import check_relative, full_path, relative_path
+from .text import MAX_BIGINT, load_json
 from .tokens import CALLBACK, CLAIM, Token, issue, verify
 
 
@@ -53,16 +54,16 @@ class AckRequest:
     @classmethod
     def parse(cls, body: bytes, *, release: bool = False) -> AckRequest:
         try:
-            data = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise invalid(f"body is not JSON: {exc}") from None
+            data = load_json(body) if body.strip() else None
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
         if not isinstance(data, dict):
             raise invalid("body must be a JSON object")
         wake_id, generation = data.get("wake_id"), data.get("generation")
         if not isinstance(wake_id, str) or not wake_id:
             raise invalid("wake_id (string) is required")
-        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-            raise invalid("generation (non-negative integer) is required")
+        if not isinstance(generation, int) or isinstance(generation, bool) or not 0 <= generation <= MAX_BIGINT:
+            raise invalid("generation (non-negative integer up to 2^63-1) is required")
         acks: list[tuple[str, str]] = []
         raw_acks = [] if release else data.get("acks", [])
         if raw_acks is None:
