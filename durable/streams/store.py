@@ -389,7 +389,10 @@ class Store:
             raise BadRequest("invalid fork sub-offset: no data past the fork offset")
         data = bytes(rows[0]["data"])
         if json_mode:
-            values = json.loads(b"[" + data + b"]")
+            try:
+                values = json.loads(b"[" + data + b"]")
+            except RecursionError:  # stored at the parser's depth limit: one level more here
+                raise BadRequest("invalid fork sub-offset: the message is nested too deeply to split") from None
             if sub > len(values):
                 raise BadRequest("invalid fork sub-offset: beyond the message")
             return json_message([json.dumps(v, ensure_ascii=False, separators=(",", ":"))
