@@ -11,6 +11,7 @@
     ├── InvalidArgument           a filter, cursor or offset given to a query is malformed
     ├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
     │                             23, 54): handle() sees it, the instance's stored state is unchanged
+    │   └── UniqueKeyOccupied     an outcome into an occupied unique_scope (.key, .status)
     ├── NoSuchInstance            no instance has this id
     └── NotDeliverable            a signal to a terminal instance (it would never be read)
 """
@@ -71,3 +72,15 @@ class OutcomeRejected(DurableError):
         super().__init__(f"outcome rejected by the database (SQLSTATE {sqlstate}): {message}")
         self.sqlstate = sqlstate
         self.message = message
+
+
+class UniqueKeyOccupied(OutcomeRejected):
+    """A step's outcome would move its instance into a status of its ``unique_scope`` while another
+    instance occupies the key (``key``) in its own scope; ``status`` is the status refused. ``handle()``
+    sees it like any rejected outcome (the default retries with backoff, then fails)."""
+
+    def __init__(self, key: str, status: str, message: str | None = None) -> None:
+        super().__init__("23505", message or f"unique key {key!r} is occupied: {status} is in its unique_scope "
+                                              f"and another instance holds the key")
+        self.key = key
+        self.status = status

@@ -22,7 +22,6 @@ import pydantic
 from .errors import DefinitionError, OutcomeError, UnknownMachine, UnknownStep
 from .outcomes import (
     OUTCOME_TYPES,
-    STATUSES,
     Await,
     Cancel,
     Done,
@@ -35,6 +34,7 @@ from .outcomes import (
     seconds,
     step_name,
 )
+from .uniqueness import check_unique_scope
 
 if TYPE_CHECKING:
     from .context import Context
@@ -304,10 +304,7 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
 def check_insert(spec: Insert, where: str) -> None:
     from .errors import OutcomeError as _E
 
-    if spec.unique_scope is not None:
-        bad = [s for s in spec.unique_scope if s not in STATUSES]
-        if bad:
-            raise _E(f"{where}: unknown status {bad[0]!r} in unique_scope (statuses: {', '.join(STATUSES)})")
+    check_unique_scope(spec.unique_key, spec.unique_scope, where)  # durable/uniqueness.py: the scope rules
     if spec.schedule_in is not None:
         seconds(spec.schedule_in, f"{where}: schedule_in")
     if spec.priority is not None and not (-32768 <= spec.priority <= 32767):

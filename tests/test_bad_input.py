@@ -107,7 +107,7 @@ async def test_state_that_does_not_match_the_state_class(bdb: durable.Database) 
 async def test_insert_errors_name_the_problem(bdb: durable.Database) -> None:
     with pytest.raises(durable.StateError, match="cannot be stored as JSON"):
         await bdb.insert(Picky, {"s": {1}})
-    with pytest.raises(durable.OutcomeError, match="unknown status 'finished' in unique_scope"):
+    with pytest.raises(ValueError, match="unknown status 'finished' in unique_scope"):
         await bdb.insert(Picky, {}, unique_key="k", unique_scope=["finished"])
     with pytest.raises(durable.OutcomeError, match="schedule_in must be a finite, non-negative delay"):
         await bdb.insert(Picky, {}, schedule_in=-1)

@@ -84,7 +84,7 @@ async def test_leaving_the_scope_frees_the_key(db: durable.Database) -> None:
 
 async def test_scope_including_done_keeps_the_key(db: durable.Database) -> None:
     db.registry.add(Charge)
-    scope = ["runnable", "executing", "done"]
+    scope = ["runnable", "executing", "awaiting_signal", "awaiting_children", "done"]
     assert await db.insert(Charge, {}, unique_key="forever", unique_scope=scope) is not None
     await run_step(db, (await pick(db, "u"))[0])
     assert await db.insert(Charge, {}, unique_key="forever", unique_scope=scope) is None

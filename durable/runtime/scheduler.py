@@ -64,6 +64,7 @@ class Scheduler:
         self._slots_open = False
         self.backlog = False  # the last pick filled its demand: more rows are probably waiting
         self.orphans_suspected = False  # a pick failed: it may have claimed rows we never heard of
+        self.clash: str | None = None  # the unique index every pick try tripped (logged once), else None
         self.picks = 0
         self.picked = 0
         self.handed = 0  # claims taken straight from a local insert (handoff)
@@ -303,15 +304,32 @@ class Scheduler:
                     rows = await rt.db.pool.fetch(Q.pick, self.queue, demand, rt.worker_id, rt.lease,
                                                   rt.clock.now())
                     break
-                except asyncpg.UniqueViolationError:
-                    # two runtimes claimed rows of one partition key at once: the index said no
+                except asyncpg.UniqueViolationError as exc:
+                    # two runtimes claimed rows of one partition or unique key at once: the index said
+                    # no, and the next try sees the other claim and skips the key. Anything else that
+                    # trips an index every time is logged (once) and retried at the idle interval.
                     if attempt == PICK_RETRIES - 1:
+                        self.errors += 1
+                        self.clashing(exc)
                         span.set_attribute("durable.claimed", 0)
                         return []
+            self.clashing(None)
             self.picks += 1
             self.picked += len(rows)
             span.set_attribute("durable.claimed", len(rows))
             return claims_from_rows(rows)
+
+    def clashing(self, exc: asyncpg.UniqueViolationError | None) -> None:
+        """Log a pick whose every try trips a unique index once per change (a new index, or passing again)."""
+        clash = None if exc is None else (exc.constraint_name or "a unique index")
+        if clash == self.clash:
+            return
+        if clash is not None:
+            self.runtime.log_error(f"pick on queue {self.queue!r} failed {PICK_RETRIES} tries in a row on "
+                                   f"{clash}: {exc} (no rows claimed; retrying at the idle interval)")
+        else:
+            self.runtime.log_error(f"pick on queue {self.queue!r} claims again (it failed on {self.clash})")
+        self.clash = clash
 
 
 def handed_claims(cols: InsertColumns, rows: Sequence[Any]) -> list[Claim]:

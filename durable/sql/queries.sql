@@ -35,34 +35,51 @@
 -- Claim up to $2 runnable rows of queue $1 for worker $3 with a lease of $4 seconds; $5 now.
 -- Order: priority, eligible_at, id. Locked rows are skipped; rows whose partition key is executing are
 -- skipped before the LIMIT (a busy key never hides other keys' work; it costs an index probe per
--- skipped row), and only the first row of each key is taken. Each claim gets a fresh lease_token. The inbox
+-- skipped row), and only the first row of each key is taken. Likewise a row whose unique_scope names
+-- `executing` but not `runnable` (the pick would move it into its scope) waits while its unique key is
+-- occupied by another row (in that row's own scope), and only the first such row of a key is taken: the
+-- pick never trips instances_unique, and the row is picked once the key is free. Both skips probe an
+-- index per candidate (never the whole executing set). Each claim gets a fresh lease_token. The inbox
 -- and the children ride along so the executor needs no further round trip. Rows come in pick order
 -- (priority, eligible_at, id); the claim's fields are the leading columns, in order.
 -- plan: generic
 with candidate as (
-  select g.id, g.partition_key, g.priority, g.eligible_at
+  select g.id, g.partition_key, g.priority, g.eligible_at,
+         -- the unique key this claim would occupy (its scope names executing, not runnable), else NULL
+         case when g.unique_guard is null and 'executing' = any (g.unique_scope) then g.unique_key end
+           as entering
   from instances g
   where g.status = 'runnable' and g.queue = $1
     and g.eligible_at <= coalesce($5::timestamptz, now())
     -- the busy-key skip, written so the planner estimates it from partition_key's null fraction (a
     -- lateral join's `busy is null` got the 0.5 % default selectivity: the LIMIT then looked like a
-    -- scan of the whole backlog, and a plan that sorts the whole backlog could win)
+    -- scan of the whole backlog, and a plan that sorts the whole backlog could win). `offset 0` keeps
+    -- the subquery a probe of instances_partition_active per candidate: without it a generic plan
+    -- may hash the whole executing set once per pick (2,000 executing rows read to claim a few)
     and (g.partition_key is null
          or not exists (select 1 from instances e
-                        where e.partition_key = g.partition_key and e.status = 'executing'))
+                        where e.partition_key = g.partition_key and e.status = 'executing' offset 0))
+    -- the occupied-unique-key skip, the same shape (a probe of instances_unique per such candidate)
+    and (g.unique_key is null or g.unique_guard is not null or not 'executing' = any (g.unique_scope)
+         or not exists (select 1 from instances u where u.unique_guard = g.unique_key offset 0))
   order by g.priority, g.eligible_at, g.id
   limit $2
   for no key update of g skip locked
 ),
 free as (
-  -- every keyless candidate, and the first candidate of each partition key
-  select c.id from candidate c where c.partition_key is null
+  -- every candidate without a key, and the first candidate of each partition key and of each unique key
+  -- it would occupy
+  select c.id from candidate c where c.partition_key is null and c.entering is null
   union all
   select k.id
-  from (select c.id, row_number() over (partition by c.partition_key
-                                         order by c.priority, c.eligible_at, c.id) as nth
-        from candidate c where c.partition_key is not null) k
-  where k.nth = 1
+  from (select c.id, c.entering,
+               case when c.partition_key is null then 1
+                    else row_number() over (partition by c.partition_key
+                                            order by c.priority, c.eligible_at, c.id) end as nth,
+               row_number() over (partition by c.entering
+                                  order by c.priority, c.eligible_at, c.id) as nth_entering
+        from candidate c where c.partition_key is not null or c.entering is not null) k
+  where k.nth = 1 and (k.entering is null or k.nth_entering = 1)
 ),
 claimed as (
   update instances g
