@@ -1,22 +1,46 @@
-"""Planted bugs: subtly broken variants of the engine's named statements. A simulator that passes one
-of these is the defect. Each swap asserts that the text it replaces is still there, so an engine change
-that moves it fails loudly instead of silently testing nothing.
+"""Planted bugs (mutants): subtly broken variants of the engine's named statements, and of its Python code
+where a fix lives there. A simulator that passes one of these is the defect. Each swap asserts that the
+text it replaces is there exactly once, so an engine change that moves it fails loudly instead of silently
+testing nothing.
 
     with planted("no_fencing") as bug:
-        result = simulate(config, prepare=bug.prepare)
+        result = simulate(bug.config(seed), prepare=bug.prepare)
+
+A SQL swap replaces a regex in one named statement (``Q.replace``); a Python swap (:class:`PySwap`) replaces
+a regex in the source of one function or method and compiles it back in place, for the duration of the
+block. ``durable sim --mutants`` runs the whole catalogue (sim/mutants.py); docs/sim.md has the table.
 """
 
 from __future__ import annotations
+import __future__
 
+import ast
+import importlib
+import inspect
 import re
+import textwrap
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from durable._pg import Pool
 from durable.sql import Q, Query
 
+from .core import SimConfig
+
 Swap = tuple[str, str, str]  # statement, old text (regex), new text
+Prepare = Callable[[Pool], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PySwap:
+    """A one-line revert in Python: ``target`` is ``module:Qualified.name`` of a function or method that its
+    callers look up at call time (a module global or a class attribute)."""
+
+    target: str
+    pattern: str
+    replacement: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +50,17 @@ class Bug:
     swaps: tuple[Swap, ...]
     workload: str
     faults: tuple[str, ...]
+    breaks: str = ""        # what the mutant breaks, for the catalogue's table
+    first: int = 1          # the first seed of 1..40 that catches it (the quick form runs only this one)
+    patches: tuple[PySwap, ...] = ()
     drop_partition_index: bool = False
+    instances: int = 8
+    chaos_seconds: float = 50.0
+
+    def config(self, seed: int) -> SimConfig:
+        """The run of this mutant's workload on ``seed``."""
+        return SimConfig(seed=seed, workload=self.workload, faults=self.faults or ("crash", "step_error"),
+                         instances=self.instances, chaos_seconds=self.chaos_seconds)
 
     async def prepare(self, pool: Pool) -> None:
         if self.drop_partition_index:
@@ -40,7 +74,8 @@ BUGS: dict[str, Bug] = {
             ("complete", r"join o on g\.id = o\.id and g\.lease_token = o\.token", "join o on g.id = o.id"),
             ("complete_simple", r"where g\.id = o\.id and g\.lease_token = o\.token", "where g.id = o.id"),
             ("heartbeat", r"on g\.id = h\.id and g\.lease_token = h\.token", "on g.id = h.id"),
-        ), "mixed", ("zombie",)),
+        ), "mixed", ("zombie",), "complete and heartbeat match rows by id only, not by lease token: a "
+                                 "zombie's late outcome commits", first=1),
         Bug("unscoped_consume", "signals_accounted", (
             ("complete",
              r"using decided d, unnest\(\$30::bigint\[\], \$31::bigint\[\]\) as e\(ord, sid\)\s+"
@@ -50,7 +85,7 @@ BUGS: dict[str, Bug] = {
              "using decided d, shown w\n  where d.kind not in ('await', 'retry') and w.ord = d.ord and "
              "s.id = w.sid and s.target_id = d.id\n    and cardinality($30::bigint[]) >= 0 "
              "and cardinality($31::bigint[]) >= 0"),
-        ), "checkout", ()),
+        ), "checkout", (), "complete deletes every signal shown to the step, whatever its name", first=2),
         Bug("no_prearrival_guard", "terminal_after_heal", (
             ("complete",
              r"case when h\.signal_seq <> o\.seq\s+or exists \(select 1 from signals s\s+"
@@ -58,20 +93,41 @@ BUGS: dict[str, Bug] = {
              r"and not exists \(select 1 from shown w where w\.ord = o\.ord and w\.sid = s\.id\)\)\s+"
              r"then 'runnable' else 'awaiting_signal' end",
              "'awaiting_signal'"),
-        ), "checkout", ()),
+        ), "checkout", (), "an await parks without the signal_seq / inbox check: a signal that arrived "
+                           "during the step is never seen (lost wake-up)", first=3),
         Bug("double_decrement", "child_decrements_once", (
             ("complete", r"from upd\s+where status in \('done', 'failed', 'cancelled'\) and parent_id is not null",
              "from (select * from upd union all select * from upd) upd\n"
              "  where status in ('done', 'failed', 'cancelled') and parent_id is not null"),
-        ), "checkout", ()),
+        ), "checkout", (), "complete decrements the parent twice per ending child", first=1),
         Bug("rejoin_retried_child", "child_decrements_once", (
             ("complete", r"and parent_id is not null and not joined_before", "and parent_id is not null"),
-        ), "ops", ()),
+        ), "ops", (), "a child retried after its parent joined decrements the parent again (e99ae7c)", first=2),
         Bug("partition_ignored", "partition_serial", (
             ("pick", r"and \(g\.partition_key is null\s+or not exists \(select 1 from instances e\s+"
-                     r"where e\.partition_key = g\.partition_key and e\.status = 'executing'\)\)", "and true"),
+                     r"where e\.partition_key = g\.partition_key and e\.status = 'executing' offset 0\)\)",
+             "and true"),
             ("pick", r"where k\.nth = 1", "where true"),
-        ), "bank", (), drop_partition_index=True),
+        ), "bank", (), "pick ignores partition keys (and the unique index instances_partition_active is "
+                       "dropped, which would still refuse the second claim of a key)",
+            first=2, drop_partition_index=True),
+        Bug("release_unfenced", "release_fencing", (
+            ("release", r"on g\.id = r\.id and g\.lease_token = r\.token", "on g.id = r.id"),
+        ), "mixed", ("lease_loss",), "release (drain, uncommitted outcomes) matches rows by id only: a worker "
+                                     "whose lease was lost puts another's live claim back to runnable", first=4),
+        Bug("same_batch_fencing", "no_fenced_outcome_visible", (
+            ("complete", r"where o\.ord not in \(select l\.ord from live l\)",
+             "where o.id not in (select l.id from live l)"),
+            ("complete", r"from o left join upd u on u\.ord = o\.ord", "from o left join upd u on u.id = o.id"),
+            ("complete_simple", r"where f\.ord not in \(select u\.ord from upd u\)",
+             "where f.id not in (select u.id from upd u)"),
+            ("complete_simple", r"from o left join upd u on u\.ord = o\.ord", "from o left join upd u on u.id = o.id"),
+        ), "mixed", ("lease_loss",), "complete fences by instance id, not by claim, and the flusher batches two "
+                                     "outcomes of one instance: a stale outcome beside the live one commits "
+                                     "(issue 14 item 0)",
+            first=2, patches=(
+                PySwap("durable.runtime.flusher:_one_per_instance", r"if len\(ids\) == len\(batch\):", "if True:"),
+            )),
     )
 }
 
@@ -83,20 +139,62 @@ def broken(text: str, pattern: str, replacement: str, where: str) -> str:
     return new
 
 
+class Stale(AssertionError):
+    """A mutant that no longer applies: its text is gone from the engine or found more than once."""
+
+
 @contextmanager
-def planted(name: str) -> Iterator[Bug]:
-    """Swap the statements of bug ``name`` for the duration of the block."""
-    bug = BUGS[name]
+def _sql(name: str, swaps: tuple[Swap, ...]) -> Iterator[None]:
     originals: dict[str, Query] = {}
     try:
-        for statement, pattern, replacement in bug.swaps:
+        for statement, pattern, replacement in swaps:
             current = getattr(Q, statement)
             originals.setdefault(statement, current)
             Q.replace(statement, broken(current.text, pattern, replacement, f"{name}/{statement}"))
-        yield bug
+        yield
     finally:
         for original in originals.values():
             Q.restore(original)
 
 
-Prepare = Callable[[Pool], Awaitable[None]]
+@contextmanager
+def _python(name: str, swap: PySwap) -> Iterator[None]:
+    """Compile the target's source with the swap applied and put it in the target's place."""
+    module_name, _, qualname = swap.target.partition(":")
+    module = importlib.import_module(module_name)
+    *path, attr = qualname.split(".")
+    owner: Any = module
+    for part in path:
+        owner = getattr(owner, part)
+    original = owner.__dict__[attr]
+    fn = original.__func__ if isinstance(original, staticmethod | classmethod) else original
+    source = textwrap.dedent(inspect.getsource(fn))
+    tree = ast.parse(broken(source, swap.pattern, swap.replacement, f"{name}/{swap.target}"))
+    ast.increment_lineno(tree, fn.__code__.co_firstlineno - 1)  # tracebacks point at the real file's lines
+    code = compile(tree, inspect.getsourcefile(fn) or swap.target, "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    namespace: dict[str, Any] = {}
+    exec(code, module.__dict__, namespace)  # the engine's own source, one regex changed
+    replaced = namespace[attr]
+    if isinstance(original, staticmethod | classmethod):
+        replaced = type(original)(replaced)
+    setattr(owner, attr, replaced)
+    try:
+        yield
+    finally:
+        setattr(owner, attr, original)
+
+
+@contextmanager
+def planted(name: str) -> Iterator[Bug]:
+    """Apply bug ``name`` (its SQL and Python swaps) for the duration of the block; :class:`Stale` when a
+    swap's text is not found exactly once."""
+    bug = BUGS[name]
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(_sql(name, bug.swaps))
+            for swap in bug.patches:
+                stack.enter_context(_python(name, swap))
+        except AssertionError as exc:
+            raise Stale(str(exc)) from None
+        yield bug

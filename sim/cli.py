@@ -12,13 +12,16 @@ from typing import Any
 import asyncpg
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from durable.cli import dsn_option
+from durable.cli import EXIT_UNREACHABLE, STDOUT, dsn_option, json_file_option, write_json
+from durable.cli_progress import Ticker
 from durable.errors import DatabaseUnavailable, DurableError
 
+from .bugs import BUGS, Stale
 from .plan import FAULT_KINDS, Fault, parse_kinds
 from .workloads import WORKLOADS
+
+_BUG_NAMES = sorted(BUGS)
 
 
 def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -29,7 +32,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 
 
 @click.command(name="sim")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the (first) run.")
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Seed of the (first) run.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Number of runs: seeds SEED .. SEED+N-1.")
 @click.option("--workload", type=click.Choice(WORKLOADS), default="mixed", show_default=True)
@@ -46,26 +49,40 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 @click.option("--chain", type=click.IntRange(min=0), default=0, show_default=True,
               help="Runtime run-ahead: steps a claim may run in a row after `next` outcomes.")
 @click.option("--processes", is_flag=True, help="chaos mode: workers are OS processes killed with SIGKILL.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the per-seed results as JSON to this file.")
+@json_file_option("The per-seed results")
 @click.option("--shrink", "shrink_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Reduce the fault plan of a failing run (sim-<seed>.json) to a minimal one.")
-@click.option("--plant", type=click.Choice(sorted(__import__("sim.bugs", fromlist=["BUGS"]).BUGS)),
+@click.option("--plant", type=click.Choice(_BUG_NAMES),
               hidden=True, help="Run against a planted engine bug (to test the simulator itself).")
+@click.option("--mutants", is_flag=True,
+              help="The mutation catalogue: run each planted bug (sim/bugs.py) on its workload, seeds SEED.. "
+                   "(40 unless --seeds), until its invariant fires; shrink that plan; print the mutation score.")
+@click.option("--quick", is_flag=True, help="--mutants: each mutant on its known first failing seed, no shrinking.")
+@click.option("--mutant", "mutant_names", multiple=True, type=click.Choice(_BUG_NAMES),
+              help="--mutants: only this mutant (repeatable).")
 @dsn_option
-def command(seed: int, seeds: int, workload: str, instances: int, workers: int, duration: float,
-            faults: tuple[str, ...],
-            mode: str, chain: int, spans: bool, processes: bool, json_path: Path | None, shrink_path: Path | None,
-            plant: str | None, dsn: str | None) -> None:
+@click.pass_context
+def command(ctx: click.Context, seed: int, seeds: int, workload: str, instances: int, workers: int,
+            duration: float, faults: tuple[str, ...],
+            mode: str, chain: int, spans: bool, processes: bool, json_path: str | None, shrink_path: Path | None,
+            plant: str | None, mutants: bool, quick: bool, mutant_names: tuple[str, ...], dsn: str | None) -> None:
     """Deterministic simulation of many instances on several workers under injected faults."""
     from .core import SimConfig
 
     if processes and mode != "chaos":
         raise click.UsageError("--processes needs --mode chaos (real OS processes cannot run on virtual time)")
-    console = Console()
+    if (quick or mutant_names) and not mutants:
+        raise click.UsageError("--quick and --mutant go with --mutants")
+    console = Console(stderr=json_path == STDOUT)  # --json alone: stdout is the JSON's
     try:
         if shrink_path is not None:
             sys.exit(_shrink(console, shrink_path, dsn))
+        if mutants:
+            from .mutants import DEFAULT_SEEDS
+
+            explicit = ctx.get_parameter_source("seeds") is not click.core.ParameterSource.DEFAULT
+            count = seeds if explicit else DEFAULT_SEEDS
+            sys.exit(_mutants(console, list(mutant_names), list(range(seed, seed + count)), quick, dsn, json_path))
         configs = [SimConfig(seed=s, workload=workload, instances=instances, workers=workers, faults=faults,
                              mode=mode, processes=processes, chain=chain, chaos_seconds=duration,
                              spans=spans)
@@ -73,10 +90,13 @@ def command(seed: int, seeds: int, workload: str, instances: int, workers: int, 
         sys.exit(_run(console, configs, dsn, json_path, plant))
     except DurableError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE if isinstance(exc, DatabaseUnavailable) else 1)
+    except Stale as exc:
+        click.echo(f"error: planted bug {plant}: the mutant no longer applies: {exc}", err=True)
         sys.exit(1)
 
 
-def _run(console: Console, configs: list[Any], dsn: str | None, json_path: Path | None,
+def _run(console: Console, configs: list[Any], dsn: str | None, json_path: str | None,
          plant: str | None) -> int:
     from .bugs import planted
     from .harness import simulate
@@ -86,12 +106,10 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: Path 
     started = time.perf_counter()
     with planted(plant) if plant else nullcontext() as bug:
         prepare = bug.prepare if bug is not None else None
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True)
-        with progress:
-            task = progress.add_task("simulating", total=len(configs))
+        # a bar with counts and ETA on a terminal; a plain line every 10 s when piped (durable.cli_progress)
+        with Ticker("sim", len(configs), "seeds", console=console, announce=True) as progress:
             for cfg in configs:
-                progress.update(task, description=f"seed {cfg.seed}")
+                progress.update(label=f"seed {cfg.seed}")
                 try:
                     result = simulate(cfg, dsn=dsn, prepare=prepare)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -101,10 +119,10 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: Path 
                 if not result.ok:
                     extra: dict[str, object] = {"plant": plant} if plant else {}
                     path = write_failure(result, Path.cwd(), extra)
-                    progress.console.print(f"[red]seed {cfg.seed}: violated "
-                                           f"{', '.join(sorted({v.invariant for v in result.violations}))}"
-                                           f"[/red] -> {path}")
-                progress.advance(task)
+                    progress.print(f"[red]seed {cfg.seed}: violated "
+                                   f"{', '.join(sorted({v.invariant for v in result.violations}))}[/red] -> {path}")
+                failed = sum(not r.ok for r in results)
+                progress.update(advance=1, note=f"{len(results) - failed} passed, {failed} failed")
     if len(results) == 1:
         render(console, results[0])
     else:
@@ -113,13 +131,41 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: Path 
         console.print("chaos mode: real time and real concurrency — the interleaving is not reproducible; "
                       "the seed reproduces the workload and the fault plan only.", soft_wrap=True)
     if json_path is not None:
-        json_path.write_text(json.dumps([
+        write_json(json_path, json.dumps([
             {"seed": r.config.seed, "ok": r.ok, "log_hash": r.log_hash,
              "violated": sorted({v.invariant for v in r.violations}), "statuses": r.statuses,
              "steps": r.steps, "reexecutions": r.reexecutions, "faults": r.faults, "fenced": r.fenced,
              "virtual_seconds": r.virtual_seconds, "real_seconds": r.real_seconds,
              "command": r.config.command()} for r in results], indent=1))
     return 0 if all(r.ok for r in results) else 1
+
+
+def _mutants(console: Console, names: list[str], seeds: list[int], quick: bool, dsn: str | None,
+             json_path: str | None) -> int:
+    from .mutants import MutantResult, describe_plan, run_catalogue, score
+
+    def on_result(r: MutantResult) -> None:
+        if r.stale is not None:
+            console.print(f"[red]STALE[/red]  {r.name}: the mutant no longer applies: {r.stale}", soft_wrap=True)
+        elif r.caught:
+            shrunk = "" if r.minimal is None else f"; shrunk {len(r.plan or [])} -> {len(r.minimal)} faults: " \
+                                                  f"{describe_plan(r.minimal)}"
+            console.print(f"[green]caught[/green] {r.name} ({r.bug.workload}): seed {r.first} "
+                          f"(after {len(r.tried)} seeds) violated {', '.join(r.fired)}{shrunk} "
+                          f"[{r.seconds:.0f}s]", soft_wrap=True)
+        else:
+            console.print(f"[red]MISSED[/red] {r.name} ({r.bug.workload}): seeds {r.tried[0]}..{r.tried[-1]} never "
+                          f"violated {r.bug.invariant}"
+                          + (f" (other failures: {r.failed})" if r.failed else "") + f" [{r.seconds:.0f}s]",
+                          soft_wrap=True)
+
+    with console.status("mutants") as status:
+        results = run_catalogue(names or None, seeds=seeds, quick=quick, dsn=dsn,
+                                on_event=lambda text: status.update(text), on_result=on_result)
+    if json_path is not None:
+        write_json(json_path, json.dumps([r.to_json() for r in results], indent=1))
+    console.print(score(results))
+    return 0 if all(r.caught for r in results) else 1
 
 
 def _summary(console: Console, results: list[Any], elapsed: float) -> None:

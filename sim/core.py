@@ -80,6 +80,10 @@ INVARIANTS: dict[str, str] = {
     "money_conserved": "bank money conserved",
     "history_consistent": "history append-only and consistent",
     "workers_survive": "no worker dies of an unexpected exception",
+    "release_fencing": "a release (drain, orphans, lost lease, dead worker) gives back only claims it holds",
+    "queue_progress": "every due runnable row is picked within a bound while a worker has room",
+    "bounded_attempts": "no instance goes past max_attempts + 1 attempts",
+    "cancel_accounted": "a cancel ends its instance; a cancelled child is counted once in its parent's join",
 }
 
 

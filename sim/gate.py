@@ -127,6 +127,7 @@ class Slot:
         self.name = name
         self.counts: Counter[str] = Counter()
         self.paused: trio.Event | None = None  # set while a zombie pause lasts
+        self.starved: trio.Event | None = None  # set when a lease-loss fault ends: heartbeats wait for it
         self.runtime: Runtime | None = None
         self.incarnation = 0
 
@@ -161,12 +162,16 @@ class SlotGate:
         in_transaction = self.serializer.owns()  # it holds the turn: it must not pause
         if slot.paused is not None and not in_transaction:
             await slot.paused.wait()
+        if slot.starved is not None and name == "heartbeat":
+            await slot.starved.wait()
         for f in faults:
             if f.kind == "reaper_delay":
                 sim.fire(f, f" ({slot.worker_id})")
                 await trio.sleep(f.seconds * sim.scale)
             elif f.kind == "zombie":
                 await self._zombie(f)
+            elif f.kind == "lease_loss" and slot.starved is None:
+                await self._lease_loss(f)
         kinds = {f.kind for f in faults}
         for f in faults:
             if f.kind == "drain" and slot.runtime is not None and not slot.runtime.stopping:
@@ -182,7 +187,7 @@ class SlotGate:
                 result = await self._kill_during(fault, name, run)
             else:
                 result = await run()
-            self._observe(name, nth, result, held)
+            self._observe(name, nth, result, held, call_args(run))
             if "commit_unknown" in kinds:
                 self._crash(next(f for f in faults if f.kind == "commit_unknown"))
                 await trio.lowlevel.checkpoint()  # committed, but the worker never hears of it
@@ -207,6 +212,52 @@ class SlotGate:
             sim.zombies.remove(waiter)
             slot.paused.set()
             slot.paused = None
+
+    async def _lease_loss(self, fault: Any) -> None:
+        """Stall this outcome commit (so later outcomes queue behind it) and every heartbeat of this worker,
+        while its picks, steps, lost-lease releases and reaper go on. Its queued outcomes' claims expire and
+        are reaped. When one is picked again by this same worker, the stall lasts until the new claim's
+        outcome is queued too (two outcomes of one instance wait in its flusher); when another worker took
+        it, this one is restarted (a failed health check: a drain of 1 s, its stalled commit cut off) while
+        the other's claim is live. At the latest after ``fault.seconds``."""
+        slot, sim = self.slot, self.run
+        sim.fire(fault, f" ({slot.worker_id})")
+        slot.starved = trio.Event()
+        try:
+            deadline = trio.current_time() + fault.seconds * sim.scale
+            restarted = False
+            while trio.current_time() < deadline and not self._twice_queued():
+                taker = self._taken_over()
+                if taker is not None and taker != slot.worker_id and not restarted and slot.runtime is not None:
+                    restarted = True
+                    sim.log.add(f"{slot.worker_id} restarted: {taker} picked a claim of its queued outcomes")
+                    slot.runtime.stop(drain_timeout=1.0 * sim.scale)
+                await trio.sleep(0.5 * sim.scale)
+            sim.log.add(f"{slot.worker_id} commits and heartbeats again")
+        finally:
+            slot.starved.set()
+            slot.starved = None
+
+    def _twice_queued(self) -> bool:
+        """Two outcomes of one instance wait in this worker's flusher."""
+        rt = self.slot.runtime
+        if rt is None:
+            return False
+        ids = [p.claim.id for p in rt.flusher._queue]
+        return len(set(ids)) < len(ids)
+
+    def _taken_over(self) -> str | None:
+        """The worker now holding (by the lease model) an instance whose outcome this worker is committing
+        under an older claim, if any."""
+        rt = self.slot.runtime
+        if rt is None:
+            return None
+        for s in rt.schedulers.values():
+            for c in sorted(s.committing, key=lambda c: c.id):
+                live = self.run.leases.get(c.id)
+                if live is not None and live[0] != c.lease_token:
+                    return live[1]
+        return None
 
     def _crash(self, fault: Any) -> None:
         self.run.fire(fault, f" ({self.slot.worker_id})")
@@ -258,7 +309,7 @@ class SlotGate:
                 out.setdefault(c.id, set()).add(c.lease_token)
         return out
 
-    def _observe(self, name: str, nth: int, result: Any, held: dict[int, set[int]]) -> None:
+    def _observe(self, name: str, nth: int, result: Any, held: dict[int, set[int]], args: tuple[Any, ...]) -> None:
         """Log the call and keep the lease model. The live lease checks need calls in commit order, so
         they run only when calls are serialized (dst); chaos relies on the history checks."""
         sim, who = self.run, self.slot.worker_id
@@ -272,10 +323,19 @@ class SlotGate:
                     if r["id"] in mine and r["lease_token"] not in mine[r["id"]]:
                         repicked.set()
             text = " ".join(f"{r['id']}:t{r['lease_token']}" for r in rows)
-        elif name in ("reap", "release"):
+        elif name == "reap":
             for r in rows:
                 leases.pop(r["id"], None)
             text = " ".join(str(r["id"]) for r in rows)
+        elif name in RELEASES:
+            for r in rows:
+                live = leases.pop(r["id"], None)
+                if live_checks:
+                    self._check_release(name, r["id"], live, args)
+            asked = (" ".join(f"{i}:t{t}" for i, t in zip(args[0], args[1], strict=True))
+                     if name in ("release", "lease_lost") else "")
+            text = f"{' '.join(str(r['id']) for r in rows)} (of {asked})" if asked else " ".join(
+                str(r["id"]) for r in rows)
         elif name == "complete":
             parts = []
             for r in rows:
@@ -317,3 +377,33 @@ class SlotGate:
         else:
             text = f"{len(rows)} rows" if isinstance(result, list) else ""
         sim.log.add(f"{who} {name}#{nth} {text}".rstrip())
+
+    def _check_release(self, name: str, iid: int, live: tuple[int, str] | None, args: tuple[Any, ...]) -> None:
+        """Release fencing: a statement that gives claims back (``RELEASES``) changed instance ``iid``, whose
+        live lease the model says is ``live`` (token, worker): it must be a claim the caller holds."""
+        who = self.slot.worker_id
+        if name in ("release", "lease_lost"):  # $1 ids, $2 tokens: fenced by token
+            token = dict(zip(args[0], args[1], strict=True)).get(iid)
+            ok = live is not None and live[0] == token
+            held = f"with token {token}"
+        elif name == "release_orphans":  # $1 the worker, $3 the ids it holds: its own claims it lost track of
+            ok = live is None or live[1] == args[0]
+            held = f"as an orphan of {args[0]}"
+        else:  # release_dead_workers: $1 the dead workers' ids
+            ok = live is None or live[1] in args[0]
+            held = f"of dead workers {sorted(args[0])}"
+        if not ok:
+            self.run.violate("release_fencing",
+                             f"{who} {name} released instance {iid} {held} while the live lease is {live}")
+
+
+# statements that give claims back to runnable (the release fencing check), with the reaper's `reap`
+RELEASES = ("release", "release_orphans", "lease_lost", "release_dead_workers")
+
+
+def call_args(run: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
+    """The arguments of the statement ``run`` executes: ``durable._pg.Pool._run`` passes the gate a closure
+    over them (the release checks need the tokens); () for BEGIN, COMMIT and ROLLBACK."""
+    cells = dict(zip(run.__code__.co_freevars, run.__closure__ or (), strict=True))
+    cell = cells.get("args")
+    return tuple(cell.cell_contents) if cell is not None else ()

@@ -7,14 +7,16 @@ phases (chaos -> heal -> liveness) and the final checks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import math
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,7 +174,36 @@ async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
                     prepare: Prepare | None, loads: list[Workload] | None) -> Result:
     sim = Simulation(config, plan_for(config) if plan is None else plan, dsn, clock,
                      workloads(config.workload) if loads is None else loads)
-    return await sim.run(progress=progress, keep_schema=keep_schema, prepare=prepare)
+    with engine_log_to(sim.run_):
+        return await sim.run(progress=progress, keep_schema=keep_schema, prepare=prepare)
+
+
+class _RunLog(logging.Handler):
+    """The engine's log lines (lost leases, blocked steps, dead workers) go to the run's failure context,
+    not to the terminal."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self.run = run
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.run.log.note(record.getMessage()[:200])
+        except RuntimeError:  # outside the run's trio context
+            pass
+
+
+@contextlib.contextmanager
+def engine_log_to(run: Run) -> Iterator[None]:
+    logger = logging.getLogger("durable")
+    handler, propagate = _RunLog(run), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 class Simulation:

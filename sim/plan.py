@@ -24,13 +24,16 @@ FAULT_KINDS: dict[str, str] = {
     "reaper_delay": "a reaper call stalls before running",
     "drain": "graceful worker restart: Runtime.stop with a short drain (buffered claims released, cut-off "
              "steps released with attempt + 1), then a new incarnation",
+    "lease_loss": "a worker's heartbeats and its outcome commits stall while its picks, steps and reaper go "
+                  "on: its finished steps' claims are reaped and picked again while their stale outcomes are "
+                  "still queued",
 }
 ALIASES = {"conn": ["conn_pick", "conn_heartbeat", "conn_complete"], "all": list(FAULT_KINDS)}
 
 # the statement a slot-keyed fault waits for
 STATEMENT = {"crash": "complete", "commit_unknown": "complete", "zombie": "complete",
              "conn_pick": "pick", "conn_heartbeat": "heartbeat", "conn_complete": "complete",
-             "reaper_delay": "reap", "drain": "pick"}
+             "reaper_delay": "reap", "drain": "pick", "lease_loss": "complete"}
 
 
 def parse_kinds(text: str) -> list[str]:
@@ -82,7 +85,7 @@ def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: 
                 plan.append(Fault(kind, instance=rng.randint(1, instances), nth=rng.randint(1, 3),
                                   seconds=round(rng.uniform(lease / 2, lease * 1.5), 1)
                                   if kind == "slow_step" else 0.0))
-            elif kind == "zombie":
+            elif kind in ("zombie", "lease_loss"):
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 3),
                                   seconds=round(rng.uniform(lease * 2, lease * 4), 1)))
             elif kind == "reaper_delay":
