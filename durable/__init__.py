@@ -17,7 +17,9 @@ from .errors import (
     StateError,
     UnknownMachine,
     UnknownStep,
+    ValueTooLarge,
 )
+from .limits import MAX_DELAY, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from .machine import Machine, Registry, job, step
 from .migrate import migrate, migrated_version
 from .outcomes import UNCHANGED, Await, Cancel, Child, Done, Insert, Next, Retry, Spawn, Stop
@@ -26,6 +28,9 @@ from .runtime import Runtime
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_DELAY",
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
     "UNCHANGED",
     "Await",
     "Cancel",
@@ -60,6 +65,7 @@ __all__ = [
     "Stop",
     "UnknownMachine",
     "UnknownStep",
+    "ValueTooLarge",
     "VirtualClock",
     "connect",
     "job",

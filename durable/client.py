@@ -20,6 +20,7 @@ from ._pg import Pool, asyncio_loop
 from .clock import Clock, DatabaseClock
 from .embedded import resolve_dsn, supervised
 from .errors import DefinitionError, NoSuchInstance, NotDeliverable
+from .limits import MAX_VALUE_BYTES, check_id, check_int, check_text
 from .machine import Machine, Registry, check_insert
 from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
 from .outcomes import NON_TERMINAL, Insert, seconds
@@ -81,7 +82,8 @@ class Event:
 class InsertColumns:
     """Insert specs turned into the parallel arrays of ``insert_instances`` / ``complete``'s children."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_value_bytes: int = MAX_VALUE_BYTES) -> None:
+        self.max_value_bytes = max_value_bytes  # of each encoded state
         self.machine: list[str] = []
         self.version: list[int] = []
         self.step: list[str] = []
@@ -123,12 +125,14 @@ class InsertColumns:
         state = spec.state
         if state is None:
             state = {} if state_cls is not None else None
+        limit = self.max_value_bytes
         if state_cls is not None and isinstance(state, dict):
-            state = codec.decode_state(state_cls, codec.encode(state, f"{where}: state"), f"{where}: state")
+            what = f"{where}: state of {name}"
+            state = codec.decode_state(state_cls, codec.encode(state, what, limit), what)
         self.machine.append(name)
         self.version.append(version)
         self.step.append(step)
-        self.state.append(codec.encode(state, f"{where}: state of {name}"))
+        self.state.append(codec.encode(state, f"{where}: state of {name}", limit))
         self.queue.append(queue)
         self.priority.append(spec.priority or 0)
         self.partition_key.append(spec.partition_key)
@@ -170,8 +174,11 @@ class Handoff(Protocol):
 class Database:
     """A connection pool to one durable schema. Create with :func:`connect`."""
 
-    def __init__(self, pool: Pool, *, clock: Clock, registry: Registry) -> None:
+    def __init__(self, pool: Pool, *, clock: Clock, registry: Registry,
+                 max_value_bytes: int = MAX_VALUE_BYTES) -> None:
         self.pool = pool
+        # the size limit of one encoded state, payload or result (ValueTooLarge past it)
+        self.max_value_bytes = check_int(max_value_bytes, "max_value_bytes", (1, 2**28))
         self.clock = clock
         self.registry = registry
         self._wakers: dict[str, list[Callable[[], None]]] = defaultdict(list)
@@ -248,7 +255,7 @@ class Database:
     async def insert_many(self, specs: Iterable[Insert]) -> list[int | None]:
         """Insert a batch in one statement; per input, the new id or None for a duplicate unique key
         (against existing rows or an earlier row of the same batch)."""
-        cols = InsertColumns()
+        cols = InsertColumns(self.max_value_bytes)
         for i, spec in enumerate(specs):
             if not isinstance(spec, Insert):
                 raise DefinitionError(f"insert_many: item #{i} is {spec!r}, not a durable.Insert")
@@ -283,9 +290,13 @@ class Database:
     ) -> int | None:
         """Deliver a durable signal; returns its id, or None when ``dedup_key`` was already delivered.
         Raises NoSuchInstance for an unknown id and NotDeliverable for a terminal instance."""
+        check_id(instance_id)
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"signal name must be a non-empty string, not {name!r}")
-        body = codec.encode(payload, f"payload of signal {name!r}")
+        check_text(name, "signal name")
+        if dedup_key is not None:
+            check_text(dedup_key, "dedup_key")
+        body = codec.encode(payload, f"payload of signal {name!r}", self.max_value_bytes)
         parent, _ = tracing.current_context_headers()
         row = await self.pool.fetchrow(
             Q.deliver_signal, instance_id, name, body, dedup_key, parent, self.clock.now()
@@ -299,6 +310,7 @@ class Database:
         return row["signal_id"]  # type: ignore[no-any-return]
 
     async def get(self, instance_id: int) -> Instance:
+        check_id(instance_id)
         row = await self.pool.fetchrow(Q.get_instance, instance_id)
         if row is None:
             raise NoSuchInstance(f"no instance with id {instance_id}")
@@ -319,6 +331,7 @@ class Database:
         )
 
     async def history(self, instance_id: int) -> list[Event]:
+        check_id(instance_id)
         rows = await self.pool.fetch(Q.get_history, instance_id)
         return [
             Event(
@@ -332,6 +345,8 @@ class Database:
     async def cancel(self, instance_id: int, reason: str = "cancelled") -> str:
         """Cancel: an idle instance now, an executing one when its step ends. Returns the status after
         (``executing`` while a cancel is pending)."""
+        check_id(instance_id)
+        check_text(reason, "cancel reason", max_bytes=self.max_value_bytes, empty=True)
         row = await self.pool.fetchrow(Q.cancel_instance, instance_id, reason, self.clock.now())
         if row is None:
             raise NoSuchInstance(f"no instance with id {instance_id}")
@@ -341,6 +356,7 @@ class Database:
 
     async def retry(self, instance_id: int) -> str:
         """A failed or cancelled instance back to runnable at its last step, attempt reset."""
+        check_id(instance_id)
         row = await self.pool.fetchrow(Q.retry_instance, instance_id, self.clock.now())
         if row is None:
             raise NoSuchInstance(f"no instance with id {instance_id}")
@@ -378,13 +394,17 @@ async def connect(
     clock: Clock | None = None,
     min_size: int = 1,
     max_size: int = 10,
+    max_value_bytes: int = MAX_VALUE_BYTES,
 ) -> AsyncIterator[Database]:
     """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server (restarted
     if its postmaster dies while this is open: :func:`durable.embedded.supervised`).
     ``migrate=True`` brings the schema up to date first. Usable from a plain ``trio.run``: the asyncio
     bridge is opened here when needed. Connections: up to ``max_size``, plus up to ``min(max_size, 4)``
-    opened on first use for the pick, the plain outcome commit and the insert, which keep cached plans."""
+    opened on first use for the pick, the plain outcome commit and the insert, which keep cached plans.
+    ``max_value_bytes``: the largest encoded state, payload or result the client accepts (ValueTooLarge
+    past it; default ``durable.MAX_VALUE_BYTES``, 16 MiB)."""
     check_schema_name(schema)
+    check_int(max_value_bytes, "max_value_bytes", (1, 2**28))
     import trio
 
     target = await trio.to_thread.run_sync(resolve_dsn, dsn)
@@ -393,7 +413,8 @@ async def connect(
         try:
             if migrate:
                 await pool_migrate(pool)
-            db = Database(pool, clock=clock or DatabaseClock(), registry=Registry(machines))
+            db = Database(pool, clock=clock or DatabaseClock(), registry=Registry(machines),
+                          max_value_bytes=max_value_bytes)
             yield db
         finally:
             await pool.close()

@@ -6,9 +6,12 @@
     ├── DefinitionError           a machine, step or job definition is malformed
     ├── UnknownMachine            a machine name/version is not registered
     ├── UnknownStep               a step name does not exist on its machine
-    ├── OutcomeError              a step returned something that is not a valid outcome
-    ├── StateError                a state or payload cannot be encoded to / decoded from JSON
-    ├── InvalidArgument           a filter, cursor or offset given to a query is malformed
+    ├── OutcomeError              a step returned something that is not a valid outcome, or an insert or
+    │                             child spec holds a value durable cannot store (a ValueError)
+    ├── StateError                a state or payload cannot be encoded to / decoded from JSON (a ValueError)
+    │   └── ValueTooLarge         an encoded state, payload or result is over the size limit
+    ├── InvalidArgument           an argument is malformed or out of range: a query's filter, cursor or
+    │                             offset, an instance id, a name or key (a ValueError)
     ├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
     │                             23, 54): handle() sees it, the instance's stored state is unchanged
     │   └── UniqueKeyOccupied     an outcome into an occupied unique_scope (.key, .status)
@@ -43,15 +46,19 @@ class UnknownStep(DurableError):
     pass
 
 
-class OutcomeError(DurableError):
+class OutcomeError(DurableError, ValueError):
     pass
 
 
-class StateError(DurableError):
+class StateError(DurableError, ValueError):
     pass
 
 
-class InvalidArgument(DurableError):
+class ValueTooLarge(StateError):
+    pass
+
+
+class InvalidArgument(DurableError, ValueError):
     pass
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pydantic
 
 from .errors import DefinitionError, OutcomeError, UnknownMachine, UnknownStep
+from .limits import INT32, MAX_DELAY, MAX_VALUE_BYTES, SMALLINT, check_int, check_text, check_time
 from .outcomes import (
     OUTCOME_TYPES,
     Await,
@@ -88,6 +90,8 @@ class Machine:
             raise DefinitionError(f"machine {cls.name}: version must be a positive int, not {cls.version!r}")
         if not isinstance(cls.queue, str) or not cls.queue:
             raise DefinitionError(f"machine {cls.name}: queue must be a non-empty string")
+        check_text(cls.name, f"machine {cls.name!r}: name", error=DefinitionError)
+        check_text(cls.queue, f"machine {cls.name}: queue", error=DefinitionError)
         if cls.max_attempts < 1:
             raise DefinitionError(f"machine {cls.name}: max_attempts must be at least 1")
         steps: dict[str, StepFn] = {}
@@ -126,8 +130,11 @@ class Machine:
 
 
 def describe(error: BaseException) -> str:
+    """``Type: message`` of an exception, as stored in ``last_error`` (a NUL shown as ``\\x00``: PostgreSQL
+    cannot store one)."""
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    described = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return described.replace("\x00", "\\x00") if "\x00" in described else described
 
 
 _DONE_NONE = Done(None)  # immutable: shared by every job that returns None
@@ -279,11 +286,15 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
         check_step(outcome.step, "Next")
     elif isinstance(outcome, Retry):
         seconds(outcome.delay, f"{where}: Retry delay")
-        if outcome.error is not None and not isinstance(outcome.error, str):
-            raise OutcomeError(f"{where} returned Retry with a non-string error {outcome.error!r}")
+        if outcome.error is not None:
+            if not isinstance(outcome.error, str):
+                raise OutcomeError(f"{where} returned Retry with a non-string error {outcome.error!r}")
+            check_text(outcome.error, f"{where}: Retry error", max_bytes=MAX_VALUE_BYTES, error=OutcomeError,
+                       empty=True)
     elif isinstance(outcome, Await):
         if not isinstance(outcome.signal, str) or not outcome.signal:
             raise OutcomeError(f"{where} returned Await with signal {outcome.signal!r}: need a name")
+        check_text(outcome.signal, f"{where}: Await signal", error=OutcomeError)
         if outcome.step is not None:
             check_step(outcome.step, "Await")
     elif isinstance(outcome, Spawn):
@@ -298,14 +309,29 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
         reason = outcome.reason
         if not isinstance(reason, str):
             raise OutcomeError(f"{where} returned {type(outcome).__name__} with a non-string reason {reason!r}")
+        check_text(reason, f"{where}: {type(outcome).__name__} reason", max_bytes=MAX_VALUE_BYTES,
+                   error=OutcomeError, empty=True)
     return outcome
 
 
 def check_insert(spec: Insert, where: str) -> None:
-    from .errors import OutcomeError as _E
-
+    """Every field of an insert or child spec but its state (encoded by InsertColumns): TypeError for a
+    wrong type, OutcomeError for a value durable cannot store (names and keys: no NUL, at most
+    MAX_KEY_BYTES; priority: smallint; version: positive int; a delay at most MAX_DELAY)."""
+    if isinstance(spec.machine, str):
+        check_text(spec.machine, f"{where}: machine", error=OutcomeError)
+    for label, value in (("queue", spec.queue), ("step", spec.step), ("partition_key", spec.partition_key),
+                         ("unique_key", spec.unique_key)):
+        if value is not None:
+            check_text(value, f"{where}: {label}", error=OutcomeError)
     check_unique_scope(spec.unique_key, spec.unique_scope, where)  # durable/uniqueness.py: the scope rules
-    if spec.schedule_in is not None:
-        seconds(spec.schedule_in, f"{where}: schedule_in")
-    if spec.priority is not None and not (-32768 <= spec.priority <= 32767):
-        raise _E(f"{where}: priority {spec.priority} is outside -32768..32767")
+    delay = seconds(spec.schedule_in, f"{where}: schedule_in") if spec.schedule_in is not None else 0.0
+    if spec.schedule_at is not None:
+        check_time(spec.schedule_at, f"{where}: schedule_at", OutcomeError)
+        if delay and spec.schedule_at + timedelta(seconds=delay) > datetime.now(UTC) + timedelta(seconds=MAX_DELAY):
+            raise OutcomeError(f"{where}: schedule_at + schedule_in is more than durable.MAX_DELAY (10 years) "
+                               "from now")
+    if spec.priority is not None:
+        check_int(spec.priority, f"{where}: priority", SMALLINT, OutcomeError)
+    if spec.version is not None:
+        check_int(spec.version, f"{where}: version", (1, INT32[1]), OutcomeError)

@@ -6,11 +6,13 @@ before anything touches SQL (:func:`durable.machine.validate_outcome`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
+
+from .errors import OutcomeError
+from .limits import MAX_DELAY, check_delay
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -113,11 +115,7 @@ OUTCOME_TYPES: Final = (Next, Retry, Await, Spawn, Done, Stop, Cancel)
 
 
 def seconds(value: float | timedelta, what: str) -> float:
-    from .errors import OutcomeError
-
-    secs = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(secs, bool) or not isinstance(secs, (int, float)):
-        raise OutcomeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
-    if not math.isfinite(secs) or secs < 0:
-        raise OutcomeError(f"{what} must be a finite, non-negative delay, not {value!r}")
-    return float(secs)
+    """A delay in seconds: finite, non-negative, at most ``durable.MAX_DELAY`` (OutcomeError otherwise)."""
+    if type(value) is float and 0.0 <= value <= MAX_DELAY:  # the common case, no further checks
+        return value
+    return check_delay(value, what, OutcomeError)

@@ -1,6 +1,9 @@
 -- Operator statements: instance queries (durable ls, db.query, the console), queue counts, the
 -- commit-ordered history tail, retention. Shared by durable.ops (trio) and the console (asyncio).
 --
+-- Timestamps that durable did not write (past year 9999, 'infinity', BC) are read clamped to Python's
+-- datetime range, years 1..9999 (see get_instance in queries.sql): one such row must not break a listing.
+--
 -- Instance filters. Every query_instances* statement takes the same filter parameters; NULL = no filter,
 -- all given filters are ANDed:
 --   $1  ids              bigint[]     id = any($1)
@@ -58,8 +61,11 @@ select set_config('plan_cache_mode', 'force_custom_plan', true);
 -- after cursor id $16.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
-       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
-       updated_at
+       case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
+            else lease_expires_at end as lease_expires_at,
+       cancel_requested, parent_id, children_pending,
+       least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
+       inserted_at, updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -85,8 +91,11 @@ limit $15;
 -- most $15, before cursor id $16.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
-       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
-       updated_at
+       case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
+            else lease_expires_at end as lease_expires_at,
+       cancel_requested, parent_id, children_pending,
+       least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
+       inserted_at, updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -112,8 +121,11 @@ limit $15;
 -- most $15, after the cursor ($17 updated_at, $16 id).
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
-       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
-       updated_at
+       case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
+            else lease_expires_at end as lease_expires_at,
+       cancel_requested, parent_id, children_pending,
+       least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
+       inserted_at, updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -139,8 +151,11 @@ limit $15;
 -- descending, at most $15, before the cursor ($17 updated_at, $16 id).
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
-       lease_expires_at, cancel_requested, parent_id, children_pending, eligible_at, inserted_at,
-       updated_at
+       case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
+            else lease_expires_at end as lease_expires_at,
+       cancel_requested, parent_id, children_pending,
+       least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
+       inserted_at, updated_at
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -172,7 +187,8 @@ limit $15;
 -- through instances_lease).
 select queue, case when eligible_at <= coalesce($1::timestamptz, now()) then 'due' else 'scheduled' end
          as status,
-       count(*) as n, min(eligible_at) as oldest
+       count(*) as n,
+       least(greatest(min(eligible_at), '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as oldest
 from instances
 where status = 'runnable'
 group by 1, 2

@@ -695,10 +695,18 @@ select t.status::text as before,
 from target t;
 
 -- name: get_instance
--- One instance by id $1, every column, state/result as json text.
+-- One instance by id $1, every column, state/result as json text. eligible_at (and lease_expires_at past
+-- year 9999) are clamped to Python's datetime range, years 1..9999 ('infinity' reads as 9999-12-31
+-- 23:59:59.999999 UTC; least/greatest would turn a NULL lease_expires_at into a bound, hence its case):
+-- durable writes no such value (delays are at most durable.MAX_DELAY), but a row written otherwise must
+-- stay readable (asyncpg raises OverflowError past year 9999 and returns a naive datetime for infinity).
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
-       awaits, queue, priority, partition_key, eligible_at, attempt, last_error, worker_id, lease_token,
-       lease_expires_at, signal_seq, cancel_requested, parent_id, children_pending, unique_key,
+       awaits, queue, priority, partition_key,
+       least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
+       attempt, last_error, worker_id, lease_token,
+       case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
+            else lease_expires_at end as lease_expires_at,
+       signal_seq, cancel_requested, parent_id, children_pending, unique_key,
        unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at
 from instances where id = $1;
 
