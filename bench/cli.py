@@ -9,19 +9,20 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from durable.cli import STDOUT, inherit_global, json_file_option, write_json
+
 from .durable_bench import Tuning
 from .run import STAGES, Plan
 
 
 @click.command(name="bench")
 @click.option("--quick", is_flag=True, help="Small sizes (10k jobs, 100k picker backlog): for development.")
-@click.option("--dsn", envvar="DURABLE_BENCH_DSN", default=None,
+@click.option("--dsn", envvar="DURABLE_BENCH_DSN", default=None, callback=inherit_global,
               help="PostgreSQL server to use (a maintenance database DSN; the run creates bench_* "
                    "databases on it). Default: an embedded server in --data-dir.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of the embedded server (default: the user cache dir, bench-pgdata).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Write every figure as JSON here.")
+@json_file_option("Every figure")
 @click.option("--jobs", type=click.IntRange(min=100), default=None, help="One-step jobs (default 100k).")
 @click.option("--machines", type=click.IntRange(min=10), default=None,
               help="Five-step instances (default 20k).")
@@ -33,7 +34,7 @@ from .run import STAGES, Plan
               help="Keep the profile's collapsed stacks (py-spy raw format) in this file.")
 @click.option("--only", default=None,
               help=f"Comma-separated stage groups to run, of: {', '.join(STAGES)} (default: all).")
-def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: Path | None, jobs: int | None,
+def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: str | None, jobs: int | None,
             machines: int | None, peers: str, concurrency: int | None, no_profile: bool,
             profile_out: Path | None, only: str | None) -> None:
     """Benchmark durable against pgqueuer, procrastinate, oban and DBOS, and against PostgreSQL's
@@ -43,8 +44,8 @@ def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: Path
     unknown = [p for p in chosen if p not in known]
     if unknown:
         raise click.UsageError(f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(known)}")
-    if json_path is not None and not json_path.parent.exists():
-        raise click.UsageError(f"--json: folder {json_path.parent} does not exist")
+    if json_path not in (None, STDOUT) and not Path(json_path).parent.exists():
+        raise click.UsageError(f"--json: folder {Path(json_path).parent} does not exist")
     plan = Plan.quick_plan() if quick else Plan()
     if only is not None:
         groups = frozenset(g.strip() for g in only.split(",") if g.strip())
@@ -68,8 +69,9 @@ def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: Path
     results = run(lambda: main(plan, dsn, data_dir, console))
     from .report import render
 
-    render(results, Console())
+    render(results, Console(stderr=json_path == STDOUT))  # --json alone: stdout is the JSON's
     if json_path is not None:
-        json_path.write_text(json.dumps(results, indent=2, default=str))
-        console.print(f"wrote {json_path}")
+        write_json(json_path, json.dumps(results, indent=2, default=str))
+        if json_path != STDOUT:
+            console.print(f"wrote {json_path}")
     sys.exit(0)

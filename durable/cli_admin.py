@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import click
 
-from .cli import dsn_option, schema_option
-from .cli_ops import Command, Group, OneLineError, emit_json, execute, json_option, load_machines
+from .cli import EXIT_UNREACHABLE, dsn_option, fail, json_option, schema_option, telemetry
+from .cli_ops import Command, Group, OneLineError, emit_json, execute, load_machines
 
 
 # -- migrate ----------------------------------------------------------------------------------------
@@ -55,16 +53,21 @@ def db() -> None:
 
 
 @db.command()
-def uri() -> None:
+@json_option
+def uri(as_json: bool) -> None:
     """Start the embedded server if needed (it keeps running) and print its connection URI."""
     from . import embedded
     from .errors import DurableError
 
     try:
-        click.echo(embedded.server(keep_running=True).get_uri())
+        found = str(embedded.server(keep_running=True).get_uri())
     except DurableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc), EXIT_UNREACHABLE)
+        return
+    if as_json:
+        emit_json({"uri": found, "data_dir": str(embedded.data_dir())})
+    else:
+        click.echo(found)
 
 
 @db.command()
@@ -84,11 +87,16 @@ def status(as_json: bool) -> None:
 
 
 @db.command()
-def stop() -> None:
+@json_option
+def stop(as_json: bool) -> None:
     """Stop the embedded server now (processes using it lose their connections)."""
     from . import embedded
 
-    click.echo("stopped" if embedded.stop() else "not running")
+    stopped = embedded.stop()
+    if as_json:
+        emit_json({"stopped": stopped})
+    else:
+        click.echo("stopped" if stopped else "not running")
 
 
 # -- worker -----------------------------------------------------------------------------------------
@@ -100,31 +108,6 @@ def parse_queues(specs: tuple[str, ...]) -> dict[str, int]:
             raise OneLineError(f"--queue {spec!r}: expected NAME=N with N a positive integer (checkout=5)")
         queues[name] = int(count)
     return queues
-
-
-@contextmanager
-def telemetry(otlp: str | None, endpoint: str | None, service_name: str) -> Iterator[None]:
-    """Configure OpenTelemetry export (the optional ``otel`` package) for the duration of the worker."""
-    if otlp is None:
-        if endpoint:
-            raise OneLineError("--otlp-endpoint needs --otlp grpc or --otlp http")
-        yield
-        return
-    try:
-        import otel
-    except ImportError as exc:
-        raise OneLineError(f"--otlp needs the 'otel' package and the OpenTelemetry SDK ({exc}); "
-                           "install durable[otel]") from None
-    try:
-        configured: Any = otel.configure(service_name, otlp=otlp, endpoint=endpoint)  # type: ignore[arg-type]
-    except Exception as exc:  # otel.ConfigurationError and SDK errors: a bad setting, not a crash
-        raise OneLineError(f"--otlp {otlp}: {exc}") from None
-    try:
-        yield
-    finally:
-        shutdown = getattr(configured, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
 
 
 @click.command(cls=Command)
@@ -142,15 +125,18 @@ def telemetry(otlp: str | None, endpoint: str | None, service_name: str) -> Iter
               help="Seconds running steps get to finish after Ctrl-C.")
 @click.option("--retention", help="Also delete terminal instances older than this (7d) while running.")
 @click.option("--otlp", type=click.Choice(["grpc", "http"]), envvar="DURABLE_OTLP", default=None,
-              help="Export traces and metrics over OTLP (needs the otel package).")
+              help="Export traces and metrics over OTLP (needs durable[otel]; without it the standard "
+                   "OTEL_* variables are read, e.g. OTEL_TRACES_EXPORTER=otlp).")
 @click.option("--otlp-endpoint", metavar="URL", default=None, help="OTLP receiver address.")
-@click.option("--service-name", default="durable-worker", show_default=True)
+@click.option("--service-name", default=None, help="Service name of the exported telemetry (default: "
+              "$OTEL_SERVICE_NAME, else durable-worker).")
 @click.option("--default-gc", is_flag=True,
               help="Keep Python's default garbage-collector thresholds (by default the worker freezes its "
                    "startup objects and collects less often: ~25% less CPU per step).")
+@json_option
 def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ...], concurrency: int,
            lease: float, drain_timeout: float, retention: str | None, otlp: str | None,
-           otlp_endpoint: str | None, service_name: str, default_gc: bool) -> None:
+           otlp_endpoint: str | None, service_name: str | None, default_gc: bool, as_json: bool) -> None:
     """Run the machines (Machine subclasses and @job functions) of MODULE until Ctrl-C or SIGTERM; the
     first signal drains (running steps finish, buffered claims go back), a second one stops at once."""
     from .cli_ops import parse_duration
@@ -181,9 +167,13 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
                 async with trio.open_nursery() as nursery:
                     await nursery.start(runtime.run)
                     served = ", ".join(f"{q}={n}" for q, n in queues.items())
-                    names = ", ".join(sorted(f"{m.name} v{m.version}" for m in machines))
-                    click.echo(f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
-                               f"{schema!r}: queues {served}; machines {names}", err=True)
+                    names = sorted(f"{m.name} v{m.version}" for m in machines)
+                    if as_json:  # one JSON line when it starts and one when it stops, on stdout
+                        emit_json({"event": "started", "worker": runtime.worker_id, "schema": schema,
+                                   "queues": queues, "machines": names})
+                    else:
+                        click.echo(f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
+                                   f"{schema!r}: queues {served}; machines {', '.join(names)}", err=True)
 
                     async def watch() -> None:
                         async for _ in signals:
@@ -201,7 +191,10 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
             stats = runtime.statistics()
             done = sum(q["done"] for q in stats["queues"].values())
             failed = sum(q["failed"] for q in stats["queues"].values())
-            click.echo(f"worker {runtime.worker_id} stopped: {done} done, {failed} failed", err=True)
+            if as_json:
+                emit_json({"event": "stopped", "worker": runtime.worker_id, "done": done, "failed": failed})
+            else:
+                click.echo(f"worker {runtime.worker_id} stopped: {done} done, {failed} failed", err=True)
 
-    with telemetry(otlp, otlp_endpoint, service_name):
+    with telemetry(otlp, otlp_endpoint, service_name or os.environ.get("OTEL_SERVICE_NAME") or "durable-worker"):
         execute(body)

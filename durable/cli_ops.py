@@ -13,12 +13,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 import orjson
 
-from .cli import dsn_option, run, schema_option
+from .cli import OneLineError, SubGroup, dsn_option, json_option, run, schema_option
 from .errors import DurableError, SchemaError
 
 T = TypeVar("T")
@@ -27,43 +27,10 @@ GONE_AFTER = 60.0  # a worker not seen for this long is shown as gone
 
 
 # -- plumbing shared with cli_admin -------------------------------------------------------------------
-class OneLineError(click.ClickException):
-    """A usage error printed as one line (``error: ...``) with exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class Command(click.Command):
-    """A click command whose argument errors are one line (no usage block)."""
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise OneLineError(f"durable {info_name}: {exc.format_message()}") from None
-
-
-class Group(click.Group):
-    """A click group with one-line argument errors, whose subcommands have them too."""
-
-    command_class = Command
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise OneLineError(f"durable {info_name}: {exc.format_message()}") from None
-
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as exc:
-            raise OneLineError(f"durable {ctx.info_name}: {exc.format_message()}") from None
+# click errors are made one line by the root command (durable.cli.DurableGroup); these names stay for
+# the command modules that use them.
+Command = click.Command
+Group = SubGroup
 
 
 def execute(body: Callable[[], Awaitable[T]]) -> T:
@@ -169,8 +136,6 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
         text = f"{secs / 86400:.0f}d"
     return f"in {text}" if future else f"{text} ago"
 
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 
 STATUS_STYLE = {"done": "green", "failed": "red", "cancelled": "magenta", "executing": "cyan",
                 "runnable": "yellow", "awaiting_signal": "blue", "awaiting_children": "blue"}
@@ -422,25 +387,40 @@ def signal(dsn: str | None, schema: str, instance_id: int, name: str, payload: s
 @schema_option
 @click.argument("machine")
 @click.option("--state", default="{}", show_default=True, help="Initial state (JSON).")
-@click.option("--step", help="First step (required unless --module registers the machine).")
+@click.option("--step", help="First step (default: the module's definition; required without --module).")
 @click.option("--module", help="Import this module and use its machine definition (initial step, queue).")
 @click.option("--version", type=click.IntRange(1), help="Machine version (default 1, or the module's latest).")
-@click.option("--queue", help="Queue (default: the machine's, else 'default').")
+@click.option("--queue", help="Queue (default: the module's definition; required without --module).")
 @click.option("--priority", type=int, help="Lower runs earlier (default 0).")
 @click.option("--partition-key", help="At most one executing step per key.")
 @click.option("--unique-key", help="Skip the insert when a live instance holds this key.")
 @click.option("--schedule-in", help="Delay before the first step (90s, 10m, 2h).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the new id (id=$(durable insert ... -q)).")
 @json_option
 def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | None, module: str | None,
            version: int | None, queue: str | None, priority: int | None, partition_key: str | None,
-           unique_key: str | None, schedule_in: str | None, as_json: bool) -> None:
-    """Insert an instance of MACHINE (by name: the CLI has no registry, so give --step or --module)."""
+           unique_key: str | None, schedule_in: str | None, quiet: bool, as_json: bool) -> None:
+    """Insert an instance of MACHINE. The CLI has no registry: give --module (the machine's definition:
+    first step, queue, state type), or name the first step and the queue with --step and --queue."""
     value = parse_json(state, "--state")
     delay = parse_duration(schedule_in, "--schedule-in") if schedule_in else None
     machines = load_machines(module) if module else []
-    if step is None and not any(m.name == machine for m in machines):
-        where = f" in module {module!r}" if module else ""
-        raise OneLineError(f"no machine {machine!r}{where}: give its first step with --step")
+    known = [m for m in machines if m.name == machine and (version is None or m.version == version)]
+    if module and not known:
+        defined = ", ".join(sorted(f"{m.name} v{m.version}" for m in machines)) or "none"
+        raise OneLineError(f"module {module!r} defines no machine {machine!r}"
+                           f"{'' if version is None else f' version {version}'} (it defines: {defined})")
+    if not module and (step is None or queue is None):
+        # without a definition, a typo would land on some default queue and wait there forever
+        missing = " and ".join(f for f, v in (("--step", step), ("--queue", queue)) if v is None)
+        raise OneLineError(f"no definition of machine {machine!r}: give --module MODULE (where it is defined), "
+                           f"or {missing} to insert it by name")
+    if known:
+        latest = max(known, key=lambda m: m.version)
+        first_step, target_queue, inserted_version = step or latest.initial, queue or latest.queue, latest.version
+    else:
+        assert step is not None and queue is not None
+        first_step, target_queue, inserted_version = step, queue, version or 1
 
     async def body() -> None:
         async with connect(dsn, schema) as db:
@@ -449,15 +429,17 @@ def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | N
                     db.registry.add(m)
             iid = await db.insert(machine, value, step=step, version=version, queue=queue, priority=priority,
                                   partition_key=partition_key, unique_key=unique_key, schedule_in=delay)
-            inst = await db.get(iid) if iid is not None else None
+        # what was inserted, not what the row holds now: a worker may already have moved it on
         if as_json:
-            emit_json({"id": iid, "duplicate": iid is None,
-                       "queue": inst.queue if inst else None, "step": inst.step if inst else None})
+            emit_json({"id": iid, "duplicate": iid is None, "queue": target_queue if iid else None,
+                       "step": first_step if iid else None})
         elif iid is None:
-            click.echo(f"duplicate: unique key {unique_key!r} is held by a live instance; nothing inserted")
+            if not quiet:
+                click.echo(f"duplicate: unique key {unique_key!r} is held by a live instance; nothing inserted")
+        elif quiet:
+            click.echo(str(iid))
         else:
-            assert inst is not None
-            click.echo(f"inserted {iid} ({inst.machine} v{inst.version} at {inst.step} on queue {inst.queue})")
+            click.echo(f"inserted {iid} ({machine} v{inserted_version} at {first_step} on queue {target_queue})")
 
     execute(body)
 
@@ -694,16 +676,11 @@ def gc(dsn: str | None, schema: str, older_than: str, batch: int, as_json: bool)
     age = parse_duration(older_than, "--older-than")
 
     async def body() -> None:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from .cli_progress import Ticker
 
         async with connect(dsn, schema) as db:
-            progress = Progress(SpinnerColumn(), TextColumn("deleted {task.completed} instances"),
-                                TimeElapsedColumn(), console=_stderr_console(), transient=True,
-                                disable=as_json)
-            with progress:
-                task = progress.add_task("gc", total=None)
-                deleted = await db.gc(older_than=age, batch=batch,
-                                      progress=lambda n: progress.update(task, completed=n))
+            with Ticker("gc", None, "instances deleted", console=_stderr_console(), quiet=as_json) as progress:
+                deleted = await db.gc(older_than=age, batch=batch, progress=lambda n: progress.update(n))
         if as_json:
             emit_json({"deleted": deleted, "older_than": age})
         else:

@@ -20,12 +20,12 @@ from collections import Counter
 import click
 import trio
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import durable
 from durable import Await, Child, Done, Machine, Next, Spawn, Stop, step
 from durable.cli import DEFAULT_SCHEMA, dsn_option, json_option, run, schema_option_with, telemetry
+from durable.cli_progress import Ticker
 from durable.errors import SchemaError
 from durable.migrate import drop_schema
 from durable.sql import Query
@@ -150,13 +150,11 @@ async def demo(dsn: str | None, schema: str, instances: int, seed: int, console:
                 [durable.Insert(Checkout, {"order": i, "items": 1 + i % 3}) for i in range(instances)])
             order_ids = [i for i in ids if i is not None]
             nursery.start_soon(pay, db, order_ids, rng, sent)
-            with Progress(TextColumn("checkouts finished"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=True) as progress:
-                task = progress.add_task("", total=instances)
+            with Ticker("checkouts finished", instances, console=console) as progress:
                 while True:
                     counts = await status_counts(db, "Checkout")
                     finished = counts.get("done", 0) + counts.get("failed", 0)
-                    progress.update(task, completed=finished)
+                    progress.update(finished)
                     if finished >= instances:
                         break
                     await trio.sleep(0.1)

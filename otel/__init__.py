@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["PROTOCOLS", "ConfigurationError", "Telemetry", "configure", "configured", "session", "shutdown"]
+__all__ = ["PROTOCOLS", "ConfigurationError", "Telemetry", "configure", "configured", "from_environment", "session",
+           "shutdown"]
 
 Protocol = Literal["grpc", "http"]
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http")
@@ -132,6 +133,40 @@ def shutdown() -> None:
     """Flush and stop what :func:`configure` installed (a no-op when nothing was)."""
     if _current is not None:
         _current.shutdown()
+
+
+def from_environment(service_name: str | None = None) -> Telemetry | None:
+    """:func:`configure` as the standard OpenTelemetry variables ask, as ``opentelemetry-instrument``
+    users expect; None when they ask for nothing. ``OTEL_TRACES_EXPORTER`` (comma list of ``otlp``,
+    ``console``, ``none``; when unset, a set ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` means ``otlp``),
+    ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` (``grpc``, the Python SDK's default, or ``http/protobuf``),
+    ``OTEL_METRICS_EXPORTER`` (``none`` turns metrics off), ``OTEL_SDK_DISABLED=true``; the endpoint,
+    headers, timeout and service name variables are read by :func:`configure` and the exporters."""
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    exporters = {e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()}
+    if not exporters and (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        exporters = {"otlp"}
+    exporters.discard("none")
+    if not exporters:
+        return None
+    unknown = exporters - {"otlp", "console"}
+    if unknown:
+        raise ConfigurationError(f"OTEL_TRACES_EXPORTER: unsupported exporter(s) {', '.join(sorted(unknown))} "
+                                 "(durable supports otlp and console)")
+    otlp: Protocol | None = None
+    if "otlp" in exporters:
+        protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                    or "grpc").strip().lower()
+        if protocol == "grpc":
+            otlp = "grpc"
+        elif protocol == "http/protobuf":
+            otlp = "http"
+        else:
+            raise ConfigurationError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: use grpc or http/protobuf")
+    metrics = env.get("OTEL_METRICS_EXPORTER", "").strip().lower() != "none"
+    return configure(service_name, otlp=otlp, console="console" in exporters, metrics=metrics)
 
 
 @contextmanager

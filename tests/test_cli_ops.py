@@ -209,7 +209,7 @@ BAD = [
     (["ls", "--state", "{bad"], "--state is not valid JSON"),
     (["ls", "--after", "!!"], "malformed cursor"),
     (["signal", "1", "go", "--payload", "{"], "--payload is not valid JSON"),
-    (["insert", "M"], "give its first step with --step"),
+    (["insert", "M"], "no definition of machine 'M': give --module MODULE"),
     (["tail", "--from", "zzz"], "malformed offset 'zzz'"),
     (["gc", "--older-than", "3x"], "'3x' is not a duration"),
     (["worker", "examples.checkout", "--queue", "checkout"], "expected NAME=N"),
@@ -271,7 +271,8 @@ def test_worker_otlp_without_the_otel_package_is_one_line(cli: CLI, tmp_path: Pa
             proc.kill()
             proc.wait()
     assert proc.returncode == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == [err.strip()] and "--otlp needs the 'otel' package" in err
+    assert err.strip().splitlines() == [err.strip()] and "--otlp grpc needs the OpenTelemetry SDK" in err
+    assert "pip install 'durable[otel]'" in err
 
 
 def session_home(dsn: str) -> Path | None:

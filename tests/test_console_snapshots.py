@@ -14,6 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from console.app import ConsoleApp, native_asyncio
+from console.screens.dialogs import HelpScreen, SignalDialog
 from console.screens.instance import InstanceScreen
 from console.source import Source
 
@@ -44,6 +45,18 @@ async def settle(pilot: Pilot[Any], *tables: str) -> None:
         await pilot.pause(0.05)
     await pilot.app.workers.wait_for_complete()
     await pilot.pause(0.1)
+
+
+async def until(pilot: Pilot[Any], check: Callable[[], bool], what: str) -> None:
+    """Wait for a condition of the app (a screen pushed, a field focused), then for a frame: a fixed pause
+    raced a loaded machine (the dialog's focus had not landed when the snapshot was taken)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while not check():
+        assert loop.time() < deadline, f"{what} never happened"
+        await pilot.pause(0.05)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
 
 
 def open_instance(iid: int, *tables: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
@@ -87,7 +100,8 @@ def test_signal_dialog(frozen: str, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await open_instance(1, "#inbox")(pilot)
         await pilot.press("s")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(pilot.app.screen, SignalDialog)
+                    and getattr(pilot.app.focused, "id", None) == "payload", "the signal dialog's payload focus")
 
     assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
 
@@ -98,6 +112,6 @@ def test_help(frozen: str, snap_compare: Any) -> None:
         # fresh clone once caught it before its rows (and its column widths) had arrived
         await settle(pilot, "#queues", "#workers")
         await pilot.press("question_mark")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), "the help screen")
 
     assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)

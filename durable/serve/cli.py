@@ -7,7 +7,7 @@ from functools import partial
 
 import click
 
-from ..cli import dsn_option, run, schema_option
+from ..cli import EXIT_UNREACHABLE, dsn_option, json_option, run, schema_option
 
 
 @click.command(name="serve")
@@ -36,16 +36,18 @@ from ..cli import dsn_option, run, schema_option
               help="Require the token on reads (GET, HEAD) too.")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Allow listening on a non-loopback interface without --token.")
+@json_option
 def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeout: float,
             max_append_bytes: int, body_timeout: float, public_url: str | None, dev_webhooks: bool,
-            tokens: tuple[str, ...], protect_reads: bool, insecure_no_auth: bool) -> None:
+            tokens: tuple[str, ...], protect_reads: bool, insecure_no_auth: bool, as_json: bool) -> None:
     """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name}).
 
     Without --token anyone who can reach the server may write: it then listens only on loopback
     (127.0.0.0/8, ::1, localhost) unless --insecure-no-auth is given."""
+    import orjson
     import trio
 
-    from ..errors import DurableError, SchemaError
+    from ..errors import DatabaseUnavailable, DurableError, SchemaError
     from ..migrate import check_schema_name
     from .auth import is_loopback
     from .server import serve
@@ -72,7 +74,10 @@ def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeou
             server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
             access = ("token required for writes and reads" if protect_reads else "token required for writes") \
                 if tokens else "no access control"
-            click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
+            if as_json:  # one line for scripts (with --port 0: the port it got)
+                click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
+            else:
+                click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
 
     try:
         run(main)
@@ -81,7 +86,7 @@ def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeou
         leaf = _first_leaf(group)
         if isinstance(leaf, DurableError):
             click.echo(f"error: {leaf}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_UNREACHABLE if isinstance(leaf, DatabaseUnavailable) else 1)
         if isinstance(leaf, OSError):
             click.echo(f"error: cannot listen on {host}:{port}: {leaf.strerror or leaf}", err=True)
             sys.exit(1)
