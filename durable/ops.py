@@ -25,6 +25,7 @@ import trio
 
 from . import codec
 from .errors import InvalidArgument
+from .limits import INT32, INT64, NUL_HINT
 from .outcomes import STATUSES, TERMINAL
 from .sql import Q, Query
 
@@ -169,17 +170,22 @@ def _when(value: datetime | timedelta | None, what: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, timedelta):
-        return datetime.now(UTC) - value
+        try:
+            return datetime.now(UTC) - value
+        except OverflowError:
+            raise InvalidArgument(f"{what} {value} ago is before year 1") from None
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     raise InvalidArgument(f"{what} must be a datetime or a timedelta, not {value!r}")
 
 
-def _opt_int(value: Any, what: str) -> int | None:
+def _opt_int(value: Any, what: str, bounds: tuple[int, int] = INT64) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{what} must be an integer, not {value!r}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise InvalidArgument(f"{what} {value} is outside {bounds[0]}..{bounds[1]}")
     return value
 
 
@@ -188,6 +194,8 @@ def _opt_text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{what} must be a non-empty string, not {value!r}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} contains {NUL_HINT}")
     return value
 
 
@@ -289,7 +297,7 @@ def query_statement(
         parse_statuses(status),
         _opt_text(machine, "machine"),
         _opt_text(machine_prefix, "machine prefix"),
-        _opt_int(version, "version"),
+        _opt_int(version, "version", INT32),
         _opt_text(queue, "queue"),
         _opt_text(partition_key, "partition key"),
         _opt_text(unique_key, "unique key"),

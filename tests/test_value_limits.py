@@ -415,3 +415,24 @@ async def test_a_timestamp_past_year_9999_reads_clamped(vdb: durable.Database, s
     counts_by_status = {r["status"]: r for r in await vdb.pool.fetch(durable.sql.Q.queue_counts, None, True)}
     assert counts_by_status["scheduled"]["oldest"] == end
     assert await vdb.cancel(iid) == "cancelled"  # and an operator can still act on it
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ids": [BIG_ID]}, r"id 1180591620717411303424 is outside"),
+        ({"parent_id": BIG_ID}, r"parent id 1180591620717411303424 is outside"),
+        ({"version": 2**40}, r"version 1099511627776 is outside -2147483648..2147483647"),
+        ({"queue": "q\x00"}, r"queue contains a NUL character"),
+        ({"machine": "m\x00"}, r"machine contains a NUL character"),
+        ({"partition_key": "p\x00"}, r"partition key contains a NUL character"),
+        ({"unique_key": "u\x00"}, r"unique key contains a NUL character"),
+        ({"inserted_after": timedelta(days=10**6)}, r"inserted_after 1000000 days, 0:00:00 ago is before year 1"),
+        ({"state": {"t": "\x00"}}, r"state filter: string at \$\.t contains a NUL character"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+async def test_bad_query_filter(vdb: durable.Database, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        await vdb.query(**kwargs)
+    assert isinstance(caught.value, durable.DurableError)
