@@ -304,6 +304,58 @@ def show(dsn: str | None, schema: str, instance_id: int, no_history: bool, as_js
     execute(body)
 
 
+# -- wait -------------------------------------------------------------------------------------------
+TERMINAL = ("done", "failed", "cancelled")
+
+
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("instance_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for (0: look once).")
+@click.option("--poll", default=0.2, show_default=True, type=click.FloatRange(0.01, 60),
+              help="Seconds between looks.")
+@json_option
+def wait(dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: float, poll: float,
+         as_json: bool) -> None:
+    """Wait until every ID has ended (done, failed or cancelled) and print each outcome: the result, or the
+    error. Exit 0 when all are done, 1 when one failed or was cancelled or is still running at --timeout."""
+
+    async def body() -> None:
+        import trio
+
+        async with connect(dsn, schema) as db:
+            deadline = trio.current_time() + timeout
+            latest: dict[int, Any] = {}
+            while True:
+                for iid in instance_ids:
+                    if iid not in latest or latest[iid].status not in TERMINAL:
+                        latest[iid] = await db.get(iid)
+                left = deadline - trio.current_time()
+                if all(o.status in TERMINAL for o in latest.values()) or left <= 0:
+                    break
+                await trio.sleep(min(poll, left))
+        outcomes: list[Any] = [latest[i] for i in instance_ids]
+        if as_json:
+            emit_json([{"id": o.id, "status": o.status, "result": o.result, "error": o.last_error,
+                        "ended": o.status in TERMINAL} for o in outcomes])
+        else:
+            for o in outcomes:
+                if o.status == "done":
+                    click.echo(f"{o.id}: done {orjson.dumps(o.result).decode()}")
+                elif o.status in TERMINAL:
+                    click.echo(f"{o.id}: {o.status} {o.last_error or ''}".rstrip())
+            for o in outcomes:
+                if o.status not in TERMINAL:
+                    click.echo(f"error: instance {o.id} is still {o.status} (at {o.step}) after {timeout:g}s",
+                               err=True)
+        if any(o.status != "done" for o in outcomes):
+            sys.exit(1)
+
+    execute(body)
+
+
 # -- tail -------------------------------------------------------------------------------------------
 @click.command(cls=Command)
 @dsn_option

@@ -1,12 +1,14 @@
-"""A checkout that waits for a payment signal, then ships each item as a child instance.
+"""A checkout that waits for a payment signal, then ships each item as a child instance: the README's
+machine (same names, queues, state and signal), runnable from the command line.
 
-Run it (from the repository root; no DSN = the embedded server):
+Run it (from the repository root; no DSN = $DURABLE_DSN, else the embedded server):
 
-    durable worker examples.checkout &
-    durable insert Checkout --module examples.checkout --state '{"order": 42, "items": 2}'
-    durable signal 1 payment_confirmed --payload '{"amount": 100}' --dedup evt-1
-    durable show 1
-    durable tail
+    durable worker examples.checkout &          # serves checkout, shipping and email
+    id=$(durable insert Checkout --module examples.checkout --state '{"order": 42, "items": 2}' -q)
+    durable signal $id payment --payload '{"amount": 100}' --dedup evt-1
+    durable wait $id                            # prints the result once the parcels have shipped
+    durable show $id                            # state, children, the full history
+    kill %1                                     # the worker drains and stops
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import durable
-from durable import Await, Child, Context, Done, Machine, Next, Spawn, Stop, step
+from durable import Await, Child, Context, Done, Machine, Next, Retry, Spawn, Stop, step
 
 
 class Shipment(Machine, queue="shipping", max_attempts=5):
@@ -25,7 +27,7 @@ class Shipment(Machine, queue="shipping", max_attempts=5):
         return Done({"order": ctx.state["order"], "parcel": ctx.state["parcel"]})
 
 
-class Checkout(Machine, queue="checkout", initial="reserve"):
+class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
     class State(durable.State):
         order: int
         items: int = 1
@@ -39,9 +41,9 @@ class Checkout(Machine, queue="checkout", initial="reserve"):
 
     @step
     async def await_payment(self, ctx: Context) -> Any:
-        payment = ctx.signal("payment_confirmed")
+        payment = ctx.signal("payment")
         if payment is None:
-            return Await("payment_confirmed", ctx.state)
+            return Await("payment", ctx.state)
         ctx.state.paid = int((payment.payload or {}).get("amount", 0))
         parcels = [Child(Shipment, {"order": ctx.state.order, "parcel": i}) for i in range(ctx.state.items)]
         return Spawn("finish", parcels, ctx.state)
@@ -52,6 +54,11 @@ class Checkout(Machine, queue="checkout", initial="reserve"):
         if len(shipped) < ctx.state.items:
             return Stop(f"{ctx.state.items - len(shipped)} parcel(s) could not be shipped")
         return Done({"order": ctx.state.order, "paid": ctx.state.paid, "parcels": len(shipped)})
+
+    async def handle(self, error: Exception, ctx: Context) -> Any:
+        if ctx.attempt < 5:
+            return Retry(ctx.state, delay=2**ctx.attempt, error=str(error))
+        return Stop(repr(error))
 
 
 @durable.job(queue="email", max_attempts=10)

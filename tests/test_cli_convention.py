@@ -307,3 +307,15 @@ def test_shell_completion_is_documented_and_works() -> None:
     assert "complete " in script and "_durable_completion" in script
     words = durable(env={"_DURABLE_COMPLETE": "bash_complete", "COMP_WORDS": "durable wor", "COMP_CWORD": "1"}).stdout
     assert "plain,worker" in words and "plain,workers" in words
+
+
+def test_wait_reports_how_instances_ended(cli: CLI) -> None:
+    parked = cli.json("insert", "conv.wait", "--step", "s", "--queue", "nobody")["id"]
+    still = cli("wait", str(parked), "--timeout", "0", code=1)
+    assert still.stdout == "" and still.stderr == f"error: instance {parked} is still runnable (at s) after 0s\n"
+    cli("cancel", str(parked), "--reason", "not needed")
+    ended = cli("wait", str(parked), code=1)
+    assert ended.stdout == f"{parked}: cancelled not needed\n"
+    report = json.loads(cli("wait", str(parked), "--json", code=1).stdout)
+    assert report == [{"id": parked, "status": "cancelled", "result": None, "error": "not needed", "ended": True}]
+    assert "no instance with id 999999999" in cli("wait", "999999999", code=2).stderr

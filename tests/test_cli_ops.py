@@ -109,7 +109,7 @@ def test_a_worker_runs_the_example_checkout_driven_from_the_cli(cli: CLI) -> Non
         assert made["step"] == "reserve" and made["queue"] == "checkout"
         status_of = lambda i: in_process(cli.dsn, cli.schema, lambda db: db.get(i)).status  # noqa: E731
         wait_for(lambda: status_of(iid) == "awaiting_signal")
-        sent = cli.json("signal", str(iid), "payment_confirmed", "--payload", '{"amount": 100}', "--dedup", "e1")
+        sent = cli.json("signal", str(iid), "payment", "--payload", '{"amount": 100}', "--dedup", "e1")
         assert sent["signal_id"] is not None and not sent["duplicate"]
         # the same dedup key twice, to an instance nobody runs (so it cannot have ended in between)
         parked = in_process(cli.dsn, cli.schema, lambda db: db.insert("cli.parked", {}, step="s", queue="nobody"))

@@ -405,7 +405,7 @@ async def test_worker_command_exports_one_trace_per_checkout(receiver: Any, db: 
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         await wait_status(db, order, "awaiting_signal")
-        await db.signal(order, "payment_confirmed", {"amount": 100}, dedup_key="evt-1")
+        await db.signal(order, "payment", {"amount": 100}, dedup_key="evt-1")
         done = await wait_status(db, order, "done", "failed")
     finally:
         worker.send_signal(signals.SIGTERM)  # drain, then flush the exporter on the way out

@@ -32,7 +32,7 @@ async def test_untraced_insert_reads_as_one_trace(receiver: Any, db: durable.Dat
             stderr=stderr)
     try:
         await wait_status(db, order, "awaiting_signal")
-        await db.signal(order, "payment_confirmed", {"amount": 1})
+        await db.signal(order, "payment", {"amount": 1})
         done = await wait_status(db, order, "done", "failed")
     finally:
         worker.send_signal(signals.SIGTERM)
