@@ -8,7 +8,9 @@ Spans (attribute names follow the messaging semantic conventions, ``durable.*`` 
                                       linked to the spans of the signals it reads; open until its
                                       outcome is committed, then an ``outcome`` event says what the
                                       database made of it: next/retry/await/spawn/done/stop/cancel,
-                                      or ``fenced`` when the lease was lost meanwhile
+                                      or ``fenced`` when the lease was lost meanwhile; a step cancelled
+                                      because its lease was lost has ``durable.lease_lost``, and one
+                                      that held the event loop too long a ``durable.loop_blocked`` event
     durable pick / heartbeat / reap   the runtime's own work, with counts
 
 ``DURABLE_TRACING=off`` (or :func:`set_enabled`) skips even the API calls.
@@ -43,9 +45,12 @@ __all__ = [
     "context_from",
     "current_context_headers",
     "enabled",
+    "finish_lost",
     "finish_outcome",
     "inserted",
+    "lease_lost",
     "link_from",
+    "loop_blocked",
     "record_error",
     "set_enabled",
     "signal_attributes",
@@ -337,6 +342,42 @@ def finish_outcome(pending: PendingOutcome, claim: Claim, encoded: Encoded, *,
         _step_duration.record(duration_ms / 1000, labels)
 
 
+def lease_lost(s: trace.Span, claim: Claim, reason: str) -> None:
+    """On a step span: the claim's lease was lost while the step ran; the step was cancelled and its
+    outcome, if it had one, is not committed. Counted as a step with outcome ``lease_lost``."""
+    if not _enabled:
+        return
+    if s.is_recording():
+        s.set_attribute("durable.lease_lost", True)
+        s.add_event("durable.lease_lost", {"durable.reason": reason})
+    _steps.add(1, {QUEUE: claim.queue, "durable.machine": claim.machine, "durable.outcome": "lease_lost"})
+
+
+def finish_lost(pending: PendingOutcome, claim: Claim, encoded: Encoded, reason: str) -> None:
+    """A step that returned after its lease was lost: its span ends with ``durable.lease_lost`` and the
+    outcome it asked for, never committed."""
+    if not _enabled:
+        return
+    s = pending.span
+    lease_lost(s, claim, reason)
+    if s.is_recording():
+        s.set_attribute("durable.outcome", "lease_lost")
+        s.set_attribute("durable.outcome.requested", encoded.kind)
+    s.end()
+
+
+def loop_blocked(claim: Claim, seconds: float, limit: float) -> None:
+    """A step held the event loop for ``seconds`` (over ``limit``): an event on its span (the current
+    one while its code runs) and a count."""
+    if not _enabled:
+        return
+    s = trace.get_current_span()
+    if s.is_recording():
+        s.add_event("durable.loop_blocked", {"durable.blocked_s": round(seconds, 3), "durable.block_limit_s": limit,
+                                             "durable.machine": claim.machine, "durable.step": claim.step})
+    _blocked.add(1, {QUEUE: claim.queue, "durable.machine": claim.machine, "durable.step": claim.step})
+
+
 # -- metrics --------------------------------------------------------------------------------------
 _runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
 _runtimes_lock = threading.Lock()
@@ -372,6 +413,8 @@ def _gauge(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 
 _steps = meter.create_counter("durable.steps", unit="{step}",
                               description="Step executions, by queue, machine and outcome.")
+_blocked = meter.create_counter("durable.steps.blocked", unit="{step}",
+                                description="Steps that held the event loop longer than a third of the lease.")
 _step_duration = meter.create_histogram(
     "durable.step.duration", unit="s", description="Time spent running a step (not committing it).",
     explicit_bucket_boundaries_advisory=[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

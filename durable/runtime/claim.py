@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import trio
 
 from .. import codec
 from ..context import ChildInfo, Signal
@@ -33,10 +35,16 @@ class Claim:
     children: tuple[ChildInfo, ...]
     started: bool = False
     ahead: int = 0  # steps run ahead on this claim (run-ahead)
+    # lease loss (runtime.py): until when the lease surely holds, in trio time (the start of the statement
+    # that took or last extended it, plus the lease); the running step's cancel scope; why it was lost
+    lease_until: float = math.inf
+    scope: trio.CancelScope | None = None
+    lost: str | None = None
     # the database refused this claim's outcome (OutcomeRejected): handle() runs instead of the step, and
     # a second refusal ends the instance (bounded: no outcome is retried as is)
     rejected: BaseException | None = None
     rejections: int = 0
+    submitted: float = 0.0  # trio time its outcome went to the flusher (a run-ahead lease starts after it)
 
     def run_ahead(self, row: asyncpg.Record) -> None:
         """Become the claim of the next step, kept by a `next` outcome (same row, new lease token)."""

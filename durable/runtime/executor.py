@@ -4,7 +4,8 @@ becomes an outcome recorded on the row; nothing here raises into the scheduler."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Generator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -32,6 +33,65 @@ if TYPE_CHECKING:
     from ..client import Database
 
 UNKNOWN_MACHINE_RETRY = 60.0
+
+
+class StepWatch(Protocol):
+    """The runtime's eye on running steps (:class:`Watched`)."""
+
+    block_limit: float  # seconds a step may run without yielding to trio before it is reported
+
+    def ran(self, claim: Claim, seconds: float, now: float) -> None:
+        """A stretch of the claim's step that ran ``seconds`` without yielding ended at ``now`` (trio time):
+        called only when it exceeded ``block_limit`` or the claim's lease has passed meanwhile."""
+
+
+class Watched(Generator[Any, Any, Any]):
+    """Awaits a step's (or ``handle``'s) coroutine and times each stretch it runs without yielding to trio,
+    i.e. each time it holds the event loop: a long one is reported with the claim's machine and step, and
+    a lease that passed meanwhile cancels the step at its next checkpoint. Two clock reads per resume."""
+
+    __slots__ = ("claim", "coro", "watch")
+
+    def __init__(self, coro: Generator[Any, Any, Any], claim: Claim, watch: StepWatch) -> None:
+        self.coro = coro  # the awaitable's iterator (__await__)
+        self.claim = claim
+        self.watch = watch
+
+    def __await__(self) -> Watched:
+        return self
+
+    def send(self, value: Any) -> Any:
+        start = trio.current_time()
+        try:
+            return self.coro.send(value)
+        finally:
+            self._check(start)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        start = trio.current_time()
+        try:
+            return self.coro.throw(typ if val is None else val)
+        finally:
+            self._check(start)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def _check(self, start: float) -> None:
+        now = trio.current_time()
+        if now - start > self.watch.block_limit or now >= self.claim.lease_until:
+            self.watch.ran(self.claim, now - start, now)
+
+
+def watched(awaitable: Awaitable[Any], claim: Claim, watch: StepWatch | None) -> Awaitable[Any]:
+    """The step's (or handle's) awaitable, timed when the runtime watches (no watch: as is)."""
+    if watch is None:
+        return awaitable
+    try:
+        it = awaitable.__await__()
+    except AttributeError:  # not awaitable: awaiting it raises the usual TypeError
+        return awaitable
+    return Watched(it, claim, watch)
 
 
 def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Database) -> Encoded:
@@ -84,8 +144,10 @@ def consuming(encoded: Encoded, claim: Claim, ctx: Context) -> Encoded:
     return encoded
 
 
-async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, BaseException | None]:
-    """Run the claim's step; returns the encoded outcome and the step's exception, if any."""
+async def execute(claim: Claim, db: Database, worker_id: str,
+                  watch: StepWatch | None = None) -> tuple[Encoded, BaseException | None]:
+    """Run the claim's step; returns the encoded outcome and the step's exception, if any. With a
+    ``watch``, the step's code is timed (:class:`Watched`)."""
     try:
         machine = db.registry.resolve(claim.machine, claim.version)
     except UnknownMachine as exc:
@@ -119,12 +181,13 @@ async def execute(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, 
         if error is not None:
             raise error
         fn = step_fn(machine, claim.step)
-        outcome = validate_outcome(machine, await fn(machine, ctx), where)
+        outcome = validate_outcome(machine, await watched(fn(machine, ctx), claim, watch), where)
         return consuming(encode_outcome(machine, outcome, ctx, db), claim, ctx), None
     except Exception as exc:  # user code, bad outcome, state that does not (de)serialize
         error = exc
     try:
-        handled = validate_outcome(machine, await machine.handle(error, ctx), f"{machine.name}.handle")
+        handled = validate_outcome(machine, await watched(machine.handle(error, ctx), claim, watch),
+                                   f"{machine.name}.handle")
         encoded = consuming(encode_outcome(machine, handled, ctx, db), claim, ctx)
     except Exception as exc:
         reason = f"handle() failed with {describe(exc)} while handling {describe(error)}"
@@ -156,12 +219,13 @@ def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
     }
 
 
-async def run_claim(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded, float]:
+async def run_claim(claim: Claim, db: Database, worker_id: str,
+                    watch: StepWatch | None = None) -> tuple[Encoded, float]:
     """Execute inside a step span that continues the instance's trace; returns outcome and seconds."""
     start = trio.current_time()  # the sim's virtual time under its MockClock: durations stay deterministic
     if not tracing.recording():  # no span to make: skip building its name, attributes and links
         with tracing.instance_context(claim.traceparent, claim.tracestate):
-            encoded, _ = await execute(claim, db, worker_id)
+            encoded, _ = await execute(claim, db, worker_id, watch)
         elapsed = trio.current_time() - start
         encoded.detail["duration_ms"] = round(elapsed * 1e6) / 1e3  # ms, 3 decimals
         return encoded, elapsed
@@ -171,7 +235,12 @@ async def run_claim(claim: Claim, db: Database, worker_id: str) -> tuple[Encoded
                            parent=parent, links=links) as span:
         if claim.traceparent is None:  # no trace yet: this step's span becomes the instance's trace
             claim.traceparent, claim.tracestate = tracing.current_context_headers()
-        encoded, error = await execute(claim, db, worker_id)
+        try:
+            encoded, error = await execute(claim, db, worker_id, watch)
+        except trio.Cancelled:
+            if claim.lost is not None:  # cancelled because its lease was lost (runtime.py)
+                tracing.lease_lost(span, claim, claim.lost)
+            raise
         if error is not None:
             tracing.record_error(span, error)
         span.set_attribute("durable.outcome", encoded.kind)

@@ -13,6 +13,8 @@ the services stop. Steps still running at the deadline are cancelled and their c
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import secrets
 import socket
@@ -37,6 +39,12 @@ from .flusher import Flusher
 from .scheduler import Scheduler
 
 OnStep = Callable[[Claim, Encoded, Committed], None]
+
+log = logging.getLogger("durable.runtime")
+
+# worker ids of the runtimes running in this process: a registry row of this host and process under
+# another id belongs to a runtime that is gone (killed, crashed, or of an earlier process with this pid)
+_RUNNING: collections.Counter[str] = collections.Counter()
 
 
 class Runtime:
@@ -122,6 +130,13 @@ class Runtime:
         self.flusher.outage = self.outage
         self.reaped = 0
         self.heartbeats = 0
+        # lease loss: a step that holds the event loop longer than block_limit is reported; a claim
+        # whose lease is lost has its step cancelled (lease_lost); dead workers' claims freed at start
+        self.block_limit = self.lease / 3
+        self.blocked_steps = 0
+        self.leases_lost = 0
+        self.freed_at_start = 0
+        self._registered_here = False
         self._work_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
@@ -143,6 +158,11 @@ class Runtime:
                     finally:
                         await self._release_unfinished()
             finally:
+                if self._registered_here:
+                    self._registered_here = False
+                    _RUNNING[self.worker_id] -= 1
+                    if not _RUNNING[self.worker_id]:
+                        del _RUNNING[self.worker_id]
                 self._stopped.set()
                 guard.cancel_scope.cancel()
 
@@ -177,6 +197,9 @@ class Runtime:
 
     async def _run(self, task_status: trio.TaskStatus[Runtime]) -> None:
         pool = self.db.pool
+        await self._free_dead_workers()  # before registering: this very id may be a dead predecessor's
+        _RUNNING[self.worker_id] += 1
+        self._registered_here = True
         await pool.execute(Q.register_worker, self.worker_id, socket.gethostname(), os.getpid(),
                            list(self.schedulers), self._gauges_json(), self.clock.now())
         for q, s in self.schedulers.items():
@@ -187,6 +210,7 @@ class Runtime:
             async with trio.open_nursery() as services:
                 await services.start(self.flusher.run)
                 services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._lease_watch_loop)
                 services.start_soon(self._reaper_loop)
                 if self.retention is not None:
                     services.start_soon(self._retention_loop)
@@ -254,13 +278,17 @@ class Runtime:
             await self.beat()
 
     async def beat(self) -> set[int]:
-        """Extend every held lease in one statement and refresh the worker row; returns extended ids."""
-        held = [c for s in self.schedulers.values() for c in s.held()]
+        """Extend every held lease in one statement and refresh the worker row; returns extended ids.
+        A claim the database says is no longer held has its step cancelled (:meth:`lose`)."""
+        self.check_leases()  # the loop may have been blocked past some leases: those are lost already
+        held = [c for s in self.schedulers.values() for c in s.held() if c.lost is None]
+        tokens = [c.lease_token for c in held]
+        began = trio.current_time()  # the extended leases run from a moment after this
         with tracing.span("durable heartbeat", {"durable.worker.id": self.worker_id,
                                                  "durable.claims": len(held)}) as span:
             try:
                 row = await self.db.pool.fetchrow(
-                    Q.heartbeat, [c.id for c in held], [c.lease_token for c in held], self.lease,
+                    Q.heartbeat, [c.id for c in held], tokens, self.lease,
                     self.clock.now(), self.worker_id, self._gauges_json())
             except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
                 if unavailable(exc):
@@ -272,8 +300,111 @@ class Runtime:
             self.outage.succeeded()
             extended = set(row["extended"]) if row else set()
             span.set_attribute("durable.extended", len(extended))
+            self._settle_leases(held, tokens, set(row["tokens"]) if row else set(), set(row["lost"]) if row else set(),
+                                began)
         self.heartbeats += 1
         return extended
+
+    def _settle_leases(self, held: list[Claim], tokens: list[int], extended: set[int], lost: set[int],
+                       began: float) -> None:
+        """After a heartbeat: extended claims hold until ``began + lease``; a claim no longer held (reaped,
+        fenced, re-claimed) whose step runs or waits is lost. A claim whose outcome is committing is left
+        to the commit (fenced there if it was lost); one that moved on meanwhile (run-ahead) is skipped."""
+        active = {c for s in self.schedulers.values() for c in (*s.in_flight, *s.buffer)}
+        for c, token in zip(held, tokens, strict=True):
+            if c.lease_token != token:
+                continue
+            if token in extended:
+                c.lease_until = max(c.lease_until, began + self.lease)
+            elif token in lost and c in active:
+                self.lose(c, "the heartbeat found the claim gone (reaped, fenced or claimed again)")
+
+    # -- lease loss ----------------------------------------------------------------------------------
+    def lose(self, claim: Claim, why: str) -> None:
+        """The claim's lease is lost: cancel its step at once (at its next checkpoint); the slot then
+        records ``lease_lost`` and commits no outcome. A buffered claim is dropped when its turn comes."""
+        if claim.lost is not None:
+            return
+        claim.lost = why
+        if claim.scope is not None:
+            claim.scope.cancel()
+
+    def check_leases(self) -> None:
+        """Lose every running or waiting claim whose lease passed by this runtime's own count (the last
+        statement that took or extended it began more than a lease ago): its row may be reaped and given
+        to another worker any moment, whether or not a heartbeat could say so."""
+        now = trio.current_time()
+        for s in self.schedulers.values():
+            for c in (*s.in_flight, *s.buffer):
+                if c.lost is None and now >= c.lease_until:
+                    self.lose(c, f"the lease passed {now - c.lease_until + self.lease:.2f}s after it was last "
+                                 f"extended (lease {self.lease:g}s)")
+
+    async def _lease_watch_loop(self) -> None:
+        """Check the leases at each one's expiry (and at least every heartbeat period), so a step whose
+        heartbeats stall (the event loop was blocked, the database does not answer) is cancelled at the
+        first chance after its lease passes."""
+        while True:
+            now = trio.current_time()
+            due = min((c.lease_until for s in self.schedulers.values() for c in (*s.in_flight, *s.buffer)
+                       if c.lost is None), default=now + self.heartbeat_every)
+            # at most a third of a lease: a claim taken meanwhile is checked well before its lease passes
+            await trio.sleep(max(0.0, min(due - now, self.heartbeat_every, self.lease / 3)))
+            self.check_leases()
+
+    def ran(self, claim: Claim, seconds: float, now: float) -> None:
+        """(StepWatch) A stretch of a step's code held the event loop for ``seconds``, or the claim's
+        lease passed meanwhile (executor.Watched)."""
+        if seconds > self.block_limit:
+            self.blocked_steps += 1
+            log.warning("durable[%s]: step %s.%s of instance %d (attempt %d) blocked the event loop for %.2fs, "
+                        "over a third of the %gs lease: every step and heartbeat of this worker waited; "
+                        "run blocking code with trio.to_thread.run_sync", self.worker_id, claim.machine,
+                        claim.step, claim.id, claim.attempt, seconds, self.lease)
+            tracing.loop_blocked(claim, seconds, self.block_limit)
+        if now >= claim.lease_until:
+            self.lose(claim, f"the lease passed while the step held the event loop for {seconds:.2f}s"
+                      if seconds > self.block_limit else "the lease passed while the step ran")
+            self.check_leases()  # the others' leases may have passed too
+
+    async def lease_lost(self, claim: Claim, why: str) -> None:
+        """Record a lost claim (its step cancelled or never started): a 'lease_lost' history row; a claim
+        the database still holds (only our own count had passed) goes back to runnable at once."""
+        self.leases_lost += 1
+        log.warning("durable[%s]: lost the lease of instance %d at %s.%s (attempt %d), step cancelled: %s",
+                    self.worker_id, claim.id, claim.machine, claim.step, claim.attempt, why)
+        try:
+            rows = await self.db.pool.fetch(
+                Q.lease_lost, [claim.id], [claim.lease_token], [1 if claim.started else 0], [why], [claim.step],
+                [claim.attempt], self.worker_id, self.clock.now())
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            if unavailable(exc):
+                self.outage.failed(exc)
+            else:
+                self.log_error(f"recording the lost lease of instance {claim.id} failed: {exc}")
+            return  # the row, if still ours, is reaped when its lease expires
+        self.outage.succeeded()
+        self.db.wake(r["queue"] for r in rows)
+
+    async def _free_dead_workers(self) -> None:
+        """At start: release the claims of this host's registered runtimes whose process is gone (and of a
+        dead predecessor with this runtime's own id) at once, instead of after their leases."""
+        host = socket.gethostname()
+        try:
+            rows = await self.db.pool.fetch(Q.workers_on_host, host)
+            dead = [(r["id"], why) for r in rows if (why := _gone(r["id"], r["pid"], host)) is not None]
+            if not dead:
+                return
+            freed = await self.db.pool.fetch(Q.release_dead_workers, [d[0] for d in dead], [d[1] for d in dead],
+                                             self.worker_id, self.clock.now())
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            self.log_error(f"releasing the claims of dead workers failed (the reaper will return them): {exc}")
+            return
+        self.freed_at_start += len(freed)
+        self.db.wake(r["queue"] for r in freed)
+        if freed:
+            log.warning("durable[%s]: released %d claims of dead workers at start: %s", self.worker_id,
+                        len(freed), "; ".join(f"{w} ({why})" for w, why in dead))
 
     async def _reaper_loop(self) -> None:
         while True:
@@ -371,6 +502,9 @@ class Runtime:
             "rejected": self.flusher.rejected,  # outcomes the database refused, each handed to handle()
             "reaped": self.reaped,
             "heartbeats": self.heartbeats,
+            "blocked_steps": self.blocked_steps,  # steps that held the event loop over a third of the lease
+            "lease_lost": self.leases_lost,  # steps cancelled (or dropped unstarted) because their lease was lost
+            "freed_at_start": self.freed_at_start,  # claims of dead workers released when this one started
         }
 
     def log_error(self, message: str) -> None:
@@ -378,3 +512,20 @@ class Runtime:
             self.on_error(message)
         else:
             print(f"durable[{self.worker_id}]: {message}", file=sys.stderr)
+
+
+def _gone(worker_id: str, pid: int, host: str) -> str | None:
+    """Why the registered runtime ``worker_id`` (process ``pid`` of this host) is surely dead, or None when
+    it may be alive. Only on POSIX, where a pid names one process of this host (a host name shared by
+    several PID namespaces, e.g. containers with the host's UTS namespace, breaks that assumption)."""
+    if worker_id in _RUNNING or os.name != "posix" or pid <= 0:
+        return None
+    if pid == os.getpid():  # this process runs no runtime of that id: an earlier one, killed, or a dead
+        return f"process {pid} on {host} (this one) no longer runs it"  # process whose pid we reuse
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"process {pid} on {host} is gone"
+    except OSError:  # EPERM: alive, someone else's
+        return None
+    return None

@@ -64,6 +64,7 @@ class Scheduler:
         self._slots_open = False
         self.backlog = False  # the last pick filled its demand: more rows are probably waiting
         self.orphans_suspected = False  # a pick failed: it may have claimed rows we never heard of
+        self._offered = 0.0  # trio time of the last handoff offer (a handed-off lease starts after it)
         self.clash: str | None = None  # the unique index every pick try tripped (logged once), else None
         self.picks = 0
         self.picked = 0
@@ -106,6 +107,7 @@ class Scheduler:
         rt = self.runtime
         if not rt.handoff or rt.stopping or not self._slots_open or self.buffer or self.backlog:
             return 0
+        self._offered = trio.current_time()  # the insert that may claim rows starts after this
         return max(0, min(self.demand(), self.concurrency - len(self.in_flight)))
 
     def accept(self, cols: InsertColumns, rows: Sequence[Any]) -> bool:
@@ -122,6 +124,8 @@ class Scheduler:
                                             "durable.demand": len(claims), "durable.worker.id": rt.worker_id,
                                             "durable.claimed": len(claims), "durable.handoff": True},
                           kind=tracing.SpanKind.CONSUMER, parent=tracing.detached()):
+            for c in claims:
+                c.lease_until = self._offered + rt.lease
             self.buffer.extend(claims)
             self.handed += len(claims)
             self._ready.unpark(count=len(claims))
@@ -202,13 +206,32 @@ class Scheduler:
                 await self._ready.park()
             claim = self.buffer.popleft()
             self.in_flight.add(claim)
-            # a step cut off by cancellation stays in in_flight so the drain can release it
+            # a step cut off by cancellation stays in in_flight so the drain can release it; so does a
+            # lost claim until its loss is recorded (the row may still be ours: lease_lost releases it)
+            if claim.lost is not None or trio.current_time() >= claim.lease_until:  # never ran
+                await rt.lease_lost(claim, claim.lost or "the lease passed before the step started")
+                self.in_flight.discard(claim)
+                continue
             claim.started = True
-            encoded, _ = await run_claim(claim, rt.db, rt.worker_id)
+            ran: tuple[Encoded, float] | None = None
+            with trio.CancelScope() as claim.scope:  # cancelled when the lease is lost (Runtime.lose)
+                ran = await run_claim(claim, rt.db, rt.worker_id, rt)
+            claim.scope = None
+            if claim.lost is None and trio.current_time() >= claim.lease_until:
+                claim.lost = "the lease passed while the step ran"  # it never reached a checkpoint since
+            if claim.lost is not None or ran is None:
+                # another worker may be running it now: its outcome is not committed (it would be fenced)
+                if ran is not None:
+                    tracing.finish_lost(tracing.start_outcome(claim, ran[0]), claim, ran[0], claim.lost or "")
+                await rt.lease_lost(claim, claim.lost or "cancelled")
+                self.in_flight.discard(claim)
+                continue
+            encoded = ran[0]
             # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
             encoded.hold = encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
             self.in_flight.discard(claim)
             self.committing.add(claim)
+            claim.submitted = trio.current_time()
             span = tracing.start_outcome(claim, encoded)
             rt.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
             if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
@@ -247,6 +270,7 @@ class Scheduler:
             rt.on_step(claim, encoded, result)
         if result.held is not None:
             claim.run_ahead(result.held)
+            claim.lease_until = claim.submitted + rt.lease  # the commit that renewed it began after this
             claim.started = False
             if self._slots_open and not rt.stopping:
                 self.buffer.appendleft(claim)
@@ -301,6 +325,7 @@ class Scheduler:
                           kind=tracing.SpanKind.CONSUMER) as span:
             for attempt in range(PICK_RETRIES):
                 try:
+                    began = trio.current_time()  # the claims' leases start after this
                     rows = await rt.db.pool.fetch(Q.pick, self.queue, demand, rt.worker_id, rt.lease,
                                                   rt.clock.now())
                     break
@@ -317,7 +342,10 @@ class Scheduler:
             self.picks += 1
             self.picked += len(rows)
             span.set_attribute("durable.claimed", len(rows))
-            return claims_from_rows(rows)
+            claims = claims_from_rows(rows)
+            for c in claims:
+                c.lease_until = began + rt.lease
+            return claims
 
     def clashing(self, exc: asyncpg.UniqueViolationError | None) -> None:
         """Log a pick whose every try trips a unique index once per change (a new index, or passing again)."""

@@ -30,6 +30,10 @@
 --   * Handoff: an insert may claim its plain due rows for an idle runtime of the inserting process in
 --     the insert itself (they are inserted `executing` with a lease token, exactly as a pick would leave
 --     them), so no pick runs between the insert and the step. See insert_instances.
+--   * Lost leases: the heartbeat also says which claims are gone (`lost`), and a runtime cancels those
+--     steps and records `lease_lost` (a row still held only by the runtime's own count of the lease goes
+--     back at once). A runtime starting on a host frees the claims of that host's dead runtimes (process
+--     gone, or its own worker id) with release_dead_workers instead of waiting out their leases.
 
 -- name: pick
 -- Claim up to $2 runnable rows of queue $1 for worker $3 with a lease of $4 seconds; $5 now.
@@ -117,7 +121,9 @@ order by g.priority, g.eligible_at, g.id;
 -- Extend the leases still held by this worker (fenced by token) and refresh its registry row.
 -- $1 ids, $2 tokens, $3 lease seconds, $4 now, $5 worker id, $6 gauges (json text).
 -- Rows are locked in id order and locked rows skipped (no deadlock with reaper or outcomes).
--- Returns the ids whose lease was extended.
+-- Returns the ids whose lease was extended and their tokens, and `lost`: the tokens of the claims that are
+-- no longer held (reaped, fenced, re-claimed; a row skipped because it was locked is neither). A claim is
+-- its token: one runtime may hold a lost claim and the live one of the same instance for a moment.
 with held as (
   select g.id
   from instances g
@@ -130,14 +136,18 @@ extended as (
   update instances g
   set lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $3::float8)
   from held where g.id = held.id
-  returning g.id
+  returning g.id, g.lease_token
 ),
 seen as (
   update workers set seen_at = coalesce($4::timestamptz, now()), gauges = $6::text::jsonb
   where id = $5
   returning 1
 )
-select coalesce(array_agg(extended.id), '{}') as extended, (select count(*) from seen) as registered
+select coalesce(array_agg(extended.id), '{}') as extended, (select count(*) from seen) as registered,
+       coalesce(array_agg(extended.lease_token), '{}') as tokens,
+       array(select h.token from unnest($1::bigint[], $2::bigint[]) as h(id, token)
+             where not exists (select 1 from instances g
+                               where g.id = h.id and g.lease_token = h.token and g.status = 'executing')) as lost
 from extended;
 
 -- name: reap
@@ -745,3 +755,91 @@ where id = $1;
 -- name: migrated_version
 -- The highest applied schema version (0 when none).
 select coalesce(max(version), 0) from schema_migrations;
+
+-- name: lease_lost
+-- Runtime $7 lost claims while their steps ran (a heartbeat could not extend them: reaped, fenced,
+-- re-claimed; or their lease passed by the runtime's own count, its event loop blocked or its heartbeats
+-- failing): the steps were cancelled and their outcomes are never committed. Per claim: $1 id, $2 token,
+-- $3 attempt bump (1: the step had started, 0: it had not), $4 why (text), $5 its step, $6 its attempt;
+-- $8 now. A claim still held (executing, same token: only the runtime's count had passed) goes back to
+-- runnable at once, attempt + $3, as the reaper would return it; a claim already gone leaves its row alone
+-- (it may be someone else's now). Either way one 'lease_lost' history row per claim, with the step and
+-- attempt that lost it and the row's status after. Returns the ids released (with their queue, for
+-- wake-ups).
+with arg as (
+  select * from unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::int[])
+       as a(id, token, bump, why, step, attempt)
+),
+held as (
+  select g.id, a.bump
+  from instances g
+  join arg a on g.id = a.id and g.lease_token = a.token
+  where g.status = 'executing'
+  order by g.id
+  for no key update of g
+),
+released as (
+  update instances g
+  set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
+      attempt = g.attempt + h.bump, updated_at = coalesce($8::timestamptz, now())
+  from held h
+  where g.id = h.id
+  returning g.id, g.queue
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token, detail, at)
+  select a.id, g.machine, 'lease_lost', a.step, a.attempt,
+         case when r.id is not null then 'runnable'::status else g.status end, $7, a.token,
+         jsonb_build_object('reason', a.why, 'released', r.id is not null, 'started', a.bump > 0),
+         coalesce($8::timestamptz, now())
+  from arg a
+  join instances g on g.id = a.id
+  left join released r on r.id = a.id
+)
+select id, queue from released;
+
+-- name: workers_on_host
+-- The registry rows of host $1 not marked stopped: runtimes that may still hold claims (the caller checks
+-- whether their processes are alive).
+select id, pid, seen_at from workers where host = $1 and stopped_at is null order by id;
+
+-- name: release_dead_workers
+-- At a runtime's start: the claims of runtimes known to be dead ($1 worker ids: registry rows of this
+-- host whose process is gone, or a dead predecessor with the starting runtime's own id) go back to
+-- runnable at once, attempt + 1, exactly as the reaper returns an expired lease, instead of waiting out
+-- their leases. $2 why, per id (text), $3 the starting runtime, $4 now. History 'reaped' with a detail
+-- naming the dead worker and why. The dead workers' registry rows are marked stopped (their claims are
+-- gone). Returns the released rows (id, queue).
+with dead as (
+  select * from unnest($1::text[], $2::text[]) as d(worker_id, why)
+),
+claimed as (
+  select g.id, g.worker_id, g.lease_token, d.why
+  from instances g
+  join dead d on g.worker_id = d.worker_id
+  where g.status = 'executing'
+  order by g.id
+  for no key update of g skip locked
+),
+released as (
+  update instances g
+  set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
+      attempt = g.attempt + 1, updated_at = coalesce($4::timestamptz, now())
+  from claimed c
+  where g.id = c.id
+  returning g.id, g.machine, g.step, g.attempt, g.queue, c.worker_id, c.lease_token, c.why
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token, detail, at)
+  select id, machine, 'reaped', step, attempt - 1, 'runnable', worker_id, lease_token,
+         jsonb_build_object('dead_worker', worker_id, 'reason', why, 'by', $3::text),
+         coalesce($4::timestamptz, now())
+  from released
+),
+stopped as (
+  update workers w set stopped_at = coalesce($4::timestamptz, now())
+  from dead d
+  where w.id = d.worker_id and w.stopped_at is null
+  returning w.id
+)
+select id, queue from released;
