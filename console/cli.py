@@ -102,7 +102,11 @@ def command(
     if token is not None and not token.strip():
         raise OneLineError("--token must not be empty")
     if web:
-        from .web import check_access
+        try:
+            from .web import check_access
+        except ImportError as exc:  # textual-serve and aiohttp are base dependencies
+            raise OneLineError(f"--web needs {exc.name or exc}, which is not installed: pip install -e . "
+                               "(or pip install durable)") from None
 
         try:
             check_access(host, token, insecure_no_auth)
