@@ -18,6 +18,7 @@ import ast
 import importlib
 import inspect
 import re
+import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -102,15 +103,20 @@ BUGS: dict[str, Bug] = {
         ), "checkout", (), "complete decrements the parent twice per ending child", first=1),
         Bug("rejoin_retried_child", "child_decrements_once", (
             ("complete", r"and parent_id is not null and not joined_before", "and parent_id is not null"),
-        ), "ops", (), "a child retried after its parent joined decrements the parent again (e99ae7c)", first=2),
+        ), "ops", (), "a child retried after its parent joined decrements the parent again (e99ae7c)", first=1),
         Bug("partition_ignored", "partition_serial", (
             ("pick", r"and \(g\.partition_key is null\s+or not exists \(select 1 from instances e\s+"
-                     r"where e\.partition_key = g\.partition_key and e\.status = 'executing' offset 0\)\)",
+                     r"where e\.partition_key [^;]*?offset 0\)\)",
              "and true"),
             ("pick", r"where k\.nth = 1", "where true"),
         ), "bank", (), "pick ignores partition keys (and the unique index instances_partition_active is "
                        "dropped, which would still refuse the second claim of a key)",
             first=2, drop_partition_index=True),
+        Bug("cancel_child_unjoined", "cancel_accounted", (
+            ("cancel_instance", r"where p\.id = i\.parent_id and not i\.joined_before",
+             "where p.id = i.parent_id and not i.joined_before and false"),
+        ), "ops", (), "cancelling an idle child never decrements its parent: the parent awaits its children "
+                      "forever", first=2),
         Bug("release_unfenced", "release_fencing", (
             ("release", r"on g\.id = r\.id and g\.lease_token = r\.token", "on g.id = r.id"),
         ), "mixed", ("lease_loss",), "release (drain, uncommitted outcomes) matches rows by id only: a worker "
@@ -178,11 +184,17 @@ def _python(name: str, swap: PySwap) -> Iterator[None]:
     replaced = namespace[attr]
     if isinstance(original, staticmethod | classmethod):
         replaced = type(original)(replaced)
-    setattr(owner, attr, replaced)
+    # a module-level function may have been imported by name elsewhere (`from .outcomes import seconds`):
+    # every loaded module's reference to it is swapped too
+    holders = [owner] if path else [m for m in list(sys.modules.values())
+                                    if m is not None and getattr(m, attr, None) is original]
+    for holder in holders:
+        setattr(holder, attr, replaced)
     try:
         yield
     finally:
-        setattr(owner, attr, original)
+        for holder in holders:
+            setattr(holder, attr, original)
 
 
 @contextmanager

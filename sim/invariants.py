@@ -68,6 +68,46 @@ def children(final: Final) -> list[Violation]:
     return out
 
 
+def cancels(final: Final) -> list[Violation]:
+    """A cancel the engine recorded ends its instance cancelled (an idle one at once, an executing one
+    when its step's outcome commits), unless an operator retried it after; a cancelled child is counted in
+    its parent's join (its `joined` flag, and the parent's decrements add up to its ended children); no
+    parent still awaits children that have all ended."""
+    out: list[Violation] = []
+    rows = final.by_id()
+    pending: set[int] = set()
+    for h in final.history:
+        if h["event"] == "cancelled":
+            pending.add(h["instance_id"])
+        elif h["event"] == "retried":
+            pending.discard(h["instance_id"])
+    for iid in sorted(pending):
+        if rows[iid]["status"] != "cancelled":
+            out.append(Violation("cancel_accounted", f"instance {iid} was cancelled and ended {rows[iid]['status']}"))
+    decrements: dict[int, int] = defaultdict(int)
+    for h in final.history:
+        if h["event"] == "joined":
+            decrements[h["instance_id"]] += int(decode(h["detail"]).get("children", 0))
+    kids: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for i in final.instances:
+        if i["parent_id"] is not None:
+            kids[i["parent_id"]].append(i)
+    for parent, group in sorted(kids.items()):
+        ended = [k for k in group if k["status"] in TERMINAL]
+        cancelled = [k["id"] for k in group if k["status"] == "cancelled"]
+        uncounted = [k for k in cancelled if not rows[k]["joined"]]
+        if uncounted:
+            out.append(Violation("cancel_accounted", f"cancelled children {uncounted} of {parent} never joined it"))
+        if cancelled and decrements[parent] != len(ended):
+            out.append(Violation("cancel_accounted",
+                                 f"parent {parent}: {decrements[parent]} decrements for {len(ended)} ended children "
+                                 f"(cancelled: {cancelled})"))
+        if rows[parent]["status"] == "awaiting_children" and len(ended) == len(group):
+            statuses = ", ".join(f"{k['id']} {k['status']}" for k in group)
+            out.append(Violation("cancel_accounted", f"parent {parent} awaits children that all ended ({statuses})"))
+    return out
+
+
 def history(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
     """Append-only (rows read at the end of chaos are unchanged), one outcome per lease token, no
     outcome under a token that was reaped before it, attempts monotone within a step."""
@@ -115,4 +155,4 @@ def signals(run: Run, final: Final) -> list[Violation]:
 
 def check_all(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
     return [*terminal(final), *partition_serial(run, final), *children(final),
-            *history(run, final, early), *signals(run, final)]
+            *history(run, final, early), *signals(run, final), *cancels(final)]

@@ -35,7 +35,7 @@ alter table history set (autovacuum_enabled = false);
 -- name: sim_instances_all
 -- Every instance of the run with the columns the invariants read, by id.
 select id, machine, step, status::text as status, state::text as state, result::text as result,
-       attempt, last_error, parent_id, children_pending, partition_key, lease_token, worker_id
+       attempt, last_error, parent_id, children_pending, partition_key, lease_token, worker_id, joined
 from instances order by id;
 
 -- name: sim_signals_all
