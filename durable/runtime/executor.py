@@ -4,7 +4,10 @@ becomes an outcome recorded on the row; nothing here raises into the scheduler."
 
 from __future__ import annotations
 
+import types
 from collections.abc import Awaitable, Generator
+from time import perf_counter
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -36,62 +39,49 @@ UNKNOWN_MACHINE_RETRY = 60.0
 
 
 class StepWatch(Protocol):
-    """The runtime's eye on running steps (:class:`Watched`)."""
+    """The runtime's eye on running steps (:func:`watched`)."""
 
-    block_limit: float  # seconds a step may run without yielding to trio before it is reported
+    block_limit: float  # seconds a step may hold the event loop (run without yielding) before it is reported
 
-    def ran(self, claim: Claim, seconds: float, now: float) -> None:
-        """A stretch of the claim's step that ran ``seconds`` without yielding ended at ``now`` (trio time):
-        called only when it exceeded ``block_limit`` or the claim's lease has passed meanwhile."""
+    def ran(self, claim: Claim, seconds: float) -> None:
+        """A stretch of the claim's step held the event loop for ``seconds``, over ``block_limit``."""
 
 
-class Watched(Generator[Any, Any, Any]):
-    """Awaits a step's (or ``handle``'s) coroutine and times each stretch it runs without yielding to trio,
-    i.e. each time it holds the event loop: a long one is reported with the claim's machine and step, and
-    a lease that passed meanwhile cancels the step at its next checkpoint. Two clock reads per resume."""
-
-    __slots__ = ("claim", "coro", "watch")
-
-    def __init__(self, coro: Generator[Any, Any, Any], claim: Claim, watch: StepWatch) -> None:
-        self.coro = coro  # the awaitable's iterator (__await__)
-        self.claim = claim
-        self.watch = watch
-
-    def __await__(self) -> Watched:
-        return self
-
-    def send(self, value: Any) -> Any:
-        start = trio.current_time()
+@types.coroutine
+def _timed(it: Generator[Any, Any, Any], claim: Claim, watch: StepWatch) -> Generator[Any, Any, Any]:
+    """Drive a step's coroutine, timing each stretch it runs without yielding to trio, i.e. each time it holds
+    the event loop; a stretch over the watch's limit is reported. About a microsecond a step (the return
+    comes back as a StopIteration here, not inside the interpreter)."""
+    limit = watch.block_limit
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        start = perf_counter()
         try:
-            return self.coro.send(value)
+            yielded = it.send(value) if error is None else it.throw(error)
+        except StopIteration as done:
+            return done.value
         finally:
-            self._check(start)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        start = trio.current_time()
+            if perf_counter() - start > limit:
+                watch.ran(claim, perf_counter() - start)
         try:
-            return self.coro.throw(typ if val is None else val)
-        finally:
-            self._check(start)
-
-    def close(self) -> None:
-        self.coro.close()
-
-    def _check(self, start: float) -> None:
-        now = trio.current_time()
-        if now - start > self.watch.block_limit or now >= self.claim.lease_until:
-            self.watch.ran(self.claim, now - start, now)
+            value, error = (yield yielded), None
+        except BaseException as exc:  # trio's Cancelled (or a close) goes on into the step
+            value, error = None, exc
 
 
 def watched(awaitable: Awaitable[Any], claim: Claim, watch: StepWatch | None) -> Awaitable[Any]:
     """The step's (or handle's) awaitable, timed when the runtime watches (no watch: as is)."""
     if watch is None:
         return awaitable
-    try:
-        it = awaitable.__await__()
-    except AttributeError:  # not awaitable: awaiting it raises the usual TypeError
-        return awaitable
-    return Watched(it, claim, watch)
+    if type(awaitable) is CoroutineType:
+        it: Generator[Any, Any, Any] = awaitable  # type: ignore[assignment]  # send/throw/close: as a generator
+    else:
+        try:
+            it = awaitable.__await__()
+        except AttributeError:  # not awaitable: awaiting it raises the usual TypeError
+            return awaitable
+    return _timed(it, claim, watch)
 
 
 def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Database) -> Encoded:
@@ -103,7 +93,7 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
     def state(value: Any) -> str | None:
         if value is UNCHANGED:
             return None
-        return codec.encode(value, f"state returned by {where}")
+        return codec.encode(value, f"state returned by {where}", db.max_value_bytes)
 
     if isinstance(outcome, Next):
         nxt = step_name(outcome.step)
@@ -117,14 +107,14 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
         return Encoded("await", step=wake, state=state(outcome.state), awaits=outcome.signal,
                        detail={"signal": outcome.signal, "wake_step": wake})
     if isinstance(outcome, Spawn):
-        cols = InsertColumns()
+        cols = InsertColumns(db.max_value_bytes)
         for i, child in enumerate(outcome.children):
             cols.add(child, db.registry, f"{where}: child #{i}")
         nxt = step_name(outcome.step)
         return Encoded("spawn", step=nxt, state=state(outcome.state), children=cols,
                        detail={"next": nxt, "children": len(cols)})
     if isinstance(outcome, Done):
-        return Encoded("done", result=codec.encode(outcome.result, f"result of {where}"))
+        return Encoded("done", result=codec.encode(outcome.result, f"result of {where}", db.max_value_bytes))
     if isinstance(outcome, Stop):
         return Encoded("stop", error=outcome.reason, detail={"error": outcome.reason})
     if isinstance(outcome, Cancel):
@@ -147,7 +137,7 @@ def consuming(encoded: Encoded, claim: Claim, ctx: Context) -> Encoded:
 async def execute(claim: Claim, db: Database, worker_id: str,
                   watch: StepWatch | None = None) -> tuple[Encoded, BaseException | None]:
     """Run the claim's step; returns the encoded outcome and the step's exception, if any. With a
-    ``watch``, the step's code is timed (:class:`Watched`)."""
+    ``watch``, the step's code is timed (:func:`watched`)."""
     try:
         machine = db.registry.resolve(claim.machine, claim.version)
     except UnknownMachine as exc:

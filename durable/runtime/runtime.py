@@ -352,20 +352,19 @@ class Runtime:
             await trio.sleep(max(0.0, min(due - now, self.heartbeat_every, self.lease / 3)))
             self.check_leases()
 
-    def ran(self, claim: Claim, seconds: float, now: float) -> None:
-        """(StepWatch) A stretch of a step's code held the event loop for ``seconds``, or the claim's
-        lease passed meanwhile (executor.Watched)."""
-        if seconds > self.block_limit:
-            self.blocked_steps += 1
-            log.warning("durable[%s]: step %s.%s of instance %d (attempt %d) blocked the event loop for %.2fs, "
-                        "over a third of the %gs lease: every step and heartbeat of this worker waited; "
-                        "run blocking code with trio.to_thread.run_sync", self.worker_id, claim.machine,
-                        claim.step, claim.id, claim.attempt, seconds, self.lease)
-            tracing.loop_blocked(claim, seconds, self.block_limit)
-        if now >= claim.lease_until:
-            self.lose(claim, f"the lease passed while the step held the event loop for {seconds:.2f}s"
-                      if seconds > self.block_limit else "the lease passed while the step ran")
-            self.check_leases()  # the others' leases may have passed too
+    def ran(self, claim: Claim, seconds: float) -> None:
+        """(StepWatch) A stretch of a step's code held the event loop for ``seconds``, over the limit
+        (executor.watched): reported with its machine and step; leases that passed meanwhile are lost
+        now, this step's first (it is cancelled at the checkpoint it just reached)."""
+        self.blocked_steps += 1
+        log.warning("durable[%s]: step %s.%s of instance %d (attempt %d) blocked the event loop for %.2fs, "
+                    "over a third of the %gs lease: every step and heartbeat of this worker waited; "
+                    "run blocking code with trio.to_thread.run_sync", self.worker_id, claim.machine,
+                    claim.step, claim.id, claim.attempt, seconds, self.lease)
+        tracing.loop_blocked(claim, seconds, self.block_limit)
+        if trio.current_time() >= claim.lease_until:
+            self.lose(claim, f"the lease passed while the step held the event loop for {seconds:.2f}s")
+        self.check_leases()  # the others' leases may have passed too
 
     async def lease_lost(self, claim: Claim, why: str) -> None:
         """Record a lost claim (its step cancelled or never started): a 'lease_lost' history row; a claim
