@@ -4,10 +4,10 @@ Each checkout reserves stock, parks until a payment signal arrives (sent by a pa
 the checkout parks, some twice with the same dedup key, a few declined), spawns shipment children
 (carriers time out now and then: retried with backoff), joins them and finishes.
 
-The demo starts from a fresh ``--schema``: one it made before (marked ``COMMENT ON SCHEMA ... IS 'durable
-demo'``) or an empty one is dropped and made again; a new one is made and marked. A schema holding
-instances the demo did not make is refused (exit 2) unless ``--force``; any other schema without instances
-is used as it is, nothing dropped.
+Every instance the demo makes carries a unique key starting with ``durable-demo:``. A ``--schema`` holding
+any other instance is refused (exit 2) unless ``--force``, which drops it; otherwise nothing is dropped: a
+missing schema is made (and marked ``COMMENT ON SCHEMA ... IS 'durable demo'``) and an earlier demo run's
+instances are deleted, so the demo starts afresh beside whatever else the schema holds.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ COUNT_INSTANCES = Query(
     "demo_count_instances", "select count(*) from (select from instances limit 10001) as i",
     "Instances in the pool's schema (first in its search_path; run only when it has the table), up to 10,001.",
 )
+DEMO_KEY = "durable-demo:"  # the unique-key prefix of every instance the demo inserts or spawns
+FOREIGN_INSTANCES = Query(
+    "demo_foreign_instances",
+    "select count(*) from (select from instances where unique_key is null or left(unique_key, 13) <> $1::text"
+    " limit 10001) as i",
+    "Instances in the pool's schema whose unique key does not start with $1 (the demo's prefix), up to 10,001.",
+)
+CLEAR_DEMO = Query(
+    "demo_clear",
+    """with gone as (delete from instances where left(unique_key, 13) = $1::text returning id)
+delete from history h using gone where h.instance_id = gone.id""",
+    "Delete the instances whose unique key starts with $1 (an earlier demo run's) and their history.",
+)
 MARK_DDL = Query(
     "demo_mark_ddl", "select format('comment on schema %I is %L', $1::text, $2::text)",
     "The COMMENT ON SCHEMA statement marking schema $1 with text $2, names quoted by the server.",
@@ -92,7 +105,7 @@ class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
         ctx.state.amount = paid.payload["amount"]
         rng = random.Random(ctx.state.order)
         parcels = [Child(Shipment, {"parcel": i, "carrier": rng.choice(["dhl", "ups", "post"]),
-                                    "flaky": rng.random() < 0.2})
+                                    "flaky": rng.random() < 0.2}, unique_key=f"{DEMO_KEY}{ctx.id}:parcel:{i}")
                    for i in range(ctx.state.items)]
         return Spawn("close", parcels, ctx.state)
 
@@ -114,29 +127,32 @@ async def pay(db: durable.Database, ids: list[int], rng: random.Random, sent: Co
 
 
 async def prepare_schema(db: durable.Database, schema: str, force: bool) -> None:
-    """Make ``schema`` ready for the demo without destroying what is not the demo's: a schema the demo made
-    (or an empty one) is dropped and made again, a new one is made; both are marked. A schema holding
-    instances the demo did not make raises SchemaError unless ``force`` (then dropped); any other schema
-    without instances is migrated as it is."""
+    """Make ``schema`` ready for the demo without destroying what is not the demo's. Every instance the demo
+    makes carries a unique key starting with ``durable-demo:``; a schema holding any other instance raises
+    SchemaError unless ``force`` (then the schema is dropped and made again). Otherwise nothing is dropped:
+    the schema is made (and marked) when missing, migrated, and an earlier demo run's instances are deleted
+    — streams, workers and everything else in it stay."""
     survey = await db.pool.fetchrow(SURVEY_SCHEMA, schema)
     assert survey is not None
-    ours = survey["comment"] == DEMO_MARK or not survey["present"] or survey["relations"] == 0
-    if not ours and not force:
-        held = await db.pool.fetchval(COUNT_INSTANCES) if survey["durable"] else 0
-        if held:
+    if survey["durable"]:
+        held = await db.pool.fetchval(FOREIGN_INSTANCES, DEMO_KEY)
+        if held and not force:
             count = "more than 10,000" if held > 10_000 else str(held)
             raise SchemaError(f"schema {schema!r} holds {count} instances that durable demo did not make: "
                               "choose another --schema, or add --force to drop it with everything in it")
-        await db.migrate()  # nothing of the demo's to clear, nothing of anyone's to drop
-        return
-    await drop_schema(db.pool, schema)
+    if force:
+        await drop_schema(db.pool, schema)
+    new = force or not survey["present"] or survey["relations"] == 0
     await db.migrate()
-    await db.pool.execute(Query("demo_mark", await db.pool.fetchval(MARK_DDL, schema, DEMO_MARK), ""))
+    await db.pool.execute(CLEAR_DEMO, DEMO_KEY)
+    if new or survey["comment"] == DEMO_MARK:
+        await db.pool.execute(Query("demo_mark", await db.pool.fetchval(MARK_DDL, schema, DEMO_MARK), ""))
 
 
 async def demo(dsn: str | None, schema: str, instances: int, seed: int, console: Console,
                force: bool = False, as_json: bool = False) -> None:
     rng = random.Random(seed)
+    run = f"{seed}-{time.time_ns()}"  # a demo's unique keys are its own: a second demo never collides
     started = time.perf_counter()
     async with durable.connect(dsn, schema=schema, migrate=False, machines=[Checkout, Shipment]) as db:
         await prepare_schema(db, schema, force)
@@ -147,7 +163,8 @@ async def demo(dsn: str | None, schema: str, instances: int, seed: int, console:
             runtime = durable.Runtime(db, queues={"checkout": 20, "shipping": 20})
             await nursery.start(runtime.run)
             ids = await db.insert_many(
-                [durable.Insert(Checkout, {"order": i, "items": 1 + i % 3}) for i in range(instances)])
+                [durable.Insert(Checkout, {"order": i, "items": 1 + i % 3}, unique_key=f"{DEMO_KEY}{run}:order:{i}")
+                 for i in range(instances)])
             order_ids = [i for i in ids if i is not None]
             nursery.start_soon(pay, db, order_ids, rng, sent)
             with Ticker("checkouts finished", instances, console=console) as progress:
@@ -213,7 +230,7 @@ async def report(db: durable.Database, console: Console, runtime: durable.Runtim
 
 @click.command()
 @dsn_option
-@schema_option_with("Schema for the demo: one it made before is dropped and made again; one holding other "
+@schema_option_with("Schema for the demo: an earlier demo run's instances are deleted; one holding other "
                     "instances is refused unless --force.")
 @click.option("--instances", "-n", default=300, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--seed", default=7, show_default=True, help="Seed for the payment actor.")

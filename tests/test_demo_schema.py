@@ -116,3 +116,29 @@ def test_a_schema_without_instances_is_used_as_it_is(pg_dsn: str, schema: str) -
     assert result.exit_code == 0, result.output
     assert sync(pg_dsn, schema, machines)["Checkout"] == 3
     assert sync(pg_dsn, schema, comment) is None  # not dropped, not taken over
+
+
+def test_real_work_added_to_a_schema_the_demo_made_is_never_dropped(pg_dsn: str, schema: str) -> None:
+    """The demo's default schema is the one real work lands in too: once anything that is not the demo's
+    is there, the demo refuses, however the schema was made (no mark makes a schema disposable)."""
+    first = demo(pg_dsn, schema)
+    assert first.exit_code == 0, first.output
+    iid = sync(pg_dsn, schema, real_instance)
+    again = demo(pg_dsn, schema)
+    assert again.exit_code == 2 and "1 instances that durable demo did not make" in again.stderr
+    assert sync(pg_dsn, schema, lambda db: db.get(iid)).machine == "Payroll"
+    assert sync(pg_dsn, schema, machines)["Checkout"] == 3  # the demo's own are left as they were too
+
+
+def test_a_rerun_clears_only_the_demos_instances(pg_dsn: str, schema: str) -> None:
+    """What the schema holds besides instances (streams here) survives a demo re-run."""
+    first = demo(pg_dsn, schema)
+    assert first.exit_code == 0, first.output
+    mark = Query("test_demo_stream", "insert into streams (path, content_type) values ('kept', 'text/plain')"
+                 " returning id", "A stream row.")
+    count = Query("test_demo_streams", "select count(*) from streams", "Streams in the schema.")
+    sync(pg_dsn, schema, lambda db: db.pool.fetchval(mark))
+    again = demo(pg_dsn, schema)
+    assert again.exit_code == 0, again.output
+    assert sync(pg_dsn, schema, machines)["Checkout"] == 3
+    assert sync(pg_dsn, schema, lambda db: db.pool.fetchval(count)) == 1
