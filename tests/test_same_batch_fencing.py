@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+import trio
 
 import durable
 from durable import Await, Child, Done, Machine, Next, Spawn, step
@@ -174,3 +175,18 @@ async def test_the_flusher_never_batches_two_outcomes_of_one_instance() -> None:
     assert [(p.claim.id, p.claim.lease_token) for p in rest] == [(1, 11), (4, 40)]
     batch, rest = _one_per_instance(rest, 3)
     assert [p.claim.id for p in batch] == [1, 4] and rest == []
+
+
+async def test_a_row_picked_again_under_a_new_token_drops_the_old_claim(db: durable.Database) -> None:
+    """The scheduler still holds the stale claim (its step running, or its outcome queued) when its own
+    pick returns the row under a new token: the old claim is lost at once and its step cancelled."""
+    iid, stale, live = await stale_and_live(db, Parcel, "ship-fence", {"n": 1}, signal=False)
+    rt = durable.Runtime(db, queues={"ship-fence": 2})
+    scheduler = rt.schedulers["ship-fence"]
+    stale.scope = trio.CancelScope()
+    scheduler.in_flight.add(stale)
+    bystander = Claim(iid + 1000, "m", 1, "s", "{}", 0, "q", 0, None, 7, 0, None, None, False, None, None, (), ())
+    scheduler.committing.add(bystander)
+    scheduler.superseded([live])
+    assert stale.lost is not None and stale.scope.cancel_called
+    assert bystander.lost is None and live.lost is None

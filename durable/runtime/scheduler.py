@@ -345,7 +345,18 @@ class Scheduler:
             claims = claims_from_rows(rows)
             for c in claims:
                 c.lease_until = began + rt.lease
+            if claims and self.held():
+                self.superseded(claims)
             return claims
+
+    def superseded(self, claims: list[Claim]) -> None:
+        """A picked row this scheduler still holds under an older token (its lease passed and it was reaped
+        while the step ran or its outcome waited): the old claim is lost, its step cancelled, and its queued
+        outcome will be fenced; only the new claim may run the step."""
+        fresh = {c.id: c.lease_token for c in claims}
+        for old in self.held():
+            if fresh.get(old.id, old.lease_token) != old.lease_token:
+                self.runtime.lose(old, "picked again under a new lease token")
 
     def clashing(self, exc: asyncpg.UniqueViolationError | None) -> None:
         """Log a pick whose every try trips a unique index once per change (a new index, or passing again)."""
