@@ -220,7 +220,11 @@ async def test_a_step_whose_row_is_reaped_is_cancelled_by_the_next_heartbeat(db:
     finds the claim gone and cancels the step: no outcome, lease_lost in the history, the re-run goes on."""
     db.registry.add(Hang)
     async with trio.open_nursery() as nursery:
-        rt = durable.Runtime(db, queues={"ll_hang": 1}, worker_id="ll-hb", lease=30, heartbeat=0.2, reap_every=60)
+        # prefetch 0: no pick while the step runs, so the heartbeat (not a pick of the row under a new token)
+        # is what finds the claim gone
+        rt = durable.Runtime(
+            db, queues={"ll_hang": 1}, prefetch=0, worker_id="ll-hb", lease=30, heartbeat=0.2, reap_every=60
+        )
         WATCHED["runtime"] = rt
         await nursery.start(rt.run)
         iid = await db.insert(Hang)
