@@ -106,3 +106,37 @@ with ins as (
   returning 1
 )
 select count(*)::int from ins;
+
+-- name: seed_runnable_keyed
+-- Add $1 runnable one-step rows of machine $2 (step $3) to queue $4, each with a partition key of its own
+-- ('$5-<n>'), eligible an hour ago. For the picker's executing-set probe only: no history rows.
+with ins as (
+  insert into instances (machine, version, step, state, queue, partition_key, eligible_at)
+  select $2, 1, $3, '{}'::jsonb, $4, $5 || '-' || nextval('instances_id_seq'), now() - interval '1 hour'
+  from generate_series(1, $1::int)
+  returning 1
+)
+select count(*) from ins;
+
+-- name: seed_executing
+-- Add $1 executing rows of machine $2 (step $3) to queue $4, each with a partition key of its own and a
+-- lease an hour long, held by a worker that does not exist (nothing reaps or completes them): the
+-- executing set of other workers' claims. Returns how many were added.
+with ins as (
+  insert into instances (machine, version, step, status, state, queue, partition_key, worker_id, lease_token,
+                         lease_expires_at, eligible_at)
+  select $2, 1, $3, 'executing', '{}'::jsonb, $4, 'busy-' || g, 'bench-elsewhere', nextval('lease_tokens'),
+         now() + interval '1 hour', now() - interval '1 hour'
+  from generate_series(1, $1::int) g
+  returning 1
+)
+select count(*) from ins;
+
+-- name: finish_rows
+-- Mark rows $1 (picked by the probe) done, so the executing set stays what the probe set up.
+update instances set status = 'done', worker_id = null, lease_token = null, lease_expires_at = null
+where id = any($1::bigint[]);
+
+-- name: drop_executing
+-- Delete the executing rows seed_executing added.
+delete from instances where worker_id = 'bench-elsewhere';

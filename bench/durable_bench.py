@@ -247,6 +247,79 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
             "async_commit_p50_ms": round(percentile(fast_ms, 50) or 0, 3), "plan": plan}
 
 
+
+@asynccontextmanager
+async def forced_generic_pool(dsn: str, schema: str, size: int) -> AsyncIterator[Pool]:
+    """A durable Pool whose sessions run ``plan_cache_mode = force_generic_plan``: the pick's cached plan
+    from its first execution on (the engine's own pick connections use ``auto``, which switches to the
+    generic plan after five executions when it does not look costlier)."""
+    raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
+        dsn, min_size=1, max_size=size, statement_cache_size=256,
+        server_settings={"search_path": f"{schema},public", "plan_cache_mode": "force_generic_plan"})
+    pool = Pool(raw, dsn, schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, executing: int = 10_000) -> dict[str, Any]:
+    """Time ``pick`` of ``demand`` rows from ``backlog`` runnable rows that each have a partition key of their
+    own, first with no executing rows, then with ``executing`` executing rows (other workers' claims, other
+    keys), then with none again: the pick's busy-key skip must not read the executing set (issue 14, item
+    10: a generic plan hashed all of it once per pick). Each pick is timed through the engine's pool and
+    through sessions forced to the generic plan, alternately; its rows are then marked done and replaced
+    (untimed), so the executing set stays what the phase set up. ``ratio``: mean with / mean without."""
+    queue = workloads.ONE_STEP_QUEUE
+    schema = "b_pick_executing"
+    machine = workloads.noop.name
+    async with fresh(dsn, schema) as db, forced_generic_pool(dsn, schema, 1) as generic:
+        pool = db.pool
+        await pool.fetchval(q(B.seed_runnable_keyed), backlog, machine, "perform", queue, "key")
+        timings: dict[str, list[float]] = {"engine": [], "generic": []}
+        phases: dict[str, dict[str, list[float]]] = {}
+        plan: list[str] = []
+        for phase, busy in (("none", 0), ("busy", executing), ("none_again", 0)):
+            if busy:
+                await pool.fetchval(q(B.seed_executing), busy, machine, "perform", queue)
+            elif phase != "none":
+                await pool.execute(q(B.drop_executing))
+            await pool.execute(q(B.vacuum_instances))
+            await pool.execute(q(B.checkpoint))
+            timings = {"engine": [], "generic": []}
+            for i in range(2 * picks):
+                via, key = (pool, "engine") if i % 2 == 0 else (generic, "generic")
+                start = time.perf_counter()
+                rows = await via.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None)
+                timings[key].append(time.perf_counter() - start)
+                assert len(rows) == demand, f"pick returned {len(rows)} rows ({phase})"
+                await pool.execute(q(B.finish_rows), [r["id"] for r in rows])
+                await pool.fetchval(q(B.seed_runnable_keyed), demand, machine, "perform", queue, "key")
+            phases[phase] = timings
+            if busy:
+                try:
+                    async with generic.transaction() as conn:
+                        plan = [r[0] for r in await conn.fetch(explain(Q.pick), queue, demand,  # type: ignore[index]
+                                                               "bench-picker", 60.0, None)]
+                        raise _Rollback
+                except _Rollback:
+                    pass
+        await drop_schema(pool, schema)
+
+    def mean_ms(values: list[float]) -> float:
+        return round(sum(values) / len(values) * 1000, 3)
+
+    out: dict[str, Any] = {"backlog": backlog, "executing": executing, "picks": picks, "demand": demand}
+    for key in ("engine", "generic"):
+        none = mean_ms(phases["none"][key] + phases["none_again"][key])
+        busy_ms = mean_ms(phases["busy"][key])
+        prefix = "" if key == "engine" else "generic_"
+        out.update({f"{prefix}none_mean_ms": none, f"{prefix}busy_mean_ms": busy_ms,
+                    f"{prefix}ratio": round(busy_ms / none, 3) if none else None})
+    out["generic_busy_plan"] = plan
+    return out
+
+
 # -- the engine's SQL ceiling -------------------------------------------------------------------
 def done_batch(rows: list[Any]) -> list[_Pending]:
     """Picked rows as the flusher's pending ``done`` outcomes (its own claim decoding and encoding)."""

@@ -34,6 +34,7 @@ class Plan:
     load_fraction: float = 0.5
     picker_small: int = 1_000
     picker_large: int = 1_000_000
+    picker_busy: int = 10_000  # executing rows of the picker's executing-set probe (its backlog: as many keyed rows)
     picks: int = 200
     pick_demand: int = 50
     ceiling_jobs: int = 100_000
@@ -145,6 +146,10 @@ class Runner:
         for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
             await self.stage(f"durable.picker.{label}", f"picker cost at {backlog:,} runnable rows",
                              lambda b=backlog: d.picker(durable_dsn, b, p.picks, p.pick_demand))  # type: ignore[misc]
+        await self.stage("durable.picker.executing", f"picker cost with {p.picker_busy:,} executing rows vs none "
+                         f"({p.picker_busy:,} runnable rows, a partition key each)",
+                         lambda: d.picker_executing(durable_dsn, p.picker_busy, p.picks, p.pick_demand,
+                                                    p.picker_busy))
         for batch, loops, async_pick in p.ceiling_runs:
             tag = "a" if async_pick else ""
             await self.stage(f"durable.ceiling.b{batch}x{loops}{tag}", f"SQL ceiling: pick + complete, batch {batch}, "

@@ -29,7 +29,7 @@ SEED_RUNNABLE = Query(
     "t_seed_runnable",
     """
 insert into instances (machine, version, step, state, queue, partition_key, eligible_at)
-select 'plan_m', 1, 'go', '{}', $2, 'key-' || i, now() - interval '1 hour'
+select 'plan_m', 1, 'go', '{}', $2, 'key-' || md5(($3::int + i)::text), now() - interval '1 hour'
 from generate_series(1, $1::int) i""",
     "",
 )
@@ -44,14 +44,24 @@ from generate_series(1, $1::int) i""",
     "",
 )
 DROP_EXECUTING = Query("t_drop_executing", "delete from instances where status = 'executing'", "")
+NO_AUTOVACUUM = Query("t_no_autovacuum", "alter table instances set (autovacuum_enabled = false)", "")
+ANALYZE = Query("t_analyze", "analyze instances", "")  # no vacuum: no page is all-visible
+FINISH = Query(
+    "t_finish",
+    "update instances set status = 'done', worker_id = null, lease_token = null, lease_expires_at = null "
+    "where id = any($1::bigint[])",
+    "",
+)
 
 
-async def generic_pick_plan(db: durable.Database) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of one pick under a generic plan (rolled back)."""
+async def generic_pick_plan(db: durable.Database, analyze: bool = True) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of one pick under a generic plan (rolled back), after fresh statistics unless not
+    ``analyze``."""
 
     async def explain() -> Any:
         async with db.pool.raw.acquire() as con:
-            await con.execute("vacuum analyze instances")
+            if analyze:
+                await con.execute("vacuum analyze instances")
             tx = con.transaction()
             await tx.start()
             try:
@@ -100,7 +110,7 @@ def rows_read(node: dict[str, Any]) -> int:
 
 
 async def test_the_generic_pick_probes_busy_keys_instead_of_hashing_the_executing_set(db: durable.Database) -> None:
-    await db.pool.execute(SEED_RUNNABLE, BACKLOG, QUEUE)
+    await db.pool.execute(SEED_RUNNABLE, BACKLOG, QUEUE, 0)
     await db.pool.execute(SEED_EXECUTING, 2000, QUEUE)
     plan = await generic_pick_plan(db)
     text = json.dumps(plan)
@@ -114,7 +124,7 @@ async def test_the_generic_pick_probes_busy_keys_instead_of_hashing_the_executin
 
 
 async def test_a_pick_with_10000_executing_rows_does_the_work_of_one_with_none(db: durable.Database) -> None:
-    await db.pool.execute(SEED_RUNNABLE, BACKLOG, QUEUE)
+    await db.pool.execute(SEED_RUNNABLE, BACKLOG, QUEUE, 0)
     idle = await generic_pick_plan(db)
     await db.pool.execute(SEED_EXECUTING, 10_000, QUEUE)
     busy = await generic_pick_plan(db)
@@ -124,3 +134,28 @@ async def test_a_pick_with_10000_executing_rows_does_the_work_of_one_with_none(d
     # nothing anywhere in the statement reads the executing set: no node produces more rows than the
     # backlog it picks from (a scan of the table would produce 11,000)
     assert max(n["Actual Rows"] * n["Actual Loops"] for n in nodes(busy)) <= BACKLOG, json.dumps(busy)
+
+
+async def test_the_probe_keeps_to_the_partition_index_when_statistics_say_nothing_executes(
+    db: durable.Database,
+) -> None:
+    """Statistics taken while nothing executed (an idle night) make every executing-row index look empty.
+    instances_lease (all executing rows) then looked as cheap a probe as instances_partition_active, and a
+    plan that scanned the whole lease index per candidate (dead entries included) was chosen: 50 scans
+    per pick. The probe's order by partition_key, which only the partition index gives, settles it."""
+    await db.pool.execute(NO_AUTOVACUUM)
+    await db.pool.execute(SEED_RUNNABLE, 20_000, QUEUE, 0)
+    await db.pool.execute(ANALYZE)
+    for n in range(120):  # picks whose claims end done, the backlog topped up: dead entries pile up
+        rows = await db.pool.fetch(Q.pick, QUEUE, DEMAND, "w", 60.0, None)
+        await db.pool.execute(FINISH, [r["id"] for r in rows])
+        await db.pool.execute(SEED_RUNNABLE, DEMAND, QUEUE, 20_000 + n * DEMAND)
+    plan = await generic_pick_plan(db, analyze=False)
+    probes = [
+        n
+        for n in nodes(candidate(plan))
+        if n.get("Parent Relationship") == "SubPlan"
+        and n.get("Relation Name") == "instances"
+        and n.get("Index Name") != "instances_unique"
+    ]
+    assert [n.get("Index Name") for n in probes] == ["instances_partition_active"], json.dumps(plan)

@@ -316,15 +316,15 @@ async def test_a_second_instance_while_the_first_awaits(db: durable.Database, sc
         assert not [e for i, e in HANDLED if i == first]
         if second is None or after is None:
             return
-        if (await row(db, second))["status"] == "awaiting_signal":
-            await db.signal(second, "go")
-        if after.kind == "ran":
-            if meanwhile.kind == "parked":
-                await settle(db, second, "awaiting_signal")
+        if after.kind == "ran":  # it walks (on from where it waited, or from its start once the key is free)
+            if (await settle(db, second, "awaiting_signal", end))["status"] == "awaiting_signal":
                 await db.signal(second, "go")
             await settle(db, second, end)
             assert runs(second) == ["start", "wait", "finish"]
-        elif after.kind == "parked":
+            return
+        if (await row(db, second))["status"] == "awaiting_signal":
+            await db.signal(second, "go")
+        if after.kind == "parked":
             await settle(db, second, "runnable")
             await check_parked(db, second)
         else:

@@ -58,11 +58,15 @@ with candidate as (
     -- the busy-key skip, written so the planner estimates it from partition_key's null fraction (a
     -- lateral join's `busy is null` got the 0.5 % default selectivity: the LIMIT then looked like a
     -- scan of the whole backlog, and a plan that sorts the whole backlog could win). `offset 0` keeps
-    -- the subquery a probe of instances_partition_active per candidate: without it a generic plan
-    -- may hash the whole executing set once per pick (2,000 executing rows read to claim a few)
+    -- the subquery a probe per candidate: without it a generic plan may hash the whole executing set
+    -- once per pick (2,000 executing rows read to claim a few). The order by (on a range: an equality
+    -- would make it moot) is one only instances_partition_active gives: with statistics taken while
+    -- nothing executed, instances_lease looked as cheap, and a scan of all of it per candidate won
     and (g.partition_key is null
          or not exists (select 1 from instances e
-                        where e.partition_key = g.partition_key and e.status = 'executing' offset 0))
+                        where e.partition_key between g.partition_key and g.partition_key
+                          and e.status = 'executing'
+                        order by e.partition_key offset 0))
     -- the occupied-unique-key skip, the same shape (a probe of instances_unique per such candidate)
     and (g.unique_key is null or g.unique_guard is not null or not 'executing' = any (g.unique_scope)
          or not exists (select 1 from instances u where u.unique_guard = g.unique_key offset 0))
