@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import asyncpg
+
 from . import codec, tracing
 from ._pg import Pool, asyncio_loop
 from .clock import Clock, DatabaseClock
 from .embedded import resolve_dsn, supervised
-from .errors import DefinitionError, NoSuchInstance, NotDeliverable
+from .errors import DefinitionError, NoSuchInstance, NotDeliverable, UniqueKeyOccupied
 from .limits import MAX_VALUE_BYTES, check_id, check_int, check_text
 from .machine import Machine, Registry, check_insert
 from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
@@ -357,7 +359,15 @@ class Database:
     async def retry(self, instance_id: int) -> str:
         """A failed or cancelled instance back to runnable at its last step, attempt reset."""
         check_id(instance_id)
-        row = await self.pool.fetchrow(Q.retry_instance, instance_id, self.clock.now())
+        try:
+            row = await self.pool.fetchrow(Q.retry_instance, instance_id, self.clock.now())
+        except asyncpg.UniqueViolationError as exc:  # runnable is in its scope, and another holds the key
+            if exc.constraint_name != "instances_unique":
+                raise
+            held = await self.pool.fetchrow(Q.get_instance, instance_id)
+            key = held["unique_key"] if held is not None else "?"
+            raise UniqueKeyOccupied(key, "runnable", f"instance {instance_id} not retried: its unique key {key!r} "
+                                    "is held by another instance (runnable is in its unique_scope)") from None
         if row is None:
             raise NoSuchInstance(f"no instance with id {instance_id}")
         if row["queue"]:

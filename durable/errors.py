@@ -82,12 +82,12 @@ class OutcomeRejected(DurableError):
 
 
 class UniqueKeyOccupied(OutcomeRejected):
-    """A step's outcome would move its instance into a status of its ``unique_scope`` while another
-    instance occupies the key (``key``) in its own scope; ``status`` is the status refused. ``handle()``
-    sees it like any rejected outcome (the default retries with backoff, then fails)."""
+    """A step's outcome (or an operator's retry) would move its instance into a status of its
+    ``unique_scope`` while another instance occupies the key (``key``) in its own scope; ``status`` is the
+    status refused. ``handle()`` sees it like any rejected outcome (the default retries with backoff, then
+    fails); ``Database.retry`` raises it and leaves the instance as it was."""
 
     def __init__(self, key: str, status: str, message: str | None = None) -> None:
-        super().__init__("23505", message or f"unique key {key!r} is occupied: {status} is in its unique_scope "
-                                              f"and another instance holds the key")
-        self.key = key
-        self.status = status
+        text = message or f"unique key {key!r} is occupied: {status} is in its unique_scope and another holds the key"
+        DurableError.__init__(self, text)
+        self.sqlstate, self.message, self.key, self.status = "23505", text, key, status

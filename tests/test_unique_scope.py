@@ -89,6 +89,12 @@ class Walk(Recording, queue=QUEUE, name="uscope_walk"):
         return Done() if end == "done" else Stop("the end") if end == "failed" else Cancel("the end")
 
 
+class Fails(Recording, queue=QUEUE, name="uscope_fails"):
+    @step
+    async def go(self, ctx: durable.Context) -> Any:
+        return Stop("no") if ctx.state.get("fail") else Done()
+
+
 # -- the rules, restated ---------------------------------------------------------------------------------
 LIVE = set(NON_TERMINAL)
 SCOPES = [c for n in range(1, len(STATUSES) + 1) for c in itertools.combinations(STATUSES, n)]
@@ -385,3 +391,22 @@ async def test_a_pick_that_keeps_tripping_an_index_is_logged_once(db: durable.Da
         lines = [e for e in errors if "pick on queue" in e]
         assert len(lines) == 2 and "claims again" in lines[1], lines
         errors.clear()  # running() checks that no pick failure is left
+
+
+async def test_an_operator_retry_into_an_occupied_scope_is_refused_and_changes_nothing(db: durable.Database) -> None:
+    """``retry`` moves a failed instance back to runnable: with the default scope, while another instance holds
+    its key, that is UniqueKeyOccupied naming the key (it was asyncpg's UniqueViolationError), the instance
+    stays failed; once the key is free the retry goes through."""
+    db.registry.add(Fails)
+    first = await db.insert(Fails, {"fail": True}, unique_key="k")
+    assert first is not None
+    await run_step(db, (await pick(db, QUEUE))[0])
+    assert (await row(db, first))["status"] == "failed"  # failed is not in the default scope: the key is free
+    second = await db.insert(Fails, {}, unique_key="k")
+    assert second is not None
+    with pytest.raises(UniqueKeyOccupied, match="instance .* not retried: its unique key 'k' is held") as caught:
+        await db.retry(first)
+    assert (caught.value.key, caught.value.status) == ("k", "runnable")
+    assert (await row(db, first))["status"] == "failed"
+    await run_step(db, (await pick(db, QUEUE))[0])  # the second ends done and frees the key
+    assert await db.retry(first) == "runnable"
