@@ -86,7 +86,7 @@ BUGS: dict[str, Bug] = {
              "using decided d, shown w\n  where d.kind not in ('await', 'retry') and w.ord = d.ord and "
              "s.id = w.sid and s.target_id = d.id\n    and cardinality($30::bigint[]) >= 0 "
              "and cardinality($31::bigint[]) >= 0"),
-        ), "checkout", (), "complete deletes every signal shown to the step, whatever its name", first=2),
+        ), "checkout", (), "complete deletes every signal shown to the step, whatever its name", first=1),
         Bug("no_prearrival_guard", "terminal_after_heal", (
             ("complete",
              r"case when h\.signal_seq <> o\.seq\s+or exists \(select 1 from signals s\s+"
@@ -120,7 +120,7 @@ BUGS: dict[str, Bug] = {
         Bug("release_unfenced", "release_fencing", (
             ("release", r"on g\.id = r\.id and g\.lease_token = r\.token", "on g.id = r.id"),
         ), "mixed", ("lease_loss",), "release (drain, uncommitted outcomes) matches rows by id only: a worker "
-                                     "whose lease was lost puts another's live claim back to runnable", first=4),
+                                     "whose lease was lost puts another's live claim back to runnable", first=5),
         Bug("same_batch_fencing", "no_fenced_outcome_visible", (
             ("complete", r"where o\.ord not in \(select l\.ord from live l\)",
              "where o.id not in (select l.id from live l)"),
@@ -131,9 +131,42 @@ BUGS: dict[str, Bug] = {
         ), "mixed", ("lease_loss",), "complete fences by instance id, not by claim, and the flusher batches two "
                                      "outcomes of one instance: a stale outcome beside the live one commits "
                                      "(issue 14 item 0)",
-            first=2, patches=(
+            first=1, patches=(
                 PySwap("durable.runtime.flusher:_one_per_instance", r"if len\(ids\) == len\(batch\):", "if True:"),
             )),
+        Bug("attempts_unbounded", "bounded_attempts", (), "hostile", (),
+            "the executor no longer stops a claim at max_attempts: a step that crashes its worker every time "
+            "runs forever (issue 14 item 1)", first=1, patches=(
+                PySwap("durable.runtime.executor:execute", r"if claim\.attempt >= machine\.max_attempts:",
+                       "if False:"),)),
+        Bug("refusal_retried", "state_matches_model", (), "hostile", (),
+            "an outcome the database refuses is given back and re-run as is, never shown to handle() (issue 14 "
+            "item 1)", first=1, patches=(
+                PySwap("durable.runtime.scheduler:Scheduler.refused", r"refusal = rejection\(error\)",
+                       "refusal = None"),)),
+        Bug("delay_unbounded", "terminal_after_heal", (), "hostile", (),
+            "Retry(delay=1e12) is accepted: the instance is parked 31,700 years away (issue 14 item 2)",
+            first=1, patches=(
+                PySwap("durable.outcomes:seconds", r"if type\(value\) is float and 0\.0 <= value <= MAX_DELAY:",
+                       "if type(value) is float and 0.0 <= value:"),
+                PySwap("durable.limits:check_delay", r"if secs > MAX_DELAY:", "if False:"),)),
+        Bug("unique_pick_trips", "queue_progress", (
+            ("pick", r"and \(g\.unique_key is null or g\.unique_guard is not null or not 'executing' = any "
+                     r"\(g\.unique_scope\)\s+or not exists \(select 1 from instances u where u\.unique_guard = "
+                     r"g\.unique_key offset 0\)\)", "and true"),
+        ), "hostile", (), "pick no longer skips a row whose unique key (scope: executing) is occupied: every pick "
+                          "trips instances_unique and the whole queue stalls while the key is held (issue 14 item 3)",
+            first=1),
+        Bug("lost_step_runs_on", "steps_exclusive", (), "hostile", ("lease_loss",),
+            "a claim found lost does not cancel its step: it runs on beside the worker that took the instance "
+            "over (issue 14 item 4)", first=1, patches=(
+                PySwap("durable.runtime.runtime:Runtime.lose", r"claim\.scope\.cancel\(\)", "pass"),)),
+        Bug("dead_claims_wait", "restart_frees_claims", (), "mixed", ("crash",),
+            "a restarted worker leaves its dead predecessor's claims to the reaper: they wait out the whole "
+            "lease (issue 14 item 5)", first=1, patches=(
+                PySwap("durable.runtime.runtime:Runtime._free_dead_workers",
+                       r"dead = \[\(r\[\"id\"\], why\) for r in rows if \(why := _gone\(r\[\"id\"\], r\[\"pid\"\], "
+                       r"host\)\) is not None\]", "dead: list[tuple[str, str]] = []"),)),
     )
 }
 

@@ -84,6 +84,8 @@ INVARIANTS: dict[str, str] = {
     "queue_progress": "every due runnable row is picked within a bound while a worker has room",
     "bounded_attempts": "no instance goes past max_attempts + 1 attempts",
     "cancel_accounted": "a cancel ends its instance; a cancelled child is counted once in its parent's join",
+    "steps_exclusive": "no two executions of one instance overlap (a lost lease stops its step first)",
+    "restart_frees_claims": "a restarted worker frees its dead predecessor's claims at once",
 }
 
 
@@ -149,6 +151,8 @@ class Run:
         self.sink: Callable[[StepRecord], None] | None = None  # worker processes write records out
         self.zombies: list[tuple[dict[int, set[int]], trio.Event]] = []  # paused workers' claims
         self.sent: list[tuple[int, str, int | None]] = []  # (target, name, signal id or None = dedup)
+        self.max_attempts: dict[str, int] = {}  # machine name -> max_attempts (the bounded attempts check)
+        self.kill_worker: Callable[[str], None] | None = None  # crash the worker of this id (a step's doing)
 
     @property
     def faults_on(self) -> bool:

@@ -128,6 +128,7 @@ class Slot:
         self.counts: Counter[str] = Counter()
         self.paused: trio.Event | None = None  # set while a zombie pause lasts
         self.starved: trio.Event | None = None  # set when a lease-loss fault ends: heartbeats wait for it
+        self.dead: set[str] = set()  # worker ids of its incarnations that crashed (Runtime.kill)
         self.runtime: Runtime | None = None
         self.incarnation = 0
 
@@ -358,13 +359,24 @@ class SlotGate:
             text = " ".join(parts)
         elif name == "heartbeat":
             extended = list(rows[0]["extended"]) if rows else []
+            passed: dict[int, set[int]] = {}  # $1 ids, $2 tokens: the claims the heartbeat was sent for
+            for iid, token in zip(args[0], args[1], strict=True) if args else ():
+                passed.setdefault(iid, set()).add(token)
             for iid in extended if live_checks else []:
                 live = leases.get(iid)
-                if live is None or live[1] != who or live[0] not in held.get(iid, set()):
+                if live is None or live[1] != who or live[0] not in passed.get(iid, set()):
                     sim.violate("one_live_lease",
                                 f"{who} extended the lease of instance {iid} with tokens "
-                                f"{sorted(held.get(iid, set()))} while the live lease is {live}")
+                                f"{sorted(passed.get(iid, set()))} while the live lease is {live}")
             text = " ".join(str(i) for i in sorted(extended))
+        elif name == "register_worker":
+            # a restarted worker has freed its crashed predecessors' claims (release_dead_workers, observed
+            # above) before it registers: none may still wait for its lease to expire
+            left = sorted(iid for iid, (_, w) in leases.items() if w in self.slot.dead)
+            if left and live_checks:
+                sim.violate("restart_frees_claims",
+                            f"{who} started with claims {left} of its crashed predecessors still held")
+            text = ""
         elif name == "deliver_signal":
             text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
         elif name == "insert_instances":

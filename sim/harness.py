@@ -8,6 +8,7 @@ phases (chaos -> heal -> liveness) and the final checks.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import hashlib
 import logging
@@ -45,6 +46,9 @@ from .workloads import Action, Final, Workload, workloads
 
 Progress = Callable[[str, float], None]
 QUEUE = "sim"
+PROGRESS_TICK = 2.0    # virtual seconds between queue progress checks
+PROGRESS_BOUND = 24.0  # virtual seconds a due row may wait unpicked while a worker has room (3 x poll_max)
+VIRTUAL_EPOCH = VirtualClock().epoch
 
 
 @dataclass(slots=True)
@@ -220,6 +224,8 @@ class Simulation:
         self.scale = self.run_.scale
         self.lease = config.lease * self.scale
         self.machines = [m for w in loads for m in w.machines]
+        self.run_.max_attempts = {m.name: m.max_attempts for m in self.machines}
+        self.run_.kill_worker = self._kill_worker
         self.schema = f"sim_{config.seed}_{uuid.uuid4().hex[:8]}"
         self.serializer = Serializer(self.run_, clock)
         self.dbs: list[SimDatabase] = []
@@ -294,10 +300,52 @@ class Simulation:
             finally:
                 self.dbs.remove(db)
                 db.pool.terminate()  # a dead process's connections die with it
+                if rt.killed:
+                    slot.dead.add(slot.worker_id)
             run.log.add(f"{slot.worker_id} {'crashed' if rt.killed else 'stopped'}")
             if run.phase == "done":
                 return
             await trio.sleep(lease / 2 if rt.killed else 1.0 * scale)
+
+    def _kill_worker(self, worker_id: str) -> None:
+        """A step crashes its own worker (the hostile workload's Crasher): Runtime.kill, like a segfault."""
+        for slot in self.slots:
+            if slot.runtime is not None and slot.worker_id == worker_id:
+                self.run_.log.add(f"a step crashed worker {worker_id}")
+                slot.runtime.kill()
+
+    async def _watch_progress(self) -> None:
+        """Queue progress (dst): every few virtual seconds, the due runnable rows a pick would take now (no
+        busy partition key, no occupied unique key); one that stays so for ``PROGRESS_BOUND`` while some
+        worker had room to pick it is a stall. A moment when no worker had room (all full, stopped, crashed or
+        paused) restarts every row's count."""
+        run, scale = self.run_, self.scale
+        since: dict[int, float] = {}
+        calm_since = trio.current_time()
+        reported: set[int] = set()
+        while run.phase in ("chaos", "heal"):
+            await trio.sleep(PROGRESS_TICK * scale)
+            now = trio.current_time()
+            if not any(self._has_room(slot) for slot in self.slots):
+                calm_since = now
+            rows = await self.serializer.frozen(functools.partial(
+                self.admin.fetch, Q.sim_due_waiting, VIRTUAL_EPOCH + datetime.timedelta(seconds=now)))
+            due = {r["id"]: r for r in rows}
+            since = {iid: since.get(iid, now) for iid in due}
+            for iid, first in since.items():
+                waited = now - max(first, calm_since)
+                if waited > PROGRESS_BOUND * scale and iid not in reported:
+                    reported.add(iid)
+                    r = due[iid]
+                    run.violate("queue_progress",
+                                f"instance {iid} ({r['machine']}.{r['step']}) due and runnable for {waited:.1f}s "
+                                "unpicked while a worker had room")
+
+    def _has_room(self, slot: Slot) -> bool:
+        rt = slot.runtime
+        if rt is None or rt.stopping or rt.killed or slot.paused is not None:
+            return False
+        return any(s.demand() > 0 for s in rt.schedulers.values())
 
     async def _phases(self, client: SimDatabase, progress: Progress | None) -> None:
         run, cfg = self.run_, self.config
@@ -313,6 +361,8 @@ class Simulation:
             else:
                 for slot in self.slots:
                     nursery.start_soon(self._supervise, slot)
+            if self.clock is not None:  # needs calls in commit order and the runtimes' own state
+                nursery.start_soon(self._watch_progress)
             try:
                 for at, act in actions:
                     await trio.sleep_until(self.t0 + at)

@@ -4,6 +4,7 @@ that need the moment of each call run live in the gate)."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -108,6 +109,61 @@ def cancels(final: Final) -> list[Violation]:
     return out
 
 
+def attempts(run: Run, final: Final) -> list[Violation]:
+    """Bounded attempts: no step runs at an attempt of max_attempts or more (the executor stops such a claim
+    without running the step, whatever made the earlier attempts end: exceptions, crashes, lost leases).
+    The attempt counter itself may pass max_attempts + 1 only while the stop outcome of such a claim loses
+    its lease again (each recorded as reaped, released or lease_lost), never by running the step."""
+    out: list[Violation] = []
+    rows = final.by_id()
+    for rec in run.steps:
+        limit = run.max_attempts.get(rec.machine)
+        if limit is not None and rec.attempt >= limit:
+            out.append(Violation("bounded_attempts",
+                                 f"instance {rec.instance} ({rec.machine}.{rec.step}) ran attempt {rec.attempt} on "
+                                 f"{rec.worker}; max_attempts is {limit}"))
+            break
+    recoveries: dict[int, int] = defaultdict(int)
+    highest: dict[int, int] = {i["id"]: i["attempt"] for i in final.instances}
+    for h in final.history:
+        iid, attempt = h["instance_id"], h["attempt"]
+        if attempt is None:
+            continue
+        highest[iid] = max(highest.get(iid, attempt), attempt)
+        limit = run.max_attempts.get(h["machine"])
+        if limit is not None and attempt >= limit - 1 and h["event"] in ("reaped", "released", "lease_lost"):
+            recoveries[iid] += 1
+    for iid, attempt in sorted(highest.items()):
+        limit = run.max_attempts.get(rows[iid]["machine"]) if iid in rows else None
+        if limit is not None and attempt > limit + 1 + recoveries[iid]:
+            out.append(Violation("bounded_attempts",
+                                 f"instance {iid} reached attempt {attempt} (max_attempts {limit}) with "
+                                 f"{recoveries[iid]} lost claims past the bound to explain it"))
+    return out
+
+
+def exclusive(run: Run) -> list[Violation]:
+    """No two executions of one instance overlap in (virtual) time, committed or not: a worker whose lease is
+    lost cancels the step before the lease expires in the database, so before another worker can pick it.
+    dst only (chaos and worker processes time steps on clocks that need not agree)."""
+    if run.config.mode != "dst":
+        return []
+    by_instance: dict[int, list[StepRecord]] = defaultdict(list)
+    for rec in run.steps:
+        by_instance[rec.instance].append(rec)
+    out: list[Violation] = []
+    for iid, recs in sorted(by_instance.items()):
+        recs.sort(key=lambda r: (r.start, r.token))
+        for a, b in itertools.pairwise(recs):
+            end = a.end if a.end is not None else math.inf
+            if b.start < end:
+                out.append(Violation("steps_exclusive",
+                                     f"instance {iid}: {a.step} t{a.token} on {a.worker} [{a.start:.2f}, {end:.2f}] "
+                                     f"overlaps {b.step} t{b.token} on {b.worker} from {b.start:.2f}"))
+                break
+    return out
+
+
 def history(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
     """Append-only (rows read at the end of chaos are unchanged), one outcome per lease token, no
     outcome under a token that was reaped before it, attempts monotone within a step."""
@@ -155,4 +211,5 @@ def signals(run: Run, final: Final) -> list[Violation]:
 
 def check_all(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
     return [*terminal(final), *partition_serial(run, final), *children(final),
-            *history(run, final, early), *signals(run, final), *cancels(final)]
+            *history(run, final, early), *signals(run, final), *cancels(final), *attempts(run, final),
+            *exclusive(run)]

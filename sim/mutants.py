@@ -29,13 +29,13 @@ class MutantResult:
     name: str
     bug: Bug
     caught: bool = False
-    stale: str | None = None           # why the mutant no longer applies (the engine's text moved)
+    stale: str | None = None  # why the mutant no longer applies (the engine's text moved)
     tried: list[int] = field(default_factory=list)
     failed: dict[int, list[str]] = field(default_factory=dict)  # seed -> violated invariants
-    first: int | None = None           # the first seed whose run violated the bug's invariant
-    plan: list[Fault] | None = None    # that run's fault plan
+    first: int | None = None  # the first seed whose run violated the bug's invariant
+    plan: list[Fault] | None = None  # that run's fault plan
     minimal: list[Fault] | None = None  # shrunk (None: not shrunk)
-    detail: str = ""                   # the first violation of that invariant
+    detail: str = ""  # the first violation of that invariant
     seconds: float = 0.0
 
     @property
@@ -43,20 +43,29 @@ class MutantResult:
         return self.failed.get(self.first, []) if self.first is not None else []
 
     def to_json(self) -> dict[str, Any]:
-        return {"mutant": self.name, "workload": self.bug.workload, "invariant": self.bug.invariant,
-                "caught": self.caught, "stale": self.stale, "seeds_tried": self.tried,
-                "failed": {str(k): v for k, v in self.failed.items()}, "first_failing_seed": self.first,
-                "fired": self.fired, "detail": self.detail,
-                "plan": None if self.plan is None else [f.to_json() for f in self.plan],
-                "minimal_plan": None if self.minimal is None else [f.to_json() for f in self.minimal],
-                "seconds": round(self.seconds, 1)}
+        return {
+            "mutant": self.name,
+            "workload": self.bug.workload,
+            "invariant": self.bug.invariant,
+            "caught": self.caught,
+            "stale": self.stale,
+            "seeds_tried": self.tried,
+            "failed": {str(k): v for k, v in self.failed.items()},
+            "first_failing_seed": self.first,
+            "fired": self.fired,
+            "detail": self.detail,
+            "plan": None if self.plan is None else [f.to_json() for f in self.plan],
+            "minimal_plan": None if self.minimal is None else [f.to_json() for f in self.minimal],
+            "seconds": round(self.seconds, 1),
+        }
 
 
 Event = Callable[[str], None]
 
 
-def run_mutant(name: str, seeds: Iterable[int], *, dsn: str | None = None, shrinking: bool = True,
-               on_event: Event | None = None) -> MutantResult:
+def run_mutant(
+    name: str, seeds: Iterable[int], *, dsn: str | None = None, shrinking: bool = True, on_event: Event | None = None
+) -> MutantResult:
     """Run mutant ``name`` on ``seeds`` in order until its invariant fires; shrink that run's plan."""
     bug = BUGS[name]
     out = MutantResult(name, bug)
@@ -78,18 +87,23 @@ def run_mutant(name: str, seeds: Iterable[int], *, dsn: str | None = None, shrin
             if out.caught and shrinking:
                 say(f"{name}: shrinking the plan of seed {out.first} ({len(out.plan or [])} faults)")
                 assert out.first is not None and out.plan is not None
-                out.minimal = shrink(bug.config(out.first), out.plan, {bug.invariant}, dsn=dsn,
-                                     prepare=bug.prepare)
+                out.minimal = shrink(bug.config(out.first), out.plan, {bug.invariant}, dsn=dsn, prepare=bug.prepare)
     except Stale as exc:
         out.stale = str(exc)
     out.seconds = time.perf_counter() - started
     return out
 
 
-def run_catalogue(names: Sequence[str] | None = None, *, seeds: Sequence[int] | None = None, quick: bool = False,
-                  dsn: str | None = None, shrinking: bool = True,
-                  on_event: Event | None = None, on_result: Callable[[MutantResult], None] | None = None,
-                  ) -> list[MutantResult]:
+def run_catalogue(
+    names: Sequence[str] | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    quick: bool = False,
+    dsn: str | None = None,
+    shrinking: bool = True,
+    on_event: Event | None = None,
+    on_result: Callable[[MutantResult], None] | None = None,
+) -> list[MutantResult]:
     """Every mutant (or ``names``): quick runs each on its known first failing seed and does not shrink."""
     results = []
     for name in names or sorted(BUGS):

@@ -79,3 +79,19 @@ where query ilike 'listen%' and position($1::text in query) > 0 order by pid;
 -- Terminate every backend of application $1 except the caller's own; returns how many were signalled.
 select count(*) filter (where pg_terminate_backend(pid)) as killed
 from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid();
+
+-- name: sim_due_waiting
+-- The queue progress check's candidates: runnable rows due at $1 that a pick would take now (no other row
+-- of their partition key executing, no unique key they would enter occupied), by id.
+select g.id, g.machine, g.step from instances g
+where g.status = 'runnable' and g.eligible_at <= $1
+  and (g.partition_key is null
+       or not exists (select 1 from instances e where e.partition_key = g.partition_key and e.status = 'executing'))
+  and (g.unique_key is null or g.unique_guard is not null or not 'executing' = any (g.unique_scope)
+       or not exists (select 1 from instances u where u.unique_guard = g.unique_key))
+order by g.id;
+
+-- name: sim_forbid_poison
+-- The hostile workload's poison: a state whose "t" is "poison" is refused by a CHECK constraint (SQLSTATE
+-- 23514), so the outcome that writes it is refused by the database itself. No parameters.
+alter table instances add constraint sim_no_poison check (state->>'t' is distinct from 'poison');

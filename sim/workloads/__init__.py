@@ -60,6 +60,10 @@ def workloads(name: str) -> list[Workload]:
         return [factory() for factory in table.values()]
     if name == "ops":
         return [Ops()]
+    if name == "hostile":
+        from .hostile import Hostile
+
+        return [Hostile()]
     if name == "streams":
         from .streams import StreamsWorkload
 
@@ -69,4 +73,4 @@ def workloads(name: str) -> list[Workload]:
     return [table[name]()]
 
 
-WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams")
+WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams", "hostile")
