@@ -14,6 +14,10 @@
 --   * Partition keys are serialized by the unique partial index instances_partition_active, not by a
 --     session advisory lock: the claim is the lock, no connection is pinned, a dead worker's keys are
 --     freed by the reaper. The pick skips keys already executing and takes one row per key.
+--   * Unique scopes: a row whose scope names executing but not runnable waits in the pick while its key
+--     is occupied (like a busy partition key) instead of failing the pick; an outcome into an occupied
+--     scope goes to handle(); scopes the engine's own moves could collide with are refused at insert
+--     (durable/uniqueness.py).
 --   * No lost wake-up without a re-check transaction: delivery always locks and rewrites the target
 --     row (signal_seq + 1); an await whose claim saw an older signal_seq parks as runnable. Row-lock
 --     re-evaluation makes every deliver/park interleaving end runnable.
