@@ -142,7 +142,7 @@ BUGS: dict[str, Bug] = {
         Bug("refusal_retried", "state_matches_model", (), "hostile", (),
             "an outcome the database refuses is given back and re-run as is, never shown to handle() (issue 14 "
             "item 1)", first=1, patches=(
-                PySwap("durable.runtime.scheduler:Scheduler.refused", r"refusal = rejection\(error\)",
+                PySwap("durable.runtime.scheduler:Scheduler.refused", r"refusal = rejection\(error, encoded\)",
                        "refusal = None"),)),
         Bug("delay_unbounded", "terminal_after_heal", (), "hostile", (),
             "Retry(delay=1e12) is accepted: the instance is parked 31,700 years away (issue 14 item 2)",

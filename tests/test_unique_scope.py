@@ -146,30 +146,8 @@ def walk_fate(scope: Sequence[str], end: str) -> tuple[Fate, Fate | None]:
     return Fate("ran"), Fate("occupied", end) if end in s else Fate("ran")
 
 
-def expected_to_refuse_an_outcome(fates: Sequence[Fate | None]) -> bool:
-    return any(f is not None and f.kind == "occupied" for f in fates)
-
-
-OUTCOME_SIDE = pytest.mark.xfail(
-    strict=True,
-    reason="an outcome into an occupied scope must reach handle() as UniqueKeyOccupied (the "
-    "outcome side of issue 14 item 3: complete/complete_simple and the flusher)",
-)
-
-
-def scope_params(fates: Any) -> list[Any]:
-    params = [pytest.param(None, id="default")]
-    params += [pytest.param(s, id="+".join(s)) for s in VALID]
-    return [
-        pytest.param(
-            *p.values,
-            id=p.id,
-            marks=[OUTCOME_SIDE]
-            if expected_to_refuse_an_outcome(fates(NON_TERMINAL if p.values[0] is None else p.values[0]))
-            else [],
-        )
-        for p in params
-    ]
+def scope_params() -> list[Any]:
+    return [pytest.param(None, id="default")] + [pytest.param(s, id="+".join(s)) for s in VALID]
 
 
 # -- driving a Runtime -----------------------------------------------------------------------------------
@@ -258,7 +236,7 @@ async def test_every_scope_is_checked_at_insert(db: durable.Database) -> None:
     assert await db.pool.fetchval(count) == len(VALID)
 
 
-@pytest.mark.parametrize("scope", scope_params(lambda s: [pair_fate(s)]))
+@pytest.mark.parametrize("scope", scope_params())
 async def test_two_at_once(db: durable.Database, scope: Sequence[str] | None) -> None:
     """Two one-step instances of one key, both runnable at once, among bystanders of their queue."""
     fate = pair_fate(scope_of(scope))
@@ -290,9 +268,7 @@ async def test_two_at_once(db: durable.Database, scope: Sequence[str] | None) ->
             await check_occupied(db, loser, "k", "done")
 
 
-@pytest.mark.parametrize(
-    "scope", scope_params(lambda s: [f for e in ("done", "failed", "cancelled") for f in walk_fate(s, e)])
-)
+@pytest.mark.parametrize("scope", scope_params())
 async def test_a_second_instance_while_the_first_awaits(db: durable.Database, scope: Sequence[str] | None) -> None:
     """For each ending (done, failed, cancelled), its own key: a first instance walks through spawn and
     await; a second of its key is inserted while the first awaits its signal; the first is signalled and

@@ -6,6 +6,7 @@ flight the next accumulates, so batching costs no latency at low load; ``linger`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import trio
 
 from .._pg import Pool
 from ..clock import Clock
-from ..errors import DatabaseUnavailable, OutcomeRejected
+from ..errors import DatabaseUnavailable, OutcomeRejected, UniqueKeyOccupied
 from ..sql import Q
 from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
@@ -38,11 +39,23 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT) and not isinstance(exc, asyncpg.exceptions._base.DataError)
 
 
-def rejection(exc: BaseException | None) -> OutcomeRejected | None:
+# the status an outcome of each kind moves its row into (a unique scope may name it)
+_ENTERS = {"next": "runnable", "retry": "runnable", "await": "awaiting_signal", "spawn": "awaiting_children",
+           "done": "done", "stop": "failed", "cancel": "cancelled"}
+_GUARD_KEY = re.compile(r"\(unique_guard\)=\((.*)\) already exists", re.S)
+
+
+def rejection(exc: BaseException | None, outcome: Encoded | None = None) -> OutcomeRejected | None:
     """The database's refusal of an outcome as durable's own error, when committing it again would fail
-    the same way; None for anything else (transient, or not the outcome's fault)."""
+    the same way; None for anything else (transient, or not the outcome's fault). An outcome moving its row
+    into a status of its unique scope while another instance holds the key is ``UniqueKeyOccupied``."""
     if isinstance(exc, OutcomeRejected):
         return exc
+    if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "instances_unique":
+        found = _GUARD_KEY.search(getattr(exc, "detail", None) or "")
+        status = "executing" if outcome is not None and outcome.hold else _ENTERS.get(
+            outcome.kind if outcome is not None else "", "?")
+        return UniqueKeyOccupied(found.group(1) if found else "?", status)
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = exc.sqlstate or ""
         if sqlstate[:2] in _REFUSALS:

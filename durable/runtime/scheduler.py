@@ -244,7 +244,7 @@ class Scheduler:
         self.committing.discard(claim)
         if self.backlog:
             self.wakeup.set()
-        if result is None and self.refused(claim, error):
+        if result is None and self.refused(claim, encoded, error):
             tracing.finish_outcome(span, claim, encoded, error=error)
             return
         if result is None:
@@ -278,12 +278,12 @@ class Scheduler:
             else:
                 self.uncommitted.append(claim)  # drained below or by the runtime (not started: bump 0)
 
-    def refused(self, claim: Claim, error: BaseException | None) -> bool:
+    def refused(self, claim: Claim, encoded: Encoded, error: BaseException | None) -> bool:
         """An outcome the database refused for what it holds (a NUL, a constraint, a limit): run the
         claim again in a slot, where ``handle()`` sees the refusal instead of the step running (at most
         twice; then the instance stops). False when it is not such a refusal, or the runtime is stopping."""
         rt = self.runtime
-        refusal = rejection(error)
+        refusal = rejection(error, encoded)
         if refusal is None or claim.rejections >= 2 or not self._slots_open or rt.stopping:
             return False
         claim.rejected, claim.rejections = refusal, claim.rejections + 1
