@@ -436,3 +436,15 @@ async def test_bad_query_filter(vdb: durable.Database, kwargs: dict[str, Any], m
     with pytest.raises(ValueError, match=message) as caught:
         await vdb.query(**kwargs)
     assert isinstance(caught.value, durable.DurableError)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("lease", 0), ("lease", -1), ("lease", float("nan")), ("lease", float("inf")), ("lease", 1e12),
+     ("lease", True), ("lease", "60"), ("heartbeat", 0), ("heartbeat", float("nan")), ("reap_every", -5),
+     ("reap_every", 1e12)],
+)
+async def test_runtime_timing_options_are_checked(db: durable.Database, option: str, value: object) -> None:
+    """A lease past year 9999 (or NaN, or a bool) would be written into lease_expires_at: refused up front."""
+    with pytest.raises(durable.DefinitionError, match=option):
+        durable.Runtime(db, queues={"q": 1}, **{option: value})  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from .._pg import aio
 from ..client import Database
 from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
+from ..limits import MAX_DELAY
 from ..machine import Machine, Registry
 from ..sql import Q
 from .backoff import Outage, unavailable
@@ -98,8 +99,13 @@ class Runtime:
         for q, n in qmap.items():
             if not isinstance(n, int) or n < 1:
                 raise DefinitionError(f"queue {q!r}: concurrency must be a positive int, not {n!r}")
-        if lease <= 0:
-            raise DefinitionError("lease must be positive")
+        if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease <= MAX_DELAY:
+            raise DefinitionError(f"lease must be a positive number of seconds up to durable.MAX_DELAY, not {lease!r}")
+        for name, value in (("heartbeat", heartbeat), ("reap_every", reap_every)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not 0 < value <= MAX_DELAY):
+                raise DefinitionError(f"{name} must be a positive number of seconds up to durable.MAX_DELAY, "
+                                      f"not {value!r}")
         self.db = db
         self.clock = clock or db.clock
         self.lease = float(lease)
