@@ -65,7 +65,8 @@ class Ticker:
         self.unit = unit
         self.console = console if console is not None else Console(stderr=True)
         self.plain = plain if plain is not None else Console(stderr=True)
-        self.tty = self.console.is_terminal if tty is None else tty
+        # a dumb terminal (TERM=dumb: an editor shell, CI) cannot redraw a bar: it gets the plain lines
+        self.tty = (self.console.is_terminal and not self.console.is_dumb_terminal) if tty is None else tty
         self.interval = interval if interval is not None else interval_from_env()
         self.clock = clock
         self.start_thread = start_thread

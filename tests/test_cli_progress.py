@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 
+import pytest
 from rich.console import Console
 
 from durable.cli_progress import Ticker, duration
@@ -66,7 +67,8 @@ def test_a_short_piped_run_prints_nothing() -> None:
     assert out.getvalue() == ""
 
 
-def test_on_a_terminal_a_bar_with_counts_tallies_and_eta() -> None:
+def test_on_a_terminal_a_bar_with_counts_tallies_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")  # CI runs with TERM=dumb, where no bar is drawn
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=150)
     with Ticker("sim", 20, "seeds", console=console, plain=Console(file=io.StringIO())) as ticker:
@@ -96,3 +98,12 @@ def test_sim_piped_says_it_started_and_how_it_ended(pg_dsn: str) -> None:
     assert lines[0] == "sim: 0/2 seeds, 0s elapsed"
     assert lines[-1].startswith("sim: 2/2 seeds, 2 passed, 0 failed, done in ")
     assert "3..4: 2 passed, 0 failed" in proc.stdout
+
+
+def test_a_dumb_terminal_gets_the_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TERM=dumb (an editor's shell, a CI log) cannot redraw a bar: the periodic plain lines are printed."""
+    monkeypatch.setenv("TERM", "dumb")
+    plain = io.StringIO()
+    ticker = Ticker("sim", 20, "seeds", console=Console(file=io.StringIO(), force_terminal=True),
+                    plain=Console(file=plain))
+    assert not ticker.tty

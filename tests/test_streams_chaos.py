@@ -1,9 +1,11 @@
 """Steps append to streams under crash and zombie faults; every stream must equal the model.
 
 Two runtimes share the work: a healthy one and a flaky one whose heartbeat never comes in time, so
-its slow steps lose their lease mid-step and keep running as zombies while the healthy runtime reaps
-and re-executes them. Steps also fail at random (a retry re-executes them) and runtimes are killed
-mid-step and replaced. Each stream must hold exactly the model's tokens, once each, in order.
+its slow steps lose their lease mid-step while the healthy runtime reaps and re-executes them. The engine
+cancels a step whose lease passed at its next checkpoint, so half the steps here shield their output from
+cancellation (code that cannot be interrupted, as a blocked loop would be): those keep running as zombies,
+and the streams' fencing must refuse their appends. Steps also fail at random (a retry re-executes them)
+and runtimes are killed mid-step and replaced. Each stream must hold exactly the model's tokens, once each, in order.
 """
 
 from __future__ import annotations
@@ -35,18 +37,19 @@ def model(iid: int) -> list[str]:
 async def speak(ctx: durable.Context, name: str) -> None:
     out = streams.Stream(ctx, f"/chaos/{ctx.id}", start=STEPS.index(name) * PER_STEP,
                          content_type="application/json")
-    for k in range(PER_STEP):
-        await trio.sleep(RNG.random() * 0.06)
-        try:
-            result = await out.append(f"{ctx.id}:{name}:{k}")
-        except Fenced:
-            FAULTS["fenced"] += 1
-            raise
-        if result.status == "duplicate":
-            FAULTS["duplicate"] += 1
-        if RNG.random() < 0.04:
-            FAULTS["failed"] += 1
-            raise RuntimeError("step failed mid-output")
+    with trio.CancelScope(shield=RNG.random() < 0.5):  # uninterruptible: a zombie once its lease is lost
+        for k in range(PER_STEP):
+            await trio.sleep(RNG.random() * 0.06)
+            try:
+                result = await out.append(f"{ctx.id}:{name}:{k}")
+            except Fenced:
+                FAULTS["fenced"] += 1
+                raise
+            if result.status == "duplicate":
+                FAULTS["duplicate"] += 1
+            if RNG.random() < 0.04:
+                FAULTS["failed"] += 1
+                raise RuntimeError("step failed mid-output")
 
 
 class Chatty(Machine, queue="chaos"):
