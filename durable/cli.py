@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "tail": ("durable.cli_ops:tail", "Print history events from an offset, optionally following.", None),
     "signal": ("durable.cli_ops:signal", "Send a signal to an instance.", None),
     "wait": ("durable.cli_ops:wait", "Wait until instances end; print their results or errors.", None),
+    "result": ("durable.cli_ops:result", "Print an instance's result once it ends (or its error).", None),
     "insert": ("durable.cli_ops:insert", "Insert an instance.", None),
     "retry": ("durable.cli_ops:retry", "Put a failed instance back to runnable.", None),
     "cancel": ("durable.cli_ops:cancel", "Cancel an instance.", None),

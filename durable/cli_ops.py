@@ -217,18 +217,49 @@ def ls(dsn: str | None, schema: str, ids: tuple[int, ...], statuses: tuple[str, 
     execute(body)
 
 
+# -- instance references: an id, or key:KEY --------------------------------------------------------
+class InstanceRef(click.ParamType):
+    """An instance id, or ``key:KEY``: the instance unique key KEY addresses (``Database.by_key``)."""
+
+    name = "ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        if text.startswith("key:"):
+            if len(text) == 4:
+                self.fail("key: needs a key after it (key:order:42)", param, ctx)
+            return (None, text[4:])
+        try:
+            return (int(text), None)
+        except ValueError:
+            self.fail(f"{text!r} is not a valid integer: give an instance id, or key:KEY", param, ctx)
+
+
+INSTANCE = InstanceRef()
+
+
+async def resolve(db: Any, ref: tuple[int | None, str | None]) -> int:
+    """The id an InstanceRef names (NoSuchInstance for a key no instance ever had)."""
+    iid, key = ref
+    return int(await db.by_key(key, iid))
+
+
 # -- show -------------------------------------------------------------------------------------------
 @click.command(cls=Command)
 @dsn_option
 @schema_option
-@click.argument("instance_id", metavar="ID", type=int)
+@click.argument("ref", metavar="ID", type=INSTANCE)
 @click.option("--no-history", is_flag=True, help="Leave the history out.")
 @json_option
-def show(dsn: str | None, schema: str, instance_id: int, no_history: bool, as_json: bool) -> None:
-    """One instance: state, step, status, lease, awaited signal, inbox, children, result or error, history."""
+def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_history: bool, as_json: bool) -> None:
+    """One instance (ID: an id, or key:KEY for the instance holding unique key KEY, else the latest that had
+    it): state, step, status, lease, awaited signal, inbox, children, result or error, history."""
 
     async def body() -> None:
         async with connect(dsn, schema) as db:
+            instance_id = await resolve(db, ref)
             inst = await db.get(instance_id)
             history = [] if no_history else await db.history(instance_id)
         if as_json:
@@ -356,6 +387,53 @@ def wait(dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: f
     execute(body)
 
 
+# -- result -----------------------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@click.argument("ref", metavar="ID", type=INSTANCE)
+@click.option("--wait", "wait_for", metavar="SECONDS",
+              help="Wait up to this long for it to end (90, 90s, 10m, 2h; default: look once).")
+@json_option
+def result(dsn: str | None, schema: str, ref: tuple[int | None, str | None], wait_for: str | None,
+           as_json: bool) -> None:
+    """Print the result of instance ID (an id, or key:KEY) once it has ended, woken by the commit that ends
+    it (Database.result). Exit 0 when it is done, 1 when it failed, was cancelled or had not ended within
+    --wait (the error on stderr)."""
+    from .errors import InstanceCancelled, InstanceFailed
+
+    seconds = parse_duration(wait_for, "--wait") if wait_for is not None else 0.0
+
+    async def body() -> None:
+        async with connect(dsn, schema) as db:
+            iid = await resolve(db, ref)
+            value, error = None, None
+            try:
+                value = await db.result(iid, timeout=seconds)
+                status = "done"
+            except (InstanceFailed, InstanceCancelled) as exc:
+                status = "failed" if isinstance(exc, InstanceFailed) else "cancelled"
+                error = exc.last_error
+            except TimeoutError:
+                status = (await db.get(iid)).status
+        if as_json:
+            emit_json({"id": iid, "status": status, "result": value, "error": error,
+                       "ended": status in TERMINAL})
+        elif status == "done":
+            click.echo(orjson.dumps(value).decode())
+        elif status == "failed":
+            click.echo(f"error: instance {iid} failed: {error}", err=True)
+        elif status == "cancelled":
+            click.echo(f"error: instance {iid} was cancelled: {error}", err=True)
+        else:
+            waited = f"after {seconds:g}s" if seconds else "(give --wait SECONDS to wait for it)"
+            click.echo(f"error: instance {iid} is still {status} {waited}", err=True)
+        if status != "done":
+            sys.exit(1)
+
+    execute(body)
+
+
 # -- tail -------------------------------------------------------------------------------------------
 @click.command(cls=Command)
 @dsn_option
@@ -410,18 +488,19 @@ def _valid_offset(text: str) -> bool:
 @click.command(cls=Command)
 @dsn_option
 @schema_option
-@click.argument("instance_id", metavar="ID", type=int)
+@click.argument("ref", metavar="ID", type=INSTANCE)
 @click.argument("name")
 @click.option("--payload", help="JSON payload (default null).")
 @click.option("--dedup", "dedup_key", help="Dedup key: a second signal with the same key is dropped.")
 @json_option
-def signal(dsn: str | None, schema: str, instance_id: int, name: str, payload: str | None,
+def signal(dsn: str | None, schema: str, ref: tuple[int | None, str | None], name: str, payload: str | None,
            dedup_key: str | None, as_json: bool) -> None:
-    """Send signal NAME to instance ID."""
+    """Send signal NAME to instance ID (an id, or key:KEY for the instance unique key KEY addresses)."""
     value = parse_json(payload, "--payload")
 
     async def body() -> None:
         async with connect(dsn, schema) as db:
+            instance_id = await resolve(db, ref)
             sid = await db.signal(instance_id, name, value, dedup_key=dedup_key)
             status = (await db.get(instance_id)).status
         if as_json:

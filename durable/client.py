@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -21,14 +22,25 @@ from . import codec, tracing
 from ._pg import Pool, asyncio_loop
 from .clock import Clock, DatabaseClock
 from .embedded import resolve_dsn, supervised
-from .errors import DefinitionError, NoSuchInstance, NotDeliverable, UniqueKeyOccupied
+from .errors import (
+    DefinitionError,
+    InstanceCancelled,
+    InstanceFailed,
+    NoSuchInstance,
+    NotDeliverable,
+    UniqueKeyOccupied,
+    UniqueKeyTaken,
+)
 from .limits import MAX_VALUE_BYTES, check_id, check_int, check_text
 from .machine import Machine, Registry, check_insert
 from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
 from .outcomes import NON_TERMINAL, Insert, seconds
+from .results import RECHECK, Watchers, announce, check_timeout
 from .sql import Q
 
 DEFAULT_SCHEMA = "durable"
+ON_CONFLICT = ("none", "existing", "raise")  # insert(..., on_conflict=): when the unique key is taken
+KEY_RACES = 5  # inserts tried while the unique key's holder keeps leaving its scope under on_conflict
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,8 @@ class Database:
         self._handoffs: dict[str, list[Handoff]] = defaultdict(list)
         self.notify = True  # inserts send a NOTIFY hint so other processes' runtimes wake at once
         self.token = secrets.token_hex(4)  # names this Database's hints (its own runtimes skip them)
+        self.watchers = Watchers(self)  # this process's result() waiters (durable/results.py)
+        self.result_recheck = RECHECK  # seconds between a result() waiter's own re-reads (under the hints)
 
     @property
     def channel(self) -> str:
@@ -247,11 +261,30 @@ class Database:
         schedule_in: float | timedelta | None = None,
         step: str | None = None,
         version: int | None = None,
+        on_conflict: str = "none",
     ) -> int | None:
-        """Insert one instance; returns its id, or None when its unique key is occupied."""
+        """Insert one instance; returns its id. When another instance holds ``unique_key`` in its scope,
+        ``on_conflict`` says what happens: ``"none"`` returns None, ``"existing"`` returns the holder's id
+        and ``"raise"`` raises UniqueKeyTaken (its ``holder_id``). Nothing is inserted in either case."""
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}, not {on_conflict!r}")
+        if on_conflict != "none" and unique_key is None:
+            raise ValueError(f"on_conflict={on_conflict!r} without a unique_key (it would be ignored)")
         spec = Insert(machine, state, queue, priority, partition_key, unique_key, unique_scope,
                       schedule_at, schedule_in, step, version)
-        return (await self.insert_many([spec]))[0]
+        if on_conflict == "none" or unique_key is None:
+            return (await self.insert_many([spec]))[0]
+        for _ in range(KEY_RACES):
+            iid = (await self.insert_many([spec]))[0]
+            if iid is not None:
+                return iid
+            holder = await self.pool.fetchval(Q.key_holder, unique_key)
+            if holder is not None:
+                if on_conflict == "raise":
+                    raise UniqueKeyTaken(unique_key, holder)
+                return holder  # type: ignore[no-any-return]
+            # the holder left the key's scope between the two statements: the key is free, insert again
+        raise UniqueKeyTaken(unique_key, None)  # the key changed hands KEY_RACES times in a row
 
     @tracing.traced("durable insert", kind=tracing.SpanKind.PRODUCER, after=tracing.inserted)
     async def insert_many(self, specs: Iterable[Insert]) -> list[int | None]:
@@ -285,19 +318,27 @@ class Database:
                   if i is not None and r["lease_token"] is None)
         return ids
 
-    @tracing.traced("durable signal", kind=tracing.SpanKind.PRODUCER, before=tracing.signal_attributes,
-                    after=tracing.signalled)
     async def signal(
-        self, instance_id: int, name: str, payload: Any = None, *, dedup_key: str | None = None
+        self, instance_id: int | None = None, name: str | None = None, payload: Any = None, *,
+        key: str | None = None, dedup_key: str | None = None,
     ) -> int | None:
-        """Deliver a durable signal; returns its id, or None when ``dedup_key`` was already delivered.
-        Raises NoSuchInstance for an unknown id and NotDeliverable for a terminal instance."""
-        check_id(instance_id)
+        """Deliver a durable signal to the instance ``instance_id`` or, with ``key=``, to the instance that
+        unique key addresses (see :meth:`by_key`); returns its id, or None when ``dedup_key`` was already
+        delivered. Raises NoSuchInstance for an unknown id or key and NotDeliverable for a terminal
+        instance."""
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"signal name must be a non-empty string, not {name!r}")
         check_text(name, "signal name")
         if dedup_key is not None:
             check_text(dedup_key, "dedup_key")
+        if key is not None or instance_id is None:
+            instance_id = await self.by_key(key, instance_id, "signal")
+        return await self._deliver(instance_id, name, payload, dedup_key=dedup_key)
+
+    @tracing.traced("durable signal", kind=tracing.SpanKind.PRODUCER, before=tracing.signal_attributes,
+                    after=tracing.signalled)
+    async def _deliver(self, instance_id: int, name: str, payload: Any, *, dedup_key: str | None) -> int | None:
+        check_id(instance_id)
         body = codec.encode(payload, f"payload of signal {name!r}", self.max_value_bytes)
         parent, _ = tracing.current_context_headers()
         row = await self.pool.fetchrow(
@@ -311,7 +352,28 @@ class Database:
             self.wake([row["queue"]])
         return row["signal_id"]  # type: ignore[no-any-return]
 
-    async def get(self, instance_id: int) -> Instance:
+    async def by_key(self, key: str | None, instance_id: int | None = None, what: str = "by_key") -> int:
+        """The id of the instance unique key ``key`` addresses: the one holding the key in its
+        unique_scope now, else the most recent one inserted with it (an ended instance, once nobody holds
+        the key). NoSuchInstance when no instance ever had it. ``instance_id`` is for the callers that take
+        either (``get``, ``signal``, ``result``): exactly one of them must be given."""
+        if key is None and instance_id is None:
+            raise TypeError(f"{what}: pass an instance_id or key=, not neither")
+        if key is not None and instance_id is not None:
+            raise TypeError(f"{what}: pass an instance_id or key=, not both")
+        if key is None:
+            return check_id(instance_id)
+        check_text(key, "key")
+        row = await self.pool.fetchrow(Q.instance_by_key, key)
+        if row is None:
+            raise NoSuchInstance(f"no instance with unique key {key!r}")
+        return row["id"]  # type: ignore[no-any-return]
+
+    async def get(self, instance_id: int | None = None, *, key: str | None = None) -> Instance:
+        """One instance with its inbox and children, by id or by unique key (``key=``, see :meth:`by_key`).
+        NoSuchInstance when there is none."""
+        if key is not None or instance_id is None:
+            instance_id = await self.by_key(key, instance_id, "get")
         check_id(instance_id)
         row = await self.pool.fetchrow(Q.get_instance, instance_id)
         if row is None:
@@ -354,7 +416,60 @@ class Database:
             raise NoSuchInstance(f"no instance with id {instance_id}")
         if row["woken_queue"]:
             self.wake([row["woken_queue"]])
+        if row["after"] == "cancelled":
+            await self.ended([instance_id])  # result() waiters, here and in other processes
         return row["after"]  # type: ignore[no-any-return]
+
+    async def ended(self, ids: Iterable[int]) -> None:
+        """Instances ``ids`` were made terminal by a commit of this process outside a Runtime (a cancel):
+        wake this process's :meth:`result` waiters and send other processes the hint."""
+        ids = list(ids)
+        self.watchers.wake(ids)
+        if self.notify:
+            await announce(self, ids)
+
+    async def result(self, instance_id: int | None = None, timeout: float | timedelta | None = None, *,
+                     key: str | None = None) -> Any:
+        """Wait until the instance has ended and return its result (done); raise InstanceFailed (its
+        ``last_error``) or InstanceCancelled. ``timeout`` seconds (None: no limit; 0: look once) passed
+        first: TimeoutError. ``key=`` addresses the instance by its unique key (see :meth:`by_key`; read
+        once, then that instance is waited for). Woken by the commit that ends it: a local Runtime's
+        flusher or :meth:`cancel` wakes it at once, another process's Runtime by a NOTIFY on
+        ``durable_ended_<schema>``; it also re-reads the row every ``result_recheck`` seconds."""
+        import trio
+
+        limit = check_timeout(timeout)
+        if key is not None or instance_id is None:
+            instance_id = await self.by_key(key, instance_id, "result")
+        check_id(instance_id)
+        if limit == 0:  # look once
+            status, value = await self._outcome(instance_id)
+            if status == "done":
+                return value
+            raise TimeoutError(f"instance {instance_id} is {status}: it has not ended")
+        status = "not read yet"
+        with trio.move_on_after(limit if limit is not None else math.inf):
+            async with self.watchers.watching(instance_id) as watch:
+                while True:
+                    watch.arm()  # before the read: a commit between the read and the wait still wakes us
+                    status, value = await self._outcome(instance_id)
+                    if status == "done":
+                        return value
+                    await watch.wait(self.result_recheck)
+                    await self.watchers.listen()  # reopened if the listening connection dropped
+        raise TimeoutError(f"instance {instance_id} is still {status} after {limit:g} s")
+
+    async def _outcome(self, instance_id: int) -> tuple[str, Any]:
+        """(status, result) of an instance; InstanceFailed / InstanceCancelled / NoSuchInstance."""
+        row = await self.pool.fetchrow(Q.instance_outcome, instance_id)
+        if row is None:
+            raise NoSuchInstance(f"no instance with id {instance_id}")
+        status: str = row["status"]
+        if status == "failed":
+            raise InstanceFailed(instance_id, row["last_error"])
+        if status == "cancelled":
+            raise InstanceCancelled(instance_id, row["last_error"])
+        return status, codec.decode(row["result"]) if status == "done" else None
 
     async def retry(self, instance_id: int) -> str:
         """A failed or cancelled instance back to runnable at its last step, attempt reset."""

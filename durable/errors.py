@@ -15,8 +15,11 @@
     ├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
     │                             23, 54): handle() sees it, the instance's stored state is unchanged
     │   └── UniqueKeyOccupied     an outcome into an occupied unique_scope (.key, .status)
-    ├── NoSuchInstance            no instance has this id
-    └── NotDeliverable            a signal to a terminal instance (it would never be read)
+    ├── NoSuchInstance            no instance has this id (or unique key)
+    ├── NotDeliverable            a signal to a terminal instance (it would never be read)
+    ├── InstanceFailed            Database.result of a failed instance (.instance_id, .last_error)
+    ├── InstanceCancelled         Database.result of a cancelled instance (.instance_id, .last_error)
+    └── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
 """
 
 from __future__ import annotations
@@ -91,3 +94,31 @@ class UniqueKeyOccupied(OutcomeRejected):
         text = message or f"unique key {key!r} is occupied: {status} is in its unique_scope and another holds the key"
         DurableError.__init__(self, text)
         self.sqlstate, self.message, self.key, self.status = "23505", text, key, status
+
+
+class InstanceFailed(DurableError):
+    """``Database.result`` of an instance that ended failed: ``last_error`` is its error text."""
+
+    def __init__(self, instance_id: int, last_error: str | None) -> None:
+        super().__init__(f"instance {instance_id} failed: {last_error}")
+        self.instance_id = instance_id
+        self.last_error = last_error
+
+
+class InstanceCancelled(DurableError):
+    """``Database.result`` of an instance that ended cancelled: ``last_error`` is the cancel's reason."""
+
+    def __init__(self, instance_id: int, last_error: str | None) -> None:
+        super().__init__(f"instance {instance_id} was cancelled: {last_error}")
+        self.instance_id = instance_id
+        self.last_error = last_error
+
+
+class UniqueKeyTaken(DurableError):
+    """``insert(..., unique_key=key, on_conflict="raise")`` while another instance holds ``key`` in its
+    unique_scope; ``holder_id`` is that instance's id."""
+
+    def __init__(self, key: str, holder_id: int | None) -> None:
+        super().__init__(f"unique key {key!r} is held by instance {holder_id}: nothing inserted")
+        self.key = key
+        self.holder_id = holder_id

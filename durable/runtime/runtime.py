@@ -33,6 +33,8 @@ from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
 from ..limits import MAX_DELAY
 from ..machine import Machine, Registry
+from ..results import TERMINAL as _TERMINAL
+from ..results import announce_loop
 from ..sql import Q
 from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
@@ -222,6 +224,8 @@ class Runtime:
                     services.start_soon(self._retention_loop)
                 if self.listen:
                     services.start_soon(self._listen_loop)
+                if self.listen and self.db.notify:  # hints for result() waiters in other processes
+                    services.start_soon(announce_loop, self.db, self._hint_lost)
                 async with trio.open_nursery() as work:
                     for s in self.schedulers.values():
                         work.start_soon(s.run)
@@ -493,6 +497,18 @@ class Runtime:
     # -- helpers -------------------------------------------------------------------------------------
     def _woken(self, rows: list[asyncpg.Record]) -> None:
         self.db.wake(r["queue"] for r in rows if r["status"] == "runnable" and not r["fenced"])
+        # result() waiters: this process's at once, other processes' by the announcer's NOTIFY
+        ended = [r["id"] for r in rows if r["kind"] == "outcome" and r["status"] in _TERMINAL and not r["fenced"]]
+        if ended:
+            self.db.watchers.wake(ended)
+
+    def _hint_lost(self, exc: BaseException) -> None:
+        """The announcer could not send its hint (result() waiters elsewhere fall back to re-reading)."""
+        if unavailable(exc):
+            self.outage.failed(exc)
+        else:
+            self.log_error(f"announcing ended instances failed (waiters re-read instead): {exc}")
+
 
     def _gauges_json(self) -> str:
         return orjson.dumps({q: s.gauges() for q, s in self.schedulers.items()}).decode()

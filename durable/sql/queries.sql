@@ -851,3 +851,28 @@ stopped as (
   returning w.id
 )
 select id, queue from released;
+
+-- name: instance_outcome
+-- What Database.result reads of instance $1: its status, result (json text) and last error; nothing for
+-- a missing id.
+select status::text as status, result::text as result, last_error from instances where id = $1;
+
+-- name: instance_by_key
+-- The instance unique key $1 addresses (db.get/signal/result(key=...)): the one that holds the key in its
+-- unique_scope now, else the most recent (highest id) inserted with it; nothing when none ever had it.
+-- `id + 0`: a generic plan would otherwise walk the primary key backwards filtering on the key, past
+-- every newer row; this way it reads the key's rows from instances_unique_key and sorts them.
+(select id, true as holds from instances where unique_guard = $1)
+union all
+(select id, false from instances where unique_key = $1 order by id + 0 desc limit 1)
+limit 1;
+
+-- name: key_holder
+-- The instance that holds unique key $1 in its unique_scope now (insert's on_conflict); nothing if none.
+select id from instances where unique_guard = $1;
+
+-- name: announce_ended
+-- A hint to other processes' Database.result waiters that instances ended: one pg_notify on channel $1
+-- per payload of $2 ('<sender token>|<id>,<id>,...' or '<token>|*'), delivered when this commits. A
+-- statement of its own, sent after the commits it announces (durable/results.py says why).
+select count(pg_notify($1::text, p)) from unnest($2::text[]) as p;

@@ -1,0 +1,259 @@
+"""Waiting for an instance to end: what ``Database.result`` waits on, and the hints that wake it.
+
+A waiter is woken by the commit that ends its instance, never by a busy poll:
+
+* in this process, a Runtime's flusher (``Runtime._woken``) and ``Database.cancel`` call
+  :meth:`Watchers.wake` with the ids they made terminal, right after the commit;
+* other processes hear a NOTIFY on the schema's ``durable_ended_<schema>`` channel, payload
+  ``'<sender token>|<id>,<id>,...'`` (``'<token>|*'``: re-check every waiter). A Runtime sends them from
+  a task of its own after its commits (:func:`announce_loop`), coalescing the ids of every batch committed
+  meanwhile into one ``announce_ended`` statement; it is not part of the ``complete`` statements on
+  purpose: a NOTIFY in the committing transaction takes PostgreSQL's global notify lock through that
+  commit's WAL flush, which serializes concurrent commits (measured: 8 connections committing one-row
+  transactions, 3,300 -> 1,440 per second; 4 connections committing 50-row batches, 770 -> 500), while a
+  separate notifying statement writes no WAL and leaves the commits in parallel.
+
+Hints are only hints: each wake-up re-reads the row, and a waiter also re-reads it every
+``Database.result_recheck`` seconds (a lost hint, a listening connection that dropped, an instance ended by
+a tool that sends none).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import asyncpg
+import trio
+
+from ._pg import aio
+from .errors import DatabaseUnavailable
+from .sql import Q
+
+if TYPE_CHECKING:
+    from .client import Database
+
+TERMINAL: Final = frozenset({"done", "failed", "cancelled"})
+RECHECK: Final = 5.0  # seconds between a waiter's own re-reads (the safety net under the hints)
+PAYLOAD_BYTES: Final = 7000  # of one NOTIFY payload (PostgreSQL's limit is 8000)
+MAX_PAYLOADS: Final = 16  # NOTIFYs per announce_ended; more ids than they hold: one '*' instead
+
+
+def channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's 'instances ended' hints."""
+    return f"durable_ended_{schema}"[:63]
+
+
+def payloads(token: str, ids: Iterable[int]) -> list[str]:
+    """The NOTIFY payloads announcing ``ids``: ``'<token>|1,2,3'`` chunks, or one ``'<token>|*'``."""
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for i in sorted(set(ids)):
+        text = str(i)
+        if size + len(text) + 1 > PAYLOAD_BYTES - len(token) - 1:
+            out.append(f"{token}|{','.join(chunk)}")
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    if chunk:
+        out.append(f"{token}|{','.join(chunk)}")
+    return out if len(out) <= MAX_PAYLOADS else [f"{token}|*"]
+
+
+@dataclass(eq=False, slots=True)
+class Watch:
+    """One waiter on one instance. ``arm()`` before each read of the row, so that a wake-up between the
+    read and the wait is not lost."""
+
+    instance_id: int
+    event: trio.Event = field(default_factory=trio.Event)
+    waiting: bool = False  # read the row, found it live, now waits for a wake-up
+
+    def arm(self) -> None:
+        self.event = trio.Event()
+
+    async def wait(self, recheck: float) -> None:
+        """Until woken, or ``recheck`` seconds."""
+        self.waiting = True
+        try:
+            with trio.move_on_after(recheck):
+                await self.event.wait()
+        finally:
+            self.waiting = False
+
+
+class Watchers:
+    """This process's waiters of one Database, and the one pooled connection that LISTENs for them (held
+    while anyone waits)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._by_id: dict[int, set[Watch]] = defaultdict(set)
+        self._users = 0
+        self._conn: asyncpg.Connection | None = None
+        self._lock_: trio.Lock | None = None
+        self.pending: set[int] = set()  # ended here, not yet announced (while an announcer runs)
+        self.announcers = 0
+        self._kick: trio.Event | None = None
+
+    @property
+    def channel(self) -> str:
+        return channel(self.db.schema)
+
+    @property
+    def _lock(self) -> trio.Lock:
+        if self._lock_ is None:  # made in the trio run that first needs it
+            self._lock_ = trio.Lock()
+        return self._lock_
+
+    @property
+    def kick(self) -> trio.Event:
+        if self._kick is None:
+            self._kick = trio.Event()
+        return self._kick
+
+    @kick.setter
+    def kick(self, event: trio.Event) -> None:
+        self._kick = event
+
+    def wake(self, ids: Iterable[int]) -> None:
+        """Instances ended in this process: wake their local waiters, and queue them for the announcer."""
+        if self._by_id:
+            for i in ids:
+                for w in self._by_id.get(i, ()):
+                    w.event.set()
+        if self.announcers:
+            self.pending.update(ids)
+            if len(self.pending) > PAYLOAD_BYTES * MAX_PAYLOADS:  # far more than a '*' announces anyway
+                self.pending = {-1}  # (no instance has id -1: just '*')
+            self.kick.set()
+
+    def waiting(self, instance_id: int) -> int:
+        """How many waiters of this process wait for ``instance_id`` to end right now."""
+        return sum(w.waiting for w in self._by_id.get(instance_id, ()))
+
+    def wake_all(self) -> None:
+        for watches in self._by_id.values():
+            for w in watches:
+                w.event.set()
+
+    def _hint(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        sender, _, ids = payload.partition("|")
+        if sender == self.db.token:  # our own runtime's commit: its local wake-up already fired
+            return
+        if ids == "*":
+            self.wake_all()
+            return
+        for text in ids.split(","):
+            try:
+                iid = int(text)
+            except ValueError:  # not one of ours (a truncated channel name shared with another schema)
+                continue
+            for w in self._by_id.get(iid, ()):
+                w.event.set()
+
+    @asynccontextmanager
+    async def watching(self, instance_id: int) -> AsyncIterator[Watch]:
+        """Register a waiter (and LISTEN, if nobody in this process does yet) before the first read."""
+        w = Watch(instance_id)
+        self._by_id[instance_id].add(w)
+        self._users += 1
+        try:
+            await self.listen()
+            yield w
+        finally:
+            watches = self._by_id.get(instance_id)
+            if watches is not None:
+                watches.discard(w)
+                if not watches:
+                    del self._by_id[instance_id]
+            self._users -= 1
+            with trio.CancelScope(shield=True):
+                async with self._lock:
+                    if self._users == 0 and self._conn is not None:
+                        conn, self._conn = self._conn, None
+                        await self.db.pool.release_listening(conn)
+
+    async def listen(self) -> None:
+        """Make sure the LISTEN connection is open (again, if it dropped). Best effort: without it a
+        waiter from another process's commit is woken by its re-check."""
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not _closed(conn):
+                return
+            self._conn = None
+            if conn is not None:
+                await self.db.pool.release_listening(conn)
+            try:
+                conn = await aio(self.db.pool.raw.acquire)()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DatabaseUnavailable):
+                return  # the re-check reads the row (and says why it cannot)
+            try:
+                await aio(conn.add_listener)(self.channel, self._hint)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self.db.pool.release_listening(conn)
+                return
+            except BaseException:
+                await self.db.pool.release_listening(conn)
+                raise
+            self._conn = conn
+
+
+def _closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def announce(db: Database, ids: Iterable[int]) -> None:
+    """Tell other processes' waiters that ``ids`` ended (one statement; nothing when ``ids`` is empty)."""
+    texts = payloads(db.token, ids)
+    if texts:
+        await db.pool.fetchval(Q.announce_ended, db.watchers.channel, texts)
+
+
+async def announce_loop(db: Database, on_error: Any) -> None:
+    """A Runtime's announcer: after its commits, one ``announce_ended`` for every id ended meanwhile.
+    A failure loses only hints (the waiters' re-check is the floor): ``on_error(exc)`` and go on."""
+    w = db.watchers
+    w.announcers += 1
+    try:
+        while True:
+            await w.kick.wait()
+            w.kick = trio.Event()
+            ids, w.pending = w.pending, set()
+            if not ids:
+                continue
+            try:
+                if -1 in ids:
+                    await db.pool.fetchval(Q.announce_ended, w.channel, [f"{db.token}|*"])
+                else:
+                    await announce(db, ids)
+            except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                on_error(exc)
+    finally:
+        w.announcers -= 1
+        if not w.announcers:
+            w.pending = set()
+
+
+def check_timeout(value: Any) -> float | None:
+    """``timeout`` of ``Database.result``: None (forever), or seconds (a number or timedelta), finite and
+    not negative (ValueError, TypeError otherwise)."""
+    from datetime import timedelta
+
+    from .errors import InvalidArgument
+    from .limits import check_delay
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise TypeError(
+            f"timeout must be a number of seconds, a timedelta or None, not {type(value).__name__} {value!r}"
+        )
+    return check_delay(value, "timeout", InvalidArgument)
