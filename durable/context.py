@@ -1,5 +1,6 @@
-"""What a step sees: ``ctx`` with the instance's id, machine, version, step, attempt, state, inbox and
-children, plus the claim's lease token (to fence the step's own side effects)."""
+"""What a step sees: ``ctx`` with the instance's id, machine, version, step, attempt, state, inbox
+(``ctx.signals()``), whether its await timed out (``ctx.timed_out``) and children, plus the claim's lease
+token (to fence the step's own side effects)."""
 
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ class Context:
     step: str
     attempt: int
     state: Any
-    signals: tuple[Signal, ...] = ()
+    inbox: tuple[Signal, ...] = ()  # the signals shown to this step, oldest first (see signals())
     children: tuple[ChildInfo, ...] = ()
     queue: str = "default"
     priority: int = 0
     partition_key: str | None = None
     parent_id: int | None = None
-    awaits: str | None = None
+    awaits: str | None = None  # the (first) name the instance awaited, when a signal or a timeout woke it
+    awaits_any: tuple[str, ...] | None = None  # every awaited name, when the await named several
+    timed_out: bool = False  # the instance's await timed out: no awaited signal came in time
     lease_token: int = 0
     worker_id: str = ""
     db: Database | None = field(default=None, repr=False)
@@ -54,7 +57,7 @@ class Context:
         """The oldest signal named ``name`` in the inbox, or None. Reading a name marks its signals as
         consumed when the step's outcome progresses (like the awaited name)."""
         self.taken.add(name)
-        for s in self.signals:
+        for s in self.inbox:
             if s.name == name:
                 return s
         return None
@@ -68,4 +71,10 @@ class Context:
 
     def signals_named(self, name: str) -> list[Signal]:
         self.taken.add(name)
-        return [s for s in self.signals if s.name == name]
+        return [s for s in self.inbox if s.name == name]
+
+    def signals(self) -> list[Signal]:
+        """Every signal shown to this step, oldest first (after an ``Await`` of several names: which of
+        them came). Listing them consumes nothing: a progressing outcome consumes the awaited names' and
+        those read by name (signal() / signals_named())."""
+        return list(self.inbox)

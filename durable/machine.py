@@ -23,6 +23,7 @@ import pydantic
 from .errors import DefinitionError, OutcomeError, UnknownMachine, UnknownStep
 from .limits import INT32, MAX_DELAY, MAX_VALUE_BYTES, SMALLINT, check_int, check_text, check_time
 from .outcomes import (
+    MAX_AWAIT_NAMES,
     OUTCOME_TYPES,
     Await,
     Cancel,
@@ -264,8 +265,8 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
     if kind is Done:  # the common cases first, without the checks below
         return outcome
     steps = type(machine).steps
-    if kind is Next and type(outcome.step) is str and outcome.step in steps:
-        return outcome
+    if kind is Next and type(outcome.step) is str and outcome.step in steps and outcome.delay is None is outcome.at:
+        return outcome  # a plain next (no delay, no at)
     if not isinstance(outcome, OUTCOME_TYPES):
         raise OutcomeError(
             f"{where} returned {outcome!r} ({type(outcome).__name__}); a step must return "
@@ -284,6 +285,15 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
 
     if isinstance(outcome, Next):
         check_step(outcome.step, "Next")
+        if outcome.delay is not None and outcome.at is not None:
+            raise OutcomeError(f"{where} returned Next with both delay and at: give one")
+        if outcome.delay is not None:
+            seconds(outcome.delay, f"{where}: Next delay")
+        if outcome.at is not None:
+            try:
+                check_time(outcome.at, f"{where}: Next at", OutcomeError)
+            except TypeError as exc:
+                raise OutcomeError(str(exc)) from None
     elif isinstance(outcome, Retry):
         seconds(outcome.delay, f"{where}: Retry delay")
         if outcome.error is not None:
@@ -292,11 +302,16 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
             check_text(outcome.error, f"{where}: Retry error", max_bytes=MAX_VALUE_BYTES, error=OutcomeError,
                        empty=True)
     elif isinstance(outcome, Await):
-        if not isinstance(outcome.signal, str) or not outcome.signal:
-            raise OutcomeError(f"{where} returned Await with signal {outcome.signal!r}: need a name")
-        check_text(outcome.signal, f"{where}: Await signal", error=OutcomeError)
+        for name in await_names(outcome.signal, where):
+            check_text(name, f"{where}: Await signal", error=OutcomeError)
         if outcome.step is not None:
             check_step(outcome.step, "Await")
+        if outcome.timeout is not None:
+            seconds(outcome.timeout, f"{where}: Await timeout")
+        if outcome.timeout_step is not None:
+            if outcome.timeout is None:
+                raise OutcomeError(f"{where} returned Await with a timeout_step but no timeout")
+            check_step(outcome.timeout_step, "Await timeout_step")
     elif isinstance(outcome, Spawn):
         check_step(outcome.step, "Spawn")
         if isinstance(outcome.children, (str, bytes)) or not hasattr(outcome.children, "__iter__"):
@@ -312,6 +327,26 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
         check_text(reason, f"{where}: {type(outcome).__name__} reason", max_bytes=MAX_VALUE_BYTES,
                    error=OutcomeError, empty=True)
     return outcome
+
+
+def await_names(signal: Any, where: str) -> tuple[str, ...]:
+    """The names an Await waits for: one name, or a non-empty list of distinct names (OutcomeError)."""
+    if isinstance(signal, str):
+        if not signal:
+            raise OutcomeError(f"{where} returned Await with signal {signal!r}: need a name")
+        return (signal,)
+    if not isinstance(signal, (list, tuple)):
+        raise OutcomeError(f"{where} returned Await with signal {signal!r}: need a name or a list of names")
+    if not signal:
+        raise OutcomeError(f"{where} returned Await with an empty list of signal names")
+    if len(signal) > MAX_AWAIT_NAMES:
+        raise OutcomeError(f"{where} returned Await with {len(signal)} signal names; the limit is {MAX_AWAIT_NAMES}")
+    for name in signal:
+        if not isinstance(name, str) or not name:
+            raise OutcomeError(f"{where} returned Await with signal names {signal!r}: each must be a non-empty str")
+    if len(set(signal)) != len(signal):
+        raise OutcomeError(f"{where} returned Await with a signal name twice in {signal!r}")
+    return tuple(signal)
 
 
 def check_insert(spec: Insert, where: str) -> None:

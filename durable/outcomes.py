@@ -70,8 +70,13 @@ Child = Insert
 
 @dataclass(frozen=True, slots=True)
 class Next:
+    """Go on at ``step``; with ``delay`` (seconds or a timedelta) or ``at`` (an aware datetime) the instance
+    sleeps until then (a durable timer: no attempt is counted)."""
+
     step: StepRef
     state: Any = UNCHANGED
+    delay: float | timedelta | None = None
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +88,16 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Await:
-    signal: str
+    """Park until a signal of one of the names arrives (``signal``: a name or a list of names), then run
+    ``step`` (default: the same step). With ``timeout`` (seconds or a timedelta) and no signal by then,
+    the instance runs ``timeout_step`` instead (default: the step a signal would run, with
+    ``ctx.timed_out`` true)."""
+
+    signal: str | Sequence[str]
     state: Any = UNCHANGED
     step: StepRef | None = None
+    timeout: float | timedelta | None = None
+    timeout_step: StepRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,7 @@ class Cancel:
 
 Outcome = Next | Retry | Await | Spawn | Done | Stop | Cancel
 OUTCOME_TYPES: Final = (Next, Retry, Await, Spawn, Done, Stop, Cancel)
+MAX_AWAIT_NAMES: Final = 100  # the most signal names one Await may wait for
 
 
 def seconds(value: float | timedelta, what: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -33,6 +34,8 @@ class Claim:
     tracestate: str | None
     signals: tuple[Signal, ...]
     children: tuple[ChildInfo, ...]
+    awaits_any: list[str] | None = None  # every awaited name, when the await named several
+    timed_out: bool = False  # the await timed out (the timer sweep made the row runnable)
     started: bool = False
     ahead: int = 0  # steps run ahead on this claim (run-ahead)
     # lease loss (runtime.py): until when the lease surely holds, in trio time (the start of the statement
@@ -56,14 +59,18 @@ class Claim:
         self.lease_token = row["lease_token"]
         self.signal_seq = row["signal_seq"]
         self.awaits = None
+        self.awaits_any = None
+        self.timed_out = False
         self.cancel_requested = False
         self.signals = _signals(row["signals"])
         self.children = _children(row["children"])
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Claim:
-        # the pick's first 16 columns are the claim's first 16 fields, in order (tests/test_claims.py)
-        return cls(*tuple(row)[:16], _signals(row["signals"]), _children(row["children"]))  # type: ignore[call-arg]
+        # the pick's first 16 columns are the claim's first 16 fields, in order (tests/test_claims.py), then
+        # the inbox, the children, awaits_any and timed_out
+        r = tuple(row)
+        return cls(*r[:16], _signals(r[16]), _children(r[17]), r[18], r[19])  # type: ignore[call-arg]
 
 
 def _signals(text: str) -> tuple[Signal, ...]:
@@ -94,6 +101,10 @@ class Encoded:
     state: str | None = None
     delay: float | None = None
     awaits: str | None = None
+    awaits_any: list[str] | None = None  # await: every name, when it names several
+    timeout: float | None = None  # await: seconds until its timeout
+    timeout_step: str | None = None  # await: the step its timeout runs (None: the step a signal would)
+    wake_at: datetime | None = None  # next: the time it sleeps until (Next(at=...); Next(delay=...) is `delay`)
     result: str | None = None
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Awaitable, Generator
+from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -97,6 +98,13 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
 
     if isinstance(outcome, Next):
         nxt = step_name(outcome.step)
+        if outcome.delay is not None:  # a durable timer: the row is runnable again after the delay
+            delay = seconds(outcome.delay, f"{where}: Next delay")
+            return Encoded("next", step=nxt, state=state(outcome.state), delay=delay,
+                           detail={"next": nxt, "delay": delay})
+        if outcome.at is not None:
+            return Encoded("next", step=nxt, state=state(outcome.state), wake_at=outcome.at,
+                           detail={"next": nxt, "at": outcome.at.isoformat()})
         return Encoded("next", step=nxt, state=state(outcome.state), detail={"next": nxt})
     if isinstance(outcome, Retry):
         delay = seconds(outcome.delay, f"{where}: Retry delay")
@@ -104,8 +112,15 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
                        detail={"delay": delay, "error": outcome.error})
     if isinstance(outcome, Await):
         wake = step_name(outcome.step) if outcome.step is not None else None
-        return Encoded("await", step=wake, state=state(outcome.state), awaits=outcome.signal,
-                       detail={"signal": outcome.signal, "wake_step": wake})
+        names = (outcome.signal,) if isinstance(outcome.signal, str) else tuple(outcome.signal)
+        encoded = Encoded("await", step=wake, state=state(outcome.state), awaits=names[0],
+                          awaits_any=list(names) if len(names) > 1 else None,
+                          detail={"signal": outcome.signal if len(names) == 1 else list(names), "wake_step": wake})
+        if outcome.timeout is not None:
+            encoded.timeout = seconds(outcome.timeout, f"{where}: Await timeout")
+            encoded.timeout_step = step_name(outcome.timeout_step) if outcome.timeout_step is not None else None
+            encoded.detail.update(timeout=encoded.timeout, timeout_step=encoded.timeout_step)
+        return encoded
     if isinstance(outcome, Spawn):
         cols = InsertColumns(db.max_value_bytes)
         for i, child in enumerate(outcome.children):
@@ -130,6 +145,8 @@ def consuming(encoded: Encoded, claim: Claim, ctx: Context) -> Encoded:
     names = set(ctx.taken)
     if claim.awaits is not None:
         names.add(claim.awaits)
+    if claim.awaits_any is not None:  # an await of several names: whichever came are consumed
+        names.update(claim.awaits_any)
     encoded.consume = [s.id for s in claim.signals if s.name in names]
     return encoded
 
@@ -158,10 +175,11 @@ async def execute(claim: Claim, db: Database, worker_id: str,
 
     ctx = Context(
         id=claim.id, machine=claim.machine, version=claim.version, step=claim.step,
-        attempt=claim.attempt, state=None, signals=claim.signals, children=claim.children,
+        attempt=claim.attempt, state=None, inbox=claim.signals, children=claim.children,
         queue=claim.queue, priority=claim.priority, partition_key=claim.partition_key,
         parent_id=claim.parent_id, awaits=claim.awaits, lease_token=claim.lease_token,
-        worker_id=worker_id, db=db,
+        worker_id=worker_id, db=db, timed_out=claim.timed_out,
+        awaits_any=tuple(claim.awaits_any) if claim.awaits_any is not None else None,
     )
     where = f"step {machine.name}.{claim.step}"
     # an outcome the database refused goes to handle() with the stored state, as a step's exception would
@@ -184,6 +202,22 @@ async def execute(claim: Claim, db: Database, worker_id: str,
         encoded = Encoded("stop", error=reason, detail={"error": reason})
     encoded.detail.setdefault("error", describe(error))
     return encoded, error
+
+
+def timer(span: Any, encoded: Encoded, db: Database) -> None:
+    """A durable timer's wake time on the step span: ``durable.wake_at`` for a delayed next,
+    ``durable.timeout_at`` for an await with a timeout (by this worker's clock: the row's own time is
+    the database's at commit, in the history row's detail)."""
+    now = db.clock.now() or datetime.now(UTC)
+    if encoded.wake_at is not None:
+        span.set_attribute("durable.wake_at", encoded.wake_at.isoformat())
+    elif encoded.kind == "next" and encoded.delay is not None:
+        span.set_attribute("durable.wake_at", (now + timedelta(seconds=encoded.delay)).isoformat())
+    elif encoded.timeout is not None:
+        span.set_attribute("durable.timeout", encoded.timeout)
+        span.set_attribute("durable.timeout_at", (now + timedelta(seconds=encoded.timeout)).isoformat())
+        if encoded.timeout_step is not None:
+            span.set_attribute("durable.timeout_step", encoded.timeout_step)
 
 
 def safe_text(text: str, limit: int = 2000) -> str:
@@ -238,6 +272,8 @@ async def run_claim(claim: Claim, db: Database, worker_id: str,
             span.set_attribute("durable.next_step", encoded.step)
         if encoded.delay is not None:
             span.set_attribute("durable.delay", encoded.delay)
+        if encoded.kind in ("next", "await"):
+            timer(span, encoded, db)
     elapsed = trio.current_time() - start
     encoded.detail["duration_ms"] = round(elapsed * 1e6) / 1e3  # ms, 3 decimals
     return encoded, elapsed

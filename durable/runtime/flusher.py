@@ -271,7 +271,7 @@ class Flusher:
         """``complete_simple``: plain outcomes only (see :func:`_plain`), sorted by id (lock order), sent
         as one JSON parameter."""
         rows = [[c.id, c.lease_token, o.kind, o.step, o.state, _delay(o.delay), o.result, o.error, o.detail,
-                 c.machine, c.step, c.attempt, c.traceparent, c.tracestate]
+                 c.machine, c.step, c.attempt, c.traceparent, c.tracestate, o.wake_at]
                 for c, o in sorted(((p.claim, p.outcome) for p in batch), key=_by_id)]
         return await self.pool.fetch(Q.complete_simple, orjson.dumps(rows).decode(), self.worker_id,
                                      self.clock.now())
@@ -321,6 +321,8 @@ class Flusher:
             k["traceparent"], k["tracestate"], self.worker_id, self.clock.now(), k["delay"], eat_i, eat_s,
             [p.outcome.hold for p in batch], self.lease,
             [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
+            [_text_array(p.outcome.awaits_any) for p in batch], [p.outcome.timeout for p in batch],
+            [p.outcome.timeout_step for p in batch], [p.outcome.wake_at for p in batch],
         )
 
 
@@ -356,6 +358,13 @@ def _plain(p: _Pending) -> bool:
     empty inbox (nothing shown, so nothing to consume)."""
     o, c = p.outcome, p.claim
     return o.kind in _PLAIN and not o.hold and c.parent_id is None and not c.signals
+
+
+def _text_array(names: list[str] | None) -> str | None:
+    """A text[] literal of ``names`` (every element quoted), or None."""
+    if names is None:
+        return None
+    return "{" + ",".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in names) + "}"
 
 
 def _delay(delay: float | None) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import secrets
 import socket
@@ -137,6 +138,9 @@ class Runtime:
         self.outage = Outage(self.log_error, seed=self.worker_id, cap=min(2.0, self.heartbeat_every))
         self.flusher.outage = self.outage
         self.reaped = 0
+        self.timeouts_fired = 0  # awaits this runtime's timer sweep moved on (fire_timeouts)
+        self._timer_due = math.inf  # trio time of the nearest known await deadline
+        self._timer_kick = trio.Event()
         self.heartbeats = 0
         # lease loss: a step that holds the event loop longer than block_limit is reported; a claim
         # whose lease is lost has its step cancelled (lease_lost); dead workers' claims freed at start
@@ -220,6 +224,7 @@ class Runtime:
                 services.start_soon(self._heartbeat_loop)
                 services.start_soon(self._lease_watch_loop)
                 services.start_soon(self._reaper_loop)
+                await services.start(self._timer_loop)  # its first sweep fires what is overdue already
                 if self.retention is not None:
                     services.start_soon(self._retention_loop)
                 if self.listen:
@@ -443,6 +448,50 @@ class Runtime:
             span.set_attribute("durable.reaped", total)
         self.reaped += total
         return total
+
+    def timer_set(self, seconds: float) -> None:
+        """An await parked here with a timeout of ``seconds``: the timer sweep runs by then."""
+        due = trio.current_time() + seconds
+        if due < self._timer_due:
+            self._timer_due = due
+            self._timer_kick.set()
+
+    async def _timer_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fire due await timeouts, then sleep until the nearest deadline: the one the sweep saw, or an
+        earlier one parked here since (timer_set). A deadline parked meanwhile by another runtime is
+        seen within reap_every. Started once its first sweep is done."""
+        while True:
+            nap = await self.fire_timeouts()
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            self._timer_due = trio.current_time() + nap
+            while trio.current_time() < self._timer_due:
+                self._timer_kick = trio.Event()
+                with trio.move_on_at(self._timer_due):
+                    await self._timer_kick.wait()
+
+    async def fire_timeouts(self, limit: int = 1000) -> float:
+        """Move awaits whose timeout passed on (queries.sql fire_timeouts); returns the seconds until the
+        sweep should run again (the next pending deadline, at most reap_every)."""
+        nap = self.reap_every
+        while True:
+            try:
+                rows = await self.db.pool.fetch(Q.fire_timeouts, self.clock.now(), limit)
+            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+                if unavailable(exc):
+                    self.outage.failed(exc)
+                    return min(self.reap_every, self.outage.delay())
+                self.log_error(f"timer sweep failed: {exc}")
+                return nap
+            self.outage.succeeded()
+            fired = [r for r in rows if r["id"] is not None]
+            self.timeouts_fired += len(fired)
+            self.db.wake(r["queue"] for r in fired)
+            if len(fired) < limit:
+                next_in = rows[0]["next_in"] if rows else None
+                if next_in is not None:
+                    nap = min(nap, max(next_in, 0.001))
+                return nap
 
     async def _listen_loop(self) -> None:
         """Wake schedulers on NOTIFY hints from inserts in other processes. Only a hint: polling

@@ -228,7 +228,8 @@ class Scheduler:
                 continue
             encoded = ran[0]
             # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
-            encoded.hold = encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
+            encoded.hold = (encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
+                            and encoded.delay is None and encoded.wake_at is None)  # a delayed next sleeps
             self.in_flight.discard(claim)
             self.committing.add(claim)
             claim.submitted = trio.current_time()
@@ -266,6 +267,8 @@ class Scheduler:
             self.done += 1
         elif result.status == "failed":
             self.failed += 1
+        elif result.status == "awaiting_signal" and encoded.timeout is not None:
+            rt.timer_set(encoded.timeout)  # the timer sweep runs by then
         if rt.on_step is not None:
             rt.on_step(claim, encoded, result)
         if result.held is not None:

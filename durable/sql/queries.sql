@@ -102,7 +102,7 @@ claimed as (
   where g.id = f.id
   returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
     g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
-    g.traceparent, g.tracestate, g.eligible_at
+    g.traceparent, g.tracestate, g.eligible_at, g.awaits_any, g.timed_out
 ),
 kids as (
   -- the children of every claimed row in one index scan (a subquery per row cost ~1.2 µs a row)
@@ -120,7 +120,7 @@ select g.id, g.machine, g.version, g.step, g.state, g.attempt, g.queue, g.priori
   (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
             'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
      from signals s where s.target_id = g.id) end as signals,
-  coalesce(k.children, '[]') as children
+  coalesce(k.children, '[]') as children, g.awaits_any, g.timed_out
 from claimed g
 left join kids k on k.parent_id = g.id
 order by g.priority, g.eligible_at, g.id;
@@ -259,6 +259,12 @@ select id from released;
 -- 'outcome' row then carries the new claim (token, state, inbox, children).
 -- Trace context: $34 traceparent, $35 tracestate (per outcome) become the instance's when it has none
 -- (an instance inserted without trace context adopts its first step's span as its trace).
+-- Timers (per outcome): $36 every awaited name when an await names several (a text[] literal, NULL for
+-- one name: $7 is the first), $37 an await's timeout in seconds (NULL = none), $38 the step its timeout
+-- runs (NULL = the step a signal would wake), $39 a next's wake time (Next(at=...); Next(delay=...) is
+-- $6). A delayed next is runnable at its wake time (attempt 0, as any next; history detail `wake_at`); an
+-- await that parks with a timeout gets `timeout_at` (history detail `timeout_at`), which the timer sweep
+-- (fire_timeouts) acts on. `timed_out` is kept by retry and cleared by every other outcome.
 -- Only rows still held (executing, same lease_token) change; the others are logged as fenced. Fencing is
 -- per outcome (id and token), never per instance id: a batch may hold a zombie's outcome and the live
 -- claim's outcome of one instance, and only the live one may change the row, consume, spawn or be
@@ -273,9 +279,11 @@ select id from released;
 with o as (
   select *
   from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
-              $8::text[], $9::text[], $10::bigint[], $11::text[], $32::bool[], $34::text[], $35::text[])
+              $8::text[], $9::text[], $10::bigint[], $11::text[], $32::bool[], $34::text[], $35::text[],
+              $36::text[], $37::float8[], $38::text[], $39::timestamptz[])
        with ordinality
-       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold, tp, ts, ord)
+       as o(id, token, kind, step, state, delay, awaits, result, error, seq, detail, hold, tp, ts, names,
+            timeout, timeout_step, wake_at, ord)
 ),
 held as (
   select g.id, g.machine, g.step as old_step, g.attempt as old_attempt,
@@ -318,7 +326,8 @@ kids as (
 ),
 decided as (
   select o.id, o.ord, o.token, o.kind, o.step, o.state, o.delay, o.awaits, o.result, o.error, o.detail,
-         o.hold, o.tp, o.ts, h.machine, h.old_step, h.old_attempt, h.joined,
+         o.hold, o.tp, o.ts, o.names, o.timeout, o.timeout_step, o.wake_at,
+         h.machine, h.old_step, h.old_attempt, h.joined,
          (select count(*) from kids k where k.parent_id = o.id)::int as spawned,
          (case
             when h.cancel_requested or o.kind = 'cancel' then 'cancelled'
@@ -327,7 +336,7 @@ decided as (
             when o.kind = 'await' then
               case when h.signal_seq <> o.seq
                      or exists (select 1 from signals s
-                                where s.target_id = o.id and s.name = o.awaits
+                                where s.target_id = o.id and (s.name = o.awaits or s.name = any (o.names::text[]))
                                   and not exists (select 1 from shown w where w.ord = o.ord and w.sid = s.id))
                    then 'runnable' else 'awaiting_signal' end
             when o.kind = 'spawn' then
@@ -365,10 +374,18 @@ upd as (
                      when d.kind = 'await' and d.step is not null and d.step <> g.step then 0
                      else g.attempt end,
       eligible_at = case when d.new_status not in ('runnable', 'executing') then g.eligible_at
-                         when d.kind = 'retry'
+                         when d.kind in ('retry', 'next') and d.delay > 0
                            then coalesce($28::timestamptz, now()) + make_interval(secs => d.delay)
+                         when d.kind = 'next' and d.wake_at is not null
+                           then greatest(d.wake_at, coalesce($28::timestamptz, now()))
                          else coalesce($28::timestamptz, now()) end,
       awaits = case when d.kind = 'await' then d.awaits when d.kind = 'retry' then g.awaits end,
+      awaits_any = case when d.kind = 'await' then d.names::text[] when d.kind = 'retry' then g.awaits_any end,
+      timeout_at = case when d.kind = 'await' and d.new_status = 'awaiting_signal' and d.timeout is not null
+                        then coalesce($28::timestamptz, now()) + make_interval(secs => d.timeout) end,
+      timeout_step = case when d.kind = 'await' and d.new_status = 'awaiting_signal' and d.timeout is not null
+                          then d.timeout_step end,
+      timed_out = d.kind = 'retry' and g.timed_out,
       children_pending = case when d.kind = 'spawn' then d.spawned else g.children_pending end,
       worker_id = case when d.new_status = 'executing' then $27 end,
       lease_token = case when d.new_status = 'executing' then nextval('lease_tokens') end,
@@ -381,7 +398,9 @@ upd as (
   where g.id = d.id
   returning g.id, g.status, g.parent_id, g.step, g.attempt, g.queue, g.lease_token, g.signal_seq,
             g.state, d.joined as joined_before, d.machine, d.kind, d.old_step, d.old_attempt, d.token,
-            d.detail, d.ord
+            d.detail, d.ord, g.timeout_at,
+            case when d.kind = 'next' and g.status = 'runnable' and (d.delay > 0 or d.wake_at is not null)
+                 then g.eligible_at end as wake_at
 ),
 joins as (
   select parent_id, count(*)::int as n
@@ -404,7 +423,10 @@ joined as (
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
                        detail, at)
-  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $27, u.token, u.detail::jsonb,
+  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $27, u.token,
+         case when u.wake_at is not null then u.detail::jsonb || jsonb_build_object('wake_at', u.wake_at)
+              when u.timeout_at is not null then u.detail::jsonb || jsonb_build_object('timeout_at', u.timeout_at)
+              else u.detail::jsonb end,
          coalesce($28::timestamptz, now())
   from upd u
   union all
@@ -450,7 +472,9 @@ select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, 
 -- [id, lease_token, kind, next step, state json text (null = unchanged), retry delay seconds, done result
 -- json text, error, history detail (an object), machine, step and attempt at pick (the held row's own: a
 -- row whose token still matches has not changed since), traceparent, tracestate (adopted when the
--- instance has none)]. One JSON parameter rather than 14 arrays: the driver encodes it ~10x cheaper.
+-- instance has none), a next's wake time (Next(at=...), null = none; Next(delay=...) is the delay)]. One
+-- JSON parameter rather than 15 arrays: the driver encodes it ~10x cheaper. A delayed next is runnable at
+-- its wake time (history detail `wake_at`); `timed_out` and `awaits_any` are kept by retry, like `awaits`.
 -- $2 worker id, $3 now. The caller sorts the batch by id (lock order). Fenced per outcome (id and token),
 -- as `complete`: of two outcomes of one instance only the live claim's may change the row, and a claim
 -- repeated in the batch counts once; the 'outcome' rows carry the input's token (claim_token).
@@ -458,7 +482,8 @@ select 'child', k.id, 'runnable', k.queue, false, null, null, null, null, null, 
 with o as (
   select (e->>0)::bigint as id, (e->>1)::bigint as token, e->>2 as kind, e->>3 as step, e->>4 as state,
          (e->>5)::float8 as delay, e->>6 as result, e->>7 as error, e->8 as detail,
-         e->>9 as machine, e->>10 as old_step, (e->>11)::int as old_attempt, e->>12 as tp, e->>13 as ts, t.ord
+         e->>9 as machine, e->>10 as old_step, (e->>11)::int as old_attempt, e->>12 as tp, e->>13 as ts,
+         (e->>14)::timestamptz as wake_at, t.ord
   -- jsonb, not json: `->>` on a json value re-parses its text for every field (14 per outcome: ~8 µs
   -- per outcome for 500), on jsonb it is a lookup in the parsed array (~0.6 µs)
   from jsonb_array_elements($1::jsonb) with ordinality as t(e, ord)
@@ -485,20 +510,26 @@ upd as (
                         else g.last_error end,
       attempt = case when o.kind = 'retry' then g.attempt + 1 when o.kind = 'next' then 0 else g.attempt end,
       eligible_at = case when g.cancel_requested or o.kind not in ('next', 'retry') then g.eligible_at
-                         when o.kind = 'retry'
+                         when o.delay > 0
                            then coalesce($3::timestamptz, now()) + make_interval(secs => o.delay)
+                         when o.wake_at is not null then greatest(o.wake_at, coalesce($3::timestamptz, now()))
                          else coalesce($3::timestamptz, now()) end,
       awaits = case when o.kind = 'retry' then g.awaits end,
+      awaits_any = case when o.kind = 'retry' then g.awaits_any end,
+      timed_out = o.kind = 'retry' and g.timed_out,
       worker_id = null, lease_token = null, lease_expires_at = null, cancel_requested = false,
       updated_at = coalesce($3::timestamptz, now())
   from once o
   where g.id = o.id and g.lease_token = o.token and g.status = 'executing'
-  returning g.id, g.status, g.queue, o.machine, o.kind, o.old_step, o.old_attempt, o.token, o.detail, o.ord
+  returning g.id, g.status, g.queue, o.machine, o.kind, o.old_step, o.old_attempt, o.token, o.detail, o.ord,
+            case when o.kind = 'next' and g.status = 'runnable' and (o.delay > 0 or o.wake_at is not null)
+                 then g.eligible_at end as wake_at
 ),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token,
                        detail, at)
-  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $2, u.token, u.detail,
+  select u.id, u.machine, u.kind, u.old_step, u.old_attempt, u.status, $2, u.token,
+         case when u.wake_at is null then u.detail else u.detail || jsonb_build_object('wake_at', u.wake_at) end,
          coalesce($3::timestamptz, now())
   from upd u
   union all
@@ -589,7 +620,8 @@ from src s order by s.ord;
 -- Deliver signal $2 with payload $3 (json) and dedup key $4 to instance $1; $5 sender traceparent,
 -- $6 now. The target row is locked first, the signal inserted (unless the dedup key was seen or the
 -- target is terminal), then the target rewritten: signal_seq + 1 always, and runnable when it awaits
--- this name. `awaits` is kept: the woken step consumes on its outcome. A wake NOTIFYs the queue on the
+-- this name (any of an await's names, `awaits_any`). `awaits` is kept: the woken step consumes on its
+-- outcome; an await's timeout (`timeout_at`) is dropped. A wake NOTIFYs the queue on the
 -- schema's channel (durable_<schema>) so runtimes in other processes pick it up at once.
 -- Returns nothing for a missing target, else the target's status before, the new signal id (NULL for a
 -- duplicate or a terminal target) and the status after.
@@ -607,10 +639,12 @@ stored as (
 woken as (
   update instances g
   set signal_seq = g.signal_seq + 1,
-      status = case when g.status = 'awaiting_signal' and g.awaits = $2 then 'runnable'::status
-                    else g.status end,
-      eligible_at = case when g.status = 'awaiting_signal' and g.awaits = $2
+      status = case when g.status = 'awaiting_signal' and (g.awaits = $2 or $2 = any (g.awaits_any))
+                    then 'runnable'::status else g.status end,
+      eligible_at = case when g.status = 'awaiting_signal' and (g.awaits = $2 or $2 = any (g.awaits_any))
                          then coalesce($6::timestamptz, now()) else g.eligible_at end,
+      timeout_at = case when g.status = 'awaiting_signal' and (g.awaits = $2 or $2 = any (g.awaits_any))
+                        then null else g.timeout_at end,
       updated_at = coalesce($6::timestamptz, now())
   where g.id = $1 and exists (select 1 from stored)
   returning g.status, g.queue
@@ -851,6 +885,60 @@ stopped as (
   returning w.id
 )
 select id, queue from released;
+
+-- name: fire_timeouts
+-- The timer sweep (every runtime's reaper loop runs it): up to $2 awaits whose timeout passed before $1
+-- (now) become runnable at their timeout_step (NULL: the step a signal would have woken, kept as the row's
+-- step), attempt 0 when the step changes, with `timed_out` set (ctx.timed_out) and `awaits`/`awaits_any`
+-- cleared, so the timed-out step consumes no awaited signal it did not read by name. Rows are locked in
+-- deadline order, locked ones skipped. No lost wake-up: deliver_signal locks the row too, so a signal either
+-- wakes the row first (it is no longer awaiting and this statement's re-check skips it) or comes after the
+-- timeout fired and stays in the inbox, shown to the timed-out step. History 'timed_out' (detail: the
+-- deadline, the awaited names, the step it runs). NOTIFYs each woken queue on the schema's channel.
+-- Returns the fired rows (id, queue) and, on every row, `next_in`: seconds until the next deadline still
+-- pending (NULL: none), for the sweep's next run.
+with due as (
+  select id, step, awaits, awaits_any, timeout_at
+  from instances
+  where status = 'awaiting_signal' and timeout_at <= coalesce($1::timestamptz, now())
+  order by timeout_at
+  limit $2
+  for no key update skip locked
+),
+fired as (
+  update instances g
+  set status = 'runnable', step = coalesce(g.timeout_step, g.step),
+      attempt = case when g.timeout_step is not null and g.timeout_step <> g.step then 0 else g.attempt end,
+      eligible_at = coalesce($1::timestamptz, now()), timed_out = true, awaits = null, awaits_any = null,
+      timeout_at = null, timeout_step = null, updated_at = coalesce($1::timestamptz, now())
+  from due d
+  where g.id = d.id and g.status = 'awaiting_signal'
+  returning g.id, g.machine, g.step, g.attempt, g.queue, d.step as old_step, d.awaits, d.awaits_any,
+            d.timeout_at
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, detail, at)
+  select f.id, f.machine, 'timed_out', f.old_step, f.attempt, 'runnable',
+         jsonb_build_object('timeout_at', f.timeout_at, 'signal', coalesce(to_jsonb(f.awaits_any), to_jsonb(f.awaits)),
+                            'next', f.step),
+         coalesce($1::timestamptz, now())
+  from fired f
+),
+notified as (
+  select pg_notify(left('durable_' || current_schema(), 63), '|' || q.queue)  -- '<sender>|<queue>', no sender
+  from (select distinct queue from fired) q
+)
+select f.id, f.queue, (select count(*) from notified) as notified,
+       (select extract(epoch from min(p.timeout_at) - coalesce($1::timestamptz, now()))::float8
+          from instances p
+          where p.status = 'awaiting_signal' and p.timeout_at > coalesce($1::timestamptz, now())) as next_in
+from fired f
+union all
+select null, null, (select count(*) from notified),
+       (select extract(epoch from min(p.timeout_at) - coalesce($1::timestamptz, now()))::float8
+          from instances p
+          where p.status = 'awaiting_signal' and p.timeout_at > coalesce($1::timestamptz, now()))
+where not exists (select 1 from fired);
 
 -- name: instance_outcome
 -- What Database.result reads of instance $1: its status, result (json text) and last error; nothing for
