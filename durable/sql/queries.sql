@@ -26,7 +26,10 @@
 --     so a signal that arrived before the step ever parked does not linger to wake a later await. A
 --     signal of that name that arrived during the step survives for the next await (no silent loss).
 --   * retry keeps `awaits` and consumes nothing, so the retried step sees the same inbox (upstream 0.1.3).
---   * An await may name the step to run when woken (default: the same step).
+--   * An await may name the step to run when woken (default: the same step), several signal names (any
+--     wakes it) and a timeout. Timeouts are fired by a sweep (fire_timeouts, every runtime's timer loop),
+--     not by the pick: the pick stays a scan of runnable rows. A next may sleep (delay or a time): the row
+--     is runnable at its wake time, attempt 0.
 --   * Cancel: terminal status `cancelled`; a claim with cancel_requested ends cancelled whatever the
 --     step returned; a cancelled child releases its parent like a failed one.
 --   * Every time-dependent statement takes `now` (NULL = the database's now()) for the simulator.
