@@ -595,15 +595,114 @@ def load_machines(module_name: str) -> list[Any]:
     return found
 
 
+def bulk_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters of ``durable ls`` for a bulk cancel or retry (no order, limit or cursor: it pages itself)."""
+    options = [
+        click.option("--status", "statuses", multiple=True,
+                     help="Status or comma list (runnable, failed, ..., or terminal/active/awaiting)."),
+        click.option("--machine", help="Machine name."),
+        click.option("--prefix", "machine_prefix", help="Machine-name prefix (a family, e.g. 'billing.')."),
+        click.option("--version", type=int, help="Machine version."),
+        click.option("--queue", help="Queue name."),
+        click.option("--partition-key", help="Partition key."),
+        click.option("--unique-key", help="Unique key."),
+        click.option("--parent", "parent_id", type=int, help="Parent instance id."),
+        click.option("--inserted-after", help="ISO timestamp or duration ago (10m, 2h, 7d)."),
+        click.option("--inserted-before", help="ISO timestamp or duration ago."),
+        click.option("--updated-after", help="ISO timestamp or duration ago."),
+        click.option("--updated-before", help="ISO timestamp or duration ago."),
+        click.option("--state", help='JSON the state must contain, e.g. \'{"order": 42}\'.'),
+        click.option("--yes", "-y", is_flag=True, help="Do not ask before a bulk change (needed without a terminal)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_FILTER_NAMES = ("statuses", "machine", "machine_prefix", "version", "queue", "partition_key", "unique_key",
+                 "parent_id", "inserted_after", "inserted_before", "updated_after", "updated_before", "state")
+
+
+def bulk_query(command: str, instance_id: int | None, given: dict[str, Any]) -> dict[str, Any] | None:
+    """The db.query filters of a bulk ``cancel``/``retry`` (None: one instance by ID). An ID and filters
+    together, or neither, is a usage error."""
+    from .ops import InvalidArgument, parse_statuses
+
+    used = {k: v for k, v in given.items() if v not in (None, ())}
+    if instance_id is not None:
+        if used:
+            flags = ", ".join("--" + k.replace("_", "-").replace("statuses", "status") for k in used)
+            raise OneLineError(f"{command} takes an ID or filters, not both (got ID {instance_id} and {flags})")
+        return None
+    if not used:
+        raise OneLineError(f"{command} needs an ID or at least one filter (--status, --machine, --queue, ...)")
+    try:
+        status = parse_statuses(",".join(given["statuses"])) if given["statuses"] else None
+    except InvalidArgument as exc:
+        raise OneLineError(f"--status: {exc}") from None
+    state = parse_json(given["state"], "--state") if given["state"] is not None else None
+    if state is not None and not isinstance(state, (dict, list)):
+        raise OneLineError("--state must be a JSON object, e.g. '{\"order\": 42}'")
+    return {
+        "status": status, "machine": given["machine"], "machine_prefix": given["machine_prefix"],
+        "version": given["version"], "queue": given["queue"], "partition_key": given["partition_key"],
+        "unique_key": given["unique_key"], "parent_id": given["parent_id"], "state": state,
+        "inserted_after": parse_when(given["inserted_after"], "--inserted-after"),
+        "inserted_before": parse_when(given["inserted_before"], "--inserted-before"),
+        "updated_after": parse_when(given["updated_after"], "--updated-after"),
+        "updated_before": parse_when(given["updated_before"], "--updated-before"),
+    }
+
+
+async def confirm_bulk(db: Any, filters: dict[str, Any], verb: str, note: str, yes: bool, as_json: bool) -> int:
+    """Count what a bulk change would touch and say it; ask on a terminal unless ``yes``. Returns the count
+    (0: nothing to do). Without a terminal and without --yes: refused (exit 2), nothing changed."""
+    from .errors import InvalidArgument
+    from .ops import count
+
+    n = await count(db, **filters)
+    if n == 0:
+        return 0
+    what = f"{n} instance{'s' if n != 1 else ''}"
+    if yes:
+        click.echo(f"{what} match: {verb} them{note}", err=True)
+        return n
+    if not sys.stdin.isatty():
+        raise InvalidArgument(f"{what} match: pass --yes to {verb} them (no terminal to confirm on); nothing changed")
+    if not click.confirm(f"{what} match. {verb.capitalize()} them{note}?", err=True, default=False):
+        click.echo("nothing changed", err=True)
+        sys.exit(1)
+    return n
+
+
 @click.command(cls=Command)
 @dsn_option
 @schema_option
-@click.argument("instance_id", metavar="ID", type=int)
+@click.argument("instance_id", metavar="[ID]", type=int, required=False)
+@bulk_filters
 @json_option
-def retry(dsn: str | None, schema: str, instance_id: int, as_json: bool) -> None:
-    """Put a failed (or cancelled) instance back to runnable at the step where it ended."""
+def retry(dsn: str | None, schema: str, instance_id: int | None, yes: bool, as_json: bool, **given: Any) -> None:
+    """Put a failed (or cancelled) instance back to runnable at the step where it ended; with filters
+    instead of an ID (durable retry --status failed --machine X), every match, after a confirmation."""
+    filters = bulk_query("retry", instance_id, given)
+
+    async def bulk(filters: dict[str, Any]) -> None:
+        async with connect(dsn, schema) as db:
+            matched = await confirm_bulk(db, filters, "retry", " (the failed and cancelled ones)", yes, as_json)
+            result = await db.retry_many(**filters) if matched else None
+        if as_json:
+            emit_json(result.to_json() if result else {"matched": 0, "changed": 0, "requested": 0, "skipped": 0,
+                                                       "too_large": []})
+        elif result is None:
+            click.echo("no instances match")
+        else:
+            click.echo(f"retried {result.changed} of {result.matched} matched (skipped {result.skipped}: not "
+                       "failed or cancelled, or their unique key is held)")
 
     async def body() -> None:
+        if filters is not None:
+            return await bulk(filters)
+        assert instance_id is not None
         async with connect(dsn, schema) as db:
             before = (await db.get(instance_id)).status
             after = await db.retry(instance_id)
@@ -622,13 +721,38 @@ def retry(dsn: str | None, schema: str, instance_id: int, as_json: bool) -> None
 @click.command(cls=Command)
 @dsn_option
 @schema_option
-@click.argument("instance_id", metavar="ID", type=int)
+@click.argument("instance_id", metavar="[ID]", type=int, required=False)
 @click.option("--reason", default="cancelled by operator", show_default=True)
+@bulk_filters
 @json_option
-def cancel(dsn: str | None, schema: str, instance_id: int, reason: str, as_json: bool) -> None:
-    """Cancel an instance: an idle one at once, an executing one when its current step ends."""
+def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, yes: bool, as_json: bool,
+           **given: Any) -> None:
+    """Cancel an instance and its live descendants: idle ones at once, executing ones at their worker's next
+    heartbeat (their step is cancelled; on_cancel runs). With filters instead of an ID (durable cancel
+    --status runnable --machine X), every match, after a confirmation."""
+    filters = bulk_query("cancel", instance_id, given)
+
+    async def bulk(filters: dict[str, Any]) -> None:
+        async with connect(dsn, schema) as db:
+            matched = await confirm_bulk(db, filters, "cancel", " (and their live descendants)", yes, as_json)
+            result = await db.cancel_many(reason, **filters) if matched else None
+        if as_json:
+            emit_json(result.to_json() if result else {"matched": 0, "changed": 0, "requested": 0, "skipped": 0,
+                                                       "too_large": []})
+        elif result is None:
+            click.echo("no instances match")
+        else:
+            click.echo(f"cancelled {result.changed} (with descendants), cancel requested for {result.requested} "
+                       f"executing, skipped {result.skipped} of {result.matched} matched")
+            if result.too_large:
+                click.echo(f"error: trees too large to cancel at once (nothing changed there): "
+                           f"{', '.join(map(str, result.too_large))}", err=True)
+                sys.exit(1)
 
     async def body() -> None:
+        if filters is not None:
+            return await bulk(filters)
+        assert instance_id is not None
         async with connect(dsn, schema) as db:
             before = (await db.get(instance_id)).status
             after = await db.cancel(instance_id, reason)

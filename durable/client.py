@@ -406,19 +406,24 @@ class Database:
             for r in rows
         ]
 
-    async def cancel(self, instance_id: int, reason: str = "cancelled") -> str:
-        """Cancel: an idle instance now, an executing one when its step ends. Returns the status after
-        (``executing`` while a cancel is pending)."""
+    async def cancel(self, instance_id: int, reason: str = "cancelled", *, by: str = "operator",
+                     limit: int | None = None) -> str:
+        """Cancel the instance and every descendant of it that has not ended: an idle one at once, an
+        executing one when its step ends (its runtime cancels the step at its next heartbeat). Each
+        cancelled child counts once in its parent's join. History records the reason and ``by`` (a
+        descendant's ``by`` is the id cancelled). Returns the instance's status after (``executing`` while
+        a cancel is pending). TreeTooLarge (nothing changed) when the tree passes ``limit`` instances
+        (default durable.ops.CANCEL_LIMIT)."""
+        from . import ops
+
         check_id(instance_id)
         check_text(reason, "cancel reason", max_bytes=self.max_value_bytes, empty=True)
-        row = await self.pool.fetchrow(Q.cancel_instance, instance_id, reason, self.clock.now())
-        if row is None:
+        check_text(by, "cancel by", max_bytes=self.max_value_bytes)
+        report = await ops.cancel_tree(self, [instance_id], reason, by=by,
+                                       limit=ops.CANCEL_LIMIT if limit is None else limit)
+        if instance_id not in report.roots:
             raise NoSuchInstance(f"no instance with id {instance_id}")
-        if row["woken_queue"]:
-            self.wake([row["woken_queue"]])
-        if row["after"] == "cancelled":
-            await self.ended([instance_id])  # result() waiters, here and in other processes
-        return row["after"]  # type: ignore[no-any-return]
+        return report.roots[instance_id][1]  # (cancel_tree told result() waiters of every instance it ended)
 
     async def ended(self, ids: Iterable[int]) -> None:
         """Instances ``ids`` were made terminal by a commit of this process outside a Runtime (a cancel):
@@ -470,6 +475,20 @@ class Database:
         if status == "cancelled":
             raise InstanceCancelled(instance_id, row["last_error"])
         return status, codec.decode(row["result"]) if status == "done" else None
+
+    async def cancel_many(self, reason: str = "cancelled", **kwargs: Any) -> Any:
+        """Cancel every instance matching the filters of :meth:`query` (with their descendants), in
+        keyset-paged batches; returns counts: see :func:`durable.ops.cancel_many`."""
+        from . import ops
+
+        return await ops.cancel_many(self, reason, **kwargs)
+
+    async def retry_many(self, **kwargs: Any) -> Any:
+        """Retry every failed or cancelled instance matching the filters of :meth:`query`, in keyset-paged
+        batches; returns counts: see :func:`durable.ops.retry_many`."""
+        from . import ops
+
+        return await ops.retry_many(self, **kwargs)
 
     async def retry(self, instance_id: int) -> str:
         """A failed or cancelled instance back to runnable at its last step, attempt reset."""

@@ -73,6 +73,11 @@ class NotDeliverable(DurableError):
     pass
 
 
+class TreeTooLarge(DurableError):
+    """A cancel would walk more instances (the roots and their descendants) than its limit: nothing was
+    changed. Cancel the tree in parts (its subtrees first) or pass a larger ``limit``."""
+
+
 class OutcomeRejected(DurableError):
     """The database refused a step's outcome for what it holds (a data exception, a constraint, a program
     limit), so committing it again would fail again: the runtime calls ``handle(error, ctx)`` with this

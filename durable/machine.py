@@ -66,6 +66,7 @@ class Machine:
     max_attempts: ClassVar[int] = 20
     backoff_base: ClassVar[float] = 1.0
     backoff_max: ClassVar[float] = 300.0
+    on_cancel_timeout: ClassVar[float] = 30.0  # seconds on_cancel may run (shielded) before it is cut off
     State: ClassVar[type[pydantic.BaseModel] | None] = None
     steps: ClassVar[dict[str, StepFn]]
 
@@ -128,6 +129,12 @@ class Machine:
         if ctx.attempt + 1 < self.max_attempts:
             return Retry(delay=self.backoff(ctx.attempt), error=describe(error))
         return Stop(f"{describe(error)} (after {ctx.attempt + 1} attempts)")
+
+    async def on_cancel(self, ctx: Context) -> None:
+        """Compensation when the instance is cancelled (``db.cancel``, its own or an ancestor's) while a
+        worker holds it: its running step was cancelled at a checkpoint, or it was picked with the cancel
+        pending. Runs shielded, at most ``on_cancel_timeout`` seconds, once per such claim; an exception
+        is recorded in the outcome's history detail (``on_cancel``), never retried. Default: nothing."""
 
 
 def describe(error: BaseException) -> str:

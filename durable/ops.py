@@ -24,7 +24,7 @@ import orjson
 import trio
 
 from . import codec
-from .errors import InvalidArgument
+from .errors import InvalidArgument, TreeTooLarge
 from .limits import INT32, INT64, NUL_HINT
 from .outcomes import STATUSES, TERMINAL
 from .sql import Q, Query
@@ -32,7 +32,8 @@ from .sql import Q, Query
 if TYPE_CHECKING:
     from .client import Database
 
-__all__ = ["ORDERS", "InvalidArgument", "Page", "Row", "TailEvent", "gc", "parse_statuses", "query", "tail"]
+__all__ = ["ORDERS", "Bulk", "InvalidArgument", "Page", "Row", "TailEvent", "cancel_many", "cancel_tree", "count",
+           "gc", "parse_statuses", "query", "retry_many", "tail"]
 
 
 
@@ -407,3 +408,182 @@ async def gc(
             progress(total)
         if deleted < batch:
             return total
+
+
+# -- cancel trees and bulk operations ---------------------------------------------------------------
+CANCEL_LIMIT = 10_000  # instances one cancel may walk (its roots and their descendants), by default
+CANCEL_RERUNS = 5  # runs of cancel_instance while it reports a race (children committed under its walk)
+DEADLOCK_RETRIES = 3
+BULK_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Bulk:
+    """What :func:`cancel_many` or :func:`retry_many` did. ``matched``: instances the filters matched;
+    ``changed``: cancelled now (with their descendants) or retried; ``requested``: executing instances
+    marked to end cancelled at their step's end (their runtime cancels the step at its next heartbeat);
+    ``skipped``: matched instances left as they were (already terminal, not failed or cancelled, or a unique
+    key another holds); ``too_large``: roots whose tree exceeds the cancel limit (left as they were)."""
+
+    matched: int = 0
+    changed: int = 0
+    requested: int = 0
+    skipped: int = 0
+    too_large: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "too_large": list(self.too_large)}
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReport:
+    """One cancel call: per root (id -> (status before, status after)); totals over the roots' trees."""
+
+    roots: dict[int, tuple[str, str]]
+    cancelled: int
+    requested: int
+
+
+def _limit(value: Any, what: str, most: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise InvalidArgument(f"{what} must be an integer from 1 to {most}, not {value!r}")
+    return value
+
+
+async def cancel_tree(db: Database, ids: list[int], reason: str, *, by: str = "operator",
+                      limit: int = CANCEL_LIMIT) -> CancelReport:
+    """Cancel the instances ``ids`` and their non-terminal descendants (``cancel_instance``); rerun while
+    the statement reports that children were committed under its walk (bounded); a deadlock with a
+    concurrent commit is retried. TreeTooLarge (nothing changed) past ``limit`` walked instances."""
+    import asyncpg
+
+    limit = _limit(limit, "cancel limit", 10_000_000)
+    roots: dict[int, tuple[str, str]] = {}
+    cancelled = requested = 0
+    for _ in range(CANCEL_RERUNS):
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                rows = await db.pool.fetch(Q.cancel_instance, ids, reason, db.clock.now(), limit, by)
+                break
+            except asyncpg.DeadlockDetectedError:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+        if not rows:
+            break
+        if rows[0]["too_many"]:
+            raise TreeTooLarge(f"cancelling {_ids_text(ids)} would walk more than {limit} instances (the "
+                               "instances and their descendants); nothing was changed: cancel its subtrees "
+                               "first or pass a larger limit")
+        for r in rows:
+            roots[r["id"]] = (roots.get(r["id"], (r["before"], ""))[0], r["after"])
+        cancelled += rows[0]["cancelled"]
+        requested += rows[0]["requested_count"]
+        db.wake(rows[0]["woken"])
+        if rows[0]["ended"]:
+            await db.ended(rows[0]["ended"])  # result() waiters, here and in other processes
+        if not rows[0]["raced"]:
+            break
+    return CancelReport(roots, cancelled, requested)
+
+
+def _ids_text(ids: list[int]) -> str:
+    if len(ids) == 1:
+        return f"instance {ids[0]}"
+    return f"{len(ids)} instances ({ids[0]}..{ids[-1]})"
+
+
+_NOT_FILTERS = ("order", "limit", "after")
+
+
+def _filters(filters: dict[str, Any], what: str) -> dict[str, Any]:
+    for name in _NOT_FILTERS:
+        if name in filters:
+            raise InvalidArgument(f"{what} takes the filters of db.query, not {name!r} (it pages by itself)")
+    if all(v is None for v in filters.values()):
+        raise InvalidArgument(f"{what} needs at least one filter (it would touch every instance)")
+    return filters
+
+
+async def count(db: Database, **filters: Any) -> int:
+    """How many instances match the filters of :func:`query` (what a bulk operation would touch)."""
+    _statement, args = query_statement(**filters)
+    async with db.pool.transaction() as conn:
+        await conn.fetchval(Q.force_custom_plans)
+        return int(await conn.fetchval(Q.count_instances, *args[:14]))
+
+
+async def _pages(db: Database, filters: dict[str, Any], batch: int) -> AsyncIterator[list[int]]:
+    """The ids matching the filters, a keyset page of at most ``batch`` at a time (ascending id: a page
+    acted on never shifts the next one)."""
+    after: str | None = None
+    while True:
+        page = await query(db, **filters, order="id", limit=batch, after=after)
+        if page.items:
+            yield [r.id for r in page.items]
+        if page.next is None:
+            return
+        after = page.next
+
+
+async def cancel_many(db: Database, reason: str = "cancelled", *, by: str = "operator", batch: int = BULK_BATCH,
+                      limit: int = CANCEL_LIMIT, **filters: Any) -> Bulk:
+    """Cancel every instance matching the filters of :func:`query` (and their non-terminal descendants),
+    ``batch`` roots per statement, keyset-paged. A root whose tree exceeds ``limit`` is left as it was and
+    listed in ``too_large``."""
+    from .limits import check_text
+
+    filters = _filters(filters, "cancel_many")
+    batch = _limit(batch, "batch", MAX_LIMIT)
+    check_text(reason, "cancel reason", max_bytes=db.max_value_bytes, empty=True)
+    check_text(by, "cancel by", max_bytes=db.max_value_bytes)
+    matched = changed = requested = skipped = 0
+    too_large: list[int] = []
+    async for ids in _pages(db, filters, batch):
+        matched += len(ids)
+        try:
+            reports = [await cancel_tree(db, ids, reason, by=by, limit=limit)]
+        except TreeTooLarge:  # some tree of this page is too large: one root at a time, to name it
+            reports = []
+            for iid in ids:
+                try:
+                    reports.append(await cancel_tree(db, [iid], reason, by=by, limit=limit))
+                except TreeTooLarge:
+                    too_large.append(iid)
+        for rep in reports:
+            changed += rep.cancelled
+            requested += rep.requested
+            skipped += sum(1 for before, after in rep.roots.values()
+                           if before == after and before != "executing")
+    return Bulk(matched, changed, requested, skipped + len(too_large), tuple(too_large))
+
+
+async def retry_many(db: Database, *, batch: int = BULK_BATCH, **filters: Any) -> Bulk:
+    """Put every failed or cancelled instance matching the filters of :func:`query` back to runnable at the
+    step where it ended (``db.retry`` for each), ``batch`` per statement, keyset-paged. An instance whose
+    unique key another holds is skipped (and counted)."""
+    import asyncpg
+
+    filters = _filters(filters, "retry_many")
+    batch = _limit(batch, "batch", MAX_LIMIT)
+    matched = changed = 0
+    async for ids in _pages(db, filters, batch):
+        matched += len(ids)
+        try:
+            rows = await db.pool.fetch(Q.retry_instances, ids, db.clock.now())
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "instances_unique":
+                raise
+            rows = []  # one of them cannot enter runnable: the batch one instance at a time
+            for iid in ids:
+                try:
+                    one = await db.pool.fetchrow(Q.retry_instance, iid, db.clock.now())
+                except asyncpg.UniqueViolationError as taken:
+                    if taken.constraint_name != "instances_unique":
+                        raise
+                    continue
+                if one is not None and one["before"] != one["after"]:
+                    changed += 1
+                    db.wake([one["queue"]])
+        changed += len(rows)
+        db.wake(r["queue"] for r in rows)
+    return Bulk(matched, changed, 0, matched - changed)

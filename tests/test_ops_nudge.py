@@ -133,7 +133,7 @@ async def test_cancel_idle_now_and_executing_when_its_step_ends(db: durable.Data
     history = await db.history(iid)
     assert events(history) == ["inserted", "cancelled", "next"]
     assert history[-1].status == "cancelled"
-    assert history[1].detail == {"reason": "cancelled", "requested": True}
+    assert history[1].detail == {"reason": "cancelled", "requested": True, "by": "operator"}
     with pytest.raises(NoSuchInstance):
         await db.cancel(10**9)
 

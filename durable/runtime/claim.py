@@ -48,6 +48,8 @@ class Claim:
     rejected: BaseException | None = None
     rejections: int = 0
     submitted: float = 0.0  # trio time its outcome went to the flusher (a run-ahead lease starts after it)
+    # a cancel pending on the instance (db.cancel) reached this claim: what on_cancel did (cancelling.py)
+    compensation: str | None = None
 
     def run_ahead(self, row: asyncpg.Record) -> None:
         """Become the claim of the next step, kept by a `next` outcome (same row, new lease token)."""

@@ -4,6 +4,7 @@ becomes an outcome recorded on the row; nothing here raises into the scheduler."
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Awaitable, Generator
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from ..outcomes import (
     seconds,
     step_name,
 )
+from .cancelling import cancel_outcome, compensate, interrupted
 from .claim import Claim, Encoded
 
 if TYPE_CHECKING:
@@ -161,8 +163,6 @@ async def execute(claim: Claim, db: Database, worker_id: str,
         # Not this runtime's machine (a rolling deploy?): put it back for a runtime that knows it.
         return Encoded("retry", delay=UNKNOWN_MACHINE_RETRY, error=str(exc),
                        detail={"error": str(exc), "delay": UNKNOWN_MACHINE_RETRY}), exc
-    if claim.cancel_requested:
-        return Encoded("cancel", error="cancelled", detail={"reason": "cancel requested"}), None
     if claim.rejected is not None and claim.rejections > 1:
         # handle()'s outcome was refused too: end the instance, with text the database surely stores
         reason = safe_text(f"{claim.rejected} (handle()'s outcome was refused as well)")
@@ -182,6 +182,11 @@ async def execute(claim: Claim, db: Database, worker_id: str,
         awaits_any=tuple(claim.awaits_any) if claim.awaits_any is not None else None,
     )
     where = f"step {machine.name}.{claim.step}"
+    if claim.cancel_requested:  # picked (or buffered) with a cancel pending: on_cancel, and no step
+        with contextlib.suppress(Exception):  # on_cancel sees the stored state when it decodes
+            ctx.state = codec.decode_state(type(machine).State, claim.state_json, f"state of instance {claim.id}")
+        await compensate(machine, ctx, claim)
+        return cancel_outcome(claim, interrupted=False), None
     # an outcome the database refused goes to handle() with the stored state, as a step's exception would
     error: BaseException | None = claim.rejected
     try:
@@ -191,12 +196,20 @@ async def execute(claim: Claim, db: Database, worker_id: str,
         fn = step_fn(machine, claim.step)
         outcome = validate_outcome(machine, await watched(fn(machine, ctx), claim, watch), where)
         return consuming(encode_outcome(machine, outcome, ctx, db), claim, ctx), None
+    except trio.Cancelled:
+        if interrupted(claim):  # db.cancel reached the running step (Runtime.beat): compensate, then unwind
+            await compensate(machine, ctx, claim)
+        raise
     except Exception as exc:  # user code, bad outcome, state that does not (de)serialize
         error = exc
     try:
         handled = validate_outcome(machine, await watched(machine.handle(error, ctx), claim, watch),
                                    f"{machine.name}.handle")
         encoded = consuming(encode_outcome(machine, handled, ctx, db), claim, ctx)
+    except trio.Cancelled:
+        if interrupted(claim):
+            await compensate(machine, ctx, claim)
+        raise
     except Exception as exc:
         reason = f"handle() failed with {describe(exc)} while handling {describe(error)}"
         encoded = Encoded("stop", error=reason, detail={"error": reason})
@@ -264,6 +277,11 @@ async def run_claim(claim: Claim, db: Database, worker_id: str,
         except trio.Cancelled:
             if claim.lost is not None:  # cancelled because its lease was lost (runtime.py)
                 tracing.lease_lost(span, claim, claim.lost)
+            elif interrupted(claim):  # cancelled because its instance was (db.cancel, cancelling.py)
+                span.set_attribute("durable.outcome", "cancel")
+                span.set_attribute("durable.cancel", "cancel requested: step interrupted")
+                if claim.compensation not in (None, "none"):
+                    span.set_attribute("durable.on_cancel", claim.compensation)
             raise
         if error is not None:
             tracing.record_error(span, error)

@@ -317,6 +317,7 @@ class Runtime:
             span.set_attribute("durable.extended", len(extended))
             self._settle_leases(held, tokens, set(row["tokens"]) if row else set(), set(row["lost"]) if row else set(),
                                 began)
+            self.cancel_requested(held, tokens, set(row["cancel"]) if row else set())
         self.heartbeats += 1
         return extended
 
@@ -333,6 +334,18 @@ class Runtime:
                 c.lease_until = max(c.lease_until, began + self.lease)
             elif token in lost and c in active:
                 self.lose(c, "the heartbeat found the claim gone (reaped, fenced or claimed again)")
+
+    def cancel_requested(self, held: list[Claim], tokens: list[int], cancel: set[int]) -> None:
+        """After a heartbeat: held claims whose instance has a cancel pending (db.cancel, cancelling.py). A
+        running step is cancelled through its scope (its slot then commits a ``cancel`` outcome, after
+        on_cancel); a buffered claim runs no step; a committing one ends cancelled in its commit."""
+        if not cancel:
+            return
+        for c, token in zip(held, tokens, strict=True):
+            if token in cancel and c.lease_token == token and c.lost is None and not c.cancel_requested:
+                c.cancel_requested = True
+                if c.scope is not None:
+                    c.scope.cancel()
 
     # -- lease loss ----------------------------------------------------------------------------------
     def lose(self, claim: Claim, why: str) -> None:

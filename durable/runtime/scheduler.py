@@ -15,6 +15,7 @@ from .. import tracing
 from ..errors import DatabaseUnavailable
 from ..sql import Q
 from .backoff import unavailable
+from .cancelling import cancel_outcome, interrupted
 from .claim import Claim, Committed, Encoded, claims_from_rows
 from .executor import run_claim
 from .flusher import rejection
@@ -219,6 +220,8 @@ class Scheduler:
             claim.scope = None
             if claim.lost is None and trio.current_time() >= claim.lease_until:
                 claim.lost = "the lease passed while the step ran"  # it never reached a checkpoint since
+            if ran is None and interrupted(claim):  # db.cancel reached the step (Runtime.beat): still held
+                ran = (cancel_outcome(claim, interrupted=True), 0.0)
             if claim.lost is not None or ran is None:
                 # another worker may be running it now: its outcome is not committed (it would be fenced)
                 if ran is not None:

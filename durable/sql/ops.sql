@@ -262,3 +262,53 @@ gone as (
   delete from instances g using doomed d where g.id = d.id returning g.id
 )
 select count(*)::int from gone;
+
+-- name: count_instances
+-- How many instances match the filters $1..$14 (see the header of ops.sql): what a bulk cancel or retry
+-- would touch (durable cancel/retry --status ...).
+select count(*)::bigint
+from instances
+where ($1::bigint[] is null or id = any($1::bigint[]))
+  and ($2::status[] is null or status = any($2::status[]))
+  and ($3::text is null or machine = $3::text)
+  and ($4::text is null or starts_with(machine, $4::text))
+  and ($5::int is null or version = $5::int)
+  and ($6::text is null or queue = $6::text)
+  and ($7::text is null or partition_key = $7::text)
+  and ($8::text is null or unique_key = $8::text)
+  and ($9::bigint is null or parent_id = $9::bigint)
+  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
+  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
+  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
+  and ($13::timestamptz is null or updated_at < $13::timestamptz)
+  and ($14::text is null or state @> $14::text::jsonb)
+  and (status <> 'executing' or status = 'executing');  -- see the header: executing rows
+
+-- name: retry_instances
+-- retry_instance (queries.sql) for a batch: the failed or cancelled instances among ids $1 back to runnable
+-- at the step where each ended, attempt reset, eligible now; the others are left alone. $2 now. Recorded
+-- in history. An instance whose unique key another holds in runnable's scope trips instances_unique and the
+-- whole batch changes nothing (the caller then retries the batch one instance at a time). Returns the
+-- revived ids and their queues.
+with target as (
+  select id, status, machine, step, attempt
+  from instances
+  where id = any($1::bigint[]) and status in ('failed', 'cancelled')
+  order by id
+  for no key update
+),
+revived as (
+  update instances g
+  set status = 'runnable', attempt = 0, eligible_at = coalesce($2::timestamptz, now()),
+      cancel_requested = false, result = null, updated_at = coalesce($2::timestamptz, now())
+  from target t
+  where g.id = t.id
+  returning g.id, g.queue
+),
+logged as (
+  insert into history (instance_id, machine, event, step, attempt, status, detail, at)
+  select t.id, t.machine, 'retried', t.step, t.attempt, 'runnable',
+         jsonb_build_object('from', t.status::text), coalesce($2::timestamptz, now())
+  from target t join revived r on r.id = t.id
+)
+select id, queue from revived order by id;

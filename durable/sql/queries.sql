@@ -31,7 +31,10 @@
 --     not by the pick: the pick stays a scan of runnable rows. A next may sleep (delay or a time): the row
 --     is runnable at its wake time, attempt 0.
 --   * Cancel: terminal status `cancelled`; a claim with cancel_requested ends cancelled whatever the
---     step returned; a cancelled child releases its parent like a failed one.
+--     step returned; a cancelled child releases its parent like a failed one. A cancel reaches the whole
+--     tree (cancel_instance walks the descendants, bounded, and runs again when a spawn committed under
+--     its walk), and the heartbeat tells a runtime which held claims have cancel_requested, so a running
+--     step is cancelled within a heartbeat period (and Machine.on_cancel runs).
 --   * Every time-dependent statement takes `now` (NULL = the database's now()) for the simulator.
 --   * Every change writes its history row in the same statement.
 --   * Handoff: an insert may claim its plain due rows for an idle runtime of the inserting process in
@@ -135,6 +138,8 @@ order by g.priority, g.eligible_at, g.id;
 -- Returns the ids whose lease was extended and their tokens, and `lost`: the tokens of the claims that are
 -- no longer held (reaped, fenced, re-claimed; a row skipped because it was locked is neither). A claim is
 -- its token: one runtime may hold a lost claim and the live one of the same instance for a moment.
+-- `cancel`: the tokens of extended claims whose instance has cancel_requested (db.cancel while its step
+-- runs): the runtime cancels those steps and commits a `cancel` outcome.
 with held as (
   select g.id
   from instances g
@@ -147,7 +152,7 @@ extended as (
   update instances g
   set lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $3::float8)
   from held where g.id = held.id
-  returning g.id, g.lease_token
+  returning g.id, g.lease_token, g.cancel_requested
 ),
 seen as (
   update workers set seen_at = coalesce($4::timestamptz, now()), gauges = $6::text::jsonb
@@ -156,6 +161,7 @@ seen as (
 )
 select coalesce(array_agg(extended.id), '{}') as extended, (select count(*) from seen) as registered,
        coalesce(array_agg(extended.lease_token), '{}') as tokens,
+       coalesce(array_agg(extended.lease_token) filter (where extended.cancel_requested), '{}') as cancel,
        array(select h.token from unnest($1::bigint[], $2::bigint[]) as h(id, token)
              where not exists (select 1 from instances g
                                where g.id = h.id and g.lease_token = h.token and g.status = 'executing')) as lost
@@ -670,59 +676,108 @@ select t.status::text as before, (select id from stored) as signal_id,
 from target t;
 
 -- name: cancel_instance
--- Cancel instance $1 with reason $2; $3 now. An idle instance (runnable or awaiting) ends cancelled at
--- once and, when it is a child, releases its parent's barrier like a failed child; an executing one is
--- marked cancel_requested and ends cancelled when its current step's outcome commits; a terminal one is
--- left alone. Returns the status before and after (nothing for a missing id).
-with target as (
-  select id, status, parent_id, machine, step, attempt, joined from instances where id = $1 for no key update
+-- Cancel the instances $1 (ids: the roots) and every descendant of theirs that is not terminal, reason $2;
+-- $3 now; $4 the most instances one call may walk (the roots' trees together; more: nothing changes and
+-- `too_many` is true); $5 who cancelled the roots (history detail `by`, e.g. 'operator'; a descendant's
+-- `by` is its root's id). The walk descends through live and cancelled instances (not below done or failed
+-- ones: their children, if any live, were retried on their own). Per walked instance: an idle one
+-- (runnable or awaiting) ends cancelled at once; an executing one is marked cancel_requested (its runtime
+-- cancels the step at its next heartbeat, and its outcome, whatever it is, ends it cancelled); a terminal
+-- one is left alone. Every idle child that ends cancelled decrements its parent's barrier once (its
+-- `joined` flag, as in `complete`), counted per parent in one update; the decrement that reaches zero
+-- releases a parent that is not itself cancelled. Rows are locked children first (id descending: a child's
+-- id is above its parent's), the order `complete` takes them in. `raced` is true when a walked row
+-- changed between the walk's snapshot and its lock (e.g. a spawn committed children the walk could not
+-- see): run the statement again to reach them. Returns one row per root found: its status before and
+-- after, whether a cancel was requested, and per call: cancelled, requested (counts), woken (queues of
+-- parents released), too_many, raced, ended (the ids cancelled now, for result() waiters).
+with recursive tree(id, root, status, depth) as (
+  select g.id, g.id, g.status, 0 from instances g where g.id = any($1::bigint[])
+  union all
+  select c.id, t.root, c.status, t.depth + 1
+  from tree t join instances c on c.parent_id = t.id
+  where t.status not in ('done', 'failed')
 ),
-idle as (
-  update instances g
-  set status = 'cancelled', last_error = $2, worker_id = null, lease_token = null,
-      lease_expires_at = null, joined = g.parent_id is not null,
-      updated_at = coalesce($3::timestamptz, now())
+walked as (
+  -- bounded: the walk stops one row past the limit
+  select * from tree limit $4::int + 1
+),
+nodes as (
+  -- an instance under two roots of one call counts once, as the nearer root's (its own, if a root)
+  select distinct on (w.id) w.id, w.root, w.status, w.depth
+  from walked w
+  where (select count(*) from walked) <= $4::int
+  order by w.id, w.depth
+),
+target as (
+  select g.id, g.status, g.parent_id, g.joined, g.cancel_requested, n.root, n.depth, n.status as seen
+  from instances g join nodes n on n.id = g.id
+  order by g.id desc
+  for no key update of g
+),
+decrements as (
+  -- per parent: its idle children this call cancels that were not joined yet
+  select t.parent_id as id, count(*)::int as n
   from target t
-  where g.id = t.id and t.status in ('runnable', 'awaiting_signal', 'awaiting_children')
-  returning g.id, g.parent_id, t.joined as joined_before
+  where t.status in ('runnable', 'awaiting_signal', 'awaiting_children') and t.parent_id is not null and not t.joined
+  group by t.parent_id
 ),
-requested as (
+touched as (
+  select coalesce(t.id, d.id) as id, t.status as locked, coalesce(d.n, 0) as n, t.root, t.depth,
+         coalesce(t.status in ('runnable', 'awaiting_signal', 'awaiting_children'), false) as idle,
+         coalesce(t.status = 'executing' and not t.cancel_requested, false) as request
+  from target t full join decrements d on d.id = t.id
+),
+upd as (
+  -- one update per row (a row written twice in one statement keeps one of the writes)
   update instances g
-  set cancel_requested = true, updated_at = coalesce($3::timestamptz, now())
-  from target t
-  where g.id = t.id and t.status = 'executing'
-  returning g.id
-),
-joined as (
-  update instances p
-  set children_pending = p.children_pending - 1,
-      status = case when p.children_pending - 1 <= 0 and p.status = 'awaiting_children'
-                    then 'runnable'::status else p.status end,
-      eligible_at = case when p.children_pending - 1 <= 0 and p.status = 'awaiting_children'
-                         then coalesce($3::timestamptz, now()) else p.eligible_at end,
+  set status = case when x.idle then 'cancelled'::status
+                    when x.n > 0 and g.status = 'awaiting_children' and g.children_pending - x.n <= 0
+                      then 'runnable'::status
+                    else g.status end,
+      children_pending = g.children_pending - x.n,
+      cancel_requested = g.cancel_requested or x.request,
+      last_error = case when x.idle then $2 else g.last_error end,
+      worker_id = case when x.idle then null else g.worker_id end,
+      lease_token = case when x.idle then null else g.lease_token end,
+      lease_expires_at = case when x.idle then null else g.lease_expires_at end,
+      joined = case when x.idle then g.parent_id is not null else g.joined end,
+      eligible_at = case when not x.idle and x.n > 0 and g.status = 'awaiting_children'
+                          and g.children_pending - x.n <= 0
+                         then coalesce($3::timestamptz, now()) else g.eligible_at end,
       updated_at = coalesce($3::timestamptz, now())
-  from idle i
-  where p.id = i.parent_id and not i.joined_before
-  returning p.id, p.machine, p.step, p.attempt, p.status, p.queue
+  from touched x
+  where g.id = x.id and (x.idle or x.request or x.n > 0)
+  returning g.id, g.machine, g.step, g.attempt, g.status, g.queue, x.idle, x.request, x.n, x.root, x.depth
 ),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, detail, at)
-  select t.id, t.machine, 'cancelled', t.step, t.attempt,
-         case when exists (select 1 from idle) then 'cancelled'::status else t.status end,
-         jsonb_build_object('reason', $2::text, 'requested', exists (select 1 from requested)),
+  select u.id, u.machine, 'cancelled', u.step, u.attempt, u.status,
+         jsonb_build_object('reason', $2::text, 'requested', u.request,
+                            'by', case when u.depth = 0 then to_jsonb($5::text) else to_jsonb(u.root) end),
          coalesce($3::timestamptz, now())
-  from target t
-  where exists (select 1 from idle) or exists (select 1 from requested)
+  from upd u
+  where u.idle or u.request
   union all
-  select j.id, j.machine, 'joined', j.step, j.attempt, j.status, jsonb_build_object('children', 1),
+  select u.id, u.machine, 'joined', u.step, u.attempt, u.status, jsonb_build_object('children', u.n),
          coalesce($3::timestamptz, now())
-  from joined j
+  from upd u
+  where u.n > 0
 )
-select t.status::text as before,
-       case when exists (select 1 from idle) then 'cancelled' else t.status::text end as after,
-       exists (select 1 from requested) as requested,
-       (select queue from joined where status = 'runnable') as woken_queue
-from target t;
+select r.id, coalesce(t.status, r.status)::text as before,
+       coalesce(u.status, t.status, r.status)::text as after,
+       coalesce(t.status = 'executing', false) as requested,
+       (select count(*) from upd where idle)::int as cancelled,
+       (select count(*) from upd where request)::int as requested_count,
+       array(select distinct queue from upd where not idle and status = 'runnable') as woken,
+       (select count(*) from walked) > $4::int as too_many,
+       exists (select 1 from target t2 where t2.status <> t2.seen) as raced,
+       array(select id from upd where idle order by id) as ended
+from instances r
+left join target t on t.id = r.id
+left join upd u on u.id = r.id
+where r.id = any($1::bigint[])
+order by r.id;
 
 -- name: retry_instance
 -- Put failed (or cancelled) instance $1 back to runnable at the step where it ended, attempt reset,
