@@ -431,15 +431,50 @@ async def retry_now(source: Source, instance_id: int, now: datetime | None = Non
     return f"#{instance_id} retried: {row['before']} -> {row['after']}"
 
 
-async def cancel(source: Source, instance_id: int, reason: str, now: datetime | None = None) -> str:
-    row = await source.fetchrow(Q.cancel_instance, instance_id, reason, now)
-    if row is None:
-        return f"no instance {instance_id}"
-    if row["requested"]:
-        return f"#{instance_id} is executing: it ends cancelled when its step finishes"
-    if row["before"] == row["after"]:
-        return f"#{instance_id} is {row['before']}: nothing to cancel"
-    return f"#{instance_id} cancelled ({row['before']} -> {row['after']})"
+CANCEL_LIMIT = 10_000  # instances one cancel may walk (the instance and its descendants), as the engine's
+CANCEL_RERUNS = 5  # runs while the statement reports children committed under its walk
+CONSOLE_TOKEN = "console"  # the sender of this console's 'instances ended' hints
+
+
+async def cancel(source: Source, instance_id: int, reason: str, now: datetime | None = None,
+                 by: str = "console") -> str:
+    """Cancel the instance and its non-terminal descendants through the engine's cancel_instance (rerun
+    while it reports a race, as durable.ops.cancel_tree does), then hint other processes' result()
+    waiters. Returns a one-line outcome."""
+    from durable.results import channel, payloads
+
+    first: Record | None = None
+    cancelled = requested = 0
+    for _ in range(CANCEL_RERUNS):
+        rows = await source.fetch(Q.cancel_instance, [instance_id], reason, now, CANCEL_LIMIT, by)
+        if not rows:
+            return f"no instance {instance_id}"
+        row = rows[0]
+        if row["too_many"]:
+            return (f"#{instance_id} has more than {CANCEL_LIMIT:,} descendants: nothing was changed "
+                    f"(cancel its subtrees first, or use durable cancel)")
+        first = first or row
+        cancelled += row["cancelled"]
+        requested += row["requested_count"]
+        if row["ended"]:
+            await source.fetchval(Q.announce_ended, channel(source.schema),
+                                  payloads(CONSOLE_TOKEN, row["ended"]))
+        if not row["raced"]:
+            break
+    assert first is not None
+    before, after = first["before"], rows[0]["after"]
+    own_cancel = 1 if after == "cancelled" and before != "cancelled" else 0
+    own_request = 1 if first["requested"] else 0
+    tree = ""
+    if cancelled > own_cancel:
+        tree += f"; {cancelled - own_cancel} descendant(s) cancelled"
+    if requested > own_request:
+        tree += f"; {requested - own_request} running descendant step(s) asked to stop"
+    if first["requested"]:
+        return f"#{instance_id} is executing: its step is cancelled at its next heartbeat{tree}"
+    if before == after:
+        return f"#{instance_id} is {before}: nothing to cancel{tree}"
+    return f"#{instance_id} cancelled ({before} -> {after}){tree}"
 
 
 def check_json(text: str) -> str:

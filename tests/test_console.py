@@ -385,6 +385,37 @@ async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live],
         assert await status(awaiting) == "cancelled"
 
 
+async def test_cancel_from_the_console_reaches_the_children(pg_dsn: str, live: tuple[str, Live],
+                                                             sql: asyncpg.Connection) -> None:
+    """Issue 17 item 5 from the console: cancelling a parent awaiting its children cancels them too (the
+    engine's cancel_instance: each child joined once, the parent's barrier at 0), and says so."""
+    schema, data = live
+    parent = data.parents[1]
+    kids = [r["id"] for r in await sql.fetch("select id from instances where parent_id = $1", parent)]
+    assert len(kids) == 2
+    assert {await sql.fetchval("select status::text from instances where id = $1", k) for k in kids} \
+        <= {"runnable"}
+    app = make_app(pg_dsn, schema)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.push_screen(InstanceScreen(parent))
+        screen = app.screen
+        assert isinstance(screen, InstanceScreen)
+        await until(pilot, lambda: screen.detail is not None, "the parent")
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the cancel confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: screen.detail is not None and screen.detail.instance["status"] == "cancelled",
+                    "the parent shown cancelled")
+        rows = await sql.fetch("select id, status::text as status, children_pending, joined from instances "
+                               "where id = any($1::bigint[])", [parent, *kids])
+        by_id = {r["id"]: r for r in rows}
+        assert by_id[parent]["status"] == "cancelled" and by_id[parent]["children_pending"] == 0
+        assert all(by_id[k]["status"] == "cancelled" and by_id[k]["joined"] for k in kids)
+        by = await sql.fetch("select instance_id, detail->>'by' as by from history "
+                             "where event = 'cancelled' and instance_id = any($1::bigint[])", [parent, *kids])
+        assert {r["instance_id"]: r["by"] for r in by} == {parent: "console", **{k: str(parent) for k in kids}}
+
+
 async def test_unreachable_database_shows_a_banner_and_stays_responsive() -> None:
     source = Source("postgresql://nobody@127.0.0.1:9/none", "durable", timeout=0.5)
     app = ConsoleApp(source, refresh_every=0.2)
