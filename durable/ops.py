@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from . import codec
+from . import codec, tracing
 from .errors import InvalidArgument, TreeTooLarge
 from .limits import INT32, INT64, NUL_HINT
 from .outcomes import STATUSES, TERMINAL
@@ -454,10 +454,21 @@ async def cancel_tree(db: Database, ids: list[int], reason: str, *, by: str = "o
                       limit: int = CANCEL_LIMIT) -> CancelReport:
     """Cancel the instances ``ids`` and their non-terminal descendants (``cancel_instance``); rerun while
     the statement reports that children were committed under its walk (bounded); a deadlock with a
-    concurrent commit is retried. TreeTooLarge (nothing changed) past ``limit`` walked instances."""
+    concurrent commit is retried. TreeTooLarge (nothing changed) past ``limit`` walked instances. A span
+    "durable cancel" records who cancelled what (by, reason, the counts)."""
+    limit = _limit(limit, "cancel limit", 10_000_000)
+    attributes = {"durable.cancel.by": by, "durable.cancel.reason": reason, "durable.cancel.roots": len(ids),
+                  "durable.instance.id": ids[0] if len(ids) == 1 else None}
+    with tracing.span("durable cancel", attributes) as span:
+        report = await _cancel_tree(db, ids, reason, by, limit)
+        span.set_attribute("durable.cancel.cancelled", report.cancelled)
+        span.set_attribute("durable.cancel.requested", report.requested)
+    return report
+
+
+async def _cancel_tree(db: Database, ids: list[int], reason: str, by: str, limit: int) -> CancelReport:
     import asyncpg
 
-    limit = _limit(limit, "cancel limit", 10_000_000)
     roots: dict[int, tuple[str, str]] = {}
     cancelled = requested = 0
     for _ in range(CANCEL_RERUNS):

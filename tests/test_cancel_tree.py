@@ -687,3 +687,63 @@ def cli_bulk(cli: CLI) -> None:
     ):
         bad = cli(*args, code=2)
         assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error:"), (args, bad.stderr)
+
+
+# -- spans --------------------------------------------------------------------------------------------------
+SPANS = """
+import json, sys
+import trio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+import durable
+from tests.test_cancel_tree import Busy
+
+
+async def main(dsn, schema):
+    async with durable.connect(dsn, schema=schema, migrate=False) as db:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(durable.Runtime(db, machines=[Busy], queues={"tree": 2}, lease=10, heartbeat=0.1).run)
+            iid = await db.insert(Busy, {})
+            with trio.fail_after(20):
+                while iid not in Busy.running:
+                    await trio.sleep(0.02)
+                await db.cancel(iid, "refund", by="support")
+                while (await db.get(iid)).status != "cancelled":
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    return iid
+
+
+iid = trio.run(main, *sys.argv[1:3])
+provider.force_flush()
+spans = [{"name": s.name, "attributes": dict(s.attributes or {})} for s in exporter.get_finished_spans()]
+print(json.dumps({"iid": iid, "spans": spans}))
+"""
+
+
+async def test_spans_record_who_cancelled_what(db: durable.Database, pg_dsn: str, schema_name: str) -> None:
+    proc = await trio.run_process(
+        [sys.executable, "-c", SPANS, pg_dsn, schema_name],
+        capture_stdout=True,
+        capture_stderr=True,
+        cwd=str(ROOT),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    iid, spans = out["iid"], out["spans"]
+    (cancel,) = [s["attributes"] for s in spans if s["name"] == "durable cancel"]
+    assert cancel["durable.cancel.by"] == "support" and cancel["durable.cancel.reason"] == "refund"
+    assert cancel["durable.instance.id"] == iid
+    assert (cancel["durable.cancel.cancelled"], cancel["durable.cancel.requested"]) == (0, 1)
+    (step_span,) = [s["attributes"] for s in spans if s["name"] == "step tree.busy.start"]
+    assert step_span["durable.outcome"] == "cancel" and step_span["durable.on_cancel"] == "ok"
+    assert "interrupted" in step_span["durable.cancel"]
