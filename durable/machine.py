@@ -272,7 +272,7 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
     if kind is Done:  # the common cases first, without the checks below
         return outcome
     steps = type(machine).steps
-    if kind is Next and type(outcome.step) is str and outcome.step in steps and outcome.delay is None is outcome.at:
+    if kind is Next and type(outcome.step) is str and outcome.step in steps and outcome.wake is None:
         return outcome  # a plain next (no delay, no at)
     if not isinstance(outcome, OUTCOME_TYPES):
         raise OutcomeError(

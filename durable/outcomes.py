@@ -68,15 +68,32 @@ class Insert:
 Child = Insert
 
 
-@dataclass(frozen=True, slots=True)
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Next:
     """Go on at ``step``; with ``delay`` (seconds or a timedelta) or ``at`` (an aware datetime) the instance
-    sleeps until then (a durable timer: no attempt is counted)."""
+    sleeps until then (a durable timer: no attempt is counted). Both are kept in one field, ``wake``
+    (``(delay, at)``, None for a plain next): a plain next costs what it did before timers."""
 
     step: StepRef
     state: Any = UNCHANGED
-    delay: float | timedelta | None = None
-    at: datetime | None = None
+    wake: tuple[float | timedelta | None, datetime | None] | None = None
+
+    def __init__(self, step: StepRef, state: Any = UNCHANGED, delay: float | timedelta | None = None,
+                 at: datetime | None = None) -> None:
+        _set(self, "step", step)
+        _set(self, "state", state)
+        _set(self, "wake", None if delay is None and at is None else (delay, at))
+
+    @property
+    def delay(self) -> float | timedelta | None:
+        return None if self.wake is None else self.wake[0]
+
+    @property
+    def at(self) -> datetime | None:
+        return None if self.wake is None else self.wake[1]
 
 
 @dataclass(frozen=True, slots=True)

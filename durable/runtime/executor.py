@@ -100,6 +100,8 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
 
     if isinstance(outcome, Next):
         nxt = step_name(outcome.step)
+        if outcome.wake is None:
+            return Encoded("next", step=nxt, state=state(outcome.state), detail={"next": nxt})
         if outcome.delay is not None:  # a durable timer: the row is runnable again after the delay
             delay = seconds(outcome.delay, f"{where}: Next delay")
             return Encoded("next", step=nxt, state=state(outcome.state), delay=delay,
