@@ -747,3 +747,62 @@ async def test_spans_record_who_cancelled_what(db: durable.Database, pg_dsn: str
     (step_span,) = [s["attributes"] for s in spans if s["name"] == "step tree.busy.start"]
     assert step_span["durable.outcome"] == "cancel" and step_span["durable.on_cancel"] == "ok"
     assert "interrupted" in step_span["durable.cancel"]
+
+
+class Ticker(Machine, name="tree.ticker", queue="tree"):
+    """A child that keeps stepping (short steps, each a checkpoint): its outcomes race the cancel."""
+
+    @step
+    async def start(self, ctx: durable.Context) -> Any:
+        await trio.sleep(0.001)
+        return Next("start", {"n": (ctx.state or {}).get("n", 0) + 1})
+
+
+class Fleet(Machine, name="tree.fleet", queue="tree"):
+    @step
+    async def start(self, ctx: durable.Context) -> Any:
+        return Spawn("joined", [Child(Ticker, {"n": 0}) for _ in range(24)] + [Child(Leaf, {}) for _ in range(8)])
+
+    @step
+    async def joined(self, ctx: durable.Context) -> Any:
+        return Done("joined")
+
+
+async def test_a_tree_cancelled_while_its_children_keep_committing_joins_each_once(db: durable.Database) -> None:
+    for m in (Ticker, Fleet):
+        db.registry.add(m)
+    async with running(db) as rt:
+        fleet = await db.insert(Fleet, {})
+        assert fleet is not None
+
+        async def busy() -> bool:  # every ticker has committed steps, the leaves wait
+            rows = await tree_rows(db, fleet)
+            return len(rows) == 33 and rt.statistics()["committed"] > 100
+
+        await until(busy)
+        await db.cancel(fleet, "shutting down")
+
+        async def all_ended() -> bool:
+            return all(r["status"] in TERMINAL for r in await tree_rows(db, fleet))
+
+        await until(all_ended)
+    rows = await tree_rows(db, fleet)
+    assert {r["status"] for r in rows} == {"cancelled"}
+    assert all(r["joined"] for r in rows if r["id"] != fleet)
+    parent = await row(db, fleet)
+    assert parent["children_pending"] == 0 and parent["result"] is None
+    assert "done" not in [e.event for e in await events(db, fleet)]  # the join step never ran
+    joined = [e for e in await events(db, fleet) if e.event == "joined"]
+    assert sum(e.detail["children"] for e in joined) == 32
+
+
+async def test_cancel_many_marks_running_steps_and_they_end_within_a_heartbeat(db: durable.Database) -> None:
+    async with running(db):
+        ids = [await db.insert(Busy, {}) for _ in range(5)]
+        await until(lambda: _true(len(Busy.running) == 5))
+        report = await db.cancel_many("drain", machine="tree.busy", batch=2)
+        assert (report.matched, report.changed, report.requested, report.skipped) == (5, 0, 5, 0)
+        for iid in ids:
+            assert iid is not None
+            await _wait_status(db, iid, "cancelled")
+    assert sorted(Busy.compensated) == sorted(ids)
