@@ -67,6 +67,12 @@ def until(then: datetime | None, now: datetime) -> str:
     return f"in {int(s)}s" if s >= 0 else f"expired {int(-s)}s ago"
 
 
+def relative(then: datetime, now: datetime) -> str:
+    """A time relative to now: ``in 4m05s`` or ``12s ago``."""
+    s = (then - now).total_seconds()
+    return f"in {duration(s)}" if s >= 0 else ago(-s)
+
+
 def clock(at: datetime | None) -> str:
     return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
 

@@ -280,13 +280,18 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             ("step", f"{inst.step}  attempt {inst.attempt}"),
             ("queue", f"{inst.queue}  priority {inst.priority}"),
         ]
-        if inst.status == "runnable":
-            rows.append(("eligible", f"{inst.eligible_at.isoformat()} ({ago(inst.eligible_at, now)})"))
+        if inst.status == "runnable":  # a future time: a durable timer, a retry's delay or a scheduled insert
+            rows.append(("wakes" if inst.eligible_at > now else "eligible",
+                         f"{inst.eligible_at.isoformat()} ({ago(inst.eligible_at, now)})"
+                         + ("  its await timed out" if inst.timed_out else "")))
         if inst.worker_id:
             rows.append(("lease", f"{inst.worker_id} until {inst.lease_expires_at} "
                                   f"({ago(inst.lease_expires_at, now)})"))
         if inst.awaits:
-            rows.append(("awaits", inst.awaits))
+            rows.append(("awaits", ", ".join(inst.awaits_any or [inst.awaits])))
+        if inst.timeout_at is not None and inst.status == "awaiting_signal":
+            rows.append(("timeout", f"{inst.timeout_at.isoformat()} ({ago(inst.timeout_at, now)}), then step "
+                                    f"{inst.timeout_step or inst.step}"))
         if inst.partition_key:
             rows.append(("partition", inst.partition_key))
         if inst.unique_key:

@@ -74,6 +74,10 @@ class Instance:
     updated_at: datetime
     inbox: list[dict[str, Any]] = field(default_factory=list)
     children: list[dict[str, Any]] = field(default_factory=list)
+    awaits_any: list[str] | None = None  # every awaited name, when an await names several
+    timeout_at: datetime | None = None  # an await's deadline (then runnable at timeout_step, timed_out)
+    timeout_step: str | None = None  # the step the timeout runs (None: the step a signal would)
+    timed_out: bool = False  # runnable because its await timed out (ctx.timed_out of the next step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -416,6 +416,37 @@ async def test_cancel_from_the_console_reaches_the_children(pg_dsn: str, live: t
         assert {r["instance_id"]: r["by"] for r in by} == {parent: "console", **{k: str(parent) for k in kids}}
 
 
+async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[str, Live],
+                                                      sql: asyncpg.Connection) -> None:
+    """Issue 17 item 8: the instance screen shows a durable timer's wake time (Next(delay=)) and an await's
+    names, deadline and timeout step, as the row holds them."""
+    from console import render
+
+    schema, data = live
+    app = make_app(pg_dsn, schema)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.push_screen(InstanceScreen(data.sleeping))
+        screen = app.screen
+        assert isinstance(screen, InstanceScreen)
+        await until(pilot, lambda: screen.detail is not None, "the sleeping instance")
+        text = plain(screen.query_one("#facts", Static))
+        wake = await sql.fetchval("select eligible_at from instances where id = $1 and status = 'runnable'",
+                                  data.sleeping)
+        assert wake is not None
+        assert f"wakes          {render.clock(wake)} (in " in text, text
+        await pilot.press("escape")
+
+        await app.push_screen(InstanceScreen(data.timing_out))
+        other = app.screen
+        assert isinstance(other, InstanceScreen)
+        await until(pilot, lambda: other.detail is not None, "the awaiting instance")
+        text = plain(other.query_one("#facts", Static))
+        deadline = await sql.fetchval("select timeout_at from instances where id = $1", data.timing_out)
+        assert deadline is not None
+        assert "awaits         ok, no" in text, text
+        assert f"timeout        {render.clock(deadline)} (in " in text and "→ step later" in text, text
+
+
 async def test_unreachable_database_shows_a_banner_and_stays_responsive() -> None:
     source = Source("postgresql://nobody@127.0.0.1:9/none", "durable", timeout=0.5)
     app = ConsoleApp(source, refresh_every=0.2)

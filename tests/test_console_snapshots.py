@@ -92,6 +92,11 @@ def test_instance_awaiting_children(frozen: str, snap_compare: Any) -> None:
     assert snap_compare(app(frozen), terminal_size=SIZE, run_before=open_instance(3, "#children"))
 
 
+def test_instance_waking_later(frozen: str, snap_compare: Any) -> None:
+    """A runnable row whose time is ahead (a timer, a delay, schedule_in) shows when it wakes."""
+    assert snap_compare(app(frozen), terminal_size=SIZE, run_before=open_instance(6))
+
+
 def test_instance_failed(frozen: str, snap_compare: Any) -> None:
     assert snap_compare(app(frozen), terminal_size=SIZE, run_before=open_instance(5))
 

@@ -65,7 +65,21 @@ class Slow(Machine, queue="slow"):
         await trio.sleep_forever()
 
 
-MACHINES = [Checkout, Ship, send_mail, Slow]
+class Timed(Machine, queue="timers"):
+    """A durable timer (``sleep``) or an await of two names with a timeout (issue 17 items 2, 3)."""
+
+    @step
+    async def start(self, ctx: Any) -> Any:
+        if ctx.state["sleep"]:
+            return Next("later", ctx.state, delay=3600)
+        return Await(["ok", "no"], ctx.state, timeout=3600, timeout_step="later")
+
+    @step
+    async def later(self, ctx: Any) -> Any:
+        return Done()
+
+
+MACHINES = [Checkout, Ship, send_mail, Slow, Timed]
 
 
 @dataclass
@@ -79,6 +93,8 @@ class Live:
     scheduled: int = 0
     cancelled: int = 0
     executing: int = 0
+    sleeping: int = 0  # a durable timer: runnable at 'later' in an hour
+    timing_out: int = 0  # awaits 'ok' or 'no', timeout in an hour
 
 
 async def fill_live(dsn: str, schema: str) -> Live:
@@ -92,9 +108,15 @@ async def fill_live(dsn: str, schema: str) -> Live:
         victim = await db.insert(send_mail, {"to": "cancelled@example.com"}, schedule_in=3600) or 0
         await db.cancel(victim, "no longer needed")
         out.cancelled = victim
+        out.sleeping = await db.insert(Timed, {"sleep": True}) or 0
+        out.timing_out = await db.insert(Timed, {"sleep": False}) or 0
         async with trio.open_nursery() as nursery:
-            rt = await nursery.start(durable.Runtime(db, queues={"orders": 2, "mail": 2}, lease=30,
+            rt = await nursery.start(durable.Runtime(db, queues={"orders": 2, "mail": 2, "timers": 2}, lease=30,
                                                      worker_id="runtime-main").run)
+            await _wait_status(db, out.timing_out, "awaiting_signal")
+            with trio.fail_after(20):
+                while (await db.get(out.sleeping)).step != "later":
+                    await trio.sleep(0.02)
             for iid in orders:
                 await _wait_status(db, iid, "awaiting_signal")
             for iid in orders[:2]:
@@ -174,7 +196,8 @@ def _gauges(**per_queue: dict[str, int]) -> str:
 
 
 async def fill_frozen(dsn: str, schema: str = SNAP_SCHEMA) -> None:
-    """The snapshot data set: instances 1-8 in every interesting status, two workers (one gone).
+    """The snapshot data set: instances 1-8 in every interesting status (1 awaits with a timeout, 6 wakes in
+    an hour), two workers (one gone).
     Drops and recreates ``schema`` first."""
     clock = FixedClock(T0)
     async with durable.connect(dsn, schema=schema, migrate=False) as pre:
@@ -207,7 +230,8 @@ async def fill_frozen(dsn: str, schema: str = SNAP_SCHEMA) -> None:
         kids = InsertColumns()
         for i in range(2):
             kids.add(Insert(Ship, {"n": i}), db.registry, "snapshot child")
-        await commit(4, (second[0], Encoded("await", state=None, awaits="paid",
+        await commit(4, (second[0], Encoded("await", state=None, awaits="paid", timeout=3600.0,
+                                            timeout_step="pay",
                                             detail={"signal": "paid", "wake_step": None,
                                                     "duration_ms": 3.25})),
                      (second[2], Encoded("spawn", step="join", children=kids,

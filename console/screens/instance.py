@@ -45,6 +45,16 @@ def facts(d: Detail) -> Table:
         expires = render.until(r["lease_expires_at"], d.now)
         lease = f"{r['worker_id']} · token {r['lease_token']} · expires {expires}"
     parent = "-" if r["parent_id"] is None else f"#{r['parent_id']} ({d.parent_status})"
+    eligible: tuple[str, Any] = ("eligible", render.clock(r["eligible_at"]))
+    if r["status"] == "runnable":  # a future time: a durable timer (Next delay/at), a retry's delay, schedule_in
+        label = "wakes" if r["eligible_at"] > d.now else "eligible"
+        eligible = (label, f"{render.clock(r['eligible_at'])} ({render.relative(r['eligible_at'], d.now)})"
+                    + ("  · its await timed out" if r["timed_out"] else ""))
+    awaits = ", ".join(r["awaits_any"] or [r["awaits"]]) if r["awaits"] else "-"
+    timeout: list[tuple[str, Any]] = []
+    if r["status"] == "awaiting_signal" and r["timeout_at"] is not None:
+        timeout = [("timeout", f"{render.clock(r['timeout_at'])} ({render.relative(r['timeout_at'], d.now)})"
+                               f" → step {r['timeout_step'] or r['step']}")]
     rows: list[tuple[str, Any]] = [
         ("instance", f"#{r['id']}  {r['machine']} v{r['version']}"),
         ("status", render.status(r["status"])
@@ -52,9 +62,10 @@ def facts(d: Detail) -> Table:
         ("step", r["step"]),
         ("attempt", str(r["attempt"])),
         ("queue", f"{r['queue']} · priority {r['priority']}"),
-        ("eligible", render.clock(r["eligible_at"])),
+        eligible,
         ("lease", lease),
-        ("awaits", r["awaits"] or "-"),
+        ("awaits", awaits),
+        *timeout,
         ("partition key", r["partition_key"] or "-"),
         ("unique key", r["unique_key"] or "-"),
         ("parent", parent),

@@ -810,6 +810,8 @@ from target t;
 -- 23:59:59.999999 UTC; least/greatest would turn a NULL lease_expires_at into a bound, hence its case):
 -- durable writes no such value (delays are at most durable.MAX_DELAY), but a row written otherwise must
 -- stay readable (asyncpg raises OverflowError past year 9999 and returns a naive datetime for infinity).
+-- An await's names (awaits_any), timeout (timeout_at, clamped like lease_expires_at) and timeout step, and
+-- whether the step about to run follows a timeout (timed_out), for db.get, durable show and the console.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
@@ -817,7 +819,10 @@ select id, machine, version, step, status::text as status, state::text as state,
        case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
             else lease_expires_at end as lease_expires_at,
        signal_seq, cancel_requested, parent_id, children_pending, unique_key,
-       unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at
+       unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at,
+       awaits_any, timeout_step, timed_out,
+       case when timeout_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
+            else timeout_at end as timeout_at
 from instances where id = $1;
 
 -- name: get_inbox
