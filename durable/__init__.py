@@ -28,6 +28,7 @@ from .machine import Machine, Registry, job, step
 from .migrate import migrate, migrated_version
 from .outcomes import UNCHANGED, Await, Cancel, Child, Done, Insert, Next, Retry, Spawn, Stop
 from .runtime import Runtime
+from .schedules import Schedule
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,7 @@ __all__ = [
     "Registry",
     "Retry",
     "Runtime",
+    "Schedule",
     "SchemaError",
     "Signal",
     "Spawn",

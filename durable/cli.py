@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "workers": ("durable.cli_ops:workers", "List registered workers.", None),
     "queues": ("durable.cli_ops:queues", "Queue saturation as text.", None),
     "gc": ("durable.cli_ops:gc", "Delete old terminal instances, their signals and history.", None),
+    "schedules": ("durable.cli_ops:schedules", "List recurring schedules: last and next run.", None),
     "sim": ("sim.cli:command", "Deterministic simulation with fault injection.", None),
     "console": ("console.cli:command", "Live console, in the terminal or (--web) in a browser.", None),
     "serve": ("durable.serve.cli:command", "Durable Streams server over HTTP.", "serve"),

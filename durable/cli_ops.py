@@ -953,3 +953,41 @@ def _stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+# -- recurring schedules ----------------------------------------------------------------------------
+@click.command(cls=Command)
+@dsn_option
+@schema_option
+@json_option
+def schedules(dsn: str | None, schema: str, as_json: bool) -> None:
+    """Recurring schedules (Runtime(schedules=...)): each one's cron, time zone, last and next run."""
+
+    async def body() -> None:
+        from .sql import Q
+
+        async with connect(dsn, schema) as db:
+            rows = [dict(r) for r in await db.pool.fetch(Q.list_schedules)]
+        if as_json:
+            emit_json({"schedules": rows})
+            return
+        if not rows:
+            click.echo("no schedules: none has been run by a Runtime(schedules=[...]) in this schema")
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("name", "cron", "tz", "machine", "catch up", "last run", "instance", "status", "next run"):
+            table.add_column(col, no_wrap=True)
+        now = datetime.now(UTC)
+        for r in rows:
+            last = f"{r['last_run']:%Y-%m-%d %H:%M:%S}Z ({ago(r['last_run'], now)})" if r["last_run"] else "-"
+            upcoming = "-"
+            if r["next_tick"] is not None:
+                when = "overdue" if r["next_tick"] <= now else ago(r["next_tick"], now)
+                upcoming = f"{r['next_tick']:%Y-%m-%d %H:%M:%S}Z ({when})"
+            table.add_row(r["name"], r["cron"], r["tz"], r["machine"], r["catch_up"], last,
+                          str(r["last_instance_id"] or "-"), r["last_status"] or "-", upcoming)
+        console().print(table)
+
+    execute(body)

@@ -36,6 +36,7 @@ from ..limits import MAX_DELAY
 from ..machine import Machine, Registry
 from ..results import TERMINAL as _TERMINAL
 from ..results import announce_loop
+from ..schedules import Schedule, ScheduleLoop, check_schedules
 from ..sql import Q
 from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
@@ -89,6 +90,7 @@ class Runtime:
         listen: bool | None = None,
         chain: int = 0,
         handoff: bool = True,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         for m in machines:
             if (m.name, m.version) not in db.registry:
@@ -127,6 +129,9 @@ class Runtime:
         # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
         self.chain = chain  # run-ahead: steps a claim may run in a row after `next` outcomes
         self.handoff = handoff  # an idle scheduler takes due rows of a local insert in the insert itself
+        # recurring schedules (durable/schedules.py): checked here, fired by one service loop
+        checked = check_schedules(schedules, db.registry, db.max_value_bytes)
+        self.schedule_loop = ScheduleLoop(self, checked) if checked else None
         self.listen = listen if listen is not None else not isinstance(self.clock, VirtualClock)
         self.lost: set[Claim] = set()
         self.schedulers = {
@@ -225,6 +230,8 @@ class Runtime:
                 services.start_soon(self._lease_watch_loop)
                 services.start_soon(self._reaper_loop)
                 await services.start(self._timer_loop)  # its first sweep fires what is overdue already
+                if self.schedule_loop is not None:
+                    services.start_soon(self.schedule_loop.run)
                 if self.retention is not None:
                     services.start_soon(self._retention_loop)
                 if self.listen:
@@ -570,7 +577,6 @@ class Runtime:
             self.outage.failed(exc)
         else:
             self.log_error(f"announcing ended instances failed (waiters re-read instead): {exc}")
-
 
     def _gauges_json(self) -> str:
         return orjson.dumps({q: s.gauges() for q, s in self.schedulers.items()}).decode()
