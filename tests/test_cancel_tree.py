@@ -806,3 +806,11 @@ async def test_cancel_many_marks_running_steps_and_they_end_within_a_heartbeat(d
             assert iid is not None
             await _wait_status(db, iid, "cancelled")
     assert sorted(Busy.compensated) == sorted(ids)
+
+
+async def test_a_parent_cycle_written_by_hand_does_not_loop_the_walk(db: durable.Database) -> None:
+    a, b = await idle(db, 2, "tree.leaf")
+    await db.pool.execute(sql("update instances set parent_id = $2 where id = $1"), a, b)
+    await db.pool.execute(sql("update instances set parent_id = $2 where id = $1"), b, a)
+    assert await db.cancel(a, limit=10) == "cancelled"
+    assert [(await row(db, i))["status"] for i in (a, b)] == ["cancelled", "cancelled"]

@@ -691,10 +691,12 @@ from target t;
 -- see): run the statement again to reach them. Returns one row per root found: its status before and
 -- after, whether a cancel was requested, and per call: cancelled, requested (counts), woken (queues of
 -- parents released), too_many, raced, ended (the ids cancelled now, for result() waiters).
-with recursive tree(id, root, status, depth) as (
-  select g.id, g.id, g.status, 0 from instances g where g.id = any($1::bigint[])
-  union all
-  select c.id, t.root, c.status, t.depth + 1
+with recursive tree(id, root, status, is_root) as (
+  -- union, not union all: a row seen twice ends the walk there (a parent_id cycle, written by hand, cannot
+  -- loop it)
+  select g.id, g.id, g.status, true from instances g where g.id = any($1::bigint[])
+  union
+  select c.id, t.root, c.status, false
   from tree t join instances c on c.parent_id = t.id
   where t.status not in ('done', 'failed')
 ),
@@ -703,14 +705,14 @@ walked as (
   select * from tree limit $4::int + 1
 ),
 nodes as (
-  -- an instance under two roots of one call counts once, as the nearer root's (its own, if a root)
-  select distinct on (w.id) w.id, w.root, w.status, w.depth
+  -- an instance under two roots of one call counts once, as a root if it is one
+  select distinct on (w.id) w.id, w.root, w.status, w.is_root
   from walked w
   where (select count(*) from walked) <= $4::int
-  order by w.id, w.depth
+  order by w.id, w.is_root desc
 ),
 target as (
-  select g.id, g.status, g.parent_id, g.joined, g.cancel_requested, n.root, n.depth, n.status as seen
+  select g.id, g.status, g.parent_id, g.joined, g.cancel_requested, n.root, n.is_root, n.status as seen
   from instances g join nodes n on n.id = g.id
   order by g.id desc
   for no key update of g
@@ -723,7 +725,7 @@ decrements as (
   group by t.parent_id
 ),
 touched as (
-  select coalesce(t.id, d.id) as id, t.status as locked, coalesce(d.n, 0) as n, t.root, t.depth,
+  select coalesce(t.id, d.id) as id, t.status as locked, coalesce(d.n, 0) as n, t.root, t.is_root,
          coalesce(t.status in ('runnable', 'awaiting_signal', 'awaiting_children'), false) as idle,
          coalesce(t.status = 'executing' and not t.cancel_requested, false) as request
   from target t full join decrements d on d.id = t.id
@@ -735,7 +737,7 @@ upd as (
                     when x.n > 0 and g.status = 'awaiting_children' and g.children_pending - x.n <= 0
                       then 'runnable'::status
                     else g.status end,
-      children_pending = g.children_pending - x.n,
+      children_pending = greatest(g.children_pending - x.n, 0),  -- (never below 0, even on rows written by hand)
       cancel_requested = g.cancel_requested or x.request,
       last_error = case when x.idle then $2 else g.last_error end,
       worker_id = case when x.idle then null else g.worker_id end,
@@ -748,13 +750,13 @@ upd as (
       updated_at = coalesce($3::timestamptz, now())
   from touched x
   where g.id = x.id and (x.idle or x.request or x.n > 0)
-  returning g.id, g.machine, g.step, g.attempt, g.status, g.queue, x.idle, x.request, x.n, x.root, x.depth
+  returning g.id, g.machine, g.step, g.attempt, g.status, g.queue, x.idle, x.request, x.n, x.root, x.is_root
 ),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, detail, at)
   select u.id, u.machine, 'cancelled', u.step, u.attempt, u.status,
          jsonb_build_object('reason', $2::text, 'requested', u.request,
-                            'by', case when u.depth = 0 then to_jsonb($5::text) else to_jsonb(u.root) end),
+                            'by', case when u.is_root then to_jsonb($5::text) else to_jsonb(u.root) end),
          coalesce($3::timestamptz, now())
   from upd u
   where u.idle or u.request
