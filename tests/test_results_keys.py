@@ -234,7 +234,8 @@ async def test_woken_by_a_worker_process(odb: durable.Database, pg_dsn: str, tmp
     """)
     )
     ids = [await parked(odb) for _ in range(3)]
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "DURABLE_DSN": "", "DURABLE_SCHEMA": ""}
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "DURABLE_DSN": "", "DURABLE_SCHEMA": ""}
     worker = await trio.lowlevel.open_process(
         [DURABLE, "worker", "orders_mod", "--dsn", pg_dsn, "--schema", odb.schema],
         cwd=tmp_path,
