@@ -289,6 +289,8 @@ class ScheduleLoop:
         """Fire every due tick of this runtime's schedules once; returns the seconds until the nearest next
         tick (0 when catch_up="all" left missed ticks for the next scan; at most MAX_NAP). ``now`` defaults
         to the runtime's clock (None: the database's now())."""
+        from .client import InsertColumns
+
         if now is None:
             now = self.runtime.clock.now()
         if not self.registered:
@@ -306,10 +308,16 @@ class ScheduleLoop:
             fire, handled, rest = s.due(r["last_tick"], r["now"])
             if handled is None:
                 continue
-            try:
+            try:  # a state callable that raises or returns what cannot be stored stops this schedule only
                 batch = [s.insert(t) for t in fire]
-            except Exception as exc:  # a state callable raised: this schedule waits for the next scan
-                self.runtime.log_error(f"schedule {s.name!r}: its state callable raised {type(exc).__name__}: {exc}")
+                check = InsertColumns(self.db.max_value_bytes)
+                for spec in batch:
+                    check.add(spec, self.db.registry, f"schedule {s.name!r}")
+            except Exception as exc:
+                self.runtime.log_error(
+                    f"schedule {s.name!r}: no instance for its tick (tried again at the next scan): "
+                    f"{type(exc).__name__}: {exc}"
+                )
                 continue
             more = more or rest
             plan.append((s, handled, fire))

@@ -288,6 +288,26 @@ async def test_a_state_callable_gets_the_tick(db: durable.Database) -> None:
     assert (await db.get(iid)).state == {"region": "eu-05"}
 
 
+async def test_a_state_that_cannot_be_stored_at_some_tick_stops_only_its_schedule(db: durable.Database) -> None:
+    logged: list[str] = []
+    clock = SetClock(at("2030-01-01T00:00:00"))
+    bad = Schedule("0 * * * *", report, name="bad", state=lambda tick: {"x": float("nan") if tick.year == 2030 else 0})
+    rt = durable.Runtime(
+        db,
+        machines=[report],
+        schedules=[bad, Schedule("0 * * * *", report, name="good")],
+        clock=clock,
+        on_error=logged.append,
+    )
+    assert rt.schedule_loop is not None
+    await rt.schedule_loop.scan()
+    clock.t = at("2030-01-01T01:00:00")
+    await rt.schedule_loop.scan()
+    assert await ticks_of(db, "good") == ["2030-01-01T01:00:00Z"] and await ticks_of(db, "bad") == []
+    assert len(logged) == 1 and "schedule 'bad': no instance for its tick" in logged[0] and "NaN" in logged[0]
+    assert (await row(db, "bad"))["last_tick"] == at("2030-01-01T00:00:00")  # tried again at the next scan
+
+
 # -- the command ------------------------------------------------------------------------------------------
 async def test_durable_schedules_lists_last_and_next_runs(db: durable.Database, pg_dsn: str) -> None:
     cli = CLI(pg_dsn, db.schema)
