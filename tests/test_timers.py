@@ -581,3 +581,16 @@ async def test_a_timeout_fires_from_another_runtime_after_the_parking_one_was_ki
         n.cancel_scope.cancel()
     assert durable.codec.decode(r["result"]) == {"timed_out": True, "step": "expire", "attempt": 0, "shown": []}
     assert second.timeouts_fired == 1
+
+
+async def test_awaited_names_with_array_syntax_round_trip(tdb: durable.Database) -> None:
+    """Names are sent to complete as a text[] literal: quotes, backslashes, commas, braces and spaces survive,
+    and a signal of such a name wakes the await."""
+    db = tdb
+    odd = ['a"b\\c,{x} y', "NULL", "  "]
+    iid = await db.insert(Order, {"names": odd})
+    await run_one(db, "tm_order")
+    assert (await timers(db, iid))["awaits_any"] == odd
+    await db.signal(iid, "NULL", {})
+    await run_one(db, "tm_order")
+    assert durable.codec.decode((await row(db, iid))["result"])["woken_by"] == "NULL"
