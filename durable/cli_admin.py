@@ -10,7 +10,7 @@ import sys
 import click
 
 from .cli import EXIT_UNREACHABLE, dsn_option, fail, json_option, schema_option, telemetry
-from .cli_ops import Command, Group, OneLineError, emit_json, execute, load_machines
+from .cli_ops import Command, Group, OneLineError, emit_json, execute, load_machines, load_schedules
 
 
 # -- migrate ----------------------------------------------------------------------------------------
@@ -144,6 +144,7 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
     machines = load_machines(module)
     if not machines:
         raise OneLineError(f"module {module!r} defines no machines (Machine subclasses or @durable.job)")
+    schedules = load_schedules(module)  # its durable.Schedule values: this worker fires them too
     queues = parse_queues(queue_specs)
     if not queues:
         queues = {m.queue: concurrency for m in machines}
@@ -157,8 +158,11 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
         from ._pg import redact
 
         async with durable.connect(dsn, schema=schema, machines=machines) as database:
-            runtime = durable.Runtime(database, queues=queues, lease=lease, drain_timeout=drain_timeout,
-                                      retention=keep)
+            try:
+                runtime = durable.Runtime(database, queues=queues, lease=lease, drain_timeout=drain_timeout,
+                                          retention=keep, schedules=schedules)
+            except (TypeError, ValueError) as exc:  # a schedule this worker cannot run (DurableError: exit 2)
+                raise OneLineError(f"module {module!r}: {exc}") from None
             if not default_gc:
                 from .runtime.gc_tuning import tune_for_throughput
 
@@ -170,10 +174,11 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
                     names = sorted(f"{m.name} v{m.version}" for m in machines)
                     if as_json:  # one JSON line when it starts and one when it stops, on stdout
                         emit_json({"event": "started", "worker": runtime.worker_id, "schema": schema,
-                                   "queues": queues, "machines": names})
+                                   "queues": queues, "machines": names, "schedules": [s.name for s in schedules]})
                     else:
+                        fired = f"; schedules {', '.join(s.name for s in schedules)}" if schedules else ""
                         click.echo(f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
-                                   f"{schema!r}: queues {served}; machines {', '.join(names)}", err=True)
+                                   f"{schema!r}: queues {served}; machines {', '.join(names)}{fired}", err=True)
 
                     async def watch() -> None:
                         async for _ in signals:

@@ -590,7 +590,7 @@ def load_machines(module_name: str) -> list[Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise OneLineError(f"cannot import module {module_name!r}: {exc}") from None
-    except DurableError as exc:
+    except (DurableError, ValueError) as exc:  # ValueError: e.g. a durable.Schedule it defines is refused
         raise OneLineError(f"module {module_name!r}: {exc}") from None
     found: list[Any] = []
     for value in vars(module).values():
@@ -598,6 +598,19 @@ def load_machines(module_name: str) -> list[Any]:
                 and getattr(value, "steps", None) and value not in found):
             found.append(value)
     return found
+
+
+def load_schedules(module_name: str) -> list[Any]:
+    """The recurring schedules a module defines: its ``durable.Schedule`` values and the items of a
+    module-level ``schedules`` list (`durable worker` runs them)."""
+    from .schedules import Schedule
+
+    module = importlib.import_module(module_name)
+    listed = getattr(module, "schedules", None)
+    found: list[Any] = [v for v in vars(module).values() if isinstance(v, Schedule)]
+    if isinstance(listed, list | tuple):
+        found += [v for v in listed if isinstance(v, Schedule)]
+    return list({id(s): s for s in found}.values())
 
 
 def bulk_filters(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -346,6 +346,47 @@ async def test_durable_schedules_on_a_schema_that_is_not_durables_is_one_error_l
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
 
+WORKER_MODULE = """
+import durable
+
+@durable.job(queue="cron_jobs")
+async def tick(args, ctx):
+    return args
+
+every_second = durable.Schedule("* * * * * *", tick, state={"from": "worker"}, name="{name}")
+"""
+
+
+async def test_durable_worker_fires_the_schedules_its_module_defines(
+    db: durable.Database, pg_dsn: str, tmp_path: Any
+) -> None:
+    name = f"sched_mod_{db.schema}"
+    (tmp_path / f"{name}.py").write_text(WORKER_MODULE.replace("{name}", "from-module"))
+    cli = CLI(pg_dsn, db.schema)
+    env = {**cli.env, "PYTHONPATH": str(tmp_path)}
+    proc = cli.popen("worker", name, "--json", env=env)
+    try:
+
+        async def fired() -> bool:
+            n = await db.pool.fetchval(sql("select count(*) from instances where status = 'done'"))
+            return bool(n)
+
+        await wait_for(fired, timeout=60)
+    finally:
+        proc.terminate()
+        out, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+    assert proc.returncode == 0, err
+    started = json.loads(out.splitlines()[0])
+    assert started["schedules"] == ["from-module"]
+    assert (await ticks_of(db, "from-module"))[0].endswith("Z")
+    bad = WORKER_MODULE.replace("{name}", "x").replace("* * * * * *", "99 * * * *")
+    (tmp_path / f"{name}_bad.py").write_text(bad)
+    proc = cli.popen("worker", f"{name}_bad", env=env)
+    out, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+    assert proc.returncode == 2 and err.startswith("error: module ") and len(err.splitlines()) == 1, err
+    assert "bad cron expression '99 * * * *'" in err
+
+
 # -- hostile definitions ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("make", "error", "says"),
