@@ -15,7 +15,7 @@ A waiter is woken by the commit that ends its instance, never by a busy poll:
 
 Hints are only hints: each wake-up re-reads the row, and a waiter also re-reads it every
 ``Database.result_recheck`` seconds (a lost hint, a listening connection that dropped, an instance ended by
-a tool that sends none).
+a tool that sends none, a Runtime with ``listen=False`` or under a virtual clock, which announces nothing).
 """
 
 from __future__ import annotations

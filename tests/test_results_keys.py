@@ -464,3 +464,33 @@ async def test_cli_result_of_an_unreachable_database_exits_3() -> None:
         )
     )
     assert proc.returncode == 3 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc
+
+
+async def test_a_star_hint_wakes_every_waiter(odb: durable.Database, second: durable.Database) -> None:
+    """More ended ids than a few NOTIFY payloads hold are announced as '*': every waiter re-reads."""
+    a, b = await parked(odb), await parked(odb)
+    results: dict[int, object] = {}
+
+    async def wait(iid: int) -> None:
+        results[iid] = await odb.result(iid)
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as n:
+            n.start_soon(wait, a)
+            n.start_soon(wait, b)
+            await wait_for(lambda: _async(bool(odb.watchers.waiting(a) and odb.watchers.waiting(b))), timeout=10)
+            await finish(second, a, amount=1)  # committed by hand: no wake-up, no hint
+            await finish(second, b, amount=2)
+            await second.pool.fetchval(durable.sql.Q.announce_ended, odb.watchers.channel, [f"{second.token}|*"])
+    assert results == {a: {"paid": 1}, b: {"paid": 2}}
+
+
+async def test_announce_payloads_are_chunked_then_collapse_to_a_star() -> None:
+    from durable.results import MAX_PAYLOADS, PAYLOAD_BYTES, payloads
+
+    ids = list(range(10**9, 10**9 + 3000))
+    chunks = payloads("tok", ids)
+    assert 1 < len(chunks) <= MAX_PAYLOADS and all(len(c.encode()) <= PAYLOAD_BYTES for c in chunks)
+    assert sorted(int(i) for c in chunks for i in c.split("|")[1].split(",")) == ids
+    assert payloads("tok", []) == []
+    assert payloads("tok", range(10**9, 10**9 + 100_000)) == ["tok|*"]
