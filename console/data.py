@@ -86,10 +86,35 @@ class QueueRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A recurring schedule (Runtime(schedules=...)) as its runtimes last wrote it."""
+
+    name: str
+    cron: str
+    tz: str
+    machine: str
+    catch_up: str
+    last_run: datetime | None  # the latest tick that inserted an instance
+    last_instance_id: int | None
+    last_status: str | None  # that instance's status (None: none yet, or garbage-collected)
+    next_run: datetime | None  # the next tick to handle
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     now: datetime
     queues: list[QueueRow]
     workers: list[WorkerInfo]
+    schedules: list[ScheduleRow] = field(default_factory=list)
+
+
+def parse_schedules(rows: Iterable[Record]) -> list[ScheduleRow]:
+    return [
+        ScheduleRow(name=r["name"], cron=r["cron"], tz=r["tz"], machine=r["machine"], catch_up=r["catch_up"],
+                    last_run=r["last_run"], last_instance_id=r["last_instance_id"],
+                    last_status=r["last_status"], next_run=r["next_tick"])
+        for r in rows
+    ]
 
 
 def worker_state(seen_ago: float, stopped: bool, gone_after: float) -> str:
@@ -207,15 +232,17 @@ class OverviewLoader:
     async def load(self, source: Source, now: datetime | None = None) -> Overview:
         with_terminal = self.loads % self.terminal_every == 0
 
-        async def read(r: Reader) -> tuple[datetime, list[Record], list[Record], list[Record], int, int]:
+        async def read(r: Reader) -> tuple[datetime, list[Record], list[Record], list[Record], int, int,
+                                           list[Record]]:
             clock: datetime = await r.fetchval(Q.console_now, now)
             counts = await r.fetch(Q.queue_counts, clock, with_terminal)
             workers = await r.fetch(Q.list_workers, clock)
             start, end = self.throughput.next_range(int(clock.timestamp()))
             steps = await r.fetch(Q.console_throughput, _at(start), _at(end))
-            return clock, counts, workers, steps, start, end
+            schedules = await r.fetch(Q.list_schedules)
+            return clock, counts, workers, steps, start, end, schedules
 
-        clock, counts, worker_rows, steps, start, end = await source.read(read)
+        clock, counts, worker_rows, steps, start, end, schedule_rows = await source.read(read)
         second = int(clock.timestamp())
         workers = parse_workers(worker_rows, self.gone_after)
         self.throughput.merge(start, end, ((r["queue"], r["second"], r["steps"]) for r in steps))
@@ -245,7 +272,7 @@ class OverviewLoader:
                 rate=self.throughput.rate(q, second), trend=self.throughput.trend(q, second),
                 saturation=sat.get(q, Saturation()), lag=lags.get(q),
             ))
-        return Overview(now=clock, queues=rows, workers=workers)
+        return Overview(now=clock, queues=rows, workers=workers, schedules=parse_schedules(schedule_rows))
 
 
 def _at(second: int) -> datetime:

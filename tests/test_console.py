@@ -447,6 +447,46 @@ async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[s
         assert f"timeout        {render.clock(deadline)} (in " in text and "→ step later" in text, text
 
 
+async def test_schedules_show_their_last_and_next_run(pg_dsn: str, live: tuple[str, Live],
+                                                      sql: asyncpg.Connection) -> None:
+    """Issue 17 item 8: the queues screen lists each schedule with its last run, that run's instance and
+    status, and its next run, as the schedules table holds them."""
+    from console import render
+
+    schema, data = live
+    app = make_app(pg_dsn, schema, refresh=None)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, QueuesScreen)
+        table = screen.query_one("#schedules", DataTable)
+        await until(pilot, lambda: table.row_count == 2, "the schedules table")
+        assert table.display and screen.query_one("#schedules-title", Static).display
+        assert screen.overview is not None
+        rows = {r["name"]: r for r in await sql.fetch(
+            "select s.*, i.status::text as last_status from schedules s "
+            "left join instances i on i.id = s.last_instance_id")}
+        ran = cells(table, data.schedule)
+        row = rows[data.schedule]
+        assert ran[:4] == [data.schedule, "* * * * * *", "UTC", "report"]
+        assert ran[4] == render.relative(row["last_run"], screen.overview.now)
+        assert ran[5:7] == [f"#{row['last_instance_id']}", "done"]
+        assert ran[7].startswith(render.short_clock(row["next_tick"]) + " (")
+        yearly = cells(table, data.yearly)
+        assert yearly[1:3] == ["0 0 1 1 *", "Europe/Paris"] and yearly[4:7] == ["-", "-", "-"]
+        nxt = rows[data.yearly]["next_tick"]
+        assert yearly[7] == f"{render.short_clock(nxt)} ({render.relative(nxt, screen.overview.now)})"
+
+
+async def test_no_schedules_no_section() -> None:
+    """A schema without schedules shows no empty Schedules section (the queues screen stays as it was)."""
+    from datetime import UTC, datetime
+
+    from console.data import Overview
+    from console.screens.queues import schedule_rows
+
+    assert schedule_rows(Overview(now=datetime.now(UTC), queues=[], workers=[])) == []
+
+
 async def test_unreachable_database_shows_a_banner_and_stays_responsive() -> None:
     source = Source("postgresql://nobody@127.0.0.1:9/none", "durable", timeout=0.5)
     app = ConsoleApp(source, refresh_every=0.2)

@@ -79,7 +79,12 @@ class Timed(Machine, queue="timers"):
         return Done()
 
 
-MACHINES = [Checkout, Ship, send_mail, Slow, Timed]
+@job(queue="reports")
+async def report(args: Any, ctx: Any) -> Any:
+    return {"tick": args}
+
+
+MACHINES = [Checkout, Ship, send_mail, Slow, Timed, report]
 
 
 @dataclass
@@ -93,6 +98,8 @@ class Live:
     scheduled: int = 0
     cancelled: int = 0
     executing: int = 0
+    schedule: str = "every-second"  # a schedule that ran (its last instance done) and a yearly one
+    yearly: str = "new-year"
     sleeping: int = 0  # a durable timer: runnable at 'later' in an hour
     timing_out: int = 0  # awaits 'ok' or 'no', timeout in an hour
 
@@ -111,8 +118,14 @@ async def fill_live(dsn: str, schema: str) -> Live:
         out.sleeping = await db.insert(Timed, {"sleep": True}) or 0
         out.timing_out = await db.insert(Timed, {"sleep": False}) or 0
         async with trio.open_nursery() as nursery:
-            rt = await nursery.start(durable.Runtime(db, queues={"orders": 2, "mail": 2, "timers": 2}, lease=30,
-                                                     worker_id="runtime-main").run)
+            schedules = [durable.Schedule("* * * * * *", report, state={"n": 1}, name=out.schedule),
+                         durable.Schedule("0 0 1 1 *", report, name=out.yearly, tz="Europe/Paris")]
+            rt = await nursery.start(durable.Runtime(db, queues={"orders": 2, "mail": 2, "timers": 2, "reports": 1},
+                                                     lease=30, worker_id="runtime-main", schedules=schedules).run)
+            with trio.fail_after(20):  # a tick fired and its instance ended
+                while not any(r["name"] == out.schedule and r["last_status"] == "done"
+                              for r in await db.pool.fetch(Q.list_schedules)):
+                    await trio.sleep(0.05)
             await _wait_status(db, out.timing_out, "awaiting_signal")
             with trio.fail_after(20):
                 while (await db.get(out.sleeping)).step != "later":
@@ -197,7 +210,7 @@ def _gauges(**per_queue: dict[str, int]) -> str:
 
 async def fill_frozen(dsn: str, schema: str = SNAP_SCHEMA) -> None:
     """The snapshot data set: instances 1-8 in every interesting status (1 awaits with a timeout, 6 wakes in
-    an hour), two workers (one gone).
+    an hour), two workers (one gone), two schedules (one ran).
     Drops and recreates ``schema`` first."""
     clock = FixedClock(T0)
     async with durable.connect(dsn, schema=schema, migrate=False) as pre:
@@ -250,6 +263,13 @@ async def fill_frozen(dsn: str, schema: str = SNAP_SCHEMA) -> None:
         clock.set(0)
         await pool.execute(Q.register_worker, "worker-a", "host-1", 101, ["orders", "mail"],
                            _gauges(orders={}, mail={}), clock.now())
+        # two schedules: one that ran at T0 (its instance is #4, done) and one that has not run yet
+        clock.set(0)
+        await pool.execute(Q.register_schedules, ["mail-digest", "new-year"], ["*/5 * * * *", "0 0 1 1 *"],
+                           ["UTC", "Europe/Paris"], ["send_mail", "send_mail"], ["latest", "none"],
+                           [T0 + timedelta(minutes=5), datetime(2030, 12, 31, 23, 0, tzinfo=UTC)], clock.now())
+        await pool.execute(Q.advance_schedules, ["mail-digest"], [T0], [4], [T0 + timedelta(minutes=5)],
+                           clock.now())
         clock.set(55)
         await pool.execute(Q.heartbeat, [2], [second[1].lease_token], 600.0, clock.now(), "worker-a",
                            _gauges(orders={"concurrency": 4, "prefetch": 4, "in_flight": 1, "steps": 5,

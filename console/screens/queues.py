@@ -28,6 +28,10 @@ WORKER_COLUMNS = (
     ("buffered", "buffered"), ("steps", "steps"), ("done", "done"), ("failed", "failed"),
     ("fenced", "fenced"), ("seen", "seen"), ("state", "state"),
 )
+SCHEDULE_COLUMNS = (
+    ("name", "schedule"), ("cron", "cron"), ("tz", "tz"), ("machine", "machine"), ("last_run", "last run"),
+    ("instance", "instance"), ("status", "status"), ("next_run", "next run"),
+)
 STATE_STYLE = {"live": "green", "gone": "bold red", "stopped": "dim"}
 
 
@@ -59,6 +63,22 @@ def worker_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
     return rows
 
 
+def schedule_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
+    rows = []
+    for s in overview.schedules:
+        last = "-" if s.last_run is None else render.relative(s.last_run, overview.now)
+        upcoming = "-"
+        if s.next_run is not None:
+            when = "due now" if s.next_run <= overview.now else render.relative(s.next_run, overview.now)
+            upcoming = f"{render.short_clock(s.next_run)} ({when})"
+        rows.append((s.name, [
+            s.name, s.cron, s.tz, s.machine, last,
+            "-" if s.last_instance_id is None else f"#{s.last_instance_id}", render.status(s.last_status),
+            upcoming,
+        ]))
+    return rows
+
+
 def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -83,6 +103,8 @@ class QueuesScreen(LiveScreen):
         yield Static("", id="queue-detail")
         yield Static("Workers", classes="section")
         yield DataTable(id="workers", cursor_type="row", zebra_stripes=True)
+        yield Static("Schedules", classes="section", id="schedules-title")  # shown when there are any
+        yield DataTable(id="schedules", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -94,7 +116,15 @@ class QueuesScreen(LiveScreen):
         workers = self.query_one("#workers", DataTable)
         for key, label in WORKER_COLUMNS:
             workers.add_column(label, key=key)
+        schedules = self.query_one("#schedules", DataTable)
+        for key, label in SCHEDULE_COLUMNS:
+            schedules.add_column(label, key=key)
+        self.show_schedules(False)
         super().on_mount()
+
+    def show_schedules(self, shown: bool) -> None:
+        for widget in (self.query_one("#schedules-title"), self.query_one("#schedules", DataTable)):
+            widget.display = shown
 
     async def fetch(self) -> Message:
         return OverviewLoaded(await self.loader.load(self.source, self.console.now))
@@ -103,6 +133,9 @@ class QueuesScreen(LiveScreen):
         ov = self.overview = message.overview
         sync_table(self.query_one("#queues", DataTable), queue_rows(ov))
         sync_table(self.query_one("#workers", DataTable), worker_rows(ov))
+        sync_table(self.query_one("#schedules", DataTable), schedule_rows(ov))
+        self.show_schedules(bool(ov.schedules))
+        self.query_one("#schedules-title", Static).update(f"Schedules · {len(ov.schedules)}")
         self.show_selected()
         live = sum(1 for w in ov.workers if w.state == "live")
         gone = sum(1 for w in ov.workers if w.state == "gone")
