@@ -90,12 +90,17 @@ BUGS: dict[str, Bug] = {
         Bug("no_prearrival_guard", "terminal_after_heal", (
             ("complete",
              r"case when h\.signal_seq <> o\.seq\s+or exists \(select 1 from signals s\s+"
-             r"where s\.target_id = o\.id and s\.name = o\.awaits\s+"
+             r"where s\.target_id = o\.id and [^\n]*\n\s+"  # the awaited name(s)
              r"and not exists \(select 1 from shown w where w\.ord = o\.ord and w\.sid = s\.id\)\)\s+"
              r"then 'runnable' else 'awaiting_signal' end",
              "'awaiting_signal'"),
         ), "checkout", (), "an await parks without the signal_seq / inbox check: a signal that arrived "
                            "during the step is never seen (lost wake-up)", first=3),
+        Bug("park_seq_unchecked", "terminal_after_heal", (
+            ("complete", r"case when h\.signal_seq <> o\.seq\s+or exists", "case when exists"),
+        ), "checkout", ("signal_lock",), "an await parks on the inbox check alone, without signal_seq: a delivery "
+                                         "that commits while the park waits on its row lock is missed (the "
+                                         "park's snapshot predates it): a real lost wake-up", first=3),
         Bug("double_decrement", "child_decrements_once", (
             ("complete", r"from upd\s+where status in \('done', 'failed', 'cancelled'\) and parent_id is not null",
              "from (select * from upd union all select * from upd) upd\n"
@@ -113,14 +118,15 @@ BUGS: dict[str, Bug] = {
                        "dropped, which would still refuse the second claim of a key)",
             first=2, drop_partition_index=True),
         Bug("cancel_child_unjoined", "cancel_accounted", (
-            ("cancel_instance", r"where p\.id = i\.parent_id and not i\.joined_before",
-             "where p.id = i.parent_id and not i.joined_before and false"),
+            # the join of the idle children it cancels (one parent's, or a cascade's per parent)
+            ("cancel_instance", r"where p\.id = i\.parent_id and not i\.joined_before"
+                                r"|and t\.parent_id is not null and not t\.joined", "\\g<0> and false"),
         ), "ops", (), "cancelling an idle child never decrements its parent: the parent awaits its children "
                       "forever", first=2),
         Bug("release_unfenced", "release_fencing", (
             ("release", r"on g\.id = r\.id and g\.lease_token = r\.token", "on g.id = r.id"),
         ), "mixed", ("lease_loss",), "release (drain, uncommitted outcomes) matches rows by id only: a worker "
-                                     "whose lease was lost puts another's live claim back to runnable", first=5),
+                                     "whose lease was lost puts another's live claim back to runnable", first=4),
         Bug("same_batch_fencing", "no_fenced_outcome_visible", (
             ("complete", r"where o\.ord not in \(select l\.ord from live l\)",
              "where o.id not in (select l.id from live l)"),
@@ -172,7 +178,8 @@ BUGS: dict[str, Bug] = {
 
 
 def broken(text: str, pattern: str, replacement: str, where: str) -> str:
-    new, n = re.subn(pattern, lambda _: replacement, text)
+    """``text`` with the one match of ``pattern`` replaced (literally; ``\\g<0>`` stands for the match)."""
+    new, n = re.subn(pattern, lambda m: replacement.replace("\\g<0>", m.group(0)), text)
     if n != 1:
         raise AssertionError(f"planted bug: {where}: pattern found {n} times (the engine changed?)")
     return new

@@ -71,6 +71,8 @@ def command(ctx: click.Context, seed: int, seeds: int, workload: str, instances:
 
     if processes and mode != "chaos":
         raise click.UsageError("--processes needs --mode chaos (real OS processes cannot run on virtual time)")
+    if processes and workload == "hostile":
+        raise click.UsageError("--workload hostile needs in-process workers (its Crasher kills its own Runtime)")
     if (quick or mutant_names) and not mutants:
         raise click.UsageError("--quick and --mutant go with --mutants")
     console = Console(stderr=json_path == STDOUT)  # --json alone: stdout is the JSON's

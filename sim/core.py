@@ -151,6 +151,7 @@ class Run:
         self.sink: Callable[[StepRecord], None] | None = None  # worker processes write records out
         self.zombies: list[tuple[dict[int, set[int]], trio.Event]] = []  # paused workers' claims
         self.sent: list[tuple[int, str, int | None]] = []  # (target, name, signal id or None = dedup)
+        self.calls: Counter[str] = Counter()  # statement -> calls so far, of every participant
         self.max_attempts: dict[str, int] = {}  # machine name -> max_attempts (the bounded attempts check)
         self.kill_worker: Callable[[str], None] | None = None  # crash the worker of this id (a step's doing)
 

@@ -22,7 +22,7 @@ import trio
 import trio.testing
 from trio._core import _run as trio_run_module
 
-from durable._pg import Pool
+from durable._pg import Pool, aio
 from durable.sql import Q
 
 from .core import Run
@@ -67,6 +67,15 @@ class Serializer:
         self.sched = random.Random(f"{run.config.seed}:sched")
         self.calls = 0
         self.owner: trio.lowlevel.Task | None = None  # the task whose open transaction keeps the turn
+        # signal deliveries whose transaction a `signal_lock` fault keeps open (their target row locked) while
+        # the other calls take their turns; `watch` reads which backends wait on them
+        self.held: list[HeldLock] = []
+        self.watch: Pool | None = None
+
+    async def release_held(self) -> None:
+        """Commit every held transaction (before a lock-taking harness statement, and at the end)."""
+        for h in list(self.held):
+            await h.release()
 
     def owns(self) -> bool:
         return self.owner is not None and self.owner is trio.lowlevel.current_task()
@@ -119,6 +128,33 @@ class Serializer:
             return await fn()
 
 
+class HeldLock:
+    """A statement's transaction kept open by a `signal_lock` fault: its row locks stay until ``release``."""
+
+    def __init__(self, serializer: Serializer, pool: Pool, raw: asyncpg.Connection, tx: Any, what: str,
+                 target: int | None) -> None:
+        self.serializer = serializer
+        self.target = target  # the instance whose row it locks
+        self.pool = pool
+        self.raw = raw
+        self.tx = tx
+        self.pid = raw.get_server_pid()
+        self.what = what
+        self.done = trio.Event()
+
+    async def release(self) -> None:
+        if self.done.is_set():
+            return
+        self.done.set()
+        self.serializer.held.remove(self)
+        with trio.CancelScope(shield=True):
+            try:
+                await aio(self.tx.commit)()
+            finally:
+                await aio(self.pool.raw.release)(self.raw)
+        self.serializer.run.log.add(f"{self.what} commits")
+
+
 class Slot:
     """A worker slot: successive incarnations (after crashes) of one worker, and its call counters."""
 
@@ -158,8 +194,10 @@ class SlotGate:
         name = SAME_AS.get(name, name)
         slot.counts[name] += 1
         nth = slot.counts[name]
+        sim.calls[name] += 1  # run-wide counts: a fault without a slot is keyed on the n-th call of anyone
         faults = [f for f in sim.plan
-                  if sim.faults_on and f.slot == slot.index and STATEMENT.get(f.kind) == name and f.nth == nth]
+                  if sim.faults_on and STATEMENT.get(f.kind) == name
+                  and ((f.slot == slot.index and f.nth == nth) or (f.slot is None and f.nth == sim.calls[name]))]
         in_transaction = self.serializer.owns()  # it holds the turn: it must not pause
         if slot.paused is not None and not in_transaction:
             await slot.paused.wait()
@@ -178,6 +216,7 @@ class SlotGate:
             if f.kind == "drain" and slot.runtime is not None and not slot.runtime.stopping:
                 sim.fire(f, f" ({slot.worker_id})")
                 slot.runtime.stop(drain_timeout=f.seconds * sim.scale)
+        locked: HeldLock | None = None
         async with self.serializer.turn(begins=name == "begin", ends=name in ("commit", "rollback")):
             held = self._held()
             if "crash" in kinds:
@@ -185,14 +224,78 @@ class SlotGate:
                 await trio.lowlevel.checkpoint()  # the kill cancelled us: the statement never runs
             if kinds & {"conn_pick", "conn_heartbeat", "conn_complete"}:
                 fault = next(f for f in faults if f.kind.startswith("conn_"))
+                await self.serializer.release_held()  # its table lock would wait on a held row lock
                 result = await self._kill_during(fault, name, run)
+            elif "signal_lock" in kinds and self.admin is not None and self.serializer.clock is not None:
+                fault = next(f for f in faults if f.kind == "signal_lock")
+                result, locked = await self._hold(fault, run)
             else:
-                result = await run()
+                result = await self._guarded(name, run)
             self._observe(name, nth, result, held, call_args(run))
             if "commit_unknown" in kinds:
                 self._crash(next(f for f in faults if f.kind == "commit_unknown"))
                 await trio.lowlevel.checkpoint()  # committed, but the worker never hears of it
-            return result
+        if locked is not None:  # the caller hears back once its transaction commits
+            await self._until_committed(locked, next(f for f in faults if f.kind == "signal_lock"))
+        return result
+
+    # -- held transactions (real interleavings) --------------------------------------------------
+    async def _hold(self, fault: Any, run: Callable[[], Awaitable[T]]) -> tuple[T, HeldLock]:
+        """Run the statement in a transaction of its own that stays open after it (the rows it locked stay
+        locked) while the other calls take their turns: ``_guarded`` commits it when one of them waits on
+        its lock, ``_until_committed`` after ``fault.seconds`` at the latest."""
+        assert self.admin is not None
+        await self.serializer.release_held()  # one at a time: this statement could wait on another's lock
+        cells = dict(zip(run.__code__.co_freevars, run.__closure__ or (), strict=True))
+        method, query = cells["method"].cell_contents.__name__, cells["q"].cell_contents
+        raw = await aio(self.admin.raw.acquire)()
+        tx = raw.transaction()
+        await aio(tx.start)()
+        args = call_args(run)
+        result = await aio(getattr(raw, method))(query.text, *args)
+        lock = HeldLock(self.serializer, self.admin, raw, tx, f"{self.slot.worker_id} {query.name}",
+                        args[0] if args and isinstance(args[0], int) else None)
+        self.serializer.held.append(lock)
+        self.run.fire(fault, f" ({self.slot.worker_id})")
+        return result, lock
+
+    async def _until_committed(self, lock: HeldLock, fault: Any) -> None:
+        try:
+            with trio.move_on_after(fault.seconds * self.run.scale):
+                await lock.done.wait()
+        finally:
+            if not lock.done.is_set():  # nobody waited on it (or the caller is cancelled): commit in a turn
+                with trio.CancelScope(shield=True):
+                    async with self.serializer.turn():
+                        await lock.release()
+
+    async def _guarded(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        """Run the call. While a held transaction is open, watch in real time (inside this turn, the clock
+        frozen) whether the call's statement waits on a lock it holds, and commit it then: the statement
+        goes on with the snapshot it took before the commit, as it would in production."""
+        ser = self.serializer
+        if not ser.held or ser.watch is None:
+            return await run()
+        done: dict[str, Any] = {}
+
+        async def victim() -> None:
+            try:
+                done["result"] = await run()
+            except Exception as exc:
+                done["error"] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(victim)
+            while not done and ser.held:
+                blockers = {r["blocker"] for r in await ser.watch.fetch(Q.sim_blocked_by, [h.pid for h in ser.held])}
+                for lock in [h for h in ser.held if h.pid in blockers]:
+                    self.run.log.add(f"{self.slot.worker_id} {name} waits on the lock of {lock.what}")
+                    await lock.release()
+                if not done:
+                    await trio.to_thread.run_sync(time.sleep, 0.002)
+        if "error" in done:
+            raise done["error"]
+        return done["result"]  # type: ignore[no-any-return]
 
     # -- faults ----------------------------------------------------------------------------------
     async def _zombie(self, fault: Any) -> None:
@@ -372,7 +475,9 @@ class SlotGate:
         elif name == "register_worker":
             # a restarted worker has freed its crashed predecessors' claims (release_dead_workers, observed
             # above) before it registers: none may still wait for its lease to expire
-            left = sorted(iid for iid, (_, w) in leases.items() if w in self.slot.dead)
+            # (a row a held transaction locks is skipped, as release_dead_workers says: left to the reaper)
+            locked = {h.target for h in self.serializer.held}
+            left = sorted(iid for iid, (_, w) in leases.items() if w in self.slot.dead and iid not in locked)
             if left and live_checks:
                 sim.violate("restart_frees_claims",
                             f"{who} started with claims {left} of its crashed predecessors still held")
@@ -394,10 +499,11 @@ class SlotGate:
         """Release fencing: a statement that gives claims back (``RELEASES``) changed instance ``iid``, whose
         live lease the model says is ``live`` (token, worker): it must be a claim the caller holds."""
         who = self.slot.worker_id
-        if name in ("release", "lease_lost"):  # $1 ids, $2 tokens: fenced by token
-            token = dict(zip(args[0], args[1], strict=True)).get(iid)
-            ok = live is not None and live[0] == token
-            held = f"with token {token}"
+        if name in ("release", "lease_lost"):  # $1 ids, $2 tokens: fenced by token (an id may come twice: a
+            # runtime can hold a lost claim and the live one of one instance)
+            tokens = sorted(t for i, t in zip(args[0], args[1], strict=True) if i == iid)
+            ok = live is not None and live[0] in tokens
+            held = f"with tokens {tokens}"
         elif name == "release_orphans":  # $1 the worker, $3 the ids it holds: its own claims it lost track of
             ok = live is None or live[1] == args[0]
             held = f"as an orphan of {args[0]}"

@@ -235,14 +235,16 @@ class Simulation:
 
     async def run(self, *, progress: Progress | None, keep_schema: bool, prepare: Prepare | None) -> Result:
         async with asyncio_loop():
-            self.admin = await Pool.open(self.dsn, self.schema, min_size=1, max_size=2)
+            self.admin = await Pool.open(self.dsn, self.schema, min_size=1, max_size=3)
             self.watch = await Pool.open(self.dsn, self.schema, min_size=1, max_size=1)
+            self.serializer.watch = self.watch
             try:
                 client = await self._setup(prepare)
                 await self._phases(client, progress)
                 final = await self._final()
             finally:
                 with trio.CancelScope(shield=True):
+                    await self.serializer.release_held()
                     for db in self.dbs:
                         db.pool.terminate()
                     if not keep_schema:
@@ -263,7 +265,7 @@ class Simulation:
         await self.admin.execute(Q.sim_create_ledger)
         if prepare is not None:
             await prepare(self.admin)
-        client = await self._open(Slot(0, "driver"), faults=False)
+        client = await self._open(Slot(0, "driver"), faults=True)  # its signals may be held (signal_lock)
         for w in self.loads:
             await w.setup(client)
         await self.serializer.settle()

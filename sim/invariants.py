@@ -190,7 +190,8 @@ def history(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violati
                 out.append(Violation("no_fenced_outcome_visible",
                                      f"instance {iid}: outcome {h['event']} committed under token {token} "
                                      "after that lease was reaped"))
-        if h["event"] in ("fenced", "signal", "cancelled") or h["attempt"] is None:
+        # fenced and lease_lost rows speak of a stale claim (its attempt then), not of the row now
+        if h["event"] in ("fenced", "lease_lost", "signal", "cancelled") or h["attempt"] is None:
             continue
         prev = last.get(iid)
         if prev is not None and prev[0] == h["step"] and h["attempt"] < prev[1]:

@@ -24,6 +24,9 @@ FAULT_KINDS: dict[str, str] = {
     "reaper_delay": "a reaper call stalls before running",
     "drain": "graceful worker restart: Runtime.stop with a short drain (buffered claims released, cut-off "
              "steps released with attempt + 1), then a new incarnation",
+    "signal_lock": "a signal delivery's transaction stays open after its statement (the target row locked) while "
+                   "other workers' statements run; it commits when one of them waits on that lock (a real "
+                   "interleaving: that statement keeps the snapshot it took before), or after a few seconds",
     "lease_loss": "a worker's heartbeats and its outcome commits stall while its picks, steps and reaper go "
                   "on: its finished steps' claims are reaped and picked again while their stale outcomes are "
                   "still queued",
@@ -33,7 +36,7 @@ ALIASES = {"conn": ["conn_pick", "conn_heartbeat", "conn_complete"], "all": list
 # the statement a slot-keyed fault waits for
 STATEMENT = {"crash": "complete", "commit_unknown": "complete", "zombie": "complete",
              "conn_pick": "pick", "conn_heartbeat": "heartbeat", "conn_complete": "complete",
-             "reaper_delay": "reap", "drain": "pick", "lease_loss": "complete"}
+             "reaper_delay": "reap", "drain": "pick", "lease_loss": "complete", "signal_lock": "deliver_signal"}
 
 
 def parse_kinds(text: str) -> list[str]:
@@ -54,7 +57,7 @@ def parse_kinds(text: str) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Fault:
     kind: str
-    slot: int | None = None       # worker slot (slot-keyed kinds)
+    slot: int | None = None       # worker slot (slot-keyed kinds; None: the n-th call of any participant)
     nth: int = 1                  # the n-th matching call / execution
     instance: int | None = None   # instance id (step-keyed kinds)
     seconds: float = 0.0          # pause, delay or extra step time
@@ -64,7 +67,8 @@ class Fault:
             extra = f" +{self.seconds:g}s" if self.seconds else ""
             return f"{self.kind}: instance {self.instance}, execution #{self.nth}{extra}"
         extra = f" for {self.seconds:g}s" if self.seconds else ""
-        return f"{self.kind}: worker w{self.slot}, {STATEMENT[self.kind]} call #{self.nth}{extra}"
+        who = "any participant" if self.slot is None else f"worker w{self.slot}"
+        return f"{self.kind}: {who}, {STATEMENT[self.kind]} call #{self.nth}{extra}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +97,8 @@ def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: 
                                   seconds=round(rng.uniform(lease / 2, lease * 2), 1)))
             elif kind == "drain":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(2, 12), seconds=round(rng.uniform(0.5, 5), 1)))
+            elif kind == "signal_lock":  # keyed on the run's n-th delivery, whoever sends it (the driver too)
+                plan.append(Fault(kind, nth=rng.randint(1, instances // 2), seconds=round(rng.uniform(5, 15), 1)))
             elif kind == "conn_heartbeat":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 4)))
             else:

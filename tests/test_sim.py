@@ -67,3 +67,15 @@ def test_hostile_workload_is_bounded_under_every_fault(pg_dsn: str) -> None:
                           dsn=pg_dsn)
         assert result.ok, (seed, result.violations)
         assert result.statuses.get("failed", 0) >= 1  # the crasher, stopped at max_attempts
+
+
+def test_generated_scripts_end_as_their_model_says(pg_dsn: str) -> None:
+    """--workload fuzz: scripts drawn from the seed (every outcome kind, poison values, random insert
+    options, driver cancels) under every fault kind."""
+    statuses: Counter[str] = Counter()
+    for seed in (1, 2, 3):
+        result = simulate(SimConfig(seed=seed, workload="fuzz", faults=ALL, instances=8, chaos_seconds=40),
+                          dsn=pg_dsn)
+        assert result.ok, (seed, result.violations)
+        statuses.update(result.statuses)
+    assert {"done", "failed", "cancelled"} <= set(statuses), statuses

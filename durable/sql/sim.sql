@@ -95,3 +95,10 @@ order by g.id;
 -- The hostile workload's poison: a state whose "t" is "poison" is refused by a CHECK constraint (SQLSTATE
 -- 23514), so the outcome that writes it is refused by the database itself. No parameters.
 alter table instances add constraint sim_no_poison check (state->>'t' is distinct from 'poison');
+
+-- name: sim_blocked_by
+-- Backends waiting on a lock held by one of the backends $1 (pids), with the one they wait on (the
+-- signal_lock fault commits that transaction then).
+select b.pid, h.blocker
+from pg_stat_activity b, unnest(pg_blocking_pids(b.pid)) as h(blocker)
+where h.blocker = any ($1::int[]);

@@ -64,6 +64,10 @@ def workloads(name: str) -> list[Workload]:
         from .hostile import Hostile
 
         return [Hostile()]
+    if name == "fuzz":
+        from .fuzz import FuzzWorkload
+
+        return [FuzzWorkload()]
     if name == "streams":
         from .streams import StreamsWorkload
 
@@ -73,4 +77,4 @@ def workloads(name: str) -> list[Workload]:
     return [table[name]()]
 
 
-WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams", "hostile")
+WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams", "hostile", "fuzz")
