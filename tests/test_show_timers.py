@@ -93,3 +93,28 @@ async def test_show_says_a_runnable_row_follows_a_timeout(db: durable.Database, 
     assert woken.timed_out and woken.step == "later" and woken.timeout_at is None
     text = await trio.to_thread.run_sync(show, pg_dsn, db.schema, waiter)
     assert "its await timed out" in text and "timeout   " not in text, text
+
+
+@pytest.mark.parametrize("stamp", ["infinity", "20000-01-01 00:00:00+00"])
+async def test_a_timeout_past_year_9999_written_by_hand_reads_clamped(
+    db: durable.Database, pg_dsn: str, stamp: str
+) -> None:
+    """durable writes no such deadline (a timeout is at most durable.MAX_DELAY), but a row edited by hand
+    must stay readable: db.get, durable show and the console read 9999-12-31 23:59:59.999999 UTC."""
+    from datetime import UTC, datetime
+
+    from durable.sql import Query
+
+    waiter = await db.insert(Waits, {"how": "await", "timeout": 3600})
+    assert waiter is not None
+    async with trio.open_nursery() as nursery:
+        runtime = await nursery.start(durable.Runtime(db, machines=[Waits], queues={"waits": 1}).run)
+        await until(db, waiter, lambda i: i.status == "awaiting_signal")
+        runtime.stop()
+    await db.pool.execute(
+        Query("t", "update instances set timeout_at = $2::text::timestamptz where id = $1", ""), waiter, stamp
+    )
+    end = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert (await db.get(waiter)).timeout_at == end
+    text = await trio.to_thread.run_sync(show, pg_dsn, db.schema, waiter)
+    assert f"timeout   {end.isoformat()} (in " in text, text
