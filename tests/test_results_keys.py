@@ -494,3 +494,29 @@ async def test_announce_payloads_are_chunked_then_collapse_to_a_star() -> None:
     assert sorted(int(i) for c in chunks for i in c.split("|")[1].split(",")) == ids
     assert payloads("tok", []) == []
     assert payloads("tok", range(10**9, 10**9 + 100_000)) == ["tok|*"]
+
+
+async def test_many_waiters_share_one_listener_and_a_bulk_cancel_wakes_them_all(
+    odb: durable.Database, second: durable.Database
+) -> None:
+    """200 waiters on one Database (a pool of 20): one LISTEN connection; a cancel_many through another
+    Database ends them all, and its hint wakes every one (the re-read is an hour away)."""
+    ids = [i for i in await odb.insert_many([durable.Insert(Order, {}) for _ in range(200)]) if i is not None]
+    errors: list[BaseException] = []
+
+    async def wait(iid: int) -> None:
+        try:
+            await odb.result(iid)
+        except durable.InstanceCancelled as exc:
+            errors.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            for iid in ids:
+                n.start_soon(wait, iid)
+            await wait_for(lambda: _async(all(odb.watchers.waiting(i) for i in ids)), timeout=40)
+            assert odb.watchers._users == 200 and odb.watchers._conn is not None
+            bulk = await second.cancel_many("closing down", machine="Order")
+            assert bulk.changed == 200
+    assert len(errors) == 200 and {e.instance_id for e in errors} == set(ids)  # type: ignore[attr-defined]
+    assert odb.watchers._users == 0 and odb.watchers._conn is None
