@@ -101,6 +101,8 @@ async def test_two_runtimes_racing_on_every_tick_insert_one_instance_each(db: du
     assert keys[0] == "2030-01-01T00:00:01Z" and keys[-1] == "2030-01-01T00:00:40Z"
     assert a.fired + b.fired == 40
     assert a.taken + b.taken > 0  # they did race: some ticks were fired by both, inserted once
+    stats = [loop.runtime.statistics()["schedule_ticks"] for loop in (a, b)]
+    assert sum(s["fired"] for s in stats) == 40 and sum(s["taken"] for s in stats) == a.taken + b.taken
 
 
 async def test_a_done_tick_is_never_run_again(db: durable.Database) -> None:

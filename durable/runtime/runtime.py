@@ -594,6 +594,9 @@ class Runtime:
             "blocked_steps": self.blocked_steps,  # steps that held the event loop over a third of the lease
             "lease_lost": self.leases_lost,  # steps cancelled (or dropped unstarted) because their lease was lost
             "freed_at_start": self.freed_at_start,  # claims of dead workers released when this one started
+            # recurring schedules: ticks this runtime inserted, found inserted by another runtime, dropped
+            "schedule_ticks": {"fired": loop.fired, "taken": loop.taken, "dropped": loop.dropped}
+            if (loop := self.schedule_loop) is not None else {"fired": 0, "taken": 0, "dropped": 0},
         }
 
     def log_error(self, message: str) -> None:
