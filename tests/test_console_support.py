@@ -22,7 +22,7 @@ from durable.client import InsertColumns
 from durable.migrate import drop_schema
 from durable.runtime.claim import Claim, Encoded
 from durable.runtime.flusher import Flusher
-from durable.sql import Q
+from durable.sql import Q, Query
 
 
 class Ship(Machine, queue="shipping"):
@@ -100,6 +100,7 @@ class Live:
     executing: int = 0
     schedule: str = "every-second"  # a schedule that ran (its last instance done) and a yearly one
     yearly: str = "new-year"
+    edited: str = "edited-by-hand"  # a schedule row whose times are 'infinity' and '-infinity'
     sleeping: int = 0  # a durable timer: runnable at 'later' in an hour
     timing_out: int = 0  # awaits 'ok' or 'no', timeout in an hour
 
@@ -152,6 +153,10 @@ async def fill_live(dsn: str, schema: str) -> Live:
                 await trio.sleep(0.01)
             await killed.beat()
             killed.kill()
+        await db.pool.execute(Query("edit", "insert into schedules (name, cron, tz, machine, catch_up, last_tick, "
+                                            "next_tick, last_run, updated_at) values ($1, '@daily', 'UTC', "
+                                            "'report', 'latest', now(), 'infinity', '-infinity', now())", ""),
+                              out.edited)
         out.awaiting = [i for i in orders[2:] if i is not None]
         out.parents = [i for i in orders[:2] if i is not None]
         for iid in mail:
