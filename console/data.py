@@ -523,6 +523,33 @@ def duration_ms(detail: str | None) -> float | None:
     return float(d) if isinstance(d, int | float) else None
 
 
+def detail_note(detail: str | None) -> str:
+    """What an event's detail says besides an error: a durable timer's wake time (``wake_at``), an await's
+    or a fired timeout's deadline (``timeout_at``), who cancelled (``by``)."""
+    if not detail:
+        return ""
+    try:
+        value = json.loads(detail)
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(value, dict):
+        return ""
+    parts = []
+    for key, label in (("wake_at", "wakes"), ("timeout_at", "timeout")):
+        if isinstance(value.get(key), str):
+            parts.append(f"{label} {_short_time(value[key])}")
+    if value.get("by") is not None:
+        parts.append(f"by {value['by']}")
+    return " · ".join(parts)
+
+
+def _short_time(text: str) -> str:
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC).strftime("%m-%d %H:%M:%S")
+    except ValueError:
+        return text
+
+
 def detail_error(detail: str | None) -> str:
     """The error an event carries, if any (from its detail json)."""
     if not detail:

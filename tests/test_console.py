@@ -434,6 +434,10 @@ async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[s
                                   data.sleeping)
         assert wake is not None
         assert f"wakes          {render.clock(wake)} (in " in text, text
+        history = screen.query_one("#history", DataTable)  # the history's next event says when it wakes
+        await until(pilot, lambda: history.row_count >= 2, "the sleeper's history")
+        notes = {cells(history, k.value or "")[1]: cells(history, k.value or "")[7] for k in history.rows}
+        assert notes["next"] == f"wakes {render.short_clock(wake)}", notes
         await pilot.press("escape")
 
         await app.push_screen(InstanceScreen(data.timing_out))
@@ -445,6 +449,10 @@ async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[s
         assert deadline is not None
         assert "awaits         ok, no" in text, text
         assert f"timeout        {render.clock(deadline)} (in " in text and "→ step later" in text, text
+        history = other.query_one("#history", DataTable)
+        await until(pilot, lambda: history.row_count >= 2, "the waiter's history")
+        notes = {cells(history, k.value or "")[1]: cells(history, k.value or "")[7] for k in history.rows}
+        assert notes["await"] == f"timeout {render.short_clock(deadline)}", notes
 
 
 async def test_schedules_show_their_last_and_next_run(pg_dsn: str, live: tuple[str, Live],

@@ -109,3 +109,13 @@ def test_long_fan_outs_and_histories_are_summed_up_not_all_drawn() -> None:
     rows = history_rows(d)
     assert len(rows) == HISTORY_SHOWN and rows[-1][0] == "1999"  # the newest
     assert rows[0][1][6] == "1.5 ms"
+
+
+def test_detail_note_tells_wake_times_timeouts_and_who_cancelled() -> None:
+    from console.data import detail_note
+
+    assert detail_note('{"next": "later", "wake_at": "2030-01-01T13:00:00+00:00"}') == "wakes 01-01 13:00:00"
+    assert detail_note('{"timeout_at": "2030-01-01T14:00:00.5+01:00", "signal": "paid"}') == "timeout 01-01 13:00:00"
+    assert detail_note('{"reason": "withdrawn", "by": 12}') == "by 12"
+    assert detail_note('{"wake_at": "not a time"}') == "wakes not a time"
+    assert detail_note(None) == detail_note("[1]") == detail_note("{bad") == ""

@@ -27,7 +27,7 @@ from .live import LiveScreen
 
 HISTORY_COLUMNS = (
     ("at", "time"), ("event", "event"), ("step", "step"), ("attempt", "attempt"), ("status", "status"),
-    ("worker", "worker"), ("duration", "duration"), ("error", "error"),
+    ("worker", "worker"), ("duration", "duration"), ("note", "error / note"),
 )
 CHILD_COLUMNS = (("id", "id"), ("machine", "machine"), ("step", "step"), ("status", "status"),
                  ("error", "last error"))
@@ -98,10 +98,19 @@ def history_rows(d: Detail) -> list[tuple[str, list[Any]]]:
             render.clock(h["at"]), h["event"], h["step"] or "",
             "" if h["attempt"] is None else str(h["attempt"]),
             render.status(h["status"]), h["worker_id"] or "", render.millis(data.duration_ms(h["detail"])),
-            Text(render.one_line(data.detail_error(h["detail"]), 60), style="red"),
+            note(h["detail"]),
         ])
         for h in d.history[-HISTORY_SHOWN:]
     ]
+
+
+def note(detail: str | None) -> Text:
+    """An event's error in red, then what else its detail says (a wake time, a timeout, who cancelled)."""
+    text = Text(render.one_line(data.detail_error(detail), 60), style="red")
+    extra = data.detail_note(detail)
+    if extra:
+        text.append((" · " if text.plain else "") + extra)
+    return text
 
 
 class InstanceScreen(LiveScreen):
