@@ -341,11 +341,15 @@ async def test_durable_schedules_lists_last_and_next_runs(db: durable.Database, 
     assert "2030-01-01 00:01:00Z" in line and "2030-01-01 00:02:00Z" in line and str(iid) in line
     assert "Europe/Paris" in table and "0 9 * * 1" in table
     # a row edited by hand past what asyncpg decodes reads clamped, never a traceback
-    await db.pool.execute(sql("update schedules set next_tick = 'infinity', last_run = '-infinity' where name = 'weekly'"))
+    edit = "update schedules set next_tick = 'infinity', last_run = '-infinity' where name = 'weekly'"
+    await db.pool.execute(sql(edit))
     edited = await trio.to_thread.run_sync(lambda: cli("schedules", "--json"))
     assert edited.returncode == 0, edited.stderr
     weekly = {s["name"]: s for s in json.loads(edited.stdout)["schedules"]}["weekly"]
     assert weekly["next_tick"].startswith("9999-12-31") and weekly["last_run"].startswith("0001-01-01")
+    shown = await trio.to_thread.run_sync(lambda: cli("schedules"))
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert "9999-12-31" in shown.stdout
 
 
 async def test_durable_schedules_on_a_schema_that_is_not_durables_is_one_error_line(pg_dsn: str) -> None:
