@@ -53,6 +53,17 @@ _UNREACHABLE = (
 )
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error of ``_UNREACHABLE`` means the server is gone. asyncpg's InterfaceError also covers the
+    caller's own mistakes (a bad argument: its DataError; a wrong argument count): those are not an outage
+    and must not be retried as one."""
+    if isinstance(exc, asyncpg.exceptions._base.DataError):
+        return False
+    if type(exc) is asyncpg.InterfaceError:
+        return "clos" in str(exc) or "connection" in str(exc).lower()
+    return True
+
+
 def aio(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return trio_asyncio.aio_as_trio(fn)  # type: ignore[no-any-return]
 
@@ -136,6 +147,8 @@ class Pool:
                 raw.terminate()
                 raise
         except _UNREACHABLE as exc:
+            if not unreachable(exc):
+                raise
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
         return cls(raw, dsn, schema, generic)
 
@@ -162,6 +175,8 @@ class Pool:
             try:
                 return await aio(method)(q.text, *args)
             except _UNREACHABLE as exc:
+                if not unreachable(exc):
+                    raise
                 raise DatabaseUnavailable(f"lost PostgreSQL at {redact(self.dsn)}: {exc}") from exc
 
         return await self.gate.call(q.name, run)

@@ -182,3 +182,18 @@ async def test_a_connection_killed_mid_statement_is_database_unavailable(db: dur
             assert await db.pool.fetchval(kill, pids[0])
     assert len(caught) == 1 and isinstance(caught[0], DatabaseUnavailable), caught
     assert await db.pool.fetchval(Query("test_dead_db_one", "select 1", "")) == 1  # the pool carries on
+
+
+async def test_a_callers_mistake_is_not_taken_for_a_lost_database(db: durable.Database) -> None:
+    """asyncpg reports a wrong argument count or a bad argument as an InterfaceError, the class it also uses
+    for a dropped connection: those are the caller's mistakes, raised as they are, never DatabaseUnavailable
+    (which the runtime would wait out as an outage)."""
+    import asyncpg
+
+    two = Query("test_two_args", "select $1::int + $2::int", "Two arguments (test).")
+    with pytest.raises(asyncpg.InterfaceError) as wrong_count:
+        await db.pool.fetchval(two, 1)
+    assert not isinstance(wrong_count.value, DatabaseUnavailable)
+    with pytest.raises(asyncpg.exceptions.DataError):  # an argument that does not encode: SQLSTATE 22000
+        await db.pool.fetchval(two, "one", 2)
+    assert await db.pool.fetchval(two, 1, 2) == 3  # the pool carries on

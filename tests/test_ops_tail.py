@@ -25,7 +25,7 @@ async def fresh(db: durable.Database, n: int = 1, machine: str = "m") -> list[in
 async def cancel_in(conn: Any, ids: list[int]) -> None:
     """Cancel instances inside the caller's open transaction (each writes a 'cancelled' event)."""
     for iid in ids:
-        await conn.fetchrow(Q.cancel_instance, iid, "test", None)
+        await conn.fetchrow(Q.cancel_instance, [iid], "test", None, 100, "test")
 
 
 async def drain(db: durable.Database, after: str, **kw: Any) -> list[TailEvent]:
