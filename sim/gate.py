@@ -71,6 +71,7 @@ class Serializer:
         # the other calls take their turns; `watch` reads which backends wait on them
         self.held: list[HeldLock] = []
         self.watch: Pool | None = None
+        self.skipped: set[int] = set()  # instances a held lock hid from a release_dead_workers
 
     async def release_held(self) -> None:
         """Commit every held transaction (before a lock-taking harness statement, and at the end)."""
@@ -432,6 +433,8 @@ class SlotGate:
                 leases.pop(r["id"], None)
             text = " ".join(str(r["id"]) for r in rows)
         elif name in RELEASES:
+            if name == "release_dead_workers":  # the dead workers' claims it skipped (locked) stay theirs
+                self.serializer.skipped |= {h.target for h in self.serializer.held if h.target is not None}
             for r in rows:
                 live = leases.pop(r["id"], None)
                 if live_checks:
@@ -475,8 +478,9 @@ class SlotGate:
         elif name == "register_worker":
             # a restarted worker has freed its crashed predecessors' claims (release_dead_workers, observed
             # above) before it registers: none may still wait for its lease to expire
-            # (a row a held transaction locks is skipped, as release_dead_workers says: left to the reaper)
-            locked = {h.target for h in self.serializer.held}
+            # (a row a held transaction locks is skipped, as release_dead_workers says, and left to the reaper,
+            # now or when an earlier start released the same dead worker)
+            locked = {h.target for h in self.serializer.held} | self.serializer.skipped
             left = sorted(iid for iid, (_, w) in leases.items() if w in self.slot.dead and iid not in locked)
             if left and live_checks:
                 sim.violate("restart_frees_claims",
