@@ -278,6 +278,7 @@ class Runtime:
         (the leases then expire and the reaper returns them)."""
         if not claims:
             return True
+        claims = sorted(claims, key=_claim_id)  # held claims come from sets: one order, for the simulator's replay
         try:
             rows = await self.db.pool.fetch(Q.release, [c.id for c in claims], [c.lease_token for c in claims],
                                             [bump] * len(claims), self.worker_id, self.clock.now())
@@ -303,7 +304,7 @@ class Runtime:
         """Extend every held lease in one statement and refresh the worker row; returns extended ids.
         A claim the database says is no longer held has its step cancelled (:meth:`lose`)."""
         self.check_leases()  # the loop may have been blocked past some leases: those are lost already
-        held = [c for s in self.schedulers.values() for c in s.held() if c.lost is None]
+        held = sorted((c for s in self.schedulers.values() for c in s.held() if c.lost is None), key=_claim_id)
         tokens = [c.lease_token for c in held]
         began = trio.current_time()  # the extended leases run from a moment after this
         with tracing.span("durable heartbeat", {"durable.worker.id": self.worker_id,
@@ -604,6 +605,10 @@ class Runtime:
             self.on_error(message)
         else:
             print(f"durable[{self.worker_id}]: {message}", file=sys.stderr)
+
+
+def _claim_id(claim: Claim) -> int:
+    return claim.id
 
 
 def _gone(worker_id: str, pid: int, host: str) -> str | None:
