@@ -46,13 +46,20 @@ async def all_done(db: durable.Database) -> bool:
     return all(r["status"] == "done" for r in await db.pool.fetch(ROWS))
 
 
+async def first_pick(rt: durable.Runtime) -> None:
+    """Wait until the runtime's first pick has run (a condition, not a pause: under load it may come late)."""
+    with trio.fail_after(30):
+        while rt.schedulers["ho_jobs"].picks < 1:
+            await trio.sleep(0.01)
+
+
 async def test_an_idle_runtime_takes_a_local_insert_without_a_pick(db: durable.Database) -> None:
     ran.clear()
     rt = durable.Runtime(db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=30, poll_max=30,
                          listen=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
-        await trio.sleep(0.1)  # its first pick found nothing: idle
+        await first_pick(rt)  # its first pick found nothing: idle
         picks = rt.schedulers["ho_jobs"].picks
         iid = await db.insert(noop, {"order": 7})
         # committed as a claim of this worker, in the insert's own statement
@@ -79,7 +86,7 @@ async def test_only_plain_due_rows_of_its_queue_up_to_its_free_slots_are_handed_
                          poll_max=0.2, listen=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
-        await trio.sleep(0.2)
+        await first_pick(rt)
         ids = await db.insert_many([
             durable.Insert(noop, {"n": 0}, partition_key="k"),   # keyed: the pick checks the key
             durable.Insert(noop, {"n": 1}, unique_key="u"),      # unique key: its scope follows status
@@ -127,7 +134,7 @@ async def test_handoff_off_a_backlog_a_stopping_or_a_gone_runtime_takes_nothing(
                           listen=False, handoff=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(off.run)
-        await trio.sleep(0.1)
+        await first_pick(off)
         first = await db.insert(noop, {"n": 1})
         await until(lambda: all_done(db))
         assert off.schedulers["ho_jobs"].handed == 0
@@ -143,7 +150,7 @@ async def test_handoff_off_a_backlog_a_stopping_or_a_gone_runtime_takes_nothing(
                          poll_max=30, listen=False, drain_timeout=30)
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
-        await trio.sleep(0.1)
+        await first_pick(rt)
         sched = rt.schedulers["ho_jobs"]
         # its last pick filled its demand: rows are probably waiting, a new row must not overtake them
         sched.backlog = True
@@ -170,7 +177,7 @@ async def test_claims_whose_insert_answer_was_lost_are_given_back(db: durable.Da
                          listen=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
-        await trio.sleep(0.1)
+        await first_pick(rt)
         sched = rt.schedulers["ho_jobs"]
         # the statement a handoff sends, with the answer thrown away
         cols = durable.client.InsertColumns()
