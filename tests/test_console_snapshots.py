@@ -70,7 +70,7 @@ def open_instance(iid: int, *tables: str) -> Callable[[Pilot[Any]], Awaitable[No
 
 def test_queues_screen(frozen: str, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
-        await settle(pilot, "#queues", "#workers")
+        await settle(pilot, "#queues", "#workers", "#schedules")  # the frozen data has two schedules
 
     assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
 
@@ -113,9 +113,9 @@ def test_signal_dialog(frozen: str, snap_compare: Any) -> None:
 
 def test_help(frozen: str, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
-        # both tables, as in test_queues_screen: the help overlay leaves the workers table visible, and a
+        # every table, as in test_queues_screen: the help overlay leaves the workers table visible, and a
         # fresh clone once caught it before its rows (and its column widths) had arrived
-        await settle(pilot, "#queues", "#workers")
+        await settle(pilot, "#queues", "#workers", "#schedules")
         await pilot.press("question_mark")
         await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), "the help screen")
 
