@@ -142,3 +142,24 @@ def test_a_rerun_clears_only_the_demos_instances(pg_dsn: str, schema: str) -> No
     assert again.exit_code == 0, again.output
     assert sync(pg_dsn, schema, machines)["Checkout"] == 3
     assert sync(pg_dsn, schema, lambda db: db.pool.fetchval(count)) == 1
+
+
+def test_the_payment_actor_survives_an_order_that_already_ended(pg_dsn: str, schema: str) -> None:
+    """On a busy box a declined order can end before the actor's repeat payment: the repeat is a dropped
+    duplicate, not an error that ends the demo (a fresh clone beside another suite hit it)."""
+    import random
+    from collections import Counter
+
+    from durable.demo import Checkout, pay
+
+    async def ended_order(db: durable.Database) -> Counter[str]:
+        await db.migrate()
+        db.registry.add(Checkout)
+        iid = await db.insert(Checkout, {"order": 1, "items": 1})
+        assert iid is not None
+        await db.cancel(iid, "ended before its payment")
+        sent: Counter[str] = Counter()
+        await pay(db, [iid], random.Random(1), sent)
+        return sent
+
+    assert sync(pg_dsn, schema, ended_order) == {"duplicate": 1}
