@@ -709,8 +709,9 @@ def retry(dsn: str | None, schema: str, instance_id: int | None, yes: bool, as_j
             matched = await confirm_bulk(db, filters, "retry", " (the failed and cancelled ones)", yes, as_json)
             result = await db.retry_many(**filters) if matched else None
         if as_json:
-            emit_json(result.to_json() if result else {"matched": 0, "changed": 0, "requested": 0, "skipped": 0,
-                                                       "too_large": []})
+            from .ops import Bulk
+
+            emit_json((result or Bulk()).to_json())  # nothing matched: the empty report
         elif result is None:
             click.echo("no instances match")
         else:
@@ -755,8 +756,9 @@ def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, y
             matched = await confirm_bulk(db, filters, "cancel", " (and their live descendants)", yes, as_json)
             result = await db.cancel_many(reason, **filters) if matched else None
         if as_json:
-            emit_json(result.to_json() if result else {"matched": 0, "changed": 0, "requested": 0, "skipped": 0,
-                                                       "too_large": []})
+            from .ops import Bulk
+
+            emit_json((result or Bulk()).to_json())  # nothing matched: the empty report
         elif result is None:
             click.echo("no instances match")
         else:
