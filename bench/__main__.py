@@ -1,3 +1,3 @@
 from .cli import command
 
-command(prog_name="python -m bench")
+command(prog_name="python -m durable.bench")

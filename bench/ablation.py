@@ -3,7 +3,7 @@ stock schema and with groups of secondary indexes dropped, alternated over sever
 the machine is shared and noisy. A development experiment for PERFORMANCE.md, not a product
 setting: the dropped indexes serve the console, ``tail`` and retention.
 
-    python -m bench.ablation [--dsn DSN] [--jobs 20000] [--rounds 3]
+    python -m durable.bench.ablation [--dsn DSN] [--jobs 20000] [--rounds 3]
 """
 
 from __future__ import annotations

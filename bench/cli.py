@@ -1,4 +1,4 @@
-"""``durable bench`` / ``python -m bench``: every measurement in one run against one server."""
+"""``durable bench`` / ``python -m durable.bench``: every measurement in one run against one server."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
                                                    stderr=subprocess.DEVNULL)
             await trio.sleep(0.3)  # let py-spy attach before the drain starts in earnest
 
-    out = await run_json("bench.worker", {"dsn": dsn, "schema": schema, "workload": workload,
+    out = await run_json("durable.bench.worker", {"dsn": dsn, "schema": schema, "workload": workload,
                                           "expect": steps, "timeout": limit, "postmaster": postmaster,
                                           **tuning.worker_options()}, limit=limit + 60, on_ready=attach)
     if spy is not None:
@@ -169,7 +169,7 @@ async def pickup_cross_process(dsn: str, samples: int, tuning: Tuning | None = N
 
         opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": samples, "timeout": 300,
                 **(tuning or Tuning(concurrency=10, prefetch=10)).worker_options()}
-        out = await run_json("bench.worker", opts, limit=400, on_ready=produce)
+        out = await run_json("durable.bench.worker", opts, limit=400, on_ready=produce)
     return {**latency_summary(out["latencies"]), "insert": latency_summary(inserts)}
 
 
@@ -196,7 +196,7 @@ async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuni
 
         opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": ticks * per_tick,
                 "timeout": seconds * 10 + 60, **tuning.worker_options()}
-        out = await run_json("bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
+        out = await run_json("durable.bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
     summary = latency_summary(out["latencies"])
     summary.update({"offered_per_s": round(per_tick / tick), "late_ticks": behind, "ticks": ticks})
     return summary

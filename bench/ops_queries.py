@@ -3,7 +3,7 @@ large table: the first and the next page of each filter, median of several runs,
 dataset (see ``seed_ops_dataset`` in bench.sql). Prints a table; run it after changing an index or
 an ``ops.sql`` statement, and compare with the figures in docs/operations.md.
 
-    python -m bench.ops_queries [--dsn DSN] [--rows 1000000] [--runs 5]
+    python -m durable.bench.ops_queries [--dsn DSN] [--rows 1000000] [--runs 5]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PostgreSQL's own limit: single-row UPDATE commits/s through asyncpg (plain asyncio, autocommit),
 from 1 client and from 16, each client updating its own row.
 
-``python -m bench.pglimit '{"dsn": ..., "seconds": 5, "clients": [1, 16]}'`` prints one JSON line.
+``python -m durable.bench.pglimit '{"dsn": ..., "seconds": 5, "clients": [1, 16]}'`` prints one JSON line.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ class Runner:
 
         await self.stage("pg_limit", f"PostgreSQL limit: single-row UPDATE commits/s ({p.pglimit_seconds:.0f} s "
                          "per client count)", lambda: run_json(
-                             "bench.pglimit", {"dsn": limit_dsn, "seconds": p.pglimit_seconds,
+                             "durable.bench.pglimit", {"dsn": limit_dsn, "seconds": p.pglimit_seconds,
                                                "clients": [1, 16]}, limit=p.pglimit_seconds * 4 + 60))
         one = await self.stage("durable.one_step", f"durable one-step: insert {p.jobs:,}, drain with one worker",
                                lambda: d.drain(durable_dsn, "onestep", p.jobs, p.tuning, "b_onestep",
@@ -181,7 +181,7 @@ class Runner:
         else:
             size = {"jobs": p.jobs}
         try:
-            result: dict[str, Any] = await run_json(f"bench.peers.{name}_peer",
+            result: dict[str, Any] = await run_json(f"durable.bench.peers.{name}_peer",
                                                     {"dsn": dsn, "postmaster": self.postmaster, **size,
                                                      **PEER_SETTINGS[name]}, limit=1800)
         finally:

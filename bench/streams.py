@@ -1,7 +1,7 @@
 """Durable Streams throughput: ``durable serve`` (PostgreSQL) vs the reference Node server
 ``@durable-streams/server`` (npm; in-memory and file-backed) on this machine, in one run.
 
-    python -m bench.streams [--dsn DSN] [--seconds 5] [--writers 1,16] [--read-mb 32]
+    python -m durable.bench.streams [--dsn DSN] [--seconds 5] [--writers 1,16] [--read-mb 32]
 
 Every server gets the same load from the same client (a Node fetch load generator, one connection per
 writer):

@@ -4,8 +4,8 @@ OpenTelemetry no-op), and the SDK exporting every span and metric over OTLP (gRP
 receiver in this process. Each run is a fresh subprocess (the SDK is process-global) on a fresh schema;
 modes are interleaved over rounds and the median is printed.
 
-    python -m bench.tracing_overhead                     # $DURABLE_DSN, else the embedded server
-    python -m bench.tracing_overhead --instances 3000 --rounds 5
+    python -m durable.bench.tracing_overhead                     # $DURABLE_DSN, else the embedded server
+    python -m durable.bench.tracing_overhead --instances 3000 --rounds 5
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ async def drain(dsn: str | None, schema: str, instances: int, concurrency: int) 
 
 def run_child(mode: str, dsn: str | None, endpoint: str | None, instances: int,
               concurrency: int) -> dict[str, Any]:
-    import otel
+    import durable.otel as otel
 
     if mode.startswith("sdk-"):
         protocol = mode.removeprefix("sdk-")
@@ -112,7 +112,7 @@ def run_one(mode: str, dsn: str | None, receiver: Any, instances: int, concurren
     env = dict(os.environ)
     env["DURABLE_TRACING"] = "off" if mode == "off" else "on"
     before = len(receiver.spans)
-    args = [sys.executable, "-m", "bench.tracing_overhead", "--child", mode, "--instances", str(instances),
+    args = [sys.executable, "-m", "durable.bench.tracing_overhead", "--child", mode, "--instances", str(instances),
             "--concurrency", str(concurrency)]
     if dsn:
         args += ["--dsn", dsn]
@@ -168,9 +168,8 @@ def main(dsn: str | None, instances: int, concurrency: int, rounds: int, modes: 
     unknown = [m for m in chosen if m not in MODES]
     if unknown:
         raise click.UsageError(f"unknown mode(s) {', '.join(unknown)}: choose from {', '.join(MODES)}")
+    from durable.otel.receiver import Receiver
     from rich.progress import Progress
-
-    from otel.receiver import Receiver
 
     runs: list[Run] = []
     with Receiver() as receiver, Progress(transient=True) as progress:

@@ -1,4 +1,4 @@
-"""The durable worker process of a measurement: ``python -m bench.worker '<json options>'``.
+"""The durable worker process of a measurement: ``python -m durable.bench.worker '<json options>'``.
 
 It runs one :class:`durable.Runtime` on one workload's queue, prints ``ready`` once the runtime is
 running, counts committed steps (``on_step`` fires after the outcome's commit) and stops at

@@ -1,4 +1,5 @@
-"""``python -m console ARGS`` = ``durable console ARGS`` (what ``durable console --web`` runs per browser tab)."""
+"""``python -m durable.console ARGS`` = ``durable console ARGS`` (what ``durable console --web`` runs per
+browser tab)."""
 
 import sys
 

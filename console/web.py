@@ -135,7 +135,7 @@ def session_command(refresh: float, gone_after: float, timeout: float) -> str:
         [
             sys.executable,
             "-m",
-            "console",
+            "durable.console",
             "--refresh",
             f"{refresh:g}",
             "--gone-after",

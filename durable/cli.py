@@ -47,10 +47,10 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "queues": ("durable.cli_ops:queues", "Queue saturation as text.", None),
     "gc": ("durable.cli_ops:gc", "Delete old terminal instances, their signals and history.", None),
     "schedules": ("durable.cli_ops:schedules", "List recurring schedules: last and next run.", None),
-    "sim": ("sim.cli:command", "Deterministic simulation with fault injection.", None),
-    "console": ("console.cli:command", "Live console, in the terminal or (--web) in a browser.", None),
+    "sim": ("durable.sim.cli:command", "Deterministic simulation with fault injection.", None),
+    "console": ("durable.console.cli:command", "Live console, in the terminal or (--web) in a browser.", None),
     "serve": ("durable.serve.cli:command", "Durable Streams server over HTTP.", "serve"),
-    "bench": ("bench.cli:command", "Benchmarks against peer engines.", "bench"),
+    "bench": ("durable.bench.cli:command", "Benchmarks against peer engines.", "bench"),
 }
 
 GLOBAL_FLAGS = {"dsn": "--dsn", "schema": "--schema", "as_json": "--json"}
@@ -319,7 +319,7 @@ def telemetry(otlp: str | None = None, endpoint: str | None = None,
     try:
         from opentelemetry import sdk  # noqa: F401  (the SDK is the optional part)
 
-        import otel
+        import durable.otel as otel
     except ImportError as exc:
         raise OneLineError(f"{what} needs the OpenTelemetry SDK ({exc}): pip install 'durable[otel]'") from None
     try:

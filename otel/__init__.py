@@ -1,7 +1,7 @@
 """OpenTelemetry SDK setup for applications and the ``durable`` CLI. The engine itself uses only the
 API (``durable.tracing``); call :func:`configure` once at start-up to export what it emits.
 
-    import otel
+    import durable.otel as otel
     otel.configure(service_name="checkout-worker", otlp="grpc")   # endpoint: $OTEL_EXPORTER_OTLP_ENDPOINT
     try:
         trio.run(main)

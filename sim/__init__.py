@@ -1,6 +1,6 @@
 """``durable sim``: deterministic simulation of the engine under injected faults (docs/sim.md).
 
-    from sim import SimConfig, simulate
+    from durable.sim import SimConfig, simulate
     result = simulate(SimConfig(seed=42, workload="bank", faults=("crash", "zombie")))
     assert result.ok, result.violations
 

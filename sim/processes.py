@@ -1,4 +1,4 @@
-"""Chaos mode with ``--processes``: every worker slot is an OS process (``python -m sim.worker``); the
+"""Chaos mode with ``--processes``: every worker slot is an OS process (``python -m durable.sim.worker``); the
 seed's fault plan becomes signals and backend kills at planned moments: crash and commit_unknown ->
 SIGKILL (restarted after half a lease), zombie -> SIGSTOP past the lease then SIGCONT, conn_* ->
 pg_terminate_backend of the worker's connections. Step-level faults and reaper delays need the worker's
@@ -52,7 +52,7 @@ class Workers:
         wid = f"w{slot}.{self.incarnation[slot]}"
         with open(self.folder / f"{wid}.err", "wb") as err:  # noqa: ASYNC230 (a local file, once)
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "sim.worker", self.dsn, self.schema, wid, self.run.config.workload,
+                [sys.executable, "-m", "durable.sim.worker", self.dsn, self.schema, wid, self.run.config.workload,
                  str(self.lease), str(self.folder / f"{wid}.jsonl")],
                 stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.procs[slot] = proc

@@ -2,7 +2,7 @@
 on a Runtime until SIGTERM (graceful) or SIGKILL (a crash), appending one JSON line per finished step
 execution to a records file so the parent can check partition keys.
 
-    python -m sim.worker DSN SCHEMA WORKER_ID WORKLOAD LEASE RECORDS
+    python -m durable.sim.worker DSN SCHEMA WORKER_ID WORKLOAD LEASE RECORDS
 """
 
 from __future__ import annotations

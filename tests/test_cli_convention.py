@@ -239,7 +239,7 @@ def test_a_missing_dependency_names_its_extra(tmp_path: Path, dotted: str, args:
 
 
 def test_the_standard_otel_variables_export_the_demo_and_a_worker(pg_dsn: str, tmp_path: Path) -> None:
-    from otel.receiver import Receiver
+    from durable.otel.receiver import Receiver
 
     schema = f"t_conv_otel_{uuid.uuid4().hex[:8]}"
     with Receiver() as rx:

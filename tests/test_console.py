@@ -16,16 +16,15 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import trio
+from durable.console.app import ConsoleApp
+from durable.console.screens.dialogs import ConfirmDialog, HelpScreen, SignalDialog
+from durable.console.screens.instance import InstanceScreen
+from durable.console.screens.instances import InstancesScreen
+from durable.console.screens.queues import QueuesScreen
+from durable.console.source import Source
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
-
-from console.app import ConsoleApp
-from console.screens.dialogs import ConfirmDialog, HelpScreen, SignalDialog
-from console.screens.instance import InstanceScreen
-from console.screens.instances import InstancesScreen
-from console.screens.queues import QueuesScreen
-from console.source import Source
 
 from .test_console_support import Live, drop, fill_live, run_trio, wake_runtime
 
@@ -84,8 +83,7 @@ def plain(widget: Static) -> str:
 
 async def test_runs_on_a_native_asyncio_loop() -> None:
     import trio_asyncio  # noqa: F401  (imported by durable: its policy must not reach the console)
-
-    from console.app import native_asyncio
+    from durable.console.app import native_asyncio
 
     native_asyncio()
     loop = asyncio.get_running_loop()
@@ -420,7 +418,7 @@ async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[s
                                                       sql: asyncpg.Connection) -> None:
     """Issue 17 item 8: the instance screen shows a durable timer's wake time (Next(delay=)) and an await's
     names, deadline and timeout step, as the row holds them."""
-    from console import render
+    from durable.console import render
 
     schema, data = live
     app = make_app(pg_dsn, schema)
@@ -459,7 +457,7 @@ async def test_schedules_show_their_last_and_next_run(pg_dsn: str, live: tuple[s
                                                       sql: asyncpg.Connection) -> None:
     """Issue 17 item 8: the queues screen lists each schedule with its last run, that run's instance and
     status, and its next run, as the schedules table holds them."""
-    from console import render
+    from durable.console import render
 
     schema, data = live
     app = make_app(pg_dsn, schema, refresh=None)
@@ -491,8 +489,8 @@ async def test_no_schedules_no_section() -> None:
     """A schema without schedules shows no empty Schedules section (the queues screen stays as it was)."""
     from datetime import UTC, datetime
 
-    from console.data import Overview
-    from console.screens.queues import schedule_rows
+    from durable.console.data import Overview
+    from durable.console.screens.queues import schedule_rows
 
     assert schedule_rows(Overview(now=datetime.now(UTC), queues=[], workers=[])) == []
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
-from console import render
-from console.data import FilterError, Gauge, InstanceFilter, Throughput, WorkerInfo, saturation
+from durable.console import render
+from durable.console.data import FilterError, Gauge, InstanceFilter, Throughput, WorkerInfo, saturation
 
 
 def test_throughput_reads_the_window_once_then_only_the_overlap() -> None:
@@ -75,7 +74,7 @@ def test_cells() -> None:
 def test_gone_after_three_of_the_workers_own_heartbeats_when_reported() -> None:
     import json
 
-    from console.data import parse_workers
+    from durable.console.data import parse_workers
 
     at = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -97,8 +96,8 @@ def test_gone_after_three_of_the_workers_own_heartbeats_when_reported() -> None:
 
 
 def test_long_fan_outs_and_histories_are_summed_up_not_all_drawn() -> None:
-    from console.data import Detail
-    from console.screens.instance import CHILDREN_SHOWN, HISTORY_SHOWN, children_summary, history_rows
+    from durable.console.data import Detail
+    from durable.console.screens.instance import CHILDREN_SHOWN, HISTORY_SHOWN, children_summary, history_rows
 
     at = datetime(2030, 1, 1, tzinfo=UTC)
     kids = [{"status": "done" if i % 4 else "failed"} for i in range(1000)]
@@ -112,7 +111,7 @@ def test_long_fan_outs_and_histories_are_summed_up_not_all_drawn() -> None:
 
 
 def test_detail_note_tells_wake_times_timeouts_and_who_cancelled() -> None:
-    from console.data import detail_note
+    from durable.console.data import detail_note
 
     assert detail_note('{"next": "later", "wake_at": "2030-01-01T13:00:00+00:00"}') == "wakes 01-01 13:00:00"
     assert detail_note('{"timeout_at": "2030-01-01T14:00:00.5+01:00", "signal": "paid"}') == "timeout 01-01 13:00:00"

@@ -1,5 +1,5 @@
 """Layering, checked in a fresh interpreter: the engine loads only the OpenTelemetry API, never the SDK,
-the web stack or the console; the ``otel`` package loads the SDK only when asked to configure it."""
+the web stack or the console; the ``durable.otel`` package loads the SDK only when asked to configure it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 HEAVY = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "textual", "starlette", "hypercorn",
-         "otel", "console", "sim")
+         "durable.otel", "durable.console", "durable.sim", "durable.bench")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -39,11 +39,11 @@ def test_durable_help_loads_no_subcommand_stack() -> None:
 
 
 def test_otel_loads_the_sdk_only_when_configuring() -> None:
-    modules = loaded_after("import otel, otel.cli")
-    assert "otel.cli" in modules
+    modules = loaded_after("import durable.otel, durable.otel.cli")
+    assert "durable.otel.cli" in modules
     assert heavy(modules, ("opentelemetry.sdk", "opentelemetry.exporter", "grpc")) == []
-    configured = loaded_after("import otel\notel.configure('probe', otlp='grpc', endpoint='127.0.0.1:9')\n"
-                              "otel.shutdown()")
+    configured = loaded_after("import durable.otel as otel\n"
+                              "otel.configure('probe', otlp='grpc', endpoint='127.0.0.1:9')\notel.shutdown()")
     assert "opentelemetry.sdk.trace" in configured
     assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in configured
     assert "opentelemetry.exporter.otlp.proto.http" not in configured  # only the protocol asked for

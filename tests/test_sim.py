@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sim.core import SimConfig
-from sim.harness import plan_for, simulate
-from sim.plan import FAULT_KINDS, parse_kinds
+from durable.sim.core import SimConfig
+from durable.sim.harness import plan_for, simulate
+from durable.sim.plan import FAULT_KINDS, parse_kinds
 
 ALL = tuple(parse_kinds("all"))
 

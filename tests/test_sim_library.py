@@ -8,13 +8,13 @@ import random
 import pytest
 import trio
 import trio.testing
+from durable.sim.core import Run, SimConfig, SimDatabase, Violation, sim_step
+from durable.sim.harness import simulate_async
+from durable.sim.plan import Fault
+from durable.sim.workloads import Action, Final, decode
 
 import durable
 from durable import Done, Machine, Next
-from sim.core import Run, SimConfig, SimDatabase, Violation, sim_step
-from sim.harness import simulate_async
-from sim.plan import Fault
-from sim.workloads import Action, Final, decode
 
 pytestmark = pytest.mark.trio
 

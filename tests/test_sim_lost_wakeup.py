@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncpg
 import pytest
 import trio
+from durable.sim.bugs import planted
 
 import durable
 from durable import Await, Done, Machine, step
 from durable._pg import Pool, aio
 from durable.sql import Q
-from sim.bugs import planted
 
 from .helpers import pick, row, wait_for
 from .helpers import step as run_step

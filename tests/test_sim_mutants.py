@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from durable.sim import bugs
+from durable.sim.bugs import BUGS, PySwap, Stale, planted
+from durable.sim.mutants import DEFAULT_SEEDS, run_mutant
 
 import durable.runtime.flusher as flusher
 from durable.cli import main
-from sim import bugs
-from sim.bugs import BUGS, PySwap, Stale, planted
-from sim.mutants import DEFAULT_SEEDS, run_mutant
 
 
 def sim(*args: str) -> tuple[int, str]:

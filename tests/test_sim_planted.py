@@ -7,10 +7,9 @@ faults, and the clean engine must pass that same minimal plan. ``durable sim --m
 from __future__ import annotations
 
 import pytest
-
-from sim.bugs import BUGS, planted
-from sim.harness import simulate
-from sim.shrink import shrink
+from durable.sim.bugs import BUGS, planted
+from durable.sim.harness import simulate
+from durable.sim.shrink import shrink
 
 
 @pytest.mark.parametrize("name", sorted(BUGS))

@@ -12,9 +12,9 @@ import textwrap
 def test_span_ids_come_from_the_seed(pg_dsn: str) -> None:
     program = textwrap.dedent(f"""
         import json
-        from sim.core import SimConfig
-        from sim.harness import simulate
-        from sim.plan import parse_kinds
+        from durable.sim.core import SimConfig
+        from durable.sim.harness import simulate
+        from durable.sim.plan import parse_kinds
         ALL = tuple(parse_kinds("all"))
         runs = [simulate(SimConfig(seed=s, faults=ALL, instances=6, spans=True), dsn={pg_dsn!r})
                 for s in (11, 11, 12)]

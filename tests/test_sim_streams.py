@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sim.core import SimConfig
-from sim.harness import simulate
-from sim.plan import parse_kinds
+from durable.sim.core import SimConfig
+from durable.sim.harness import simulate
+from durable.sim.plan import parse_kinds
 
 ALL = tuple(parse_kinds("all"))
 

@@ -120,7 +120,7 @@ async def workload(dsn: str, schema: str, chain: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    import otel
+    import durable.otel as otel
 
     dsn, schema, proto, endpoint, out = argv
     otel.configure("tracing-test", otlp=proto, endpoint=endpoint,  # type: ignore[arg-type]
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> None:
 # -- the tests --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def receiver() -> Any:
-    from otel.receiver import Receiver
+    from durable.otel.receiver import Receiver
 
     with Receiver() as rx:
         yield rx
@@ -464,7 +464,7 @@ def test_durable_tracing_off_leaves_only_the_application_spans(receiver: Any, pg
 
 
 def test_configure_rejects_bad_options() -> None:
-    import otel
+    import durable.otel as otel
 
     with pytest.raises(otel.ConfigurationError, match="unknown OTLP protocol 'zipkin'"):
         otel.configure(otlp="zipkin")  # type: ignore[arg-type]
@@ -476,8 +476,7 @@ def test_configure_rejects_bad_options() -> None:
 def test_otlp_option_parses_and_rejects() -> None:
     import click
     from click.testing import CliRunner
-
-    from otel.cli import configure_from_options, otlp_option
+    from durable.otel.cli import configure_from_options, otlp_option
 
     seen: list[tuple[str | None, str | None]] = []
 
@@ -504,7 +503,7 @@ def test_otlp_option_parses_and_rejects() -> None:
 CLI_PROGRAM = """
 import click
 from opentelemetry import trace
-from otel.cli import otlp_option, telemetry
+from durable.otel.cli import otlp_option, telemetry
 
 @click.command()
 @otlp_option

@@ -1,1 +1,1 @@
-"""Peer engines, each driven by a module run in its own process: ``python -m bench.peers.<name>``."""
+"""Peer engines, each driven by a module run in its own process: ``python -m durable.bench.peers.<name>``."""

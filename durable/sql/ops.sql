@@ -49,7 +49,7 @@
 -- The planner uses a partial index only where the WHERE clause implies its predicate, so every
 -- query_instances* statement carries the always-true `(status <> 'executing' or status = 'executing')`:
 -- it lets the planner answer a filter as a BitmapOr of the partial index (first arm) and
--- instances_lease (second arm). `python -m bench.ops_queries` times each filter on 1M rows.
+-- instances_lease (second arm). `python -m durable.bench.ops_queries` times each filter on 1M rows.
 
 -- name: force_custom_plans
 -- Plan every statement of the current transaction for its actual parameters (SET LOCAL
