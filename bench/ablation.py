@@ -67,7 +67,7 @@ async def one(dsn: str, drop: tuple[str, ...], ddl: tuple[str, ...], n: int, bat
         done = 0
         start = time.perf_counter()
         while True:
-            rows = await pool.fetch(Q.pick, workloads.ONE_STEP_QUEUE, batch, "bench-ablation", 60.0, None)
+            rows = await pool.fetch(Q.pick, workloads.ONE_STEP_QUEUE, batch, "bench-ablation", 60.0, None, None, None)
             if not rows:
                 break
             await flusher._execute(done_batch(rows))

@@ -225,7 +225,7 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
         for i in range(2 * picks):
             via, key = (pool, "sync") if i % 2 == 0 else (fast, "async")
             start = time.perf_counter()
-            rows = await via.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None)
+            rows = await via.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None, None, None)
             timings[key].append(time.perf_counter() - start)
             assert len(rows) == demand, f"pick returned {len(rows)} rows at backlog {backlog}"
             await pool.fetchval(q(B.seed_runnable), demand, workloads.noop.name, "perform", queue)
@@ -233,7 +233,7 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
         try:
             async with pool.transaction() as conn:
                 plan = [r[0] for r in await conn.fetch(explain(Q.pick), queue, demand,  # type: ignore[index]
-                                                       "bench-picker", 60.0, None)]
+                                                       "bench-picker", 60.0, None, None, None)]
                 raise _Rollback
         except _Rollback:
             pass
@@ -290,7 +290,7 @@ async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, exec
             for i in range(2 * picks):
                 via, key = (pool, "engine") if i % 2 == 0 else (generic, "generic")
                 start = time.perf_counter()
-                rows = await via.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None)
+                rows = await via.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None, None, None)
                 timings[key].append(time.perf_counter() - start)
                 assert len(rows) == demand, f"pick returned {len(rows)} rows ({phase})"
                 await pool.execute(q(B.finish_rows), [r["id"] for r in rows])
@@ -300,7 +300,7 @@ async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, exec
                 try:
                     async with generic.transaction() as conn:
                         plan = [r[0] for r in await conn.fetch(explain(Q.pick), queue, demand,  # type: ignore[index]
-                                                               "bench-picker", 60.0, None)]
+                                                               "bench-picker", 60.0, None, None, None)]
                         raise _Rollback
                 except _Rollback:
                     pass
@@ -365,7 +365,7 @@ async def ceiling(dsn: str, batch: int, n: int, loops: int = 1, async_pick: bool
         async def loop() -> None:
             nonlocal done
             while done < n:
-                rows = await pickers.fetch(Q.pick, queue, batch, "bench-ceiling", 60.0, None)
+                rows = await pickers.fetch(Q.pick, queue, batch, "bench-ceiling", 60.0, None, None, None)
                 if not rows:
                     return
                 await flusher._execute(done_batch(rows))

@@ -1,5 +1,6 @@
 """durable: durable state machines on PostgreSQL, for trio."""
 
+from .claims import Claim
 from .client import Database, Event, Instance, connect
 from .clock import Clock, DatabaseClock, VirtualClock
 from .codec import State
@@ -8,6 +9,7 @@ from .errors import (
     DatabaseUnavailable,
     DefinitionError,
     DurableError,
+    Fenced,
     InstanceCancelled,
     InstanceFailed,
     InvalidArgument,
@@ -41,6 +43,7 @@ __all__ = [
     "Cancel",
     "Child",
     "ChildInfo",
+    "Claim",
     "Clock",
     "Context",
     "Database",
@@ -50,6 +53,7 @@ __all__ = [
     "Done",
     "DurableError",
     "Event",
+    "Fenced",
     "Insert",
     "Instance",
     "InstanceCancelled",

@@ -205,6 +205,7 @@ class Database:
         self.token = secrets.token_hex(4)  # names this Database's hints (its own runtimes skip them)
         self.watchers = Watchers(self)  # this process's result() waiters (durable/results.py)
         self.result_recheck = RECHECK  # seconds between a result() waiter's own re-reads (under the hints)
+        self._claims: Any = None  # the explicit pipeline (claims property), made on first use
 
     @property
     def channel(self) -> str:
@@ -511,6 +512,34 @@ class Database:
         if row["queue"]:
             self.wake([row["queue"]])
         return row["after"]  # type: ignore[no-any-return]
+
+    # -- the explicit pipeline (implemented in durable.claims) ----------------------------------------
+    @property
+    def claims(self) -> Any:
+        """This Database's explicit pipeline (:class:`durable.claims.Pipeline`): its worker id, its commits."""
+        if self._claims is None:
+            from .claims import Pipeline
+
+            self._claims = Pipeline(self)
+        return self._claims
+
+    async def claim(self, queue: str, limit: int = 10, lease: float = 60.0, machine: str | None = None,
+                    step: str | None = None) -> Any:
+        """Claim up to ``limit`` runnable instances of ``queue`` (of ``machine``, at ``step``, when given)
+        for ``lease`` seconds, in the runtime's pick order; returns :class:`durable.Claim` records whose
+        fenced calls (transition, complete, retry, fail, release, extend) end or extend each claim. See
+        durable/claims.py."""
+        return await self.claims.claim(queue, limit, lease, machine, step)
+
+    async def run_once(self, queue: str, handler: Any, *, limit: int = 10, lease: float = 60.0,
+                       machine: str | None = None, step: str | None = None, max_attempts: int = 20) -> Any:
+        """Claim one batch (as :meth:`claim`) and run ``await handler(claim)`` for each claim at once; what
+        the handler returns is committed (group commit, as a Runtime's steps): an outcome (Next, Retry,
+        Await, Spawn, Done, Stop, Cancel) as is, any other value as Done(value). An exception retries with
+        backoff (failed after ``max_attempts``). Leases are extended while handlers run; a handler whose
+        lease is lost is cancelled. Returns a :class:`durable.claims.Report`."""
+        return await self.claims.run_once(queue, handler, limit=limit, lease=lease, machine=machine, step=step,
+                                          max_attempts=max_attempts)
 
     # -- operator queries (implemented in durable.ops) -----------------------------------------------
     async def query(self, *args: Any, **kwargs: Any) -> Any:

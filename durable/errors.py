@@ -19,7 +19,9 @@
     ├── NotDeliverable            a signal to a terminal instance (it would never be read)
     ├── InstanceFailed            Database.result of a failed instance (.instance_id, .last_error)
     ├── InstanceCancelled         Database.result of a cancelled instance (.instance_id, .last_error)
-    └── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
+    ├── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
+    └── Fenced                    a call of an explicit claim (durable.Claim) whose lease is no longer held:
+                                  nothing changed (.instance_id, .lease_token, .call)
 """
 
 from __future__ import annotations
@@ -127,3 +129,17 @@ class UniqueKeyTaken(DurableError):
         super().__init__(f"unique key {key!r} is held by instance {holder_id}: nothing inserted")
         self.key = key
         self.holder_id = holder_id
+
+
+class Fenced(DurableError):
+    """A call of an explicit claim (:class:`durable.Claim`: transition, complete, retry, fail, release,
+    extend) made after the claim stopped being held: its lease expired and the row was reaped, another
+    worker claimed it again, or the claim already ended. Nothing changed; an outcome's history shows
+    ``fenced``."""
+
+    def __init__(self, instance_id: int, lease_token: int, call: str) -> None:
+        super().__init__(f"instance {instance_id}: {call} with lease token {lease_token} is fenced: the claim is no "
+                         "longer held (its lease expired, it was claimed again, or it already ended); nothing changed")
+        self.instance_id = instance_id
+        self.lease_token = lease_token
+        self.call = call

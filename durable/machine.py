@@ -14,7 +14,7 @@ default exponential backoff.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -271,7 +271,15 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
     kind = type(outcome)
     if kind is Done:  # the common cases first, without the checks below
         return outcome
-    steps = type(machine).steps
+    return check_outcome(outcome, where, type(machine).steps)
+
+
+def check_outcome(outcome: Any, where: str, steps: Collection[str]) -> Outcome:
+    """:func:`validate_outcome` against the step names ``steps`` (the explicit pipeline of
+    durable/claims.py passes a container of every valid name when the machine is not a class here)."""
+    kind = type(outcome)
+    if kind is Done:
+        return outcome  # type: ignore[no-any-return]
     if kind is Next and type(outcome.step) is str and outcome.step in steps and outcome.wake is None:
         return outcome  # a plain next (no delay, no at)
     if not isinstance(outcome, OUTCOME_TYPES):

@@ -15,7 +15,7 @@ from durable.sql import Q
 
 async def pick(db: durable.Database, queue: str = "default", n: int = 10, *, worker: str = "w1",
                lease: float = 60.0) -> list[Claim]:
-    rows = await db.pool.fetch(Q.pick, queue, n, worker, lease, db.clock.now())
+    rows = await db.pool.fetch(Q.pick, queue, n, worker, lease, db.clock.now(), None, None)
     return claims_from_rows(rows)
 
 

@@ -22,7 +22,7 @@ async def noop(args: Any, ctx: durable.Context) -> None:
 async def test_the_pick_columns_are_the_claim_fields_in_order(db: durable.Database) -> None:
     db.registry.add(noop)
     iid = await db.insert(noop, {"a": 1}, partition_key="k")
-    rows = await db.pool.fetch(Q.pick, "claims", 1, "w1", 60.0, db.clock.now())
+    rows = await db.pool.fetch(Q.pick, "claims", 1, "w1", 60.0, db.clock.now(), None, None)
     columns = list(rows[0].keys())
     fields = [f.name for f in dataclasses.fields(Claim)]
     positional = fields[:fields.index("signals")]
@@ -50,7 +50,8 @@ async def test_the_planner_expects_the_pick_to_stop_after_its_batch(db: durable.
             await tx.start()
             try:
                 await con.execute(f"prepare p as {Q.pick.text}")
-                return json.loads(await con.fetchval("explain (format json) execute p('claims', 500, 'w', 60, null)"))
+                return json.loads(
+                    await con.fetchval("explain (format json) execute p('claims', 500, 'w', 60, null, null, null)"))
             finally:
                 await tx.rollback()
                 await con.execute("deallocate p")

@@ -226,7 +226,7 @@ async def fill_frozen(dsn: str, schema: str = SNAP_SCHEMA) -> None:
 
         async def pick(queue: str, n: int, at: float) -> list[Claim]:
             clock.set(at)
-            rows = await pool.fetch(Q.pick, queue, n, "worker-a", 600.0, clock.now())
+            rows = await pool.fetch(Q.pick, queue, n, "worker-a", 600.0, clock.now(), None, None)
             return sorted((Claim.from_row(r) for r in rows), key=lambda c: c.id)
 
         async def commit(at: float, *items: tuple[Claim, Encoded]) -> None:

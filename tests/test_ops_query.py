@@ -237,7 +237,7 @@ async def test_executing_rows_are_found_and_every_indexed_filter_keeps_its_index
     for i in range(12):
         await db.insert("billing.invoice", {"order": i, "customer": i % 3}, step="perform", queue="idle",
                         version=1 + i % 2)
-    claimed = await db.pool.fetch(Q.pick, "idle", 4, "test-worker", 60.0, None)
+    claimed = await db.pool.fetch(Q.pick, "idle", 4, "test-worker", 60.0, None, None, None)
     executing = {r["id"] for r in claimed}
     rows = await everything(db)
     assert len(executing) == 4 and {r.status for r in rows if r.id in executing} == {"executing"}

@@ -69,7 +69,7 @@ async def generic_pick_plan(db: durable.Database, analyze: bool = True) -> dict[
                 await con.execute(f"prepare t_pick as {Q.pick.text}")
                 return json.loads(
                     await con.fetchval(
-                        f"explain (analyze, format json) execute t_pick('{QUEUE}', {DEMAND}, 'w', 60, null)"
+                        f"explain (analyze, format json) execute t_pick('{QUEUE}', {DEMAND}, 'w', 60, null, null, null)"
                     )
                 )
             finally:
@@ -147,7 +147,7 @@ async def test_the_probe_keeps_to_the_partition_index_when_statistics_say_nothin
     await db.pool.execute(SEED_RUNNABLE, 20_000, QUEUE, 0)
     await db.pool.execute(ANALYZE)
     for n in range(120):  # picks whose claims end done, the backlog topped up: dead entries pile up
-        rows = await db.pool.fetch(Q.pick, QUEUE, DEMAND, "w", 60.0, None)
+        rows = await db.pool.fetch(Q.pick, QUEUE, DEMAND, "w", 60.0, None, None, None)
         await db.pool.execute(FINISH, [r["id"] for r in rows])
         await db.pool.execute(SEED_RUNNABLE, DEMAND, QUEUE, 20_000 + n * DEMAND)
     plan = await generic_pick_plan(db, analyze=False)

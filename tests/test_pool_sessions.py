@@ -39,7 +39,7 @@ async def test_marked_statements_run_on_connections_that_keep_a_cached_plan(db: 
     assert pool.generic is not pool.raw
     assert (await _settings(pool.raw))[0] == "force_custom_plan"
     assert (await _settings(pool.generic))[0] == "auto"
-    await pool.fetch(Q.pick, "nothing_here", 10, "w", 30.0, None)
+    await pool.fetch(Q.pick, "nothing_here", 10, "w", 30.0, None, None, None)
     await pool.fetch(Q.get_instance, 0)
     # where each statement was prepared: the pick only on the generic pool, get_instance only on the other
     assert await _prepared(pool.generic, "pick") and not await _prepared(pool.raw, "pick")

@@ -172,7 +172,7 @@ async def events(db: durable.Database, iid: int) -> list[durable.Event]:
 
 async def pick_at(db: durable.Database, queue: str, now: datetime | None, n: int = 10) -> list[Any]:
     """The pick at ``now`` (a timed-out row is due at the sweep's now)."""
-    return claims_from_rows(await db.pool.fetch(Q.pick, queue, n, "w1", 60.0, now))
+    return claims_from_rows(await db.pool.fetch(Q.pick, queue, n, "w1", 60.0, now, None, None))
 
 
 async def run_one(db: durable.Database, queue: str, now: datetime | None = None) -> tuple[Encoded, Any]:
@@ -205,7 +205,7 @@ async def test_next_with_a_delay_sleeps_and_counts_no_attempt(tdb: durable.Datab
     assert t["step"] == "wake" and t["attempt"] == 0 and t["status"] == "runnable"
     assert t["eligible_at"] - t["updated_at"] == timedelta(hours=1)
     assert await pick(db, "tm_sleep") == []  # asleep
-    later = await db.pool.fetch(Q.pick, "tm_sleep", 10, "w1", 60.0, t["eligible_at"])
+    later = await db.pool.fetch(Q.pick, "tm_sleep", 10, "w1", 60.0, t["eligible_at"], None, None)
     assert [r["id"] for r in later] == [iid]
     last = (await events(db, iid))[-1]
     assert last.event == "next" and last.detail["delay"] == 3600

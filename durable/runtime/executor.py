@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Iterable
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from types import CoroutineType
@@ -91,7 +91,15 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
     """The ``complete`` columns of a validated outcome; StateError when a state does not serialize."""
     if type(outcome) is Done and outcome.result is None:  # the most common outcome: nothing to encode
         return Encoded("done", result="null")
-    where = f"{machine.name}.{ctx.step}"
+    return encode(outcome, f"{machine.name}.{ctx.step}", db)
+
+
+def encode(outcome: Outcome, where: str, db: Database) -> Encoded:
+    """The ``complete`` columns of a validated outcome of ``where`` (``machine.step``), for a Machine's step
+    and for the explicit pipeline's calls alike (durable/claims.py); StateError when a state does not
+    serialize."""
+    if type(outcome) is Done and outcome.result is None:
+        return Encoded("done", result="null")
 
     def state(value: Any) -> str | None:
         if value is UNCHANGED:
@@ -144,9 +152,14 @@ def encode_outcome(machine: Machine, outcome: Outcome, ctx: Context, db: Databas
 def consuming(encoded: Encoded, claim: Claim, ctx: Context) -> Encoded:
     """The shown signals a progressing outcome consumes: those of the awaited name and those the step
     read by name (ctx.signal / ctx.signals_named). Others stay in the inbox for their own await."""
+    return consume_shown(encoded, claim, ctx.taken)
+
+
+def consume_shown(encoded: Encoded, claim: Claim, taken: Iterable[str] = ()) -> Encoded:
+    """:func:`consuming` with the names read by name given as ``taken``."""
     if not claim.signals:
         return encoded
-    names = set(ctx.taken)
+    names = set(taken)
     if claim.awaits is not None:
         names.add(claim.awaits)
     if claim.awaits_any is not None:  # an await of several names: whichever came are consumed

@@ -333,7 +333,7 @@ class Scheduler:
                 try:
                     began = trio.current_time()  # the claims' leases start after this
                     rows = await rt.db.pool.fetch(Q.pick, self.queue, demand, rt.worker_id, rt.lease,
-                                                  rt.clock.now())
+                                                  rt.clock.now(), None, None)
                     break
                 except asyncpg.UniqueViolationError as exc:
                     # two runtimes claimed rows of one partition or unique key at once: the index said

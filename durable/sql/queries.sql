@@ -56,6 +56,9 @@
 -- index per candidate (never the whole executing set). Each claim gets a fresh lease_token. The inbox
 -- and the children ride along so the executor needs no further round trip. Rows come in pick order
 -- (priority, eligible_at, id); the claim's fields are the leading columns, in order.
+-- $6 machine, $7 step: only rows of that machine / at that step (NULL: any; the explicit pipeline's
+-- db.claim(machine=, step=); the runtime passes NULL). A filter is applied to the queue's runnable rows in
+-- pick order, so a filtered pick may read past other machines' rows.
 -- plan: generic
 with candidate as (
   select g.id, g.partition_key, g.priority, g.eligible_at,
@@ -65,6 +68,7 @@ with candidate as (
   from instances g
   where g.status = 'runnable' and g.queue = $1
     and g.eligible_at <= coalesce($5::timestamptz, now())
+    and ($6::text is null or g.machine = $6::text) and ($7::text is null or g.step = $7::text)
     -- the busy-key skip, written so the planner estimates it from partition_key's null fraction (a
     -- lateral join's `busy is null` got the 0.5 % default selectivity: the LIMIT then looked like a
     -- scan of the whole backlog, and a plan that sorts the whole backlog could win). `offset 0` keeps
