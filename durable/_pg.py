@@ -17,8 +17,8 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from .errors import DatabaseUnavailable
-from .sql import Query
+from .errors import DatabaseUnavailable, SchemaError
+from .sql import Q, Query
 
 T = TypeVar("T")
 Record: TypeAlias = asyncpg.Record
@@ -114,46 +114,115 @@ async def keep_session(_con: asyncpg.Connection) -> None:
 
 
 GENERIC_POOL_MAX = 4  # a runtime's picks (one per queue at a time) and its plain flushes (two at a time)
+LISTEN_POOL_MAX = 4  # a runtime's LISTEN, a Database's result watcher, a streams server's hub (listen_dsn only)
+
+# Behind a connection pooler in transaction mode (PgBouncer `pool_mode = transaction`) a client's statements go to
+# whichever server connection is free: no named prepared statement survives from one transaction to the next, no
+# session setting is kept, and PgBouncer (before 1.20) refuses startup parameters it does not know, such as
+# search_path. So the pools then prepare nothing (asyncpg's unnamed statements: planned for every execution,
+# which is what force_custom_plan does anyway), send no setting but application_name, and expect search_path
+# from the server (`ALTER ROLE ... SET search_path`, or PgBouncer's `connect_query`); LISTEN, which needs a
+# session of its own, goes through `listen_dsn`, a direct connection. docs/scaling.md has the setup.
+POOLERS = ("transaction",)
+
+
+def check_pooler(pooler: str | None, listen_dsn: str | None) -> str | None:
+    """``pooler`` as given (None or "" for a direct connection or a session pooler; "transaction"), checked."""
+    if pooler in (None, ""):
+        return None
+    if pooler not in POOLERS:
+        raise ValueError(f"pooler must be 'transaction' (PgBouncer's pool_mode = transaction) or None, not {pooler!r}")
+    if not listen_dsn:
+        raise ValueError("pooler='transaction' needs listen_dsn: a direct connection to PostgreSQL for LISTEN "
+                         "(a transaction pooler hands each statement to any server connection, and a "
+                         "LISTEN there would be lost)")
+    return pooler
+
+
+def search_path_head(setting: str) -> str:
+    """The first schema named by a ``search_path`` setting (quotes and spaces taken off)."""
+    first = setting.split(",", 1)[0].strip()
+    return first[1:-1].replace('""', '"') if len(first) >= 2 and first[0] == first[-1] == '"' else first
 
 
 class Pool:
     """Two asyncpg pools on one schema (``search_path = <schema>``): ``raw`` (up to ``max_size``
     connections) plans every statement for its parameters, ``generic`` (up to ``min(max_size, 4)`` more,
-    opened on first use) keeps cached plans for the statements marked so. All calls are trio calls."""
+    opened on first use) keeps cached plans for the statements marked so. The connections that LISTEN come
+    from ``listen``: ``raw`` itself, or a pool of direct connections (``listen_dsn``) behind a transaction
+    pooler, where ``generic`` is ``raw`` too. All calls are trio calls."""
 
-    def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str, generic: asyncpg.Pool | None = None) -> None:
+    def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str, generic: asyncpg.Pool | None = None,
+                 listen: asyncpg.Pool | None = None, pooler: str | None = None) -> None:
         self.raw = raw
         self.generic = generic if generic is not None else raw
+        self.listen = listen if listen is not None else raw
         self.dsn = dsn
         self.schema = schema
+        self.pooler = pooler
         self.gate: Gate = _Direct()
         self.statement_counts: collections.Counter[str] = collections.Counter()
 
     @classmethod
-    async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
+                   pooler: str | None = None, listen_dsn: str | None = None) -> Pool:
+        """Open the pools. ``pooler="transaction"``: ``dsn`` reaches PostgreSQL through a transaction pooler
+        (no prepared statements, no startup settings, search_path checked), and ``listen_dsn`` directly."""
+        pooler = check_pooler(pooler, listen_dsn)
         path = {"search_path": f"{schema},public"}
+        opened: list[asyncpg.Pool] = []
 
-        async def create(settings: dict[str, str], low: int, high: int) -> asyncpg.Pool:
-            pool = await aio(asyncpg.create_pool)(dsn, min_size=low, max_size=high, server_settings=settings | path,
-                                                  statement_cache_size=256, reset=keep_session)
+        async def create(target: str, settings: dict[str, str], low: int, high: int, cache: int = 256) -> asyncpg.Pool:
+            pool = await aio(asyncpg.create_pool)(target, min_size=low, max_size=high, server_settings=settings,
+                                                  statement_cache_size=cache, reset=keep_session)
             assert pool is not None
+            opened.append(pool)
             return pool
 
         try:
-            raw = await create(SESSION_SETTINGS, min_size, max_size)
             try:
-                generic = await create(GENERIC_SETTINGS, 0, min(max_size, GENERIC_POOL_MAX))
+                if pooler is None:
+                    raw = await create(dsn, SESSION_SETTINGS | path, min_size, max_size)
+                    generic = await create(dsn, GENERIC_SETTINGS | path, 0, min(max_size, GENERIC_POOL_MAX))
+                else:
+                    raw = generic = await create(dsn, {"application_name": "durable"}, min_size, max_size, cache=0)
+                listen = await create(listen_dsn, SESSION_SETTINGS | path, 0, LISTEN_POOL_MAX) if listen_dsn else raw
             except BaseException:
-                raw.terminate()
+                for pool in opened:
+                    pool.terminate()
                 raise
+        except asyncpg.ProtocolViolationError as exc:
+            if "startup parameter" not in str(exc):
+                raise
+            raise DatabaseUnavailable(f"{redact(dsn)} refused durable's session settings ({exc}): a connection "
+                                      "pooler in transaction mode? Then pass pooler='transaction' and "
+                                      "listen_dsn (docs/scaling.md)") from exc
         except _UNREACHABLE as exc:
             if not unreachable(exc):
                 raise
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
-        return cls(raw, dsn, schema, generic)
+        pool = cls(raw, dsn, schema, generic, listen, pooler)
+        if pooler is not None:
+            try:
+                await pool.check_search_path()
+            except BaseException:
+                pool.terminate()
+                raise
+        return pool
+
+    async def check_search_path(self) -> None:
+        """Behind a transaction pooler durable cannot set ``search_path``: the server must, for every
+        connection the pooler opens. Refuse to run when it names another schema first (migrations would
+        create durable's tables there)."""
+        setting = str(await self.fetchval(Q.search_path))
+        if search_path_head(setting) != self.schema:
+            raise SchemaError(
+                f"behind a transaction pooler the server must set search_path to start with schema "
+                f"{self.schema!r}, but it is {setting!r}: run `ALTER ROLE <user> SET search_path = "
+                f"{self.schema}, public` (or set PgBouncer's connect_query for the database; docs/scaling.md)")
 
     def pools(self) -> list[asyncpg.Pool]:
-        return [self.raw] if self.generic is self.raw else [self.raw, self.generic]
+        return list(dict.fromkeys([self.raw, self.generic, self.listen]))
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -206,9 +275,14 @@ class Pool:
             except Exception:  # the release below terminates a broken connection
                 pass
             try:
-                await aio(self.raw.release)(raw)
+                await aio(self.listen.release)(raw)
             except asyncpg.InterfaceError:
                 pass  # the server dropped it: asyncpg already gave it back to the pool
+
+    async def acquire_listening(self) -> asyncpg.Connection:
+        """A connection for LISTEN (a direct one behind a transaction pooler); give it back with
+        :meth:`release_listening`."""
+        return await aio(self.listen.acquire)()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -244,9 +318,9 @@ class Pool:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
-        """A pooled connection outside any transaction (for LISTEN or session-level work); reset in full
-        when given back."""
-        raw = await aio(self.raw.acquire)()
+        """A pooled connection outside any transaction (for LISTEN or session-level work: a direct one
+        behind a transaction pooler); reset in full when given back."""
+        raw = await self.acquire_listening()
         try:
             yield Conn(self, raw)
         finally:

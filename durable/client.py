@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from . import codec, tracing
-from ._pg import Pool, asyncio_loop
+from ._pg import Pool, asyncio_loop, check_pooler
 from .clock import Clock, DatabaseClock
 from .embedded import resolve_dsn, supervised
 from .errors import (
@@ -39,6 +40,8 @@ from .results import RECHECK, Watchers, announce, check_timeout
 from .sql import Q
 
 DEFAULT_SCHEMA = "durable"
+ENV_POOLER = "DURABLE_POOLER"  # "transaction": the DSN goes through PgBouncer in transaction mode
+ENV_LISTEN_DSN = "DURABLE_LISTEN_DSN"  # a direct connection for LISTEN (needed behind such a pooler)
 ON_CONFLICT = ("none", "existing", "raise")  # insert(..., on_conflict=): when the unique key is taken
 KEY_RACES = 5  # inserts tried while the unique key's holder keeps leaving its scope under on_conflict
 
@@ -572,6 +575,8 @@ async def connect(
     min_size: int = 1,
     max_size: int = 10,
     max_value_bytes: int = MAX_VALUE_BYTES,
+    pooler: str | None = None,
+    listen_dsn: str | None = None,
 ) -> AsyncIterator[Database]:
     """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server (restarted
     if its postmaster dies while this is open: :func:`durable.embedded.supervised`).
@@ -579,14 +584,22 @@ async def connect(
     bridge is opened here when needed. Connections: up to ``max_size``, plus up to ``min(max_size, 4)``
     opened on first use for the pick, the plain outcome commit and the insert, which keep cached plans.
     ``max_value_bytes``: the largest encoded state, payload or result the client accepts (ValueTooLarge
-    past it; default ``durable.MAX_VALUE_BYTES``, 16 MiB)."""
+    past it; default ``durable.MAX_VALUE_BYTES``, 16 MiB).
+    ``pooler="transaction"`` (default ``$DURABLE_POOLER``): ``dsn`` goes through a connection pooler in
+    transaction mode such as PgBouncer, so durable prepares no statement and sets no session setting there
+    (the server must set ``search_path``), and LISTENs through ``listen_dsn`` (default ``$DURABLE_LISTEN_DSN``),
+    a direct connection to the same database: docs/scaling.md."""
     check_schema_name(schema)
+    pooler = pooler if pooler is not None else os.environ.get(ENV_POOLER) or None
+    listen_dsn = listen_dsn if listen_dsn is not None else os.environ.get(ENV_LISTEN_DSN) or None
+    check_pooler(pooler, listen_dsn)
     check_int(max_value_bytes, "max_value_bytes", (1, 2**28))
     import trio
 
     target = await trio.to_thread.run_sync(resolve_dsn, dsn)
     async with supervised(dsn), asyncio_loop():  # the embedded server is restarted if it dies meanwhile
-        pool = await Pool.open(target, schema, min_size=min_size, max_size=max_size)
+        pool = await Pool.open(target, schema, min_size=min_size, max_size=max_size, pooler=pooler,
+                               listen_dsn=listen_dsn)
         try:
             if migrate:
                 await pool_migrate(pool)

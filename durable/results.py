@@ -189,7 +189,7 @@ class Watchers:
             if conn is not None:
                 await self.db.pool.release_listening(conn)
             try:
-                conn = await aio(self.db.pool.raw.acquire)()
+                conn = await self.db.pool.acquire_listening()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DatabaseUnavailable):
                 return  # the re-check reads the row (and says why it cannot)
             try:

@@ -62,7 +62,7 @@ class Hub:
         started = False
         while True:
             try:
-                raw = await aio(pool.raw.acquire)()
+                raw = await pool.acquire_listening()
             except Exception:
                 if not started:
                     raise

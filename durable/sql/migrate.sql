@@ -27,3 +27,7 @@ select exists (select 1 from pg_tables where schemaname = $1::text and tablename
 -- name: drop_schema_ddl
 -- The DROP SCHEMA ... CASCADE statement for schema $1 (tests and the simulator's fresh schemas).
 select format('drop schema if exists %I cascade', $1::text);
+
+-- name: search_path
+-- This session's search_path (checked behind a transaction pooler, where the server must set it).
+select current_setting('search_path');
