@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from durable.errors import InvalidArgument
+from durable.filters import InstanceFilter
 from durable.sql import Q, Query
 
 from .source import Reader, Record, Source
@@ -280,90 +282,7 @@ def _at(second: int) -> datetime:
 
 
 # -- instances -------------------------------------------------------------------------------------
-class FilterError(ValueError):
-    """A filter the user typed that cannot be read (the message is one line for the screen)."""
-
-
-FILTER_KEYS = ("queue", "machine", "version", "status", "key", "unique", "id", "parent")
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceFilter:
-    """Filters of the instances screen, ANDed; typed as ``queue:orders status:failed,cancelled``."""
-
-    ids: tuple[int, ...] = ()
-    statuses: tuple[str, ...] = ()
-    machine: str | None = None
-    version: int | None = None
-    queue: str | None = None
-    partition_key: str | None = None
-    unique_key: str | None = None
-    parent_id: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> InstanceFilter:
-        fields: dict[str, Any] = {}
-        for token in text.split():
-            key, sep, value = token.partition(":")
-            if not sep:
-                key, value = ("id", token) if token.isdigit() else ("?", token)
-            if not value:
-                raise FilterError(f"filter {key!r} needs a value, e.g. {key}:x")
-            if key == "id":
-                fields["ids"] = tuple(_ints(value, "id"))
-            elif key == "status":
-                statuses = tuple(value.split(","))
-                for s in statuses:
-                    if s not in STATUSES:
-                        raise FilterError(f"unknown status {s!r} (one of: {', '.join(STATUSES)})")
-                fields["statuses"] = statuses
-            elif key == "version":
-                fields["version"] = _ints(value, "version")[0]
-            elif key == "parent":
-                fields["parent_id"] = _ints(value, "parent")[0]
-            elif key in ("queue", "machine"):
-                fields[key] = value
-            elif key == "key":
-                fields["partition_key"] = value
-            elif key == "unique":
-                fields["unique_key"] = value
-            else:
-                raise FilterError(f"unknown filter {token!r} (use {': '.join(FILTER_KEYS)}: or a bare id)")
-        return cls(**fields)
-
-    def text(self) -> str:
-        parts = []
-        if self.queue:
-            parts.append(f"queue:{self.queue}")
-        if self.machine:
-            parts.append(f"machine:{self.machine}")
-        if self.version is not None:
-            parts.append(f"version:{self.version}")
-        if self.statuses:
-            parts.append("status:" + ",".join(self.statuses))
-        if self.partition_key:
-            parts.append(f"key:{self.partition_key}")
-        if self.unique_key:
-            parts.append(f"unique:{self.unique_key}")
-        if self.ids:
-            parts.append("id:" + ",".join(map(str, self.ids)))
-        if self.parent_id is not None:
-            parts.append(f"parent:{self.parent_id}")
-        return " ".join(parts)
-
-    def args(self) -> tuple[Any, ...]:
-        """The 14 filter parameters of the query_instances statements."""
-        return (
-            list(self.ids) or None, list(self.statuses) or None, self.machine, None, self.version,
-            self.queue, self.partition_key, self.unique_key, self.parent_id, None, None, None, None, None,
-        )
-
-
-def _ints(value: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise FilterError(f"{what} must be a number, not {value!r}") from None
+FilterError = InvalidArgument  # a filter line that cannot be read (the message is one line for the screen)
 
 
 SORTS: dict[str, tuple[Query, Query]] = {

@@ -25,6 +25,7 @@ from .errors import (
     UnknownStep,
     ValueTooLarge,
 )
+from .filters import InstanceFilter
 from .limits import MAX_DELAY, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from .machine import Machine, Registry, job, step
 from .migrate import migrate, migrated_version
@@ -58,6 +59,7 @@ __all__ = [
     "Instance",
     "InstanceCancelled",
     "InstanceFailed",
+    "InstanceFilter",
     "InvalidArgument",
     "Machine",
     "Next",

@@ -13,13 +13,16 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
 from .cli import OneLineError, SubGroup, dsn_option, json_option, run, schema_option
 from .errors import DurableError, SchemaError
+
+if TYPE_CHECKING:
+    from .filters import InstanceFilter
 
 T = TypeVar("T")
 
@@ -172,29 +175,18 @@ def ls(dsn: str | None, schema: str, ids: tuple[int, ...], statuses: tuple[str, 
        inserted_after: str | None, inserted_before: str | None, updated_after: str | None,
        updated_before: str | None, as_json: bool, **filters: Any) -> None:
     """List instances matching every filter, one keyset page at a time."""
-    from .ops import InvalidArgument, parse_statuses
-
-    try:
-        status = parse_statuses(",".join(statuses)) if statuses else None
-    except InvalidArgument as exc:
-        raise OneLineError(f"--status: {exc}") from None
-    filters.update(
-        ids=list(ids) or None,
-        status=status,
-        state=parse_json(state, "--state") if state is not None else None,
-        inserted_after=parse_when(inserted_after, "--inserted-after"),
-        inserted_before=parse_when(inserted_before, "--inserted-before"),
-        updated_after=parse_when(updated_after, "--updated-after"),
-        updated_before=parse_when(updated_before, "--updated-before"),
-    )
-    if filters["state"] is not None and not isinstance(filters["state"], (dict, list)):
-        raise OneLineError("--state must be a JSON object, e.g. '{\"order\": 42}'")
+    order, limit, after = filters.pop("order"), filters.pop("limit"), filters.pop("after")
+    flt = instance_filter({**filters, "ids": ids, "statuses": statuses, "state": state,
+                           "inserted_after": inserted_after, "inserted_before": inserted_before,
+                           "updated_after": updated_after, "updated_before": updated_before})
 
     async def body() -> None:
         async with connect(dsn, schema) as db:
-            page = await db.query(**filters)
+            page = await db.query(flt, order=order, limit=limit, after=after)
         if as_json:
-            emit_json({"items": [r.to_json() for r in page.items], "next": page.next})
+            from .records import LISTED
+
+            emit_json({"items": [r.to_json(LISTED) for r in page.items], "next": page.next})
             return
         from rich.table import Table
 
@@ -637,15 +629,36 @@ def bulk_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-_FILTER_NAMES = ("statuses", "machine", "machine_prefix", "version", "queue", "partition_key", "unique_key",
-                 "parent_id", "inserted_after", "inserted_before", "updated_after", "updated_before", "state")
+def instance_filter(given: dict[str, Any]) -> InstanceFilter:
+    """The :class:`~durable.InstanceFilter` of the filter options of ``durable ls`` / ``cancel`` / ``retry``
+    (``statuses`` and ``ids`` as click gives them, times and ``state`` as text); a bad one is a usage error
+    naming its option."""
+    from .errors import InvalidArgument
+    from .filters import InstanceFilter, parse_statuses
+
+    try:
+        status = parse_statuses(",".join(given["statuses"])) if given["statuses"] else None
+    except InvalidArgument as exc:
+        raise OneLineError(f"--status: {exc}") from None
+    state = parse_json(given["state"], "--state") if given["state"] is not None else None
+    if state is not None and not isinstance(state, (dict, list)):
+        raise OneLineError("--state must be a JSON object, e.g. '{\"order\": 42}'")
+    times = {name: parse_when(given[name], "--" + name.replace("_", "-"))
+             for name in ("inserted_after", "inserted_before", "updated_after", "updated_before")}
+    try:
+        return InstanceFilter(
+            ids=(tuple(given["ids"]) or None) if "ids" in given else None,
+            status=status, machine=given["machine"], machine_prefix=given["machine_prefix"],
+            version=given["version"], queue=given["queue"], partition_key=given["partition_key"],
+            unique_key=given["unique_key"], parent_id=given["parent_id"], state=state, **times,
+        )
+    except InvalidArgument as exc:
+        raise OneLineError(str(exc)) from None
 
 
-def bulk_query(command: str, instance_id: int | None, given: dict[str, Any]) -> dict[str, Any] | None:
-    """The db.query filters of a bulk ``cancel``/``retry`` (None: one instance by ID). An ID and filters
-    together, or neither, is a usage error."""
-    from .ops import InvalidArgument, parse_statuses
-
+def bulk_query(command: str, instance_id: int | None, given: dict[str, Any]) -> InstanceFilter | None:
+    """The filter of a bulk ``cancel``/``retry`` (None: one instance by ID). An ID and filters together, or
+    neither, is a usage error."""
     used = {k: v for k, v in given.items() if v not in (None, ())}
     if instance_id is not None:
         if used:
@@ -654,31 +667,16 @@ def bulk_query(command: str, instance_id: int | None, given: dict[str, Any]) -> 
         return None
     if not used:
         raise OneLineError(f"{command} needs an ID or at least one filter (--status, --machine, --queue, ...)")
-    try:
-        status = parse_statuses(",".join(given["statuses"])) if given["statuses"] else None
-    except InvalidArgument as exc:
-        raise OneLineError(f"--status: {exc}") from None
-    state = parse_json(given["state"], "--state") if given["state"] is not None else None
-    if state is not None and not isinstance(state, (dict, list)):
-        raise OneLineError("--state must be a JSON object, e.g. '{\"order\": 42}'")
-    return {
-        "status": status, "machine": given["machine"], "machine_prefix": given["machine_prefix"],
-        "version": given["version"], "queue": given["queue"], "partition_key": given["partition_key"],
-        "unique_key": given["unique_key"], "parent_id": given["parent_id"], "state": state,
-        "inserted_after": parse_when(given["inserted_after"], "--inserted-after"),
-        "inserted_before": parse_when(given["inserted_before"], "--inserted-before"),
-        "updated_after": parse_when(given["updated_after"], "--updated-after"),
-        "updated_before": parse_when(given["updated_before"], "--updated-before"),
-    }
+    return instance_filter(given)
 
 
-async def confirm_bulk(db: Any, filters: dict[str, Any], verb: str, note: str, yes: bool, as_json: bool) -> int:
+async def confirm_bulk(db: Any, flt: InstanceFilter, verb: str, note: str, yes: bool, as_json: bool) -> int:
     """Count what a bulk change would touch and say it; ask on a terminal unless ``yes``. Returns the count
     (0: nothing to do). Without a terminal and without --yes: refused (exit 2), nothing changed."""
     from .errors import InvalidArgument
     from .ops import count
 
-    n = await count(db, **filters)
+    n = await count(db, flt)
     if n == 0:
         return 0
     what = f"{n} instance{'s' if n != 1 else ''}"
@@ -704,10 +702,10 @@ def retry(dsn: str | None, schema: str, instance_id: int | None, yes: bool, as_j
     instead of an ID (durable retry --status failed --machine X), every match, after a confirmation."""
     filters = bulk_query("retry", instance_id, given)
 
-    async def bulk(filters: dict[str, Any]) -> None:
+    async def bulk(flt: InstanceFilter) -> None:
         async with connect(dsn, schema) as db:
-            matched = await confirm_bulk(db, filters, "retry", " (the failed and cancelled ones)", yes, as_json)
-            result = await db.retry_many(**filters) if matched else None
+            matched = await confirm_bulk(db, flt, "retry", " (the failed and cancelled ones)", yes, as_json)
+            result = await db.retry_many(flt) if matched else None
         if as_json:
             from .ops import Bulk
 
@@ -751,10 +749,10 @@ def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, y
     --status runnable --machine X), every match, after a confirmation."""
     filters = bulk_query("cancel", instance_id, given)
 
-    async def bulk(filters: dict[str, Any]) -> None:
+    async def bulk(flt: InstanceFilter) -> None:
         async with connect(dsn, schema) as db:
-            matched = await confirm_bulk(db, filters, "cancel", " (and their live descendants)", yes, as_json)
-            result = await db.cancel_many(reason, **filters) if matched else None
+            matched = await confirm_bulk(db, flt, "cancel", " (and their live descendants)", yes, as_json)
+            result = await db.cancel_many(reason, flt) if matched else None
         if as_json:
             from .ops import Bulk
 

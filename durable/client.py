@@ -13,9 +13,8 @@ import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import asyncpg
 
@@ -32,72 +31,23 @@ from .errors import (
     UniqueKeyOccupied,
     UniqueKeyTaken,
 )
+from .filters import FilterFields, InstanceFilter
 from .limits import MAX_VALUE_BYTES, check_id, check_int, check_text
 from .machine import Machine, Registry, check_insert
 from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
 from .outcomes import NON_TERMINAL, Insert, seconds
+from .records import Event, Instance
 from .results import RECHECK, Watchers, announce, check_timeout
 from .sql import Q
+
+if TYPE_CHECKING:
+    from .ops import Bulk, Page, TailEvent
 
 DEFAULT_SCHEMA = "durable"
 ENV_POOLER = "DURABLE_POOLER"  # "transaction": the DSN goes through PgBouncer in transaction mode
 ENV_LISTEN_DSN = "DURABLE_LISTEN_DSN"  # a direct connection for LISTEN (needed behind such a pooler)
 ON_CONFLICT = ("none", "existing", "raise")  # insert(..., on_conflict=): when the unique key is taken
 KEY_RACES = 5  # inserts tried while the unique key's holder keeps leaving its scope under on_conflict
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """One instance as stored, with its inbox and children."""
-
-    id: int
-    machine: str
-    version: int
-    step: str
-    status: str
-    state: Any
-    result: Any
-    awaits: str | None
-    queue: str
-    priority: int
-    partition_key: str | None
-    eligible_at: datetime
-    attempt: int
-    last_error: str | None
-    worker_id: str | None
-    lease_token: int | None
-    lease_expires_at: datetime | None
-    cancel_requested: bool
-    parent_id: int | None
-    children_pending: int
-    unique_key: str | None
-    unique_scope: list[str]
-    traceparent: str | None
-    inserted_at: datetime
-    updated_at: datetime
-    inbox: list[dict[str, Any]] = field(default_factory=list)
-    children: list[dict[str, Any]] = field(default_factory=list)
-    awaits_any: list[str] | None = None  # every awaited name, when an await names several
-    timeout_at: datetime | None = None  # an await's deadline (then runnable at timeout_step, timed_out)
-    timeout_step: str | None = None  # the step the timeout runs (None: the step a signal would)
-    timed_out: bool = False  # runnable because its await timed out (ctx.timed_out of the next step)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One history row."""
-
-    id: int
-    instance_id: int
-    machine: str
-    event: str
-    step: str | None
-    attempt: int | None
-    status: str | None
-    worker_id: str | None
-    lease_token: int | None
-    detail: Any
-    at: datetime
 
 
 class InsertColumns:
@@ -388,13 +338,8 @@ class Database:
             raise NoSuchInstance(f"no instance with id {instance_id}")
         inbox = await self.pool.fetch(Q.get_inbox, instance_id)
         children = await self.pool.fetch(Q.get_children, instance_id)
-        data = dict(row)
-        data["state"] = codec.decode(data["state"])
-        data["result"] = codec.decode(data["result"])
-        data.pop("signal_seq", None)
-        data.pop("tracestate", None)
-        return Instance(
-            **data,
+        return Instance.from_row(
+            row,
             inbox=[{**dict(s), "payload": codec.decode(s["payload"])} for s in inbox],
             children=[
                 {**dict(c), "state": codec.decode(c["state"]), "result": codec.decode(c["result"])}
@@ -405,14 +350,7 @@ class Database:
     async def history(self, instance_id: int) -> list[Event]:
         check_id(instance_id)
         rows = await self.pool.fetch(Q.get_history, instance_id)
-        return [
-            Event(
-                id=r["id"], instance_id=r["instance_id"], machine=r["machine"], event=r["event"],
-                step=r["step"], attempt=r["attempt"], status=r["status"], worker_id=r["worker_id"],
-                lease_token=r["lease_token"], detail=codec.decode(r["detail"]), at=r["at"],
-            )
-            for r in rows
-        ]
+        return [Event.from_row(r) for r in rows]
 
     async def cancel(self, instance_id: int, reason: str = "cancelled", *, by: str = "operator",
                      limit: int | None = None) -> str:
@@ -484,19 +422,24 @@ class Database:
             raise InstanceCancelled(instance_id, row["last_error"])
         return status, codec.decode(row["result"]) if status == "done" else None
 
-    async def cancel_many(self, reason: str = "cancelled", **kwargs: Any) -> Any:
-        """Cancel every instance matching the filters of :meth:`query` (with their descendants), in
-        keyset-paged batches; returns counts: see :func:`durable.ops.cancel_many`."""
+    async def cancel_many(self, reason: str = "cancelled", where: InstanceFilter | None = None, *,
+                          by: str = "operator", batch: int | None = None, limit: int | None = None,
+                          **filters: Unpack[FilterFields]) -> Bulk:
+        """Cancel every instance matching the filter ``where`` (or the filters of :meth:`query` as keywords)
+        with their descendants, in keyset-paged batches; returns counts: see :func:`durable.ops.cancel_many`."""
         from . import ops
 
-        return await ops.cancel_many(self, reason, **kwargs)
+        return await ops.cancel_many(self, reason, where, by=by, batch=ops.BULK_BATCH if batch is None else batch,
+                                     limit=ops.CANCEL_LIMIT if limit is None else limit, **filters)
 
-    async def retry_many(self, **kwargs: Any) -> Any:
-        """Retry every failed or cancelled instance matching the filters of :meth:`query`, in keyset-paged
-        batches; returns counts: see :func:`durable.ops.retry_many`."""
+    async def retry_many(self, where: InstanceFilter | None = None, *, batch: int | None = None,
+                         **filters: Unpack[FilterFields]) -> Bulk:
+        """Retry every failed or cancelled instance matching the filter ``where`` (or the filters of
+        :meth:`query` as keywords), in keyset-paged batches; returns counts: see
+        :func:`durable.ops.retry_many`."""
         from . import ops
 
-        return await ops.retry_many(self, **kwargs)
+        return await ops.retry_many(self, where, batch=ops.BULK_BATCH if batch is None else batch, **filters)
 
     async def retry(self, instance_id: int) -> str:
         """A failed or cancelled instance back to runnable at its last step, attempt reset."""
@@ -545,23 +488,29 @@ class Database:
                                           max_attempts=max_attempts)
 
     # -- operator queries (implemented in durable.ops) -----------------------------------------------
-    async def query(self, *args: Any, **kwargs: Any) -> Any:
-        """Instances matching filters (AND), sorted, keyset-paged: see :func:`durable.ops.query`."""
+    async def query(self, where: InstanceFilter | None = None, /, *, order: str = "id", limit: int = 50,
+                    after: str | None = None, **filters: Unpack[FilterFields]) -> Page:
+        """Instances matching the filter ``where`` (or the same filters as keywords: ``status="failed"``),
+        sorted, keyset-paged: see :func:`durable.ops.query`."""
         from . import ops
 
-        return await ops.query(self, *args, **kwargs)
+        return await ops.query(self, where, order=order, limit=limit, after=after, **filters)
 
-    def tail(self, *args: Any, **kwargs: Any) -> Any:
-        """History events in commit order from an offset (async iterator): see :func:`durable.ops.tail`."""
+    def tail(self, after: str = "-1", *, follow: bool = False, instance: int | None = None,
+             machine: str | None = None, poll: float = 0.5, batch: int = 500) -> AsyncIterator[TailEvent]:
+        """History events in commit order from offset ``after`` (async iterator): see
+        :func:`durable.ops.tail`."""
         from . import ops
 
-        return ops.tail(self, *args, **kwargs)
+        return ops.tail(self, after, follow=follow, instance=instance, machine=machine, poll=poll, batch=batch)
 
-    async def gc(self, *args: Any, **kwargs: Any) -> Any:
-        """Delete old terminal instances with their signals and history: see :func:`durable.ops.gc`."""
+    async def gc(self, older_than: float | timedelta, *, batch: int = 1000,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """Delete terminal instances last updated more than ``older_than`` ago, with their signals and
+        history; returns how many: see :func:`durable.ops.gc`."""
         from . import ops
 
-        return await ops.gc(self, *args, **kwargs)
+        return await ops.gc(self, older_than, batch=batch, progress=progress)
 
 
 @asynccontextmanager

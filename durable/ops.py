@@ -15,36 +15,26 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-import orjson
 import trio
 
 from . import codec, tracing
 from .errors import InvalidArgument, TreeTooLarge
-from .limits import INT32, INT64, NUL_HINT
-from .outcomes import STATUSES, TERMINAL
+from .filters import FilterFields, InstanceFilter, opt_int, opt_text, parse_statuses
+from .records import Instance
 from .sql import Q, Query
 
 if TYPE_CHECKING:
     from .client import Database
 
-__all__ = ["ORDERS", "Bulk", "InvalidArgument", "Page", "Row", "TailEvent", "cancel_many", "cancel_tree", "count",
-           "gc", "parse_statuses", "query", "retry_many", "tail"]
+__all__ = ["ORDERS", "Bulk", "InstanceFilter", "InvalidArgument", "Page", "Row", "TailEvent", "cancel_many",
+           "cancel_tree", "count", "gc", "parse_statuses", "query", "retry_many", "tail"]
 
-
-
-
-
-# status aliases accepted next to the enum values
-_STATUS_GROUPS: dict[str, tuple[str, ...]] = {
-    "terminal": TERMINAL,
-    "active": ("runnable", "executing", "awaiting_signal", "awaiting_children"),
-    "awaiting": ("awaiting_signal", "awaiting_children"),
-}
+Row = Instance  # the former name of db.query's rows: one row type, durable.Instance
 
 # order name -> (statement, keyed by updated_at)
 ORDERS: dict[str, tuple[Query, bool]] = {
@@ -58,44 +48,13 @@ MAX_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
-    """One instance as listed by :func:`query` (no inbox, children or history: see ``db.get``)."""
-
-    id: int
-    machine: str
-    version: int
-    step: str
-    status: str
-    state: Any
-    result: Any
-    awaits: str | None
-    queue: str
-    priority: int
-    partition_key: str | None
-    unique_key: str | None
-    attempt: int
-    last_error: str | None
-    worker_id: str | None
-    lease_expires_at: datetime | None
-    cancel_requested: bool
-    parent_id: int | None
-    children_pending: int
-    eligible_at: datetime
-    inserted_at: datetime
-    updated_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-@dataclass(frozen=True, slots=True)
 class Page:
     """One page of :func:`query`; ``next`` is the cursor of the following page (None on the last)."""
 
-    items: list[Row]
+    items: list[Instance]
     next: str | None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Instance]:
         return iter(self.items)
 
     def __len__(self) -> int:
@@ -127,83 +86,11 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
 
 
-# -- query ------------------------------------------------------------------------------------------
-def parse_statuses(value: str | Iterable[str] | None) -> list[str] | None:
-    """Statuses from a name, a comma-separated list or an iterable; aliases: terminal, active, awaiting."""
-    if value is None:
-        return None
-    names = value.split(",") if isinstance(value, str) else list(value)
-    out: list[str] = []
-    for raw in names:
-        if not isinstance(raw, str):
-            raise InvalidArgument(f"status must be a string, not {raw!r}")
-        name = raw.strip().lower()
-        if name in _STATUS_GROUPS:
-            out.extend(s for s in _STATUS_GROUPS[name] if s not in out)
-        elif name in STATUSES:
-            if name not in out:
-                out.append(name)
-        else:
-            choices = ", ".join((*STATUSES, *_STATUS_GROUPS))
-            raise InvalidArgument(f"unknown status {raw!r} (one of: {choices})")
-    if not out:
-        raise InvalidArgument("empty status filter")
-    return out
-
-
-def _state_filter(state: Any) -> str | None:
-    if state is None:
-        return None
-    if isinstance(state, (str, bytes)):
-        try:
-            parsed = orjson.loads(state)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"state filter is not valid JSON: {exc}") from None
-    else:
-        parsed = state
-    if not isinstance(parsed, (dict, list)):
-        raise InvalidArgument(f"state filter must be a JSON object or array, not {parsed!r}")
-    return codec.encode(parsed, "state filter")
-
-
-def _when(value: datetime | timedelta | None, what: str) -> datetime | None:
-    """A timestamp filter: an aware datetime (naive = UTC) or a timedelta meaning 'that long ago'."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        try:
-            return datetime.now(UTC) - value
-        except OverflowError:
-            raise InvalidArgument(f"{what} {value} ago is before year 1") from None
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    raise InvalidArgument(f"{what} must be a datetime or a timedelta, not {value!r}")
-
-
-def _opt_int(value: Any, what: str, bounds: tuple[int, int] = INT64) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{what} must be an integer, not {value!r}")
-    if not bounds[0] <= value <= bounds[1]:
-        raise InvalidArgument(f"{what} {value} is outside {bounds[0]}..{bounds[1]}")
-    return value
-
-
-def _opt_text(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{what} must be a non-empty string, not {value!r}")
-    if "\x00" in value:
-        raise InvalidArgument(f"{what} contains {NUL_HINT}")
-    return value
-
-
+# -- query -----------------------------------------------------------------------------------------
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _encode_cursor(order: str, row: Row) -> str:
+def _encode_cursor(order: str, row: Instance) -> str:
     parts = [order, str(row.id)]
     if ORDERS[order][1]:
         delta = row.updated_at - _EPOCH
@@ -227,98 +114,51 @@ def _decode_cursor(cursor: str, order: str) -> tuple[int, datetime | None]:
 
 async def query(
     db: Database,
+    where: InstanceFilter | None = None,
+    /,
     *,
-    ids: Iterable[int] | None = None,
-    status: str | Iterable[str] | None = None,
-    machine: str | None = None,
-    machine_prefix: str | None = None,
-    version: int | None = None,
-    queue: str | None = None,
-    partition_key: str | None = None,
-    unique_key: str | None = None,
-    parent_id: int | None = None,
-    inserted_after: datetime | timedelta | None = None,
-    inserted_before: datetime | timedelta | None = None,
-    updated_after: datetime | timedelta | None = None,
-    updated_before: datetime | timedelta | None = None,
-    state: Any = None,
     order: str = "id",
     limit: int = 50,
     after: str | None = None,
+    **filters: Unpack[FilterFields],
 ) -> Page:
-    """Instances matching every given filter, sorted by ``order`` (id, -id, updated, -updated),
-    ``limit`` per page; pass ``after=page.next`` for the following page (keyset paging: a page is as
-    fast at row 1,000,000 as at row 1, and rows inserted meanwhile never shift it). ``status`` is a
-    name, a comma-separated list or a set (aliases: terminal, active, awaiting). ``state`` is a dict
-    (or JSON text) the state must contain (``@>``). Time bounds take datetimes or timedeltas (ago)."""
-    statement, args = query_statement(
-        ids=ids, status=status, machine=machine, machine_prefix=machine_prefix, version=version, queue=queue,
-        partition_key=partition_key, unique_key=unique_key, parent_id=parent_id,
-        inserted_after=inserted_after, inserted_before=inserted_before, updated_after=updated_after,
-        updated_before=updated_before, state=state, order=order, limit=limit, after=after)
+    """Instances matching the filter ``where`` (an :class:`InstanceFilter`) or the same filters given as
+    keywords, sorted by ``order`` (id, -id, updated, -updated), ``limit`` per page; pass
+    ``after=page.next`` for the following page (keyset paging: a page is as fast at row 1,000,000 as at
+    row 1, and rows inserted meanwhile never shift it). ``status`` is a name, a comma-separated list or a
+    set (aliases: terminal, active, awaiting). ``state`` is a dict (or JSON text) the state must contain
+    (``@>``). Time bounds take datetimes or timedeltas (ago)."""
+    statement, args = query_statement(where, order=order, limit=limit, after=after, **filters)
     async with db.pool.transaction() as conn:
         await conn.fetchval(Q.force_custom_plans)
         records = await conn.fetch(statement, *args)
-    rows = [_row(dict(r)) for r in records[:limit]]
+    rows = [Instance.from_row(r) for r in records[:limit]]
     return Page(rows, _encode_cursor(order, rows[-1]) if len(records) > limit else None)
 
 
 def query_statement(
+    where: InstanceFilter | None = None,
+    /,
     *,
-    ids: Iterable[int] | None = None,
-    status: str | Iterable[str] | None = None,
-    machine: str | None = None,
-    machine_prefix: str | None = None,
-    version: int | None = None,
-    queue: str | None = None,
-    partition_key: str | None = None,
-    unique_key: str | None = None,
-    parent_id: int | None = None,
-    inserted_after: datetime | timedelta | None = None,
-    inserted_before: datetime | timedelta | None = None,
-    updated_after: datetime | timedelta | None = None,
-    updated_before: datetime | timedelta | None = None,
-    state: Any = None,
     order: str = "id",
     limit: int = 50,
     after: str | None = None,
+    **filters: Unpack[FilterFields],
 ) -> tuple[Query, list[Any]]:
     """The statement :func:`query` runs for these filters and its parameters (validated), so a plan
     can be inspected; run it after ``force_custom_plans`` in the same transaction."""
+    flt = InstanceFilter.of(where, filters)
     if order not in ORDERS:
         raise InvalidArgument(f"unknown order {order!r} (one of: {', '.join(ORDERS)})")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}")
-    id_list = None
-    if ids is not None:
-        id_list = [_opt_int(i, "id") for i in ids]
     statement, keyed_by_time = ORDERS[order]
-    args: list[Any] = [
-        id_list,
-        parse_statuses(status),
-        _opt_text(machine, "machine"),
-        _opt_text(machine_prefix, "machine prefix"),
-        _opt_int(version, "version", INT32),
-        _opt_text(queue, "queue"),
-        _opt_text(partition_key, "partition key"),
-        _opt_text(unique_key, "unique key"),
-        _opt_int(parent_id, "parent id"),
-        _when(inserted_after, "inserted_after"),
-        _when(inserted_before, "inserted_before"),
-        _when(updated_after, "updated_after"),
-        _when(updated_before, "updated_before"),
-        _state_filter(state),
-        limit + 1,  # one more than asked: tells whether a next page exists
-    ]
+    args: list[Any] = [*flt.args(), limit + 1]  # one more than asked: tells whether a next page exists
     cursor_id, cursor_at = _decode_cursor(after, order) if after else (None, None)
     args.append(cursor_id)
     if keyed_by_time:
         args.append(cursor_at)
     return statement, args
-
-
-def _row(data: dict[str, Any]) -> Row:
-    return Row(**{**data, "state": codec.decode(data["state"]), "result": codec.decode(data["result"])})
 
 
 # -- tail -------------------------------------------------------------------------------------------
@@ -365,8 +205,8 @@ async def tail(
     from it sees every event exactly once, including events of transactions that commit out of id
     order. ``follow`` keeps polling every ``poll`` seconds for new events instead of stopping at the end.
     """
-    instance = _opt_int(instance, "instance id")
-    machine = _opt_text(machine, "machine")
+    instance = opt_int(instance, "instance id")
+    machine = opt_text(machine, "machine")
     if not isinstance(batch, int) or batch < 1:
         raise InvalidArgument(f"batch must be a positive integer, not {batch!r}")
     xid, last_id = await resolve_offset(db, after)
@@ -385,7 +225,7 @@ async def tail(
 # -- retention --------------------------------------------------------------------------------------
 async def gc(
     db: Database,
-    older_than: float,
+    older_than: float | timedelta,
     *,
     batch: int = 1000,
     progress: Callable[[int], None] | None = None,
@@ -394,15 +234,14 @@ async def gc(
     seconds ago, with their signals and history, ``batch`` per transaction. A terminal child whose
     parent is still live is kept. Returns how many instances were deleted; ``progress`` is called
     with the running total after each batch."""
-    if isinstance(older_than, timedelta):
-        older_than = older_than.total_seconds()
-    if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
+    seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
         raise InvalidArgument(f"older_than must be a non-negative number of seconds, not {older_than!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidArgument(f"batch must be a positive integer, not {batch!r}")
     total = 0
     while True:
-        deleted = int(await db.pool.fetchval(Q.gc_batch, db.clock.now(), batch, float(older_than)))
+        deleted = int(await db.pool.fetchval(Q.gc_batch, db.clock.now(), batch, float(seconds)))
         total += deleted
         if progress is not None:
             progress(total)
@@ -503,32 +342,27 @@ def _ids_text(ids: list[int]) -> str:
     return f"{len(ids)} instances ({ids[0]}..{ids[-1]})"
 
 
-_NOT_FILTERS = ("order", "limit", "after")
-
-
-def _filters(filters: dict[str, Any], what: str) -> dict[str, Any]:
-    for name in _NOT_FILTERS:
-        if name in filters:
-            raise InvalidArgument(f"{what} takes the filters of db.query, not {name!r} (it pages by itself)")
-    if all(v is None for v in filters.values()):
+def _filter(where: InstanceFilter | None, filters: Mapping[str, Any], what: str) -> InstanceFilter:
+    flt = InstanceFilter.of(where, filters, what=what)
+    if flt.is_empty():
         raise InvalidArgument(f"{what} needs at least one filter (it would touch every instance)")
-    return filters
+    return flt
 
 
-async def count(db: Database, **filters: Any) -> int:
-    """How many instances match the filters of :func:`query` (what a bulk operation would touch)."""
-    _statement, args = query_statement(**filters)
+async def count(db: Database, where: InstanceFilter | None = None, /, **filters: Unpack[FilterFields]) -> int:
+    """How many instances match the filter of :func:`query` (what a bulk operation would touch)."""
+    flt = InstanceFilter.of(where, filters, what="count")
     async with db.pool.transaction() as conn:
         await conn.fetchval(Q.force_custom_plans)
-        return int(await conn.fetchval(Q.count_instances, *args[:14]))
+        return int(await conn.fetchval(Q.count_instances, *flt.args()))
 
 
-async def _pages(db: Database, filters: dict[str, Any], batch: int) -> AsyncIterator[list[int]]:
-    """The ids matching the filters, a keyset page of at most ``batch`` at a time (ascending id: a page
+async def _pages(db: Database, flt: InstanceFilter, batch: int) -> AsyncIterator[list[int]]:
+    """The ids matching the filter, a keyset page of at most ``batch`` at a time (ascending id: a page
     acted on never shifts the next one)."""
     after: str | None = None
     while True:
-        page = await query(db, **filters, order="id", limit=batch, after=after)
+        page = await query(db, flt, order="id", limit=batch, after=after)
         if page.items:
             yield [r.id for r in page.items]
         if page.next is None:
@@ -536,20 +370,21 @@ async def _pages(db: Database, filters: dict[str, Any], batch: int) -> AsyncIter
         after = page.next
 
 
-async def cancel_many(db: Database, reason: str = "cancelled", *, by: str = "operator", batch: int = BULK_BATCH,
-                      limit: int = CANCEL_LIMIT, **filters: Any) -> Bulk:
-    """Cancel every instance matching the filters of :func:`query` (and their non-terminal descendants),
+async def cancel_many(db: Database, reason: str = "cancelled", where: InstanceFilter | None = None, *,
+                      by: str = "operator", batch: int = BULK_BATCH, limit: int = CANCEL_LIMIT,
+                      **filters: Unpack[FilterFields]) -> Bulk:
+    """Cancel every instance matching the filter of :func:`query` (and their non-terminal descendants),
     ``batch`` roots per statement, keyset-paged. A root whose tree exceeds ``limit`` is left as it was and
     listed in ``too_large``."""
     from .limits import check_text
 
-    filters = _filters(filters, "cancel_many")
+    flt = _filter(where, filters, "cancel_many")
     batch = _limit(batch, "batch", MAX_LIMIT)
     check_text(reason, "cancel reason", max_bytes=db.max_value_bytes, empty=True)
     check_text(by, "cancel by", max_bytes=db.max_value_bytes)
     matched = changed = requested = skipped = 0
     too_large: list[int] = []
-    async for ids in _pages(db, filters, batch):
+    async for ids in _pages(db, flt, batch):
         matched += len(ids)
         try:
             reports = [await cancel_tree(db, ids, reason, by=by, limit=limit)]
@@ -568,16 +403,17 @@ async def cancel_many(db: Database, reason: str = "cancelled", *, by: str = "ope
     return Bulk(matched, changed, requested, skipped + len(too_large), tuple(too_large))
 
 
-async def retry_many(db: Database, *, batch: int = BULK_BATCH, **filters: Any) -> Bulk:
-    """Put every failed or cancelled instance matching the filters of :func:`query` back to runnable at the
+async def retry_many(db: Database, where: InstanceFilter | None = None, *, batch: int = BULK_BATCH,
+                     **filters: Unpack[FilterFields]) -> Bulk:
+    """Put every failed or cancelled instance matching the filter of :func:`query` back to runnable at the
     step where it ended (``db.retry`` for each), ``batch`` per statement, keyset-paged. An instance whose
     unique key another holds is skipped (and counted)."""
     import asyncpg
 
-    filters = _filters(filters, "retry_many")
+    flt = _filter(where, filters, "retry_many")
     batch = _limit(batch, "batch", MAX_LIMIT)
     matched = changed = 0
-    async for ids in _pages(db, filters, batch):
+    async for ids in _pages(db, flt, batch):
         matched += len(ids)
         try:
             rows = await db.pool.fetch(Q.retry_instances, ids, db.clock.now())

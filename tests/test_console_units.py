@@ -27,10 +27,10 @@ def test_throughput_reads_the_window_once_then_only_the_overlap() -> None:
 def test_filters_parse_and_print_back() -> None:
     f = InstanceFilter.parse("queue:orders status:failed,cancelled machine:Checkout version:2 key:o:1 "
                              "unique:u-1 parent:7 12")
-    assert f == InstanceFilter(ids=(12,), statuses=("failed", "cancelled"), machine="Checkout", version=2,
+    assert f == InstanceFilter(ids=(12,), status=("failed", "cancelled"), machine="Checkout", version=2,
                                queue="orders", partition_key="o:1", unique_key="u-1", parent_id=7)
     assert InstanceFilter.parse(f.text()) == f
-    assert f.args()[:9] == ([12], ["failed", "cancelled"], "Checkout", None, 2, "orders", "o:1", "u-1", 7)
+    assert f.args()[:9] == [[12], ["failed", "cancelled"], "Checkout", None, 2, "orders", "o:1", "u-1", 7]
     assert InstanceFilter.parse("") == InstanceFilter()
 
 
