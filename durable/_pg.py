@@ -8,6 +8,7 @@ Driver errors are mapped here: an unreachable server becomes :class:`~durable.er
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -88,6 +89,26 @@ class Conn:
         return await self._pool._run(q, self.raw.execute, args)
 
 
+class Notifications(trio.abc.ReceiveChannel[str]):
+    """The payloads of one LISTEN (see :meth:`Pool.listen`), a trio receive channel. Besides the
+    connection's termination callback, it looks at the connection every ``LISTEN_CHECK`` seconds while
+    nothing arrives, and ends when it is gone."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[str], raw: asyncpg.Connection) -> None:
+        self._receive = receive
+        self._raw = raw
+
+    async def receive(self) -> str:
+        while True:
+            with trio.move_on_after(LISTEN_CHECK):
+                return await self._receive.receive()
+            if _closed(self._raw):
+                raise trio.EndOfChannel
+
+    async def aclose(self) -> None:
+        await self._receive.aclose()
+
+
 class _Direct:
     async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
         return await run()
@@ -111,6 +132,18 @@ async def keep_session(_con: asyncpg.Connection) -> None:
     reset query (unlock, CLOSE ALL, UNLISTEN, RESET ALL) would be a round trip per statement for
     nothing. An open transaction is still rolled back by asyncpg. The connections that LISTEN are reset
     in full when released."""
+
+
+LISTEN_BUFFER = 10_000  # notifications a listener may leave unread before its channel ends (see Pool.listen)
+LISTEN_CHECK = 5.0  # seconds between looks at a listening connection, in case its loss calls back nothing
+
+
+def _closed(raw: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is gone (a proxy whose connection died raises instead of saying so)."""
+    try:
+        return bool(raw.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 GENERIC_POOL_MAX = 4  # a runtime's picks (one per queue at a time) and its plain flushes (two at a time)
@@ -149,14 +182,14 @@ class Pool:
     """Two asyncpg pools on one schema (``search_path = <schema>``): ``raw`` (up to ``max_size``
     connections) plans every statement for its parameters, ``generic`` (up to ``min(max_size, 4)`` more,
     opened on first use) keeps cached plans for the statements marked so. The connections that LISTEN come
-    from ``listen``: ``raw`` itself, or a pool of direct connections (``listen_dsn``) behind a transaction
+    from ``listen_pool``: ``raw`` itself, or a pool of direct connections (``listen_dsn``) behind a transaction
     pooler, where ``generic`` is ``raw`` too. All calls are trio calls."""
 
     def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str, generic: asyncpg.Pool | None = None,
                  listen: asyncpg.Pool | None = None, pooler: str | None = None) -> None:
         self.raw = raw
         self.generic = generic if generic is not None else raw
-        self.listen = listen if listen is not None else raw
+        self.listen_pool = listen if listen is not None else raw
         self.dsn = dsn
         self.schema = schema
         self.pooler = pooler
@@ -222,7 +255,7 @@ class Pool:
                 f"{self.schema}, public` (or set PgBouncer's connect_query for the database; docs/scaling.md)")
 
     def pools(self) -> list[asyncpg.Pool]:
-        return list(dict.fromkeys([self.raw, self.generic, self.listen]))
+        return list(dict.fromkeys([self.raw, self.generic, self.listen_pool]))
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -275,14 +308,14 @@ class Pool:
             except Exception:  # the release below terminates a broken connection
                 pass
             try:
-                await aio(self.listen.release)(raw)
+                await aio(self.listen_pool.release)(raw)
             except asyncpg.InterfaceError:
                 pass  # the server dropped it: asyncpg already gave it back to the pool
 
     async def acquire_listening(self) -> asyncpg.Connection:
         """A connection for LISTEN (a direct one behind a transaction pooler); give it back with
         :meth:`release_listening`."""
-        return await aio(self.listen.acquire)()
+        return await aio(self.listen_pool.acquire)()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -315,6 +348,55 @@ class Pool:
         finally:
             with trio.CancelScope(shield=True):
                 await aio(self.raw.release)(raw)
+
+    @asynccontextmanager
+    async def listen(self, channel: str, *, buffer: int = LISTEN_BUFFER) -> AsyncIterator[Notifications]:
+        """LISTEN on ``channel`` on a pooled connection of its own for the duration of the block; the trio
+        receive channel yields each notification's payload in order. It ends (``async for`` finishes) when
+        the connection is lost, or when more than ``buffer`` payloads wait unread: a notification is a
+        hint, and a caller that missed some catches up by re-reading, then listens again. An unreachable
+        server raises :class:`~durable.errors.DatabaseUnavailable`. The connection is reset in full
+        (UNLISTEN) when given back."""
+        send, receive = trio.open_memory_channel[str](buffer)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(payload: str) -> None:
+            try:
+                send.send_nowait(payload)
+            except trio.WouldBlock:
+                send.close()  # the reader fell behind: end the channel, it catches up and listens again
+            except trio.ClosedResourceError:
+                pass  # lost, or after the block
+
+        def on_notification(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            token.run_sync_soon(deliver, payload)  # called by the asyncio loop: hop into trio, in order
+
+        def on_lost(_conn: object) -> None:
+            token.run_sync_soon(send.close)
+
+        async def start() -> asyncpg.Connection:
+            raw = await self.acquire_listening()
+            try:
+                await aio(raw.add_listener)(channel, on_notification)
+            except BaseException:
+                await self.release_listening(raw)
+                raise
+            return raw
+
+        try:
+            raw = await self.gate.call("listen", start)
+        except _UNREACHABLE as exc:
+            if not unreachable(exc):
+                raise
+            raise DatabaseUnavailable(f"cannot listen at {redact(self.dsn)}: {exc}") from exc
+        try:
+            raw.add_termination_listener(on_lost)
+            yield Notifications(receive, raw)
+        finally:
+            send.close()
+            with contextlib.suppress(asyncpg.InterfaceError):  # a reset keeps these; the connection is pooled
+                raw.remove_termination_listener(on_lost)
+            await self.release_listening(raw)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:

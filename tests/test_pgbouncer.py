@@ -90,7 +90,7 @@ async def test_the_engine_runs_through_pgbouncer_in_transaction_mode(pooled: dur
     by 8 client connections. With asyncpg's statement cache (the default mode) the second statement on a
     reused server connection fails: 'prepared statement "__asyncpg_stmt_1__" does not exist'."""
     db = pooled
-    assert db.pool.pooler == "transaction" and db.pool.generic is db.pool.raw and db.pool.listen is not db.pool.raw
+    assert db.pool.pooler == "transaction" and db.pool.generic is db.pool.raw and db.pool.listen_pool is not db.pool.raw
     jobs = await db.insert_many([durable.Insert(noop, {"n": i}) for i in range(300)])
     payments = [await db.insert(Payment, {"order": i}) for i in range(10)]
     rt = durable.Runtime(db, queues={"pgb_jobs": 50, "pgb_pay": 5})

@@ -8,7 +8,7 @@ import trio
 
 import durable
 from durable._pg import aio
-from durable.sql import Q, parse_queries
+from durable.sql import Q, Query, parse_queries
 
 pytestmark = pytest.mark.trio
 
@@ -105,3 +105,51 @@ async def test_a_cancelled_transaction_gives_its_connection_back(db: durable.Dat
             assert await db.pool.fetchval(one) == 1
         raw = db.pool.raw
         assert raw.get_idle_size() == raw.get_size()  # every connection is back  # type: ignore[attr-defined]
+
+
+NOTIFY = Query("t_notify", "select pg_notify($1, $2)", "")
+
+
+async def test_listen_yields_payloads_in_order_and_unlistens_after(db: durable.Database) -> None:
+    """Pool.listen: the payloads of NOTIFY on the channel, in order, as a trio receive channel; the
+    connection goes back reset (no channel stays subscribed)."""
+    pool = db.pool
+    with trio.fail_after(20):
+        async with pool.listen("durable_t_listen") as notifications:
+            for n in range(5):
+                await pool.fetchval(NOTIFY, "durable_t_listen", str(n))
+            await pool.fetchval(NOTIFY, "durable_t_other", "not ours")
+            got = [await notifications.receive() for _ in range(5)]
+    assert got == ["0", "1", "2", "3", "4"]
+    for _ in range(pool.raw.get_size()):
+        assert (await _settings(pool.raw))[1] == []
+
+
+async def test_listen_ends_when_its_connection_is_killed(db: durable.Database) -> None:
+    """A LISTEN connection the server drops ends the channel (the caller listens again); nothing raises."""
+    pool = db.pool
+    with trio.fail_after(30):
+        async with pool.listen("durable_t_killed") as notifications:
+            await pool.fetchval(NOTIFY, "durable_t_killed", "before")
+            assert await notifications.receive() == "before"
+            pids = [r["pid"] for r in await pool.fetch(Q.sim_listeners, "durable_t_killed")]
+            assert len(pids) == 1
+            assert await pool.fetchval(Q.sim_terminate_backends, pids) == 1
+            with pytest.raises(trio.EndOfChannel):
+                await notifications.receive()
+    # the pool goes on
+    assert await pool.fetchval(Query("t_one", "select 1", "")) == 1
+
+
+async def test_listen_ends_when_the_reader_falls_behind(db: durable.Database) -> None:
+    """More than ``buffer`` payloads unread: the channel keeps the first ``buffer`` and ends (bounded: a
+    notification is a hint, the caller catches up by re-reading and listens again)."""
+    pool = db.pool
+    with trio.fail_after(20):
+        async with pool.listen("durable_t_behind", buffer=3) as notifications:
+            for n in range(6):
+                await pool.fetchval(NOTIFY, "durable_t_behind", str(n))
+            while notifications._receive.statistics().open_send_channels:  # the 4th payload ends it
+                await trio.sleep(0.01)
+            got = [payload async for payload in notifications]
+    assert got == ["0", "1", "2"]

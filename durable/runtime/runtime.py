@@ -28,7 +28,6 @@ import orjson
 import trio
 
 from .. import tracing
-from .._pg import aio
 from ..client import Database
 from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
@@ -517,32 +516,16 @@ class Runtime:
     async def _listen_loop(self) -> None:
         """Wake schedulers on NOTIFY hints from inserts in other processes. Only a hint: polling
         remains the correctness floor, so a lost connection just means polling until it is back."""
-        def hint(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            sender, _, queue = payload.partition("|")  # '<sender token>|<queue>' (signals: no sender)
-            if sender == self.db.token:  # our own insert: its local wake-up already fired
-                return
-            scheduler = self.schedulers.get(queue)
-            if scheduler is not None:
-                scheduler.wakeup.set()
-
-        def alive(conn: Any) -> bool:
-            try:
-                return not conn.raw.is_closed()
-            except asyncpg.InterfaceError:  # dropped by the server: already back in the pool
-                return False
-
-        channel = self.db.channel
         while True:
             try:
-                async with self.db.pool.connection() as conn:
-                    await aio(conn.raw.add_listener)(channel, hint)
-                    try:
-                        while alive(conn):  # noqa: ASYNC110 - asyncpg offers no trio event for this
-                            await trio.sleep(self.poll_max)
-                    finally:
-                        if alive(conn):
-                            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                                await aio(conn.raw.remove_listener)(channel, hint)
+                async with self.db.pool.listen(self.db.channel) as hints:
+                    async for payload in hints:
+                        sender, _, queue = payload.partition("|")  # '<sender token>|<queue>' (signals: no sender)
+                        if sender == self.db.token:  # our own insert: its local wake-up already fired
+                            continue
+                        scheduler = self.schedulers.get(queue)
+                        if scheduler is not None:
+                            scheduler.wakeup.set()
             except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)

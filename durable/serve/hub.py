@@ -5,19 +5,16 @@ A reader subscribes *before* it reads, so an append between its read and its wai
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+from contextlib import asynccontextmanager
 
 import trio
 
-from .._pg import Pool, aio
-from ..streams.store import is_closed
+from .._pg import Pool
 
 
 class Hub:
     def __init__(self) -> None:
         self._events: dict[int, trio.Event] = {}
-        self._token: trio.lowlevel.TrioToken | None = None
         self._watchers: list[Callable[[int], None]] = []
 
     def watch(self, callback: Callable[[int], None]) -> None:
@@ -38,11 +35,6 @@ class Hub:
         for callback in self._watchers:
             callback(stream_id)
 
-    def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        # runs in the asyncio loop (same thread as trio under trio-asyncio): hop into trio
-        assert self._token is not None
-        self._token.run_sync_soon(self.notify, int(payload))
-
     def notify_all(self) -> None:
         for stream_id in list(self._events):
             self.notify(stream_id)
@@ -50,7 +42,6 @@ class Hub:
     @asynccontextmanager
     async def listening(self, pool: Pool, channel: str) -> AsyncIterator[None]:
         """LISTEN on ``channel`` for the duration of the block (re-listening after a lost connection)."""
-        self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             await nursery.start(self._listen, pool, channel)
             try:
@@ -62,29 +53,19 @@ class Hub:
         started = False
         while True:
             try:
-                raw = await pool.acquire_listening()
+                async with pool.listen(channel) as notifications:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    self.notify_all()  # whatever was appended while we were not listening
+                    async for payload in notifications:
+                        if payload.isdigit():  # a stream id (anything else is not ours)
+                            self.notify(int(payload))
+                continue  # the connection dropped: listen again at once
             except Exception:
                 if not started:
                     raise
-                await trio.sleep(1)  # the server is away; readers poll meanwhile
-                continue
-            try:
-                await aio(raw.add_listener)(channel, self._on_notification)
-                if not started:
-                    task_status.started()
-                    started = True
-                self.notify_all()  # whatever was appended while we were not listening
-                lost = trio.Event()
-                token = self._token
-                assert token is not None
-                raw.add_termination_listener(
-                    lambda _conn, token=token, lost=lost: token.run_sync_soon(lost.set))
-                while not is_closed(raw):
-                    with trio.move_on_after(5):  # also look now and then, in case no callback comes
-                        await lost.wait()
-            finally:
-                with trio.CancelScope(shield=True), suppress(Exception):
-                    await pool.release_listening(raw)
+            await trio.sleep(1)  # the server is away; readers poll meanwhile
 
 
 async def wait(event: trio.Event, timeout: float) -> bool:
