@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import trio
 
+from . import codec
 from .context import ChildInfo, Signal
-from .errors import DurableError, Fenced, InvalidArgument, OutcomeError
-from .limits import MAX_DELAY, MAX_VALUE_BYTES, check_int, check_text
+from .errors import DurableError, Fenced, InvalidArgument, NoSuchInstance, OutcomeError
+from .limits import INT64, MAX_DELAY, MAX_VALUE_BYTES, check_id, check_int, check_text
 from .machine import check_outcome, describe
 from .outcomes import UNCHANGED, Await, Cancel, Done, Next, Outcome, Retry, Spawn, Stop
 from .runtime.backoff import unavailable
@@ -285,8 +286,6 @@ class Pipeline:
         return out
 
     def public(self, held: Held) -> Claim:
-        from . import codec
-
         return Claim(
             id=held.id,
             machine=held.machine,
@@ -308,6 +307,55 @@ class Pipeline:
             _held=held,
             _pipe=self,
         )
+
+    async def adopt(self, instance_id: int, lease_token: int, consume: Iterable[int] | None = None) -> Claim:
+        """The claim of instance ``instance_id`` under ``lease_token``, held elsewhere (a worker over
+        ``durable serve`` sends back only the id and the token): built from the row as it is now, so a
+        call commits what that claim would (a stale token is fenced by the statement, as any late call).
+        Its shown signals are the inbox signals ``consume`` names (a worker's explicit list: the server
+        cannot know what the worker saw), none by default. NoSuchInstance when there is no such row."""
+        check_id(instance_id)
+        check_int(lease_token, "lease_token", (1, INT64[1]))
+        row = await self.db.pool.fetchrow(Q.get_instance, instance_id)
+        if row is None:
+            raise NoSuchInstance(f"no instance with id {instance_id}")
+        shown: tuple[Signal, ...] = ()
+        if consume is not None:
+            ids = list(consume)
+            if len(ids) > MAX_CLAIMS:
+                raise InvalidArgument(f"consume names {len(ids)} signals; the limit is {MAX_CLAIMS}")
+            wanted = set(ids)
+            inbox = await self.db.pool.fetch(Q.get_inbox, instance_id) if wanted else []
+            shown = tuple(
+                Signal(s["id"], s["name"], codec.decode(s["payload"]), s["dedup_key"], s["traceparent"])
+                for s in inbox
+                if s["id"] in wanted
+            )
+        held = Held(
+            row["id"],
+            row["machine"],
+            row["version"],
+            row["step"],
+            row["state"],
+            row["attempt"],
+            row["queue"],
+            row["priority"],
+            row["partition_key"],
+            lease_token,
+            row["signal_seq"],
+            row["awaits"],
+            row["parent_id"],
+            row["cancel_requested"],
+            row["traceparent"],
+            row["tracestate"],
+            shown,
+            (),
+            row["awaits_any"],
+            row["timed_out"],
+        )
+        claim = self.public(held)
+        claim.state = None  # not read for a call: the row's state is whatever the worker last committed
+        return claim
 
     async def sweep(self) -> None:
         """Expired leases back to runnable and due await timeouts fired (the reaper's and the timer sweep's
@@ -477,6 +525,8 @@ class Pipeline:
             await self._lost(held)
             return
         if claim.status is not None:  # the handler ended the claim itself (transition, complete, ...)
+            report.committed += 1
+            report.statuses[claim.id] = claim.status
             return
         if error is None and isinstance(value, OUTCOMES):
             outcome: Any = value

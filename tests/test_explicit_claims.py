@@ -213,7 +213,7 @@ async def test_a_known_machines_steps_are_checked(db: durable.Database) -> None:
 
 # -- run_once -------------------------------------------------------------------------------------------
 async def test_run_once_commits_what_the_handler_returns(db: durable.Database) -> None:
-    ids = [await order(db, n) for n in range(6)]
+    ids = [await order(db, n) for n in range(7)]
 
     async def handler(c: durable.Claim) -> Any:
         n = c.state["n"]
@@ -227,21 +227,25 @@ async def test_run_once_commits_what_the_handler_returns(db: durable.Database) -
             return Stop("no")
         if n == 4:
             raise RuntimeError("boom")
-        await c.complete("by itself")
-        return None
+        if n == 5:
+            await c.complete("by itself")
+            return None
+        return Next("")  # a bad outcome: as if the handler had raised
 
     db.pool.statement_counts.clear()
     report = await db.run_once(QUEUE, handler, limit=10)
     counts = db.pool.statement_counts
-    assert (report.claimed, report.committed, report.errors, report.fenced, report.lost) == (6, 5, 1, 0, 0)
+    assert (report.claimed, report.committed, report.errors, report.fenced, report.lost) == (7, 7, 2, 0, 0)
     statuses = {i: (await row(db, i))["status"] for i in ids}
-    assert [statuses[i] for i in ids] == ["done", "runnable", "runnable", "failed", "runnable", "done"]
+    assert [statuses[i] for i in ids] == ["done", "runnable", "runnable", "failed", "runnable", "done", "runnable"]
+    bad = await row(db, ids[6])
+    assert bad["attempt"] == 1 and "OutcomeError" in bad["last_error"] and "empty" in bad["last_error"]
     assert await db.result(ids[0], timeout=0) == {"plain": 0}
     assert await db.result(ids[5], timeout=0) == "by itself"
     boom = await row(db, ids[4])
     assert boom["attempt"] == 1 and "RuntimeError: boom" in boom["last_error"]
     # the runtime's flusher group-commits the batch: while one flush is in flight the rest queue for the
-    # next, so six outcomes cost at most three statements (one a claim, never one each)
+    # next, so seven outcomes cost at most three statements (one a claim, never one each)
     assert counts["pick"] == 1 and counts["complete_simple"] + counts["complete"] <= 3, counts
 
 

@@ -16,7 +16,8 @@ one-line body (the traceback goes to the log, never to the client).
 
 Errors are rendered as each surface renders its own (:func:`problem`): the control API as
 ``{"error": {"code", "message"}}``, the signal endpoint as ``{"error": message}``, streams and an
-instance's history as a ``text/plain`` message (the protocol asks clients not to parse it).
+instance's history as a ``text/plain`` message (the protocol asks clients not to parse it), the explicit
+pipeline's routes (durable/serve/claims.py) as ``{"error": message}``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("durable.serve")
 
 SIGNAL_ROUTE = re.compile(r"/instances/[0-9]+/signals/[^/]*")
+# the explicit pipeline's routes (durable/serve/claims.py): their errors are JSON, like a signal's
+CLAIM_ROUTE = re.compile(r"/queues/[^/]+/claims|/instances"
+                         r"|/instances/[0-9]+/(transition|complete|retry|fail|release|extend)")
 CONTROL_CODES = {
     400: "INVALID_REQUEST",
     404: "NOT_FOUND",
@@ -67,7 +71,7 @@ def problem(path: str, status: int, message: str, headers: dict[str, str] | None
     if is_control(path):
         code = CONTROL_CODES.get(status, "ERROR")
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-    if SIGNAL_ROUTE.fullmatch(path):
+    if SIGNAL_ROUTE.fullmatch(path) or CLAIM_ROUTE.fullmatch(path):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     return Response(message, status_code=status, headers=headers, media_type="text/plain")
 

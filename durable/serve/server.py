@@ -12,14 +12,16 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..client import Database, connect
 from ..streams.store import Store
 from ..streams.subscription_store import SubscriptionStore
 from ..streams.wakes import Wakes
+from . import openapi
 from .auth import AccessControl
+from .claims import ACTIONS, ClaimEndpoints
 from .dispatcher import Dispatcher
 from .guard import Guard, exception_handlers
 from .hub import Hub
@@ -74,9 +76,20 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
     async def stream_route(request: Request) -> Response:
         return await streams(request)
 
+    claims = ClaimEndpoints(db, settings)
+    spec = JSONResponse(openapi.document())
+
+    async def openapi_route(request: Request) -> Response:
+        return spec
+
     app = Starlette(routes=[
         Route("/instances/{id:int}/history", instances.history, methods=["GET", "HEAD"]),
         Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
+        # the explicit pipeline (durable/serve/claims.py): these paths are the engine's, not streams
+        Route("/queues/{queue}/claims", claims.claim, methods=["POST"]),
+        Route("/instances", claims.insert, methods=["POST"]),
+        *(Route(f"/instances/{{id:int}}/{name}", claims.action(name), methods=["POST"]) for name in ACTIONS),
+        Route("/openapi.json", openapi_route, methods=["GET", "HEAD"]),
         Route("/{path:path}", stream_route, methods=ALL_METHODS),
     ], exception_handlers=exception_handlers())
     guarded = Guard(app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY,
