@@ -10,8 +10,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import asyncpg
@@ -283,6 +283,31 @@ class Pool:
 
         return await self.gate.call(q.name, run)
 
+    def _mapped(self, call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """``call`` with a lost server mapped to DatabaseUnavailable."""
+        async def run() -> T:
+            try:
+                return await call()
+            except _UNREACHABLE as exc:
+                if not unreachable(exc):
+                    raise
+                raise DatabaseUnavailable(f"lost PostgreSQL at {redact(self.dsn)}: {exc}") from exc
+
+        return run
+
+    @asynccontextmanager
+    async def pinned(self, connections: int) -> AsyncIterator[Pinned]:
+        """Hold ``connections`` connections of this pool for the block's owner (see :class:`Pinned`);
+        they go back to the pool when the block ends."""
+        if not 1 <= connections <= 1000:
+            raise ValueError(f"pinned connections must be 1..1000, not {connections}")
+        pinned = Pinned(self, connections)
+        try:
+            await pinned._open()
+            yield pinned
+        finally:
+            await pinned._close()
+
     def _for(self, q: Query) -> asyncpg.Pool:
         return self.generic if q.generic else self.raw
 
@@ -407,6 +432,132 @@ class Pool:
             yield Conn(self, raw)
         finally:
             await self.release_listening(raw)
+
+
+def is_closed(raw: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is gone (a proxy whose connection died raises instead of saying so)."""
+    try:
+        return bool(raw.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+@contextmanager
+def lost_is_unavailable() -> Iterator[None]:
+    """A connection lost inside the block (a statement, BEGIN, COMMIT, a pool acquire) is
+    DatabaseUnavailable: the streams server answers 503 and clients back off."""
+    try:
+        yield
+    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, ConnectionError, OSError) as exc:
+        raise DatabaseUnavailable(f"lost PostgreSQL: {exc}") from exc
+
+
+class Pinned:
+    """Connections held for one owner while :meth:`Pool.pinned`'s block runs (the streams store of
+    ``durable serve``): a statement costs one round trip, with no acquire and release around it. Each
+    statement, and the BEGIN, COMMIT and ROLLBACK of :meth:`transaction`, passes the pool's gate like
+    every other call. A connection found closed (the server restarted) is replaced when handed back."""
+
+    def __init__(self, pool: Pool, connections: int) -> None:
+        self.pool = pool
+        self.connections = connections
+        self._send, self._receive = trio.open_memory_channel[asyncpg.Connection](connections)
+        self._owned: set[asyncpg.Connection] = set()
+
+    async def _open(self) -> None:
+        for _ in range(self.connections):
+            raw = await aio(self.pool.raw.acquire)()
+            self._owned.add(raw)
+            self._send.send_nowait(raw)
+
+    async def _close(self) -> None:
+        with trio.CancelScope(shield=True):
+            for raw in list(self._owned):
+                try:
+                    await aio(self.pool.raw.release)(raw)
+                except Exception:  # a broken connection: the pool terminates it
+                    pass
+            self._owned.clear()
+
+    async def _checkout(self) -> asyncpg.Connection:
+        raw = await self._receive.receive()
+        if is_closed(raw):
+            with trio.CancelScope(shield=True):
+                return await self._replace(raw)
+        return raw
+
+    async def _checkin(self, raw: asyncpg.Connection) -> None:
+        """Hand a connection back: replaced when dead, or when a transaction is still open on it."""
+        with trio.CancelScope(shield=True):
+            if not is_closed(raw) and raw.is_in_transaction():
+                raw.terminate()  # a transaction its owner could not end: drop the connection for a fresh one
+            self._send.send_nowait(await self._replace(raw) if is_closed(raw) else raw)
+
+    async def _replace(self, raw: asyncpg.Connection) -> asyncpg.Connection:
+        """A fresh connection for a dead one; the dead one if none is to be had yet (its statement then
+        fails with DatabaseUnavailable, and the next hand-back tries again)."""
+        try:
+            fresh = await aio(self.pool.raw.acquire)()
+        except Exception:
+            return raw
+        self._owned.discard(raw)
+        try:
+            await aio(self.pool.raw.release)(raw)
+        except Exception:  # the pool terminates a broken connection
+            pass
+        self._owned.add(fresh)
+        return fresh
+
+    async def _one(self, q: Query, method: str, args: Sequence[Any]) -> Any:
+        raw = await self._checkout()
+        try:
+            return await self.pool._run(q, getattr(raw, method), args)
+        finally:
+            await self._checkin(raw)
+
+    async def fetch(self, q: Query, *args: Any) -> list[Record]:
+        """One statement (its own transaction) on a pinned connection."""
+        return await self._one(q, "fetch", args)  # type: ignore[no-any-return]
+
+    async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        return await self._one(q, "fetchrow", args)  # type: ignore[no-any-return]
+
+    async def fetchval(self, q: Query, *args: Any) -> Any:
+        return await self._one(q, "fetchval", args)
+
+    async def execute(self, q: Query, *args: Any) -> str:
+        return await self._one(q, "execute", args)  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A pinned connection in a transaction: commit on success, rollback on error or cancellation;
+        BEGIN, COMMIT and ROLLBACK pass the gate (as :meth:`Pool.transaction`'s do). A rollback on a
+        connection that died is skipped (the server already ended the transaction)."""
+        raw = await self._checkout()
+        try:
+            tx = raw.transaction()
+            with trio.CancelScope(shield=True):
+                await self.pool.gate.call("begin", self.pool._mapped(aio(tx.start)))
+            try:
+                yield Conn(self.pool, raw)
+            except BaseException:
+                if not is_closed(raw):
+                    with trio.CancelScope(shield=True):
+                        await self.pool.gate.call("rollback", self.pool._mapped(aio(tx.rollback)))
+                raise
+            else:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.pool.gate.call("commit", self.pool._mapped(aio(tx.commit)))
+                    except BaseException:
+                        if not is_closed(raw) and raw.is_in_transaction():  # the COMMIT never ran
+                            try:
+                                await self.pool.gate.call("rollback", self.pool._mapped(aio(tx.rollback)))
+                            except Exception:  # the check-in replaces a connection still in a transaction
+                                pass
+                        raise
+        finally:
+            await self._checkin(raw)
 
 
 @asynccontextmanager

@@ -10,17 +10,15 @@ other. This module never imports the web stack.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import trio
 
-from .._pg import Conn, Pool, Record, aio
-from ..errors import DatabaseUnavailable
+from .._pg import Conn, Pinned, Pool, Record, lost_is_unavailable
 from ..sql import Q, Query
 from .errors import BadRequest, Conflict, Fenced, StreamGone, StreamNotFound
 from .offsets import format_offset
@@ -169,87 +167,31 @@ class Store:
         self.channel = channel(pool.schema)
         self.max_read_bytes = max_read_bytes
         self.max_read_rows = max_read_rows
-        self._free: tuple[trio.MemorySendChannel[asyncpg.Connection],
-                          trio.MemoryReceiveChannel[asyncpg.Connection]] | None = None
-        self._owned: set[asyncpg.Connection] = set()
+        self._pinned: Pinned | None = None
 
     @asynccontextmanager
     async def pinned(self, connections: int) -> AsyncIterator[None]:
-        """Keep ``connections`` connections for this store while the block runs: a statement then costs
-        one round trip (a pool release would add a reset query each time). A connection found closed
-        (the server restarted) is replaced when it is handed back."""
-        send, receive = trio.open_memory_channel[asyncpg.Connection](connections)
-        try:
-            for _ in range(connections):
-                raw = await aio(self.pool.raw.acquire)()
-                self._owned.add(raw)
-                send.send_nowait(raw)
-            self._free = (send, receive)
-            yield
-        finally:
-            self._free = None
-            with trio.CancelScope(shield=True):
-                for raw in list(self._owned):
-                    with suppress(Exception):
-                        await aio(self.pool.raw.release)(raw)
-                self._owned.clear()
-
-    async def _checkout(self) -> asyncpg.Connection:
-        assert self._free is not None
-        raw = await self._free[1].receive()
-        return await self._replace(raw) if is_closed(raw) else raw
-
-    async def _checkin(self, raw: asyncpg.Connection) -> None:
-        assert self._free is not None
-        self._free[0].send_nowait(await self._replace(raw) if is_closed(raw) else raw)
-
-    async def _replace(self, raw: asyncpg.Connection) -> asyncpg.Connection:
-        """A fresh connection for a dead one (the server restarted); the dead one if none is to be had
-        yet (the statement then fails with DatabaseUnavailable and the next hand-back tries again)."""
-        try:
-            fresh = await aio(self.pool.raw.acquire)()
-        except Exception:
-            return raw
-        self._owned.discard(raw)
-        with suppress(Exception):
-            await aio(self.pool.raw.release)(raw)
-        self._owned.add(fresh)
-        return fresh  # type: ignore[no-any-return]
+        """Run this store's statements on ``connections`` connections held for it while the block runs
+        (:meth:`Pool.pinned`): a statement then costs one round trip."""
+        async with self.pool.pinned(connections) as pinned:
+            self._pinned = pinned
+            try:
+                yield
+            finally:
+                self._pinned = None
 
     async def _one(self, method: str, q: Query, *args: Any) -> Any:
         """One statement, shielded from cancellation (it is short, and a cut would break the connection)."""
-        with trio.CancelScope(shield=True), _unavailable():
-            if self._free is None:
-                return await getattr(self.pool, method)(q, *args)
-            raw = await self._checkout()
-            try:
-                return await getattr(Conn(self.pool, raw), method)(q, *args)
-            finally:
-                await self._checkin(raw)
+        with trio.CancelScope(shield=True), lost_is_unavailable():
+            return await getattr(self._pinned or self.pool, method)(q, *args)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
         """A transaction that cancellation cannot interrupt: a cancelled caller (a client that went
         away) waits the few milliseconds the statements take, so no connection is left mid-protocol."""
-        with trio.CancelScope(shield=True), _unavailable():
-            if self._free is None:
-                async with self.pool.transaction() as conn:
-                    yield conn
-                return
-            raw = await self._checkout()
-            try:
-                tx = raw.transaction()
-                await aio(tx.start)()
-                try:
-                    yield Conn(self.pool, raw)
-                except BaseException:
-                    if not is_closed(raw):
-                        await aio(tx.rollback)()
-                    raise
-                else:
-                    await aio(tx.commit)()
-            finally:
-                await self._checkin(raw)
+        with trio.CancelScope(shield=True), lost_is_unavailable():
+            async with (self._pinned or self.pool).transaction() as conn:
+                yield conn
 
     def transaction(self) -> AbstractAsyncContextManager[Conn]:
         """A shielded transaction on the store's connections (for the subscription store)."""
@@ -548,23 +490,6 @@ class Store:
     async def touch(self, info: StreamInfo) -> None:
         if info.ttl_seconds is not None:
             await self._one("execute", Q.stream_touch, info.id)
-
-
-def is_closed(raw: asyncpg.Connection) -> bool:
-    """Whether a pooled connection is gone (a proxy whose connection died raises instead of saying so)."""
-    try:
-        return bool(raw.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
-@contextmanager
-def _unavailable() -> Iterator[None]:
-    """A lost connection is DatabaseUnavailable (the server answers 503 and clients back off)."""
-    try:
-        yield
-    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, ConnectionError, OSError) as exc:
-        raise DatabaseUnavailable(f"lost PostgreSQL: {exc}") from exc
 
 
 def _gap(expected: int, received: int) -> Conflict:

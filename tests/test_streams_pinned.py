@@ -1,0 +1,87 @@
+"""The streams store on pinned connections (``Pool.pinned``, as ``durable serve`` runs it): every
+statement and every BEGIN, COMMIT and ROLLBACK passes the pool's gate (the simulator's hook), a fault
+injected there leaves nothing behind, and the pinned connection is clean for the next user."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+import durable
+from durable.errors import DatabaseUnavailable
+from durable.streams.errors import StreamNotFound
+from durable.streams.store import CreateSpec, Store
+
+pytestmark = pytest.mark.trio
+T = TypeVar("T")
+
+
+class Recording:
+    """A gate that records every call's name and fails the first call named ``fail`` (without running it)."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.names: list[str] = []
+        self.fail = fail
+
+    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        self.names.append(name)
+        if name == self.fail:
+            self.fail = None
+            raise DatabaseUnavailable(f"injected at {name}")
+        return await run()
+
+
+async def test_pinned_statements_and_transactions_pass_the_gate(db: durable.Database) -> None:
+    store = Store(db.pool)
+    gate = Recording()
+    original, db.pool.gate = db.pool.gate, gate
+    try:
+        async with store.pinned(2):
+            await store.create("/pinned/a", CreateSpec(content_type="text/plain"))
+            await store.append("/pinned/a", b"hello", content_type="text/plain")
+            page = await store.read("/pinned/a", 0)
+    finally:
+        db.pool.gate = original
+    assert page.body() == b"hello"
+    # the create's transaction: BEGIN, its statements, COMMIT; the append and the reads: one statement each
+    assert gate.names[0] == "begin" and "stream_insert" in gate.names and "commit" in gate.names
+    assert "stream_append" in gate.names and "stream_read" in gate.names
+
+
+@pytest.mark.parametrize("fault", ["begin", "stream_insert", "commit"])
+async def test_a_fault_at_the_gate_leaves_nothing_and_a_clean_connection(db: durable.Database, fault: str) -> None:
+    store = Store(db.pool)
+    gate = Recording(fail=fault)
+    original, db.pool.gate = db.pool.gate, gate
+    try:
+        async with store.pinned(1):  # one connection: the next call reuses the one that saw the fault
+            with pytest.raises(DatabaseUnavailable, match=f"injected at {fault}"):
+                await store.create("/pinned/f", CreateSpec(content_type="text/plain"))
+            with pytest.raises(StreamNotFound):  # the failed create left no stream
+                await store.get("/pinned/f")
+            # ...and no open transaction: a create on the same connection commits
+            created = await store.create("/pinned/f", CreateSpec(content_type="text/plain"))
+            assert created.new
+    finally:
+        db.pool.gate = original
+    if fault == "commit":  # the COMMIT never ran: the check-in rolled the transaction back through the gate
+        assert gate.names.count("rollback") >= 1
+    assert (await Store(db.pool).get("/pinned/f")).tail == 0
+
+
+async def test_pinned_connections_go_back_to_the_pool(db: durable.Database) -> None:
+    store = Store(db.pool)
+
+    def busy() -> int:
+        return int(db.pool.raw.get_size() - db.pool.raw.get_idle_size())
+
+    before = busy()
+    async with store.pinned(3):
+        await store.create("/pinned/g", CreateSpec())
+        assert busy() == before + 3
+    assert busy() == before
+    with pytest.raises(ValueError, match="pinned connections must be 1..1000"):
+        async with db.pool.pinned(0):
+            pass
