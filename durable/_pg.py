@@ -434,14 +434,6 @@ class Pool:
             await self.release_listening(raw)
 
 
-def is_closed(raw: asyncpg.Connection) -> bool:
-    """Whether a pooled connection is gone (a proxy whose connection died raises instead of saying so)."""
-    try:
-        return bool(raw.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
 @contextmanager
 def lost_is_unavailable() -> Iterator[None]:
     """A connection lost inside the block (a statement, BEGIN, COMMIT, a pool acquire) is
@@ -481,7 +473,7 @@ class Pinned:
 
     async def _checkout(self) -> asyncpg.Connection:
         raw = await self._receive.receive()
-        if is_closed(raw):
+        if _closed(raw):
             with trio.CancelScope(shield=True):
                 return await self._replace(raw)
         return raw
@@ -489,9 +481,9 @@ class Pinned:
     async def _checkin(self, raw: asyncpg.Connection) -> None:
         """Hand a connection back: replaced when dead, or when a transaction is still open on it."""
         with trio.CancelScope(shield=True):
-            if not is_closed(raw) and raw.is_in_transaction():
+            if not _closed(raw) and raw.is_in_transaction():
                 raw.terminate()  # a transaction its owner could not end: drop the connection for a fresh one
-            self._send.send_nowait(await self._replace(raw) if is_closed(raw) else raw)
+            self._send.send_nowait(await self._replace(raw) if _closed(raw) else raw)
 
     async def _replace(self, raw: asyncpg.Connection) -> asyncpg.Connection:
         """A fresh connection for a dead one; the dead one if none is to be had yet (its statement then
@@ -541,7 +533,7 @@ class Pinned:
             try:
                 yield Conn(self.pool, raw)
             except BaseException:
-                if not is_closed(raw):
+                if not _closed(raw):
                     with trio.CancelScope(shield=True):
                         await self.pool.gate.call("rollback", self.pool._mapped(aio(tx.rollback)))
                 raise
@@ -550,7 +542,7 @@ class Pinned:
                     try:
                         await self.pool.gate.call("commit", self.pool._mapped(aio(tx.commit)))
                     except BaseException:
-                        if not is_closed(raw) and raw.is_in_transaction():  # the COMMIT never ran
+                        if not _closed(raw) and raw.is_in_transaction():  # the COMMIT never ran
                             try:
                                 await self.pool.gate.call("rollback", self.pool._mapped(aio(tx.rollback)))
                             except Exception:  # the check-in replaces a connection still in a transaction
