@@ -14,6 +14,9 @@ import trio
 
 
 class Clock(Protocol):
+    """Where durable's time comes from: the ``now`` its time-dependent statements use (leases, delays,
+    timeouts). :class:`DatabaseClock` in production, :class:`VirtualClock` in the simulator."""
+
     def now(self) -> datetime | None:
         """The ``now`` passed to time-dependent statements (None = the database's now())."""
         ...
@@ -23,6 +26,7 @@ class DatabaseClock:
     """Production: the database's now() rules for every node."""
 
     def now(self) -> datetime | None:
+        """None: every statement uses the database's now()."""
         return None
 
 
@@ -33,4 +37,5 @@ class VirtualClock:
         self.epoch = epoch or datetime(2030, 1, 1, tzinfo=UTC)
 
     def now(self) -> datetime | None:
+        """``epoch`` plus trio's current (virtual) time."""
         return self.epoch + timedelta(seconds=trio.current_time())

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
+    """A durable signal in a step's inbox: its id, ``name``, decoded ``payload``, the ``dedup_key`` it was
+    sent with and the sender's W3C ``traceparent``."""
+
     id: int
     name: str
     payload: Any
@@ -22,6 +25,9 @@ class Signal:
 
 @dataclass(frozen=True, slots=True)
 class ChildInfo:
+    """A child instance as its parent's step sees it after a :class:`~durable.Spawn` (``ctx.children``):
+    its id, machine, status, step, state, result and last error."""
+
     id: int
     machine: str
     status: str
@@ -33,6 +39,11 @@ class ChildInfo:
 
 @dataclass(slots=True)
 class Context:
+    """What a step is given about its instance: id, machine, version, step, attempt, the decoded
+    ``state``, the signals shown to it (``inbox``; :meth:`signal`, :meth:`signals_named`,
+    :meth:`signals`), its children after a Spawn, queue, priority, keys, the await that woke it
+    (``awaits``, ``timed_out``) and its claim (``lease_token``, ``worker_id``)."""
+
     id: int
     machine: str
     version: int
@@ -70,6 +81,8 @@ class Context:
         return Stream(self, path, start, content_type)
 
     def signals_named(self, name: str) -> list[Signal]:
+        """Every signal named ``name`` in the inbox, oldest first; like :meth:`signal`, reading a name
+        consumes its signals when the step's outcome progresses."""
         self.taken.add(name)
         return [s for s in self.inbox if s.name == name]
 

@@ -1,4 +1,4 @@
-"""Exceptions raised by durable.
+"""Exceptions raised by durable: one tree under :class:`DurableError` (docs/errors.md lists them all).
 
     DurableError                  base of everything durable raises on purpose
     ├── DatabaseUnavailable       the server cannot be reached (bad DSN, server down, connection lost)
@@ -17,11 +17,24 @@
     │   └── UniqueKeyOccupied     an outcome into an occupied unique_scope (.key, .status)
     ├── NoSuchInstance            no instance has this id (or unique key)
     ├── NotDeliverable            a signal to a terminal instance (it would never be read)
+    ├── TreeTooLarge              a cancel would walk more instances than its limit (nothing changed)
     ├── InstanceFailed            Database.result of a failed instance (.instance_id, .last_error)
     ├── InstanceCancelled         Database.result of a cancelled instance (.instance_id, .last_error)
     ├── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
-    └── Fenced                    a call of an explicit claim (durable.Claim) whose lease is no longer held:
-                                  nothing changed (.instance_id, .lease_token, .call)
+    ├── Fenced                    a write by a holder that was superseded: nothing changed. An explicit
+    │   │                         claim's call after its lease is no longer held (.instance_id,
+    │   │                         .lease_token, .call), or a stream append with a stale producer epoch
+    │   │                         or from a step whose claim was lost (.current_epoch)
+    │   ├── streams.errors.FencedAppend            ...as the stream store raises it (HTTP 403)
+    │   └── contrib.streams_client.FencedResponse  ...as the HTTP client reads it from a 403
+    ├── streams.errors.StreamError           the stream store refused a request (.status: its HTTP status)
+    │   ├── BadRequest 400, StreamNotFound 404, RequestTimeout 408, Conflict 409, StreamGone 410,
+    │   │   TooLarge 413
+    │   └── FencedAppend 403     (also a Fenced)
+    ├── streams.errors.SubscriptionError     the subscription API refused a request (.status, .code)
+    ├── streams.wakes.NoWakeStream           a pull-wake subscription's wake stream cannot take events
+    └── contrib.streams_client.StreamsError  a Durable Streams server refused the client's request
+        └── FencedResponse 403   (also a Fenced)
 """
 
 from __future__ import annotations
@@ -32,47 +45,55 @@ class DurableError(Exception):
 
 
 class DatabaseUnavailable(DurableError):
-    pass
+    """The PostgreSQL server cannot be reached: a bad DSN, a server that is down, a connection lost
+    (``durable`` commands exit 3). A Runtime waits such an outage out; a client call raises it."""
 
 
 class SchemaError(DurableError):
-    pass
+    """The durable schema is missing (run ``durable migrate`` or ``connect(migrate=True)``) or was
+    migrated by newer code than this one."""
 
 
 class DefinitionError(DurableError):
-    pass
+    """A machine, step, job or insert specification is malformed (raised where it is defined or
+    passed, never at run time of a step)."""
 
 
 class UnknownMachine(DurableError):
-    pass
+    """A machine name (and version) that is not registered with this Registry or Runtime."""
 
 
 class UnknownStep(DurableError):
-    pass
+    """A step name that does not exist on its machine."""
 
 
 class OutcomeError(DurableError, ValueError):
-    pass
+    """A step returned something that is not a valid outcome, or an insert or child spec holds a
+    value durable cannot store (also a ValueError)."""
 
 
 class StateError(DurableError, ValueError):
-    pass
+    """A state, payload or result cannot be encoded to JSON or decoded into its declared type (also a
+    ValueError)."""
 
 
 class ValueTooLarge(StateError):
-    pass
+    """An encoded state, payload or result is over the size limit (``max_value_bytes``, default
+    :data:`durable.MAX_VALUE_BYTES`)."""
 
 
 class InvalidArgument(DurableError, ValueError):
-    pass
+    """An argument is malformed or out of range: a query's filter, cursor or offset, an instance id,
+    a name, a key, a limit (also a ValueError). The message names the argument."""
 
 
 class NoSuchInstance(DurableError):
-    pass
+    """No instance has this id (or unique key)."""
 
 
 class NotDeliverable(DurableError):
-    pass
+    """A signal to an instance that has ended (done, failed or cancelled): it would never be read,
+    so it is not stored."""
 
 
 class TreeTooLarge(DurableError):
@@ -132,10 +153,22 @@ class UniqueKeyTaken(DurableError):
 
 
 class Fenced(DurableError):
-    """A call of an explicit claim (:class:`durable.Claim`: transition, complete, retry, fail, release,
-    extend) made after the claim stopped being held: its lease expired and the row was reaped, another
-    worker claimed it again, or the claim already ended. Nothing changed; an outcome's history shows
-    ``fenced``."""
+    """A write by a holder that was superseded; nothing changed. The one fencing error of durable:
+
+    - a call of an explicit claim (:class:`durable.Claim`: transition, complete, retry, fail, release,
+      extend) made after the claim stopped being held: its lease expired and the row was reaped, another
+      worker claimed it again, or the claim already ended (``instance_id``, ``lease_token``, ``call``; an
+      outcome's history shows ``fenced``);
+    - a stream append with a stale producer epoch, or from a step whose claim was lost
+      (``current_epoch``): raised as its subclasses ``durable.streams.errors.FencedAppend`` (the store)
+      and ``durable.contrib.streams_client.FencedResponse`` (the HTTP client).
+
+    Attributes a kind of fencing does not have are None."""
+
+    instance_id: int | None = None
+    lease_token: int | None = None
+    call: str | None = None
+    current_epoch: int | None = None
 
     def __init__(self, instance_id: int, lease_token: int, call: str) -> None:
         super().__init__(f"instance {instance_id}: {call} with lease token {lease_token} is fenced: the claim is no "

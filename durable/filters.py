@@ -138,9 +138,17 @@ class FilterFields(TypedDict, total=False):
 
 
 # the console's filter line: key -> field
-_PARSE_KEYS = {"id": "ids", "status": "status", "machine": "machine", "prefix": "machine_prefix",
-               "version": "version", "queue": "queue", "key": "partition_key", "unique": "unique_key",
-               "parent": "parent_id"}
+_PARSE_KEYS = {
+    "id": "ids",
+    "status": "status",
+    "machine": "machine",
+    "prefix": "machine_prefix",
+    "version": "version",
+    "queue": "queue",
+    "key": "partition_key",
+    "unique": "unique_key",
+    "parent": "parent_id",
+}
 FILTER_KEYS = tuple(_PARSE_KEYS)
 
 
@@ -218,8 +226,9 @@ class InstanceFilter:
         put("state", state)
 
     @classmethod
-    def of(cls, where: InstanceFilter | None = None, filters: Mapping[str, Any] | None = None, *,
-           what: str = "query") -> InstanceFilter:
+    def of(
+        cls, where: InstanceFilter | None = None, filters: Mapping[str, Any] | None = None, *, what: str = "query"
+    ) -> InstanceFilter:
         """``where`` and keyword ``filters`` as one filter: either may be given, not both; ``order``,
         ``limit`` and ``after`` are refused (InvalidArgument), an unknown name is a TypeError."""
         filters = dict(filters or {})
@@ -246,9 +255,18 @@ class InstanceFilter:
         return [
             list(self.ids) if self.ids is not None else None,
             list(self.status) if self.status is not None else None,
-            self.machine, self.machine_prefix, self.version, self.queue, self.partition_key,
-            self.unique_key, self.parent_id, self.inserted_after, self.inserted_before, self.updated_after,
-            self.updated_before, _state_filter(self.state),
+            self.machine,
+            self.machine_prefix,
+            self.version,
+            self.queue,
+            self.partition_key,
+            self.unique_key,
+            self.parent_id,
+            self.inserted_after,
+            self.inserted_before,
+            self.updated_after,
+            self.updated_before,
+            _state_filter(self.state),
         ]
 
     @classmethod
@@ -276,9 +294,17 @@ class InstanceFilter:
     def text(self) -> str:
         """The filter as :meth:`parse` reads it (the fields the filter line has; others are left out)."""
         parts = []
-        for key, name in (("queue", "queue"), ("machine", "machine"), ("prefix", "machine_prefix"),
-                          ("version", "version"), ("status", "status"), ("key", "partition_key"),
-                          ("unique", "unique_key"), ("id", "ids"), ("parent", "parent_id")):
+        for key, name in (
+            ("queue", "queue"),
+            ("machine", "machine"),
+            ("prefix", "machine_prefix"),
+            ("version", "version"),
+            ("status", "status"),
+            ("key", "partition_key"),
+            ("unique", "unique_key"),
+            ("id", "ids"),
+            ("parent", "parent_id"),
+        ):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{key}:{','.join(map(str, value)) if isinstance(value, tuple) else value}")

@@ -214,6 +214,8 @@ class Registry:
             self.add(m)
 
     def add(self, machine: type[Machine]) -> None:
+        """Register a machine (a Machine subclass or a @job); DefinitionError for a malformed one or a
+        second definition of the same name and version."""
         if not (isinstance(machine, type) and issubclass(machine, Machine)) or machine is Machine:
             raise DefinitionError(f"{machine!r} is not a Machine subclass or a @job")
         if not machine.steps:
@@ -235,9 +237,11 @@ class Registry:
         return iter(self._by_key.values())
 
     def names(self) -> list[str]:
+        """The registered machines as ``name vN``, sorted."""
         return sorted({f"{n} v{v}" for n, v in self._by_key})
 
     def resolve(self, name: str, version: int) -> Machine:
+        """The machine object of ``name`` version ``version``; UnknownMachine if it is not registered."""
         try:
             return self._instances[(name, version)]
         except KeyError:
@@ -248,6 +252,7 @@ class Registry:
             ) from None
 
     def latest(self, name: str) -> type[Machine]:
+        """The highest registered version of machine ``name``; UnknownMachine if there is none."""
         versions = [m for (n, _), m in self._by_key.items() if n == name]
         if not versions:
             known = ", ".join(self.names()) or "none"
@@ -256,6 +261,7 @@ class Registry:
 
 
 def step_fn(machine: Machine, name: str) -> StepFn:
+    """The step function ``name`` of ``machine``; UnknownStep if it has none."""
     try:
         return type(machine).steps[name]
     except KeyError:

@@ -40,6 +40,7 @@ STATUSES: Final = NON_TERMINAL + TERMINAL
 
 
 def step_name(ref: StepRef) -> str:
+    """The step name of a step reference: a name, or a step function (its ``__name__``)."""
     if isinstance(ref, str):
         return ref
     name = getattr(ref, "__name__", None)
@@ -89,15 +90,20 @@ class Next:
 
     @property
     def delay(self) -> float | timedelta | None:
+        """The wait before the next step runs (a durable timer), or None."""
         return None if self.wake is None else self.wake[0]
 
     @property
     def at(self) -> datetime | None:
+        """The time the next step runs at (a durable timer), or None."""
         return None if self.wake is None else self.wake[1]
 
 
 @dataclass(frozen=True, slots=True)
 class Retry:
+    """Run the same step again after ``delay`` seconds (or a timedelta), attempt + 1, with ``state``
+    (default: unchanged); ``error`` is recorded as the last error. The inbox is kept."""
+
     state: Any = UNCHANGED
     delay: float | timedelta = 0.0
     error: str | None = None
@@ -119,6 +125,9 @@ class Await:
 
 @dataclass(frozen=True, slots=True)
 class Spawn:
+    """Insert ``children`` (:class:`~durable.Child` specs) and park until every one has ended; then the
+    instance runs ``step`` with ``ctx.children``."""
+
     step: StepRef
     children: Sequence[Insert] = field(default_factory=tuple)
     state: Any = UNCHANGED
@@ -126,16 +135,22 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class Done:
+    """End the instance ``done`` with ``result`` (what ``db.result`` returns)."""
+
     result: Any = None
 
 
 @dataclass(frozen=True, slots=True)
 class Stop:
+    """End the instance ``failed`` with ``reason`` as its last error."""
+
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    """End the instance ``cancelled`` with ``reason`` (its cancelled children too)."""
+
     reason: str = "cancelled"
 
 

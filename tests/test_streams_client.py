@@ -1,4 +1,4 @@
-"""durable.streams.client against ``durable serve`` (a real process): the batching exactly-once writer,
+"""durable.contrib.streams_client against ``durable serve`` (a real process): the batching exactly-once writer,
 epoch fencing, offset checkpointing, long-poll and SSE tailing, and resuming after the server dies."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from contextlib import aclosing
 import pytest
 import trio
 
-from durable.streams.client import Backoff, Fenced, StreamsClient
+from durable.contrib.streams_client import Backoff, Fenced, StreamsClient
 
 from .test_streams_durability import free_port, start
 from .test_streams_util import ServeProcess, drop, new_schema, serving

@@ -5,7 +5,7 @@
   ends at the offset it was acknowledged with);
 * concurrent writers get strictly increasing, distinct offsets that tile the stream;
 * a reader resuming at any offset the server returned sees every later byte exactly once;
-* the batching writer (durable.streams.client) survives a server kill without loss or duplicates.
+* the batching writer (durable.contrib.streams_client) survives a server kill without loss or duplicates.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from durable.streams.client import Backoff, StreamsClient
+from durable.contrib.streams_client import Backoff, StreamsClient
 
 from .test_streams_util import ServeProcess, drop, new_schema
 

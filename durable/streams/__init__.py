@@ -1,6 +1,6 @@
 """Durable Streams on durable's PostgreSQL: the store (shared with ``durable serve``), exactly-once
-appends from steps (:func:`append`, :class:`Stream`) and an HTTP client (:mod:`durable.streams.client`,
-imported on demand: it needs httpx)."""
+appends from steps (:func:`append`, :class:`Stream`). The HTTP client is :mod:`durable.contrib.streams_client`
+(outside the engine: it needs httpx)."""
 
 from .engine import Stream, append
 from .errors import BadRequest, Conflict, Fenced, StreamError, StreamGone, StreamNotFound, TooLarge

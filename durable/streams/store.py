@@ -20,7 +20,7 @@ import trio
 
 from .._pg import Conn, Pinned, Pool, Record, lost_is_unavailable
 from ..sql import Q, Query
-from .errors import BadRequest, Conflict, Fenced, StreamGone, StreamNotFound
+from .errors import BadRequest, Conflict, FencedAppend, StreamGone, StreamNotFound
 from .offsets import format_offset
 from .text import load_json
 
@@ -403,13 +403,14 @@ class Store:
                 raise StreamNotFound("stream not found")
             case "fenced_lease":
                 assert lease is not None
-                raise Fenced(f"instance {lease[0]} no longer holds lease {lease[1]}", row["current_epoch"])
+                raise FencedAppend(f"instance {lease[0]} no longer holds lease {lease[1]}", row["current_epoch"],
+                                   instance_id=lease[0], lease_token=lease[1])
             case "closed":
                 raise Conflict("stream is closed", {"Stream-Closed": "true", "Stream-Next-Offset": offset})
             case "content_type":
                 raise Conflict("content type does not match the stream's")
             case "stale_epoch":
-                raise Fenced("stale producer epoch", row["current_epoch"])
+                raise FencedAppend("stale producer epoch", row["current_epoch"])
             case "new_epoch_seq":
                 raise BadRequest("a new producer epoch must start at sequence 0")
             case "seq_gap":

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 
 from .._pg import Conn
+from ..errors import DurableError
 from ..sql import Q
 from .errors import BadRequest, SubscriptionError, fenced, invalid
 from .offsets import format_offset, parse_offset
@@ -84,7 +85,7 @@ def new_wake_id() -> str:
     return "w_" + secrets.token_urlsafe(12)
 
 
-class NoWakeStream(Exception):
+class NoWakeStream(DurableError):
     """The wake stream of a pull-wake subscription cannot take wake events (missing, deleted, closed)."""
 
 

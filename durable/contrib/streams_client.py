@@ -29,26 +29,30 @@ from typing import Any
 import anyio
 import httpx
 
-__all__ = ["Backoff", "Chunk", "Fenced", "StreamInfo", "StreamsClient", "StreamsError", "Writer"]
+from ..errors import DurableError, Fenced
+
+__all__ = ["Backoff", "Chunk", "Fenced", "FencedResponse", "StreamInfo", "StreamsClient", "StreamsError", "Writer"]
 
 RETRYABLE = {429, 500, 502, 503, 504}
 
 
-class StreamsError(Exception):
-    """A request the server refused (status and message)."""
+class StreamsError(DurableError):
+    """A request the server refused: its HTTP ``status``, the message and the response ``headers``."""
 
     def __init__(self, status: int, message: str, headers: httpx.Headers | None = None) -> None:
-        super().__init__(f"{status}: {message}")
+        DurableError.__init__(self, f"{status}: {message}")  # not super(): FencedResponse's next base is Fenced
         self.status = status
         self.headers = headers or httpx.Headers()
 
 
-class Fenced(StreamsError):
-    """403: a newer epoch of this producer exists (``current_epoch``)."""
+class FencedResponse(StreamsError, Fenced):
+    """403: a newer epoch of this producer exists (``current_epoch``, from the Producer-Epoch header), or
+    the server's stream fenced the append otherwise. Catch it as :class:`durable.Fenced`."""
 
-    @property
-    def current_epoch(self) -> int:
-        return int(self.headers.get("producer-epoch", "0"))
+    def __init__(self, status: int, message: str, headers: httpx.Headers | None = None) -> None:
+        StreamsError.__init__(self, status, message, headers)
+        self.current_epoch = int(self.headers.get("producer-epoch", "0"))
+        self.call = "append"
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Chunk:
 
 def _check(r: httpx.Response) -> httpx.Response:
     if r.status_code == 403:
-        raise Fenced(403, r.text, r.headers)
+        raise FencedResponse(403, r.text, r.headers)
     if r.status_code >= 400:
         raise StreamsError(r.status_code, r.text or r.reason_phrase, r.headers)
     return r
