@@ -6,9 +6,10 @@ testing nothing.
     with planted("no_fencing") as bug:
         result = simulate(bug.config(seed), prepare=bug.prepare)
 
-A SQL swap replaces a regex in one named statement (``Q.replace``); a Python swap (:class:`PySwap`) replaces
-a regex in the source of one function or method and compiles it back in place, for the duration of the
-block. ``durable sim --mutants`` runs the whole catalogue (sim/mutants.py); docs/sim.md has the table.
+A SQL swap replaces a regex in one named statement (``Q.replaced``, put back when the block ends); a Python
+swap (:class:`PySwap`) replaces a regex in the source of one function or method and compiles it back in
+place, for the duration of the block. ``durable sim --mutants`` runs the whole catalogue (sim/mutants.py);
+docs/sim.md has the table.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durable._pg import Pool
-from durable.sql import Q, Query
+from durable.sql import Q
 
 from .core import SimConfig
 
@@ -191,16 +192,12 @@ class Stale(AssertionError):
 
 @contextmanager
 def _sql(name: str, swaps: tuple[Swap, ...]) -> Iterator[None]:
-    originals: dict[str, Query] = {}
-    try:
+    """Each swap's statement runs broken inside the block (``Q.replaced``: put back when it ends)."""
+    with ExitStack() as stack:
         for statement, pattern, replacement in swaps:
-            current = getattr(Q, statement)
-            originals.setdefault(statement, current)
-            Q.replace(statement, broken(current.text, pattern, replacement, f"{name}/{statement}"))
+            text = broken(Q.get(statement).text, pattern, replacement, f"{name}/{statement}")
+            stack.enter_context(Q.replaced(statement, text))
         yield
-    finally:
-        for original in originals.values():
-            Q.restore(original)
 
 
 @contextmanager

@@ -8,10 +8,15 @@ asyncpg so that the console (asyncio) reads through exactly the same statements 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Protocol, cast
 
-__all__ = ["MIGRATIONS", "Migration", "Q", "Query"]
+from .statements import StatementNames
+
+__all__ = ["MIGRATIONS", "Migration", "Q", "Query", "Statements"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,9 @@ def load_migrations() -> tuple[Migration, ...]:
 
 
 class _Queries:
-    """Attribute access to the statements: ``Q.pick``; unknown names raise AttributeError."""
+    """Attribute access to the statements: ``Q.pick``. Typed as :class:`Statements` (one attribute per
+    statement, generated into ``durable/sql/statements.py``), so mypy rejects a misspelled name; at run
+    time an unknown name raises AttributeError."""
 
     def __init__(self, queries: dict[str, Query]) -> None:
         self._queries = queries
@@ -88,20 +95,30 @@ class _Queries:
         except KeyError:
             raise AttributeError(f"no SQL statement named {name!r}") from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Query]:
         return iter(self._queries.values())
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._queries
 
-    def replace(self, name: str, text: str) -> Query:
-        """Swap one statement's text (the simulator's planted bugs use this); returns the old one."""
-        old = self._queries[name]
-        self._queries[name] = Query(name=name, text=text, doc=old.doc, generic=old.generic)
-        return old
+    def get(self, name: str) -> Query:
+        """The statement ``name`` (a name held in a variable); KeyError names an unknown one."""
+        try:
+            return self._queries[name]
+        except KeyError:
+            raise KeyError(f"no SQL statement named {name!r}") from None
 
-    def restore(self, query: Query) -> None:
-        self._queries[query.name] = query
+    @contextmanager
+    def replaced(self, name: str, text: str) -> Iterator[Query]:
+        """Run statement ``name`` as ``text`` inside the block, and put the previous text back when it
+        ends, however it ends (the simulator's planted bugs use this; blocks nest). Yields the new query."""
+        old = self.get(name)
+        new = Query(name=name, text=text, doc=old.doc, generic=old.generic)
+        self._queries[name] = new
+        try:
+            yield new
+        finally:
+            self._queries[name] = old
 
 
 def _load_all() -> dict[str, Query]:
@@ -115,5 +132,47 @@ def _load_all() -> dict[str, Query]:
     return merged
 
 
-Q = _Queries(_load_all())
+class Statements(StatementNames, Protocol):
+    """The type of :data:`Q`: every statement as an attribute (:class:`StatementNames`, generated from the
+    ``.sql`` files; ``tests/test_sql_names.py`` keeps it current), iteration, ``in``, :meth:`get` and the
+    scoped :meth:`replaced`."""
+
+    def __iter__(self) -> Iterator[Query]: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def get(self, name: str) -> Query:
+        """The statement ``name``; KeyError names an unknown one."""
+        ...
+
+    def replaced(self, name: str, text: str) -> AbstractContextManager[Query]:
+        """Statement ``name`` runs as ``text`` inside the block; the previous text is put back after it."""
+        ...
+
+
+def stub_source() -> str:
+    """The text of ``durable/sql/statements.py``: one typed attribute per statement of the ``.sql`` files."""
+    lines = [
+        '"""Generated from durable/sql/*.sql by ``python -m durable.sql``: do not edit by hand.',
+        "",
+        "One attribute per named statement, so that mypy checks every ``Q.<name>``; tests/test_sql_names.py",
+        'fails when this file and the .sql files disagree."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import TYPE_CHECKING, Protocol",
+        "",
+        "if TYPE_CHECKING:",
+        "    from . import Query",
+        "",
+        "",
+        "class StatementNames(Protocol):",
+        '    """The named statements of durable/sql/*.sql (see each one\'s ``-- name:`` header there)."""',
+        "",
+    ]
+    lines += [f"    @property\n    def {name}(self) -> Query: ..." for name in sorted(_load_all())]
+    return "\n".join(lines) + "\n"
+
+
+Q: Statements = cast("Statements", _Queries(_load_all()))
 MIGRATIONS = load_migrations()
