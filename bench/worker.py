@@ -65,7 +65,7 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
                 await done.wait()
             cpu1, pg1 = own_cpu(), server_cpu(opts.get("postmaster"))
             counts = dict(db.pool.statement_counts)
-            stats = rt.statistics()
+            stats = rt.statistics().to_json()
             nursery.cancel_scope.cancel()
     return {
         "steps": count, "seconds": last - start if count else None,

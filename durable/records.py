@@ -1,6 +1,6 @@
-"""The typed rows durable reads back: :class:`Instance` (``db.get``, ``db.query``) and :class:`Event`
-(``db.history``). Plain frozen values, built from a row by column name (:meth:`Instance.from_row`); this
-module imports neither trio nor asyncpg."""
+"""The typed records durable hands back: :class:`Instance` (``db.get``, ``db.query``), :class:`Event`
+(``db.history``) and a Runtime's counters (:class:`Statistics`). Plain frozen values, rows built by column
+name (:meth:`Instance.from_row`); this module imports neither trio nor asyncpg."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-__all__ = ["LISTED", "Event", "Instance"]
+__all__ = ["LISTED", "Event", "Instance", "ScheduleTicks", "Statistics"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,3 +103,69 @@ _EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTicks:
+    """Recurring-schedule ticks of one runtime: inserted by it (``fired``), found inserted by another
+    runtime (``taken``), dropped (``catch_up='none'``)."""
+
+    fired: int = 0
+    taken: int = 0
+    dropped: int = 0
+
+    def __getitem__(self, name: str) -> int:
+        """``ticks["fired"]``: the field by name (the form statistics() had as a dict)."""
+        return int(getattr(self, name))
+
+    def to_json(self) -> dict[str, int]:
+        """The counts as a dict."""
+        return {"fired": self.fired, "taken": self.taken, "dropped": self.dropped}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statistics:
+    """A snapshot of one Runtime's counters (``Runtime.statistics()``), since it started.
+
+    - ``worker_id``: the runtime's worker id.
+    - ``queues``: per queue, its scheduler's gauges (concurrency, prefetch, in_flight, committing,
+      buffered, steps, done, failed, fenced, picks, handed, heartbeat).
+    - ``batches`` / ``committed``: outcome batches committed and the outcomes in them.
+    - ``transient_retries``: batches retried after a lost connection, a serialization failure or a
+      deadlock. ``rejected``: outcomes the database refused, each handed to ``handle()``.
+    - ``reaped``: expired claims of other workers this runtime released. ``heartbeats``: lease extensions.
+    - ``blocked_steps``: steps that held the event loop over a third of the lease.
+    - ``lease_lost``: steps cancelled (or dropped unstarted) because their lease was lost.
+    - ``freed_at_start``: claims of dead workers released when this runtime started.
+    - ``schedule_ticks``: :class:`ScheduleTicks`.
+
+    ``stats["committed"]`` reads a field by name, as when this was a dict."""
+
+    worker_id: str
+    queues: Mapping[str, Mapping[str, float]]
+    batches: int
+    committed: int
+    transient_retries: int
+    rejected: int
+    reaped: int
+    heartbeats: int
+    blocked_steps: int
+    lease_lost: int
+    freed_at_start: int
+    schedule_ticks: ScheduleTicks
+
+    def __getitem__(self, name: str) -> Any:
+        """The field ``name`` (the form statistics() had as a dict)."""
+        if name not in _STAT_FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field as JSON-ready values."""
+        data = {name: getattr(self, name) for name in _STAT_FIELDS}
+        data["queues"] = {q: dict(g) for q, g in self.queues.items()}
+        data["schedule_ticks"] = self.schedule_ticks.to_json()
+        return data
+
+
+_STAT_FIELDS = tuple(f.name for f in fields(Statistics))

@@ -10,6 +10,7 @@ The refusal is real: a CHECK constraint added to the test's own schema makes Pos
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -108,7 +109,11 @@ async def test_a_refused_outcome_goes_to_handle_and_ends_failed_within_max_attem
     for g in good:  # the rest of the queue went on
         assert (await row(db, g))["status"] == "done"  # type: ignore[arg-type]
     stats = rt.statistics()
-    assert stats["rejected"] == 3 and stats["transient_retries"] == 0
+    assert stats.rejected == 3 and stats.transient_retries == 0
+    assert stats["rejected"] == 3  # read by name, as when statistics() was a dict
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.rejected = 0  # type: ignore[misc]
+    assert stats.to_json()["rejected"] == 3 and stats.schedule_ticks.to_json() == {"fired": 0, "taken": 0, "dropped": 0}
     assert sum("refused" in e for e in errors) == 3
 
 

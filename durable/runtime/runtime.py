@@ -21,7 +21,6 @@ import secrets
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 import asyncpg
 import orjson
@@ -33,6 +32,7 @@ from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
 from ..limits import MAX_DELAY
 from ..machine import Machine, Registry
+from ..records import ScheduleTicks, Statistics
 from ..results import TERMINAL as _TERMINAL
 from ..results import announce_loop
 from ..schedules import Schedule, ScheduleLoop, check_schedules
@@ -565,23 +565,23 @@ class Runtime:
     def _gauges_json(self) -> str:
         return orjson.dumps({q: s.gauges() for q, s in self.schedulers.items()}).decode()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "worker_id": self.worker_id,
-            "queues": {q: s.gauges() for q, s in self.schedulers.items()},
-            "batches": self.flusher.batches,
-            "committed": self.flusher.committed,
-            "transient_retries": self.flusher.transient_retries,  # batches retried (connection, 40001, 40P01)
-            "rejected": self.flusher.rejected,  # outcomes the database refused, each handed to handle()
-            "reaped": self.reaped,
-            "heartbeats": self.heartbeats,
-            "blocked_steps": self.blocked_steps,  # steps that held the event loop over a third of the lease
-            "lease_lost": self.leases_lost,  # steps cancelled (or dropped unstarted) because their lease was lost
-            "freed_at_start": self.freed_at_start,  # claims of dead workers released when this one started
-            # recurring schedules: ticks this runtime inserted, found inserted by another runtime, dropped
-            "schedule_ticks": {"fired": loop.fired, "taken": loop.taken, "dropped": loop.dropped}
-            if (loop := self.schedule_loop) is not None else {"fired": 0, "taken": 0, "dropped": 0},
-        }
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of this runtime's counters (:class:`durable.records.Statistics`)."""
+        loop = self.schedule_loop
+        return Statistics(
+            worker_id=self.worker_id,
+            queues={q: s.gauges() for q, s in self.schedulers.items()},
+            batches=self.flusher.batches,
+            committed=self.flusher.committed,
+            transient_retries=self.flusher.transient_retries,
+            rejected=self.flusher.rejected,
+            reaped=self.reaped,
+            heartbeats=self.heartbeats,
+            blocked_steps=self.blocked_steps,
+            lease_lost=self.leases_lost,
+            freed_at_start=self.freed_at_start,
+            schedule_ticks=ScheduleTicks(loop.fired, loop.taken, loop.dropped) if loop is not None else ScheduleTicks(),
+        )
 
     def log_error(self, message: str) -> None:
         if self.on_error is not None:
