@@ -33,6 +33,7 @@
     │   └── FencedAppend 403     (also a Fenced)
     ├── streams.errors.SubscriptionError     the subscription API refused a request (.status, .code)
     ├── streams.wakes.NoWakeStream           a pull-wake subscription's wake stream cannot take events
+    ├── serve.claims.Problem                 a request the claims API refuses (.status)
     └── contrib.streams_client.StreamsError  a Durable Streams server refused the client's request
         └── FencedResponse 403   (also a Fenced)
 """

@@ -33,6 +33,7 @@ from ..claims import Claim, Pipeline
 from ..client import Database
 from ..errors import (
     DefinitionError,
+    DurableError,
     Fenced,
     InvalidArgument,
     NoSuchInstance,
@@ -73,7 +74,9 @@ INSERT_FIELDS = (
 )
 
 
-class Problem(Exception):
+class Problem(DurableError):
+    """A request the claims API refuses, answered as ``{"error": message, **extra}`` with HTTP ``status``."""
+
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
