@@ -1,7 +1,7 @@
 """durable: durable state machines on PostgreSQL, for trio."""
 
 from .claims import Claim
-from .client import Database, Event, Instance, connect
+from .client import Database, connect
 from .clock import Clock, DatabaseClock, VirtualClock
 from .codec import State
 from .context import ChildInfo, Context, Signal
@@ -30,6 +30,7 @@ from .limits import MAX_DELAY, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from .machine import Machine, Registry, job, step
 from .migrate import migrate, migrated_version
 from .outcomes import UNCHANGED, Await, Cancel, Child, Done, Insert, Next, Retry, Spawn, Stop
+from .records import Event, Instance
 from .runtime import Runtime
 from .schedules import Schedule
 

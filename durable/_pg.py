@@ -512,7 +512,7 @@ class Pinned:
         return await self._one(q, "fetch", args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
-        return await self._one(q, "fetchrow", args)  # type: ignore[no-any-return]
+        return await self._one(q, "fetchrow", args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
         return await self._one(q, "fetchval", args)

@@ -324,7 +324,7 @@ def telemetry(otlp: str | None = None, endpoint: str | None = None,
         raise OneLineError(f"{what} needs the OpenTelemetry SDK ({exc}): pip install 'durable[otel]'") from None
     try:
         if otlp is not None:
-            configured: Any = otel.configure(service_name, otlp=otlp, endpoint=endpoint)  # type: ignore[arg-type]
+            configured: Any = otel.configure(service_name, otlp=otlp, endpoint=endpoint)
         else:
             configured = otel.from_environment(os.environ.get("OTEL_SERVICE_NAME") or service_name)
     except ImportError as exc:

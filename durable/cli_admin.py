@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from .cli import EXIT_UNREACHABLE, dsn_option, fail, json_option, schema_option, telemetry
-from .cli_ops import Command, Group, OneLineError, emit_json, execute, load_machines, load_schedules
+from .cli import EXIT_UNREACHABLE, OneLineError, dsn_option, fail, json_option, schema_option, telemetry
+from .cli_ops import Command, Group, emit_json, execute, load_machines, load_schedules
 
 
 # -- migrate ----------------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def ls(dsn: str | None, schema: str, ids: tuple[int, ...], statuses: tuple[str, 
 
 
 # -- instance references: an id, or key:KEY --------------------------------------------------------
-class InstanceRef(click.ParamType):
+class InstanceRef(click.ParamType[Any]):
     """An instance id, or ``key:KEY``: the instance unique key KEY addresses (``Database.by_key``)."""
 
     name = "ID"

@@ -28,6 +28,7 @@ from durable.cli import DEFAULT_SCHEMA, dsn_option, json_option, run, schema_opt
 from durable.cli_progress import Ticker
 from durable.errors import NotDeliverable, SchemaError
 from durable.migrate import drop_schema
+from durable.outcomes import Outcome
 from durable.sql import Query
 
 DEMO_MARK = "durable demo"  # the comment on a schema the demo made: it may drop it again
@@ -78,7 +79,7 @@ class Shipment(Machine, queue="shipping", max_attempts=8):
     backoff_base = 0.05
 
     @step
-    async def book(self, ctx):
+    async def book(self, ctx: durable.Context) -> Outcome:
         await trio.sleep(0.002)
         if ctx.state["flaky"] and ctx.attempt == 0:
             raise TimeoutError(f"carrier {ctx.state['carrier']} did not answer")
@@ -92,11 +93,11 @@ class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
         amount: int = 0
 
     @step
-    async def reserve(self, ctx):
+    async def reserve(self, ctx: durable.Context) -> Outcome:
         return Next("await_payment", ctx.state)
 
     @step
-    async def await_payment(self, ctx):
+    async def await_payment(self, ctx: durable.Context) -> Outcome:
         paid = ctx.signal("payment")
         if paid is None:
             return Await("payment", ctx.state)
@@ -110,7 +111,7 @@ class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
         return Spawn("close", parcels, ctx.state)
 
     @step
-    async def close(self, ctx):
+    async def close(self, ctx: durable.Context) -> Outcome:
         return Done({"order": ctx.state.order, "amount": ctx.state.amount,
                      "parcels": sorted(c.result["carrier"] for c in ctx.children if c.result)})
 

@@ -244,7 +244,7 @@ class InstanceFilter:
         unknown = sorted(set(filters) - set(cls.__dataclass_fields__))
         if unknown:
             raise TypeError(f"{what}: unexpected filter {unknown[0]!r}")
-        return cls(**filters)  # type: ignore[arg-type]  # names checked above; values by __init__
+        return cls(**filters)  # names checked above; values by __init__
 
     def is_empty(self) -> bool:
         """True when no field is given (the filter matches every instance)."""

@@ -276,7 +276,7 @@ def validate_outcome(machine: Machine, outcome: Any, where: str) -> Outcome:
     problem."""
     kind = type(outcome)
     if kind is Done:  # the common cases first, without the checks below
-        return outcome
+        return outcome  # type: ignore[no-any-return]
     return check_outcome(outcome, where, type(machine).steps)
 
 
@@ -287,7 +287,7 @@ def check_outcome(outcome: Any, where: str, steps: Collection[str]) -> Outcome:
     if kind is Done:
         return outcome  # type: ignore[no-any-return]
     if kind is Next and type(outcome.step) is str and outcome.step in steps and outcome.wake is None:
-        return outcome  # a plain next (no delay, no at)
+        return outcome  # type: ignore[no-any-return]  # a plain next (no delay, no at)
     if not isinstance(outcome, OUTCOME_TYPES):
         raise OutcomeError(
             f"{where} returned {outcome!r} ({type(outcome).__name__}); a step must return "

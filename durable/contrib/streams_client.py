@@ -88,7 +88,7 @@ class Chunk:
 
     def json(self) -> list[Any]:
         """The messages of a JSON-mode chunk."""
-        return json.loads(self.data) if self.data else []  # type: ignore[no-any-return]
+        return json.loads(self.data) if self.data else []
 
 
 def _check(r: httpx.Response) -> httpx.Response:
@@ -157,7 +157,7 @@ class StreamsClient:
         if close:
             headers["stream-closed"] = "true"
         r = _check(await self.http.post(path, headers=headers, content=data))
-        return r.headers.get("stream-next-offset", "")
+        return str(r.headers.get("stream-next-offset", ""))
 
     # -- writing ------------------------------------------------------------------------------------
     @asynccontextmanager

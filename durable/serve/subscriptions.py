@@ -105,7 +105,8 @@ class SubscriptionEndpoints:
         if len(tail) == 1 and tail[0] in ACTIONS:
             if method != "POST":
                 raise method_not_allowed("POST")
-            return await getattr(self, tail[0])(call)
+            response: Response = await getattr(self, tail[0])(call)
+            return response
         raise SubscriptionError(404, "NOT_FOUND", f"unknown subscription endpoint {'/'.join(tail)!r}")
 
     # -- configuration ------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ async def check_resolved(url: str, *, allow_dev: bool) -> None:
 
 def backoff(failures: int) -> float:
     """Seconds before the next attempt after ``failures`` consecutive failed deliveries."""
-    base = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
+    base = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, failures - 1))
     return base * random.uniform(1 - JITTER, 1 + JITTER)
 
 
