@@ -89,6 +89,7 @@ class Result:
     server: str
     appends: dict[int, float]  # writers -> appends/s
     read_mb_s: float
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the machine's load average after the server's run
 
 
 class Proc:
@@ -151,7 +152,9 @@ def measure(name: str, url: str, ref: Path, writers: list[int], seconds: float, 
         console.print(f"  {w:>3} writer(s): {appends[w]:,.0f} appends/s")
     mb = load(ref, url, "read", read_mb)
     console.print(f"  read: {mb:,.1f} MB/s")
-    return Result(name, appends, mb)
+    average = os.getloadavg()
+    console.print(f"  load average: {average[0]:.2f} {average[1]:.2f} {average[2]:.2f}")
+    return Result(name, appends, mb, average)
 
 
 @click.command()
@@ -160,8 +163,11 @@ def measure(name: str, url: str, ref: Path, writers: list[int], seconds: float, 
 @click.option("--seconds", default=5.0, show_default=True, help="Duration of each append measurement.")
 @click.option("--writers", default="1,16", show_default=True, help="Comma-separated writer counts.")
 @click.option("--read-mb", default=32, show_default=True, help="Size of the stream read back.")
+@click.option("--stacks", default="uvicorn", show_default=True,
+              help="HTTP stacks of durable serve to measure, comma-separated: uvicorn (the default front), "
+                   "hypercorn (everything on trio); $DURABLE_SERVE_HTTP of the server.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures here.")
-def main(dsn: str | None, seconds: float, writers: str, read_mb: int, json_path: Path | None) -> None:
+def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: str, json_path: Path | None) -> None:
     """Appends/s and read MB/s: durable serve vs the reference Node server, in one run."""
     console = Console()
     counts = [int(w) for w in writers.split(",") if w.strip()]
@@ -171,7 +177,11 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, json_path:
     schema = f"bench_streams_{uuid.uuid4().hex[:8]}"
     durable_cmd = [sys.executable, "-c", "from durable.cli import main; main()", "serve", "--port", "0",
                    "--schema", schema] + (["--dsn", dsn] if dsn else [])
-    servers: list[tuple[str, list[str], Path | None]] = [("durable serve (PostgreSQL)", durable_cmd, None)]
+    servers: list[tuple[str, list[str], Path | None]] = []
+    for stack in (x.strip() for x in stacks.split(",") if x.strip()):
+        if stack not in ("uvicorn", "hypercorn"):
+            raise click.BadParameter(f"unknown stack {stack!r}", param_hint="--stacks")
+        servers.append((f"durable serve ({stack})", ["env", f"DURABLE_SERVE_HTTP={stack}", *durable_cmd], None))
     ref = reference_dir()
     data_dir = Path(tempfile.mkdtemp(prefix="dsref-data-"))
     servers.append(("reference Node (memory)", ["node", "serve.mjs"], ref))
@@ -195,8 +205,29 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, json_path:
     for r in results:
         table.add_row(r.server, *(f"{r.appends[w]:,.0f}" for w in counts), f"{r.read_mb_s:,.1f}")
     console.print(table)
+    ratios = compare(results, counts)
+    for line in ratios:
+        console.print(line)
     if json_path is not None:
-        json_path.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        json_path.write_text(json.dumps({"results": [r.__dict__ for r in results], "ratios": ratios,
+                                         "seconds": seconds, "read_mb": read_mb}, indent=2))
+
+
+def compare(results: list[Result], counts: list[int]) -> list[str]:
+    """The issue-20 targets as ratios within this run: durable's appends with 1 writer against the
+    file-backed reference's, with the most writers against the in-memory reference's; reads against both."""
+    by = {r.server: r for r in results}
+    memory, file = by.get("reference Node (memory)"), by.get("reference Node (file-backed)")
+    lines = []
+    for r in results:
+        if not r.server.startswith("durable") or memory is None or file is None:
+            continue
+        few, many = min(counts), max(counts)
+        lines.append(
+            f"{r.server}: {few} writer(s) {r.appends[few] / file.appends[few]:.2f}x file-backed (target >= 2), "
+            f"{many} writers {r.appends[many] / memory.appends[many]:.2f}x in-memory (target >= 1), "
+            f"read {r.read_mb_s / max(memory.read_mb_s, file.read_mb_s):.2f}x the faster reference (target >= 1)")
+    return lines
 
 
 async def _drop_schema(dsn: str | None, schema: str) -> None:

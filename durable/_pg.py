@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeAlias, TypeVar
 
+import anyio
 import asyncpg
 import trio
 import trio_asyncio
@@ -195,6 +196,12 @@ class Pool:
         self.pooler = pooler
         self.gate: Gate = _Direct()
         self.statement_counts: collections.Counter[str] = collections.Counter()
+        # native: opened by open_native() on a plain asyncio loop (durable serve's HTTP front), where
+        # asyncpg is called directly; else every call is a trio call through trio-asyncio
+        self.native = False
+
+    def _aio(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        return fn if self.native else aio(fn)
 
     @classmethod
     async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
@@ -243,6 +250,34 @@ class Pool:
                 raise
         return pool
 
+    @classmethod
+    async def open_native(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+        """A pool for a plain asyncio event loop (no trio, no trio-asyncio): asyncpg called directly.
+        Only :meth:`fetch` and its siblings, :meth:`pinned` and :meth:`close_native` are used there (by
+        ``durable serve``'s HTTP front, which runs on its own loop in a thread of its own); the gate and
+        the statement counts are the same as a trio pool's."""
+        try:
+            raw = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, statement_cache_size=256,
+                                            server_settings=SESSION_SETTINGS | {"search_path": f"{schema},public"},
+                                            reset=keep_session)
+        except _UNREACHABLE as exc:
+            if not unreachable(exc):
+                raise
+            raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
+        assert raw is not None
+        pool = cls(raw, dsn, schema)
+        pool.native = True
+        return pool
+
+    async def close_native(self) -> None:
+        """Close a pool of :meth:`open_native` (at most 10 s, then terminate)."""
+        import asyncio
+
+        try:
+            await asyncio.wait_for(self.raw.close(), 10)
+        except TimeoutError:
+            self.raw.terminate()
+
     async def check_search_path(self) -> None:
         """Behind a transaction pooler durable cannot set ``search_path``: the server must, for every
         connection the pooler opens. Refuse to run when it names another schema first (migrations would
@@ -275,7 +310,7 @@ class Pool:
 
         async def run() -> T:
             try:
-                return await aio(method)(q.text, *args)
+                return await self._aio(method)(q.text, *args)
             except _UNREACHABLE as exc:
                 if not unreachable(exc):
                     raise
@@ -446,27 +481,28 @@ def lost_is_unavailable() -> Iterator[None]:
 
 class Pinned:
     """Connections held for one owner while :meth:`Pool.pinned`'s block runs (the streams store of
-    ``durable serve``): a statement costs one round trip, with no acquire and release around it. Each
+    ``durable serve``): a statement costs one round trip, with no acquire and release around it. Written
+    with anyio, it runs under trio (through trio-asyncio) and on a native pool's plain asyncio loop. Each
     statement, and the BEGIN, COMMIT and ROLLBACK of :meth:`transaction`, passes the pool's gate like
     every other call. A connection found closed (the server restarted) is replaced when handed back."""
 
     def __init__(self, pool: Pool, connections: int) -> None:
         self.pool = pool
         self.connections = connections
-        self._send, self._receive = trio.open_memory_channel[asyncpg.Connection](connections)
+        self._send, self._receive = anyio.create_memory_object_stream[asyncpg.Connection](connections)
         self._owned: set[asyncpg.Connection] = set()
 
     async def _open(self) -> None:
         for _ in range(self.connections):
-            raw = await aio(self.pool.raw.acquire)()
+            raw = await self.pool._aio(self.pool.raw.acquire)()
             self._owned.add(raw)
             self._send.send_nowait(raw)
 
     async def _close(self) -> None:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             for raw in list(self._owned):
                 try:
-                    await aio(self.pool.raw.release)(raw)
+                    await self.pool._aio(self.pool.raw.release)(raw)
                 except Exception:  # a broken connection: the pool terminates it
                     pass
             self._owned.clear()
@@ -474,13 +510,13 @@ class Pinned:
     async def _checkout(self) -> asyncpg.Connection:
         raw = await self._receive.receive()
         if _closed(raw):
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 return await self._replace(raw)
         return raw
 
     async def _checkin(self, raw: asyncpg.Connection) -> None:
         """Hand a connection back: replaced when dead, or when a transaction is still open on it."""
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             if not _closed(raw) and raw.is_in_transaction():
                 raw.terminate()  # a transaction its owner could not end: drop the connection for a fresh one
             self._send.send_nowait(await self._replace(raw) if _closed(raw) else raw)
@@ -489,12 +525,12 @@ class Pinned:
         """A fresh connection for a dead one; the dead one if none is to be had yet (its statement then
         fails with DatabaseUnavailable, and the next hand-back tries again)."""
         try:
-            fresh = await aio(self.pool.raw.acquire)()
+            fresh = await self.pool._aio(self.pool.raw.acquire)()
         except Exception:
             return raw
         self._owned.discard(raw)
         try:
-            await aio(self.pool.raw.release)(raw)
+            await self.pool._aio(self.pool.raw.release)(raw)
         except Exception:  # the pool terminates a broken connection
             pass
         self._owned.add(fresh)
@@ -528,23 +564,23 @@ class Pinned:
         raw = await self._checkout()
         try:
             tx = raw.transaction()
-            with trio.CancelScope(shield=True):
-                await self.pool.gate.call("begin", self.pool._mapped(aio(tx.start)))
+            with anyio.CancelScope(shield=True):
+                await self.pool.gate.call("begin", self.pool._mapped(self.pool._aio(tx.start)))
             try:
                 yield Conn(self.pool, raw)
             except BaseException:
                 if not _closed(raw):
-                    with trio.CancelScope(shield=True):
-                        await self.pool.gate.call("rollback", self.pool._mapped(aio(tx.rollback)))
+                    with anyio.CancelScope(shield=True):
+                        await self.pool.gate.call("rollback", self.pool._mapped(self.pool._aio(tx.rollback)))
                 raise
             else:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     try:
-                        await self.pool.gate.call("commit", self.pool._mapped(aio(tx.commit)))
+                        await self.pool.gate.call("commit", self.pool._mapped(self.pool._aio(tx.commit)))
                     except BaseException:
                         if not _closed(raw) and raw.is_in_transaction():  # the COMMIT never ran
                             try:
-                                await self.pool.gate.call("rollback", self.pool._mapped(aio(tx.rollback)))
+                                await self.pool.gate.call("rollback", self.pool._mapped(self.pool._aio(tx.rollback)))
                             except Exception:  # the check-in replaces a connection still in a transaction
                                 pass
                         raise

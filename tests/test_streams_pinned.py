@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+import trio
 
 import durable
 from durable.errors import DatabaseUnavailable
-from durable.streams.errors import StreamNotFound
-from durable.streams.store import CreateSpec, Store
+from durable.streams.errors import Conflict, StreamNotFound
+from durable.streams.store import CreateSpec, Producer, Store
 
 pytestmark = pytest.mark.trio
 T = TypeVar("T")
@@ -85,3 +86,47 @@ async def test_pinned_connections_go_back_to_the_pool(db: durable.Database) -> N
     with pytest.raises(ValueError, match="pinned connections must be 1..1000"):
         async with db.pool.pinned(0):
             pass
+
+
+async def test_group_commit_batches_concurrent_appends_each_with_its_own_verdict(db: durable.Database) -> None:
+    """Concurrent appends share statements (fewer statements than appends), each one gets its own
+    answer (accepted with its offset, a producer's duplicate, a closed stream's 409), and the offsets of
+    one stream tile it in the order its appends were acknowledged."""
+    store = Store(db.pool)
+    n = 40
+    offsets: dict[int, str] = {}
+    async with store.pinned(2, group_commit=True):
+        await store.create("/gc/a", CreateSpec(content_type="text/plain"))
+        await store.create("/gc/closed", CreateSpec(content_type="text/plain", closed=True))
+        assert store._group is not None
+
+        async def one(i: int) -> None:
+            result = await store.append("/gc/a", b"%03d" % i, content_type="text/plain")
+            offsets[i] = result.next_offset
+
+        async def closed() -> None:
+            with pytest.raises(Conflict, match="closed"):
+                await store.append("/gc/closed", b"x", content_type="text/plain")
+
+        async def missing() -> None:
+            with pytest.raises(StreamNotFound):
+                await store.append("/gc/missing", b"y", content_type="text/plain")
+
+        producer = Producer("p", 0, 0)
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+            nursery.start_soon(closed)
+            nursery.start_soon(missing)
+        first = await store.append("/gc/a", b"end", content_type="text/plain", producer=producer)
+        again = await store.append("/gc/a", b"end", content_type="text/plain", producer=producer)
+        assert (first.status, again.status) == ("accepted", "duplicate")
+        group = store._group
+        assert group.batches < group.appends, (group.batches, group.appends)
+    page = await store.read("/gc/a", 0)
+    body = page.body()
+    assert len(body) == 3 * n + 3 and body.endswith(b"end")
+    # every acknowledged offset is the end of that append's bytes
+    for i, offset in offsets.items():
+        end = int(offset.split("_")[-1])
+        assert body[end - 3 : end] == b"%03d" % i

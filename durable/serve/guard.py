@@ -6,8 +6,9 @@ is not UTF-8 (it would be silently changed to U+FFFD), ``413`` to a ``Content-Le
 at once, before any of the body is read (what still comes is discarded, so the client can read the
 answer), and ``408`` to a body that has not fully arrived within
 ``body_timeout`` seconds of the request (a trickling body, slowloris); the connection is then closed.
-A slow request head is bounded by hypercorn's ``keep_alive_timeout``: a connection counts as idle
-until its request head is complete.
+A slow request head is bounded by the keep-alive timeout (75 s): a connection counts as idle until its
+request head is complete (hypercorn's ``keep_alive_timeout``; on the uvicorn front,
+:func:`durable.serve.front.bounded_heads`).
 
 :func:`exception_handlers` answer what escapes an endpoint: a :class:`StreamError` with its status,
 a PostgreSQL data error (SQLSTATE class 22: a value it cannot take, e.g. NUL, out of range) ``400``,
@@ -28,8 +29,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import anyio
 import asyncpg
-import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -132,7 +133,7 @@ class Guard:
         (RFC 9112 9.6, "lingering close"). Nothing is buffered."""
         await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body, "more_body": True})
-        with trio.move_on_at(trio.current_time() + self.body_timeout):
+        with anyio.CancelScope(deadline=anyio.current_time() + self.body_timeout):
             while True:
                 message = await receive()
                 if message["type"] != "http.request" or not message.get("more_body", False):
@@ -142,14 +143,14 @@ class Guard:
     def _in_time(self, receive: Receive) -> Receive:
         """``receive`` that raises RequestTimeout when the body is not complete by the deadline;
         after the body (a disconnect watch of a long-poll or SSE answer) it waits as long as it must."""
-        deadline = trio.current_time() + self.body_timeout
+        deadline = anyio.current_time() + self.body_timeout
         complete = False
 
         async def receive_in_time() -> Message:
             nonlocal complete
             if complete:
                 return await receive()
-            with trio.move_on_at(deadline):
+            with anyio.CancelScope(deadline=deadline):
                 message = await receive()
                 complete = message["type"] != "http.request" or not message.get("more_body", False)
                 return message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any, NoReturn
@@ -23,6 +24,7 @@ from . import openapi
 from .auth import AccessControl
 from .claims import ACTIONS, ClaimEndpoints
 from .dispatcher import Dispatcher
+from .front import Front, TrioBridge, bind
 from .guard import Guard, exception_handlers
 from .hub import Hub
 from .instances import InstanceEndpoints
@@ -70,6 +72,14 @@ class CommonHeaders:
 
 def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
               control: SubscriptionEndpoints | None = None) -> ASGI:
+    """Every endpoint with its middleware (the whole server on one trio loop, as with hypercorn)."""
+    app = routes(db, store, hub, settings, control)
+    return middleware(app, settings)
+
+
+def routes(db: Database, store: Store, hub: Hub, settings: Settings,
+           control: SubscriptionEndpoints | None = None) -> ASGI:
+    """The Starlette app of every endpoint, without the middleware of :func:`middleware`."""
     streams = StreamEndpoints(store, hub, settings, control)
     instances = InstanceEndpoints(db, settings)
 
@@ -82,7 +92,7 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
     async def openapi_route(request: Request) -> Response:
         return spec
 
-    app = Starlette(routes=[
+    return Starlette(routes=[
         Route("/instances/{id:int}/history", instances.history, methods=["GET", "HEAD"]),
         Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
         # the explicit pipeline (durable/serve/claims.py): these paths are the engine's, not streams
@@ -92,6 +102,10 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
         Route("/openapi.json", openapi_route, methods=["GET", "HEAD"]),
         Route("/{path:path}", stream_route, methods=ALL_METHODS),
     ], exception_handlers=exception_handlers())
+
+
+def middleware(app: ASGI, settings: Settings) -> ASGI:
+    """The request guard, the access control (with tokens) and the common headers around ``app``."""
     guarded = Guard(app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY,
                     body_timeout=settings.body_timeout)
     if settings.tokens:
@@ -102,9 +116,10 @@ def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
 class Server:
     """A running ``durable serve``: its URL and its store."""
 
-    def __init__(self, url: str, store: Store) -> None:
+    def __init__(self, url: str, store: Store, front_store: Store | None = None) -> None:
         self.url = url
         self.store = store
+        self.front_store = front_store  # the HTTP front's (appends, catch-up reads), None under hypercorn
 
 
 async def serve(
@@ -121,7 +136,10 @@ async def serve(
     async with connect(dsn, schema=schema, max_size=settings.connections + 8) as db:
         store = Store(db.pool)
         hub = Hub()
-        async with hub.listening(db.pool, store.channel), store.pinned(settings.connections), \
+        # the trio side answers creates, deletes, live reads and the control API; appends and catch-up
+        # reads go to the HTTP front (own pool) unless everything runs on hypercorn
+        kept = settings.connections if http_stack() == "hypercorn" else max(2, settings.connections // 4)
+        async with hub.listening(db.pool, store.channel), store.pinned(kept), \
                 httpx.AsyncClient(follow_redirects=False) as http:
             config = Config()
             config.bind = [f"{host}:{port}"]
@@ -138,13 +156,32 @@ async def serve(
             control = SubscriptionEndpoints(SubscriptionStore(store), wakes, signer, dispatcher,
                                             allow_dev_webhooks=settings.allow_dev_webhooks,
                                             public_url=settings.public_url)
-            app = build_app(db, store, hub, settings, control)
+            inner = routes(db, store, hub, settings, control)
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(dispatcher.run)  # wakes and webhook deliveries
-                binds: list[str] = await nursery.start(
-                    partial(hypercorn_serve, app, config, mode="asgi"))  # type: ignore[arg-type]
-                url = binds[0]
-                task_status.started(Server(url, store))
-                await trio.sleep_forever()
+                if http_stack() == "hypercorn":
+                    binds: list[str] = await nursery.start(
+                        partial(hypercorn_serve, middleware(inner, settings), config, mode="asgi"))  # type: ignore[arg-type]
+                    task_status.started(Server(binds[0], store))
+                    await trio.sleep_forever()
+                sock, url = bind(host, port)
+                bridge = TrioBridge(inner, trio.lowlevel.current_trio_token(), nursery)
+                front = Front(db.pool.dsn, schema, settings, sock, partial(middleware, settings=settings), bridge)
+                try:
+                    await front.start()
+                    task_status.started(Server(url, store, front.store))
+                    await trio.sleep_forever()
+                finally:
+                    await front.stop()
+                    sock.close()
     raise AssertionError("unreachable")
+
+
+def http_stack() -> str:
+    """``uvicorn`` (the default: the front of durable/serve/front.py) or ``hypercorn`` (everything on trio),
+    from ``$DURABLE_SERVE_HTTP``; PERFORMANCE.md has the measurements behind the default."""
+    stack = os.environ.get("DURABLE_SERVE_HTTP", "uvicorn")
+    if stack not in ("uvicorn", "hypercorn"):
+        raise ValueError(f"DURABLE_SERVE_HTTP must be uvicorn or hypercorn, not {stack!r}")
+    return stack

@@ -328,3 +328,18 @@ update ds_subscriptions set last_error = $2 where id = $1;
 -- name: sub_any_live
 -- Whether the schema has any live subscription (the dispatcher skips its lookups while none exists).
 select exists (select 1 from ds_subscriptions where deleted_at is null);
+
+-- name: stream_append_many
+-- Group commit (durable.streams.store.GroupCommit): the appends of a batch in one statement, one commit. Each
+-- element i of the arrays is one stream_append's parameters ($1-$10, $12, $13 as there, $11 the notify
+-- channel), run through ds_append in arrival order (the lateral call is a nested loop over the unnest,
+-- which yields the elements in order), so each append is locked, validated, fenced and sequenced exactly
+-- as alone, and sees the batch's earlier appends. Returns `ord` (1-based element) with ds_append's row.
+-- A failure of any element rolls back the whole statement: the caller then writes the batch one by one.
+select b.ord::int as ord, a.*
+from unnest($1::text[], $2::bytea[], $3::text[], $4::boolean[], $5::text[], $6::bigint[], $7::bigint[],
+            $8::boolean[], $9::text[], $10::text[], $12::bigint[], $13::bigint[])
+     with ordinality as b(path, data, content_type, close, producer, epoch, seq, spans, stream_seq, json_error,
+                          lease_instance, lease_token, ord)
+cross join lateral ds_append(b.path, b.data, b.content_type, b.close, b.producer, b.epoch, b.seq, b.spans,
+                             b.stream_seq, b.json_error, $11, b.lease_instance, b.lease_token) a;

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import trio
+import anyio
 
 from .._pg import Conn, Pinned, Pool, Record, lost_is_unavailable
+from ..errors import DatabaseUnavailable
 from ..sql import Q, Query
 from .errors import BadRequest, Conflict, FencedAppend, StreamGone, StreamNotFound
 from .offsets import format_offset
@@ -168,28 +169,40 @@ class Store:
         self.max_read_bytes = max_read_bytes
         self.max_read_rows = max_read_rows
         self._pinned: Pinned | None = None
+        self._group: GroupCommit | None = None
 
     @asynccontextmanager
-    async def pinned(self, connections: int) -> AsyncIterator[None]:
+    async def pinned(self, connections: int, *, group_commit: bool = False) -> AsyncIterator[None]:
         """Run this store's statements on ``connections`` connections held for it while the block runs
-        (:meth:`Pool.pinned`): a statement then costs one round trip."""
+        (:meth:`Pool.pinned`): a statement then costs one round trip. ``group_commit``: concurrent
+        appends share one statement and one commit (:class:`GroupCommit`)."""
         async with self.pool.pinned(connections) as pinned:
             self._pinned = pinned
             try:
-                yield
+                if group_commit:
+                    async with anyio.create_task_group() as tasks:
+                        self._group = GroupCommit(self)
+                        tasks.start_soon(self._group.run)
+                        try:
+                            yield
+                        finally:
+                            self._group = None
+                            tasks.cancel_scope.cancel()
+                else:
+                    yield
             finally:
                 self._pinned = None
 
     async def _one(self, method: str, q: Query, *args: Any) -> Any:
         """One statement, shielded from cancellation (it is short, and a cut would break the connection)."""
-        with trio.CancelScope(shield=True), lost_is_unavailable():
+        with anyio.CancelScope(shield=True), lost_is_unavailable():
             return await getattr(self._pinned or self.pool, method)(q, *args)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
         """A transaction that cancellation cannot interrupt: a cancelled caller (a client that went
         away) waits the few milliseconds the statements take, so no connection is left mid-protocol."""
-        with trio.CancelScope(shield=True), lost_is_unavailable():
+        with anyio.CancelScope(shield=True), lost_is_unavailable():
             async with (self._pinned or self.pool).transaction() as conn:
                 yield conn
 
@@ -375,12 +388,13 @@ class Store:
                      producer: Producer | None, stream_seq: str | None, json_error: str | None,
                      lease: tuple[int, int] | None) -> AppendResult:
         p = producer
-        row = await self._one(  # one statement = one transaction
-            "fetchrow", Q.stream_append, path, data, content_type, close, p.id if p else None,
-            p.epoch if p else None, p.seq if p else None, p.spans_epochs if p else False,
-            stream_seq, json_error, self.channel, lease[0] if lease else None,
-            lease[1] if lease else None,
-        )
+        args = AppendArgs(path, data, content_type, close, p.id if p else None, p.epoch if p else None,
+                          p.seq if p else None, p.spans_epochs if p else False, stream_seq, json_error,
+                          lease[0] if lease else None, lease[1] if lease else None)
+        if self._group is not None:
+            row = await self._group.append(args)
+        else:
+            row = await self._one("fetchrow", Q.stream_append, *args.single(self.channel))  # one transaction
         assert row is not None
         verdict, tail = row["verdict"], row["tail"]
         offset = format_offset(tail) if tail is not None else ""
@@ -491,6 +505,148 @@ class Store:
     async def touch(self, info: StreamInfo) -> None:
         if info.ttl_seconds is not None:
             await self._one("execute", Q.stream_touch, info.id)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendArgs:
+    """The parameters of one ``ds_append`` (see ``stream_append`` in durable/sql/streams.sql)."""
+
+    path: str
+    data: bytes | None
+    content_type: str | None
+    close: bool
+    producer: str | None
+    epoch: int | None
+    seq: int | None
+    spans_epochs: bool
+    stream_seq: str | None
+    json_error: str | None
+    lease_instance: int | None
+    lease_token: int | None
+
+    def single(self, channel: str) -> tuple[Any, ...]:
+        """The arguments of ``stream_append``, in order."""
+        return (self.path, self.data, self.content_type, self.close, self.producer, self.epoch, self.seq,
+                self.spans_epochs, self.stream_seq, self.json_error, channel, self.lease_instance,
+                self.lease_token)
+
+    @property
+    def size(self) -> int:
+        return len(self.data or b"") + len(self.path)
+
+
+class _Waiter:
+    """One append waiting in a :class:`GroupCommit`: its row (or error) once its batch has committed."""
+
+    __slots__ = ("args", "done", "error", "row")
+
+    def __init__(self, args: AppendArgs) -> None:
+        self.args = args
+        self.done = anyio.Event()
+        self.row: Record | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Group commit for appends (``durable serve``): appends that arrive while a batch is being written
+    wait, then go together as the next batch: one ``stream_append_many`` statement, which runs
+    ``ds_append`` for each of them in arrival order, and one commit. An append is answered only after
+    its batch committed (acknowledged = committed, as for a single append), with its own verdict (each
+    ``ds_append`` validates, fences and sequences its append exactly as alone). A lone append is sent at
+    once (no timer): with one writer the batches are of one. A batch whose statement fails (a deadlock
+    with another server's batch, a value PostgreSQL refuses) has committed nothing: its appends are then
+    written one by one, so each gets its own answer; a lost server fails every append of the batch
+    (DatabaseUnavailable, as a single append's). Bounded: at most ``MAX_BATCH`` appends or
+    ``MAX_BATCH_BYTES`` bytes per statement (one append larger than that goes alone)."""
+
+    MAX_BATCH = 256
+    MAX_BATCH_BYTES = 4 << 20
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[_Waiter] = []
+        self._wake = anyio.Event()
+        self.batches = 0  # statements sent (for tests and the bench)
+        self.appends = 0
+
+    async def append(self, args: AppendArgs) -> Record:
+        """Queue one append and wait (shielded: a client that went away still gets its append written,
+        as before group commit) for its batch; its ``ds_append`` row."""
+        waiter = _Waiter(args)
+        self._queue.append(waiter)
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.row is not None
+        return waiter.row
+
+    def _take(self) -> list[_Waiter]:
+        batch: list[_Waiter] = []
+        size = 0
+        for waiter in self._queue:
+            if batch and (len(batch) >= self.MAX_BATCH or size + waiter.args.size > self.MAX_BATCH_BYTES):
+                break
+            batch.append(waiter)
+            size += waiter.args.size
+        del self._queue[:len(batch)]
+        return batch
+
+    async def run(self) -> None:
+        """The writer: one batch at a time, until cancelled (the appends of a batch in flight are
+        finished first: the write is shielded)."""
+        while True:
+            if not self._queue:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            batch = self._take()
+            with anyio.CancelScope(shield=True):
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Waiter]) -> None:
+        self.batches += 1
+        self.appends += len(batch)
+        store = self.store
+        try:
+            if len(batch) == 1:
+                rows = [await store._one("fetchrow", Q.stream_append, *batch[0].args.single(store.channel))]
+            else:
+                a = [w.args for w in batch]
+                found = await store._one(
+                    "fetch", Q.stream_append_many, [x.path for x in a], [x.data for x in a],
+                    [x.content_type for x in a], [x.close for x in a], [x.producer for x in a],
+                    [x.epoch for x in a], [x.seq for x in a], [x.spans_epochs for x in a],
+                    [x.stream_seq for x in a], [x.json_error for x in a], store.channel,
+                    [x.lease_instance for x in a], [x.lease_token for x in a])
+                by_ord = {r["ord"]: r for r in found}
+                rows = [by_ord.get(i + 1) for i in range(len(batch))]
+        except DatabaseUnavailable as exc:
+            for waiter in batch:
+                waiter.error = exc
+                waiter.done.set()
+            return
+        except Exception:
+            if len(batch) == 1:  # its own error (a value PostgreSQL refused)
+                rows = [None]
+            else:  # nothing of the batch committed: each append alone, with its own answer
+                await self._one_by_one(batch)
+                return
+        for waiter, row in zip(batch, rows, strict=True):
+            if row is None:
+                await self._one_by_one([waiter])
+            else:
+                waiter.row = row
+                waiter.done.set()
+
+    async def _one_by_one(self, batch: list[_Waiter]) -> None:
+        for waiter in batch:
+            try:
+                waiter.row = await self.store._one("fetchrow", Q.stream_append,
+                                                   *waiter.args.single(self.store.channel))
+            except Exception as exc:
+                waiter.error = exc
+            waiter.done.set()
 
 
 def _gap(expected: int, received: int) -> Conflict:
