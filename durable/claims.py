@@ -181,6 +181,7 @@ class Claim:
         rows = await self._pipe.db.pool.fetch(
             Q.release, [self.id], [self.lease_token], [0], self._pipe.worker_id, self._pipe.db.clock.now()
         )
+        self._pipe.leases.pop(self.lease_token, None)
         if not rows:
             raise Fenced(self.id, self.lease_token, "release")
         self.status = "runnable"
@@ -203,11 +204,12 @@ class Claim:
             )
             if row is not None and self.lease_token in row["tokens"]:
                 self.lease_expires = self._held.lease_until = began + seconds
-                self._pipe.leases[self.lease_token] = seconds
+                self._pipe.leases[self.lease_token] = (self.id, seconds)
                 if self.lease_token in row["cancel"]:
                     self.cancel_requested = self._held.cancel_requested = True
                 return
             if row is None or self.lease_token in row["lost"]:
+                self._pipe.leases.pop(self.lease_token, None)
                 raise Fenced(self.id, self.lease_token, "extend")
             await trio.sleep(0.01 * 2**attempt)  # locked for a moment by another statement: try again
         raise DurableError(
@@ -255,10 +257,12 @@ class Pipeline:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:claims-{secrets.token_hex(3)}"
         self.flusher = Flusher(db.pool, self.worker_id, db.clock)  # commit_now only: not run
         self.swept_at = -math.inf
-        self.leases: dict[int, float] = {}  # lease token -> lease seconds, of claims not yet ended (bounded)
+        # lease token -> (instance id, lease seconds) of the claims handed out and not yet ended (bounded):
+        # the simulator's lease model reads it as the claims this pipeline holds
+        self.leases: dict[int, tuple[int, float]] = {}
 
     def lease_of(self, claim: Claim) -> float:
-        return self.leases.get(claim.lease_token, 60.0)
+        return self.leases.get(claim.lease_token, (claim.id, 60.0))[1]
 
     async def claim(
         self, queue: str, limit: int = 10, lease: float = 60.0, machine: str | None = None, step: str | None = None
@@ -281,7 +285,7 @@ class Pipeline:
         out = []
         for held in claims_from_rows(rows):
             held.lease_until = began + seconds
-            self.leases[held.lease_token] = seconds
+            self.leases[held.lease_token] = (held.id, seconds)
             out.append(self.public(held))
         return out
 

@@ -174,6 +174,15 @@ BUGS: dict[str, Bug] = {
                 PySwap("durable.runtime.runtime:Runtime._free_dead_workers",
                        r"dead = \[\(r\[\"id\"\], why\) for r in rows if \(why := _gone\(r\[\"id\"\], r\[\"pid\"\], "
                        r"host\)\) is not None\]", "dead: list[tuple[str, str]] = []"),)),
+        Bug("explicit_unfenced", "no_fenced_outcome_visible", (), "ops", (),
+            "an explicit claim's late call (durable.Claim.complete after its lease passed and the row was claimed "
+            "again) does not raise Fenced: its caller believes a write the database refused (issue 18)",
+            first=1, patches=(
+                PySwap("durable.claims:Claim._outcome", r"if committed\.fenced:", "if False:"),)),
+        Bug("claim_filter_ignored", "state_matches_model", (
+            ("pick", r"and \(\$6::text is null or g\.machine = \$6::text\)", "and ($6::text is null or true)"),
+        ), "ops", (), "the pick ignores db.claim's machine filter: run_once hands its handler another machine's "
+                      "rows (issue 18)", first=1),
     )
 }
 

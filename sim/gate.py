@@ -167,6 +167,7 @@ class Slot:
         self.starved: trio.Event | None = None  # set when a lease-loss fault ends: heartbeats wait for it
         self.dead: set[str] = set()  # worker ids of its incarnations that crashed (Runtime.kill)
         self.runtime: Runtime | None = None
+        self.db: Any = None  # its current Database: the driver's explicit claims (db.claim) are held too
         self.incarnation = 0
 
     @property
@@ -406,9 +407,13 @@ class SlotGate:
     # -- observation -----------------------------------------------------------------------------
     def _held(self) -> dict[int, set[int]]:
         rt = self.slot.runtime
-        if rt is None:
-            return {}
         out: dict[int, set[int]] = {}
+        pipeline = getattr(self.slot.db, "_claims", None)  # the explicit claims of db.claim / run_once
+        if pipeline is not None:
+            for token, (iid, _) in sorted(pipeline.leases.items()):
+                out.setdefault(iid, set()).add(token)
+        if rt is None:
+            return out
         for s in rt.schedulers.values():
             for c in s.held():
                 out.setdefault(c.id, set()).add(c.lease_token)

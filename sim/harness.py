@@ -170,6 +170,7 @@ async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, s
     db = SimDatabase(pool, clock=clock, registry=Registry(machines))
     db.run = run
     db.slot_name = slot.name
+    slot.db = db
     return db
 
 
@@ -331,7 +332,7 @@ class Simulation:
             if not any(self._has_room(slot) for slot in self.slots):
                 calm_since = now
             rows = await self.serializer.frozen(functools.partial(
-                self.admin.fetch, Q.sim_due_waiting, VIRTUAL_EPOCH + datetime.timedelta(seconds=now)))
+                self.admin.fetch, Q.sim_due_waiting, VIRTUAL_EPOCH + datetime.timedelta(seconds=now), QUEUE))
             due = {r["id"]: r for r in rows}
             since = {iid: since.get(iid, now) for iid in due}
             for iid, first in since.items():

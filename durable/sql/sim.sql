@@ -82,9 +82,10 @@ from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid();
 
 -- name: sim_due_waiting
 -- The queue progress check's candidates: runnable rows due at $1 that a pick would take now (no other row
--- of their partition key executing, no unique key they would enter occupied), by id.
+-- of their partition key executing, no unique key they would enter occupied), by id; of queue $2 only (the
+-- runtimes' queue: the ops workload's explicit-pipeline rows wait on queues only its driver claims).
 select g.id, g.machine, g.step from instances g
-where g.status = 'runnable' and g.eligible_at <= $1
+where g.status = 'runnable' and g.eligible_at <= $1 and g.queue = $2
   and (g.partition_key is null
        or not exists (select 1 from instances e where e.partition_key = g.partition_key and e.status = 'executing'))
   and (g.unique_key is null or g.unique_guard is not null or not 'executing' = any (g.unique_scope)

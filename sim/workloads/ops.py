@@ -7,6 +7,13 @@ runs under the faults too) waits for the spawn, then either cancels one waiter (
 picked; or executing: cancel requested) and sends `go` to the others, or cancels the whole assembly while it
 awaits its children and sends `go` to every waiter.
 
+Some instances are not a Machine's at all: the driver inserts them by name on a queue no runtime runs and
+drives them through the explicit pipeline (durable/claims.py): `run_once` with a machine filter takes them
+step by step (`a` -> `b` -> done) and must never hand it a bystander of another machine on the same queue
+(those are drained last by a `run_once` of their own). A zombie scenario claims one instance with a short
+lease, lets it pass (the reaper returns the row), claims it again, then makes the first claim's late
+`complete`: it must raise `Fenced` and change nothing; the live claim's result is the one that counts.
+
 Model: a retried child ends done and leaves its (already released) parent alone; a cancelled instance
 ends cancelled; a cancelled child counts in its parent's join like a failed one (the parent's result lists
 it as cancelled); a cancelled parent's children still all end."""
@@ -14,16 +21,21 @@ it as cancelled); a cancelled parent's children still all end."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import trio
 
 import durable
-from durable import Await, Child, Done, Machine, Next, NotDeliverable, Spawn, Stop
+from durable import Await, Child, Done, Fenced, Machine, Next, NotDeliverable, Spawn, Stop
+from durable.claims import Pipeline
 
 from ..core import Run, SimDatabase, Violation, sim_step
 from . import Action, Final, decode
 
 QUEUE = "sim"
+EXPLICIT = "sim.explicit"  # the explicit pipeline's queue (no runtime runs it): its two machine names
+JOB, BYSTANDER = "sim.explicit.job", "sim.explicit.bystander"
+ZOMBIE_QUEUE = "sim.explicit.zombie"
 
 
 class Part(Machine, queue=QUEUE, name="sim.part"):
@@ -120,9 +132,25 @@ class Ops:
         self.assemblies: dict[int, tuple[int, int, int, bool]] = {}  # id -> parts, broken, waiters, cancelled
         self.cancelled: dict[int, str] = {}
         self.retried: set[int] = set()
+        self.explicit: dict[int, str] = {}  # id -> JOB or BYSTANDER
+        self.strays: list[str] = []  # claims run_once handed the handler against its machine filter
+        self.zombie: dict[str, Any] = {}  # the zombie scenario: its instance, claims and what the late call did
 
     async def setup(self, db: SimDatabase) -> None:
-        return None
+        db._claims = Pipeline(db, worker_id="driver.explicit")  # a fixed worker id: runs replay exactly
+
+    async def handle(self, claim: durable.Claim) -> Any:
+        """run_once's handler for the explicit jobs: `a` -> `b` (n + 1) -> done."""
+        if claim.machine != JOB:
+            self.strays.append(f"{claim.machine}#{claim.id}.{claim.step}")
+            await claim.release()
+            return None
+        if claim.step == "a":
+            return Next("b", {"n": claim.state["n"] + 1})
+        return Done({"n": claim.state["n"], "at": claim.step})
+
+    async def finish_bystander(self, claim: durable.Claim) -> Any:
+        return "bystander" if claim.machine == BYSTANDER else Stop(f"not a bystander: {claim.machine}")
 
     def schedule(self, rng: random.Random, count: int, horizon: float,
                  scale: float = 1.0) -> list[tuple[float, Action]]:
@@ -167,6 +195,59 @@ class Ops:
                 self.cancelled[box["id"]] = await db.cancel(box["id"], "operator")
 
             actions += [(at, idle), (round(at + rng.uniform(0, horizon / 4), 2), cancel)]
+        return actions + self.explicit_actions(rng, count, horizon, scale)
+
+    def explicit_actions(self, rng: random.Random, count: int, horizon: float,
+                         scale: float) -> list[tuple[float, Action]]:
+        """The explicit pipeline's part (drawn after the rest: the other actions stay as they were)."""
+        actions: list[tuple[float, Action]] = []
+        for _ in range(max(1, count // 3)):
+            at = round(rng.uniform(0, horizon / 4), 2)
+            bystander = rng.random() < 0.5
+
+            async def insert(db: SimDatabase, bystander: bool = bystander) -> None:
+                iid = await db.insert(JOB, {"n": 0}, queue=EXPLICIT, step="a")
+                assert iid is not None
+                self.explicit[iid] = JOB
+                if bystander:
+                    other = await db.insert(BYSTANDER, {}, queue=EXPLICIT, step="x")
+                    assert other is not None
+                    self.explicit[other] = BYSTANDER
+
+            actions.append((at, insert))
+
+        async def drive(db: SimDatabase) -> None:
+            await db.run_once(EXPLICIT, self.handle, machine=JOB, limit=50, lease=30.0 * scale)
+
+        async def drain_bystanders(db: SimDatabase) -> None:
+            await db.run_once(EXPLICIT, self.finish_bystander, machine=BYSTANDER, limit=50, lease=30.0 * scale)
+
+        for k in range(5):  # two would do (a, b): the rest make sure a late insert is driven too
+            actions.append((round(horizon / 4 + 1 + k * horizon / 10, 2), drive))
+        actions.append((round(horizon * 0.8, 2), drain_bystanders))
+
+        lease = 4.0 * scale
+        at = round(rng.uniform(0, horizon / 4), 2)
+        z = self.zombie
+
+        async def zombie_claims(db: SimDatabase) -> None:
+            z["id"] = await db.insert(JOB, {"n": 0}, queue=ZOMBIE_QUEUE, step="a")
+            (z["zombie"],) = await db.claim(ZOMBIE_QUEUE, limit=1, lease=lease)
+
+        async def live_claims(db: SimDatabase) -> None:  # the zombie's lease passed: reaped, claimed again
+            z["live"] = await db.claim(ZOMBIE_QUEUE, limit=1, lease=30.0 * scale)
+
+        async def late_call(db: SimDatabase) -> None:
+            try:
+                await z["zombie"].complete("zombie")
+                z["late"] = "committed"
+            except Fenced:
+                z["late"] = "fenced"
+            for claim in z["live"]:
+                await claim.complete("live")
+
+        actions += [(at, zombie_claims), (round(at + 3 * lease, 2), live_claims),
+                    (round(at + 3 * lease + 1, 2), late_call)]
         return actions
 
     def check(self, run: Run, final: Final) -> list[Violation]:
@@ -192,6 +273,25 @@ class Ops:
             if late:
                 out.append(Violation("state_matches_model",
                                      f"assembly {iid}: parts {late} not done after the operator retried them"))
+        for iid, kind in sorted(self.explicit.items()):
+            model: Any = {"n": 1, "at": "b"} if kind == JOB else "bystander"
+            if rows[iid]["status"] != "done" or decode(rows[iid]["result"]) != model:
+                out.append(Violation("state_matches_model", f"explicit {kind} {iid}: {rows[iid]['status']} "
+                                                            f"{decode(rows[iid]['result'])}, model done {model}"))
+        if self.strays:
+            out.append(Violation("state_matches_model", f"run_once's machine filter let through {self.strays[:5]}"))
+        if self.zombie:
+            z = self.zombie
+            if z.get("late") != "fenced":
+                out.append(Violation("no_fenced_outcome_visible",
+                                     f"explicit instance {z.get('id')}: the zombie claim's late complete was "
+                                     f"{z.get('late', 'never made')}, not fenced"))
+            if len(z.get("live", [])) != 1:
+                out.append(Violation("state_matches_model", f"explicit instance {z.get('id')}: not claimed again "
+                                                            "after the zombie's lease passed"))
+            if z.get("id") in rows and decode(rows[z["id"]]["result"]) != "live":
+                out.append(Violation("state_matches_model", f"explicit instance {z['id']}: result "
+                                                            f"{decode(rows[z['id']]['result'])}, model 'live'"))
         for iid, after in self.cancelled.items():
             if after in ("cancelled", "executing") and rows[iid]["status"] != "cancelled":
                 out.append(Violation("state_matches_model",
