@@ -82,6 +82,28 @@ def parse_duration(text: str, what: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def parse_attrs(given: tuple[str, ...] | None, what: str = "--attr") -> dict[str, str] | None:
+    """Repeated ``--attr NAME=VALUE`` options as an attributes filter (None when none is given); the name is
+    what comes before the first '='."""
+    if not given:
+        return None
+    from .errors import InvalidArgument
+    from .limits import check_attributes
+
+    out: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise OneLineError(f"{what} takes NAME=VALUE (e.g. tenant=acme), not {item!r}")
+        if name in out and out[name] != value:
+            raise OneLineError(f"{what}: {name!r} given twice with different values ({out[name]!r}, {value!r})")
+        out[name] = value
+    try:
+        return check_attributes(out, what)
+    except InvalidArgument as exc:
+        raise OneLineError(str(exc)) from None
+
+
 def parse_when(text: str | None, what: str) -> datetime | timedelta | None:
     """An ISO timestamp (naive = UTC) or a duration meaning 'that long ago'."""
     if text is None:
@@ -167,6 +189,8 @@ def styled(status: str) -> str:
 @click.option("--updated-after", help="ISO timestamp or duration ago.")
 @click.option("--updated-before", help="ISO timestamp or duration ago.")
 @click.option("--state", help='JSON the state must contain, e.g. \'{"order": 42}\'.')
+@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
+              help="An attribute the instance carries (repeatable: all must match), e.g. tenant=acme.")
 @click.option("--order", default="id", show_default=True, type=click.Choice(["id", "-id", "updated", "-updated"]))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--after", help="Cursor printed with the previous page.")
@@ -288,6 +312,8 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             rows.append(("partition", inst.partition_key))
         if inst.unique_key:
             rows.append(("unique", f"{inst.unique_key} in {','.join(inst.unique_scope)}"))
+        if inst.attributes:
+            rows.append(("attributes", " ".join(f"{k}={v}" for k, v in inst.attributes.items())))
         if inst.parent_id is not None:
             rows.append(("parent", str(inst.parent_id)))
         if inst.children or inst.children_pending:
@@ -440,20 +466,23 @@ def result(dsn: str | None, schema: str, ref: tuple[int | None, str | None], wai
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
 @click.option("--instance", type=int, help="Only this instance's events.")
 @click.option("--machine", help="Only this machine's events.")
+@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
+              help="Only events of instances carrying this attribute (repeatable), e.g. tenant=acme.")
 @click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.01, 60),
               help="Seconds between polls with --follow.")
 @click.option("--limit", type=click.IntRange(1), help="Stop after this many events.")
 @json_option
 def tail(dsn: str | None, schema: str, start: str, follow: bool, instance: int | None, machine: str | None,
-         poll: float, limit: int | None, as_json: bool) -> None:
+         attrs: tuple[str, ...], poll: float, limit: int | None, as_json: bool) -> None:
     """Print history events in commit order; each line starts with its offset (resume with --from)."""
     if start not in ("-1", "now") and not _valid_offset(start):
         raise OneLineError(f"--from: malformed offset {start!r} (use -1, now, or an offset printed by tail)")
+    attributes = parse_attrs(attrs)
 
     async def body() -> None:
         n = 0
         async with connect(dsn, schema) as db, aclosing(
-            db.tail(after=start, follow=follow, instance=instance, machine=machine, poll=poll)
+            db.tail(after=start, follow=follow, instance=instance, machine=machine, attributes=attributes, poll=poll)
         ) as events:
             async for ev in events:
                 if as_json:
@@ -622,6 +651,8 @@ def bulk_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--updated-after", help="ISO timestamp or duration ago."),
         click.option("--updated-before", help="ISO timestamp or duration ago."),
         click.option("--state", help='JSON the state must contain, e.g. \'{"order": 42}\'.'),
+        click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
+                     help="An attribute the instance carries (repeatable: all must match), e.g. tenant=acme."),
         click.option("--yes", "-y", is_flag=True, help="Do not ask before a bulk change (needed without a terminal)."),
     ]
     for option in reversed(options):
@@ -650,7 +681,8 @@ def instance_filter(given: dict[str, Any]) -> InstanceFilter:
             ids=(tuple(given["ids"]) or None) if "ids" in given else None,
             status=status, machine=given["machine"], machine_prefix=given["machine_prefix"],
             version=given["version"], queue=given["queue"], partition_key=given["partition_key"],
-            unique_key=given["unique_key"], parent_id=given["parent_id"], state=state, **times,
+            unique_key=given["unique_key"], parent_id=given["parent_id"], state=state,
+            attributes=parse_attrs(given.get("attrs")), **times,
         )
     except InvalidArgument as exc:
         raise OneLineError(str(exc)) from None
@@ -662,7 +694,8 @@ def bulk_query(command: str, instance_id: int | None, given: dict[str, Any]) -> 
     used = {k: v for k, v in given.items() if v not in (None, ())}
     if instance_id is not None:
         if used:
-            flags = ", ".join("--" + k.replace("_", "-").replace("statuses", "status") for k in used)
+            flags = ", ".join("--" + k.replace("_", "-").replace("statuses", "status").replace("attrs", "attr")
+                              for k in used)
             raise OneLineError(f"{command} takes an ID or filters, not both (got ID {instance_id} and {flags})")
         return None
     if not used:

@@ -11,7 +11,7 @@ import math
 import os
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, Unpack
@@ -28,11 +28,12 @@ from .errors import (
     InstanceFailed,
     NoSuchInstance,
     NotDeliverable,
+    OutcomeError,
     UniqueKeyOccupied,
     UniqueKeyTaken,
 )
 from .filters import FilterFields, InstanceFilter
-from .limits import MAX_VALUE_BYTES, check_id, check_int, check_text
+from .limits import MAX_VALUE_BYTES, check_attributes, check_id, check_int, check_text
 from .machine import Machine, Registry, check_insert
 from .migrate import LATEST_VERSION, check_schema_name, migrate, migrated_version
 from .outcomes import NON_TERMINAL, Insert, seconds
@@ -53,8 +54,9 @@ KEY_RACES = 5  # inserts tried while the unique key's holder keeps leaving its s
 class InsertColumns:
     """Insert specs turned into the parallel arrays of ``insert_instances`` / ``complete``'s children."""
 
-    def __init__(self, max_value_bytes: int = MAX_VALUE_BYTES) -> None:
+    def __init__(self, max_value_bytes: int = MAX_VALUE_BYTES, *, attributes: bool = True) -> None:
         self.max_value_bytes = max_value_bytes  # of each encoded state
+        self.takes_attributes = attributes  # False: a child spec (a spawned child takes no attributes)
         self.machine: list[str] = []
         self.version: list[int] = []
         self.step: list[str] = []
@@ -68,12 +70,17 @@ class InsertColumns:
         self.traceparent: list[str | None] = []
         self.tracestate: list[str | None] = []
         self.delay: list[float | None] = []
+        self.attributes: list[dict[str, str] | None] = []
+        self.attributes_json: list[str | None] = []
 
     def __len__(self) -> int:
         return len(self.machine)
 
     def add(self, spec: Insert, registry: Registry | None, where: str) -> None:
         check_insert(spec, where)
+        attributes = check_attributes(spec.attributes, f"{where}: attributes", OutcomeError)
+        if attributes is not None and not self.takes_attributes:
+            raise OutcomeError(f"{where}: a spawned child takes no attributes (they are set by db.insert)")
         m = spec.machine
         if isinstance(m, str):
             cls = registry.latest(m) if registry is not None and spec.step is None else None
@@ -115,6 +122,8 @@ class InsertColumns:
         parent, state_ = tracing.current_context_headers()
         self.traceparent.append(parent)
         self.tracestate.append(state_)
+        self.attributes.append(attributes)
+        self.attributes_json.append(None if attributes is None else codec.encode(attributes, f"{where}: attributes"))
 
 
 class Handoff(Protocol):
@@ -220,16 +229,20 @@ class Database:
         step: str | None = None,
         version: int | None = None,
         on_conflict: str = "none",
+        attributes: Mapping[str, str] | None = None,
     ) -> int | None:
         """Insert one instance; returns its id. When another instance holds ``unique_key`` in its scope,
         ``on_conflict`` says what happens: ``"none"`` returns None, ``"existing"`` returns the holder's id
-        and ``"raise"`` raises UniqueKeyTaken (its ``holder_id``). Nothing is inserted in either case."""
+        and ``"raise"`` raises UniqueKeyTaken (its ``holder_id``). Nothing is inserted in either case.
+        ``attributes``: small string->string metadata (at most durable.limits.MAX_ATTRIBUTES pairs) to
+        filter on (``db.query(attributes=...)``, ``durable ls --attr k=v``), on every step's span as
+        ``durable.attr.<name>``."""
         if on_conflict not in ON_CONFLICT:
             raise ValueError(f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}, not {on_conflict!r}")
         if on_conflict != "none" and unique_key is None:
             raise ValueError(f"on_conflict={on_conflict!r} without a unique_key (it would be ignored)")
         spec = Insert(machine, state, queue, priority, partition_key, unique_key, unique_scope,
-                      schedule_at, schedule_in, step, version)
+                      schedule_at, schedule_in, step, version, attributes)
         if on_conflict == "none" or unique_key is None:
             return (await self.insert_many([spec]))[0]
         for _ in range(KEY_RACES):
@@ -244,7 +257,8 @@ class Database:
             # the holder left the key's scope between the two statements: the key is free, insert again
         raise UniqueKeyTaken(unique_key, None)  # the key changed hands KEY_RACES times in a row
 
-    @tracing.traced("durable insert", kind=tracing.SpanKind.PRODUCER, after=tracing.inserted)
+    @tracing.traced("durable insert", kind=tracing.SpanKind.PRODUCER, before=tracing.insert_attributes,
+                    after=tracing.inserted)
     async def insert_many(self, specs: Iterable[Insert]) -> list[int | None]:
         """Insert a batch in one statement; per input, the new id or None for a duplicate unique key
         (against existing rows or an earlier row of the same batch)."""
@@ -263,6 +277,7 @@ class Database:
                 cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
                 self.channel if self.notify else None, self.token, handoff_queue,
                 handoff.worker_id if handoff else None, handoff.lease if handoff else None, take,
+                cols.attributes_json,
             )
         except BaseException:
             if handoff is not None:  # committed or not: unknown
@@ -497,12 +512,14 @@ class Database:
         return await ops.query(self, where, order=order, limit=limit, after=after, **filters)
 
     def tail(self, after: str = "-1", *, follow: bool = False, instance: int | None = None,
-             machine: str | None = None, poll: float = 0.5, batch: int = 500) -> AsyncIterator[TailEvent]:
+             machine: str | None = None, attributes: Mapping[str, str] | None = None, poll: float = 0.5,
+             batch: int = 500) -> AsyncIterator[TailEvent]:
         """History events in commit order from offset ``after`` (async iterator): see
         :func:`durable.ops.tail`."""
         from . import ops
 
-        return ops.tail(self, after, follow=follow, instance=instance, machine=machine, poll=poll, batch=batch)
+        return ops.tail(self, after, follow=follow, instance=instance, machine=machine, attributes=attributes,
+                        poll=poll, batch=batch)
 
     async def gc(self, older_than: float | timedelta, *, batch: int = 1000,
                  progress: Callable[[int], None] | None = None) -> int:

@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 import orjson
 
 from .errors import InvalidArgument
-from .limits import INT32, INT64, NUL_HINT
+from .limits import INT32, INT64, NUL_HINT, check_attributes
 from .outcomes import STATUSES, TERMINAL
 
 __all__ = ["STATUS_GROUPS", "FilterFields", "InstanceFilter", "parse_statuses"]
@@ -135,6 +135,7 @@ class FilterFields(TypedDict, total=False):
     updated_after: datetime | timedelta | None
     updated_before: datetime | timedelta | None
     state: Any
+    attributes: Mapping[str, str] | None
 
 
 # the console's filter line: key -> field
@@ -148,6 +149,7 @@ _PARSE_KEYS = {
     "key": "partition_key",
     "unique": "unique_key",
     "parent": "parent_id",
+    "attr": "attributes",
 }
 FILTER_KEYS = tuple(_PARSE_KEYS)
 
@@ -164,6 +166,8 @@ class InstanceFilter:
     - ``inserted_after`` ... ``updated_before``: an aware datetime (naive is UTC) or a timedelta meaning
       that long before the filter is made; ``*_after`` bounds are inclusive, ``*_before`` exclusive.
     - ``state``: a JSON object or array (or its text) the state contains (``@>``).
+    - ``attributes``: a dict of attributes the instance carries with these values (equality on each; the
+      attributes' GIN index serves it), kept as a tuple of (name, value) pairs.
 
     Validated on construction: :class:`~durable.InvalidArgument` names the field."""
 
@@ -181,6 +185,7 @@ class InstanceFilter:
     updated_after: datetime | None = None
     updated_before: datetime | None = None
     state: Any = None
+    attributes: tuple[tuple[str, str], ...] | None = None
 
     def __init__(
         self,
@@ -199,6 +204,7 @@ class InstanceFilter:
         updated_after: datetime | timedelta | None = None,
         updated_before: datetime | timedelta | None = None,
         state: Any = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
@@ -224,6 +230,8 @@ class InstanceFilter:
         put("updated_before", _when(updated_before, "updated_before"))
         _state_filter(state)  # validated now; encoded by args()
         put("state", state)
+        attrs = check_attributes(attributes, "attributes filter")
+        put("attributes", tuple(attrs.items()) if attrs is not None else None)
 
     @classmethod
     def of(
@@ -251,7 +259,7 @@ class InstanceFilter:
         return all(getattr(self, f.name) is None for f in dataclasses.fields(self))
 
     def args(self) -> list[Any]:
-        """The filter parameters $1..$14 of the query_instances* and count_instances statements."""
+        """The filter parameters $1..$15 of the query_instances* and count_instances statements."""
         return [
             list(self.ids) if self.ids is not None else None,
             list(self.status) if self.status is not None else None,
@@ -267,12 +275,20 @@ class InstanceFilter:
             self.updated_after,
             self.updated_before,
             _state_filter(self.state),
+            self.attributes_json(),
         ]
+
+    def attributes_json(self) -> str | None:
+        """The attributes filter as the JSON object ``attributes @>`` takes (None: no filter)."""
+        if self.attributes is None:
+            return None
+        return orjson.dumps(dict(self.attributes)).decode()
 
     @classmethod
     def parse(cls, text: str) -> InstanceFilter:
         """The console's filter line: ``queue:orders status:failed,cancelled machine:M version:2 prefix:P
-        key:PARTITION unique:KEY parent:ID id:1,2`` or a bare id; InvalidArgument names a bad token."""
+        key:PARTITION unique:KEY parent:ID id:1,2 attr:NAME=VALUE`` (attr: repeatable) or a bare id;
+        InvalidArgument names a bad token."""
         fields: dict[str, Any] = {}
         for token in text.split():
             key, sep, value = token.partition(":")
@@ -287,6 +303,11 @@ class InstanceFilter:
                 fields[name] = tuple(_ints(value, key))
             elif name in ("version", "parent_id"):
                 fields[name] = _ints(value, key)[0]
+            elif name == "attributes":
+                attr, eq, attr_value = value.partition("=")
+                if not eq or not attr:
+                    raise InvalidArgument(f"filter attr takes name=value (attr:tenant=acme), not {value!r}")
+                fields.setdefault(name, {})[attr] = attr_value
             else:
                 fields[name] = value
         return cls(**fields)
@@ -308,6 +329,7 @@ class InstanceFilter:
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{key}:{','.join(map(str, value)) if isinstance(value, tuple) else value}")
+        parts.extend(f"attr:{k}={v}" for k, v in self.attributes or ())
         return " ".join(parts)
 
 

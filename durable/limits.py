@@ -4,14 +4,18 @@ that no bad value reaches the driver and none is silently changed.
     MAX_DELAY            the longest delay (Retry, schedule_in, schedule_at past now), in seconds: 10 years
     MAX_KEY_BYTES        the longest name or key (queue, machine, step, signal, partition/unique/dedup key),
                          in UTF-8 bytes: these columns are indexed, and a btree entry holds at most ~2.7 kB
-    MAX_VALUE_BYTES      the default size limit of one encoded state, payload, result or reason text
-                         (``durable.connect(max_value_bytes=...)`` sets a database's own)
+    MAX_VALUE_BYTES      the default size limit of one encoded state, payload, result or reason text, and
+                         of one named value (``durable.connect(max_value_bytes=...)`` sets a database's own)
+    MAX_ATTRIBUTES       the most attributes (small string->string metadata) an instance carries, each name
+                         at most MAX_ATTRIBUTE_NAME_BYTES and each value at most MAX_ATTRIBUTE_VALUE_BYTES
+    MAX_VALUES           the most named values one instance holds (``ctx.values.put``)
 
 Text may not contain a NUL character (PostgreSQL cannot store one in text or jsonb).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -20,6 +24,10 @@ from .errors import InvalidArgument
 MAX_DELAY: Final = 10 * 365.25 * 86400.0  # 10 years in seconds (315,576,000)
 MAX_KEY_BYTES: Final = 1024
 MAX_VALUE_BYTES: Final = 16 * 1024 * 1024  # 16 MiB
+MAX_ATTRIBUTES: Final = 32
+MAX_ATTRIBUTE_NAME_BYTES: Final = 128
+MAX_ATTRIBUTE_VALUE_BYTES: Final = 1024
+MAX_VALUES: Final = 1000
 INT64: Final = (-(2**63), 2**63 - 1)
 INT32: Final = (-(2**31), 2**31 - 1)
 SMALLINT: Final = (-(2**15), 2**15 - 1)
@@ -102,3 +110,25 @@ def check_time(
     if value > latest:
         raise error(f"{what} {value.isoformat()} is more than durable.MAX_DELAY (10 years) from now")
     return value
+
+
+def check_attributes(value: Any, what: str, error: type[Exception] = InvalidArgument) -> dict[str, str] | None:
+    """Instance attributes: a mapping of at most MAX_ATTRIBUTES str names (non-empty, no NUL, at most
+    MAX_ATTRIBUTE_NAME_BYTES) to str values (no NUL, at most MAX_ATTRIBUTE_VALUE_BYTES); None or an empty
+    mapping is no attributes (None). TypeError for a non-mapping or a non-str name or value."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__} {value!r}")
+    if len(value) > MAX_ATTRIBUTES:
+        raise error(f"{what} has {len(value)} attributes; the limit is {MAX_ATTRIBUTES}")
+    out: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{what}: attribute names must be str, not {type(name).__name__} {name!r}")
+        check_text(name, f"{what}: attribute name {name[:40]!r}", max_bytes=MAX_ATTRIBUTE_NAME_BYTES, error=error)
+        if not isinstance(text, str):
+            raise TypeError(f"{what}: attribute {name!r} must be a str, not {type(text).__name__} {text!r}")
+        check_text(text, f"{what}: attribute {name!r}", max_bytes=MAX_ATTRIBUTE_VALUE_BYTES, error=error, empty=True)
+        out[name] = text
+    return out or None

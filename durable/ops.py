@@ -197,6 +197,7 @@ async def tail(
     follow: bool = False,
     instance: int | None = None,
     machine: str | None = None,
+    attributes: Mapping[str, str] | None = None,
     poll: float = 0.5,
     batch: int = 500,
 ) -> AsyncIterator[TailEvent]:
@@ -204,14 +205,16 @@ async def tail(
     carries the offset to resume from. A reader that stores the last offset it handled and resumes
     from it sees every event exactly once, including events of transactions that commit out of id
     order. ``follow`` keeps polling every ``poll`` seconds for new events instead of stopping at the end.
+    ``instance``, ``machine`` and ``attributes`` (a dict the event's instance's attributes contain) filter.
     """
     instance = opt_int(instance, "instance id")
     machine = opt_text(machine, "machine")
+    attrs = InstanceFilter(attributes=attributes).attributes_json()
     if not isinstance(batch, int) or batch < 1:
         raise InvalidArgument(f"batch must be a positive integer, not {batch!r}")
     xid, last_id = await resolve_offset(db, after)
     while True:
-        rows = await db.pool.fetch(Q.tail_history, str(xid), last_id, instance, machine, batch)
+        rows = await db.pool.fetch(Q.tail_history, str(xid), last_id, instance, machine, batch, attrs)
         for record in rows:
             r: dict[str, Any] = dict(record)
             xid, last_id = int(r.pop("xid")), r["id"]

@@ -6,7 +6,7 @@ before anything touches SQL (:func:`durable.machine.validate_outcome`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -64,6 +64,7 @@ class Insert:
     schedule_in: float | timedelta | None = None
     step: str | None = None
     version: int | None = None
+    attributes: Mapping[str, str] | None = None  # small string->string metadata (insert only, not a child)
 
 
 Child = Insert

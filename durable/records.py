@@ -50,6 +50,7 @@ class Instance:
     timeout_at: datetime | None = None  # an await's deadline (then runnable at timeout_step, timed_out)
     timeout_step: str | None = None  # the step the timeout runs (None: the step a signal would)
     timed_out: bool = False  # runnable because its await timed out (ctx.timed_out of the next step)
+    attributes: dict[str, str] | None = None  # set at insert (db.insert(..., attributes=...)); db.query lists it
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], **extra: Any) -> Instance:
@@ -60,6 +61,8 @@ class Instance:
         data = {name: row[name] for name in _FIELDS if name in row}
         data["state"] = codec.decode(data["state"])
         data["result"] = codec.decode(data["result"])
+        if data.get("attributes") is not None:
+            data["attributes"] = codec.decode(data["attributes"])
         return cls(**data, **extra)
 
     def to_json(self, names: Iterable[str] | None = None) -> dict[str, Any]:
@@ -68,7 +71,7 @@ class Instance:
 
 
 _FIELDS = tuple(f.name for f in fields(Instance))
-LISTED = _FIELDS[: _FIELDS.index("updated_at") + 1]  # the columns db.query lists
+LISTED = (*_FIELDS[: _FIELDS.index("updated_at") + 1], "attributes")  # the columns db.query lists
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -42,11 +42,13 @@ __all__ = [
     "Link",
     "PendingOutcome",
     "SpanKind",
+    "attribute_tags",
     "context_from",
     "current_context_headers",
     "enabled",
     "finish_lost",
     "finish_outcome",
+    "insert_attributes",
     "inserted",
     "lease_lost",
     "link_from",
@@ -266,6 +268,22 @@ def inserted(s: trace.Span, ids: list[int | None]) -> None:
     s.set_attribute("durable.inserted", sum(1 for i in ids if i is not None))
     if len(ids) == 1 and ids[0] is not None:
         s.set_attribute("durable.instance.id", ids[0])
+
+
+def attribute_tags(attributes: dict[str, str] | None) -> dict[str, str]:
+    """An instance's attributes as span attributes: ``durable.attr.<name>``."""
+    if not attributes:
+        return {}
+    return {f"durable.attr.{k}": v for k, v in attributes.items()}
+
+
+def insert_attributes(_db: Any, specs: Any) -> dict[str, Any]:
+    """The insert span of one instance carries its attributes (``durable.attr.<name>``)."""
+    if isinstance(specs, list | tuple) and len(specs) == 1:
+        attrs = getattr(specs[0], "attributes", None)
+        if isinstance(attrs, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
+            return attribute_tags(attrs)
+    return {}
 
 
 def signal_attributes(_db: Any, instance_id: int, name: str, *_: Any, **kw: Any) -> dict[str, Any]:

@@ -185,7 +185,8 @@ async def test_claims_whose_insert_answer_was_lost_are_given_back(db: durable.Da
         rows = await db.pool.fetch(
             Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue, cols.priority,
             cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at, cols.traceparent,
-            cols.tracestate, [None], None, cols.delay, None, db.token, "ho_jobs", rt.worker_id, 600.0, 1)
+            cols.tracestate, [None], None, cols.delay, None, db.token, "ho_jobs", rt.worker_id, 600.0, 1,
+            cols.attributes_json)
         lost = rows[0]["id"]
         assert rows[0]["lease_token"] is not None
         row = await db.get(lost)

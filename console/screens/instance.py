@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,6 +69,7 @@ def facts(d: Detail) -> Table:
         *timeout,
         ("partition key", r["partition_key"] or "-"),
         ("unique key", r["unique_key"] or "-"),
+        *attributes(r["attributes"]),
         ("parent", parent),
         ("children", f"{len(d.children)} ({r['children_pending']} pending)"),
         ("inserted", render.clock(r["inserted_at"])),
@@ -79,6 +81,14 @@ def facts(d: Detail) -> Table:
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def attributes(text: str | None) -> list[tuple[str, Any]]:
+    """The instance's attributes as one facts row (none: no row)."""
+    if not text:
+        return []
+    attrs = json.loads(text)
+    return [("attributes", Text(" ".join(f"{k}={v}" for k, v in attrs.items())))]
 
 
 HISTORY_SHOWN = 500  # the newest events in the table; the UI stays light for very long histories

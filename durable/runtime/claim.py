@@ -36,6 +36,7 @@ class Claim:
     children: tuple[ChildInfo, ...]
     awaits_any: list[str] | None = None  # every awaited name, when the await named several
     timed_out: bool = False  # the await timed out (the timer sweep made the row runnable)
+    attributes: dict[str, str] | None = None  # the instance's attributes (for the step's span)
     started: bool = False
     ahead: int = 0  # steps run ahead on this claim (run-ahead)
     # lease loss (runtime.py): until when the lease surely holds, in trio time (the start of the statement
@@ -70,9 +71,10 @@ class Claim:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Claim:
         # the pick's first 16 columns are the claim's first 16 fields, in order (tests/test_claims.py), then
-        # the inbox, the children, awaits_any and timed_out
+        # the inbox, the children, awaits_any, timed_out and the attributes
         r = tuple(row)
-        return cls(*r[:16], _signals(r[16]), _children(r[17]), r[18], r[19])  # type: ignore[call-arg]
+        return cls(*r[:16], _signals(r[16]), _children(r[17]), r[18], r[19],  # type: ignore[call-arg]
+                   codec.decode(r[20]) if r[20] is not None else None)
 
 
 def _signals(text: str) -> tuple[Signal, ...]:

@@ -134,7 +134,7 @@ def encode(outcome: Outcome, where: str, db: Database) -> Encoded:
             encoded.detail.update(timeout=encoded.timeout, timeout_step=encoded.timeout_step)
         return encoded
     if isinstance(outcome, Spawn):
-        cols = InsertColumns(db.max_value_bytes)
+        cols = InsertColumns(db.max_value_bytes, attributes=False)
         for i, child in enumerate(outcome.children):
             cols.add(child, db.registry, f"{where}: child #{i}")
         nxt = step_name(outcome.step)
@@ -268,6 +268,7 @@ def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
         "durable.partition_key": claim.partition_key,
         "durable.worker.id": worker_id,
         "durable.lease_token": claim.lease_token,
+        **tracing.attribute_tags(claim.attributes),
     }
 
 

@@ -383,6 +383,6 @@ def handed_claims(cols: InsertColumns, rows: Sequence[Any]) -> list[Claim]:
     return [
         Claim(r["id"], cols.machine[i], cols.version[i], cols.step[i], r["state"], 0, cols.queue[i],
               cols.priority[i], None, r["lease_token"], 0, None, None, False, cols.traceparent[i],
-              cols.tracestate[i], (), ())
+              cols.tracestate[i], (), (), attributes=cols.attributes[i])
         for i, r in enumerate(rows) if r["lease_token"] is not None
     ]

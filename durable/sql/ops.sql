@@ -23,10 +23,12 @@
 --   $12 updated after    timestamptz  updated_at >= $12
 --   $13 updated before   timestamptz  updated_at < $13
 --   $14 state contains   text (json)  state @> $14::jsonb (GIN instances_state, jsonb_path_ops)
---   $15 limit            int          page size
+--   $15 attributes       text (json)  attributes @> $15::jsonb, a JSON object of the attributes the
+--                                     instance must carry with these values (GIN instances_attributes)
+--   $16 limit            int          page size
 -- Keyset cursor (the sort key + id of the last row of the previous page; NULL = first page):
---   $16 cursor id        bigint
---   $17 cursor updated   timestamptz  (query_instances_updated* only)
+--   $17 cursor id        bigint
+--   $18 cursor updated   timestamptz  (query_instances_updated* only)
 -- One statement per sort order, because a keyset page is only fast when ORDER BY and the cursor
 -- predicate match an index exactly:
 --   query_instances               order by id            (primary key)
@@ -57,15 +59,15 @@
 select set_config('plan_cache_mode', 'force_custom_plan', true);
 
 -- name: query_instances
--- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by id, at most $15,
--- after cursor id $16.
+-- Instances matching the filters $1..$15 (see the header of ops.sql), ordered by id, at most $16,
+-- after cursor id $17.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
        case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
             else lease_expires_at end as lease_expires_at,
        cancel_requested, parent_id, children_pending,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
-       inserted_at, updated_at
+       inserted_at, updated_at, attributes::text as attributes
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -81,21 +83,22 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and ($15::text is null or attributes @> $15::text::jsonb)
   and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
-  and ($16::bigint is null or id > $16::bigint)
+  and ($17::bigint is null or id > $17::bigint)
 order by id
-limit $15;
+limit $16;
 
 -- name: query_instances_desc
--- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by id descending, at
--- most $15, before cursor id $16.
+-- Instances matching the filters $1..$15 (see the header of ops.sql), ordered by id descending, at
+-- most $16, before cursor id $17.
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
        case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
             else lease_expires_at end as lease_expires_at,
        cancel_requested, parent_id, children_pending,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
-       inserted_at, updated_at
+       inserted_at, updated_at, attributes::text as attributes
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -111,21 +114,22 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and ($15::text is null or attributes @> $15::text::jsonb)
   and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
-  and ($16::bigint is null or id < $16::bigint)
+  and ($17::bigint is null or id < $17::bigint)
 order by id desc
-limit $15;
+limit $16;
 
 -- name: query_instances_updated
--- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by (updated_at, id), at
--- most $15, after the cursor ($17 updated_at, $16 id).
+-- Instances matching the filters $1..$15 (see the header of ops.sql), ordered by (updated_at, id), at
+-- most $16, after the cursor ($18 updated_at, $17 id).
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
        case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
             else lease_expires_at end as lease_expires_at,
        cancel_requested, parent_id, children_pending,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
-       inserted_at, updated_at
+       inserted_at, updated_at, attributes::text as attributes
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -141,21 +145,22 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and ($15::text is null or attributes @> $15::text::jsonb)
   and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
-  and ($17::timestamptz is null or (updated_at, id) > ($17::timestamptz, $16::bigint))
+  and ($18::timestamptz is null or (updated_at, id) > ($18::timestamptz, $17::bigint))
 order by updated_at, id
-limit $15;
+limit $16;
 
 -- name: query_instances_updated_desc
--- Instances matching the filters $1..$14 (see the header of ops.sql), ordered by (updated_at, id)
--- descending, at most $15, before the cursor ($17 updated_at, $16 id).
+-- Instances matching the filters $1..$15 (see the header of ops.sql), ordered by (updated_at, id)
+-- descending, at most $16, before the cursor ($18 updated_at, $17 id).
 select id, machine, version, step, status::text as status, state::text as state, result::text as result,
        awaits, queue, priority, partition_key, unique_key, attempt, last_error, worker_id,
        case when lease_expires_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
             else lease_expires_at end as lease_expires_at,
        cancel_requested, parent_id, children_pending,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
-       inserted_at, updated_at
+       inserted_at, updated_at, attributes::text as attributes
 from instances
 where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($2::status[] is null or status = any($2::status[]))
@@ -171,10 +176,11 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and ($15::text is null or attributes @> $15::text::jsonb)
   and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
-  and ($17::timestamptz is null or (updated_at, id) < ($17::timestamptz, $16::bigint))
+  and ($18::timestamptz is null or (updated_at, id) < ($18::timestamptz, $17::bigint))
 order by updated_at desc, id desc
-limit $15;
+limit $16;
 
 -- name: queue_counts
 -- Instances per (queue, status) with the runnable ones split into 'due' (eligible_at <= now) and
@@ -215,8 +221,9 @@ from workers
 order by stopped_at is not null, seen_at desc, id;
 
 -- name: tail_history
--- History events after offset ($1 xid, $2 id), in (xid, id) order, at most $5; $3 instance id and $4
--- machine filter (NULL = all). Only rows of transactions older than every transaction still running
+-- History events after offset ($1 xid, $2 id), in (xid, id) order, at most $5; $3 instance id, $4
+-- machine and $6 attributes (a JSON object the event's instance's attributes must contain: a probe of the
+-- instance by primary key per event; events of deleted instances do not match) filter (NULL = all). Only rows of transactions older than every transaction still running
 -- (xid < pg_snapshot_xmin) are returned: a transaction that started earlier but commits later can no
 -- longer add a row behind a returned offset, so a reader resuming from its last offset loses nothing
 -- and reads nothing twice. A long transaction delays the tail; it never makes it skip.
@@ -228,6 +235,8 @@ where (h.xid, h.id) > ($1::text::xid8, $2::bigint)
   and h.xid < pg_snapshot_xmin(pg_current_snapshot())
   and ($3::bigint is null or h.instance_id = $3::bigint)
   and ($4::text is null or h.machine = $4::text)
+  and ($6::text is null or exists (select 1 from instances i
+                                   where i.id = h.instance_id and i.attributes @> $6::text::jsonb))
 order by h.xid, h.id
 limit $5;
 
@@ -241,6 +250,7 @@ select pg_snapshot_xmin(pg_current_snapshot())::text;
 -- before $1 (now; NULL = now()) with their signals and history, oldest first. A child whose parent is still live (not terminal) is kept:
 -- the parent may read its result. Rows locked by someone else (a concurrent retry) are skipped, and
 -- the terminal check is made on the locked row, so a revived instance is never deleted.
+-- Their named values (instance_values) go with them: the table's foreign key cascades the delete.
 -- Returns the number of instances deleted.
 with doomed as (
   select g.id
@@ -264,7 +274,7 @@ gone as (
 select count(*)::int from gone;
 
 -- name: count_instances
--- How many instances match the filters $1..$14 (see the header of ops.sql): what a bulk cancel or retry
+-- How many instances match the filters $1..$15 (see the header of ops.sql): what a bulk cancel or retry
 -- would touch (durable cancel/retry --status ...).
 select count(*)::bigint
 from instances
@@ -282,6 +292,7 @@ where ($1::bigint[] is null or id = any($1::bigint[]))
   and ($12::timestamptz is null or updated_at >= $12::timestamptz)
   and ($13::timestamptz is null or updated_at < $13::timestamptz)
   and ($14::text is null or state @> $14::text::jsonb)
+  and ($15::text is null or attributes @> $15::text::jsonb)
   and (status <> 'executing' or status = 'executing');  -- see the header: executing rows
 
 -- name: retry_instances

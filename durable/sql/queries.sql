@@ -55,7 +55,9 @@
 -- pick never trips instances_unique, and the row is picked once the key is free. Both skips probe an
 -- index per candidate (never the whole executing set). Each claim gets a fresh lease_token. The inbox
 -- and the children ride along so the executor needs no further round trip. Rows come in pick order
--- (priority, eligible_at, id); the claim's fields are the leading columns, in order.
+-- (priority, eligible_at, id); the claim's fields are the leading columns, in order. The instance's
+-- attributes (small: for the step's span) ride along; its named values (instance_values) are never read
+-- here: a step reads them when it asks (value_get).
 -- $6 machine, $7 step: only rows of that machine / at that step (NULL: any; the explicit pipeline's
 -- db.claim(machine=, step=); the runtime passes NULL). A filter is applied to the queue's runnable rows in
 -- pick order, so a filtered pick may read past other machines' rows.
@@ -112,7 +114,7 @@ claimed as (
   where g.id = f.id
   returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
     g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
-    g.traceparent, g.tracestate, g.eligible_at, g.awaits_any, g.timed_out
+    g.traceparent, g.tracestate, g.eligible_at, g.awaits_any, g.timed_out, g.attributes::text as attributes
 ),
 kids as (
   -- the children of every claimed row in one index scan (a subquery per row cost ~1.2 µs a row)
@@ -130,7 +132,7 @@ select g.id, g.machine, g.version, g.step, g.state, g.attempt, g.queue, g.priori
   (select coalesce(json_agg(json_build_object('id', s.id, 'name', s.name, 'payload', s.payload,
             'dedup_key', s.dedup_key, 'traceparent', s.traceparent) order by s.id), '[]')::text
      from signals s where s.target_id = g.id) end as signals,
-  coalesce(k.children, '[]') as children, g.awaits_any, g.timed_out
+  coalesce(k.children, '[]') as children, g.awaits_any, g.timed_out, g.attributes
 from claimed g
 left join kids k on k.parent_id = g.id
 order by g.priority, g.eligible_at, g.id;
@@ -571,6 +573,7 @@ from o left join upd u on u.ord = o.ord;
 -- claimed by worker $19 for $20 seconds with a fresh lease token. It saves the pick's round trip and
 -- commit between an insert and its step; the rows are the same a pick would leave (the pick writes no
 -- history either), their `inserted` history row says `executing`.
+-- $22 the rows' attributes (a JSON object each, NULL = none; schema v11).
 -- Returns one row per input, in input order: ord, the id it was given and its lease token when it was
 -- handed off (else NULL) with its state as the database stores it (jsonb text, as a pick returns it); the
 -- first row also carries `inserted`, the ids actually inserted (an id missing there was skipped as a
@@ -584,28 +587,29 @@ with arg as (
           and s.parent_id is null and s.eligible_at is null and coalesce(s.delay, 0) = 0) as candidate
   from unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
               $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], $13::bigint[],
-              $15::float8[])
+              $15::float8[], $22::text[])
        with ordinality as s(machine, version, step, state, queue, priority, partition_key, unique_key,
-                            scope, eligible_at, traceparent, tracestate, parent_id, delay, ord)
+                            scope, eligible_at, traceparent, tracestate, parent_id, delay, attributes, ord)
 ),
 src as (
   select a.ord, nextval('instances_id_seq') as id, a.machine, a.version, a.step, a.state, a.queue,
          a.priority, a.partition_key, a.unique_key, a.scope, a.eligible_at, a.traceparent, a.tracestate,
-         a.parent_id, a.delay,
+         a.parent_id, a.delay, a.attributes,
          case when a.candidate and a.nth <= $21::int then nextval('lease_tokens') end as token
   from (select arg.*, count(*) filter (where arg.candidate) over (order by arg.ord) as nth from arg) a
 ),
 ins as (
   insert into instances (id, machine, version, step, status, state, queue, priority, partition_key,
                          unique_key, unique_scope, eligible_at, worker_id, lease_token, lease_expires_at,
-                         traceparent, tracestate, parent_id, inserted_at, updated_at)
+                         traceparent, tracestate, parent_id, inserted_at, updated_at, attributes)
   select id, machine, version, step, (case when token is null then 'runnable' else 'executing' end)::status,
          state::jsonb, queue, priority, partition_key, unique_key, scope::status[],
          coalesce(eligible_at, $14::timestamptz, now()) + make_interval(secs => coalesce(delay, 0)),
          case when token is not null then $19::text end, token,
          case when token is not null
               then coalesce($14::timestamptz, now()) + make_interval(secs => $20::float8) end,
-         traceparent, tracestate, parent_id, coalesce($14::timestamptz, now()), coalesce($14::timestamptz, now())
+         traceparent, tracestate, parent_id, coalesce($14::timestamptz, now()), coalesce($14::timestamptz, now()),
+         attributes::jsonb
   from src
   order by unique_key nulls last, ord
   on conflict (unique_guard) where unique_guard is not null do nothing
@@ -828,7 +832,8 @@ select id, machine, version, step, status::text as status, state::text as state,
        unique_scope::text[] as unique_scope, traceparent, tracestate, inserted_at, updated_at,
        awaits_any, timeout_step, timed_out,
        case when timeout_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
-            else timeout_at end as timeout_at
+            else timeout_at end as timeout_at,
+       attributes::text as attributes
 from instances where id = $1;
 
 -- name: get_inbox
