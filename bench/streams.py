@@ -2,6 +2,7 @@
 ``@durable-streams/server`` (npm; in-memory and file-backed) on this machine, in one run.
 
     python -m durable.bench.streams [--dsn DSN] [--seconds 5] [--writers 1,16] [--read-mb 32]
+                                    [--stacks uvicorn,hypercorn] [--rounds 3] [--json FILE]
 
 Every server gets the same load from the same client (a Node fetch load generator, one connection per
 writer):
@@ -166,8 +167,12 @@ def measure(name: str, url: str, ref: Path, writers: list[int], seconds: float, 
 @click.option("--stacks", default="uvicorn", show_default=True,
               help="HTTP stacks of durable serve to measure, comma-separated: uvicorn (the default front), "
                    "hypercorn (everything on trio); $DURABLE_SERVE_HTTP of the server.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 20),
+              help="Measure every server this many times, the servers interleaved (the machine's load drifts); "
+                   "the table shows each figure's median.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures here.")
-def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: str, json_path: Path | None) -> None:
+def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: str, rounds: int,
+         json_path: Path | None) -> None:
     """Appends/s and read MB/s: durable serve vs the reference Node server, in one run."""
     console = Console()
     counts = [int(w) for w in writers.split(",") if w.strip()]
@@ -186,13 +191,18 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: st
     data_dir = Path(tempfile.mkdtemp(prefix="dsref-data-"))
     servers.append(("reference Node (memory)", ["node", "serve.mjs"], ref))
     servers.append(("reference Node (file-backed)", ["node", "serve.mjs", str(data_dir)], ref))
+    every: list[Result] = []
     try:
-        for name, cmd, cwd in servers:
-            proc = Proc(cmd, cwd)
-            try:
-                results.append(measure(name, proc.url, ref, counts, seconds, read_mb, console))
-            finally:
-                proc.stop()
+        for round_ in range(rounds):
+            if rounds > 1:
+                console.print(f"[bold]round {round_ + 1} of {rounds}[/]")
+            for name, cmd, cwd in servers:
+                proc = Proc(cmd, cwd)
+                try:
+                    every.append(measure(name, proc.url, ref, counts, seconds, read_mb, console))
+                finally:
+                    proc.stop()
+        results = [median_of([r for r in every if r.server == name], counts) for name, _, _ in servers]
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
         trio.run(_drop_schema, dsn, schema)
@@ -209,8 +219,20 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: st
     for line in ratios:
         console.print(line)
     if json_path is not None:
-        json_path.write_text(json.dumps({"results": [r.__dict__ for r in results], "ratios": ratios,
-                                         "seconds": seconds, "read_mb": read_mb}, indent=2))
+        json_path.write_text(json.dumps({"medians": [r.__dict__ for r in results], "ratios": ratios,
+                                         "rounds": [r.__dict__ for r in every], "seconds": seconds,
+                                         "read_mb": read_mb, "cpus": os.cpu_count()}, indent=2))
+
+
+def median_of(runs: list[Result], counts: list[int]) -> Result:
+    """One server's figures over its rounds: the median of each."""
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    return Result(runs[0].server, {w: median([r.appends[w] for r in runs]) for w in counts},
+                  median([r.read_mb_s for r in runs]), runs[-1].load)
 
 
 def compare(results: list[Result], counts: list[int]) -> list[str]:

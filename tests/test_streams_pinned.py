@@ -130,3 +130,72 @@ async def test_group_commit_batches_concurrent_appends_each_with_its_own_verdict
     for i, offset in offsets.items():
         end = int(offset.split("_")[-1])
         assert body[end - 3 : end] == b"%03d" % i
+
+
+async def test_a_batch_postgresql_refuses_is_written_one_by_one(db: durable.Database) -> None:
+    """One append of a batch carries a value PostgreSQL refuses (NUL in Stream-Seq): the batch's statement
+    fails and commits nothing, so its appends are written one by one; the refused one gets its own error
+    (a DataError: 400 on the server), every other one is accepted once."""
+    import asyncpg
+
+    store = Store(db.pool)
+    errors: list[BaseException] = []
+    async with store.pinned(1, group_commit=True):
+        await store.create("/gc/b", CreateSpec(content_type="text/plain"))
+        assert store._group is not None
+
+        async def one(i: int) -> None:
+            try:
+                await store.append(
+                    "/gc/b", b"%03d" % i, content_type="text/plain", stream_seq="bad\x00" if i == 5 else None
+                )
+            except asyncpg.exceptions.DataError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert store._group.batches < store._group.appends  # some appends did share a statement
+    assert len(errors) == 1
+    body = (await store.read("/gc/b", 0)).body()
+    assert sorted(body[i : i + 3] for i in range(0, len(body), 3)) == [b"%03d" % i for i in range(20) if i != 5]
+
+
+# the planted bug: the batch's appends run in reverse arrival order
+REVERSED = (
+    r"from unnest\((?P<args>.*?)\)\s+with ordinality as b\((?P<cols>[^)]*)\)",
+    r"from (select * from unnest(\g<args>) with ordinality as b(\g<cols>) order by ord desc) b",
+)
+
+
+async def run_in_order(db: durable.Database, path: str) -> list[str]:
+    """A producer's seqs 0..19 queued in that order go as one batch: the verdicts, in seq order."""
+    from durable.streams.store import AppendArgs, _Waiter
+
+    store = Store(db.pool)
+    async with store.pinned(1, group_commit=True):
+        await store.create(path, CreateSpec(content_type="text/plain"))
+        group = store._group
+        assert group is not None
+        batch = [
+            _Waiter(AppendArgs(path, b"%02d" % i, "text/plain", False, "p", 0, i, False, None, None, None, None))
+            for i in range(20)
+        ]
+        await group._write(batch)
+    return [w.row["verdict"] if w.row is not None else repr(w.error) for w in batch]
+
+
+async def test_a_batch_runs_in_arrival_order(db: durable.Database) -> None:
+    """A pipelining producer's appends in one batch keep their order: all 20 are accepted. With the
+    planted bug (the batch run in reverse) all but seq 0 are refused as sequence gaps: the check can fail."""
+    import re
+
+    from durable.sql import Q
+
+    assert await run_in_order(db, "/gc/order") == ["accepted"] * 20
+    pattern, replacement = REVERSED
+    text, n = re.subn(pattern, replacement, Q.stream_append_many.text, flags=re.S)
+    assert n == 1
+    with Q.replaced("stream_append_many", text):
+        verdicts = await run_in_order(db, "/gc/order-mutant")
+    assert verdicts[0] == "accepted" and verdicts.count("seq_gap") == 19
