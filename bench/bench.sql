@@ -140,3 +140,39 @@ where id = any($1::bigint[]);
 -- name: drop_executing
 -- Delete the executing rows seed_executing added.
 delete from instances where worker_id = 'bench-elsewhere';
+
+-- name: table_stats
+-- What the sustained run watches on durable's two growing tables in schema $1: live and dead row versions,
+-- updates (and how many were HOT), vacuums, and the heap and index sizes in bytes.
+select relname::text as table, n_live_tup as live, n_dead_tup as dead, n_tup_upd as updates,
+       n_tup_hot_upd as hot_updates, autovacuum_count as autovacuums, vacuum_count as vacuums,
+       autoanalyze_count as autoanalyzes, pg_relation_size(relid) as heap_bytes,
+       pg_indexes_size(relid) as index_bytes
+from pg_stat_user_tables where schemaname = $1::text and relname in ('instances', 'history') order by relname;
+
+-- name: index_sizes
+-- The size in bytes of every index of schema $1's instances and history tables.
+select indexrelname::text as index, pg_relation_size(indexrelid) as bytes
+from pg_stat_user_indexes where schemaname = $1::text and relname in ('instances', 'history') order by 1;
+
+-- name: reloptions
+-- The storage parameters (fillfactor, autovacuum_*) of schema $1's instances and history tables.
+select c.relname::text as table, coalesce(c.reloptions, '{}') as options
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = $1::text and c.relname in ('instances', 'history') order by 1;
+
+-- name: server_wal_checkpoints
+-- The server's WAL records, full-page images and bytes since its statistics reset, and its checkpoints
+-- (timed and requested).
+select w.wal_records, w.wal_fpi, w.wal_bytes::bigint as wal_bytes, c.num_timed + c.num_requested as checkpoints,
+       c.num_requested as checkpoints_requested
+from pg_stat_wal w, pg_stat_checkpointer c;
+
+-- name: set_storage_ddl
+-- The DDL setting storage parameters $2 (e.g. 'fillfactor = 80, autovacuum_vacuum_cost_delay = 0') on table $1
+-- of the current schema (the sustained run's variants only).
+select format('alter table %I set (%s)', $1::text, $2::text);
+
+-- name: reset_storage_ddl
+-- The DDL resetting storage parameters $2 (names, comma-separated) on table $1 of the current schema.
+select format('alter table %I reset (%s)', $1::text, $2::text);

@@ -12,7 +12,7 @@ from rich.console import Console
 from durable.cli import STDOUT, inherit_global, json_file_option, write_json
 
 from .durable_bench import Tuning
-from .run import STAGES, Plan
+from .run import OPT_IN, STAGES, Plan
 
 
 @click.command(name="bench")
@@ -33,10 +33,13 @@ from .run import STAGES, Plan
 @click.option("--profile-out", type=click.Path(path_type=Path), default=None,
               help="Keep the profile's collapsed stacks (py-spy raw format) in this file.")
 @click.option("--only", default=None,
-              help=f"Comma-separated stage groups to run, of: {', '.join(STAGES)} (default: all).")
+              help=f"Comma-separated stage groups to run, of: {', '.join(STAGES)} (default: all but "
+                   f"{' and '.join(sorted(OPT_IN))}, which are long).")
+@click.option("--duel-rounds", type=click.IntRange(min=1, max=20), default=None,
+              help="Rounds of the durable/pgqueuer duel (default 3).")
 def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: str | None, jobs: int | None,
             machines: int | None, peers: str, concurrency: int | None, no_profile: bool,
-            profile_out: Path | None, only: str | None) -> None:
+            profile_out: Path | None, only: str | None, duel_rounds: int | None) -> None:
     """Benchmark durable against pgqueuer, procrastinate, oban and DBOS, and against PostgreSQL's
     own commit limit, in one run against one server; prints a table and optionally writes JSON."""
     known = ("pgqueuer", "procrastinate", "oban", "dbos")
@@ -57,6 +60,8 @@ def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: str 
     plan.profile = not no_profile
     if jobs is not None:
         plan.jobs = jobs
+    if duel_rounds is not None:
+        plan.duel_rounds = duel_rounds
     if machines is not None:
         plan.machines = machines
     if concurrency is not None:

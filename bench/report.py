@@ -128,6 +128,23 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{busy['demand']}/pick", f"{_fmt(busy['busy_mean_ms'])} vs {_fmt(busy['none_mean_ms'])}",
                      f"{busy['ratio']:.2f}x; forced generic plan {_fmt(busy['generic_busy_mean_ms'])} vs "
                      f"{_fmt(busy['generic_none_mean_ms'])} ms ({busy['generic_ratio']:.2f}x)"))
+    for point in _get(r, "scale.points") or []:
+        rows.append(("scale-out jobs/s", f"{point['workers']} worker process(es), one server", _fmt(point["per_s"]),
+                     f"PG {_fmt(point['pg_cpu_us_per_job'])} µs/job, workers {_fmt(point['worker_cpu_us_per_job'])} "
+                     f"µs/job, {_fmt(point['cores_used'])} cores busy, load {_fmt(point['loadavg'])}"))
+    for paper in _get(r, "scale.on_paper") or []:
+        rows.append(("scale-out jobs/s (on paper)", f"{paper['workers']} workers, each on its own machine",
+                     _fmt(paper["each_on_its_own_machine_per_s"]),
+                     f"primary bound {_fmt(paper['primary_bound_per_s'])}, needs "
+                     f"{_fmt(paper['primary_cores_needed'])} primary cores at the workers' rate"))
+    segments = _get(r, "sustained.segments") or []
+    for seg in segments[:1] + segments[-1:] if len(segments) > 1 else segments:
+        inst = seg.get("tables", {}).get("instances", {})
+        rows.append(("sustained jobs/s", f"segment {seg['segment']} of {len(segments)} "
+                     f"({_get(r, 'sustained.segment'):,} jobs each, one schema)", _fmt(seg["per_s"]),
+                     f"PG {_fmt(seg['pg_cpu_us_per_job'])} µs/job; instances: {inst.get('dead')} dead, "
+                     f"{_fmt((inst.get('heap_bytes') or 0) / 2**20)} MiB heap, "
+                     f"{_fmt((inst.get('index_bytes') or 0) / 2**20)} MiB indexes; load {_fmt(seg['loadavg'])}"))
     loop = _get(r, "steploop")
     if isinstance(loop, dict) and "run_claim_us" in loop:
         rows.append(("engine Python µs/step, no DB", "Claim.from_row + run_claim (+ task per step)",
@@ -173,6 +190,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": "one-step >= 2x pgqueuer, back to back (median of rounds)", "met": duel >= 2,
                     "measured": f"{duel:.2f}x (rounds: {spread})",
                     "gap": None if duel >= 2 else f"{2 / duel:.2f}x short"})
+    kept = _get(r, "sustained.last_over_first")
+    if isinstance(kept, int | float):
+        out.append({"target": "sustained: the last segment's drain within 15 % of the first's", "met": kept >= 0.85,
+                    "measured": f"{kept:.2f}x the first", "gap": None if kept >= 0.85 else f"{0.85 - kept:.2f} short"})
     dbos = _num(_get(r, "peers.dbos.per_s"))
     if five and dbos:
         ratio = five / dbos

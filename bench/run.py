@@ -17,7 +17,7 @@ import trio_asyncio
 from rich.console import Console
 
 from . import durable_bench as d
-from . import steploop
+from . import scale, steploop, sustained
 from .profile import py_spy, rank
 from .server import Server, machine
 from .subproc import run_json
@@ -48,6 +48,10 @@ class Plan:
     profile_jobs: int = 50_000
     steploop: int = 50_000
     duel_rounds: int = 3  # durable and the fastest one-step peer drained back to back, alternately
+    scale_jobs: int = 100_000  # the scale-out curve (opt-in: --only scale)
+    scale_workers: tuple[int, ...] = (1, 2)
+    sustained_jobs: int = 1_000_000  # the sustained run (opt-in: --only sustained)
+    sustained_segment: int = 100_000
     tuning: d.Tuning = field(default_factory=d.Tuning)
     quick: bool = False
     only: frozenset[str] | None = None  # stage groups to run (STAGES); None = all
@@ -58,11 +62,13 @@ class Plan:
         return cls(jobs=10_000, machines=4_000, pickup_samples=100, load_seconds=4.0,
                    picker_large=100_000, picks=100, ceiling_jobs=20_000, pglimit_seconds=3.0,
                    procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, duel_rounds=1,
+                   scale_jobs=10_000, sustained_jobs=50_000, sustained_segment=10_000,
                    quick=True)
 
 
 STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "steploop", "peers", "duel",
-          "profile")
+          "profile", "scale", "sustained")
+OPT_IN = frozenset({"scale", "sustained"})  # long: run only when --only names them
 
 
 def stage_group(path: str) -> str:
@@ -91,7 +97,8 @@ class Runner:
 
     async def stage(self, path: str, label: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run one measurement under a spinner; store its result (or its error) at ``path``."""
-        if self.plan.only is not None and stage_group(path) not in self.plan.only:
+        group = stage_group(path)
+        if (group not in self.plan.only) if self.plan.only is not None else group in OPT_IN:
             return None
         start = time.perf_counter()
         lsn = await self.aio(self.server.wal_lsn)
@@ -166,6 +173,12 @@ class Runner:
         if p.profile:
             await self.stage("profile", f"profile: py-spy on a durable one-step drain of {p.profile_jobs:,}",
                              lambda: self.profile(durable_dsn))
+        await self.stage("scale", f"scale-out: {', '.join(map(str, p.scale_workers))} worker processes draining "
+                         f"{p.scale_jobs:,} one-step jobs", lambda: scale.scale(
+                             durable_dsn, p.scale_jobs, p.scale_workers, p.tuning, self.postmaster))
+        await self.stage("sustained", f"sustained: {p.sustained_jobs:,} one-step jobs in one schema, "
+                         f"{p.sustained_segment:,} at a time", lambda: sustained.continuous(
+                             durable_dsn, p.sustained_jobs, p.sustained_segment, p.tuning, self.postmaster))
         self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
         return self.results
