@@ -123,7 +123,7 @@ async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
             "tuning": asdict(tuning), "cost": cost_model(out["statement_counts"], steps),
             "cpu_us_per_step": round(out["cpu_s"] / steps * 1e6, 1),
             "pg_cpu_us_per_step": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / steps * 1e6, 1),
-            "statistics": out["statistics"]}
+            "statistics": out["statistics"], "tenths_s": out.get("tenths_s")}
 
 
 # -- pickup latency ------------------------------------------------------------------------------

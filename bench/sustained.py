@@ -48,7 +48,11 @@ async def drain_segment(dsn: str, schema: str, n: int, tuning: Tuning, postmaste
                                                   **tuning.worker_options()}, limit=960)
     if out["timed_out"]:
         raise RuntimeError(f"sustained: {out['steps']} of {n} steps before the timeout")
+    tenths = out.get("tenths_s") or []
     return {"per_s": round(n / out["seconds"], 1), "seconds": round(out["seconds"], 3),
+            # the drain's last tenth against its first (dead row versions pile up within a drain: no
+            # autovacuum runs in a few seconds)
+            "last_tenth_over_first": round(tenths[0] / tenths[-1], 3) if len(tenths) >= 2 and tenths[-1] else None,
             "cpu_us_per_job": round(out["cpu_s"] / n * 1e6, 1),
             "pg_cpu_us_per_job": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / n * 1e6, 1)}
 

@@ -36,6 +36,8 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
     count = 0
     first: float | None = None
     last = 0.0
+    every = max(1, expect // 10)  # a mark at every tenth of the drain: does it slow down as it goes?
+    marks: list[float] = []
 
     def on_step(claim: Any, encoded: Any, committed: Any) -> None:
         nonlocal count, first, last
@@ -44,6 +46,8 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         if first is None:
             first = now
         last = now
+        if count % every == 0:
+            marks.append(now)
         if count >= expect:
             done.set()
 
@@ -70,6 +74,7 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
     return {
         "steps": count, "seconds": last - start if count else None,
         "seconds_first_to_last": (last - first) if first is not None else None,
+        "tenths_s": [round(b - a, 4) for a, b in zip([start, *marks], marks, strict=False)],
         "timed_out": scope.cancelled_caught, "statement_counts": counts, "statistics": stats,
         "latencies": workloads.latencies, "cpu_s": cpu1 - cpu0,
         "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
