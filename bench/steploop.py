@@ -23,11 +23,11 @@ BATCH = 200
 
 PICK_COLUMNS = ("id", "machine", "version", "step", "state", "attempt", "queue", "priority", "partition_key",
                 "lease_token", "signal_seq", "awaits", "parent_id", "cancel_requested", "traceparent",
-                "tracestate", "signals", "children")
+                "tracestate", "signals", "children", "awaits_any", "timed_out", "attributes")
 
 
 class _Row(tuple[Any, ...]):
-    """A pick row as ``Claim.from_row`` reads it (by position, like asyncpg's Record, and by name)."""
+    """A pick row as ``Claim.from_row`` reads it (by name; by position too, like asyncpg's Record)."""
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
@@ -38,7 +38,7 @@ class _Row(tuple[Any, ...]):
 def pick_row(i: int) -> _Row:
     values = {"id": i, "machine": workloads.noop.name, "version": 1, "step": "perform", "state": "{}",
               "attempt": 0, "queue": workloads.ONE_STEP_QUEUE, "priority": 0, "lease_token": i, "signal_seq": 0,
-              "cancel_requested": False, "signals": "[]", "children": "[]"}
+              "cancel_requested": False, "signals": "[]", "children": "[]", "timed_out": False}
     return _Row(values.get(c) for c in PICK_COLUMNS)
 
 

@@ -336,26 +336,11 @@ class Pipeline:
                 if s["id"] in wanted
             )
         held = Held(
-            row["id"],
-            row["machine"],
-            row["version"],
-            row["step"],
-            row["state"],
-            row["attempt"],
-            row["queue"],
-            row["priority"],
-            row["partition_key"],
-            lease_token,
-            row["signal_seq"],
-            row["awaits"],
-            row["parent_id"],
-            row["cancel_requested"],
-            row["traceparent"],
-            row["tracestate"],
-            shown,
-            (),
-            row["awaits_any"],
-            row["timed_out"],
+            id=row["id"], machine=row["machine"], version=row["version"], step=row["step"], state_json=row["state"],
+            attempt=row["attempt"], queue=row["queue"], priority=row["priority"], partition_key=row["partition_key"],
+            lease_token=lease_token, signal_seq=row["signal_seq"], awaits=row["awaits"], parent_id=row["parent_id"],
+            cancel_requested=row["cancel_requested"], traceparent=row["traceparent"], tracestate=row["tracestate"],
+            signals=shown, children=(), awaits_any=row["awaits_any"], timed_out=row["timed_out"],
         )
         claim = self.public(held)
         claim.state = None  # not read for a call: the row's state is whatever the worker last committed

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import trio
@@ -14,8 +15,17 @@ from .. import codec
 from ..context import ChildInfo, Signal
 
 
+class Row(Protocol):
+    """A result row read by column name (asyncpg's Record, a dict)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
 @dataclass(eq=False, slots=True)
 class Claim:
+    """A row this runtime claimed (a ``pick`` result, or a row an insert handed over): the instance's
+    columns the step needs, its lease token, and the runtime's bookkeeping while the step runs."""
+
     id: int
     machine: str
     version: int
@@ -69,12 +79,19 @@ class Claim:
         self.children = _children(row["children"])
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Claim:
-        # the pick's first 16 columns are the claim's first 16 fields, in order (tests/test_claims.py), then
-        # the inbox, the children, awaits_any, timed_out and the attributes
-        r = tuple(row)
-        return cls(*r[:16], _signals(r[16]), _children(r[17]), r[18], r[19],  # type: ignore[call-arg]
-                   codec.decode(r[20]) if r[20] is not None else None)
+    def from_row(cls, row: Row) -> Claim:
+        """The claim of one ``pick`` row, each value read by its column name (``state`` is kept as its JSON
+        text; the inbox and the children are decoded). The values are passed in field order rather than as
+        keywords: on 500 real pick rows (load average 17 on 2 cores) keywords took 1.9 us per row against
+        1.0 us (the former ``tuple(row)`` slicing: 0.8-0.9 us), and this runs once per step;
+        tests/test_claims.py checks the result field by field against the row's columns."""
+        return cls(
+            row["id"], row["machine"], row["version"], row["step"], row["state"], row["attempt"], row["queue"],
+            row["priority"], row["partition_key"], row["lease_token"], row["signal_seq"], row["awaits"],
+            row["parent_id"], row["cancel_requested"], row["traceparent"], row["tracestate"],
+            _signals(row["signals"]), _children(row["children"]), row["awaits_any"], row["timed_out"],
+            codec.decode(attributes) if (attributes := row["attributes"]) is not None else None,
+        )
 
 
 def _signals(text: str) -> tuple[Signal, ...]:
@@ -91,7 +108,7 @@ def _children(text: str) -> tuple[ChildInfo, ...]:
                  for c in codec.decode(text))
 
 
-def claims_from_rows(rows: list[asyncpg.Record]) -> list[Claim]:
+def claims_from_rows(rows: Sequence[Row]) -> list[Claim]:
     """Pick results (already in pick order: priority, eligible_at, id)."""
     return [Claim.from_row(r) for r in rows]
 

@@ -381,8 +381,10 @@ def handed_claims(cols: InsertColumns, rows: Sequence[Any]) -> list[Claim]:
     """The claims of the rows an insert handed over (``insert_instances`` rows with a lease token), built
     from the insert's own columns: a fresh instance, attempt 0, no signals, no children, no parent."""
     return [
-        Claim(r["id"], cols.machine[i], cols.version[i], cols.step[i], r["state"], 0, cols.queue[i],
-              cols.priority[i], None, r["lease_token"], 0, None, None, False, cols.traceparent[i],
-              cols.tracestate[i], (), (), attributes=cols.attributes[i])
+        Claim(id=r["id"], machine=cols.machine[i], version=cols.version[i], step=cols.step[i], state_json=r["state"],
+              attempt=0, queue=cols.queue[i], priority=cols.priority[i], partition_key=None,
+              lease_token=r["lease_token"], signal_seq=0, awaits=None, parent_id=None, cancel_requested=False,
+              traceparent=cols.traceparent[i], tracestate=cols.tracestate[i], signals=(), children=(),
+              attributes=cols.attributes[i])
         for i, r in enumerate(rows) if r["lease_token"] is not None
     ]
