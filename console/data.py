@@ -330,6 +330,7 @@ class Detail:
     inbox: list[Record]
     children: list[Record]
     history: list[Record]
+    values: list[Record] = field(default_factory=list)  # named values: name, size, sha256 (never the bytes)
 
 
 async def load_detail(source: Source, instance_id: int, now: datetime | None = None) -> Detail | None:
@@ -349,6 +350,7 @@ async def load_detail(source: Source, instance_id: int, now: datetime | None = N
             inbox=await r.fetch(Q.get_inbox, instance_id),
             children=await r.fetch(Q.get_children, instance_id),
             history=await r.fetch(Q.get_history, instance_id),
+            values=await r.fetch(Q.value_list, instance_id),
         )
 
     return await source.read(read)

@@ -116,3 +116,13 @@ def one_line(text: str | None, width: int = 80) -> str:
         return ""
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def size(n: int) -> str:
+    """A byte count: 512 B, 1.5 KiB, 3.0 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -23,6 +23,7 @@ from .errors import (
     UniqueKeyTaken,
     UnknownMachine,
     UnknownStep,
+    ValueExists,
     ValueTooLarge,
 )
 from .filters import InstanceFilter
@@ -33,6 +34,7 @@ from .outcomes import UNCHANGED, Await, Cancel, Child, Done, Insert, Next, Retry
 from .records import Event, Instance
 from .runtime import Runtime
 from .schedules import Schedule
+from .values import ValueRef
 
 __version__ = "0.1.0"
 
@@ -82,6 +84,8 @@ __all__ = [
     "UniqueKeyTaken",
     "UnknownMachine",
     "UnknownStep",
+    "ValueExists",
+    "ValueRef",
     "ValueTooLarge",
     "VirtualClock",
     "connect",

@@ -278,9 +278,13 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             instance_id = await resolve(db, ref)
             inst = await db.get(instance_id)
             history = [] if no_history else await db.history(instance_id)
+            values = await db.values.list(instance_id)  # names, sizes and digests: never the bytes
         if as_json:
             data = {k: getattr(inst, k) for k in inst.__dataclass_fields__}
-            emit_json({**data, "history": [{k: getattr(e, k) for k in e.__dataclass_fields__} for e in history]})
+            emit_json({**data, "values": [{"name": v.name, "size": v.size, "sha256": v.sha256,
+                                           "lease_token": v.lease_token, "written_at": v.written_at}
+                                          for v in values],
+                       "history": [{k: getattr(e, k) for k in e.__dataclass_fields__} for e in history]})
             return
         from rich.table import Table
 
@@ -345,6 +349,13 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
                 kids.add_row(str(c["id"]), c["machine"], c["step"], styled(c["status"]),
                              short(outcome, 60) if outcome is not None else "")
             out.print(kids)
+        if values:
+            named = Table(title="values", title_justify="left", box=None, header_style="bold")
+            for col in ("name", "size", "sha256", "written"):
+                named.add_column(col, justify="right" if col == "size" else "left")
+            for v in values:
+                named.add_row(v.name, f"{v.size:,}", v.sha256, ago(v.written_at, now))
+            out.print(named)
         if history:
             hist = Table(title="history", title_justify="left", box=None, header_style="bold")
             for col in ("#", "at", "event", "step", "att", "status", "worker", "detail"):

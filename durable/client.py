@@ -43,6 +43,7 @@ from .sql import Q
 
 if TYPE_CHECKING:
     from .ops import Bulk, Page, TailEvent
+    from .values import Values
 
 DEFAULT_SCHEMA = "durable"
 ENV_POOLER = "DURABLE_POOLER"  # "transaction": the DSN goes through PgBouncer in transaction mode
@@ -473,6 +474,15 @@ class Database:
         if row["queue"]:
             self.wake([row["queue"]])
         return row["after"]  # type: ignore[no-any-return]
+
+    # -- named values (durable/values.py) -------------------------------------------------------------
+    @property
+    def values(self) -> Values:
+        """Read named values: ``get(instance_id, name)``, ``mget([refs])``, ``list(instance_id)`` (steps
+        write them with ``ctx.values.put``)."""
+        from .values import Values
+
+        return Values(self)
 
     # -- the explicit pipeline (implemented in durable.claims) ----------------------------------------
     @property

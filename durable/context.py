@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import Database
+    from .values import StepValues
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,16 @@ class Context:
     worker_id: str = ""
     db: Database | None = field(default=None, repr=False)
     taken: set[str] = field(default_factory=set, repr=False)
+
+    @property
+    def values(self) -> StepValues:
+        """The instance's named values (``put``, ``get``, ``list``: durable/values.py); a put is fenced by
+        this step's lease token."""
+        from .values import StepValues
+
+        if self.db is None:
+            raise RuntimeError("ctx.values needs the step's database (a Context made outside a runtime has none)")
+        return StepValues(self.db, self.id, self.lease_token)
 
     def signal(self, name: str) -> Signal | None:
         """The oldest signal named ``name`` in the inbox, or None. Reading a name marks its signals as

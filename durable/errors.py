@@ -9,7 +9,7 @@
     ├── OutcomeError              a step returned something that is not a valid outcome, or an insert or
     │                             child spec holds a value durable cannot store (a ValueError)
     ├── StateError                a state or payload cannot be encoded to / decoded from JSON (a ValueError)
-    │   └── ValueTooLarge         an encoded state, payload or result is over the size limit
+    │   └── ValueTooLarge         an encoded state, payload, result or named value is over the size limit
     ├── InvalidArgument           an argument is malformed or out of range: a query's filter, cursor or
     │                             offset, an instance id, a name or key (a ValueError)
     ├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
@@ -21,10 +21,12 @@
     ├── InstanceFailed            Database.result of a failed instance (.instance_id, .last_error)
     ├── InstanceCancelled         Database.result of a cancelled instance (.instance_id, .last_error)
     ├── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
+    ├── ValueExists               ctx.values.put(name, other bytes) over a stored name without override=True
     ├── Fenced                    a write by a holder that was superseded: nothing changed. An explicit
     │   │                         claim's call after its lease is no longer held (.instance_id,
     │   │                         .lease_token, .call), or a stream append with a stale producer epoch
-    │   │                         or from a step whose claim was lost (.current_epoch)
+    │   │                         or from a step whose claim was lost (.current_epoch), or a named value's
+    │   │                         put (ctx.values.put) from a step whose lease was lost
     │   ├── streams.errors.FencedAppend            ...as the stream store raises it (HTTP 403)
     │   └── contrib.streams_client.FencedResponse  ...as the HTTP client reads it from a 403
     ├── streams.errors.StreamError           the stream store refused a request (.status: its HTTP status)
@@ -160,6 +162,8 @@ class Fenced(DurableError):
       extend) made after the claim stopped being held: its lease expired and the row was reaped, another
       worker claimed it again, or the claim already ended (``instance_id``, ``lease_token``, ``call``; an
       outcome's history shows ``fenced``);
+    - a named value's put (``ctx.values.put``) from a step whose lease was lost (``instance_id``,
+      ``lease_token``, ``call``: ``values.put('name')``); nothing is written;
     - a stream append with a stale producer epoch, or from a step whose claim was lost
       (``current_epoch``): raised as its subclasses ``durable.streams.errors.FencedAppend`` (the store)
       and ``durable.contrib.streams_client.FencedResponse`` (the HTTP client).
@@ -177,3 +181,16 @@ class Fenced(DurableError):
         self.instance_id = instance_id
         self.lease_token = lease_token
         self.call = call
+
+
+class ValueExists(DurableError):
+    """``ctx.values.put(name, data)`` (``override=False``) over a name the instance already holds with other
+    bytes: the stored value is kept (``instance_id``, ``name``, ``sha256``: the stored bytes' digest). A put of
+    the same bytes again is no error (a retried step's re-put); pass ``override=True`` to replace them."""
+
+    def __init__(self, instance_id: int, name: str, sha256: str) -> None:
+        super().__init__(f"instance {instance_id} already holds a value named {name!r} (other bytes, sha256 "
+                         f"{sha256[:16]}...): not overridden (pass override=True to replace it)")
+        self.instance_id = instance_id
+        self.name = name
+        self.sha256 = sha256

@@ -10,7 +10,7 @@ EXPORTED = [
     "Event", "Fenced", "Insert", "Instance", "InstanceCancelled", "InstanceFailed", "InstanceFilter",
     "InvalidArgument", "Machine", "Next", "NoSuchInstance", "NotDeliverable", "OutcomeError", "OutcomeRejected",
     "Registry", "Retry", "Runtime", "Schedule", "SchemaError", "Signal", "Spawn", "State", "StateError", "Stop",
-    "TreeTooLarge", "UniqueKeyTaken", "UnknownMachine", "UnknownStep", "ValueTooLarge", "VirtualClock", "connect",
+    "TreeTooLarge", "UniqueKeyTaken", "UnknownMachine", "UnknownStep", "ValueExists", "ValueRef", "ValueTooLarge", "VirtualClock", "connect",
     "job", "migrate", "migrated_version", "step",
 ]
 

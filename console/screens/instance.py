@@ -70,6 +70,7 @@ def facts(d: Detail) -> Table:
         ("partition key", r["partition_key"] or "-"),
         ("unique key", r["unique_key"] or "-"),
         *attributes(r["attributes"]),
+        *named_values(d.values),
         ("parent", parent),
         ("children", f"{len(d.children)} ({r['children_pending']} pending)"),
         ("inserted", render.clock(r["inserted_at"])),
@@ -89,6 +90,19 @@ def attributes(text: str | None) -> list[tuple[str, Any]]:
         return []
     attrs = json.loads(text)
     return [("attributes", Text(" ".join(f"{k}={v}" for k, v in attrs.items())))]
+
+
+VALUES_SHOWN = 20  # named values listed in the facts (the rest counted)
+
+
+def named_values(values: list[Any]) -> list[tuple[str, Any]]:
+    """The instance's named values (name, size, sha256) as one facts row (none: no row)."""
+    if not values:
+        return []
+    lines = [f"{v['name']}  {render.size(v['size'])}  sha256 {v['sha256'][:16]}…" for v in values[:VALUES_SHOWN]]
+    if len(values) > VALUES_SHOWN:
+        lines.append(f"… and {len(values) - VALUES_SHOWN} more")
+    return [(f"values ({len(values)})", Text("\n".join(lines)))]
 
 
 HISTORY_SHOWN = 500  # the newest events in the table; the UI stays light for very long histories
