@@ -1,5 +1,6 @@
 """The trio runtime: schedulers, executor, group-commit flusher, heartbeat and reaper."""
 
+from .options import Flushing, Leases, Polling, Retention, RuntimeOptions
 from .runtime import Runtime
 
-__all__ = ["Runtime"]
+__all__ = ["Flushing", "Leases", "Polling", "Retention", "Runtime", "RuntimeOptions"]

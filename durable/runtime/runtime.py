@@ -30,7 +30,6 @@ from .. import tracing
 from ..client import Database
 from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
-from ..limits import MAX_DELAY
 from ..machine import Machine, Registry
 from ..records import ScheduleTicks, Statistics
 from ..results import TERMINAL as _TERMINAL
@@ -40,6 +39,7 @@ from ..sql import Q
 from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
 from .flusher import Flusher
+from .options import Flushing, Leases, Polling, Retention, RuntimeOptions, resolve
 from .scheduler import Scheduler
 
 OnStep = Callable[[Claim, Encoded, Committed], None]
@@ -61,6 +61,12 @@ class Runtime:
     that many ``next`` steps in a row without a new pick (run-ahead). ``handoff``: an idle scheduler
     takes due rows of an insert made through the same Database in the insert's own statement, so the
     step starts without a pick (one round trip and one commit less between insert and step).
+
+    Options come grouped in frozen values (durable/runtime/options.py): ``leases=Leases(lease, heartbeat,
+    reap_every)``, ``polling=Polling(poll_min, poll_max, listen, handoff, chain)``,
+    ``flushing=Flushing(linger, max_batch, parallel)``, ``retention=Retention(older_than, every)``; the flat
+    keywords (``lease=``, ``flush_max=``, ``retention=<seconds>``, ...) are shorthand for their fields.
+    ``runtime.options`` holds the four groups as resolved.
     """
 
     def __init__(
@@ -71,26 +77,39 @@ class Runtime:
         queues: Mapping[str, int] | Iterable[str] | None = None,
         concurrency: int = 10,
         prefetch: int | None = None,
-        lease: float = 60.0,
+        leases: Leases | None = None,
+        polling: Polling | None = None,
+        flushing: Flushing | None = None,
+        lease: float | None = None,
         heartbeat: float | None = None,
         reap_every: float | None = None,
-        poll_min: float = 0.05,
-        poll_max: float = 1.0,
+        poll_min: float | None = None,
+        poll_max: float | None = None,
         drain_timeout: float = 30.0,
-        flush_linger: float = 0.0,
-        flush_max: int = 500,
-        flush_parallel: int = 2,
+        flush_linger: float | None = None,
+        flush_max: int | None = None,
+        flush_parallel: int | None = None,
         worker_id: str | None = None,
         clock: Clock | None = None,
         on_step: OnStep | None = None,
         on_error: Callable[[str], None] | None = None,
-        retention: float | None = None,
-        retention_every: float = 60.0,
+        retention: float | Retention | None = None,
+        retention_every: float | None = None,
         listen: bool | None = None,
-        chain: int = 0,
-        handoff: bool = True,
+        chain: int | None = None,
+        handoff: bool | None = None,
         schedules: Iterable[Schedule] = (),
     ) -> None:
+        leases = resolve(leases, Leases(), {"lease": lease, "heartbeat": heartbeat, "reap_every": reap_every},
+                         "leases")
+        polling = resolve(polling, Polling(), {"poll_min": poll_min, "poll_max": poll_max, "listen": listen,
+                                               "handoff": handoff, "chain": chain}, "polling")
+        flushing = resolve(flushing, Flushing(), {"linger": flush_linger, "max_batch": flush_max,
+                                                  "parallel": flush_parallel}, "flushing")
+        kept = resolve(retention if isinstance(retention, Retention) else None, Retention(),
+                       {"older_than": None if isinstance(retention, Retention) else retention,
+                        "every": retention_every}, "retention")
+        self.options = RuntimeOptions(leases, polling, flushing, kept)
         for m in machines:
             if (m.name, m.version) not in db.registry:
                 db.registry.add(m)
@@ -103,41 +122,35 @@ class Runtime:
         for q, n in qmap.items():
             if not isinstance(n, int) or n < 1:
                 raise DefinitionError(f"queue {q!r}: concurrency must be a positive int, not {n!r}")
-        if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease <= MAX_DELAY:
-            raise DefinitionError(f"lease must be a positive number of seconds up to durable.MAX_DELAY, not {lease!r}")
-        for name, value in (("heartbeat", heartbeat), ("reap_every", reap_every)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not 0 < value <= MAX_DELAY):
-                raise DefinitionError(f"{name} must be a positive number of seconds up to durable.MAX_DELAY, "
-                                      f"not {value!r}")
         self.db = db
         self.clock = clock or db.clock
-        self.lease = float(lease)
-        self.heartbeat_every = heartbeat if heartbeat is not None else self.lease / 3
-        self.reap_every = reap_every if reap_every is not None else min(self.lease / 2, 30.0)
-        self.poll_min = poll_min
-        self.poll_max = poll_max
+        self.lease = float(leases.lease)
+        self.heartbeat_every = leases.heartbeat if leases.heartbeat is not None else self.lease / 3
+        self.reap_every = leases.reap_every if leases.reap_every is not None else min(self.lease / 2, 30.0)
+        self.poll_min = polling.poll_min
+        self.poll_max = polling.poll_max
         self.drain_timeout = drain_timeout
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.on_step = on_step
         self.on_error = on_error
         self.stopping = False
         self.killed = False
-        self.retention = retention
-        self.retention_every = retention_every
+        self.retention = kept.older_than
+        self.retention_every = kept.every
         # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
-        self.chain = chain  # run-ahead: steps a claim may run in a row after `next` outcomes
-        self.handoff = handoff  # an idle scheduler takes due rows of a local insert in the insert itself
+        self.chain = polling.chain  # run-ahead: steps a claim may run in a row after `next` outcomes
+        self.handoff = polling.handoff  # an idle scheduler takes due rows of a local insert in the insert itself
         # recurring schedules (durable/schedules.py): checked here, fired by one service loop
         checked = check_schedules(schedules, db.registry, db.max_value_bytes)
         self.schedule_loop = ScheduleLoop(self, checked) if checked else None
-        self.listen = listen if listen is not None else not isinstance(self.clock, VirtualClock)
+        self.listen = polling.listen if polling.listen is not None else not isinstance(self.clock, VirtualClock)
         self.lost: set[Claim] = set()
         self.schedulers = {
             q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
         }
-        self.flusher = Flusher(db.pool, self.worker_id, self.clock, max_batch=flush_max, linger=flush_linger,
-                               on_commit=self._woken, lease=self.lease, parallel=flush_parallel)
+        self.flusher = Flusher(db.pool, self.worker_id, self.clock, max_batch=flushing.max_batch,
+                               linger=flushing.linger, on_commit=self._woken, lease=self.lease,
+                               parallel=flushing.parallel)
         # a database that does not answer: one log line when it goes, one when it is back; loops back off
         self.outage = Outage(self.log_error, seed=self.worker_id, cap=min(2.0, self.heartbeat_every))
         self.flusher.outage = self.outage
