@@ -10,8 +10,8 @@ EXPORTED = [
     "Event", "Fenced", "Insert", "Instance", "InstanceCancelled", "InstanceFailed", "InstanceFilter",
     "InvalidArgument", "Machine", "Next", "NoSuchInstance", "NotDeliverable", "OutcomeError", "OutcomeRejected",
     "Registry", "Retry", "Runtime", "Schedule", "SchemaError", "Signal", "Spawn", "State", "StateError", "Stop",
-    "TreeTooLarge", "UniqueKeyTaken", "UnknownMachine", "UnknownStep", "ValueExists", "ValueRef", "ValueTooLarge", "VirtualClock", "connect",
-    "job", "migrate", "migrated_version", "step",
+    "TreeTooLarge", "UniqueKeyTaken", "UnknownMachine", "UnknownStep", "ValueExists", "ValueRef", "ValueTooLarge",
+    "VirtualClock", "connect", "job", "migrate", "migrated_version", "step",
 ]
 
 
