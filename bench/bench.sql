@@ -176,3 +176,20 @@ select format('alter table %I set (%s)', $1::text, $2::text);
 -- name: reset_storage_ddl
 -- The DDL resetting storage parameters $2 (names, comma-separated) on table $1 of the current schema.
 select format('alter table %I reset (%s)', $1::text, $2::text);
+
+-- name: attach_values
+-- Give every instance of queue $1 a named value 'blob' of bytes $2 (instance_values, schema v10), as a step's
+-- ctx.values.put would. For the picker's named-values probe only. Returns how many were attached.
+with ins as (
+  insert into instance_values (instance_id, name, data, size, sha256, written_at)
+  select g.id, 'blob', $2::bytea, octet_length($2::bytea), sha256($2::bytea), now()
+  from instances g where g.queue = $1::text
+  returning 1
+)
+select count(*) from ins;
+
+-- name: unclaim_rows
+-- Put rows $1 (claimed by the probe) back to runnable as they were before the pick, so the backlog (and the
+-- values it carries) stays the same from pick to pick.
+update instances set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null
+where id = any($1::bigint[]);

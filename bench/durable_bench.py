@@ -4,6 +4,7 @@ engine's SQL ceiling (pick + complete with no step code). Each runs in a fresh s
 
 from __future__ import annotations
 
+import hashlib
 import random
 import subprocess
 import time
@@ -246,6 +247,51 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
             "async_commit_mean_ms": round(sum(fast_ms) / len(fast_ms), 3),
             "async_commit_p50_ms": round(percentile(fast_ms, 50) or 0, 3), "plan": plan}
 
+
+
+async def picker_values(dsn: str, backlog: int, picks: int, demand: int, size: int = 1024 * 1024) -> dict[str, Any]:
+    """Issue 18 item 5: a claim of instances that carry a ``size``-byte named value costs what one of
+    instances without does, because the pick never reads instance_values. Two schemas, each with
+    ``backlog`` runnable rows, one whose every instance holds a named value; picks of ``demand`` rows
+    alternate between them (each pick's rows are put back untimed, so both backlogs stay as they were).
+    Returns both means and their ratio (values / none)."""
+    queue = workloads.ONE_STEP_QUEUE
+    blob = random.Random(18).randbytes(size)
+    async with fresh(dsn, "b_pick_values") as with_values, fresh(dsn, "b_pick_plain") as plain:
+        for db in (with_values, plain):
+            await db.pool.fetchval(q(B.seed_runnable), backlog, workloads.noop.name, "perform", queue)
+        attached = await with_values.pool.fetchval(q(B.attach_values), queue, blob)
+        assert attached == backlog
+        for db in (with_values, plain):
+            await db.pool.execute(q(B.vacuum_instances))
+        timings: dict[str, list[float]] = {"values": [], "none": []}
+        for i in range(2 * picks):
+            key, db = ("values", with_values) if i % 2 == 0 else ("none", plain)
+            start = time.perf_counter()
+            rows = await db.pool.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None, None, None)
+            timings[key].append(time.perf_counter() - start)
+            assert len(rows) == demand, f"pick returned {len(rows)} rows"
+            await db.pool.execute(q(B.unclaim_rows), [r["id"] for r in rows])
+        # for contrast, what a claim that hydrated the values would cost: the pick plus reading them
+        digest = hashlib.sha256(blob).hexdigest()
+        hydrated: list[float] = []
+        for _ in range(min(picks, 20)):
+            start = time.perf_counter()
+            rows = await with_values.pool.fetch(Q.pick, queue, demand, "bench-picker", 60.0, None, None, None)
+            ids = [r["id"] for r in rows]
+            data = await with_values.pool.fetch(Q.value_mget, ids, ["blob"] * len(ids), [digest] * len(ids))
+            hydrated.append(time.perf_counter() - start)
+            assert all(len(r["data"]) == size for r in data)
+            await with_values.pool.execute(q(B.unclaim_rows), ids)
+        for db, schema in ((with_values, "b_pick_values"), (plain, "b_pick_plain")):
+            await drop_schema(db.pool, schema)
+    means = {k: sum(v) / len(v) * 1000 for k, v in timings.items()}
+    p50 = {k: percentile([t * 1000 for t in v], 50) or 0 for k, v in timings.items()}
+    return {"backlog": backlog, "picks": picks, "demand": demand, "value_bytes": size,
+            "values_mean_ms": round(means["values"], 3), "none_mean_ms": round(means["none"], 3),
+            "values_p50_ms": round(p50["values"], 3), "none_p50_ms": round(p50["none"], 3),
+            "ratio": round(means["values"] / means["none"], 3), "ratio_p50": round(p50["values"] / p50["none"], 3),
+            "hydrated_mean_ms": round(sum(hydrated) / len(hydrated) * 1000, 3)}
 
 
 @asynccontextmanager

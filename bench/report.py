@@ -128,6 +128,13 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{busy['demand']}/pick", f"{_fmt(busy['busy_mean_ms'])} vs {_fmt(busy['none_mean_ms'])}",
                      f"{busy['ratio']:.2f}x; forced generic plan {_fmt(busy['generic_busy_mean_ms'])} vs "
                      f"{_fmt(busy['generic_none_mean_ms'])} ms ({busy['generic_ratio']:.2f}x)"))
+    named = _get(r, "durable.picker.values")
+    if isinstance(named, dict) and "ratio" in named:
+        rows.append(("pick ms with named values", f"{named['backlog']:,} instances with a "
+                     f"{named['value_bytes'] // 1048576} MiB value vs none, {named['demand']}/pick",
+                     f"{_fmt(named['values_mean_ms'])} vs {_fmt(named['none_mean_ms'])}",
+                     f"{named['ratio']:.2f}x (p50 {named['ratio_p50']:.2f}x): a claim does not read values (pick + "
+                     f"reading them: {_fmt(named['hydrated_mean_ms'])} ms)"))
     for point in _get(r, "scale.points") or []:
         rows.append(("scale-out jobs/s", f"{point['workers']} worker process(es), one server", _fmt(point["per_s"]),
                      f"PG {_fmt(point['pg_cpu_us_per_job'])} µs/job, workers {_fmt(point['worker_cpu_us_per_job'])} "

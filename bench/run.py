@@ -35,6 +35,7 @@ class Plan:
     picker_small: int = 1_000
     picker_large: int = 1_000_000
     picker_busy: int = 10_000  # executing rows of the picker's executing-set probe (its backlog: as many keyed rows)
+    picker_values: int = 200  # instances of the named-values probe, each carrying a 1 MiB value (200 MiB)
     picks: int = 200
     pick_demand: int = 50
     ceiling_jobs: int = 100_000
@@ -157,6 +158,9 @@ class Runner:
                          f"({p.picker_busy:,} runnable rows, a partition key each)",
                          lambda: d.picker_executing(durable_dsn, p.picker_busy, p.picks, p.pick_demand,
                                                     p.picker_busy))
+        await self.stage("durable.picker.values", f"picker cost, {p.picker_values:,} instances each carrying a 1 MiB "
+                         "named value vs none", lambda: d.picker_values(durable_dsn, p.picker_values, p.picks,
+                                                                       p.pick_demand))
         for batch, loops, async_pick in p.ceiling_runs:
             tag = "a" if async_pick else ""
             await self.stage(f"durable.ceiling.b{batch}x{loops}{tag}", f"SQL ceiling: pick + complete, batch {batch}, "

@@ -315,3 +315,15 @@ def test_the_console_shows_values_by_name_size_and_digest() -> None:
     lines = text.plain.splitlines()
     assert label == f"values ({VALUES_SHOWN + 2})" and lines[0] == "v0  3.0 MiB  sha256 abababababababab…"
     assert len(lines) == VALUES_SHOWN + 1 and lines[-1] == "… and 2 more"
+
+
+@pytest.mark.trio
+async def test_the_benchmark_row_runs(pg_dsn: str) -> None:
+    """The bench's named-values probe (python -m durable.bench --only picker) on a small scale: both kinds
+    of pick claim their rows and the contrast (pick plus reading the values) reads every byte. No time is
+    asserted (the figures are for the record, see PERFORMANCE.md)."""
+    from durable.bench import durable_bench as d
+
+    out = await d.picker_values(pg_dsn, backlog=20, picks=4, demand=10, size=64 * 1024)
+    assert (out["backlog"], out["picks"], out["demand"], out["value_bytes"]) == (20, 4, 10, 64 * 1024)
+    assert out["values_mean_ms"] > 0 and out["none_mean_ms"] > 0 and out["hydrated_mean_ms"] > 0
