@@ -253,6 +253,11 @@ class Front:
         if self.error is not None:
             raise self.error
 
+    async def wait(self) -> None:
+        """Until the front's thread ends (it does only when stopped or broken): then raise."""
+        await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=True)
+        raise RuntimeError("durable serve: the HTTP front stopped (see the log above)")
+
     async def stop(self) -> None:
         """Stop listening, finish (at most 1 s) the requests in flight, close the pool, join the thread."""
         loop, server = self._loop, self._server

@@ -171,7 +171,7 @@ async def serve(
                 try:
                     await front.start()
                     task_status.started(Server(url, store, front.store))
-                    await trio.sleep_forever()
+                    await front.wait()
                 finally:
                     await front.stop()
                     sock.close()

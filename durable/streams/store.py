@@ -10,6 +10,7 @@ other. This module never imports the web stack.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -547,6 +548,16 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+class _Lane:
+    """One writer of a :class:`GroupCommit`: its queue of waiting appends, and the event that wakes it."""
+
+    __slots__ = ("queue", "wake")
+
+    def __init__(self) -> None:
+        self.queue: list[_Waiter] = []
+        self.wake = anyio.Event()
+
+
 class GroupCommit:
     """Group commit for appends (``durable serve``): appends that arrive while a batch is being written
     wait, then go together as the next batch: one ``stream_append_many`` statement, which runs
@@ -557,15 +568,20 @@ class GroupCommit:
     with another server's batch, a value PostgreSQL refuses) has committed nothing: its appends are then
     written one by one, so each gets its own answer; a lost server fails every append of the batch
     (DatabaseUnavailable, as a single append's). Bounded: at most ``MAX_BATCH`` appends or
-    ``MAX_BATCH_BYTES`` bytes per statement (one append larger than that goes alone)."""
+    ``MAX_BATCH_BYTES`` bytes per statement (one append larger than that goes alone).
+
+    ``lanes`` batches are written at once, each on its own connection: a stream's appends always take
+    the same lane (by a hash of its path), so they keep their arrival order, and two lanes never lock the
+    same stream (no deadlock between them). An append waits for at most the batch in flight on its lane."""
 
     MAX_BATCH = 256
     MAX_BATCH_BYTES = 4 << 20
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, lanes: int = 2) -> None:
+        if not 1 <= lanes <= 16:
+            raise ValueError(f"group commit lanes must be 1..16, not {lanes}")
         self.store = store
-        self._queue: list[_Waiter] = []
-        self._wake = anyio.Event()
+        self._lanes = [_Lane() for _ in range(lanes)]
         self.batches = 0  # statements sent (for tests and the bench)
         self.appends = 0
 
@@ -573,8 +589,9 @@ class GroupCommit:
         """Queue one append and wait (shielded: a client that went away still gets its append written,
         as before group commit) for its batch; its ``ds_append`` row."""
         waiter = _Waiter(args)
-        self._queue.append(waiter)
-        self._wake.set()
+        lane = self._lanes[zlib.crc32(args.path.encode("utf-8", "surrogatepass")) % len(self._lanes)]
+        lane.queue.append(waiter)
+        lane.wake.set()
         with anyio.CancelScope(shield=True):
             await waiter.done.wait()
         if waiter.error is not None:
@@ -582,25 +599,31 @@ class GroupCommit:
         assert waiter.row is not None
         return waiter.row
 
-    def _take(self) -> list[_Waiter]:
+    @classmethod
+    def _take(cls, queue: list[_Waiter]) -> list[_Waiter]:
         batch: list[_Waiter] = []
         size = 0
-        for waiter in self._queue:
-            if batch and (len(batch) >= self.MAX_BATCH or size + waiter.args.size > self.MAX_BATCH_BYTES):
+        for waiter in queue:
+            if batch and (len(batch) >= cls.MAX_BATCH or size + waiter.args.size > cls.MAX_BATCH_BYTES):
                 break
             batch.append(waiter)
             size += waiter.args.size
-        del self._queue[:len(batch)]
+        del queue[:len(batch)]
         return batch
 
     async def run(self) -> None:
-        """The writer: one batch at a time, until cancelled (the appends of a batch in flight are
-        finished first: the write is shielded)."""
+        """The lanes' writers, until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            for lane in self._lanes:
+                tasks.start_soon(self._run_lane, lane)
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        """One batch at a time (the appends of a batch in flight are finished first: the write is shielded)."""
         while True:
-            if not self._queue:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-            batch = self._take()
+            if not lane.queue:
+                lane.wake = anyio.Event()
+                await lane.wake.wait()
+            batch = self._take(lane.queue)
             with anyio.CancelScope(shield=True):
                 await self._write(batch)
 
