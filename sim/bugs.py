@@ -179,6 +179,11 @@ BUGS: dict[str, Bug] = {
             "again) does not raise Fenced: its caller believes a write the database refused (issue 18)",
             first=1, patches=(
                 PySwap("durable.claims:Claim._outcome", r"if committed\.fenced:", "if False:"),)),
+        Bug("values_unfenced", "values_fenced", (
+            ("value_put", r"and g\.lease_token = \$2::bigint", "and $2::bigint is not null"),
+        ), "values", (), "a named value's put (ctx.values.put) matches its instance by id and status only, not "
+                         "by the step's lease token: a zombie's put overwrites a value while another claim holds "
+                         "the instance (issue 18)", first=1),
         Bug("claim_filter_ignored", "state_matches_model", (
             ("pick", r"and \(\$6::text is null or g\.machine = \$6::text\)", "and ($6::text is null or true)"),
         ), "ops", (), "the pick ignores db.claim's machine filter: run_once hands its handler another machine's "

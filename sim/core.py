@@ -86,6 +86,7 @@ INVARIANTS: dict[str, str] = {
     "cancel_accounted": "a cancel ends its instance; a cancelled child is counted once in its parent's join",
     "steps_exclusive": "no two executions of one instance overlap (a lost lease stops its step first)",
     "restart_frees_claims": "a restarted worker frees its dead predecessor's claims at once",
+    "values_fenced": "a named value is written only under the instance's live lease",
 }
 
 

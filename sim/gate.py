@@ -491,6 +491,14 @@ class SlotGate:
                 sim.violate("restart_frees_claims",
                             f"{who} started with claims {left} of its crashed predecessors still held")
             text = ""
+        elif name == "value_put":
+            row = rows[0] if rows else None
+            wrote = row is not None and row["owned"] and row["sha256"] is not None
+            live = leases.get(args[0]) if args else None
+            if wrote and live_checks and (live is None or live[0] != args[1]):
+                sim.violate("values_fenced", f"{who} wrote value {args[2]!r} of instance {args[0]} under token "
+                                             f"{args[1]} while the live lease is {live}")
+            text = f"{args[0]}:t{args[1]} {args[2]} {'written' if wrote else 'refused'}" if args else ""
         elif name == "deliver_signal":
             text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
         elif name == "insert_instances":

@@ -72,9 +72,13 @@ def workloads(name: str) -> list[Workload]:
         from .streams import StreamsWorkload
 
         return [StreamsWorkload()]
+    if name == "values":
+        from .values import ValuesWorkload
+
+        return [ValuesWorkload()]
     if name not in table:
         raise ValueError(f"unknown workload {name!r} ({', '.join(WORKLOADS)})")
     return [table[name]()]
 
 
-WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams", "hostile", "fuzz")
+WORKLOADS = ("checkout", "bank", "retry", "mixed", "ops", "streams", "hostile", "fuzz", "values")
