@@ -1,0 +1,140 @@
+"""Regression guard for the latency paths (issue 20, item 6): what an insert, a pick woken by a NOTIFY hint and
+one outcome cost in statements, in round trips and in crossings of the trio <-> asyncio bridge. It times
+nothing: a slower path shows up here as one more statement, round trip, asyncio Task or scheduler turn.
+
+* ``statement_counts``: statements by name;
+* ``round_trips``: statements plus BEGIN / COMMIT / ROLLBACK, one round trip each;
+* ``bridge``: connections taken from or given back to asyncpg's pool, each through an asyncio Task (a warm
+  pool keeps its connections between statements and takes none);
+* trio task steps per statement: a statement on a warm pool is driven in the caller's task (durable/_pg.py:
+  ``_drive``); through asyncio Tasks and asyncpg's pool it took 13 steps, now 5 (the caller twice, the
+  connection's reader task twice, trio-asyncio's loop task once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+import durable
+from durable.sql import Q
+
+pytestmark = pytest.mark.trio
+
+
+@durable.job(queue="lp_jobs", name="lp_noop")
+async def noop(args: Any, ctx: durable.Context) -> None:
+    return None
+
+
+class Steps(trio.abc.Instrument):
+    """Counts trio task steps (each one a turn of some task through trio's scheduler)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
+def costs(db: durable.Database) -> tuple[dict[str, int], int, dict[str, int]]:
+    pool = db.pool
+    return dict(pool.statement_counts), pool.round_trips, dict(pool.bridge)
+
+
+def since(before: tuple[dict[str, int], int, dict[str, int]],
+          after: tuple[dict[str, int], int, dict[str, int]]) -> tuple[dict[str, int], int, dict[str, int]]:
+    counts = {k: v - before[0].get(k, 0) for k, v in after[0].items() if v != before[0].get(k, 0)}
+    bridge = {k: v - before[2].get(k, 0) for k, v in after[2].items() if v != before[2].get(k, 0)}
+    return counts, after[1] - before[1], bridge
+
+
+async def test_a_statement_on_a_warm_pool_takes_no_asyncio_task_and_five_scheduler_turns(
+        db: durable.Database) -> None:
+    pool = db.pool
+    for _ in range(3):  # warm: a connection of each pool is kept between statements
+        await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None)
+        await pool.fetchrow(Q.get_instance, 0)
+    before = costs(db)
+    steps = Steps()
+    fewest = None
+    trio.lowlevel.add_instrument(steps)
+    try:
+        for _ in range(5):  # the fewest of five: a background task of the fixture may take a turn meanwhile
+            steps.steps = 0
+            await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None)
+            fewest = steps.steps if fewest is None else min(fewest, steps.steps)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    counts, trips, bridge = since(before, costs(db))
+    assert counts == {"pick": 5} and trips == 5
+    assert bridge == {}, "a warm pool takes no connection from asyncpg's pool per statement"
+    assert fewest is not None and fewest <= 6, f"{fewest} scheduler turns for one statement (5 expected)"
+
+
+async def test_an_insert_is_one_statement_and_one_round_trip(db: durable.Database) -> None:
+    db.registry.add(noop)
+    await db.insert(noop, {"warm": True})
+    before = costs(db)
+    await db.insert(noop, {"x": 1})
+    assert since(before, costs(db)) == ({"insert_instances": 1}, 1, {})
+    before = costs(db)
+    await db.insert_many([durable.Insert(noop, {"i": i}) for i in range(50)])
+    assert since(before, costs(db)) == ({"insert_instances": 1}, 1, {})
+
+
+async def test_a_pick_after_a_notify_and_its_outcome_are_one_round_trip_each(db: durable.Database,
+                                                                             pg_dsn: str) -> None:
+    """An insert through another Database (another process, in production) reaches the idle runtime by
+    its NOTIFY hint: the runtime then sends one pick and, for the outcome, one complete_simple; nothing
+    else (no BEGIN/COMMIT, no read per step), and on a warm pool no asyncio Task for a connection."""
+    db.registry.add(noop)
+    seen: list[tuple[dict[str, int], int, dict[str, int]]] = []
+    ran = trio.Event()
+
+    def on_step(*_: Any) -> None:  # after the outcome's commit
+        seen.append(costs(db))
+        ran.set()
+
+    # long lease and polls: no heartbeat, reap or idle poll inside the measured window; LISTEN on
+    rt = durable.Runtime(db, queues={"lp_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=True,
+                         on_step=on_step)
+    async with durable.connect(pg_dsn, schema=db.schema, machines=[noop], migrate=False) as other:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            for round_ in range(2):  # the first warms the pools; the second is measured
+                ran = trio.Event()
+                await trio.sleep(0.3)  # the LISTEN is in place, the runtime idle
+                before = costs(db)
+                other_before = costs(other)
+                await other.insert(noop, {"round": round_})
+                inserted = since(other_before, costs(other))
+                with trio.fail_after(20):  # far below the 30 s poll: the hint woke it
+                    await ran.wait()
+                counts, trips, bridge = since(before, seen[-1])
+            nursery.cancel_scope.cancel()
+    assert inserted == ({"insert_instances": 1}, 1, {})
+    assert counts == {"pick": 1, "complete_simple": 1}, counts
+    assert trips == 2
+    assert bridge == {}, bridge
+
+
+async def test_a_statement_cancelled_mid_flight_gives_its_connection_back(db: durable.Database) -> None:
+    """Cancelled while the server runs it: asyncpg cancels the query, the connection goes back to asyncpg's
+    pool (not kept for the next statement), and the pool goes on."""
+    from durable.sql import Query
+
+    sleep, one = Query("lp_sleep", "select pg_sleep(5)", ""), Query("lp_one", "select 1", "")
+    assert await db.pool.fetchval(one) == 1
+    released = db.pool.bridge["release"]
+    with trio.fail_after(3):  # far less than the statement's 5 s
+        with trio.move_on_after(0.2):
+            await db.pool.fetchval(sleep)
+    assert db.pool.bridge["release"] == released + 1
+    with trio.fail_after(10):
+        assert await db.pool.fetchval(one) == 1
+    await db.pool.return_spares()
+    raw = db.pool.raw
+    assert raw.get_idle_size() == raw.get_size()  # type: ignore[attr-defined]
