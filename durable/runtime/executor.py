@@ -273,9 +273,11 @@ def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
 
 
 async def run_claim(claim: Claim, db: Database, worker_id: str,
-                    watch: StepWatch | None = None) -> tuple[Encoded, float]:
-    """Execute inside a step span that continues the instance's trace; returns outcome and seconds."""
-    start = trio.current_time()  # the sim's virtual time under its MockClock: durations stay deterministic
+                    watch: StepWatch | None = None, start: float | None = None) -> tuple[Encoded, float]:
+    """Execute inside a step span that continues the instance's trace; returns outcome and seconds
+    (``start``: trio time now, when the caller just read it)."""
+    if start is None:
+        start = trio.current_time()  # the sim's virtual time under its MockClock: durations stay deterministic
     if not tracing.recording():  # no span to make: skip building its name, attributes and links
         with tracing.instance_context(claim.traceparent, claim.tracestate):
             encoded, _ = await execute(claim, db, worker_id, watch)

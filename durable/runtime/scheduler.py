@@ -198,48 +198,73 @@ class Scheduler:
                         self.buffer.clear()
 
     async def slot(self) -> None:
-        """One concurrency slot: run the next buffered claim's step, hand its outcome over, repeat."""
+        """One concurrency slot: run the next buffered claim's step, hand its outcome over, repeat. Its
+        steps share one cancel scope (a scope per step cost ~3 us), renewed only after a lease loss or a
+        cancel request has cancelled it."""
+        while await self._slot_scope():
+            pass
+
+    async def _slot_scope(self) -> bool:
+        """Run claims in one cancel scope (each running step's ``claim.scope``) until the slot ends (False)
+        or the scope is cancelled (True: go on in a new one). A cancel meant for one step may land after
+        that step returned: a cancelled scope runs no further step, and every await outside the steps is
+        shielded or harmless to interrupt (waiting for a claim)."""
         rt = self.runtime
-        while True:
-            while not self.buffer or rt.stopping:
-                if not self._slots_open or rt.stopping:
-                    return
-                await self._ready.park()
-            claim = self.buffer.popleft()
-            self.in_flight.add(claim)
-            # a step cut off by cancellation stays in in_flight so the drain can release it; so does a
-            # lost claim until its loss is recorded (the row may still be ours: lease_lost releases it)
-            if claim.lost is not None or trio.current_time() >= claim.lease_until:  # never ran
-                await rt.lease_lost(claim, claim.lost or "the lease passed before the step started")
-                self.in_flight.discard(claim)
-                continue
-            claim.started = True
-            ran: tuple[Encoded, float] | None = None
-            with trio.CancelScope() as claim.scope:  # cancelled when the lease is lost (Runtime.lose)
-                ran = await run_claim(claim, rt.db, rt.worker_id, rt)
-            claim.scope = None
-            if claim.lost is None and trio.current_time() >= claim.lease_until:
-                claim.lost = "the lease passed while the step ran"  # it never reached a checkpoint since
-            if ran is None and interrupted(claim):  # db.cancel reached the step (Runtime.beat): still held
-                ran = (cancel_outcome(claim, interrupted=True), 0.0)
-            if claim.lost is not None or ran is None:
-                # another worker may be running it now: its outcome is not committed (it would be fenced)
-                if ran is not None:
-                    tracing.finish_lost(tracing.start_outcome(claim, ran[0]), claim, ran[0], claim.lost or "")
+        running: Claim | None = None  # the claim whose step runs in the scope, if any
+        with trio.CancelScope() as scope:
+            while not scope.cancel_called:
+                while not self.buffer or rt.stopping:
+                    if not self._slots_open or rt.stopping:
+                        return False
+                    await self._ready.park()
+                claim = self.buffer.popleft()
+                self.in_flight.add(claim)
+                # a step cut off by cancellation stays in in_flight so the drain can release it; so does a
+                # lost claim until its loss is recorded (the row may still be ours: lease_lost releases it)
+                now = trio.current_time()
+                if claim.lost is not None or now >= claim.lease_until:  # never ran
+                    with trio.CancelScope(shield=True):
+                        await rt.lease_lost(claim, claim.lost or "the lease passed before the step started")
+                    self.in_flight.discard(claim)
+                    continue
+                claim.started = True
+                running, claim.scope = claim, scope  # cancelled when the lease is lost (Runtime.lose)
+                ran = await run_claim(claim, rt.db, rt.worker_id, rt, start=now)
+                running, claim.scope = None, None
+                await self._ran(claim, ran, now + ran[1])
+            return True
+        if running is not None:  # its step was cut off (the scope's cancel caught it)
+            running.scope = None
+            await self._ran(running, None, trio.current_time())
+        return True
+
+    async def _ran(self, claim: Claim, ran: tuple[Encoded, float] | None, now: float) -> None:
+        """After a step (``ran``: its outcome and duration; None when it was cancelled), at trio time ``now``:
+        hand the outcome to the flusher, or record a lost lease."""
+        rt = self.runtime
+        if claim.lost is None and now >= claim.lease_until:
+            claim.lost = "the lease passed while the step ran"  # it never reached a checkpoint since
+        if ran is None and interrupted(claim):  # db.cancel reached the step (Runtime.beat): still held
+            ran = (cancel_outcome(claim, interrupted=True), 0.0)
+        if claim.lost is not None or ran is None:
+            # another worker may be running it now: its outcome is not committed (it would be fenced)
+            if ran is not None:
+                tracing.finish_lost(tracing.start_outcome(claim, ran[0]), claim, ran[0], claim.lost or "")
+            with trio.CancelScope(shield=True):  # the slot's scope may be cancelled already
                 await rt.lease_lost(claim, claim.lost or "cancelled")
-                self.in_flight.discard(claim)
-                continue
-            encoded = ran[0]
-            # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
-            encoded.hold = (encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
-                            and encoded.delay is None and encoded.wake_at is None)  # a delayed next sleeps
             self.in_flight.discard(claim)
-            self.committing.add(claim)
-            claim.submitted = trio.current_time()
-            span = tracing.start_outcome(claim, encoded)
-            rt.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
-            if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
-                self.wakeup.set()
+            return
+        encoded = ran[0]
+        # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
+        encoded.hold = (encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
+                        and encoded.delay is None and encoded.wake_at is None)  # a delayed next sleeps
+        self.in_flight.discard(claim)
+        self.committing.add(claim)
+        claim.submitted = now  # the step's end: a run-ahead lease, which starts after it, is counted short
+        span = tracing.start_outcome(claim, encoded)
+        rt.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
+        if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
+            self.wakeup.set()
 
     def committed(self, claim: Claim, encoded: Encoded, span: tracing.PendingOutcome, result: Committed | None,
                   error: BaseException | None) -> None:
@@ -351,7 +376,7 @@ class Scheduler:
             claims = claims_from_rows(rows)
             for c in claims:
                 c.lease_until = began + rt.lease
-            if claims and self.held():
+            if claims and (self.in_flight or self.committing or self.uncommitted or self.buffer):
                 self.superseded(claims)
             return claims
 
@@ -359,10 +384,12 @@ class Scheduler:
         """A picked row this scheduler still holds under an older token (its lease passed and it was reaped
         while the step ran or its outcome waited): the old claim is lost, its step cancelled, and its queued
         outcome will be fenced; only the new claim may run the step."""
-        fresh = {c.id: c.lease_token for c in claims}
-        for old in self.held():
-            if fresh.get(old.id, old.lease_token) != old.lease_token:
-                self.runtime.lose(old, "picked again under a new lease token")
+        fresh = {c.id: c.lease_token for c in claims}.get
+        for held in (self.in_flight, self.committing, self.uncommitted, self.buffer):
+            for old in held:
+                token = fresh(old.id)
+                if token is not None and token != old.lease_token:
+                    self.runtime.lose(old, "picked again under a new lease token")
 
     def clashing(self, exc: asyncpg.UniqueViolationError | None) -> None:
         """Log a pick whose every try trips a unique index once per change (a new index, or passing again)."""
