@@ -204,7 +204,7 @@ class Conn:
         return await self._pool._on(q, self.raw, "fetch", args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
-        return await self._pool._on(q, self.raw, "fetchrow", args)  # type: ignore[no-any-return]
+        return await self._pool._on(q, self.raw, "fetchrow", args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
         return await self._pool._on(q, self.raw, "fetchval", args)
@@ -570,7 +570,7 @@ class Pool:
         return await self._pooled(q, "fetch", args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
-        return await self._pooled(q, "fetchrow", args)  # type: ignore[no-any-return]
+        return await self._pooled(q, "fetchrow", args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
         return await self._pooled(q, "fetchval", args)

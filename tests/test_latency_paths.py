@@ -55,7 +55,7 @@ async def test_a_statement_on_a_warm_pool_takes_no_asyncio_task_and_five_schedul
         db: durable.Database) -> None:
     pool = db.pool
     for _ in range(3):  # warm: a connection of each pool is kept between statements
-        await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None)
+        await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None, None, None)
         await pool.fetchrow(Q.get_instance, 0)
     before = costs(db)
     steps = Steps()
@@ -64,7 +64,7 @@ async def test_a_statement_on_a_warm_pool_takes_no_asyncio_task_and_five_schedul
     try:
         for _ in range(5):  # the fewest of five: a background task of the fixture may take a turn meanwhile
             steps.steps = 0
-            await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None)
+            await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None, None, None)
             fewest = steps.steps if fewest is None else min(fewest, steps.steps)
     finally:
         trio.lowlevel.remove_instrument(steps)
