@@ -112,6 +112,14 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 extra += f" at {node.get('offered_per_s')}/s"
             rows.append(("pickup p50 / p99 ms", label, f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
                          extra))
+    node = _get(r, "durable.pickup.under_load_pgqueuer")
+    if node is not None:
+        err = _failure(node)
+        mine = _get(r, "durable.pickup.under_load") or {}
+        rows.append(("pickup p50 / p99 ms", f"pgqueuer {node.get('version', '')}, same load",
+                     "failed" if err else f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
+                     (err or "")[:100] or f"{node.get('n')} samples at {node.get('offered_per_s')}/s; durable "
+                     f"{_fmt(mine.get('p50_ms'))} / {_fmt(mine.get('p99_ms'))}"))
     small = _num(_get(r, "durable.picker.small.mean_ms"))
     large = _num(_get(r, "durable.picker.large.mean_ms"))
     for key, ms in (("small", small), ("large", large)):
@@ -165,6 +173,11 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(("PG UPDATE commits/s", f"{clients} client{'s' if clients != '1' else ''}", _fmt(x),
                          f"durable one-step = {_ratio(one, x):.2f}x, 5-step = {_ratio(five, x):.2f}x"
                          if one and five else ""))
+    idle = _get(r, "pg_limit.idle_commit")
+    if isinstance(idle, dict) and idle.get("p50_ms") is not None:
+        rows.append(("PG single commit ms", "1 client, back to back / after a 10-50 ms gap (p50)",
+                     f"{_fmt(_get(r, 'pg_limit.commit_ms'))} / {_fmt(idle['p50_ms'])}",
+                     f"after a gap p99 {_fmt(idle.get('p99_ms'))} ms"))
     for node in (_get(r, "durable.ceiling") or {}).values():
         x = _num(node.get("per_s")) if isinstance(node, dict) else None
         if x is not None:
@@ -232,6 +245,35 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         if p50 is not None:
             out.append({"target": f"pickup p50 < 5 ms {label}", "met": p50 < 5, "measured": f"{p50:.2f} ms",
                         "gap": None if p50 < 5 else f"{p50 - 5:.1f} ms over"})
+    out += latency_targets(r)
+    return out
+
+
+def latency_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 20's latency targets, as ratios to the same run's single-client commit (``pg_limit``)."""
+    out: list[dict[str, Any]] = []
+    commit = _num(_get(r, "pg_limit.commit_ms"))
+
+    def bound(target: str, value: float | None, limit: float, unit: str = "x", of: str = "") -> None:
+        if value is None:
+            return
+        out.append({"target": target, "met": value <= limit, "measured": f"{value:.2f}{unit}{of}",
+                    "gap": None if value <= limit else f"{value / limit:.2f}x over"})
+
+    if commit:
+        ins = _num(_get(r, "durable.pickup.in_process.insert.p50_ms"))
+        bound("insert p50 <= 2.5x one single-client commit", ins / commit if ins else None, 2.5,
+              of=f" ({ins} ms vs {commit} ms)")
+        for key, label, limit in (("in_process", "in process", 3.0), ("cross_process", "across processes", 5.0)):
+            p50 = _num(_get(r, f"durable.pickup.{key}.p50_ms"))
+            bound(f"pickup p50 {label} <= {limit:g}x one commit", p50 / commit if p50 else None, limit,
+                  of=f" ({p50} ms)")
+    for key, label in (("in_process", "in process"), ("cross_process", "across processes")):
+        p50, p99 = _num(_get(r, f"durable.pickup.{key}.p50_ms")), _num(_get(r, f"durable.pickup.{key}.p99_ms"))
+        bound(f"pickup p99 <= 4x p50, {label}", p99 / p50 if p50 and p99 else None, 4.0)
+    p50, p99 = _num(_get(r, "durable.pickup.under_load.p50_ms")), _num(_get(r, "durable.pickup.under_load.p99_ms"))
+    bound("under load (50% of the drain rate): p50 <= 5 ms", p50, 5.0, " ms")
+    bound("under load (50% of the drain rate): p99 <= 25 ms", p99, 25.0, " ms")
     return out
 
 
@@ -247,7 +289,7 @@ def render(r: dict[str, Any], console: Console) -> None:
     for row in figures(r):
         table.add_row(*row)
     console.print(table)
-    goals = Table(title="targets (issue 7)")
+    goals = Table(title="targets (issues 7 and 20)")
     for col in ("target", "met", "measured", "gap"):
         goals.add_column(col)
     for t in r.get("targets", []):

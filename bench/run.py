@@ -151,6 +151,10 @@ class Runner:
         await self.stage("durable.pickup.under_load", f"pickup latency under load ({load_rate:,.0f} rows/s "
                          f"for {p.load_seconds:.0f} s)", lambda: d.pickup_under_load(
                              durable_dsn, load_rate, p.load_seconds, p.tuning))
+        if "pgqueuer" in p.peers:  # the same offered load, for a side-by-side latency (issue 20, item 2)
+            await self.stage("durable.pickup.under_load_pgqueuer", f"pgqueuer pickup latency under the same load "
+                             f"({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
+                             lambda: self.peer_latency(load_rate, p.load_seconds))
         for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
             await self.stage(f"durable.picker.{label}", f"picker cost at {backlog:,} runnable rows",
                              lambda b=backlog: d.picker(durable_dsn, b, p.picks, p.pick_demand))  # type: ignore[misc]
@@ -203,6 +207,18 @@ class Runner:
                                                      **PEER_SETTINGS[name]}, limit=1800)
         finally:
             await self.aio(self.server.drop_database, f"bench_{name}")
+        return result
+
+    async def peer_latency(self, per_s: float, seconds: float) -> dict[str, Any]:
+        """pgqueuer's pickup latency at ``per_s`` jobs/s (bench/peers/pgqueuer_latency.py)."""
+        dsn = await self.aio(self.server.recreate_database, "bench_pgqueuer_latency")
+        try:
+            result: dict[str, Any] = await run_json(
+                "bench.peers.pgqueuer_latency",
+                {"dsn": dsn, "per_s": per_s, "seconds": seconds, "batch": PEER_SETTINGS["pgqueuer"]["batch"]},
+                limit=seconds * 10 + 120)
+        finally:
+            await self.aio(self.server.drop_database, "bench_pgqueuer_latency")
         return result
 
     async def duel(self, dsn: str) -> dict[str, Any]:
