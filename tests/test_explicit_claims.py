@@ -314,3 +314,15 @@ async def test_run_once_beside_a_runtime_runs_nothing_twice(db: durable.Database
     assert set(Counted.runs.values()) == {1}, {k: v for k, v in Counted.runs.items() if v != 1}
     results = [await db.result(i, timeout=0) for i in ids]
     assert results.count("run_once") == len(by_handler) > 0 and results.count("runtime") > 0
+
+
+async def test_a_cancel_reaches_a_held_claim_through_extend(db: durable.Database) -> None:
+    iid = await order(db)
+    c = await one(db)
+    assert await db.cancel(iid, "operator") == "executing"  # pending: the claim is held
+    assert c.cancel_requested is False
+    await c.extend()
+    assert c.cancel_requested is True
+    assert await c.transition("ship") == "cancelled"  # whatever the call says, the instance ends cancelled
+    with pytest.raises(durable.InstanceCancelled):
+        await db.result(iid, timeout=0)
