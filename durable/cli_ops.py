@@ -563,14 +563,18 @@ def signal(dsn: str | None, schema: str, ref: tuple[int | None, str | None], nam
 @click.option("--partition-key", help="At most one executing step per key.")
 @click.option("--unique-key", help="Skip the insert when a live instance holds this key.")
 @click.option("--schedule-in", help="Delay before the first step (90s, 10m, 2h).")
+@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
+              help="An attribute to filter on later (durable ls --attr), e.g. tenant=acme (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the new id (id=$(durable insert ... -q)).")
 @json_option
 def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | None, module: str | None,
            version: int | None, queue: str | None, priority: int | None, partition_key: str | None,
-           unique_key: str | None, schedule_in: str | None, quiet: bool, as_json: bool) -> None:
+           unique_key: str | None, schedule_in: str | None, attrs: tuple[str, ...], quiet: bool,
+           as_json: bool) -> None:
     """Insert an instance of MACHINE. The CLI has no registry: give --module (the machine's definition:
     first step, queue, state type), or name the first step and the queue with --step and --queue."""
     value = parse_json(state, "--state")
+    attributes = parse_attrs(attrs)
     delay = parse_duration(schedule_in, "--schedule-in") if schedule_in else None
     machines = load_machines(module) if module else []
     known = [m for m in machines if m.name == machine and (version is None or m.version == version)]
@@ -596,7 +600,8 @@ def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | N
                 if (m.name, m.version) not in db.registry:
                     db.registry.add(m)
             iid = await db.insert(machine, value, step=step, version=version, queue=queue, priority=priority,
-                                  partition_key=partition_key, unique_key=unique_key, schedule_in=delay)
+                                  partition_key=partition_key, unique_key=unique_key, schedule_in=delay,
+                                  attributes=attributes)
         # what was inserted, not what the row holds now: a worker may already have moved it on
         if as_json:
             emit_json({"id": iid, "duplicate": iid is None, "queue": target_queue if iid else None,

@@ -224,6 +224,8 @@ def test_cli_ls_cancel_show_and_tail_take_attr(pg_dsn: str, schema_name: str) ->
         ):
             proc = cli(*args, code=2)
             assert proc.stderr.startswith("error:") and message in proc.stderr and len(proc.stderr.splitlines()) == 1
+        made = cli.json("insert", "attrs.tagged", "--step", "start", "--queue", "attrs", "--attr", "tenant=cli")
+        assert cli.json("show", str(made["id"]))["attributes"] == {"tenant": "cli"}
         report = cli.json("cancel", "--attr", "tenant=globex", "--yes")
         assert (report["matched"], report["changed"]) == (2, 2)
         assert {r["status"] for r in cli.json("ls", "--attr", "tenant=globex")["items"]} == {"cancelled"}
