@@ -215,7 +215,7 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
     (what the commit's WAL flush costs a pick); then EXPLAIN (ANALYZE, BUFFERS) one pick."""
     queue = workloads.ONE_STEP_QUEUE
     schema = f"b_pick_{backlog}"
-    async with fresh(dsn, schema) as db, async_commit_pool(dsn, schema, 2) as fast:
+    async with fresh(dsn, schema) as db, session_pool(dsn, schema, 2, "synchronous_commit", "off") as fast:
         pool = db.pool
         for offset in range(0, backlog, 100_000):
             await pool.fetchval(q(B.seed_runnable), min(100_000, backlog - offset), workloads.noop.name,
@@ -295,13 +295,18 @@ async def picker_values(dsn: str, backlog: int, picks: int, demand: int, size: i
 
 
 @asynccontextmanager
-async def forced_generic_pool(dsn: str, schema: str, size: int) -> AsyncIterator[Pool]:
-    """A durable Pool whose sessions run ``plan_cache_mode = force_generic_plan``: the pick's cached plan
-    from its first execution on (the engine's own pick connections use ``auto``, which switches to the
-    generic plan after five executions when it does not look costlier)."""
+async def session_pool(dsn: str, schema: str, size: int, setting: str, value: str) -> AsyncIterator[Pool]:
+    """A durable Pool whose sessions run ``setting = value``. Measurements only:
+
+    - ``plan_cache_mode = force_generic_plan``: the pick's cached plan from its first execution on (the
+      engine's own pick connections use ``auto``, which switches to the generic plan after five executions
+      when it does not look costlier);
+    - ``synchronous_commit = off``: the picks of the ``async_pick`` ceiling variant. The engine does not do
+      this, because a crash can rewind the lease-token sequence with the lost claims and hand the same
+      tokens out again (PERFORMANCE.md, suggestion 4)."""
     raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
         dsn, min_size=1, max_size=size, statement_cache_size=256,
-        server_settings={"search_path": f"{schema},public", "plan_cache_mode": "force_generic_plan"})
+        server_settings={"search_path": f"{schema},public", setting: value})
     pool = Pool(raw, dsn, schema)
     try:
         yield pool
@@ -319,7 +324,8 @@ async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, exec
     queue = workloads.ONE_STEP_QUEUE
     schema = "b_pick_executing"
     machine = workloads.noop.name
-    async with fresh(dsn, schema) as db, forced_generic_pool(dsn, schema, 1) as generic:
+    async with fresh(dsn, schema) as db, \
+            session_pool(dsn, schema, 1, "plan_cache_mode", "force_generic_plan") as generic:
         pool = db.pool
         await pool.fetchval(q(B.seed_runnable_keyed), backlog, machine, "perform", queue, "key")
         timings: dict[str, list[float]] = {"engine": [], "generic": []}
@@ -372,22 +378,6 @@ def done_batch(rows: list[Any]) -> list[_Pending]:
     return [_Pending(Claim.from_row(r), Encoded("done", result="null")) for r in rows]
 
 
-@asynccontextmanager
-async def async_commit_pool(dsn: str, schema: str, size: int) -> AsyncIterator[Pool]:
-    """A durable Pool whose sessions run ``synchronous_commit = off`` (the picks of the
-    ``async_pick`` ceiling variant). A measurement only: the engine does not do this, because a crash
-    can rewind the lease-token sequence with the lost claims and hand the same tokens out again
-    (PERFORMANCE.md, suggestion 4)."""
-    raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-        dsn, min_size=1, max_size=size, statement_cache_size=256,
-        server_settings={"search_path": f"{schema},public", "synchronous_commit": "off"})
-    pool = Pool(raw, dsn, schema)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 async def ceiling(dsn: str, batch: int, n: int, loops: int = 1, async_pick: bool = False) -> dict[str, Any]:
     """``pick`` + ``complete`` in a tight loop through durable's Pool: no step code, no tasks, no
     tracing, one statement at a time (``loops`` such loops at once, each on its own connection, shows
@@ -397,7 +387,7 @@ async def ceiling(dsn: str, batch: int, n: int, loops: int = 1, async_pick: bool
     queue = workloads.ONE_STEP_QUEUE
     schema = f"b_ceiling_{batch}_{loops}{'_a' if async_pick else ''}"
     async with fresh(dsn, schema, max_size=loops + 1) as db, \
-            async_commit_pool(dsn, schema, loops + 1) as fast:
+            session_pool(dsn, schema, loops + 1, "synchronous_commit", "off") as fast:
         pickers = fast if async_pick else db.pool
         pool = db.pool
         for offset in range(0, n, 100_000):

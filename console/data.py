@@ -241,7 +241,7 @@ class OverviewLoader:
             workers = await r.fetch(Q.list_workers, clock)
             start, end = self.throughput.next_range(int(clock.timestamp()))
             steps = await r.fetch(Q.console_throughput, _at(start), _at(end))
-            schedules = await r.fetch(Q.console_schedules)
+            schedules = await r.fetch(Q.list_schedules)
             return clock, counts, workers, steps, start, end, schedules
 
         clock, counts, worker_rows, steps, start, end, schedule_rows = await source.read(read)

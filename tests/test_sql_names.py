@@ -52,3 +52,25 @@ def test_a_replaced_statement_is_put_back_however_the_block_ends() -> None:
     with pytest.raises(AttributeError, match="no SQL statement named 'pikc'"):
         getattr(Q, misspelled)
     assert "pick" in Q and "pikc" not in Q
+
+
+def test_fragments_are_shared_sql_and_not_statements() -> None:
+    from durable.sql import expand, parse_queries
+
+    source = (
+        "-- fragment: pair\n-- Two columns.\nselect {a}, {b}\n\n"
+        "-- name: one\n-- Uses pair.\n  -- include: pair a=$1 b=2\nfrom t;\n"
+    )
+    queries = parse_queries(source)
+    assert list(queries) == ["one"] and queries["one"].text == "-- Uses pair.\n  select $1, 2\nfrom t;\n"
+    with pytest.raises(ValueError, match="no SQL fragment named 'nope'"):
+        expand("-- include: nope", {})
+    with pytest.raises(ValueError, match="needs a value for \\{b\\}"):
+        expand("-- include: pair a=1", {"pair": "select {a}, {b}"})
+    with pytest.raises(ValueError, match="has no placeholder \\{c\\}"):
+        expand("-- include: pair a=1 b=2 c=3", {"pair": "select {a}, {b}"})
+    # the engine's statements hold no include line and no placeholder left unexpanded
+    for query in Q:
+        assert "-- include:" not in query.text and not re.search(r"\{[a-z_]+\}", query.text), query.name
+    assert "starts_with(machine, $4::text)" in Q.count_instances.text  # the instance_filters fragment
+    assert "for no key update of g" in Q.release.text and "for no key update of g" in Q.lease_lost.text

@@ -41,29 +41,76 @@ class Migration:
     text: str
 
 
-_HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^--\s*(name|fragment):\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^([ \t]*)--\s*include:\s*([a-z_][a-z0-9_]*)((?:\s+[a-z_]+=\S+)*)\s*$", re.MULTILINE)
 _GENERIC = "plan: generic"
 
 
-def parse_queries(source: str) -> dict[str, Query]:
-    """Split a file of ``-- name:`` sections into queries; a duplicate name is an error."""
-    out: dict[str, Query] = {}
+def _sections(source: str) -> list[tuple[str, str, str]]:
+    """(kind, name, body) of each ``-- name:`` or ``-- fragment:`` section of a file."""
     headers = list(_HEADER.finditer(source))
+    out = []
     for i, m in enumerate(headers):
         end = headers[i + 1].start() if i + 1 < len(headers) else len(source)
-        body = source[m.end() : end].strip("\n")
+        out.append((m.group(1), m.group(2), source[m.end() : end].strip("\n")))
+    return out
+
+
+def _code(body: str) -> str:
+    """A section's body without its leading comment lines (a fragment's doc)."""
+    lines = body.splitlines()
+    while lines and lines[0].startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines).strip("\n")
+
+
+def expand(text: str, fragments: dict[str, str]) -> str:
+    """``text`` with each ``-- include: NAME key=value ...`` line replaced by fragment NAME (indented like
+    the line), its ``{key}`` placeholders filled in. An unknown fragment or placeholder is an error."""
+
+    def one(m: re.Match[str]) -> str:
+        indent, name, args = m.group(1), m.group(2), m.group(3)
+        if name not in fragments:
+            raise ValueError(f"-- include: no SQL fragment named {name!r}")
+        body = fragments[name]
+        for arg in args.split():
+            key, _, value = arg.partition("=")
+            if "{" + key + "}" not in body:
+                raise ValueError(f"-- include: {name} has no placeholder {{{key}}}")
+            body = body.replace("{" + key + "}", value)
+        left = re.search(r"\{[a-z_]+\}", body)
+        if left:
+            raise ValueError(f"-- include: {name} needs a value for {left.group(0)}")
+        return "\n".join(indent + line if line else line for line in body.splitlines())
+
+    return _INCLUDE.sub(one, text)
+
+
+def parse_fragments(source: str) -> dict[str, str]:
+    """The ``-- fragment: NAME`` sections of a file: SQL that statements share through ``-- include:``
+    lines (a fragment is no statement of its own: it is not in :data:`Q`)."""
+    return {name: _code(body) for kind, name, body in _sections(source) if kind == "fragment"}
+
+
+def parse_queries(source: str, fragments: dict[str, str] | None = None) -> dict[str, Query]:
+    """Split a file of ``-- name:`` sections into queries, ``-- include:`` lines expanded from
+    ``fragments`` (default: the file's own); a duplicate name is an error."""
+    fragments = parse_fragments(source) if fragments is None else fragments
+    out: dict[str, Query] = {}
+    for kind, name, body in _sections(source):
+        if kind != "name":
+            continue
         doc_lines = []
         for line in body.splitlines():
             if line.startswith("--"):
                 doc_lines.append(line[2:].strip())
             else:
                 break
-        name = m.group(1)
         if name in out:
             raise ValueError(f"duplicate query name {name!r}")
         generic = _GENERIC in doc_lines
         doc = " ".join(line for line in doc_lines if line != _GENERIC)
-        out[name] = Query(name=name, text=body.strip() + "\n", doc=doc, generic=generic)
+        out[name] = Query(name=name, text=expand(body.strip(), fragments) + "\n", doc=doc, generic=generic)
     return out
 
 
@@ -122,13 +169,21 @@ class _Queries:
 
 
 def _load_all() -> dict[str, Query]:
+    files = [(entry.name, entry.read_text("utf-8"))
+             for entry in sorted(resources.files(__package__).iterdir(), key=lambda e: e.name)
+             if entry.name.endswith(".sql")]
+    fragments: dict[str, str] = {}
+    for file_name, text in files:
+        for name, body in parse_fragments(text).items():
+            if name in fragments:
+                raise ValueError(f"SQL fragment {name!r} defined twice ({file_name})")
+            fragments[name] = body
     merged: dict[str, Query] = {}
-    for entry in sorted(resources.files(__package__).iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".sql"):
-            for name, q in parse_queries(entry.read_text("utf-8")).items():
-                if name in merged:
-                    raise ValueError(f"query {name!r} defined twice ({entry.name})")
-                merged[name] = q
+    for file_name, text in files:
+        for name, q in parse_queries(text, fragments).items():
+            if name in merged:
+                raise ValueError(f"query {name!r} defined twice ({file_name})")
+            merged[name] = q
     return merged
 
 

@@ -53,6 +53,26 @@
 -- it lets the planner answer a filter as a BitmapOr of the partial index (first arm) and
 -- instances_lease (second arm). `python -m durable.bench.ops_queries` times each filter on 1M rows.
 
+-- fragment: instance_filters
+-- The filters $1..$15 of the header, and the always-true executing arm (see the header: executing rows);
+-- the WHERE clause of every query_instances* statement and of count_instances.
+where ($1::bigint[] is null or id = any($1::bigint[]))
+  and ($2::status[] is null or status = any($2::status[]))
+  and ($3::text is null or machine = $3::text)
+  and ($4::text is null or starts_with(machine, $4::text))
+  and ($5::int is null or version = $5::int)
+  and ($6::text is null or queue = $6::text)
+  and ($7::text is null or partition_key = $7::text)
+  and ($8::text is null or unique_key = $8::text)
+  and ($9::bigint is null or parent_id = $9::bigint)
+  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
+  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
+  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
+  and ($13::timestamptz is null or updated_at < $13::timestamptz)
+  and ($14::text is null or state @> $14::text::jsonb)
+  and ($15::text is null or attributes @> $15::text::jsonb)
+  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
+
 -- name: force_custom_plans
 -- Plan every statement of the current transaction for its actual parameters (SET LOCAL
 -- plan_cache_mode = force_custom_plan). Run first in the transaction of a query_instances* statement.
@@ -69,22 +89,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
        inserted_at, updated_at, attributes::text as attributes
 from instances
-where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::status[] is null or status = any($2::status[]))
-  and ($3::text is null or machine = $3::text)
-  and ($4::text is null or starts_with(machine, $4::text))
-  and ($5::int is null or version = $5::int)
-  and ($6::text is null or queue = $6::text)
-  and ($7::text is null or partition_key = $7::text)
-  and ($8::text is null or unique_key = $8::text)
-  and ($9::bigint is null or parent_id = $9::bigint)
-  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
-  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
-  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
-  and ($13::timestamptz is null or updated_at < $13::timestamptz)
-  and ($14::text is null or state @> $14::text::jsonb)
-  and ($15::text is null or attributes @> $15::text::jsonb)
-  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
+-- include: instance_filters
   and ($17::bigint is null or id > $17::bigint)
 order by id
 limit $16;
@@ -100,22 +105,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
        inserted_at, updated_at, attributes::text as attributes
 from instances
-where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::status[] is null or status = any($2::status[]))
-  and ($3::text is null or machine = $3::text)
-  and ($4::text is null or starts_with(machine, $4::text))
-  and ($5::int is null or version = $5::int)
-  and ($6::text is null or queue = $6::text)
-  and ($7::text is null or partition_key = $7::text)
-  and ($8::text is null or unique_key = $8::text)
-  and ($9::bigint is null or parent_id = $9::bigint)
-  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
-  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
-  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
-  and ($13::timestamptz is null or updated_at < $13::timestamptz)
-  and ($14::text is null or state @> $14::text::jsonb)
-  and ($15::text is null or attributes @> $15::text::jsonb)
-  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
+-- include: instance_filters
   and ($17::bigint is null or id < $17::bigint)
 order by id desc
 limit $16;
@@ -131,22 +121,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
        inserted_at, updated_at, attributes::text as attributes
 from instances
-where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::status[] is null or status = any($2::status[]))
-  and ($3::text is null or machine = $3::text)
-  and ($4::text is null or starts_with(machine, $4::text))
-  and ($5::int is null or version = $5::int)
-  and ($6::text is null or queue = $6::text)
-  and ($7::text is null or partition_key = $7::text)
-  and ($8::text is null or unique_key = $8::text)
-  and ($9::bigint is null or parent_id = $9::bigint)
-  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
-  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
-  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
-  and ($13::timestamptz is null or updated_at < $13::timestamptz)
-  and ($14::text is null or state @> $14::text::jsonb)
-  and ($15::text is null or attributes @> $15::text::jsonb)
-  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
+-- include: instance_filters
   and ($18::timestamptz is null or (updated_at, id) > ($18::timestamptz, $17::bigint))
 order by updated_at, id
 limit $16;
@@ -162,22 +137,7 @@ select id, machine, version, step, status::text as status, state::text as state,
        least(greatest(eligible_at, '0001-01-01 00:00:00+00'), '9999-12-31 23:59:59.999999+00') as eligible_at,
        inserted_at, updated_at, attributes::text as attributes
 from instances
-where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::status[] is null or status = any($2::status[]))
-  and ($3::text is null or machine = $3::text)
-  and ($4::text is null or starts_with(machine, $4::text))
-  and ($5::int is null or version = $5::int)
-  and ($6::text is null or queue = $6::text)
-  and ($7::text is null or partition_key = $7::text)
-  and ($8::text is null or unique_key = $8::text)
-  and ($9::bigint is null or parent_id = $9::bigint)
-  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
-  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
-  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
-  and ($13::timestamptz is null or updated_at < $13::timestamptz)
-  and ($14::text is null or state @> $14::text::jsonb)
-  and ($15::text is null or attributes @> $15::text::jsonb)
-  and (status <> 'executing' or status = 'executing')  -- see the header: executing rows
+-- include: instance_filters
   and ($18::timestamptz is null or (updated_at, id) < ($18::timestamptz, $17::bigint))
 order by updated_at desc, id desc
 limit $16;
@@ -278,22 +238,8 @@ select count(*)::int from gone;
 -- would touch (durable cancel/retry --status ...).
 select count(*)::bigint
 from instances
-where ($1::bigint[] is null or id = any($1::bigint[]))
-  and ($2::status[] is null or status = any($2::status[]))
-  and ($3::text is null or machine = $3::text)
-  and ($4::text is null or starts_with(machine, $4::text))
-  and ($5::int is null or version = $5::int)
-  and ($6::text is null or queue = $6::text)
-  and ($7::text is null or partition_key = $7::text)
-  and ($8::text is null or unique_key = $8::text)
-  and ($9::bigint is null or parent_id = $9::bigint)
-  and ($10::timestamptz is null or inserted_at >= $10::timestamptz)
-  and ($11::timestamptz is null or inserted_at < $11::timestamptz)
-  and ($12::timestamptz is null or updated_at >= $12::timestamptz)
-  and ($13::timestamptz is null or updated_at < $13::timestamptz)
-  and ($14::text is null or state @> $14::text::jsonb)
-  and ($15::text is null or attributes @> $15::text::jsonb)
-  and (status <> 'executing' or status = 'executing');  -- see the header: executing rows
+-- include: instance_filters
+;
 
 -- name: retry_instances
 -- retry_instance (queries.sql) for a batch: the failed or cancelled instances among ids $1 back to runnable

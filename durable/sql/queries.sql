@@ -202,13 +202,16 @@ logged as (
 )
 select id, queue, worker_id, lease_token from reaped;
 
--- name: release
--- Give claims back without running them (drain): to runnable, place in line kept, attempt + $3[i]
--- (0 for a buffered claim, 1 for a step interrupted mid-flight). Fenced by token. $4 worker, $5 now.
-with held as (
+-- fragment: release_held
+-- Claims given back by a worker that still holds them: the rows of CTE `claim` (id, token, bump) that are
+-- executing under that lease token, locked in id order, back to runnable (worker and lease cleared,
+-- attempt + bump, place in line kept: eligible_at unchanged) at {now}. Defines the CTEs `held` (id, bump)
+-- and `released` (id, machine, step, attempt, queue, bump), and ends with a comma: the statement goes on
+-- with its history rows. Shared by release (a drain) and lease_lost (a step cancelled for its lease).
+held as (
   select g.id, r.bump
   from instances g
-  join unnest($1::bigint[], $2::bigint[], $3::int[]) as r(id, token, bump)
+  join claim r
     on g.id = r.id and g.lease_token = r.token
   where g.status = 'executing'
   order by g.id
@@ -217,11 +220,19 @@ with held as (
 released as (
   update instances g
   set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
-      attempt = g.attempt + h.bump, updated_at = coalesce($5::timestamptz, now())
+      attempt = g.attempt + h.bump, updated_at = coalesce({now}::timestamptz, now())
   from held h
   where g.id = h.id
   returning g.id, g.machine, g.step, g.attempt, g.queue, h.bump
 ),
+
+-- name: release
+-- Give claims back without running them (drain): to runnable, place in line kept, attempt + $3[i]
+-- (0 for a buffered claim, 1 for a step interrupted mid-flight). Fenced by token. $4 worker, $5 now.
+with claim as (
+  select * from unnest($1::bigint[], $2::bigint[], $3::int[]) as c(id, token, bump)
+),
+-- include: release_held now=$5
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, detail, at)
   select id, machine, 'released', step, attempt, 'runnable', $4,
@@ -882,33 +893,18 @@ select coalesce(max(version), 0) from schema_migrations;
 -- (it may be someone else's now). Either way one 'lease_lost' history row per claim, with the step and
 -- attempt that lost it and the row's status after. Returns the ids released (with their queue, for
 -- wake-ups).
-with arg as (
+with claim as (
   select * from unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::int[])
-       as a(id, token, bump, why, step, attempt)
+       as c(id, token, bump, why, step, attempt)
 ),
-held as (
-  select g.id, a.bump
-  from instances g
-  join arg a on g.id = a.id and g.lease_token = a.token
-  where g.status = 'executing'
-  order by g.id
-  for no key update of g
-),
-released as (
-  update instances g
-  set status = 'runnable', worker_id = null, lease_token = null, lease_expires_at = null,
-      attempt = g.attempt + h.bump, updated_at = coalesce($8::timestamptz, now())
-  from held h
-  where g.id = h.id
-  returning g.id, g.queue
-),
+-- include: release_held now=$8
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, worker_id, lease_token, detail, at)
   select a.id, g.machine, 'lease_lost', a.step, a.attempt,
          case when r.id is not null then 'runnable'::status else g.status end, $7, a.token,
          jsonb_build_object('reason', a.why, 'released', r.id is not null, 'started', a.bump > 0),
          coalesce($8::timestamptz, now())
-  from arg a
+  from claim a
   join instances g on g.id = a.id
   left join released r on r.id = a.id
 )

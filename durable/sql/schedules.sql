@@ -44,8 +44,8 @@ from unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::timestamptz[]) as t
 where s.name = t.name;
 
 -- name: list_schedules
--- Every schedule row for `durable schedules`, by name, with the status of its last instance (NULL when
--- none or garbage-collected). Times outside years 1..9999 (a row edited by hand, e.g. 'infinity': durable
+-- Every schedule row for `durable schedules` and the console's queues screen, by name, with the status of
+-- its last instance (NULL when none or garbage-collected). Times outside years 1..9999 (a row edited by hand, e.g. 'infinity': durable
 -- writes none) read as the nearest bound (NULL stays NULL): asyncpg cannot decode them, and one such row must not fail the
 -- command.
 select s.name, s.cron, s.tz, s.machine, s.catch_up,
@@ -58,7 +58,7 @@ select s.name, s.cron, s.tz, s.machine, s.catch_up,
             when s.next_tick < '0001-01-01 00:00:00+00' then '0001-01-01 00:00:00+00' else s.next_tick end as next_tick,
        case when s.updated_at > '9999-12-31 23:59:59.999999+00' then '9999-12-31 23:59:59.999999+00'
             when s.updated_at < '0001-01-01 00:00:00+00' then '0001-01-01 00:00:00+00' else s.updated_at end as updated_at,
-       i.status as last_status
+       i.status::text as last_status
 from schedules s
 left join instances i on i.id = s.last_instance_id
 order by s.name;
