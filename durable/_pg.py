@@ -30,7 +30,9 @@ Record: TypeAlias = asyncpg.Record
 class Gate(Protocol):
     """Wraps every database call; the simulator serializes calls and injects faults here."""
 
-    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T: ...
+    async def call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        """Run ``run()``, the database call of statement ``name``, and return its result."""
+        ...
 
 
 def redact(dsn: str) -> str:
@@ -68,6 +70,7 @@ def unreachable(exc: BaseException) -> bool:
 
 
 def aio(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``fn`` (an asyncio coroutine function: asyncpg's) made callable from trio."""
     return trio_asyncio.aio_as_trio(fn)  # type: ignore[no-any-return]
 
 
@@ -201,15 +204,19 @@ class Conn:
         self.raw = raw
 
     async def fetch(self, q: Query, *args: Any) -> list[Record]:
+        """The rows of statement ``q`` with parameters ``args``."""
         return await self._pool._on(q, self.raw, "fetch", args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        """The first row of statement ``q`` (None when it returns none)."""
         return await self._pool._on(q, self.raw, "fetchrow", args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
+        """The first column of the first row of statement ``q`` (None when it returns none)."""
         return await self._pool._on(q, self.raw, "fetchval", args)
 
     async def execute(self, q: Query, *args: Any) -> str:
+        """Run statement ``q``; returns its status tag."""
         return await self._pool._on(q, self.raw, "execute", args)  # type: ignore[no-any-return]
 
 
@@ -223,6 +230,7 @@ class Notifications(trio.abc.ReceiveChannel[str]):
         self._raw = raw
 
     async def receive(self) -> str:
+        """The next payload; EndOfChannel once the listening connection is gone."""
         while True:
             with trio.move_on_after(LISTEN_CHECK):
                 return await self._receive.receive()
@@ -230,6 +238,7 @@ class Notifications(trio.abc.ReceiveChannel[str]):
                 raise trio.EndOfChannel
 
     async def aclose(self) -> None:
+        """Stop receiving."""
         await self._receive.aclose()
 
 
@@ -425,6 +434,7 @@ class Pool:
                 f"{self.schema}, public` (or set PgBouncer's connect_query for the database; docs/scaling.md)")
 
     def pools(self) -> list[asyncpg.Pool]:
+        """The distinct asyncpg pools behind this Pool (plain, generic-plan, listening)."""
         return list(dict.fromkeys([self.raw, self.generic, self.listen_pool]))
 
     async def close(self) -> None:
@@ -567,15 +577,19 @@ class Pool:
                 pass  # asyncpg terminated it (a failed reset) or had it back already (dropped by the server)
 
     async def fetch(self, q: Query, *args: Any) -> list[Record]:
+        """The rows of statement ``q`` with parameters ``args``."""
         return await self._pooled(q, "fetch", args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        """The first row of statement ``q`` (None when it returns none)."""
         return await self._pooled(q, "fetchrow", args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
+        """The first column of the first row of statement ``q`` (None when it returns none)."""
         return await self._pooled(q, "fetchval", args)
 
     async def execute(self, q: Query, *args: Any) -> str:
+        """Run statement ``q``; returns its status tag."""
         return await self._pooled(q, "execute", args)  # type: ignore[no-any-return]
 
     async def release_listening(self, raw: asyncpg.Connection) -> None:
@@ -805,12 +819,15 @@ class Pinned:
         return await self._one(q, "fetch", args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, q: Query, *args: Any) -> Record | None:
+        """The first row of statement ``q`` (None when it returns none)."""
         return await self._one(q, "fetchrow", args)
 
     async def fetchval(self, q: Query, *args: Any) -> Any:
+        """The first column of the first row of statement ``q`` (None when it returns none)."""
         return await self._one(q, "fetchval", args)
 
     async def execute(self, q: Query, *args: Any) -> str:
+        """Run statement ``q``; returns its status tag."""
         return await self._one(q, "execute", args)  # type: ignore[no-any-return]
 
     @asynccontextmanager

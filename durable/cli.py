@@ -66,6 +66,7 @@ class OneLineError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file: IO[Any] | None = None) -> None:
+        """Print ``error: <message>`` on stderr."""
         click.echo(f"error: {self.format_message()}", err=True)
 
 
@@ -113,9 +114,12 @@ class LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every subcommand's name, sorted (no module imported)."""
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The subcommand ``name``, its module imported now; a stand-in naming the missing package when
+        that module cannot be imported (an optional extra not installed)."""
         entry = COMMANDS.get(name)
         if entry is None:
             return None
@@ -130,6 +134,7 @@ class LazyGroup(click.Group):
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The help's command list, from the one-line helps of COMMANDS (no module imported)."""
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
@@ -140,18 +145,21 @@ class DurableGroup(LazyGroup):
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
+        """click's context, a usage error turned into one line."""
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.ClickException as exc:
             raise one_line(exc) from None
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        """click's resolution, then the check that global options given after it apply to it."""
         name, cmd, rest = super().resolve_command(ctx, args)
         if cmd is not None:
             check_globals(ctx, cmd)
         return name, cmd, rest
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, a click error turned into one line."""
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:
@@ -162,6 +170,7 @@ class SubGroup(click.Group):
     """A group below the root (``durable db``): its leaves get the global-option check too."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        """click's resolution, then the check that global options given after it apply to it."""
         name, cmd, rest = super().resolve_command(ctx, args)
         if cmd is not None:
             check_globals(ctx, cmd)
@@ -278,6 +287,7 @@ def write_json(target: str, text: str) -> None:
 
 # -- running a command ------------------------------------------------------------------------------
 def fail(message: str, code: int) -> None:
+    """Print ``error: <message>`` on stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

@@ -101,6 +101,7 @@ def stop(as_json: bool) -> None:
 
 # -- worker -----------------------------------------------------------------------------------------
 def parse_queues(specs: tuple[str, ...]) -> dict[str, int]:
+    """``--queue NAME[=CONCURRENCY]`` options as a mapping queue -> concurrency."""
     queues: dict[str, int] = {}
     for spec in specs:
         name, sep, count = spec.partition("=")

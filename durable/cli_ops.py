@@ -62,6 +62,7 @@ async def connect(dsn: str | None, schema: str) -> AsyncIterator[Any]:
 
 
 def parse_json(text: str | None, what: str) -> Any:
+    """The value of JSON ``text`` (None stays None); a one-line usage error naming ``what`` otherwise."""
     if text is None:
         return None
     try:
@@ -118,6 +119,7 @@ def parse_when(text: str | None, what: str) -> datetime | timedelta | None:
 
 
 def emit_json(value: Any) -> None:
+    """Write ``value`` to stdout as one line of JSON (datetimes as ISO 8601, records by their to_json)."""
     sys.stdout.write(orjson.dumps(value, default=_json_default).decode() + "\n")
     sys.stdout.flush()
 
@@ -139,11 +141,13 @@ def console() -> Any:
 
 
 def short(value: Any, width: int = 40) -> str:
+    """``value`` as text (JSON unless a string), cut to ``width`` characters with an ellipsis."""
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def ago(when: datetime | None, now: datetime | None = None) -> str:
+    """How long before ``now`` ``when`` was (``5s ago``), or how far ahead (``in 2m``); empty for None."""
     if when is None:
         return ""
     secs = ((now or datetime.now(UTC)) - when).total_seconds()
@@ -167,6 +171,7 @@ STATUS_STYLE = {"done": "green", "failed": "red", "cancelled": "magenta", "execu
 
 
 def styled(status: str) -> str:
+    """``status`` in rich markup, coloured by what it means."""
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
@@ -240,6 +245,7 @@ class InstanceRef(click.ParamType[Any]):
     name = "ID"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """``(id, None)`` for an id, ``(None, KEY)`` for ``key:KEY``; a usage error otherwise."""
         if isinstance(value, tuple):
             return value
         text = str(value)
@@ -841,12 +847,14 @@ def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, y
 
 # -- workers and queues -----------------------------------------------------------------------------
 def worker_state(row: dict[str, Any], gone_after: float) -> str:
+    """``stopped``, ``gone`` (not seen for ``gone_after`` seconds) or ``live``, of a list_workers row."""
     if row["stopped_at"] is not None:
         return "stopped"
     return "gone" if row["seen_ago"] > gone_after else "live"
 
 
 async def fetch_workers(db: Any, gone_after: float) -> list[dict[str, Any]]:
+    """The registered workers (list_workers) with their decoded gauges and their state."""
     from .sql import Q
 
     rows = [dict(r) for r in await db.pool.fetch(Q.list_workers, db.clock.now())]

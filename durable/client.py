@@ -177,20 +177,27 @@ class Database:
 
     @property
     def schema(self) -> str:
+        """The PostgreSQL schema this Database works in."""
         return self.pool.schema
 
     # -- local wake-ups: an insert in this process wakes this process's schedulers at once
     def add_waker(self, queue: str, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` when an insert or signal of this process makes a row of ``queue`` due (a local
+        runtime's scheduler registers itself)."""
         self._wakers[queue].append(wake)
 
     def remove_waker(self, queue: str, wake: Callable[[], None]) -> None:
+        """Undo :meth:`add_waker` (a no-op when it is not registered)."""
         if wake in self._wakers.get(queue, []):
             self._wakers[queue].remove(wake)
 
     def add_handoff(self, queue: str, handoff: Handoff) -> None:
+        """Let ``handoff`` (an idle local scheduler of ``queue``) take due rows of this Database's inserts in
+        the insert's own statement."""
         self._handoffs[queue].append(handoff)
 
     def remove_handoff(self, queue: str, handoff: Handoff) -> None:
+        """Undo :meth:`add_handoff` (a no-op when it is not registered)."""
         if handoff in self._handoffs.get(queue, []):
             self._handoffs[queue].remove(handoff)
 
@@ -204,15 +211,18 @@ class Database:
         return None, None, 0
 
     def wake(self, queues: Iterable[str | None]) -> None:
+        """Wake this process's schedulers of ``queues`` (None entries are skipped)."""
         for q in set(queues):
             if q is not None:
                 for w in self._wakers.get(q, ()):
                     w()
 
     async def migrate(self) -> list[int]:
+        """Bring the schema up to date; returns the versions applied (see :func:`durable.migrate`)."""
         return await migrate(self.pool)
 
     async def migrated_version(self) -> int:
+        """The schema's migration version (0: not migrated)."""
         return await migrated_version(self.pool)
 
     async def insert(
@@ -364,6 +374,7 @@ class Database:
         )
 
     async def history(self, instance_id: int) -> list[Event]:
+        """The history of instance ``instance_id``, oldest first (an empty list for an unknown id)."""
         check_id(instance_id)
         rows = await self.pool.fetch(Q.get_history, instance_id)
         return [Event.from_row(r) for r in rows]
@@ -587,6 +598,7 @@ async def connect(
 
 
 async def pool_migrate(pool: Pool) -> None:
+    """Migrate the schema of ``pool`` when it is behind this code's latest version."""
     version = await migrated_version(pool)
     if version < LATEST_VERSION:
         await migrate(pool)

@@ -149,10 +149,13 @@ def _render(path: list[Any], noun: str) -> str:
 
 
 def decode(text: str | None) -> Any:
+    """The value of JSON ``text`` (None stays None)."""
     return None if text is None else orjson.loads(text)
 
 
 def decode_state(state_cls: type[pydantic.BaseModel] | None, text: str | None, what: str) -> Any:
+    """JSON ``text`` decoded into the machine's ``State`` class (plain JSON without one); StateError names
+    ``what`` and the first field that does not match."""
     raw = decode(text)
     if state_cls is None:
         return raw

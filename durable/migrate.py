@@ -13,6 +13,7 @@ LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def check_schema_name(schema: str) -> str:
+    """``schema`` if it is a plain identifier PostgreSQL keeps as written; SchemaError otherwise."""
     if not _SCHEMA_NAME.match(schema):
         raise SchemaError(
             f"invalid schema name {schema!r}: use letters, digits and underscores (at most 63), "
@@ -54,5 +55,6 @@ async def migrate(pool: Pool) -> list[int]:
 
 
 async def drop_schema(pool: Pool, schema: str) -> None:
+    """Drop durable's schema ``schema`` with everything in it (the demo's cleanup)."""
     ddl = await pool.fetchval(Q.drop_schema_ddl, check_schema_name(schema))
     await pool.execute(Query("drop_schema", ddl, ""))

@@ -79,6 +79,7 @@ class TailEvent:
     at: datetime
 
     def to_json(self) -> dict[str, Any]:
+        """The event as JSON-ready values (datetimes as ISO 8601)."""
         return _jsonable(asdict(self))
 
 
@@ -173,6 +174,7 @@ def format_offset(xid: int, event_id: int) -> str:
 
 
 def parse_offset(offset: str) -> tuple[int, int]:
+    """The (xid, event id) of a tail offset; InvalidArgument for malformed text."""
     m = _OFFSET.match(offset.strip().lower()) if isinstance(offset, str) else None
     if m is None:
         raise InvalidArgument(
@@ -274,6 +276,7 @@ class Bulk:
     too_large: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """The counts as a JSON-ready dict."""
         return {**asdict(self), "too_large": list(self.too_large)}
 
 
