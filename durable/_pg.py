@@ -438,6 +438,7 @@ class Pool:
         return list(dict.fromkeys([self.raw, self.generic, self.listen_pool]))
 
     async def close(self) -> None:
+        """Close every pool, shielded from cancellation."""
         with trio.CancelScope(shield=True):
             self._closing = True
             await self.return_spares()

@@ -262,11 +262,14 @@ class Pipeline:
         self.leases: dict[int, tuple[int, float]] = {}
 
     def lease_of(self, claim: Claim) -> float:
+        """The lease in seconds ``claim`` was taken (or last extended) with (60 when unknown)."""
         return self.leases.get(claim.lease_token, (claim.id, 60.0))[1]
 
     async def claim(
         self, queue: str, limit: int = 10, lease: float = 60.0, machine: str | None = None, step: str | None = None
     ) -> list[Claim]:
+        """Claim up to ``limit`` due instances of ``queue`` for ``lease`` seconds (optionally only of
+        ``machine`` and ``step``), as :class:`durable.Claim` records (see ``db.claim``)."""
         check_text(queue, "queue")
         limit = check_int(limit, "limit", (1, MAX_CLAIMS))
         seconds = check_lease(lease)
@@ -290,6 +293,7 @@ class Pipeline:
         return out
 
     def public(self, held: Held) -> Claim:
+        """The :class:`durable.Claim` a caller gets for the runtime's claim ``held``."""
         return Claim(
             id=held.id,
             machine=held.machine,
@@ -387,6 +391,8 @@ class Pipeline:
         return committed
 
     def after(self, held: Held, committed: Committed) -> None:
+        """Bookkeeping after a call committed: forget the lease, wake local schedulers and result()
+        waiters of what it changed."""
         self.leases.pop(held.lease_token, None)
         if committed.fenced:
             return
@@ -407,6 +413,8 @@ class Pipeline:
         step: str | None = None,
         max_attempts: int = 20,
     ) -> Report:
+        """Claim a batch of ``queue`` and run ``handler(claim)`` on each claim, committing what it returns
+        (see ``db.run_once``); returns what happened to the batch."""
         if not callable(handler):
             raise TypeError(f"handler must be an async function of a claim, not {handler!r}")
         max_attempts = check_int(max_attempts, "max_attempts", (1, 2**31 - 1))

@@ -78,6 +78,7 @@ class InsertColumns:
         return len(self.machine)
 
     def add(self, spec: Insert, registry: Registry | None, where: str) -> None:
+        """Check ``spec`` and append its columns; DefinitionError / StateError name ``where``."""
         check_insert(spec, where)
         attributes = check_attributes(spec.attributes, f"{where}: attributes", OutcomeError)
         if attributes is not None and not self.takes_attributes:
@@ -132,10 +133,14 @@ class Handoff(Protocol):
     runtime's ``handoff`` option; implemented by ``durable.runtime.scheduler.Scheduler``)."""
 
     @property
-    def worker_id(self) -> str: ...
+    def worker_id(self) -> str:
+        """The worker id the handed rows are claimed for."""
+        ...
 
     @property
-    def lease(self) -> float: ...
+    def lease(self) -> float:
+        """The lease in seconds the handed rows are claimed with."""
+        ...
 
     def offer(self) -> int:
         """How many new rows it takes now (0: none; it takes rows only when idle)."""

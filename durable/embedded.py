@@ -68,6 +68,7 @@ def server(folder: Path | None = None, *, keep_running: bool = False) -> Any:
 
 
 def embedded_dsn(folder: Path | None = None) -> str:
+    """The DSN of the embedded PostgreSQL server (started on first use; ``folder``: its data folder)."""
     return str(server(folder).get_uri())
 
 

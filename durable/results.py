@@ -74,6 +74,7 @@ class Watch:
     waiting: bool = False  # read the row, found it live, now waits for a wake-up
 
     def arm(self) -> None:
+        """A fresh event to wait on, before the row is read (a commit after the read still wakes it)."""
         self.event = trio.Event()
 
     async def wait(self, recheck: float) -> None:
@@ -102,6 +103,7 @@ class Watchers:
 
     @property
     def channel(self) -> str:
+        """The NOTIFY channel of ended-instance hints of this schema."""
         return channel(self.db.schema)
 
     @property
@@ -112,6 +114,8 @@ class Watchers:
 
     @property
     def kick(self) -> trio.Event:
+        """Set when ended ids are pending for a runtime's announcer (announce_loop) to send as hints (made
+        in the trio run that first needs it)."""
         if self._kick is None:
             self._kick = trio.Event()
         return self._kick
@@ -137,6 +141,7 @@ class Watchers:
         return sum(w.waiting for w in self._by_id.get(instance_id, ()))
 
     def wake_all(self) -> None:
+        """Wake every waiter of this process (a '*' hint: more instances ended than one hint names)."""
         for watches in self._by_id.values():
             for w in watches:
                 w.event.set()

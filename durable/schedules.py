@@ -180,12 +180,15 @@ class Schedule:
         return [newest], newest, False
 
     def key(self, tick: datetime) -> str:
+        """The unique key of tick ``tick``'s instance (``schedule:<name>:<tick in UTC>``)."""
         return f"schedule:{self.name}:{tick.astimezone(UTC).strftime(TICK_FORMAT)}"
 
     def state_at(self, tick: datetime) -> Any:
+        """The state of tick ``tick``'s instance (the schedule's value, or its callable's result)."""
         return self.state(tick) if callable(self.state) else self.state
 
     def insert(self, tick: datetime) -> Insert:
+        """The insert of tick ``tick``: its state, its unique key, in every status's scope."""
         return Insert(self.machine, self.state_at(tick), unique_key=self.key(tick), unique_scope=STATUSES)
 
 
@@ -247,6 +250,7 @@ class ScheduleLoop:
 
     @property
     def db(self) -> Database:
+        """The runtime's Database."""
         return self.runtime.db
 
     async def run(self) -> None:
@@ -272,6 +276,7 @@ class ScheduleLoop:
         return nap
 
     async def register(self, now: datetime | None) -> None:
+        """Write this runtime's schedules to the schedules table (register_schedules)."""
         after = now or datetime.now(UTC)
         await self.db.pool.fetch(
             Q.register_schedules,

@@ -36,6 +36,8 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One schema migration: ``NNNN_name.sql`` of durable/sql/migrations."""
+
     version: int
     name: str
     text: str
@@ -115,6 +117,7 @@ def parse_queries(source: str, fragments: dict[str, str] | None = None) -> dict[
 
 
 def load_migrations() -> tuple[Migration, ...]:
+    """The migrations in version order; RuntimeError when their numbering has a gap."""
     folder = resources.files(__package__).joinpath("migrations")
     found = []
     for entry in folder.iterdir():
