@@ -20,6 +20,7 @@ DEFAULT_INTERVAL = 10.0
 
 
 def interval_from_env() -> float:
+    """Seconds between progress lines: $DURABLE_PROGRESS_INTERVAL when it is a positive number."""
     try:
         value = float(os.environ.get("DURABLE_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
     except ValueError:
@@ -28,6 +29,7 @@ def interval_from_env() -> float:
 
 
 def duration(seconds: float) -> str:
+    """``seconds`` as ``42s``, ``3m05s`` or ``1h02m``."""
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -86,6 +88,7 @@ class Ticker:
 
     # -- plain lines ---------------------------------------------------------------------------------
     def line(self, final: bool = False) -> str:
+        """The progress as one plain line (counts, note, elapsed time; the final line when ``final``)."""
         elapsed = self.clock() - self.started
         count = f"{self.completed}/{self.total}" if self.total is not None else str(self.completed)
         parts = [f"{self.what}: {count}{' ' + self.unit if self.unit else ''}"]
@@ -154,6 +157,7 @@ class Ticker:
     def update(
         self, completed: int | None = None, *, advance: int = 0, note: str | None = None, label: str | None = None
     ) -> None:
+        """Set the count (``completed``) or add ``advance`` to it; ``note`` and ``label`` replace theirs."""
         with self._lock:
             if completed is not None:
                 self.completed = completed

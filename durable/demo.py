@@ -80,6 +80,7 @@ class Shipment(Machine, queue="shipping", max_attempts=8):
 
     @step
     async def book(self, ctx: durable.Context) -> Outcome:
+        """Book the parcel's carrier (a flaky carrier times out on the first attempt)."""
         await trio.sleep(0.002)
         if ctx.state["flaky"] and ctx.attempt == 0:
             raise TimeoutError(f"carrier {ctx.state['carrier']} did not answer")
@@ -87,17 +88,23 @@ class Shipment(Machine, queue="shipping", max_attempts=8):
 
 
 class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
+    """An order: reserve, wait for the payment signal, ship each item as a child, then close."""
+
     class State(durable.State):
+        """The order, its item count and the amount paid."""
+
         order: int
         items: int
         amount: int = 0
 
     @step
     async def reserve(self, ctx: durable.Context) -> Outcome:
+        """Reserve the items; then wait for the payment."""
         return Next("await_payment", ctx.state)
 
     @step
     async def await_payment(self, ctx: durable.Context) -> Outcome:
+        """Park until a payment signal; a declined one fails the order, a paid one spawns the shipments."""
         paid = ctx.signal("payment")
         if paid is None:
             return Await("payment", ctx.state)
@@ -112,6 +119,7 @@ class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
 
     @step
     async def close(self, ctx: durable.Context) -> Outcome:
+        """Every shipment has ended: the order is done, with the carriers that shipped."""
         return Done({"order": ctx.state.order, "amount": ctx.state.amount,
                      "parcels": sorted(c.result["carrier"] for c in ctx.children if c.result)})
 
@@ -156,6 +164,8 @@ async def prepare_schema(db: durable.Database, schema: str, force: bool) -> None
 
 async def demo(dsn: str | None, schema: str, instances: int, seed: int, console: Console,
                force: bool = False, as_json: bool = False) -> None:
+    """Run the demo: ``instances`` checkouts (random from ``seed``) through a local runtime, payments sent
+    as signals, then the report."""
     rng = random.Random(seed)
     run = f"{seed}-{time.time_ns()}"  # a demo's unique keys are its own: a second demo never collides
     started = time.perf_counter()
@@ -186,12 +196,14 @@ async def demo(dsn: str | None, schema: str, instances: int, seed: int, console:
 
 
 async def status_counts(db: durable.Database, machine: str) -> dict[str, int]:
+    """How many instances of ``machine`` are in each status."""
     return {r["status"]: r["n"] for r in await db.pool.fetch(COUNT_BY_STATUS, machine)}
 
 
 async def report(db: durable.Database, console: Console, runtime: durable.Runtime, sent: Counter[str],
                  ids: list[int], elapsed: float, schema: str = DEFAULT_SCHEMA, as_json: bool = False,
                  dsn: str | None = None) -> None:
+    """Print what the demo did (a table; with ``as_json``, one JSON object)."""
     table = Table(title="What happened", show_header=True)
     table.add_column("")
     table.add_column("count", justify="right")

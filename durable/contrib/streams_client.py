@@ -65,11 +65,14 @@ class Backoff:
     attempts: int = 8  # give up after this many consecutive failures
 
     def delay(self, n: int) -> float:
+        """Seconds to wait after the ``n``-th consecutive failure (0-based), drawn with full jitter."""
         return random.uniform(0, min(self.cap, self.base * self.factor**n))
 
 
 @dataclass(frozen=True)
 class StreamInfo:
+    """What HEAD tells of a stream: content type, next offset, whether it is closed, its TTL or expiry."""
+
     content_type: str
     next_offset: str
     closed: bool
@@ -100,6 +103,10 @@ def _check(r: httpx.Response) -> httpx.Response:
 
 
 class StreamsClient:
+    """An HTTP client of one Durable Streams server (``base_url``): create, append, read (catch-up,
+    long-poll, SSE), head, delete, and :meth:`writer` for exactly-once batched appends. Use as an async
+    context manager; ``http`` may be an httpx.AsyncClient of your own."""
+
     def __init__(self, base_url: str, *, timeout: float = 60.0, backoff: Backoff | None = None,
                  http: httpx.AsyncClient | None = None) -> None:
         self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
@@ -141,6 +148,7 @@ class StreamsClient:
         return r.headers["stream-next-offset"]
 
     async def head(self, path: str) -> StreamInfo:
+        """The stream's metadata (HEAD)."""
         r = await self._request("HEAD", path)
         ttl = r.headers.get("stream-ttl")
         return StreamInfo(r.headers.get("content-type", ""), r.headers["stream-next-offset"],
@@ -148,6 +156,7 @@ class StreamsClient:
                           r.headers.get("stream-expires-at"))
 
     async def delete(self, path: str) -> None:
+        """Delete the stream."""
         await self._request("DELETE", path)
 
     async def append(self, path: str, data: bytes, *, content_type: str = "application/octet-stream",

@@ -95,6 +95,8 @@ class Stream:
         self.next_seq = self.start
 
     async def append(self, data: bytes | str | Any, *, close: bool = False) -> AppendResult:
+        """Append ``data`` as this step's next sequence number (exactly once: a re-executed step's repeat
+        is a duplicate); ``close`` closes the stream after it."""
         result = await append(self.ctx, self.path, data, seq=self.next_seq,
                               content_type=self.content_type, close=close)
         self.next_seq += 1

@@ -14,10 +14,12 @@ _OFFSET = re.compile(r"([0-9]{1,20})_([0-9]{1,20})")
 
 
 def format_offset(position: int) -> str:
+    """The protocol's offset text of message position ``position`` (fixed width: sorts as it reads)."""
     return f"{0:016d}_{position:016d}"
 
 
 def is_offset(text: str) -> bool:
+    """Whether ``text`` is an offset this server writes."""
     return bool(_OFFSET.fullmatch(text))
 
 
