@@ -42,6 +42,7 @@ def media_type(content_type: str | None) -> str:
 
 
 def is_json(content_type: str | None) -> bool:
+    """Whether ``content_type`` is JSON mode (application/json, parameters ignored)."""
     return media_type(content_type) == JSON
 
 
@@ -73,6 +74,8 @@ def json_array(messages: list[bytes]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
+    """One stream's row: path, content type, TTL or expiry, tail position, closed, fork origin."""
+
     id: int
     path: str
     content_type: str
@@ -86,14 +89,17 @@ class StreamInfo:
 
     @property
     def next_offset(self) -> str:
+        """The offset after the stream's last message."""
         return format_offset(self.tail)
 
     @property
     def json(self) -> bool:
+        """Whether the stream is in JSON mode."""
         return is_json(self.content_type)
 
     @classmethod
     def of(cls, row: Record) -> StreamInfo:
+        """The info of a ``stream_get`` row."""
         return cls(row["id"], row["path"], row["content_type"], row["ttl_seconds"], row["expires_at"],
                    row["tail"], row["closed"], row["forked_from"], row["fork_offset"], row["soft_deleted"])
 
@@ -111,6 +117,8 @@ class Producer:
 
 @dataclass(frozen=True, slots=True)
 class CreateSpec:
+    """A PUT's request: content type, TTL or expiry, closed, initial body, fork source and offset."""
+
     content_type: str | None = None
     ttl_seconds: int | None = None
     expires_at: str | None = None
@@ -124,6 +132,8 @@ class CreateSpec:
 
 @dataclass(frozen=True, slots=True)
 class Created:
+    """The stream a create left (``new``: this request made it; False: it existed, same config)."""
+
     stream: StreamInfo
     new: bool
 
@@ -150,13 +160,16 @@ class Page:
 
     @property
     def next_offset(self) -> str:
+        """The offset to read from next."""
         return format_offset(self.next_position)
 
     @property
     def closed_at_tail(self) -> bool:
+        """Whether this page reached the end of a closed stream (nothing more will come)."""
         return self.stream.closed and self.up_to_date and self.next_position == self.stream.tail
 
     def body(self) -> bytes:
+        """The page's messages as the response body (a JSON array in JSON mode, else the bytes)."""
         datas = [d for _, d in self.messages]
         return json_array(datas) if self.stream.json else b"".join(datas)
 
@@ -490,6 +503,8 @@ class Store:
         return await self.read_info(info, after)
 
     async def read_info(self, info: StreamInfo, after: int | None) -> Page:
+        """The page of stream ``info`` after position ``after`` (across its fork chain), bounded in rows
+        and bytes."""
         if after is None or after >= info.tail:
             return Page(info, [], info.tail, True)
         if info.forked_from is None:
@@ -504,6 +519,7 @@ class Store:
         return Page(info, messages, last, last >= info.tail)
 
     async def touch(self, info: StreamInfo) -> None:
+        """Renew a TTL stream's expiry (a read keeps it alive)."""
         if info.ttl_seconds is not None:
             await self._one("execute", Q.stream_touch, info.id)
 
@@ -533,6 +549,7 @@ class AppendArgs:
 
     @property
     def size(self) -> int:
+        """Bytes this append carries (body and path), for batching limits."""
         return len(self.data or b"") + len(self.path)
 
 

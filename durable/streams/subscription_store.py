@@ -21,6 +21,7 @@ from .subscriptions import Config, full_path, glob_regex, relative_path
 
 
 def not_found(root: str, name: str) -> SubscriptionError:
+    """404 NOT_FOUND for subscription ``name`` under ``root``."""
     return SubscriptionError(404, "NOT_FOUND", f"no subscription {name!r} under {root or '/'}")
 
 
@@ -36,9 +37,11 @@ class Link:
 
     @property
     def pending(self) -> bool:
+        """Whether the stream has messages past the acknowledged offset."""
         return self.tail is not None and self.tail > self.acked
 
     def json(self, root: str, *, with_tail: bool = False) -> dict[str, object]:
+        """The link as the protocol shows it (paths relative to ``root``; the tail too with ``with_tail``)."""
         out: dict[str, object] = {
             "path": relative_path(root, self.path),
             "link_type": "explicit" if self.explicit else "glob",
@@ -52,6 +55,7 @@ class Link:
 
     @classmethod
     def of(cls, row: Record) -> Link:
+        """The link of a ``sub_links`` row."""
         return cls(row["path"], row["explicit"], row["glob"], row["acked_pos"], row["tail"])
 
 
@@ -82,10 +86,12 @@ class Subscription:
 
     @property
     def status(self) -> str:
+        """``failed`` after a failed delivery attempt, else ``active``."""
         return "failed" if self.failed_attempts > 0 else "active"
 
     @classmethod
     def of(cls, row: Record) -> Subscription:
+        """The subscription of a ``sub_get`` / ``sub_lock`` row."""
         return cls(row["id"], row["root"], row["name"], row["type"], row["pattern"], tuple(row["streams"]),
                    row["webhook_url"], row["wake_stream"], row["wake_path"], row["lease_ttl_ms"],
                    row["description"], row["origin"], row["created_at"], row["deleted_at"] is not None,
@@ -102,6 +108,7 @@ class View:
 
 
 async def links_of(conn: Conn, sub_id: int) -> list[Link]:
+    """The stream links of subscription ``sub_id``."""
     return [Link.of(r) for r in await conn.fetch(Q.sub_links, sub_id)]
 
 
@@ -114,6 +121,8 @@ async def live(conn: Conn, root: str, name: str, *, lock: bool = True) -> Subscr
 
 
 class SubscriptionStore:
+    """Subscriptions in PostgreSQL (protocol 6-7): create or match (put), get, delete, link streams."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -151,6 +160,7 @@ class SubscriptionStore:
         raise SubscriptionError(409, "SUBSCRIPTION_EXISTS", f"subscription {name!r} is being created concurrently")
 
     async def get(self, root: str, name: str) -> View:
+        """Subscription ``name`` under ``root`` with its links; 404 when missing or deleted."""
         async with self.store.transaction() as conn:
             sub = await live(conn, root, name, lock=False)
             return View(sub, await links_of(conn, sub.id))

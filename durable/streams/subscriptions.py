@@ -28,6 +28,7 @@ RESERVED = "__ds"
 
 
 def check_id(sub_id: str) -> str:
+    """``sub_id`` if it is a valid subscription id; 400 INVALID_REQUEST otherwise."""
     if not _ID.match(sub_id):
         raise invalid(f"invalid subscription id {sub_id!r}: 1-200 characters of A-Z a-z 0-9 . _ ~ : @ -")
     return sub_id
@@ -55,6 +56,7 @@ def full_path(root: str, relative: str) -> str:
 
 
 def relative_path(root: str, path: str) -> str:
+    """``path`` relative to the stream root ``root`` (unchanged when outside it)."""
     return path[len(root) + 1:] if path.startswith(root + "/") else path
 
 
@@ -76,6 +78,7 @@ def glob_regex(root: str, pattern: str) -> str:
 
 
 def check_pattern(pattern: object) -> str:
+    """``pattern`` if it is a valid root-relative glob; 400 INVALID_REQUEST otherwise."""
     if not isinstance(pattern, str) or not pattern:
         raise invalid("pattern must be a non-empty string")
     if pattern.startswith("/"):
@@ -111,6 +114,7 @@ class Config:
     description: str | None
 
     def normalized(self) -> dict[str, Any]:
+        """The configuration as the JSON object a PUT compares (same config: same subscription)."""
         return {
             "type": self.type, "pattern": self.pattern, "streams": list(self.streams),
             "webhook": {"url": self.webhook_url} if self.webhook_url is not None else None,
@@ -119,6 +123,7 @@ class Config:
         }
 
     def hash(self) -> str:
+        """SHA-256 of the normalized configuration (canonical JSON)."""
         text = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 

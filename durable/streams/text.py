@@ -35,6 +35,7 @@ def text_problem(value: str, *, allow_nul: bool = False) -> str | None:
 
 
 def check_text(value: str, what: str) -> str:
+    """``value`` if it is text the protocol accepts; ValueError naming ``what`` and the problem."""
     problem = text_problem(value)
     if problem is not None:
         raise ValueError(f"{what} {problem}")

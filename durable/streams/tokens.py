@@ -19,6 +19,8 @@ CLAIM = "claim"        # a pull-wake claim's token
 
 @dataclass(frozen=True, slots=True)
 class Token:
+    """What a callback or wake token grants: one subscription, generation, wake id and use."""
+
     subscription: int
     generation: int
     wake_id: str
@@ -34,6 +36,7 @@ def _unb64(text: str) -> bytes:
 
 
 def issue(secret: bytes, token: Token) -> str:
+    """``token`` signed with ``secret`` (HMAC-SHA256) as ``payload.mac`` in base64url."""
     payload = _b64(json.dumps({"sid": token.subscription, "gen": token.generation, "wid": token.wake_id,
                                "use": token.use}, separators=(",", ":")).encode())
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
@@ -41,6 +44,7 @@ def issue(secret: bytes, token: Token) -> str:
 
 
 def unauthorized(message: str) -> SubscriptionError:
+    """401 UNAUTHORIZED with ``message``."""
     return SubscriptionError(401, "UNAUTHORIZED", message)
 
 
