@@ -181,6 +181,7 @@ async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuni
     tick = 0.01
     per_tick = max(1, round(per_s * tick))
     ticks = int(seconds / tick)
+    inserts: list[float] = []  # each batch's insert, from the stamp its rows carry to the commit's return
     async with fresh(dsn, schema) as db:
         behind = 0
 
@@ -188,7 +189,10 @@ async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuni
             nonlocal behind
             start = trio.current_time()
             for i in range(ticks):
-                await db.insert_many(workloads.specs("probe", per_tick))
+                specs = workloads.specs("probe", per_tick)
+                stamped = time.time()
+                await db.insert_many(specs)
+                inserts.append(time.time() - stamped)
                 wait = start + (i + 1) * tick - trio.current_time()
                 if wait > 0:
                     await trio.sleep(wait)
@@ -199,7 +203,8 @@ async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuni
                 "timeout": seconds * 10 + 60, **tuning.worker_options()}
         out = await run_json("durable.bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
     summary = latency_summary(out["latencies"])
-    summary.update({"offered_per_s": round(per_tick / tick), "late_ticks": behind, "ticks": ticks})
+    summary.update({"offered_per_s": round(per_tick / tick), "late_ticks": behind, "ticks": ticks,
+                    "insert": latency_summary(inserts)})
     return summary
 
 
