@@ -47,10 +47,12 @@ def is_true(value: str | None) -> bool:
 
 
 def valid_media_type(value: str | None) -> bool:
+    """Whether ``value`` is a well-formed media type (``type/subtype`` with optional parameters)."""
     return bool(value and _MEDIA.match(value.strip()))
 
 
 def parse_ttl(value: str | None) -> int | None:
+    """The Stream-TTL header in seconds (None when absent); 400 when malformed or over 100 years."""
     if value is None:
         return None
     if not _NON_NEGATIVE.fullmatch(value):
@@ -62,6 +64,7 @@ def parse_ttl(value: str | None) -> int | None:
 
 
 def parse_expires_at(value: str | None) -> datetime | None:
+    """The Stream-Expires-At header as an aware datetime (None when absent); 400 when malformed."""
     if value is None:
         return None
     try:
@@ -78,6 +81,7 @@ def parse_expires_at(value: str | None) -> datetime | None:
 
 
 def parse_sub_offset(value: str | None) -> int:
+    """A fork's sub-offset header (0 when absent); 400 when it is not a non-negative integer."""
     if value is None:
         return 0
     sub = parse_decimal(value.strip()) if _NON_NEGATIVE.fullmatch(value.strip()) else None
@@ -130,6 +134,7 @@ def sse_event(kind: str, payload: str) -> bytes:
 
 
 def sse_data(data: bytes, *, base64_mode: bool, json_mode: bool) -> bytes:
+    """One SSE ``data`` event of a read's bytes (base64, a JSON array, or text)."""
     if base64_mode:
         return sse_event("data", base64.b64encode(data).decode("ascii"))
     text = data.decode("utf-8", errors="replace")
@@ -137,6 +142,7 @@ def sse_data(data: bytes, *, base64_mode: bool, json_mode: bool) -> bytes:
 
 
 def sse_control(next_offset: str, *, closed: bool, up_to_date: bool, client_cursor: str | None) -> bytes:
+    """One SSE ``control`` event: the next offset, and closed, or the cursor and up-to-date."""
     control: dict[str, object] = {"streamNextOffset": next_offset}
     if closed:
         control["streamClosed"] = True
@@ -148,4 +154,5 @@ def sse_control(next_offset: str, *, closed: bool, up_to_date: bool, client_curs
 
 
 def etag(stream_id: int, start: str, end: str, closed: bool) -> str:
+    """The ETag of a read of ``stream_id`` from ``start`` to ``end`` (closed streams differ)."""
     return f'"{stream_id}:{start}:{end}{":c" if closed else ""}"'

@@ -22,6 +22,7 @@ ALG = "ed25519"
 
 
 def b64url(data: bytes) -> str:
+    """``data`` in base64url without padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
@@ -33,11 +34,14 @@ def thumbprint_kid(x: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
+    """One Ed25519 webhook signing key: its key id, private key and public ``x``."""
+
     kid: str
     private: Ed25519PrivateKey
     x: str
 
     def jwk(self) -> dict[str, str]:
+        """The public key as a JWK."""
         return {"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "use": "sig", "alg": "EdDSA", "x": self.x}
 
 
@@ -51,6 +55,7 @@ class Signer:
 
     @classmethod
     async def load(cls, store: Store) -> Signer:
+        """The signer of the schema's keys (one is generated and stored when there is none)."""
         rows = await store.one("fetch", Q.signing_keys)
         if not rows:
             private = Ed25519PrivateKey.generate()
@@ -62,6 +67,7 @@ class Signer:
                     for r in rows])
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """Every live public key, as a JWKS document."""
         return {"keys": [k.jwk() for k in self.keys]}
 
     def signature(self, body: bytes, timestamp: int | None = None) -> str:

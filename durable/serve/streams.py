@@ -26,6 +26,8 @@ MAX_PATH_BYTES = 1024
 
 @dataclass
 class Settings:
+    """``durable serve``'s limits and options (timeouts, sizes, connections, webhooks, access control)."""
+
     long_poll_timeout: float = 30.0
     sse_lifetime: float = 60.0
     max_append_bytes: int = 8 << 20  # largest stream or signal body (413 above)
@@ -40,14 +42,20 @@ class Settings:
 
 
 def error(exc: StreamError) -> Response:
+    """The plain-text response of a refused request: its status, message and headers."""
     return Response(exc.message, status_code=exc.status, headers=exc.headers, media_type="text/plain")
 
 
 class ControlAPI(Protocol):
+    """The handler of the reserved ``__ds`` control paths (the subscription API)."""
+
     async def __call__(self, request: Request, root: str, rest: list[str]) -> Response: ...
 
 
 class StreamEndpoints:
+    """The Durable Streams protocol's endpoints on the store: PUT (create), POST (append), HEAD, GET
+    (catch-up, long-poll, SSE), DELETE."""
+
     def __init__(self, store: Store, hub: Hub, settings: Settings, control: ControlAPI | None = None) -> None:
         self.store = store
         self.hub = hub
@@ -86,6 +94,7 @@ class StreamEndpoints:
 
     # -- PUT ----------------------------------------------------------------------------------------
     async def create(self, path: str, request: Request) -> Response:
+        """PUT: create the stream (or a fork); 200 when it exists with the same configuration."""
         h = request.headers
         forked_from = h.get("stream-forked-from")
         content_type = h.get("content-type")
@@ -137,6 +146,7 @@ class StreamEndpoints:
 
     # -- POST ---------------------------------------------------------------------------------------
     async def append(self, path: str, request: Request) -> Response:
+        """POST: append the body (idempotent producer headers deduplicate; Stream-Closed closes)."""
         h = request.headers
         producer = p.parse_producer(h.get("producer-id"), h.get("producer-epoch"), h.get("producer-seq"))
         close = p.is_true(h.get("stream-closed"))
@@ -164,6 +174,7 @@ class StreamEndpoints:
 
     # -- HEAD ---------------------------------------------------------------------------------------
     async def head(self, path: str) -> Response:
+        """HEAD: the stream's metadata headers."""
         s = await self.store.get(path)
         headers = {"content-type": s.content_type, "Stream-Next-Offset": s.next_offset,
                    "cache-control": "no-store",
@@ -178,6 +189,7 @@ class StreamEndpoints:
 
     # -- GET ----------------------------------------------------------------------------------------
     async def read(self, path: str, request: Request) -> Response:
+        """GET: read from ``offset`` (catch-up, ``live=long-poll`` or ``live=sse``)."""
         q = request.query_params
         offsets = q.getlist("offset")
         offset = offsets[0] if offsets else None
@@ -257,6 +269,8 @@ class StreamEndpoints:
 
     # -- SSE ----------------------------------------------------------------------------------------
     def sse(self, path: str, s: StreamInfo, after: int | None, client_cursor: str | None) -> Response:
+        """The SSE response of a live read: data and control events until the stream closes or the
+        connection's lifetime ends (binary streams base64-encoded)."""
         ct = media_type(s.content_type)
         base64_mode = not (ct.startswith("text/") or ct == "application/json")
         headers = {"cache-control": "no-cache", "content-type": "text/event-stream"}
