@@ -41,6 +41,8 @@ ACTIONS = ("callback", "claim", "ack", "release")
 
 @dataclass(frozen=True, slots=True)
 class Call:
+    """One request to a subscription: the request, its stream root, the subscription name, the origin."""
+
     request: Request
     root: str
     name: str
@@ -48,11 +50,15 @@ class Call:
 
 
 def method_not_allowed(allowed: str) -> SubscriptionError:
+    """405 METHOD_NOT_ALLOWED naming the ``allowed`` methods (and an Allow header)."""
     return SubscriptionError(405, "METHOD_NOT_ALLOWED", f"method not allowed here (allowed: {allowed})",
                              allow=allowed)
 
 
 class SubscriptionEndpoints:
+    """The subscription API under ``__ds`` (protocol 6-7): PUT/GET/DELETE a subscription, webhook
+    callbacks, and pull-wake claim, ack and release."""
+
     def __init__(self, subs: SubscriptionStore, wakes: Wakes, signer: Signer, dispatcher: Dispatcher, *,
                  allow_dev_webhooks: bool = True, public_url: str | None = None) -> None:
         self.subs = subs
@@ -73,6 +79,7 @@ class SubscriptionEndpoints:
                                 headers={"retry-after": "1"})
 
     def origin(self, request: Request) -> str:
+        """The base of callback and JWKS URLs: ``public_url``, else the request's own origin."""
         return self.public_url or f"{request.url.scheme}://{request.url.netloc}"
 
     async def _route(self, request: Request, root: str, rest: list[str]) -> Response:
@@ -111,6 +118,7 @@ class SubscriptionEndpoints:
 
     # -- configuration ------------------------------------------------------------------------------
     async def put(self, call: Call) -> Response:
+        """PUT: create the subscription, or match an existing one of the same configuration."""
         config = parse_config(await _body(call.request))
         if config.webhook_url is not None:
             check_webhook_url(config.webhook_url, allow_dev=self.allow_dev_webhooks)
@@ -119,13 +127,16 @@ class SubscriptionEndpoints:
         return JSONResponse(self.render(view, call.origin), status_code=201 if created else 200)
 
     async def get(self, call: Call) -> Response:
+        """GET: the subscription with its links."""
         return JSONResponse(self.render(await self.subs.get(call.root, call.name), call.origin))
 
     async def delete(self, call: Call) -> Response:
+        """DELETE: remove the subscription."""
         await self.subs.delete(call.root, call.name)
         return Response(status_code=204)
 
     def render(self, view: View, origin: str) -> dict[str, object]:
+        """The subscription as the protocol's JSON object."""
         sub = view.sub
         webhook: dict[str, object] | None = None
         if sub.webhook_url is not None:
@@ -146,6 +157,7 @@ class SubscriptionEndpoints:
 
     # -- delivery -----------------------------------------------------------------------------------
     async def callback(self, call: Call) -> Response:
+        """A webhook consumer's callback (acks, done), checked against its callback token."""
         req = AckRequest.parse(await _body(call.request))
         auth = call.request.headers.get("authorization")
         next_wake, sub_id = await self.wakes.ack(call.root, call.name, auth, req, use=CALLBACK)
@@ -154,6 +166,7 @@ class SubscriptionEndpoints:
         return JSONResponse({"ok": True, "next_wake": next_wake})
 
     async def claim(self, call: Call) -> Response:
+        """Pull-wake: claim the subscription's pending wake (a lease for one holder)."""
         body = await _body(call.request)
         try:
             data = load_json(body) if body.strip() else None
@@ -167,11 +180,13 @@ class SubscriptionEndpoints:
                              "streams": wake.streams_json(), "lease_ttl_ms": wake.sub.lease_ttl_ms})
 
     async def ack(self, call: Call) -> Response:
+        """Pull-wake: acknowledge offsets of the claimed wake."""
         req = AckRequest.parse(await _body(call.request))
         next_wake, _ = await self.wakes.ack(call.root, call.name, call.request.headers.get("authorization"), req)
         return JSONResponse({"ok": True, "next_wake": next_wake})
 
     async def release(self, call: Call) -> Response:
+        """Pull-wake: give the claimed wake back."""
         req = AckRequest.parse(await _body(call.request), release=True)
         await self.wakes.release(call.root, call.name, call.request.headers.get("authorization"), req)
         return Response(status_code=204)
