@@ -63,6 +63,7 @@ class ValueInfo:
 
     @property
     def ref(self) -> ValueRef:
+        """The value's reference (instance, name, size, sha256)."""
         return ValueRef(self.instance_id, self.name, self.size, self.sha256)
 
 

@@ -33,10 +33,12 @@ Position = tuple[int, int]
 
 
 def format_position(pos: Position) -> str:
+    """The stream offset of history position ``pos`` (transaction id, event id)."""
     return f"{pos[0]:020d}_{pos[1]:020d}"
 
 
 def parse_position(text: str) -> Position:
+    """The history position of an offset (``-1``: the beginning); 400 when malformed."""
     if text == "-1":
         return (0, 0)
     xid, _, hid = text.partition("_")
@@ -65,6 +67,7 @@ def signal_payload(body: bytes) -> Any:
 
 
 def event_json(row: Any) -> str:
+    """One history row as the JSON message of the history stream."""
     return json.dumps({
         "id": row["id"], "instance_id": row["instance_id"], "machine": row["machine"],
         "event": row["event"], "step": row["step"], "attempt": row["attempt"], "status": row["status"],
@@ -75,6 +78,8 @@ def event_json(row: Any) -> str:
 
 
 class InstanceEndpoints:
+    """An instance over HTTP: its history as a read-only JSON stream, and signals by POST."""
+
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.pool = db.pool
@@ -91,6 +96,7 @@ class InstanceEndpoints:
         return [event_json(r) for r in rows], (int(rows[-1]["xid"]), rows[-1]["id"])
 
     async def history(self, request: Request) -> Response:
+        """GET: the instance's history from ``offset`` (catch-up, long-poll or SSE)."""
         try:
             iid = instance_id(request)
             if not await self.pool.fetchval(Q.history_instance_exists, iid):
@@ -146,6 +152,7 @@ class InstanceEndpoints:
                 await trio.sleep(POLL_INTERVAL)
 
     async def signal(self, request: Request) -> Response:
+        """POST: deliver the body as a durable signal (name from the path, dedup key from a header)."""
         path = request.url.path
         try:
             iid = instance_id(request)

@@ -40,6 +40,7 @@ class Wake:
     token: str
 
     def streams_json(self) -> list[dict[str, object]]:
+        """The wake's streams as the protocol lists them (with their tails)."""
         return [link.json(self.sub.root, with_tail=True) for link in self.links]
 
 
@@ -54,6 +55,7 @@ class AckRequest:
 
     @classmethod
     def parse(cls, body: bytes, *, release: bool = False) -> AckRequest:
+        """The request of a JSON body; 400 INVALID_REQUEST naming what is wrong."""
         try:
             data = load_json(body) if body.strip() else None
         except ValueError as exc:
@@ -82,6 +84,7 @@ class AckRequest:
 
 
 def new_wake_id() -> str:
+    """A fresh, unguessable wake id (``w_`` + 16 base64url characters)."""
     return "w_" + secrets.token_urlsafe(12)
 
 
@@ -90,6 +93,9 @@ class NoWakeStream(DurableError):
 
 
 class Wakes:
+    """Wakes of subscriptions: what the dispatcher sends, and the claim / ack / release of their holders,
+    fenced by generation and wake id, authorized by signed tokens."""
+
     def __init__(self, store: Store, token_key: bytes) -> None:
         self.store = store
         self.token_key = token_key
@@ -102,6 +108,7 @@ class Wakes:
 
     # -- the dispatcher's side ----------------------------------------------------------------------
     async def any_live(self) -> bool:
+        """Whether the schema has any live subscription (the dispatcher skips its lookups otherwise)."""
         return bool(await self.store.one("fetchval", Q.sub_any_live))
 
     async def wakeable(self, stream_ids: list[int] | None) -> list[int]:
@@ -178,9 +185,12 @@ class Wakes:
             return True
 
     async def delivered(self, wake: Wake) -> None:
+        """Record that ``wake``'s webhook delivery succeeded (the subscription is no longer failing)."""
         await self.store.one("execute", Q.sub_delivered, wake.sub.id, wake.generation)
 
     async def delivery_failed(self, wake: Wake, delay_ms: int, error: str) -> None:
+        """Record a failed webhook delivery of ``wake``: it is dropped, the next wake waits ``delay_ms``
+        (backoff), ``error`` is kept (its first 500 characters)."""
         await self.store.one("execute", Q.sub_delivery_failed, wake.sub.id, wake.generation, wake.wake_id,
                              delay_ms, error[:500])
 
