@@ -69,6 +69,7 @@ class AccessControl:
         self.protect_reads = protect_reads
 
     def needs_token(self, scope: Scope) -> bool:
+        """Whether this request needs a bearer token (writes; reads too with ``protect_reads``)."""
         method = scope["method"]
         if method == "OPTIONS":
             return False
@@ -77,6 +78,7 @@ class AccessControl:
         return not own_token_endpoint(scope["path"])
 
     def authorized(self, scope: Scope) -> bool:
+        """Whether the request carries one of the configured tokens (compared in constant time)."""
         given = bearer(scope)
         if given is None:
             return False

@@ -155,6 +155,8 @@ class ClaimEndpoints:
 
     # -- POST /queues/{queue}/claims ----------------------------------------------------------------
     async def claim(self, request: Request) -> Response:
+        """POST /queues/{queue}/claims: claim due instances of the queue for the caller."""
+
         async def work() -> Response:
             body = fields(await self._json(request), CLAIM_FIELDS, "claim")
             queue = request.path_params["queue"]
@@ -171,6 +173,7 @@ class ClaimEndpoints:
 
     # -- POST /instances/{id}/<action> --------------------------------------------------------------
     def action(self, name: str) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint of POST /instances/{id}/``name``: a claim's call, fenced by its lease token."""
         allowed = ["lease_token", *FIELDS[name]]
 
         async def endpoint(request: Request) -> Response:
@@ -220,6 +223,8 @@ class ClaimEndpoints:
 
     # -- POST /instances ----------------------------------------------------------------------------
     async def insert(self, request: Request) -> Response:
+        """POST /instances: insert one instance (a unique key as business id)."""
+
         async def work() -> Response:
             body = fields(await self._json(request), INSERT_FIELDS, "insert")
             machine = typed(body, "machine", (str,), "insert")

@@ -22,6 +22,9 @@ log = logging.getLogger("durable.serve")
 
 
 class Dispatcher:
+    """Finds subscriptions with pending work and sends their wakes (at most ``max_deliveries`` at once),
+    when kicked by an append and every ``sweep_interval`` seconds (lease expiry, retries)."""
+
     def __init__(self, wakes: Wakes, deliverer: Deliverer, *, sweep_interval: float,
                  max_deliveries: int = 64) -> None:
         self.wakes = wakes
@@ -48,6 +51,7 @@ class Dispatcher:
         self._kicked.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch until cancelled."""
         limiter = trio.CapacityLimiter(self.max_deliveries)
         async with trio.open_nursery() as nursery:
             task_status.started()

@@ -59,9 +59,11 @@ class Unwatched(Hub):
     """The front's hub: nothing waits on the front (live reads are the trio side's), so nothing is kept."""
 
     def subscribe(self, stream_id: int) -> trio.Event:
+        """A fresh event nothing keeps."""
         return trio.Event()
 
     def notify(self, stream_id: int) -> None:
+        """Nothing waits here: nothing to do."""
         pass
 
 

@@ -64,6 +64,7 @@ CONTROL_CODES = {
 
 
 def is_control(path: str) -> bool:
+    """Whether ``path`` is under a reserved ``__ds`` control segment (the subscription API)."""
     return RESERVED in path.split("/")
 
 
@@ -78,6 +79,7 @@ def problem(path: str, status: int, message: str, headers: dict[str, str] | None
 
 
 def content_length(scope: Scope) -> int | None:
+    """The request's Content-Length (None when absent)."""
     for name, value in scope.get("headers", ()):
         if bytes(name).lower() == b"content-length":
             # h11 already refused a malformed one; one past 2^63-1 is simply too large
@@ -188,6 +190,9 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Starlette's handlers of what escapes an endpoint: a StreamError with its status, an unreachable
+    database as 503, a value or size PostgreSQL refuses as a client error, anything else as a 500; each
+    in the error format of its surface (:func:`problem`)."""
     return {
         StreamError: _stream_error,
         DatabaseUnavailable: _unavailable,

@@ -13,6 +13,9 @@ from .._pg import Pool
 
 
 class Hub:
+    """In-process wake-ups of live readers: one event per stream, set by the next notification of it
+    (the NOTIFY of an append), plus watchers called on every notification."""
+
     def __init__(self) -> None:
         self._events: dict[int, trio.Event] = {}
         self._watchers: list[Callable[[int], None]] = []
@@ -29,6 +32,7 @@ class Hub:
         return ev
 
     def notify(self, stream_id: int) -> None:
+        """Stream ``stream_id`` changed: wake its readers and tell the watchers."""
         ev = self._events.pop(stream_id, None)
         if ev is not None:
             ev.set()
@@ -36,6 +40,7 @@ class Hub:
             callback(stream_id)
 
     def notify_all(self) -> None:
+        """Wake every reader (after LISTEN was re-established: anything may have been appended meanwhile)."""
         for stream_id in list(self._events):
             self.notify(stream_id)
 

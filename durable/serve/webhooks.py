@@ -22,6 +22,7 @@ JITTER = 0.2
 
 
 def rejected(message: str) -> SubscriptionError:
+    """400 WEBHOOK_URL_REJECTED with ``message``."""
     return SubscriptionError(400, "WEBHOOK_URL_REJECTED", message)
 
 
@@ -91,10 +92,14 @@ def backoff(failures: int) -> float:
 
 
 def control_url(origin: str, root: str, *parts: str) -> str:
+    """The URL of a control endpoint (``<origin><root>/__ds/<parts>``), each part quoted."""
     return origin + quote(root) + "/__ds/" + "/".join(quote(p, safe="") for p in parts)
 
 
 class Deliverer:
+    """Sends wakes to webhooks: signed POSTs (Ed25519) with a callback token, bounded by ``timeout``; the
+    outcome is recorded through :class:`~durable.streams.wakes.Wakes`."""
+
     def __init__(self, wakes: Wakes, signer: Signer, http: httpx.AsyncClient, *, timeout: float,
                  allow_dev: bool) -> None:
         self.wakes = wakes
@@ -104,6 +109,7 @@ class Deliverer:
         self.allow_dev = allow_dev
 
     def body(self, wake: Wake) -> bytes:
+        """The JSON body of ``wake``'s webhook POST."""
         sub = wake.sub
         return json.dumps({
             "subscription_id": sub.name, "wake_id": wake.wake_id, "generation": wake.generation,
