@@ -318,6 +318,7 @@ class Writer:
 
     @property
     def json(self) -> bool:
+        """Whether the stream is in JSON mode (messages are JSON values)."""
         return self.content_type.split(";")[0].strip().lower() == "application/json"
 
     async def append(self, item: bytes | str | Any) -> None:
