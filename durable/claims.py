@@ -58,6 +58,7 @@ from .sql import Q
 
 if TYPE_CHECKING:
     from .client import Database
+    from .values import StepValues
 
 MAX_CLAIMS = 1000  # one claim call's limit
 SWEEP_EVERY = 1.0  # seconds between the reaper/timer sweeps db.claim runs itself
@@ -153,6 +154,14 @@ class Claim:
                 for c in self.children
             ],
         }
+
+    @property
+    def values(self) -> StepValues:
+        """The instance's named values (``put``, ``get``, ``list``), as a step's ``ctx.values``: a put is fenced
+        by this claim's lease token (durable.Fenced once the claim is no longer held)."""
+        from .values import StepValues
+
+        return StepValues(self._pipe.db, self.id, self.lease_token)
 
     # -- the fenced calls --------------------------------------------------------------------------
     async def transition(

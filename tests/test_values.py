@@ -327,3 +327,18 @@ async def test_the_benchmark_row_runs(pg_dsn: str) -> None:
     out = await d.picker_values(pg_dsn, backlog=20, picks=4, demand=10, size=64 * 1024)
     assert (out["backlog"], out["picks"], out["demand"], out["value_bytes"]) == (20, 4, 10, 64 * 1024)
     assert out["values_mean_ms"] > 0 and out["none_mean_ms"] > 0 and out["hydrated_mean_ms"] > 0
+
+
+@pytest.mark.trio
+async def test_an_explicit_claim_puts_values_fenced_by_its_token(db: durable.Database) -> None:
+    """durable.Claim.values is ctx.values for code that is not a Machine: a put while the claim is held works,
+    a put after the claim ended (here: completed) is fenced."""
+    iid = await db.insert(Idle, queue="values-explicit")
+    (claim,) = await db.claim("values-explicit", limit=1, lease=60)
+    ref = await claim.values.put("artifact", b"made by a script")
+    assert await claim.values.get("artifact") == b"made by a script"
+    await claim.complete({"ref": ref.sha256})
+    with pytest.raises(Fenced):
+        await claim.values.put("late", b"after the claim ended")
+    assert await db.values.mget([ref]) == [b"made by a script"]
+    assert [v.name for v in await db.values.list(iid)] == ["artifact"]
