@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
+
+from durable.workers import GONE_AFTER
 
 from .messages import DatabaseDown, DatabaseUp
 from .screens.dialogs import HelpScreen
@@ -29,7 +30,7 @@ class ConsoleApp(App[None]):
     db_error: reactive[str | None] = reactive(None)
 
     def __init__(self, source: Source, *, now: datetime | None = None, refresh_every: float | None = 1.0,
-                 gone_after: float = 60.0) -> None:
+                 gone_after: float = GONE_AFTER) -> None:
         super().__init__()
         self.source = source
         self.now = now
@@ -53,12 +54,5 @@ class ConsoleApp(App[None]):
             self.push_screen(HelpScreen())
 
 
-def native_asyncio() -> None:
-    """Give Textual a plain asyncio loop: importing ``durable`` imports trio-asyncio, whose global policy
-    would otherwise hand every new loop to its trio-backed implementation."""
-    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
-
-
 def run(app: ConsoleApp) -> None:
-    native_asyncio()
     app.run()

@@ -8,6 +8,7 @@ import click
 import textual  # noqa: F401  (a base dependency; when missing, `durable console` says how to install it)
 
 from durable.cli import EXIT_UNREACHABLE, EXIT_USAGE, OneLineError, dsn_option, fail, json_option, schema_option
+from durable.workers import GONE_AFTER
 
 WEB_PORT = 4438  # `durable serve` is 4437
 
@@ -21,10 +22,10 @@ WEB_PORT = 4438  # `durable serve` is 4437
 @click.option(
     "--gone-after",
     type=click.FloatRange(min=1),
-    default=60.0,
+    default=GONE_AFTER,
     show_default=True,
-    help="A worker whose last heartbeat is older than this many seconds is shown as gone "
-    "(about 3 heartbeats; the default heartbeat is lease/3 = 20 s).",
+    help="Seconds without a heartbeat after which a worker that reports no heartbeat period is shown as gone "
+    "(one that does: after three of its periods; the default heartbeat is lease/3 = 20 s).",
 )
 @click.option(
     "--timeout",
@@ -155,7 +156,6 @@ def _print_overview(dsn: str, schema: str, timeout: float, gone_after: float) ->
 
     from durable.cli_ops import emit_json
 
-    from .app import native_asyncio
     from .data import OverviewLoader
     from .source import SchemaMissing, Source, Unreachable
 
@@ -166,7 +166,6 @@ def _print_overview(dsn: str, schema: str, timeout: float, gone_after: float) ->
         finally:
             await source.close()
 
-    native_asyncio()
     try:
         overview = asyncio.run(load())
     except SchemaMissing as exc:

@@ -14,12 +14,12 @@ from typing import Any
 
 from durable.errors import InvalidArgument
 from durable.filters import InstanceFilter
+from durable.outcomes import TERMINAL
 from durable.sql import Q, Query
+from durable.workers import GONE_AFTER, WorkerState, worker_state
 
 from .source import Reader, Record, Source
 
-STATUSES = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed", "cancelled")
-TERMINAL = ("done", "failed", "cancelled")
 STOPPED_SHOWN_FOR = 300.0  # seconds a gracefully stopped worker stays listed
 
 
@@ -56,7 +56,7 @@ class WorkerInfo:
     seen_at: datetime
     stopped_at: datetime | None
     seen_ago: float
-    state: str  # live | gone (no heartbeat for gone_after seconds) | stopped
+    state: WorkerState  # live | gone | stopped (durable.workers: one rule for the console and the CLI)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,22 +119,6 @@ def parse_schedules(rows: Iterable[Record]) -> list[ScheduleRow]:
     ]
 
 
-def worker_state(seen_ago: float, stopped: bool, gone_after: float) -> str:
-    if stopped:
-        return "stopped"
-    return "gone" if seen_ago > gone_after else "live"
-
-
-def heartbeat_of(raw: Any) -> float | None:
-    """The heartbeat period a runtime reports in its gauges (``heartbeat`` seconds in any queue's
-    gauges), if it does."""
-    if isinstance(raw, dict):
-        for g in raw.values():
-            if isinstance(g, dict) and isinstance(g.get("heartbeat"), int | float) and g["heartbeat"] > 0:
-                return float(g["heartbeat"])
-    return None
-
-
 def parse_workers(rows: Iterable[Record], gone_after: float) -> list[WorkerInfo]:
     """Registry rows as records. A worker is gone after three of its own heartbeats when it reports
     its period, else after ``gone_after`` seconds."""
@@ -145,12 +129,10 @@ def parse_workers(rows: Iterable[Record], gone_after: float) -> list[WorkerInfo]
             continue
         raw = json.loads(r["gauges"] or "{}")
         gauges = {q: Gauge.parse(g) for q, g in sorted(raw.items())} if isinstance(raw, dict) else {}
-        beat = heartbeat_of(raw)
-        limit = 3 * beat if beat is not None else gone_after
         out.append(WorkerInfo(
             id=r["id"], host=r["host"], pid=r["pid"], queues=tuple(r["queues"] or ()), gauges=gauges,
             seen_at=r["seen_at"], stopped_at=r["stopped_at"], seen_ago=max(0.0, float(r["seen_ago"])),
-            state=worker_state(float(r["seen_ago"]), stopped, limit),
+            state=worker_state(seen_ago=float(r["seen_ago"]), stopped=stopped, gauges=raw, gone_after=gone_after),
         ))
     out.sort(key=lambda w: (w.state != "live", w.id))
     return out
@@ -223,7 +205,7 @@ class OverviewLoader:
     terminal counts (a scan of the whole queue/status index) are re-read every ``terminal_every``
     loads only."""
 
-    def __init__(self, *, gone_after: float = 60.0, terminal_every: int = 5,
+    def __init__(self, *, gone_after: float = GONE_AFTER, terminal_every: int = 5,
                  throughput: Throughput | None = None) -> None:
         self.gone_after = gone_after
         self.terminal_every = terminal_every

@@ -149,8 +149,6 @@ def session_command(refresh: float, gone_after: float, timeout: float) -> str:
 def serve(
     dsn: str, schema: str, *, host: str, port: int, token: str | None, refresh: float, gone_after: float, timeout: float
 ) -> None:
-    from .app import native_asyncio
-
     os.environ["DURABLE_DSN"] = dsn  # inherited by each tab's console process (not on its command line)
     os.environ["DURABLE_SCHEMA"] = schema
     os.environ.pop("DURABLE_CONSOLE_TOKEN", None)
@@ -166,5 +164,4 @@ def serve(
         "token required" if token else "no access control: loopback only" if is_loopback(host) else "no access control"
     )
     click.echo(f"durable console: serving on {url}/ (schema {schema}; {access}); Ctrl-C stops", err=True)
-    native_asyncio()
     server.serve()

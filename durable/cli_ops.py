@@ -20,13 +20,14 @@ import orjson
 
 from .cli import OneLineError, SubGroup, dsn_option, json_option, run, schema_option
 from .errors import DurableError, SchemaError
+from .outcomes import TERMINAL
+from .workers import GONE_AFTER, worker_state
 
 if TYPE_CHECKING:
     from .filters import InstanceFilter
 
 T = TypeVar("T")
 
-GONE_AFTER = 60.0  # a worker not seen for this long is shown as gone
 
 
 # -- plumbing shared with cli_admin -------------------------------------------------------------------
@@ -376,7 +377,6 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
 
 
 # -- wait -------------------------------------------------------------------------------------------
-TERMINAL = ("done", "failed", "cancelled")
 
 
 @click.command(cls=Command)
@@ -846,13 +846,6 @@ def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, y
 
 
 # -- workers and queues -----------------------------------------------------------------------------
-def worker_state(row: dict[str, Any], gone_after: float) -> str:
-    """``stopped``, ``gone`` (not seen for ``gone_after`` seconds) or ``live``, of a list_workers row."""
-    if row["stopped_at"] is not None:
-        return "stopped"
-    return "gone" if row["seen_ago"] > gone_after else "live"
-
-
 async def fetch_workers(db: Any, gone_after: float) -> list[dict[str, Any]]:
     """The registered workers (list_workers) with their decoded gauges and their state."""
     from .sql import Q
@@ -860,12 +853,14 @@ async def fetch_workers(db: Any, gone_after: float) -> list[dict[str, Any]]:
     rows = [dict(r) for r in await db.pool.fetch(Q.list_workers, db.clock.now())]
     for r in rows:
         r["gauges"] = orjson.loads(r["gauges"]) if r["gauges"] else {}
-        r["state"] = worker_state(r, gone_after)
+        r["state"] = worker_state(seen_ago=float(r["seen_ago"]), stopped=r["stopped_at"] is not None,
+                                  gauges=r["gauges"], gone_after=gone_after)
     return rows
 
 
 gone_option = click.option("--gone-after", default=GONE_AFTER, show_default=True, type=click.FloatRange(0),
-                           help="Seconds without a heartbeat after which a worker is shown as gone.")
+                           help="Seconds without a heartbeat after which a worker that reports no heartbeat "
+                           "period is shown as gone (one that does: after three of its periods).")
 
 
 @click.command(cls=Command)

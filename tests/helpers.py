@@ -49,3 +49,13 @@ async def wait_status(db: durable.Database, iid: int, *statuses: str, timeout: f
 
     await wait_for(ok, timeout)
     return await row(db, iid)
+
+
+def native_asyncio() -> None:
+    """Give asyncio code in the test process (Textual, Playwright, plain asyncpg) a plain asyncio loop: the
+    test process imports trio-asyncio (the engine's tests), whose global policy would otherwise hand every
+    new loop to its trio-backed implementation. The console itself never imports trio-asyncio
+    (tests/test_import_hygiene.py), so it needs no such call."""
+    import asyncio
+
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())

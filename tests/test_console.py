@@ -26,11 +26,18 @@ from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
+from .helpers import native_asyncio
 from .test_console_support import Live, drop, fill_live, run_trio, wake_runtime
 
 pytestmark = pytest.mark.asyncio
 
 SIZE = (160, 50)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plain_asyncio() -> None:
+    """The console runs on a plain asyncio loop; this process also imports trio-asyncio (other tests)."""
+    native_asyncio()
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +86,6 @@ def plain(widget: Static) -> str:
     console = Console(width=200, file=io.StringIO(), record=True)
     console.print(content)
     return console.export_text()
-
-
-async def test_runs_on_a_native_asyncio_loop() -> None:
-    import trio_asyncio  # noqa: F401  (imported by durable: its policy must not reach the console)
-    from durable.console.app import native_asyncio
-
-    native_asyncio()
-    loop = asyncio.get_running_loop()
-    assert type(loop).__module__.startswith("asyncio"), type(loop)
 
 
 async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[str, Live],

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import trio
-from durable.console.app import ConsoleApp, native_asyncio
+from durable.console.app import ConsoleApp
 from durable.console.screens.dialogs import HelpScreen, SignalDialog
 from durable.console.screens.instance import InstanceScreen
 from durable.console.source import Source
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from .helpers import native_asyncio
 from .test_console_support import FROZEN_NOW, SNAP_SCHEMA, drop, fill_frozen
 
 SIZE = (120, 40)

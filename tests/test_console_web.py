@@ -52,8 +52,9 @@ def chromium() -> str | None:
         if found:
             return found
     try:
-        from durable.console.app import native_asyncio
         from playwright.sync_api import sync_playwright
+
+        from .helpers import native_asyncio
 
         native_asyncio()
         with sync_playwright() as p:
@@ -173,8 +174,9 @@ def test_the_console_in_a_browser_reads_an_instance_history(web: WebConsole, pg_
     executable = chromium()
     if executable is None:
         pytest.skip("no Chromium: apt-get install -y chromium (Playwright's own browser download is not reachable)")
-    from durable.console.app import native_asyncio
     from playwright.sync_api import sync_playwright
+
+    from .helpers import native_asyncio
 
     native_asyncio()  # Playwright's sync API runs a plain asyncio loop (trio-asyncio's policy is global)
     screen = Screen()

@@ -47,3 +47,46 @@ def test_otel_loads_the_sdk_only_when_configuring() -> None:
     assert "opentelemetry.sdk.trace" in configured
     assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in configured
     assert "opentelemetry.exporter.otlp.proto.http" not in configured  # only the protocol asked for
+
+
+# what `import durable` may not load: the engine's runtime stack (the console, the CLI's --help and the core
+# values need none of it)
+ENGINE = ("trio", "trio_asyncio", "asyncpg", "pydantic")
+
+
+def test_import_durable_is_lazy_and_the_core_values_are_trio_free() -> None:
+    for code in (
+        "import durable",
+        "import durable.sql",
+        "import durable.errors, durable.limits, durable.outcomes, durable.filters, durable.records, durable.workers",
+        "import durable\ndurable.InstanceFilter, durable.DurableError, durable.Next, durable.MAX_DELAY",
+    ):
+        modules = loaded_after(code)
+        assert "durable" in modules
+        assert heavy(modules, ENGINE) == [], code
+    # a name is imported on first use
+    assert {"trio", "durable.runtime.runtime"} <= loaded_after("import durable\ndurable.Runtime")
+
+
+def test_every_exported_name_resolves_to_its_definition() -> None:
+    import importlib
+
+    import durable
+
+    assert set(durable._EXPORTS) == set(durable.__all__)
+    for name, module in durable._EXPORTS.items():
+        assert getattr(durable, name) is getattr(importlib.import_module(f"durable.{module}"), name), name
+    assert callable(durable.migrate)  # the function, though durable.migrate is also a module's name
+
+
+def test_the_console_never_loads_trio_asyncio() -> None:
+    """The console runs on Textual's plain asyncio loop: trio-asyncio's global event loop policy must not be
+    installed in its process (it was, through ``import durable``, and the console reset it by hand)."""
+    modules = loaded_after(
+        "import durable.console.app, durable.console.cli, durable.console.web, durable.console.data\n"
+        "from durable.cli import main\n"
+        "try:\n    main(['console', '--json', '--dsn', 'postgresql://u@127.0.0.1:9/x', '--timeout', '1'])\n"
+        "except SystemExit:\n    pass"
+    )
+    assert "durable.console.source" in modules
+    assert heavy(modules, ("trio_asyncio", "pydantic")) == []

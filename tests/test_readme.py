@@ -120,7 +120,7 @@ async def _admin(dsn: str, statement: str) -> None:
 
 
 def admin(dsn: str, statement: str) -> None:
-    from durable.console.app import native_asyncio  # a plain asyncio loop (trio-asyncio's policy is global)
+    from .helpers import native_asyncio  # a plain asyncio loop (trio-asyncio's policy is global)
 
     native_asyncio()
     asyncio.run(_admin(dsn, statement))
