@@ -254,10 +254,11 @@ def test_a_schema_that_does_not_exist_is_reported_not_created(cli: CLI) -> None:
     assert proc.stderr.strip().startswith("error: no durable schema 't_nothing_here'")
 
 
-def test_worker_otlp_without_the_otel_package_is_one_line(cli: CLI, tmp_path: Path) -> None:
-    # a folder where `otel` cannot be imported, run from there (the worker imports from its cwd)
-    fake = tmp_path / "otel"
-    fake.mkdir()
+def test_worker_otlp_without_the_otel_sdk_is_one_line(cli: CLI, tmp_path: Path) -> None:
+    # a folder where the SDK (durable.otel's dependency) cannot be imported, run from there (the worker
+    # imports from its cwd); opentelemetry is a namespace package, so the API still imports
+    fake = tmp_path / "opentelemetry" / "sdk"
+    fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named opentelemetry.sdk')\n")
     (tmp_path / "tiny_jobs.py").write_text(
         "import durable\n\n@durable.job(queue='tiny')\nasync def tiny(args, ctx):\n    return 1\n")
