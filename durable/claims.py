@@ -37,7 +37,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import trio
@@ -57,8 +57,13 @@ from .runtime.flusher import Flusher, rejection
 from .sql import Q
 
 if TYPE_CHECKING:
-    from .client import Database
+    from .runtime.runtime import Database as RuntimeDatabase
+    from .values import Database as ValuesDatabase
     from .values import StepValues
+
+    class Database(RuntimeDatabase, ValuesDatabase, Protocol):
+        """What the explicit pipeline uses of a ``durable.Database``: the runtime's view and named values
+        (no import of the public API above it)."""
 
 MAX_CLAIMS = 1000  # one claim call's limit
 SWEEP_EVERY = 1.0  # seconds between the reaper/timer sweeps db.claim runs itself

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import Database
     from .values import StepValues
 
 
@@ -62,7 +61,8 @@ class Context:
     timed_out: bool = False  # the instance's await timed out: no awaited signal came in time
     lease_token: int = 0
     worker_id: str = ""
-    db: Database | None = field(default=None, repr=False)
+    # the durable.Database the step runs against (Any: the step API does not import the public API above it)
+    db: Any = field(default=None, repr=False)
     taken: set[str] = field(default_factory=set, repr=False)
 
     @property

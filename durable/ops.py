@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import trio
 
@@ -29,7 +29,27 @@ from .records import Instance
 from .sql import Q, Query
 
 if TYPE_CHECKING:
-    from .client import Database
+    from ._pg import Pool
+    from .clock import Clock
+
+
+class Database(Protocol):
+    """What the operator tools use of a ``durable.Database`` (they sit below it: its query, tail, gc,
+    cancel_many... methods call them)."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def max_value_bytes(self) -> int: ...
+
+    def wake(self, queues: Iterable[str | None]) -> None: ...
+
+    async def ended(self, ids: Iterable[int]) -> None:
+        """Wake the result() waiters of instances a commit of this process ended."""
 
 __all__ = ["ORDERS", "Bulk", "InstanceFilter", "InvalidArgument", "Page", "Row", "TailEvent", "cancel_many",
            "cancel_tree", "count", "gc", "parse_statuses", "query", "retry_many", "tail"]

@@ -9,13 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from .errors import OutcomeError
 from .limits import MAX_DELAY, check_delay
-
-if TYPE_CHECKING:
-    from .machine import Machine
 
 
 class _Unchanged:
@@ -53,7 +50,7 @@ def step_name(ref: StepRef) -> str:
 class Insert:
     """One instance to insert (``insert_many``) or spawn as a child (``Spawn``)."""
 
-    machine: type[Machine] | str
+    machine: type | str  # a Machine subclass (or @job) or a machine's name (core values know no Machine)
     state: Any = None
     queue: str | None = None
     priority: int | None = None

@@ -24,19 +24,37 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import asyncpg
 import trio
 
 from ._pg import aio
 from .errors import DatabaseUnavailable
+from .outcomes import TERMINAL as _TERMINAL
 from .sql import Q
 
 if TYPE_CHECKING:
-    from .client import Database
+    from ._pg import Pool
 
-TERMINAL: Final = frozenset({"done", "failed", "cancelled"})
+
+class Database(Protocol):
+    """What the waiters and the announcer use of a ``durable.Database`` (they sit below it)."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def schema(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def watchers(self) -> Watchers: ...
+
+
+TERMINAL: Final = frozenset(_TERMINAL)
 RECHECK: Final = 5.0  # seconds between a waiter's own re-reads (the safety net under the hints)
 PAYLOAD_BYTES: Final = 7000  # of one NOTIFY payload (PostgreSQL's limit is 8000)
 MAX_PAYLOADS: Final = 16  # NOTIFYs per announce_ended; more ids than they hold: one '*' instead

@@ -19,33 +19,26 @@ table keeps each schedule's last handled tick; a scan fires the ticks after it:
 - ``catch_up="none"``: a tick fires only if found within ``grace`` seconds (default 60) of its time;
   older ones are dropped.
 
-The runtime's loop sleeps until the nearest next tick (at most :data:`MAX_NAP`), computed afresh from the
-cron expression at every scan, so it does not drift, and backs off while the database does not answer.
+The runtime's loop (``durable/runtime/schedule_loop.py``) sleeps until the nearest next tick (at most
+:data:`MAX_NAP`), computed afresh from the cron expression at every scan, so it does not drift, and backs off
+while the database does not answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import asyncpg
-import trio
 from cronsim import CronSim, CronSimError
 
-from .errors import DatabaseUnavailable, DefinitionError
+from .errors import DefinitionError
 from .limits import MAX_DELAY, check_text
 from .machine import Machine, Registry
 from .outcomes import STATUSES, Insert
-from .sql import Q
 
-if TYPE_CHECKING:
-    from .client import Database
-    from .runtime.runtime import Runtime
-
-__all__ = ["CATCH_UP", "CATCH_UP_BATCH", "Schedule", "ScheduleLoop"]
+__all__ = ["CATCH_UP", "CATCH_UP_BATCH", "Schedule"]
 
 CATCH_UP: Final = ("latest", "all", "none")
 CATCH_UP_BATCH: Final = 100  # ticks one scan inserts per schedule under catch_up="all"
@@ -196,7 +189,7 @@ def check_schedules(schedules: Iterable[Schedule], registry: Registry, max_value
     """DefinitionError / TypeError / ValueError for a schedule a runtime cannot run: not a Schedule, a name
     given twice, a machine not registered, a state that does not encode (a callable state is called with
     the schedule's next tick)."""
-    from .client import InsertColumns
+    from .inserts import InsertColumns
 
     if isinstance(schedules, Schedule) or not isinstance(schedules, Iterable):
         raise TypeError(f"schedules must be a list of durable.Schedule, not {schedules!r}")
@@ -225,140 +218,3 @@ def check_schedules(schedules: Iterable[Schedule], registry: Registry, max_value
         InsertColumns(max_value_bytes).add(spec, registry, where)  # encodes and validates like an insert
         out.append(s)
     return out
-
-
-@dataclass
-class ScheduleLoop:
-    """A runtime's service that fires its schedules' ticks (one per runtime, started when it has
-    schedules). Counters for tests and statistics: ``scans``, ``fired`` (instances inserted by this
-    runtime), ``taken`` (ticks another runtime fired first), ``dropped`` (ticks handled without an
-    instance: catch_up="none"), ``largest`` (the most ticks one scan fired for one schedule)."""
-
-    runtime: Runtime
-    schedules: Sequence[Schedule]
-    scans: int = 0
-    fired: int = 0
-    taken: int = 0
-    dropped: int = 0
-    largest: int = 0
-    registered: bool = False
-    fired_ticks: list[tuple[str, datetime, int]] = field(default_factory=list)  # (name, tick, id), bounded
-    _by_name: dict[str, Schedule] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._by_name = {s.name: s for s in self.schedules}
-
-    @property
-    def db(self) -> Database:
-        """The runtime's Database."""
-        return self.runtime.db
-
-    async def run(self) -> None:
-        """Scan, sleep until the nearest next tick, repeat; never raises for a database error."""
-        while True:
-            nap = await self.step()
-            await trio.sleep(nap)
-
-    async def step(self) -> float:
-        """One scan with its error handling; returns the seconds to sleep before the next."""
-        rt = self.runtime
-        try:
-            nap = await self.scan()
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
-            from .runtime.backoff import unavailable
-
-            if unavailable(exc):
-                rt.outage.failed(exc)
-                return min(MAX_NAP, rt.outage.delay())
-            rt.log_error(f"firing schedules failed (tried again in {rt.reap_every:.0f}s): {exc}")
-            return min(MAX_NAP, rt.reap_every)
-        rt.outage.succeeded()
-        return nap
-
-    async def register(self, now: datetime | None) -> None:
-        """Write this runtime's schedules to the schedules table (register_schedules)."""
-        after = now or datetime.now(UTC)
-        await self.db.pool.fetch(
-            Q.register_schedules,
-            [s.name for s in self.schedules],
-            [s.cron for s in self.schedules],
-            [s.tz for s in self.schedules],
-            [s.machine_name for s in self.schedules],
-            [s.catch_up for s in self.schedules],
-            [s.next_after(after) for s in self.schedules],
-            now,
-        )
-        self.registered = True
-
-    async def scan(self, now: datetime | None = None) -> float:
-        """Fire every due tick of this runtime's schedules once; returns the seconds until the nearest next
-        tick (0 when catch_up="all" left missed ticks for the next scan; at most MAX_NAP). ``now`` defaults
-        to the runtime's clock (None: the database's now())."""
-        from .client import InsertColumns
-
-        if now is None:
-            now = self.runtime.clock.now()
-        if not self.registered:
-            await self.register(now)
-        rows = await self.db.pool.fetch(Q.schedule_scan, list(self._by_name), now)
-        self.scans += 1
-        if len(rows) < len(self._by_name):
-            self.registered = False  # a row was deleted (by hand): registered again at the next scan
-        plan: list[tuple[Schedule, datetime, list[datetime]]] = []
-        specs: list[Insert] = []
-        more = False
-        at = rows[0]["now"] if rows else (now or datetime.now(UTC))
-        for r in rows:
-            s = self._by_name[r["name"]]
-            fire, handled, rest = s.due(r["last_tick"], r["now"])
-            if handled is None:
-                continue
-            try:  # a state callable that raises or returns what cannot be stored stops this schedule only
-                batch = [s.insert(t) for t in fire]
-                check = InsertColumns(self.db.max_value_bytes)
-                for spec in batch:
-                    check.add(spec, self.db.registry, f"schedule {s.name!r}")
-            except Exception as exc:
-                self.runtime.log_error(
-                    f"schedule {s.name!r}: no instance for its tick (tried again at the next scan): "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                continue
-            more = more or rest
-            plan.append((s, handled, fire))
-            specs += batch
-            self.largest = max(self.largest, len(fire))
-        ids = await self.db.insert_many(specs) if specs else []
-        names: list[str] = []
-        ticks: list[datetime | None] = []
-        instance_ids: list[int | None] = []
-        nexts: list[datetime | None] = []
-        pos = 0
-        for s, handled, fire in plan:
-            for t in fire:  # every fired tick, so last_run/last_instance_id name the newest instance
-                iid = ids[pos]
-                pos += 1
-                if iid is None:
-                    self.taken += 1
-                else:
-                    self.fired += 1
-                    self.fired_ticks.append((s.name, t, iid))
-                    del self.fired_ticks[:-1000]
-                names.append(s.name)
-                ticks.append(t)
-                instance_ids.append(iid)
-                nexts.append(s.next_after(t))
-            if not fire or fire[-1] != handled:  # dropped (catch_up="none")
-                self.dropped += 1
-                names.append(s.name)
-                ticks.append(handled)
-                instance_ids.append(None)
-                nexts.append(s.next_after(handled))
-        if names:
-            await self.db.pool.execute(Q.advance_schedules, names, ticks, instance_ids, nexts, now)
-        if more:
-            return 0.0
-        upcoming = [n for s in self.schedules if (n := s.next_after(at)) is not None]
-        if not upcoming:
-            return MAX_NAP
-        return max(0.001, min(MAX_NAP, min((n - at).total_seconds() for n in upcoming)))

@@ -24,14 +24,31 @@ import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import Fenced, InvalidArgument, ValueExists, ValueTooLarge
 from .limits import MAX_VALUES, check_id, check_text
 from .sql import Q
 
 if TYPE_CHECKING:
-    from .client import Database
+    from ._pg import Pool
+    from .clock import Clock
+
+
+class Database(Protocol):
+    """What named values use of a ``durable.Database`` (the step API sits below the public API)."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def max_value_bytes(self) -> int: ...
+
+    @property
+    def values(self) -> Values: ...
 
 __all__ = ["MAX_MGET", "StepValues", "ValueInfo", "ValueRef", "Values"]
 

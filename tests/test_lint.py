@@ -1,4 +1,6 @@
-"""The code stays ruff- and mypy-clean (both are in the test extra); durable/ is mypy --strict clean."""
+"""The code stays ruff- and mypy-clean (durable/ is mypy --strict clean) and keeps its import contracts
+(import-linter, configured in pyproject.toml: the layers of durable/, no import circles, the trio-free core,
+the one database boundary). All three tools are in the test extra."""
 
 from __future__ import annotations
 
@@ -28,3 +30,10 @@ def test_mypy_strict_is_clean_on_the_engine() -> None:
     passes ``mypy --strict``; the root folders installed as durable.console/sim/otel/bench are checked above."""
     out = run("mypy", "--strict", "durable")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_contracts_are_kept() -> None:
+    out = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Contracts: 4 kept, 0 broken." in out.stdout, out.stdout

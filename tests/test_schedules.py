@@ -19,7 +19,7 @@ import trio
 
 import durable
 from durable import DefinitionError, Machine, Schedule, step
-from durable.schedules import CATCH_UP_BATCH, MAX_NAP, ScheduleLoop
+from durable.runtime.schedule_loop import CATCH_UP_BATCH, MAX_NAP, ScheduleLoop
 from durable.sql import Query
 
 from .helpers import pick, wait_for

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import Protocol, cast
 
 from textual import work
 from textual.message import Message
@@ -11,8 +12,15 @@ from textual.screen import Screen
 from ..messages import DatabaseDown, DatabaseUp
 from ..source import QueryFailed, SchemaMissing, Source, Unreachable
 
-if TYPE_CHECKING:
-    from ..app import ConsoleApp
+
+class Host(Protocol):
+    """What the screens read of the application that shows them (``ConsoleApp``): they never import it,
+    so the console's modules import one way (app -> screens -> data -> source)."""
+
+    source: Source
+    now: datetime | None
+    refresh_every: float | None
+    gone_after: float
 
 
 class LiveScreen(Screen[None]):
@@ -27,11 +35,8 @@ class LiveScreen(Screen[None]):
         self._generation = 0
 
     @property
-    def console(self) -> ConsoleApp:
-        from ..app import ConsoleApp
-
-        assert isinstance(self.app, ConsoleApp)
-        return self.app
+    def console(self) -> Host:
+        return cast(Host, self.app)  # the ConsoleApp, which has these attributes
 
     @property
     def source(self) -> Source:

@@ -129,7 +129,7 @@ class Encoded:
     result: str | None = None
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
-    children: Any = None  # client.InsertColumns for spawn
+    children: Any = None  # inserts.InsertColumns for spawn
     consume: list[int] = field(default_factory=list)  # signal ids a progressing outcome deletes
     hold: bool = False  # `next` only: keep the claim and run the next step at once
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from .. import codec, tracing
-from ..client import InsertColumns
 from ..context import Context
 from ..errors import UnknownMachine
+from ..inserts import InsertColumns
 from ..machine import Machine, describe, step_fn, validate_outcome
 from ..outcomes import (
     UNCHANGED,
@@ -32,11 +32,30 @@ from ..outcomes import (
     seconds,
     step_name,
 )
+from . import spans
 from .cancelling import cancel_outcome, compensate, interrupted
 from .claim import Claim, Encoded
 
 if TYPE_CHECKING:
-    from ..client import Database
+    from .._pg import Pool
+    from ..clock import Clock
+    from ..machine import Registry
+
+
+class Database(Protocol):
+    """What the runtime uses of a ``durable.Database`` (the runtime never imports the public API)."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def max_value_bytes(self) -> int: ...
 
 UNKNOWN_MACHINE_RETRY = 60.0
 
@@ -44,7 +63,9 @@ UNKNOWN_MACHINE_RETRY = 60.0
 class StepWatch(Protocol):
     """The runtime's eye on running steps (:func:`watched`)."""
 
-    block_limit: float  # seconds a step may hold the event loop (run without yielding) before it is reported
+    @property
+    def block_limit(self) -> float:
+        """Seconds a step may hold the event loop (run without yielding) before it is reported."""
 
     def ran(self, claim: Claim, seconds: float) -> None:
         """A stretch of the claim's step held the event loop for ``seconds``, over ``block_limit``."""
@@ -294,7 +315,7 @@ async def run_claim(claim: Claim, db: Database, worker_id: str,
             encoded, error = await execute(claim, db, worker_id, watch)
         except trio.Cancelled:
             if claim.lost is not None:  # cancelled because its lease was lost (runtime.py)
-                tracing.lease_lost(span, claim, claim.lost)
+                spans.lease_lost(span, claim, claim.lost)
             elif interrupted(claim):  # cancelled because its instance was (db.cancel, cancelling.py)
                 span.set_attribute("durable.outcome", "cancel")
                 span.set_attribute("durable.cancel", "cancel requested: step interrupted")

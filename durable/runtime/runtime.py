@@ -21,28 +21,69 @@ import secrets
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Protocol
 
 import asyncpg
 import orjson
 import trio
 
 from .. import tracing
-from ..client import Database
 from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
+from ..inserts import Handoff
 from ..machine import Machine, Registry
+from ..outcomes import TERMINAL as _TERMINAL
 from ..records import ScheduleTicks, Statistics
-from ..results import TERMINAL as _TERMINAL
-from ..results import announce_loop
-from ..schedules import Schedule, ScheduleLoop, check_schedules
+from ..results import Watchers, announce_loop
+from ..schedules import Schedule, check_schedules
 from ..sql import Q
+from . import spans
 from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
 from .flusher import Flusher
 from .options import Flushing, Leases, Polling, Retention, RuntimeOptions, resolve
+from .schedule_loop import Database as LoopDatabase
+from .schedule_loop import ScheduleLoop
 from .scheduler import Scheduler
 
 OnStep = Callable[[Claim, Encoded, Committed], None]
+
+
+class Database(LoopDatabase, Protocol):
+    """What a runtime uses of the ``durable.Database`` it runs on (the runtime never imports the public API):
+    the pool, the registry and clock, and the hooks through which this process's inserts wake its
+    schedulers and hand them due rows (the registries stay with the Database, which every insert passes)."""
+
+    @property
+    def schema(self) -> str: ...
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def notify(self) -> bool: ...
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def watchers(self) -> Watchers: ...
+
+    def wake(self, queues: Iterable[str | None]) -> None: ...
+
+    def add_waker(self, queue: str, wake: Callable[[], None]) -> None: ...
+
+    def remove_waker(self, queue: str, wake: Callable[[], None]) -> None: ...
+
+    def add_handoff(self, queue: str, handoff: Handoff) -> None: ...
+
+    def remove_handoff(self, queue: str, handoff: Handoff) -> None: ...
+
+    async def gc(self, older_than: float | timedelta, *, batch: int = 1000,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """Retention (``durable.ops.gc``, the operator tools': the runtime runs it, never imports it)."""
+        ...
 
 log = logging.getLogger("durable.runtime")
 
@@ -234,7 +275,7 @@ class Runtime:
         for q, s in self.schedulers.items():
             self.db.add_waker(q, s.wakeup.set)
             self.db.add_handoff(q, s)
-        tracing.watch(self)
+        spans.watch(self)
         try:
             async with trio.open_nursery() as services:
                 await services.start(self.flusher.run)
@@ -263,7 +304,7 @@ class Runtime:
             for q, s in self.schedulers.items():
                 self.db.remove_waker(q, s.wakeup.set)
                 self.db.remove_handoff(q, s)
-            tracing.unwatch(self)
+            spans.unwatch(self)
             if not self.killed:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
@@ -409,7 +450,7 @@ class Runtime:
                     "over a third of the %gs lease: every step and heartbeat of this worker waited; "
                     "run blocking code with trio.to_thread.run_sync", self.worker_id, claim.machine,
                     claim.step, claim.id, claim.attempt, seconds, self.lease)
-        tracing.loop_blocked(claim, seconds, self.block_limit)
+        spans.loop_blocked(claim, seconds, self.block_limit)
         if trio.current_time() >= claim.lease_until:
             self.lose(claim, f"the lease passed while the step held the event loop for {seconds:.2f}s")
         self.check_leases()  # the others' leases may have passed too
@@ -547,13 +588,11 @@ class Runtime:
             await trio.sleep(min(self.poll_max, self.outage.delay()) if self.outage.down else self.poll_max)
 
     async def _retention_loop(self) -> None:
-        from ..ops import gc  # retention lives with the operator tools
-
         assert self.retention is not None
         while True:
             await trio.sleep(self.retention_every)
             try:
-                await gc(self.db, older_than=self.retention)
+                await self.db.gc(older_than=self.retention)  # the operator tools' retention
             except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)  # retried at the next round

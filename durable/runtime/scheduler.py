@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import trio
@@ -14,6 +14,7 @@ import trio
 from .. import tracing
 from ..errors import DatabaseUnavailable
 from ..sql import Q
+from . import spans
 from .backoff import unavailable
 from .cancelling import cancel_outcome, interrupted
 from .claim import Claim, Committed, Encoded, claims_from_rows
@@ -21,8 +22,78 @@ from .executor import run_claim
 from .flusher import rejection
 
 if TYPE_CHECKING:
-    from ..client import InsertColumns
-    from .runtime import Runtime
+    from ..clock import Clock
+    from ..inserts import InsertColumns
+    from .backoff import Outage
+    from .executor import Database
+    from .flusher import Flusher
+
+
+class Host(Protocol):
+    """What a scheduler reads and calls of the runtime that runs it (``durable.runtime.runtime.Runtime``
+    implements it): the scheduler never imports the runtime. Settings first, then the shared state, then
+    the calls back."""
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def lease(self) -> float: ...
+
+    @property
+    def heartbeat_every(self) -> float: ...
+
+    @property
+    def poll_min(self) -> float: ...
+
+    @property
+    def poll_max(self) -> float: ...
+
+    @property
+    def chain(self) -> int: ...
+
+    @property
+    def handoff(self) -> bool: ...
+
+    @property
+    def block_limit(self) -> float: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def killed(self) -> bool: ...
+
+    @property
+    def lost(self) -> set[Claim]: ...
+
+    @property
+    def outage(self) -> Outage: ...
+
+    @property
+    def flusher(self) -> Flusher: ...
+
+    @property
+    def on_step(self) -> Callable[[Claim, Encoded, Committed], None] | None: ...
+
+
+    def log_error(self, message: str) -> None: ...
+
+    def lose(self, claim: Claim, why: str) -> None: ...
+
+    async def lease_lost(self, claim: Claim, why: str) -> None: ...
+
+    async def release(self, claims: list[Claim], *, bump: int) -> bool: ...
+
+    def timer_set(self, seconds: float) -> None: ...
+
+    def ran(self, claim: Claim, seconds: float) -> None: ...
 
 PICK_RETRIES = 3
 
@@ -51,7 +122,7 @@ class Scheduler:
     for the commit in ``committing`` (still held, still heartbeated), so the next steps run while the
     previous batch commits. The flusher's callback (:meth:`committed`) settles each claim."""
 
-    def __init__(self, runtime: Runtime, queue: str, concurrency: int, prefetch: int) -> None:
+    def __init__(self, runtime: Host, queue: str, concurrency: int, prefetch: int) -> None:
         self.runtime = runtime
         self.queue = queue
         self.concurrency = concurrency
@@ -93,7 +164,7 @@ class Scheduler:
         waiting = max(0, len(self.committing) - self.concurrency)
         return self.concurrency + self.prefetch - len(self.in_flight) - len(self.buffer) - waiting
 
-    # -- handoff: rows of a local insert claimed in the insert's own statement (client.Handoff) --------
+    # -- handoff: rows of a local insert claimed in the insert's own statement (inserts.Handoff) --------
     @property
     def worker_id(self) -> str:
         return self.runtime.worker_id
@@ -249,7 +320,7 @@ class Scheduler:
         if claim.lost is not None or ran is None:
             # another worker may be running it now: its outcome is not committed (it would be fenced)
             if ran is not None:
-                tracing.finish_lost(tracing.start_outcome(claim, ran[0]), claim, ran[0], claim.lost or "")
+                spans.finish_lost(spans.start_outcome(claim, ran[0]), claim, ran[0], claim.lost or "")
             with trio.CancelScope(shield=True):  # the slot's scope may be cancelled already
                 await rt.lease_lost(claim, claim.lost or "cancelled")
             self.in_flight.discard(claim)
@@ -261,12 +332,12 @@ class Scheduler:
         self.in_flight.discard(claim)
         self.committing.add(claim)
         claim.submitted = now  # the step's end: a run-ahead lease, which starts after it, is counted short
-        span = tracing.start_outcome(claim, encoded)
+        span = spans.start_outcome(claim, encoded)
         rt.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
         if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
             self.wakeup.set()
 
-    def committed(self, claim: Claim, encoded: Encoded, span: tracing.PendingOutcome, result: Committed | None,
+    def committed(self, claim: Claim, encoded: Encoded, span: spans.PendingOutcome, result: Committed | None,
                   error: BaseException | None) -> None:
         """The flusher's answer for one outcome (called in the flusher's task, after the commit)."""
         rt = self.runtime
@@ -274,12 +345,12 @@ class Scheduler:
         if self.backlog:
             self.wakeup.set()
         if result is None and self.refused(claim, encoded, error):
-            tracing.finish_outcome(span, claim, encoded, error=error)
+            spans.finish_outcome(span, claim, encoded, error=error)
             return
         if result is None:
             # not committed (or unknown): give the claim back for a re-run (attempt + 1, fenced by its
             # token, so a commit that did go through is left alone); failing that, the reaper will
-            tracing.finish_outcome(span, claim, encoded, error=error)
+            spans.finish_outcome(span, claim, encoded, error=error)
             self.errors += 1
             if error is not None and unavailable(error):
                 rt.outage.failed(error)  # one line per outage, not one per outcome
@@ -287,7 +358,7 @@ class Scheduler:
                 rt.log_error(f"outcome of instance {claim.id} not committed: {error}")
             self.uncommitted.append(claim)
             return
-        tracing.finish_outcome(span, claim, encoded, result=result)
+        spans.finish_outcome(span, claim, encoded, result=result)
         self.steps += 1
         if result.fenced:
             self.fenced += 1

@@ -18,12 +18,34 @@ an engine producer's seq runs on across epochs (a new claim continues, it does n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..context import Context
 from ..errors import DefinitionError
 from .errors import Conflict, StreamNotFound
 from .store import DEFAULT_CONTENT_TYPE, AppendResult, CreateSpec, Producer, Store, is_json
+
+if TYPE_CHECKING:
+    from .._pg import Pool
+
+
+class _Database(Protocol):
+    @property
+    def pool(self) -> Pool: ...
+
+
+class Context(Protocol):
+    """What a stream append reads of a step's ``ctx`` (a ``durable.Context``; the streams engine sits below
+    the step API and never imports it): the instance id (the producer), the lease token (the epoch) and
+    the database."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def lease_token(self) -> int: ...
+
+    @property
+    def db(self) -> _Database | None: ...
 
 
 def _store(ctx: Context) -> Store:
