@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -44,3 +45,16 @@ def test_installed_names_are_namespaced(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == dict.fromkeys(SUBPACKAGES, False)
+
+
+def test_every_package_says_what_it_owns() -> None:
+    """A newcomer reading top-down meets a docstring at each package folder (docs/architecture.md)."""
+    config = setuptools_config()
+    package_dir: dict[str, str] = config["package-dir"]  # type: ignore[assignment]
+    missing = []
+    for folder in package_dir.values():
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            doc = ast.get_docstring(ast.parse(init.read_text("utf-8")))
+            if not doc or len(doc) < 40:
+                missing.append(str(init.relative_to(ROOT)))
+    assert missing == []
