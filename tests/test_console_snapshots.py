@@ -44,7 +44,24 @@ async def settle(pilot: Pilot[Any], *tables: str) -> None:
         assert loop.time() < deadline, f"{tables} never filled"
         await pilot.pause(0.05)
     await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.1)
+    await steady(pilot)
+
+
+async def steady(pilot: Pilot[Any]) -> None:
+    """Wait until two screenshots a frame apart are the same. A fixed pause raced a loaded machine: a fresh
+    clone's snapshot caught a frame whose table header still had the columns' widths from before the rows
+    arrived (the body rows were already wide), a transient state the next refresh repaints."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    await pilot.pause(0.05)
+    shot = pilot.app.export_screenshot()
+    while True:
+        await pilot.pause(0.05)
+        again = pilot.app.export_screenshot()
+        if again == shot:
+            return
+        assert loop.time() < deadline, "the screen never stopped changing"
+        shot = again
 
 
 async def until(pilot: Pilot[Any], check: Callable[[], bool], what: str) -> None:
@@ -56,7 +73,7 @@ async def until(pilot: Pilot[Any], check: Callable[[], bool], what: str) -> None
         assert loop.time() < deadline, f"{what} never happened"
         await pilot.pause(0.05)
     await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    await steady(pilot)
 
 
 def open_instance(iid: int, *tables: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
