@@ -96,12 +96,12 @@ BUGS: dict[str, Bug] = {
              r"then 'runnable' else 'awaiting_signal' end",
              "'awaiting_signal'"),
         ), "checkout", (), "an await parks without the signal_seq / inbox check: a signal that arrived "
-                           "during the step is never seen (lost wake-up)", first=3),
+                           "during the step is never seen (lost wake-up)", first=8),
         Bug("park_seq_unchecked", "terminal_after_heal", (
             ("complete", r"case when h\.signal_seq <> o\.seq\s+or exists", "case when exists"),
         ), "checkout", ("signal_lock",), "an await parks on the inbox check alone, without signal_seq: a delivery "
                                          "that commits while the park waits on its row lock is missed (the "
-                                         "park's snapshot predates it): a real lost wake-up", first=3),
+                                         "park's snapshot predates it): a real lost wake-up", first=4),
         Bug("double_decrement", "child_decrements_once", (
             ("complete", r"from upd\s+where status in \('done', 'failed', 'cancelled'\) and parent_id is not null",
              "from (select * from upd union all select * from upd) upd\n"
@@ -188,6 +188,28 @@ BUGS: dict[str, Bug] = {
             ("pick", r"and \(\$6::text is null or g\.machine = \$6::text\)", "and ($6::text is null or true)"),
         ), "ops", (), "the pick ignores db.claim's machine filter: run_once hands its handler another machine's "
                       "rows (issue 18)", first=1),
+        Bug("timer_ignored", "timers_kept", (
+            ("complete", r"when d\.kind in \('retry', 'next'\) and d\.delay > 0",
+             "when d.kind = 'retry' and d.delay > 0"),
+            ("complete_simple", r"when o\.delay > 0", "when o.kind = 'retry' and o.delay > 0"),
+        ), "checkout", (), "a delayed next is runnable at once: the durable timer does not hold the step "
+                           "(issue 17 item 2)", first=1),
+        Bug("timeout_fires_early", "state_matches_model", (
+            ("fire_timeouts", r"and timeout_at <= coalesce\(\$1::timestamptz, now\(\)\)",
+             "and timeout_at is not null"),
+        ), "checkout", (), "the timer sweep fires every await that has a timeout, due or not: a paid checkout "
+                           "expires (issue 17 item 3)", first=1),
+        Bug("timeout_history_attempt", "history_consistent", (
+            ("fire_timeouts", r"f\.old_step, f\.old_attempt, 'runnable'", "f.old_step, f.attempt, 'runnable'"),
+        ), "checkout", (), "a timed-out await's history row pairs the awaiting step with the timeout step's "
+                           "attempt 0: the attempt reads as going backwards (found by the checkout workload's "
+                           "await timeouts)", first=5),
+        Bug("cancel_no_cascade", "state_matches_model", (
+            ("cancel_instance", r"from tree t join instances c on c\.parent_id = t\.id\s+"
+                                r"where t\.status not in \('done', 'failed'\)",
+             "from tree t join instances c on c.parent_id = t.id\n  where false"),
+        ), "checkout", (), "db.cancel ends only the instance named: its shipments run on after the checkout is "
+                           "cancelled (issue 17 item 5)", first=3),
     )
 }
 

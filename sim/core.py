@@ -82,7 +82,8 @@ INVARIANTS: dict[str, str] = {
     "workers_survive": "no worker dies of an unexpected exception",
     "release_fencing": "a release (drain, orphans, lost lease, dead worker) gives back only claims it holds",
     "queue_progress": "every due runnable row is picked within a bound while a worker has room",
-    "bounded_attempts": "no instance goes past max_attempts + 1 attempts",
+    "bounded_attempts": "no step runs past max_attempts; no step loop that commits nothing",
+    "timers_kept": "a durable timer's step never runs before its wake time",
     "cancel_accounted": "a cancel ends its instance; a cancelled child is counted once in its parent's join",
     "steps_exclusive": "no two executions of one instance overlap (a lost lease stops its step first)",
     "restart_frees_claims": "a restarted worker frees its dead predecessor's claims at once",
@@ -173,6 +174,9 @@ class Run:
         if not self.faults_on:
             return []
         return [f for f in self.plan if f.instance == instance and f.nth == nth]
+
+
+SIM_VALUE_BYTES = 64 * 1024  # the simulator's size limit of one encoded state: an oversized one stays cheap
 
 
 class SimDatabase(Database):

@@ -38,7 +38,7 @@ from durable.sql import Q
 
 from . import invariants
 from .bugs import Prepare
-from .core import INVARIANTS, Run, SimConfig, SimDatabase, Violation
+from .core import INVARIANTS, SIM_VALUE_BYTES, Run, SimConfig, SimDatabase, Violation
 from .gate import Serializer, Slot, SlotGate, deterministic_scheduling, seeded_clock
 from .plan import Fault, draw_plan
 from .processes import Workers
@@ -167,7 +167,7 @@ async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, s
     pool = Pool(raw, dsn, schema)
     pool.gate = SlotGate(run, serializer, slot, admin, watch, app)
     clock = VirtualClock() if run.config.mode == "dst" else DatabaseClock()
-    db = SimDatabase(pool, clock=clock, registry=Registry(machines))
+    db = SimDatabase(pool, clock=clock, registry=Registry(machines), max_value_bytes=SIM_VALUE_BYTES)
     db.run = run
     db.slot_name = slot.name
     slot.db = db

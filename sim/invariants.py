@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from durable.outcomes import TERMINAL
@@ -139,7 +139,21 @@ def attempts(run: Run, final: Final) -> list[Violation]:
             out.append(Violation("bounded_attempts",
                                  f"instance {iid} reached attempt {attempt} (max_attempts {limit}) with "
                                  f"{recoveries[iid]} lost claims past the bound to explain it"))
-    return out
+    return out + loops(run, final)
+
+
+def loops(run: Run, final: Final) -> list[Violation]:
+    """No outcome loop: every run of a step is explained by a history row of its instance (the outcome it
+    committed, or the give-back of its claim: released, reaped, lost, fenced). A refused outcome re-run as is
+    (the NUL loop of issue 14: attempt 529 in 40 s) runs the step again and again with nothing recorded; a
+    bound of twice the instance's history rows plus two catches it."""
+    runs: Counter[int] = Counter(r.instance for r in run.steps)
+    rows: Counter[int] = Counter(h["instance_id"] for h in final.history)
+    for iid, n in sorted(runs.items()):
+        if n > 2 + 2 * rows[iid]:
+            return [Violation("bounded_attempts", f"instance {iid}: {n} step runs for {rows[iid]} history rows "
+                                                  "(a loop that commits nothing)")]
+    return []
 
 
 def exclusive(run: Run) -> list[Violation]:

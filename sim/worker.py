@@ -22,7 +22,7 @@ from durable import Registry, Runtime
 from durable._pg import Pool, asyncio_loop
 from durable.clock import DatabaseClock
 
-from .core import Run, SimConfig, SimDatabase, StepRecord
+from .core import SIM_VALUE_BYTES, Run, SimConfig, SimDatabase, StepRecord
 from .workloads import workloads
 
 
@@ -51,7 +51,8 @@ async def main(dsn: str, schema: str, worker_id: str, workload: str, lease: floa
                 dsn, min_size=1, max_size=4,
                 server_settings={"search_path": f"{schema},public",
                                  "application_name": f"sim-{schema}-{worker_id.split('.')[0]}"[:63]})
-            db = SimDatabase(Pool(raw, dsn, schema), clock=DatabaseClock(), registry=Registry(machines))
+            db = SimDatabase(Pool(raw, dsn, schema), clock=DatabaseClock(), registry=Registry(machines),
+                             max_value_bytes=SIM_VALUE_BYTES)
             db.run = run
             db.slot_name = worker_id
             rt = Runtime(db, machines=machines, queues={"sim": 4}, lease=lease, heartbeat=lease / 3,

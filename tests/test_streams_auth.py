@@ -211,3 +211,17 @@ async def test_no_token_refuses_a_non_loopback_interface(pg_dsn: str, insecure: 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         r = await http.put(f"{ROOT}/{unique('open')}", content=b"[]", headers=JSON)
         assert r.status_code == 201, r.text
+
+
+async def test_a_refusal_before_the_body_closes_the_connection(guarded: ServeProcess) -> None:
+    """A 401 answers before the request's body is read; hypercorn then closes the connection, so the answer
+    says ``Connection: close`` (a client told nothing sent its next request into that close: "Server
+    disconnected without sending a response", once under load). An answer after the body keeps it open."""
+    async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as http:
+        path = f"{ROOT}/{unique('close')}"
+        denied = await http.put(path, content=b'[{"n":1}]', headers=JSON)
+        assert unauthorized(denied) and denied.headers.get("connection") == "close"
+        created = await http.put(path, content=b'[{"n":1}]', headers={**JSON, **AUTH})
+        assert created.status_code == 201 and created.headers.get("connection") != "close"
+        read = await http.get(path, params={"offset": "-1"})  # no body: nothing to close for
+        assert read.status_code == 200 and read.headers.get("connection") != "close"

@@ -6,6 +6,9 @@ is not UTF-8 (it would be silently changed to U+FFFD), ``413`` to a ``Content-Le
 at once, before any of the body is read (what still comes is discarded, so the client can read the
 answer), and ``408`` to a body that has not fully arrived within
 ``body_timeout`` seconds of the request (a trickling body, slowloris); the connection is then closed.
+An answer that starts before its request's body was read (a 401, an error raised before the body) says
+``Connection: close``: the server closes such a connection once the answer ends, and a client told nothing
+would send its next request into that close ("Server disconnected without sending a response").
 A slow request head is bounded by the keep-alive timeout (75 s): a connection counts as idle until its
 request head is complete (hypercorn's ``keep_alive_timeout``; on the uvicorn front,
 :func:`durable.serve.front.bounded_heads`).
@@ -99,6 +102,36 @@ def path_problem(scope: Scope) -> str | None:
         except UnicodeDecodeError:
             return "the request path is not UTF-8 once percent-decoded"
     return None
+
+
+class CloseUnread:
+    """ASGI middleware (outermost): an answer that starts while its request's body is still unread says
+    ``Connection: close`` (see the module's docstring)."""
+
+    def __init__(self, app: ASGI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", ())
+        pending = (content_length(scope) or 0) > 0 or any(bytes(k).lower() == b"transfer-encoding" for k, _ in headers)
+
+        async def receive_tracked() -> Message:
+            nonlocal pending
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                pending = False
+            return message
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and pending:
+                kept = [(k, v) for k, v in message.get("headers", ()) if bytes(k).lower() != b"connection"]
+                message = {**message, "headers": [*kept, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive_tracked, send_closing)
 
 
 class Guard:

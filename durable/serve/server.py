@@ -25,7 +25,7 @@ from .auth import AccessControl
 from .claims import ACTIONS, ClaimEndpoints
 from .dispatcher import Dispatcher
 from .front import Front, TrioBridge, bind
-from .guard import Guard, exception_handlers
+from .guard import CloseUnread, Guard, exception_handlers
 from .hub import Hub
 from .instances import InstanceEndpoints
 from .protocol import COMMON_HEADERS
@@ -106,11 +106,11 @@ def routes(db: Database, store: Store, hub: Hub, settings: Settings,
 
 def middleware(app: ASGI, settings: Settings) -> ASGI:
     """The request guard, the access control (with tokens) and the common headers around ``app``."""
-    guarded = Guard(app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY,
+    guarded: ASGI = Guard(app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY,
                     body_timeout=settings.body_timeout)
     if settings.tokens:
-        return CommonHeaders(AccessControl(guarded, settings.tokens, protect_reads=settings.protect_reads))
-    return CommonHeaders(guarded)
+        guarded = AccessControl(guarded, settings.tokens, protect_reads=settings.protect_reads)
+    return CommonHeaders(CloseUnread(guarded))
 
 
 class Server:

@@ -972,11 +972,12 @@ select id, queue from released;
 -- deadline order, locked ones skipped. No lost wake-up: deliver_signal locks the row too, so a signal either
 -- wakes the row first (it is no longer awaiting and this statement's re-check skips it) or comes after the
 -- timeout fired and stays in the inbox, shown to the timed-out step. History 'timed_out' (detail: the
--- deadline, the awaited names, the step it runs). NOTIFYs each woken queue on the schema's channel.
+-- deadline, the awaited names, the step it runs), under the step and attempt that awaited (as every event
+-- row: the new attempt beside the old step read as an attempt going backwards). NOTIFYs each woken queue on the schema's channel.
 -- Returns the fired rows (id, queue) and, on every row, `next_in`: seconds until the next deadline still
 -- pending (NULL: none), for the sweep's next run.
 with due as (
-  select id, step, awaits, awaits_any, timeout_at
+  select id, step, attempt, awaits, awaits_any, timeout_at
   from instances
   where status = 'awaiting_signal' and timeout_at <= coalesce($1::timestamptz, now())
   order by timeout_at
@@ -991,12 +992,12 @@ fired as (
       timeout_at = null, timeout_step = null, updated_at = coalesce($1::timestamptz, now())
   from due d
   where g.id = d.id and g.status = 'awaiting_signal'
-  returning g.id, g.machine, g.step, g.attempt, g.queue, d.step as old_step, d.awaits, d.awaits_any,
-            d.timeout_at
+  returning g.id, g.machine, g.step, g.attempt, g.queue, d.step as old_step, d.attempt as old_attempt,
+            d.awaits, d.awaits_any, d.timeout_at
 ),
 logged as (
   insert into history (instance_id, machine, event, step, attempt, status, detail, at)
-  select f.id, f.machine, 'timed_out', f.old_step, f.attempt, 'runnable',
+  select f.id, f.machine, 'timed_out', f.old_step, f.old_attempt, 'runnable',
          jsonb_build_object('timeout_at', f.timeout_at, 'signal', coalesce(to_jsonb(f.awaits_any), to_jsonb(f.awaits)),
                             'next', f.step),
          coalesce($1::timestamptz, now())

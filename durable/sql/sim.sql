@@ -45,7 +45,7 @@ select id, target_id, name, dedup_key from signals order by id;
 -- name: sim_history_all
 -- The whole history in id order (calls are serialized by the simulator, so id order is commit order).
 select id, instance_id, machine, event, step, attempt, status::text as status, worker_id, lease_token,
-       detail::text as detail
+       detail::text as detail, at
 from history order by id;
 
 -- name: sim_block_instances

@@ -1,12 +1,23 @@
 """Checkout: await a payment signal sent by another actor (a Payer machine, and the driver directly,
-early and in duplicates), spawn shipment children, join. Unrelated `note` signals must survive.
+early and in duplicates), wait on a durable timer (``Next(delay=)``), spawn shipment children, join.
+Unrelated `note` signals must survive.
 Some checkouts insert their Payer from their own first step (through the worker's Database): an idle
 scheduler of that worker takes it in the insert itself (handoff); a re-run step inserts another Payer,
-whose payment the dedup key drops."""
+whose payment the dedup key drops.
+
+Every await has a timeout (``timeout_step="expire"``): an abandoned checkout (no payment is ever sent)
+must expire, and a paid one must never (its timeout lies past the run, so a lost payment shows as an
+expiry). The driver cancels some checkouts (a cancel tree: its shipments end too, each counted once).
+
+Model: a paid checkout ends done with every shipment shipped, and its ship step committed no earlier than
+its timer's wake time; an abandoned one ends done ``expired`` without children; a cancelled one (the
+cancel answered ``cancelled`` or ``executing``) ends cancelled with every shipment ended."""
 
 from __future__ import annotations
 
 import random
+from datetime import datetime, timedelta
+from typing import Any
 
 import trio
 
@@ -38,6 +49,8 @@ class Checkout(Machine, queue=QUEUE, name="sim.checkout", initial="start"):
         work: float = 1.0
         paid: list[int] = []
         payer: bool = False  # insert the Payer from this step (a worker's insert: handoff)
+        hold: float = 0.0  # the durable timer between payment and shipping
+        wait: float = 1e4  # the await's timeout
 
     @sim_step
     async def start(self, ctx: durable.Context) -> Next:
@@ -47,15 +60,24 @@ class Checkout(Machine, queue=QUEUE, name="sim.checkout", initial="start"):
         return Next("pay")  # with run-ahead (--chain) the pay step runs on the claim `next` kept
 
     @sim_step
-    async def pay(self, ctx: durable.Context) -> Await | Spawn:
+    async def pay(self, ctx: durable.Context) -> Await | Next:
         payments = ctx.signals_named("payment")
         if not payments:
             await trio.sleep(ctx.state.work)  # a signal may land while the step runs (pre-arrival)
-            return Await("payment", ctx.state)
+            return Await("payment", ctx.state, timeout=ctx.state.wait, timeout_step="expire")
         ctx.state.paid = [s.id for s in payments]
+        # with run-ahead (--chain) a delayed next must not run on the kept claim before its wake time
+        return Next("ship", ctx.state, delay=ctx.state.hold) if ctx.state.hold else Next("ship", ctx.state)
+
+    @sim_step
+    async def ship(self, ctx: durable.Context) -> Spawn:
         kids = [Child(Ship, {"order": ctx.state.order, "item": j, "work": ctx.state.work})
                 for j in range(ctx.state.items)]
         return Spawn("join", kids, ctx.state)
+
+    @sim_step
+    async def expire(self, ctx: durable.Context) -> Done:
+        return Done({"order": ctx.state.order, "expired": ctx.timed_out})
 
     @sim_step
     async def join(self, ctx: durable.Context) -> Done:
@@ -85,6 +107,9 @@ class CheckoutWorkload:
 
     def __init__(self) -> None:
         self.orders: dict[int, int] = {}  # checkout id -> items
+        self.abandoned: set[int] = set()  # checkouts no payment is ever sent to
+        self.cancels: dict[int, str] = {}  # checkout id -> what the driver's cancel answered
+        self.holds: dict[int, float] = {}  # checkout id -> its timer's delay (seconds)
 
     async def setup(self, db: SimDatabase) -> None:
         return None
@@ -101,14 +126,21 @@ class CheckoutWorkload:
             # early: before the checkout first runs; concurrent: a payer starts with the checkout, so its
             # signal tends to land while the pay step runs (the pre-arrival race); in_step: the checkout's
             # first step inserts its payer
-            how = rng.choice(["payer", "direct", "payer+direct", "early", "concurrent", "in_step"])
+            # abandoned: nobody pays, so the await's timeout ends it
+            how = rng.choice(["payer", "direct", "payer+direct", "early", "concurrent", "in_step", "abandoned"])
+            hold = rng.choice([0.0, 0.0, round(rng.uniform(1.0, 12.0), 1) * scale])
+            state: dict[str, Any] = {"order": k, "items": items, "work": work, "payer": how == "in_step", "hold": hold,
+                     "wait": round(rng.uniform(3.0, 30.0), 1) * scale if how == "abandoned" else 1e4}
 
-            async def insert(db: SimDatabase, k: int = k, items: int = items, work: float = work,
-                             box: dict[str, int] = box, in_step: bool = how == "in_step") -> None:
-                iid = await db.insert(Checkout, {"order": k, "items": items, "work": work, "payer": in_step})
+            async def insert(db: SimDatabase, items: int = items, state: dict[str, Any] = state,
+                             box: dict[str, int] = box, abandoned: bool = how == "abandoned") -> None:
+                iid = await db.insert(Checkout, state)
                 assert iid is not None
                 box["id"] = iid
                 self.orders[iid] = items
+                self.holds[iid] = state["hold"]
+                if abandoned:
+                    self.abandoned.add(iid)
 
             actions.append((at, insert))
             pay_at = at + (0.0 if how == "early" else round(rng.uniform(0, 10), 2) if how == "concurrent"
@@ -128,21 +160,47 @@ class CheckoutWorkload:
                 async def note(db: SimDatabase, box: dict[str, int] = box) -> None:
                     await send(db, box["id"], "note", None)
                 actions.append((round(rng.uniform(at, horizon), 2), note))
+            if rng.random() < 0.3:  # a cancel tree: at any time, or while the shipments should be running
+                async def cancel(db: SimDatabase, box: dict[str, int] = box) -> None:
+                    self.cancels[box["id"]] = await db.cancel(box["id"], "driver")
+                shipping = pay_at + hold + work
+                when = rng.choice([rng.uniform(at + 0.5, horizon), rng.uniform(shipping, shipping + 2 * work)])
+                actions.append((round(max(at + 0.5, when), 2), cancel))
         return actions
 
     def check(self, run: Run, final: Final) -> list[Violation]:
         out: list[Violation] = []
         rows = final.by_id()
         consumed: set[int] = set()
+        children: dict[int, list[dict[str, object]]] = {}
+        for i in final.instances:
+            if i["parent_id"] in self.orders:
+                children.setdefault(i["parent_id"], []).append(i)
         for iid, items in self.orders.items():
             row = rows[iid]
             state = decode(row["state"])
             consumed.update(state.get("paid", []))
             result = decode(row["result"])
-            want = {"order": state["order"], "shipped": items, "children": items}
-            if row["status"] != "done" or result != want:
+            kids = children.get(iid, [])
+            if self.cancels.get(iid) in ("cancelled", "executing"):
+                # every shipment ends: cancelled, or done before the checkout's cancel committed
+                cut = next((h["id"] for h in final.history if h["instance_id"] == iid
+                            and h["status"] == "cancelled"), None)
+                shipped = {h["instance_id"]: h["id"] for h in final.history if h["event"] == "done"}
+                live = [f"{k['id']} {k['status']}" for k in kids if k["status"] != "cancelled" and not (
+                    k["status"] == "done" and cut is not None and shipped.get(k["id"], cut) < cut)]
+                if row["status"] != "cancelled" or live:
+                    out.append(Violation("state_matches_model",
+                                         f"checkout {iid}: {row['status']}, shipments not cancelled {live}, model "
+                                         f"says cancelled (the driver's cancel answered {self.cancels[iid]!r})"))
+                continue
+            want = ({"order": state["order"], "expired": True} if iid in self.abandoned
+                    else {"order": state["order"], "shipped": items, "children": items})
+            if row["status"] != "done" or result != want or (iid in self.abandoned and kids):
                 out.append(Violation("state_matches_model",
-                                     f"checkout {iid}: {row['status']} {result}, model says done {want}"))
+                                     f"checkout {iid}: {row['status']} {result} with {len(kids)} shipments, "
+                                     f"model says done {want}"))
+        out += self.timers_kept(final)
         # every stored signal to a checkout: consumed by its pay step (recorded in state) or still queued
         inbox = {s["id"] for s in final.signals}
         for h in final.history:
@@ -154,6 +212,31 @@ class CheckoutWorkload:
                 out.append(Violation("signals_accounted",
                                      f"signal {sid} ({name!r}) to checkout {h['instance_id']} vanished: "
                                      "neither consumed by its await nor in the inbox"))
+        return out
+
+
+    def timers_kept(self, final: Final) -> list[Violation]:
+        """A paid checkout's timer: its pay step's next is shown waking ``hold`` seconds after it committed
+        (history detail ``wake_at``), and no ship step committed before then (both times from one clock:
+        the virtual one, or the database's)."""
+        out: list[Violation] = []
+        wake: dict[int, datetime] = {}
+        for h in final.history:
+            iid = h["instance_id"]
+            if iid not in self.orders:
+                continue
+            if h["event"] == "next" and h["step"] == "pay":
+                hold = self.holds.get(iid, 0.0)
+                wake[iid] = h["at"] + timedelta(seconds=hold)
+                shown = (decode(h["detail"] or "null") or {}).get("wake_at")
+                if hold and (shown is None or abs(datetime.fromisoformat(shown) - wake[iid]) > timedelta(
+                        milliseconds=1)):
+                    out.append(Violation("timers_kept", f"checkout {iid}: its {hold:g} s timer committed at "
+                                         f"{h['at']} shows wake time {shown}"))
+            elif h["event"] == "spawn" and h["step"] == "ship" and iid in wake:
+                if h["at"] < wake[iid] - timedelta(milliseconds=1):
+                    out.append(Violation("timers_kept", f"checkout {iid}: ship committed at {h['at']}, before "
+                                         f"its timer's wake time {wake[iid]}"))
         return out
 
 

@@ -1,8 +1,10 @@
 """Generated workloads (`durable sim --workload fuzz`): every instance runs a script drawn from the seed, one
 operation per step, so the outcome sequences cover every kind: next (with a delay when the engine has one),
-retry, await (one name or several), spawn (children with scripts of their own) and a join, done, stop,
-cancel; steps that raise a planned number of times; poison values (a NUL in the state, a delay of 31,700
-years) that the engine refuses and ``handle()`` goes past; a step longer than the lease. Inserts get random
+retry, await (one name or several), an await that times out (at the same step, ``ctx.timed_out``, or at
+its ``timeout_step``), spawn (children with scripts of their own) and a join, done, stop, cancel; steps
+that raise a planned number of times; poison values (a NUL in the state, a delay of 31,700 years, a state
+past the size limit or not JSON at all) that the engine refuses and ``handle()`` goes past; a step longer
+than the lease. Inserts get random
 options: partition key, priority, a schedule, a unique key (scoped to its four live statuses, so a second
 insert is skipped, or to ``executing`` only, so the holders take turns). The driver sends each await its
 signal and cancels some parents, children and running steps.
@@ -25,13 +27,14 @@ from durable import Cancel, Child, Done, Machine, Next, NotDeliverable, Retry, S
 from durable.errors import OutcomeError, StateError
 from durable.outcomes import Await, Outcome
 
-from ..core import Run, SimDatabase, Violation, sim_step
+from ..core import SIM_VALUE_BYTES, Run, SimDatabase, Violation, sim_step
 from . import Action, Final, decode
 
 QUEUE = "sim"
 NEXT_DELAY = "delay" in getattr(Next, "__dataclass_fields__", {})  # the engine's durable timer, when it has one
 MULTI_AWAIT = "timeout" in getattr(Await, "__dataclass_fields__", {})  # an await of several names
 ENDS = {"done": "done", "stop": "failed", "cancel": "cancelled"}
+REFUSED = ("poison", "overdue", "oversized", "unserializable")  # outcomes the engine refuses: handle() goes on
 
 
 class Flaky(Exception):
@@ -69,10 +72,18 @@ class Fuzz(Machine, queue=QUEUE, name="sim.fuzz"):
             if not came:
                 return Await(op["names"] if len(op["names"]) > 1 else op["names"][0])
             return self.went_on(s, f"await:{came[0]}")
+        if kind == "await_timeout":  # nobody sends it: the timeout wakes the step (or its timeout_step)
+            if ctx.timed_out:
+                return self.went_on(s, "timed_out")
+            return Await(op["names"], s, timeout=op["timeout"], timeout_step="expired" if op["step"] else None)
         if kind == "spawn":
             return Spawn("join", [Child(Fuzz, {"ops": c}) for c in op["children"]], s)
         if kind == "poison":  # refused by the engine before the database: handle() goes on
             return Next("act", {"ops": s.ops, "pc": s.pc, "trail": [*s.trail, "a\x00b"]})
+        if kind == "oversized":
+            return Next("act", {"ops": s.ops, "pc": s.pc, "trail": [*s.trail, "x" * SIM_VALUE_BYTES]})
+        if kind == "unserializable":
+            return Next("act", {"ops": s.ops, "pc": s.pc, "trail": [*s.trail, {1j}]})
         if kind == "overdue":
             return Retry(delay=1e12)
         if kind == "slow":
@@ -80,6 +91,10 @@ class Fuzz(Machine, queue=QUEUE, name="sim.fuzz"):
         if kind == "next" and op.get("delay"):
             return self.went_on(s, kind, delay=op["delay"])
         return self.went_on(s, {"raise": "raised"}.get(kind, kind))
+
+    @sim_step
+    async def expired(self, ctx: durable.Context) -> Next:
+        return self.went_on(ctx.state, "expired" if ctx.timed_out else "expired?")
 
     @sim_step
     async def join(self, ctx: durable.Context) -> Next:
@@ -94,7 +109,7 @@ class Fuzz(Machine, queue=QUEUE, name="sim.fuzz"):
     async def handle(self, error: BaseException, ctx: durable.Context) -> Outcome:
         s = ctx.state
         kind = s.ops[s.pc]["op"]
-        if kind in ("poison", "overdue") and isinstance(error, StateError | OutcomeError):
+        if kind in REFUSED and isinstance(error, StateError | OutcomeError):
             return self.went_on(s, kind)
         return await super().handle(error, ctx)  # scripted and injected exceptions: retry with backoff
 
@@ -102,7 +117,9 @@ class Fuzz(Machine, queue=QUEUE, name="sim.fuzz"):
 def script(rng: random.Random, depth: int) -> list[dict[str, Any]]:
     """A random operation sequence ending in done, stop or cancel. Children neither await (the driver could
     not know their ids in time) nor spawn (one level)."""
-    kinds = ["next", "next", "retry", "raise", "poison", "overdue", "slow"]
+    kinds = ["next", "next", "retry", "raise", "poison", "overdue", "slow", "oversized", "unserializable"]
+    if MULTI_AWAIT:
+        kinds.append("await_timeout")
     if depth == 0:
         kinds += ["await", "await", "spawn"]
     ops: list[dict[str, Any]] = []
@@ -118,6 +135,9 @@ def script(rng: random.Random, depth: int) -> list[dict[str, Any]]:
         elif kind == "await":
             names = [f"s{pc}{c}" for c in "ab"[: rng.randint(1, 2 if MULTI_AWAIT else 1)]]
             op.update(names=names, send=rng.choice(names))
+        elif kind == "await_timeout":
+            op.update(names=[f"t{pc}{c}" for c in "ab"[: rng.randint(1, 2)]], timeout=rng.choice([1.0, 5.0, 20.0]),
+                      step=rng.random() < 0.5)
         elif kind == "spawn":
             op["children"] = [script(rng, depth + 1) for _ in range(rng.randint(1, 2))]
         elif kind == "slow":
@@ -207,6 +227,8 @@ class FuzzWorkload:
                 return ENDS[kind], trail if kind == "done" else None
             if kind == "await":
                 trail.append(f"await:{op['send']}")
+            elif kind == "await_timeout":
+                trail.append("expired" if op["step"] else "timed_out")
             elif kind == "spawn":
                 for _ in op["children"]:
                     child = next(children)
