@@ -127,7 +127,7 @@ BUGS: dict[str, Bug] = {
         Bug("release_unfenced", "release_fencing", (
             ("release", r"on g\.id = r\.id and g\.lease_token = r\.token", "on g.id = r.id"),
         ), "mixed", ("lease_loss",), "release (drain, uncommitted outcomes) matches rows by id only: a worker "
-                                     "whose lease was lost puts another's live claim back to runnable", first=4),
+                                     "whose lease was lost puts another's live claim back to runnable", first=2),
         Bug("same_batch_fencing", "no_fenced_outcome_visible", (
             ("complete", r"where o\.ord not in \(select l\.ord from live l\)",
              "where o.id not in (select l.id from live l)"),

@@ -26,7 +26,7 @@ from durable._pg import Pool, aio
 from durable.sql import Q
 
 from .core import Run
-from .plan import STATEMENT
+from .plan import HOLDS, STATEMENT
 
 if TYPE_CHECKING:
     from durable.runtime import Runtime
@@ -63,12 +63,14 @@ class Serializer:
     def __init__(self, run: Run, clock: trio.testing.MockClock | None) -> None:
         self.run = run
         self.clock = clock
-        self.lock = trio.Lock()
+        self.busy = False  # a call has the turn
+        self.waiting: dict[trio.Event, tuple[str, str, int]] = {}  # contenders for the next turn, by key
+        self.freed = trio.Event()  # set (and replaced) when a turn ends
         self.sched = random.Random(f"{run.config.seed}:sched")
         self.calls = 0
         self.owner: trio.lowlevel.Task | None = None  # the task whose open transaction keeps the turn
-        # signal deliveries whose transaction a `signal_lock` fault keeps open (their target row locked) while
-        # the other calls take their turns; `watch` reads which backends wait on them
+        # statements whose transaction a hold fault (signal_lock, pick_lock, cancel_lock) keeps open (their rows
+        # locked) while the other calls take their turns; `watch` reads which backends wait on them
         self.held: list[HeldLock] = []
         self.watch: Pool | None = None
         self.skipped: set[int] = set()  # instances a held lock hid from a release_dead_workers
@@ -82,9 +84,11 @@ class Serializer:
         return self.owner is not None and self.owner is trio.lowlevel.current_task()
 
     @asynccontextmanager
-    async def turn(self, *, begins: bool = False, ends: bool = False) -> AsyncIterator[None]:
+    async def turn(self, *, begins: bool = False, ends: bool = False,
+                   key: tuple[str, str, int] = ("~harness", "", 0)) -> AsyncIterator[None]:
         """One call's turn. ``begins``: the call opens a transaction, which keeps the turn if it succeeds;
-        ``ends``: the call closes the transaction that holds the turn."""
+        ``ends``: the call closes the transaction that holds the turn; ``key`` (participant, statement,
+        its count) orders calls that contend for the same turn."""
         if self.clock is None:  # chaos mode: real concurrency
             self.calls += 1
             yield
@@ -98,7 +102,7 @@ class Serializer:
                     self.owner = None
                     self._release()
             return
-        await self.lock.acquire()
+        await self._acquire(key)
         kept = False
         try:
             await trio.testing.wait_all_tasks_blocked()
@@ -116,7 +120,35 @@ class Serializer:
         assert self.clock is not None
         self.clock.autojump_threshold = 0
         trio_run_module._r.seed(self.sched.getrandbits(64))
-        self.lock.release()
+        self.busy = False
+        self.freed.set()
+        self.freed = trio.Event()
+
+    async def _acquire(self, key: tuple[str, str, int]) -> None:
+        """Wait for the turn. When it is free and every task is blocked (each call that can ask at this
+        virtual moment has asked), it goes to the contender with the least key, not to the first to ask:
+        which task asked first can depend on real time (a driver's round trip ending), and a seed must
+        give one log."""
+        me = trio.Event()
+        self.waiting[me] = key
+        try:
+            while not me.is_set():
+                if self.busy:
+                    await self.freed.wait()
+                    continue
+                await trio.testing.wait_all_tasks_blocked()
+                if self.busy or me.is_set():
+                    continue
+                winner = min(self.waiting, key=self.waiting.__getitem__)
+                del self.waiting[winner]
+                self.busy = True
+                winner.set()
+        except BaseException:
+            if not me.is_set():
+                del self.waiting[me]
+            elif self.busy:  # handed the turn while being cancelled: pass it on
+                self._release()
+            raise
 
     async def settle(self) -> None:
         """Wait until every task is blocked, then reseed the scheduler (after unserialized setup I/O)."""
@@ -130,7 +162,8 @@ class Serializer:
 
 
 class HeldLock:
-    """A statement's transaction kept open by a `signal_lock` fault: its row locks stay until ``release``."""
+    """A statement's transaction kept open by a hold fault (signal_lock, pick_lock, cancel_lock): its row locks
+    stay until ``release``."""
 
     def __init__(self, serializer: Serializer, pool: Pool, raw: asyncpg.Connection, tx: Any, what: str,
                  target: int | None) -> None:
@@ -219,7 +252,8 @@ class SlotGate:
                 sim.fire(f, f" ({slot.worker_id})")
                 slot.runtime.stop(drain_timeout=f.seconds * sim.scale)
         locked: HeldLock | None = None
-        async with self.serializer.turn(begins=name == "begin", ends=name in ("commit", "rollback")):
+        async with self.serializer.turn(begins=name == "begin", ends=name in ("commit", "rollback"),
+                                        key=(slot.name, name, nth)):
             held = self._held()
             if "crash" in kinds:
                 self._crash(next(f for f in faults if f.kind == "crash"))
@@ -228,8 +262,8 @@ class SlotGate:
                 fault = next(f for f in faults if f.kind.startswith("conn_"))
                 await self.serializer.release_held()  # its table lock would wait on a held row lock
                 result = await self._kill_during(fault, name, run)
-            elif "signal_lock" in kinds and self.admin is not None and self.serializer.clock is not None:
-                fault = next(f for f in faults if f.kind == "signal_lock")
+            elif kinds & HOLDS and self.admin is not None and self.serializer.clock is not None:
+                fault = next(f for f in faults if f.kind in HOLDS)
                 result, locked = await self._hold(fault, run)
             else:
                 result = await self._guarded(name, run)
@@ -238,7 +272,7 @@ class SlotGate:
                 self._crash(next(f for f in faults if f.kind == "commit_unknown"))
                 await trio.lowlevel.checkpoint()  # committed, but the worker never hears of it
         if locked is not None:  # the caller hears back once its transaction commits
-            await self._until_committed(locked, next(f for f in faults if f.kind == "signal_lock"))
+            await self._until_committed(locked, next(f for f in faults if f.kind in HOLDS))
         return result
 
     # -- held transactions (real interleavings) --------------------------------------------------

@@ -27,6 +27,12 @@ FAULT_KINDS: dict[str, str] = {
     "signal_lock": "a signal delivery's transaction stays open after its statement (the target row locked) while "
                    "other workers' statements run; it commits when one of them waits on that lock (a real "
                    "interleaving: that statement keeps the snapshot it took before), or after a few seconds",
+    "pick_lock": "a pick's transaction stays open after it claimed its rows (locked, executing, not yet "
+                 "committed) while other statements run; it commits when one of them waits on those rows "
+                 "(a signal, a cancel, a reap), or after a few seconds; the worker hears of its claims then",
+    "cancel_lock": "a cancel's transaction stays open after its walk (the tree's rows locked) while the workers' "
+                   "outcomes, heartbeats and picks run; it commits when one of them waits on it, or after a few "
+                   "seconds",
     "lease_loss": "a worker's heartbeats and its outcome commits stall while its picks, steps and reaper go "
                   "on: its finished steps' claims are reaped and picked again while their stale outcomes are "
                   "still queued",
@@ -36,7 +42,10 @@ ALIASES = {"conn": ["conn_pick", "conn_heartbeat", "conn_complete"], "all": list
 # the statement a slot-keyed fault waits for
 STATEMENT = {"crash": "complete", "commit_unknown": "complete", "zombie": "complete",
              "conn_pick": "pick", "conn_heartbeat": "heartbeat", "conn_complete": "complete",
-             "reaper_delay": "reap", "drain": "pick", "lease_loss": "complete", "signal_lock": "deliver_signal"}
+             "reaper_delay": "reap", "drain": "pick", "lease_loss": "complete", "signal_lock": "deliver_signal",
+             "pick_lock": "pick", "cancel_lock": "cancel_instance"}
+# faults that hold a statement's transaction open (real interleavings in dst)
+HOLDS = frozenset({"signal_lock", "pick_lock", "cancel_lock"})
 
 
 def parse_kinds(text: str) -> list[str]:
@@ -99,6 +108,10 @@ def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: 
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(2, 12), seconds=round(rng.uniform(0.5, 5), 1)))
             elif kind == "signal_lock":  # keyed on the run's n-th delivery, whoever sends it (the driver too)
                 plan.append(Fault(kind, nth=rng.randint(1, instances // 2), seconds=round(rng.uniform(5, 15), 1)))
+            elif kind == "pick_lock":  # the run's n-th pick, whoever makes it (most picks of an idle queue: empty)
+                plan.append(Fault(kind, nth=rng.randint(1, 4 * instances), seconds=round(rng.uniform(2, 10), 1)))
+            elif kind == "cancel_lock":  # the run's n-th cancel (the driver's, in the workloads that cancel)
+                plan.append(Fault(kind, nth=rng.randint(1, 3), seconds=round(rng.uniform(2, 10), 1)))
             elif kind == "conn_heartbeat":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 4)))
             else:

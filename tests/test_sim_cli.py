@@ -45,7 +45,7 @@ def test_failing_run_writes_its_file_and_shrinks(pg_dsn: str, tmp_path: Path,
                     "--faults", "crash,step_error", "--dsn", pg_dsn)
     assert code == 1, out
     data = json.loads((tmp_path / "sim-6.json").read_text())
-    assert data["violated"] == ["signals_accounted"]
+    assert "signals_accounted" in data["violated"]  # (a vanished signal may also leave its checkout waiting)
     assert data["plan"] and data["operation_log"] and data["last_events"]
     assert data["command"].startswith("durable sim --seed 6 --workload checkout")
 

@@ -105,13 +105,21 @@ free as (
         from candidate c where c.partition_key is not null or c.entering is not null) k
   where k.nth = 1 and (k.entering is null or k.nth_entering = 1)
 ),
+tokens as (
+  -- fresh lease tokens in claim order: nextval runs as the sorted rows leave the subquery (offset 0 keeps
+  -- it one). In the update it ran in the rows' physical order, so one seed's run could hand the same claims
+  -- different tokens (the simulator's log differed between two runs of ops seed 2 with run-ahead)
+  select o.id, nextval('lease_tokens') as token
+  from (select c.id from candidate c join free f on f.id = c.id
+        order by c.priority, c.eligible_at, c.id offset 0) o
+),
 claimed as (
   update instances g
-  set status = 'executing', worker_id = $3, lease_token = nextval('lease_tokens'),
+  set status = 'executing', worker_id = $3, lease_token = t.token,
       lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $4::float8),
       updated_at = coalesce($5::timestamptz, now())
-  from free f
-  where g.id = f.id
+  from tokens t
+  where g.id = t.id
   returning g.id, g.machine, g.version, g.step, g.state::text as state, g.attempt, g.queue, g.priority,
     g.partition_key, g.lease_token, g.signal_seq, g.awaits, g.parent_id, g.cancel_requested,
     g.traceparent, g.tracestate, g.eligible_at, g.awaits_any, g.timed_out, g.attributes::text as attributes
