@@ -161,14 +161,28 @@ class Serializer:
             return await fn()
 
 
+def locked_ids(args: tuple[Any, ...] | list[Any], result: Any) -> set[int]:
+    """The instances a held statement locked: a delivery's target (its first argument), the rows a pick
+    claimed or a cancel walked (the ids it returned)."""
+    ids = {args[0]} if args and isinstance(args[0], int) else set()
+    for row in result if isinstance(result, list) else ():
+        for column in ("id", "ended"):  # a cancel also returns the descendants it ended
+            try:
+                value = row[column]
+            except (KeyError, TypeError, IndexError):
+                continue
+            ids.update(int(v) for v in (value if isinstance(value, list) else [value]))
+    return ids
+
+
 class HeldLock:
     """A statement's transaction kept open by a hold fault (signal_lock, pick_lock, cancel_lock): its row locks
     stay until ``release``."""
 
     def __init__(self, serializer: Serializer, pool: Pool, raw: asyncpg.Connection, tx: Any, what: str,
-                 target: int | None) -> None:
+                 targets: set[int]) -> None:
         self.serializer = serializer
-        self.target = target  # the instance whose row it locks
+        self.targets = targets  # the instances whose rows it locks
         self.pool = pool
         self.raw = raw
         self.tx = tx
@@ -290,7 +304,7 @@ class SlotGate:
         args = call_args(run)
         result = await aio(getattr(raw, method))(query.text, *args)
         lock = HeldLock(self.serializer, self.admin, raw, tx, f"{self.slot.worker_id} {query.name}",
-                        args[0] if args and isinstance(args[0], int) else None)
+                        locked_ids(args, result))
         self.serializer.held.append(lock)
         self.run.fire(fault, f" ({self.slot.worker_id})")
         return result, lock
@@ -473,7 +487,7 @@ class SlotGate:
             text = " ".join(str(r["id"]) for r in rows)
         elif name in RELEASES:
             if name == "release_dead_workers":  # the dead workers' claims it skipped (locked) stay theirs
-                self.serializer.skipped |= {h.target for h in self.serializer.held if h.target is not None}
+                self.serializer.skipped |= {i for h in self.serializer.held for i in h.targets}
             for r in rows:
                 live = leases.pop(r["id"], None)
                 if live_checks:
@@ -519,7 +533,7 @@ class SlotGate:
             # above) before it registers: none may still wait for its lease to expire
             # (a row a held transaction locks is skipped, as release_dead_workers says, and left to the reaper,
             # now or when an earlier start released the same dead worker)
-            locked = {h.target for h in self.serializer.held} | self.serializer.skipped
+            locked = {i for h in self.serializer.held for i in h.targets} | self.serializer.skipped
             left = sorted(iid for iid, (_, w) in leases.items() if w in self.slot.dead and iid not in locked)
             if left and live_checks:
                 sim.violate("restart_frees_claims",
