@@ -96,7 +96,7 @@ BUGS: dict[str, Bug] = {
              r"then 'runnable' else 'awaiting_signal' end",
              "'awaiting_signal'"),
         ), "checkout", (), "an await parks without the signal_seq / inbox check: a signal that arrived "
-                           "during the step is never seen (lost wake-up)", first=8),
+                           "during the step is never seen (lost wake-up)", first=4),
         Bug("park_seq_unchecked", "terminal_after_heal", (
             ("complete", r"case when h\.signal_seq <> o\.seq\s+or exists", "case when exists"),
         ), "checkout", ("signal_lock",), "an await parks on the inbox check alone, without signal_seq: a delivery "
@@ -123,11 +123,11 @@ BUGS: dict[str, Bug] = {
             ("cancel_instance", r"where p\.id = i\.parent_id and not i\.joined_before"
                                 r"|and t\.parent_id is not null and not t\.joined", "\\g<0> and false"),
         ), "ops", (), "cancelling an idle child never decrements its parent: the parent awaits its children "
-                      "forever", first=2),
+                      "forever", first=1),
         Bug("release_unfenced", "release_fencing", (
             ("release", r"on g\.id = r\.id and g\.lease_token = r\.token", "on g.id = r.id"),
         ), "mixed", ("lease_loss",), "release (drain, uncommitted outcomes) matches rows by id only: a worker "
-                                     "whose lease was lost puts another's live claim back to runnable", first=2),
+                                     "whose lease was lost puts another's live claim back to runnable", first=1),
         Bug("same_batch_fencing", "no_fenced_outcome_visible", (
             ("complete", r"where o\.ord not in \(select l\.ord from live l\)",
              "where o.id not in (select l.id from live l)"),
@@ -138,7 +138,7 @@ BUGS: dict[str, Bug] = {
         ), "mixed", ("lease_loss",), "complete fences by instance id, not by claim, and the flusher batches two "
                                      "outcomes of one instance: a stale outcome beside the live one commits "
                                      "(issue 14 item 0)",
-            first=1, patches=(
+            first=4, patches=(
                 PySwap("durable.runtime.flusher:_one_per_instance", r"if len\(ids\) == len\(batch\):", "if True:"),
             )),
         Bug("attempts_unbounded", "bounded_attempts", (), "hostile", (),
@@ -209,7 +209,7 @@ BUGS: dict[str, Bug] = {
                                 r"where t\.status not in \('done', 'failed'\)",
              "from tree t join instances c on c.parent_id = t.id\n  where false"),
         ), "checkout", (), "db.cancel ends only the instance named: its shipments run on after the checkout is "
-                           "cancelled (issue 17 item 5)", first=3),
+                           "cancelled (issue 17 item 5)", first=2),
     )
 }
 

@@ -15,7 +15,7 @@ from durable.console.screens.dialogs import HelpScreen, SignalDialog
 from durable.console.screens.instance import InstanceScreen
 from durable.console.source import Source
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 
 from .helpers import native_asyncio
 from .test_console_support import FROZEN_NOW, SNAP_SCHEMA, drop, fill_frozen
@@ -73,6 +73,8 @@ async def until(pilot: Pilot[Any], check: Callable[[], bool], what: str) -> None
         assert loop.time() < deadline, f"{what} never happened"
         await pilot.pause(0.05)
     await pilot.app.workers.wait_for_complete()
+    for field in pilot.app.screen.query(Input):  # a blinking cursor never holds still for steady()
+        field.cursor_blink = False
     await steady(pilot)
 
 
