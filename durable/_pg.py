@@ -20,11 +20,25 @@ import asyncpg
 import trio
 import trio_asyncio
 
+# The driver's names the modules above need (the errors they catch, the connection and row types), re-exported
+# so that this module stays the only importer of asyncpg (pyproject.toml's import contract "boundary").
+from asyncpg import Connection as Connection
+from asyncpg import DeadlockDetectedError as DeadlockDetectedError
+from asyncpg import InterfaceError as InterfaceError
+from asyncpg import PostgresConnectionError as PostgresConnectionError
+from asyncpg import PostgresError as PostgresError
+from asyncpg import SerializationError as SerializationError
+from asyncpg import UniqueViolationError as UniqueViolationError
+from asyncpg.exceptions import OperatorInterventionError as OperatorInterventionError
+from asyncpg.exceptions import ProgramLimitExceededError as ProgramLimitExceededError
+
 from .errors import DatabaseUnavailable, SchemaError
 from .sql import Q, Query
 
 T = TypeVar("T")
 Record: TypeAlias = asyncpg.Record
+ServerDataError = asyncpg.exceptions.DataError  # SQLSTATE class 22 (a value the server refused)
+ClientDataError = asyncpg.exceptions._base.DataError  # the client refused an argument (an InterfaceError)
 
 
 class Gate(Protocol):

@@ -39,10 +39,10 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
 import trio
 
 from . import codec
+from ._pg import PostgresError, Record
 from .context import ChildInfo, Signal
 from .errors import DurableError, Fenced, InvalidArgument, NoSuchInstance, OutcomeError
 from .limits import INT64, MAX_DELAY, MAX_VALUE_BYTES, check_id, check_int, check_text
@@ -461,7 +461,7 @@ class Pipeline:
                 services.cancel_scope.cancel()
         return report
 
-    def _committed(self, rows: list[asyncpg.Record]) -> None:
+    def _committed(self, rows: list[Record]) -> None:
         """The flusher's wake-ups (as the runtime's): local schedulers of runnable rows, result() waiters."""
         self.db.wake(r["queue"] for r in rows if r["status"] == "runnable" and not r["fenced"])
         ended = [
@@ -491,8 +491,8 @@ class Pipeline:
                     self.worker_id,
                     "{}",
                 )
-            except (DurableError, asyncpg.PostgresError, OSError) as exc:
-                if not unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
+            except (DurableError, PostgresError, OSError) as exc:
+                if not unavailable(exc) and not isinstance(exc, PostgresError):
                     raise
                 row = None
             extended = set(row["tokens"]) if row else set()
@@ -592,7 +592,7 @@ class Pipeline:
                     self.worker_id,
                     self.db.clock.now(),
                 )
-            except (DurableError, asyncpg.PostgresError, OSError):
+            except (DurableError, PostgresError, OSError):
                 return  # the row, if still ours, is reaped when its lease expires
             self.db.wake(r["queue"] for r in rows)
 

@@ -39,12 +39,12 @@ Group = SubGroup
 
 def execute(body: Callable[[], Awaitable[T]]) -> T:
     """Run a command body under trio (durable.cli.run); a server-side error is one line, exit 1."""
-    import asyncpg
+    from ._pg import PostgresError  # the driver, only once a command runs
 
     async def main() -> T:
         try:
             return await body()
-        except asyncpg.PostgresError as exc:
+        except PostgresError as exc:
             click.echo(f"error: PostgreSQL: {exc}", err=True)
             sys.exit(1)
 

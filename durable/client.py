@@ -16,10 +16,8 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Unpack
 
-import asyncpg
-
 from . import codec, tracing
-from ._pg import Pool, asyncio_loop, check_pooler
+from ._pg import Pool, UniqueViolationError, asyncio_loop, check_pooler
 from .clock import Clock, DatabaseClock
 from .embedded import resolve_dsn, supervised
 from .errors import (
@@ -373,7 +371,7 @@ class Database:
         check_id(instance_id)
         try:
             row = await self.pool.fetchrow(Q.retry_instance, instance_id, self.clock.now())
-        except asyncpg.UniqueViolationError as exc:  # runnable is in its scope, and another holds the key
+        except UniqueViolationError as exc:  # runnable is in its scope, and another holds the key
             if exc.constraint_name != "instances_unique":
                 raise
             held = await self.pool.fetchrow(Q.get_instance, instance_id)

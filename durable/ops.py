@@ -332,8 +332,7 @@ async def cancel_tree(db: Database, ids: list[int], reason: str, *, by: str = "o
 
 
 async def _cancel_tree(db: Database, ids: list[int], reason: str, by: str, limit: int) -> CancelReport:
-    import asyncpg
-
+    from ._pg import DeadlockDetectedError  # the driver, only when a cancel runs
     roots: dict[int, tuple[str, str]] = {}
     cancelled = requested = 0
     for _ in range(CANCEL_RERUNS):
@@ -341,7 +340,7 @@ async def _cancel_tree(db: Database, ids: list[int], reason: str, by: str, limit
             try:
                 rows = await db.pool.fetch(Q.cancel_instance, ids, reason, db.clock.now(), limit, by)
                 break
-            except asyncpg.DeadlockDetectedError:
+            except DeadlockDetectedError:
                 if attempt == DEADLOCK_RETRIES - 1:
                     raise
         if not rows:
@@ -434,7 +433,7 @@ async def retry_many(db: Database, where: InstanceFilter | None = None, *, batch
     """Put every failed or cancelled instance matching the filter of :func:`query` back to runnable at the
     step where it ended (``db.retry`` for each), ``batch`` per statement, keyset-paged. An instance whose
     unique key another holds is skipped (and counted)."""
-    import asyncpg
+    from ._pg import UniqueViolationError  # the driver, only when a retry runs
 
     flt = _filter(where, filters, "retry_many")
     batch = _limit(batch, "batch", MAX_LIMIT)
@@ -443,14 +442,14 @@ async def retry_many(db: Database, where: InstanceFilter | None = None, *, batch
         matched += len(ids)
         try:
             rows = await db.pool.fetch(Q.retry_instances, ids, db.clock.now())
-        except asyncpg.UniqueViolationError as exc:
+        except UniqueViolationError as exc:
             if exc.constraint_name != "instances_unique":
                 raise
             rows = []  # one of them cannot enter runnable: the batch one instance at a time
             for iid in ids:
                 try:
                     one = await db.pool.fetchrow(Q.retry_instance, iid, db.clock.now())
-                except asyncpg.UniqueViolationError as taken:
+                except UniqueViolationError as taken:
                     if taken.constraint_name != "instances_unique":
                         raise
                     continue

@@ -26,10 +26,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import asyncpg
 import trio
 
-from ._pg import aio
+from ._pg import Connection, InterfaceError, PostgresError, aio
 from .errors import DatabaseUnavailable
 from .outcomes import TERMINAL as _TERMINAL
 from .sql import Q
@@ -113,7 +112,7 @@ class Watchers:
         self.db = db
         self._by_id: dict[int, set[Watch]] = defaultdict(set)
         self._users = 0
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Connection | None = None
         self._lock_: trio.Lock | None = None
         self.pending: set[int] = set()  # ended here, not yet announced (while an announcer runs)
         self.announcers = 0
@@ -213,11 +212,11 @@ class Watchers:
                 await self.db.pool.release_listening(conn)
             try:
                 conn = await self.db.pool.acquire_listening()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DatabaseUnavailable):
+            except (PostgresError, InterfaceError, OSError, DatabaseUnavailable):
                 return  # the re-check reads the row (and says why it cannot)
             try:
                 await aio(conn.add_listener)(self.channel, self._hint)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except (PostgresError, InterfaceError, OSError):
                 await self.db.pool.release_listening(conn)
                 return
             except BaseException:
@@ -226,10 +225,10 @@ class Watchers:
             self._conn = conn
 
 
-def _closed(conn: asyncpg.Connection) -> bool:
+def _closed(conn: Connection) -> bool:
     try:
         return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
+    except InterfaceError:
         return True
 
 
@@ -257,7 +256,7 @@ async def announce_loop(db: Database, on_error: Any) -> None:
                     await db.pool.fetchval(Q.announce_ended, w.channel, [f"{db.token}|*"])
                 else:
                     await announce(db, ids)
-            except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (DatabaseUnavailable, PostgresError, InterfaceError, OSError) as exc:
                 on_error(exc)
     finally:
         w.announcers -= 1

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-import asyncpg
 import trio
 
 from .. import codec
+from .._pg import Record
 from ..context import ChildInfo, Signal
 
 
@@ -62,7 +62,7 @@ class Claim:
     # a cancel pending on the instance (db.cancel) reached this claim: what on_cancel did (cancelling.py)
     compensation: str | None = None
 
-    def run_ahead(self, row: asyncpg.Record) -> None:
+    def run_ahead(self, row: Record) -> None:
         """Become the claim of the next step, kept by a `next` outcome (same row, new lease token)."""
         self.ahead += 1
         self.rejected, self.rejections = None, 0

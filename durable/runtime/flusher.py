@@ -11,11 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import orjson
 import trio
 
-from .._pg import Pool
+from .._pg import (
+    ClientDataError,
+    DeadlockDetectedError,
+    InterfaceError,
+    OperatorInterventionError,
+    Pool,
+    PostgresConnectionError,
+    PostgresError,
+    Record,
+    SerializationError,
+    UniqueViolationError,
+)
 from ..clock import Clock
 from ..errors import DatabaseUnavailable, OutcomeRejected, UniqueKeyOccupied
 from ..sql import Q
@@ -23,9 +33,9 @@ from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
 
 # errors after which the same batch is simply tried again (a fenced re-try is harmless: it is logged)
-_TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, DatabaseUnavailable,
-              asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-              asyncpg.InterfaceError)
+_TRANSIENT = (DeadlockDetectedError, SerializationError, DatabaseUnavailable,
+              PostgresConnectionError, OperatorInterventionError,
+              InterfaceError)
 
 
 # SQLSTATE classes of a refusal that a retry of the same outcome would meet again: data exception,
@@ -36,7 +46,7 @@ _REFUSALS = ("22", "23", "54")
 def transient(exc: BaseException) -> bool:
     """An error after which the same batch may simply be tried again (not asyncpg's client-side DataError,
     a bad argument, which is an InterfaceError too)."""
-    return isinstance(exc, _TRANSIENT) and not isinstance(exc, asyncpg.exceptions._base.DataError)
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, ClientDataError)
 
 
 # the status an outcome of each kind moves its row into (a unique scope may name it)
@@ -51,17 +61,17 @@ def rejection(exc: BaseException | None, outcome: Encoded | None = None) -> Outc
     into a status of its unique scope while another instance holds the key is ``UniqueKeyOccupied``."""
     if isinstance(exc, OutcomeRejected):
         return exc
-    if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "instances_unique":
+    if isinstance(exc, UniqueViolationError) and exc.constraint_name == "instances_unique":
         found = _GUARD_KEY.search(getattr(exc, "detail", None) or "")
         status = "executing" if outcome is not None and outcome.hold else _ENTERS.get(
             outcome.kind if outcome is not None else "", "?")
         return UniqueKeyOccupied(found.group(1) if found else "?", status)
-    if isinstance(exc, asyncpg.PostgresError):
+    if isinstance(exc, PostgresError):
         sqlstate = exc.sqlstate or ""
         if sqlstate[:2] in _REFUSALS:
             return OutcomeRejected(sqlstate, str(exc))
         return None
-    if isinstance(exc, asyncpg.exceptions._base.DataError | OverflowError | ValueError | TypeError):
+    if isinstance(exc, ClientDataError | OverflowError | ValueError | TypeError):
         return OutcomeRejected("22000", str(exc))  # refused while encoding the statement's arguments
     return None
 
@@ -214,7 +224,7 @@ class Flusher:
             self.on_commit(rows)
 
     @staticmethod
-    def results(batch: list[_Pending], rows: list[asyncpg.Record]) -> list[Committed]:
+    def results(batch: list[_Pending], rows: list[Record]) -> list[Committed]:
         # both forms of the commit lead with kind, id, status, queue, fenced and return one 'outcome' row
         # per input carrying the input's lease token: an outcome is its claim's (id and token), never
         # just its instance's
@@ -234,7 +244,7 @@ class Flusher:
             self.on_commit(rows)
         return self.results(batch, rows)
 
-    async def _execute_with_retry(self, batch: list[_Pending]) -> list[asyncpg.Record]:
+    async def _execute_with_retry(self, batch: list[_Pending]) -> list[Record]:
         delay = 0.05
         attempt = 0
         down_since: float | None = None
@@ -262,12 +272,12 @@ class Flusher:
                 self.outage.succeeded()
             return rows
 
-    async def _execute(self, batch: list[_Pending]) -> list[asyncpg.Record]:
+    async def _execute(self, batch: list[_Pending]) -> list[Record]:
         if all(_plain(p) for p in batch):
             return await self._execute_simple(batch)
         return await self._execute_full(batch)
 
-    async def _execute_simple(self, batch: list[_Pending]) -> list[asyncpg.Record]:
+    async def _execute_simple(self, batch: list[_Pending]) -> list[Record]:
         """``complete_simple``: plain outcomes only (see :func:`_plain`), sorted by id (lock order), sent
         as one JSON parameter."""
         rows = [[c.id, c.lease_token, o.kind, o.step, o.state, _delay(o.delay), o.result, o.error, o.detail,
@@ -276,7 +286,7 @@ class Flusher:
         return await self.pool.fetch(Q.complete_simple, orjson.dumps(rows).decode(), self.worker_id,
                                      self.clock.now())
 
-    async def _execute_full(self, batch: list[_Pending]) -> list[asyncpg.Record]:
+    async def _execute_full(self, batch: list[_Pending]) -> list[Record]:
         ids, tokens, kinds, steps, states, delays, awaits, results, errors, seqs, details = (
             [], [], [], [], [], [], [], [], [], [], [])
         shown_i: list[int] = []

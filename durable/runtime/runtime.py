@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Protocol
 
-import asyncpg
 import orjson
 import trio
 
 from .. import tracing
+from .._pg import InterfaceError, PostgresError, Record
 from ..clock import Clock, VirtualClock
 from ..errors import DatabaseUnavailable, DefinitionError
 from ..inserts import Handoff
@@ -309,7 +309,7 @@ class Runtime:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
                         await pool.execute(Q.stop_worker, self.worker_id, self._gauges_json(), self.clock.now())
-                    except (DatabaseUnavailable, asyncpg.PostgresError, OSError):
+                    except (DatabaseUnavailable, PostgresError, OSError):
                         pass
 
     async def _release_unfinished(self) -> None:
@@ -335,7 +335,7 @@ class Runtime:
         try:
             rows = await self.db.pool.fetch(Q.release, [c.id for c in claims], [c.lease_token for c in claims],
                                             [bump] * len(claims), self.worker_id, self.clock.now())
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+        except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 self.outage.failed(exc)
             else:
@@ -366,7 +366,7 @@ class Runtime:
                 row = await self.db.pool.fetchrow(
                     Q.heartbeat, [c.id for c in held], tokens, self.lease,
                     self.clock.now(), self.worker_id, self._gauges_json())
-            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            except (DatabaseUnavailable, PostgresError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)
                 else:
@@ -465,7 +465,7 @@ class Runtime:
             rows = await self.db.pool.fetch(
                 Q.lease_lost, [claim.id], [claim.lease_token], [1 if claim.started else 0], [why], [claim.step],
                 [claim.attempt], self.worker_id, self.clock.now())
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+        except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 self.outage.failed(exc)
             else:
@@ -485,7 +485,7 @@ class Runtime:
                 return
             freed = await self.db.pool.fetch(Q.release_dead_workers, [d[0] for d in dead], [d[1] for d in dead],
                                              self.worker_id, self.clock.now())
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+        except (DatabaseUnavailable, PostgresError, OSError) as exc:
             self.log_error(f"releasing the claims of dead workers failed (the reaper will return them): {exc}")
             return
         self.freed_at_start += len(freed)
@@ -507,7 +507,7 @@ class Runtime:
             while True:
                 try:
                     rows = await self.db.pool.fetch(Q.reap, self.clock.now(), limit)
-                except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+                except (DatabaseUnavailable, PostgresError, OSError) as exc:
                     if unavailable(exc):
                         self.outage.failed(exc)
                     else:
@@ -551,7 +551,7 @@ class Runtime:
         while True:
             try:
                 rows = await self.db.pool.fetch(Q.fire_timeouts, self.clock.now(), limit)
-            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            except (DatabaseUnavailable, PostgresError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)
                     return min(self.reap_every, self.outage.delay())
@@ -580,7 +580,7 @@ class Runtime:
                         scheduler = self.schedulers.get(queue)
                         if scheduler is not None:
                             scheduler.wakeup.set()
-            except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (DatabaseUnavailable, PostgresError, InterfaceError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)
                 else:
@@ -593,14 +593,14 @@ class Runtime:
             await trio.sleep(self.retention_every)
             try:
                 await self.db.gc(older_than=self.retention)  # the operator tools' retention
-            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+            except (DatabaseUnavailable, PostgresError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)  # retried at the next round
                 else:
                     self.log_error(f"retention failed: {exc}")
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _woken(self, rows: list[asyncpg.Record]) -> None:
+    def _woken(self, rows: list[Record]) -> None:
         self.db.wake(r["queue"] for r in rows if r["status"] == "runnable" and not r["fenced"])
         # result() waiters: this process's at once, other processes' by the announcer's NOTIFY
         ended = [r["id"] for r in rows if r["kind"] == "outcome" and r["status"] in _TERMINAL and not r["fenced"]]

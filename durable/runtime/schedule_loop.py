@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-import asyncpg
 import trio
 
+from .._pg import PostgresError
 from ..errors import DatabaseUnavailable
 from ..inserts import InsertColumns
 from ..schedules import CATCH_UP_BATCH, MAX_NAP, Schedule
@@ -88,7 +88,7 @@ class ScheduleLoop:
         rt = self.runtime
         try:
             nap = await self.scan()
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+        except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 rt.outage.failed(exc)
                 return min(MAX_NAP, rt.outage.delay())

@@ -8,10 +8,10 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
 import trio
 
 from .. import tracing
+from .._pg import PostgresError, UniqueViolationError
 from ..errors import DatabaseUnavailable
 from ..sql import Q
 from . import spans
@@ -230,7 +230,7 @@ class Scheduler:
                     if demand > 0:
                         try:
                             claims = await self.pick(demand)
-                        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+                        except (DatabaseUnavailable, PostgresError, OSError) as exc:
                             self.errors += 1
                             # the claim may have committed with its answer lost: give such rows back
                             self.orphans_suspected = True
@@ -408,7 +408,7 @@ class Scheduler:
         try:
             await rt.db.pool.fetch(Q.release_orphans, rt.worker_id, self.queue,
                                    [c.id for c in self.held()], rt.clock.now())
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+        except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 rt.outage.failed(exc)
             else:
@@ -431,7 +431,7 @@ class Scheduler:
                     rows = await rt.db.pool.fetch(Q.pick, self.queue, demand, rt.worker_id, rt.lease,
                                                   rt.clock.now(), None, None)
                     break
-                except asyncpg.UniqueViolationError as exc:
+                except UniqueViolationError as exc:
                     # two runtimes claimed rows of one partition or unique key at once: the index said
                     # no, and the next try sees the other claim and skips the key. Anything else that
                     # trips an index every time is logged (once) and retried at the idle interval.
@@ -462,7 +462,7 @@ class Scheduler:
                 if token is not None and token != old.lease_token:
                     self.runtime.lose(old, "picked again under a new lease token")
 
-    def clashing(self, exc: asyncpg.UniqueViolationError | None) -> None:
+    def clashing(self, exc: UniqueViolationError | None) -> None:
         """Log a pick whose every try trips a unique index once per change (a new index, or passing again)."""
         clash = None if exc is None else (exc.constraint_name or "a unique index")
         if clash == self.clash:

@@ -33,10 +33,10 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import anyio
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .._pg import ProgramLimitExceededError, ServerDataError
 from ..errors import DatabaseUnavailable
 from ..streams.errors import RequestTimeout, StreamError
 from ..streams.subscriptions import RESERVED
@@ -229,7 +229,7 @@ def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[R
     return {
         StreamError: _stream_error,
         DatabaseUnavailable: _unavailable,
-        asyncpg.exceptions.DataError: _data_error,
-        asyncpg.exceptions.ProgramLimitExceededError: _limit_error,
+        ServerDataError: _data_error,
+        ProgramLimitExceededError: _limit_error,
         Exception: _server_error,
     }
