@@ -47,6 +47,8 @@ def test_an_option_given_both_ways_or_out_of_range_is_refused() -> None:
         ({"lease": 0}, "lease must be a positive number"),
         ({"lease": durable.MAX_DELAY * 2}, "lease must be a positive number"),
         ({"heartbeat": True}, "heartbeat must be a positive number"),
+        ({"lease": "60"}, "lease must be a positive number"),
+        ({"poll_max": float("nan")}, "poll_max must be a positive number"),
         ({"poll_min": -1}, "poll_min must be a positive number"),
         ({"flush_max": 0}, "flush_max must be an integer of at least 1"),
         ({"flush_linger": -0.5}, "flush_linger must be a non-negative number"),

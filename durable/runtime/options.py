@@ -17,8 +17,8 @@ __all__ = ["Flushing", "Leases", "Polling", "Retention", "RuntimeOptions", "reso
 def _seconds(name: str, value: Any, *, optional: bool = False, zero: bool = False) -> None:
     if optional and value is None:
         return
-    low_ok = value >= 0 if zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (low_ok and value <= MAX_DELAY):
+    typed = not isinstance(value, bool) and isinstance(value, int | float)
+    if not typed or not ((value >= 0 if zero else value > 0) and value <= MAX_DELAY):
         raise DefinitionError(f"{name} must be a {'non-negative' if zero else 'positive'} number of seconds up to "
                               f"durable.MAX_DELAY, not {value!r}")
 
