@@ -202,7 +202,7 @@ async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuni
         opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": ticks * per_tick,
                 "timeout": seconds * 10 + 60, **tuning.worker_options()}
         out = await run_json("durable.bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
-    summary = latency_summary(out["latencies"])
+    summary: dict[str, Any] = dict(latency_summary(out["latencies"]))
     summary.update({"offered_per_s": round(per_tick / tick), "late_ticks": behind, "ticks": ticks,
                     "insert": latency_summary(inserts)})
     return summary
