@@ -409,21 +409,27 @@ class Pool:
         return pool
 
     @classmethod
-    async def open_native(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    async def open_native(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
+                          pooler: str | None = None) -> Pool:
         """A pool for a plain asyncio event loop (no trio, no trio-asyncio): asyncpg called directly.
         Only :meth:`fetch` and its siblings, :meth:`pinned` and :meth:`close_native` are used there (by
         ``durable serve``'s HTTP front, which runs on its own loop in a thread of its own); the gate and
-        the statement counts are the same as a trio pool's."""
+        the statement counts are the same as a trio pool's. ``pooler``: as :meth:`open`'s (behind a
+        transaction pooler: no prepared statement, no startup setting but the application name)."""
+        if pooler not in (None, *POOLERS):
+            raise ValueError(f"pooler must be 'transaction' or None, not {pooler!r}")
+        settings = SESSION_SETTINGS | {"search_path": f"{schema},public"} if pooler is None else {
+            "application_name": "durable"}
         try:
-            raw = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, statement_cache_size=256,
-                                            server_settings=SESSION_SETTINGS | {"search_path": f"{schema},public"},
-                                            reset=keep_session)
+            raw = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                            statement_cache_size=256 if pooler is None else 0,
+                                            server_settings=settings, reset=keep_session)
         except _UNREACHABLE as exc:
             if not unreachable(exc):
                 raise
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
         assert raw is not None
-        pool = cls(raw, dsn, schema)
+        pool = cls(raw, dsn, schema, pooler=pooler)
         pool.native = True
         return pool
 

@@ -234,8 +234,9 @@ class Front:
     access control, the guard and the common headers around the front's router."""
 
     def __init__(self, dsn: str, schema: str, settings: Settings, sock: socket.socket,
-                 wrap: Callable[[ASGI], ASGI], bridge: ASGI) -> None:
+                 wrap: Callable[[ASGI], ASGI], bridge: ASGI, pooler: str | None = None) -> None:
         self.dsn = dsn
+        self.pooler = pooler
         self.schema = schema
         self.settings = settings
         self.sock = sock
@@ -296,7 +297,8 @@ class Front:
         import uvicorn
 
         settings = self.settings
-        pool = await Pool.open_native(self.dsn, self.schema, min_size=1, max_size=settings.connections + 2)
+        pool = await Pool.open_native(self.dsn, self.schema, min_size=1, max_size=settings.connections + 2,
+                                      pooler=self.pooler)
         try:
             store = self.store = Store(pool)
             async with store.pinned(settings.connections, group_commit=True):

@@ -167,7 +167,8 @@ async def serve(
                     await trio.sleep_forever()
                 sock, url = bind(host, port)
                 bridge = TrioBridge(inner, trio.lowlevel.current_trio_token(), nursery)
-                front = Front(db.pool.dsn, schema, settings, sock, partial(middleware, settings=settings), bridge)
+                front = Front(db.pool.dsn, schema, settings, sock, partial(middleware, settings=settings), bridge,
+                              pooler=db.pool.pooler)
                 try:
                     await front.start()
                     task_status.started(Server(url, store, front.store))
