@@ -29,26 +29,40 @@ from .sql import B
 VARIANTS: dict[str, tuple[str, ...]] = {
     "stock schema": (),
     "history: only its primary key": ("history_tail", "history_instance", "history_at"),
-    "instances: no console/ops indexes": ("instances_queue_status", "instances_machine", "instances_state",
-                                          "instances_terminal"),
+    "instances: no console/ops indexes": (
+        "instances_queue_status",
+        "instances_machine",
+        "instances_state",
+        "instances_terminal",
+    ),
 }
 # variants that rebuild indexes rather than drop them: (indexes dropped, DDL run after)
 _NOT_EXECUTING = "where status <> 'executing'"
 REBUILT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "console indexes skip executing rows": (
         ("instances_queue_status", "instances_machine", "instances_state"),
-        (f"create index instances_queue_status on instances (queue, status) {_NOT_EXECUTING}",
-         f"create index instances_machine on instances (machine, version, status) {_NOT_EXECUTING}",
-         f"create index instances_state on instances using gin (state jsonb_path_ops) {_NOT_EXECUTING}")),
-    "history: primary key (xid, id)": (("history_tail",), (
-        "alter table history drop constraint history_pkey",
-        "alter table history add constraint history_pkey primary key (xid, id)")),
-    "state GIN with fastupdate off": (("instances_state",), (
-        "create index instances_state on instances using gin (state jsonb_path_ops) with (fastupdate = off)",)),
+        (
+            f"create index instances_queue_status on instances (queue, status) {_NOT_EXECUTING}",
+            f"create index instances_machine on instances (machine, version, status) {_NOT_EXECUTING}",
+            f"create index instances_state on instances using gin (state jsonb_path_ops) {_NOT_EXECUTING}",
+        ),
+    ),
+    "history: primary key (xid, id)": (
+        ("history_tail",),
+        (
+            "alter table history drop constraint history_pkey",
+            "alter table history add constraint history_pkey primary key (xid, id)",
+        ),
+    ),
+    "state GIN with fastupdate off": (
+        ("instances_state",),
+        ("create index instances_state on instances using gin (state jsonb_path_ops) with (fastupdate = off)",),
+    ),
 }
 REBUILT["both: skip executing + history key"] = (
     REBUILT["console indexes skip executing rows"][0] + REBUILT["history: primary key (xid, id)"][0],
-    REBUILT["console indexes skip executing rows"][1] + REBUILT["history: primary key (xid, id)"][1])
+    REBUILT["console indexes skip executing rows"][1] + REBUILT["history: primary key (xid, id)"][1],
+)
 
 
 async def one(dsn: str, drop: tuple[str, ...], ddl: tuple[str, ...], n: int, batch: int) -> float:
@@ -108,8 +122,10 @@ def command(dsn: str | None, jobs: int, rounds: int, batch: int) -> None:
     base = statistics.median(results["stock schema"])
     for name, values in results.items():
         med = statistics.median(values)
-        click.echo(f"{name:40s} median {med:8,.0f} jobs/s  ({med / base:.2f}x)  rounds: "
-                   + ", ".join(f"{v:,.0f}" for v in values))
+        click.echo(
+            f"{name:40s} median {med:8,.0f} jobs/s  ({med / base:.2f}x)  rounds: "
+            + ", ".join(f"{v:,.0f}" for v in values)
+        )
 
 
 if __name__ == "__main__":

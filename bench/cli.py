@@ -17,29 +17,63 @@ from .run import OPT_IN, STAGES, Plan
 
 @click.command(name="bench")
 @click.option("--quick", is_flag=True, help="Small sizes (10k jobs, 100k picker backlog): for development.")
-@click.option("--dsn", envvar="DURABLE_BENCH_DSN", default=None, callback=inherit_global,
-              help="PostgreSQL server to use (a maintenance database DSN; the run creates bench_* "
-                   "databases on it). Default: an embedded server in --data-dir.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder of the embedded server (default: the user cache dir, bench-pgdata).")
+@click.option(
+    "--dsn",
+    envvar="DURABLE_BENCH_DSN",
+    default=None,
+    callback=inherit_global,
+    help="PostgreSQL server to use (a maintenance database DSN; the run creates bench_* "
+    "databases on it). Default: an embedded server in --data-dir.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the embedded server (default: the user cache dir, bench-pgdata).",
+)
 @json_file_option("Every figure")
 @click.option("--jobs", type=click.IntRange(min=100), default=None, help="One-step jobs (default 100k).")
-@click.option("--machines", type=click.IntRange(min=10), default=None,
-              help="Five-step instances (default 20k).")
-@click.option("--peers", default="pgqueuer,procrastinate,oban,dbos", show_default=True,
-              help="Comma-separated peers to run ('' for none).")
+@click.option("--machines", type=click.IntRange(min=10), default=None, help="Five-step instances (default 20k).")
+@click.option(
+    "--peers",
+    default="pgqueuer,procrastinate,oban,dbos",
+    show_default=True,
+    help="Comma-separated peers to run ('' for none).",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="durable: steps at once.")
 @click.option("--no-profile", is_flag=True, help="Skip the py-spy profile of a durable drain.")
-@click.option("--profile-out", type=click.Path(path_type=Path), default=None,
-              help="Keep the profile's collapsed stacks (py-spy raw format) in this file.")
-@click.option("--only", default=None,
-              help=f"Comma-separated stage groups to run, of: {', '.join(STAGES)} (default: all but "
-                   f"{' and '.join(sorted(OPT_IN))}, which are long).")
-@click.option("--duel-rounds", type=click.IntRange(min=1, max=20), default=None,
-              help="Rounds of the durable/pgqueuer duel (default 3).")
-def command(quick: bool, dsn: str | None, data_dir: Path | None, json_path: str | None, jobs: int | None,
-            machines: int | None, peers: str, concurrency: int | None, no_profile: bool,
-            profile_out: Path | None, only: str | None, duel_rounds: int | None) -> None:
+@click.option(
+    "--profile-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the profile's collapsed stacks (py-spy raw format) in this file.",
+)
+@click.option(
+    "--only",
+    default=None,
+    help=f"Comma-separated stage groups to run, of: {', '.join(STAGES)} (default: all but "
+    f"{' and '.join(sorted(OPT_IN))}, which are long).",
+)
+@click.option(
+    "--duel-rounds",
+    type=click.IntRange(min=1, max=20),
+    default=None,
+    help="Rounds of the durable/pgqueuer duel (default 3).",
+)
+def command(
+    quick: bool,
+    dsn: str | None,
+    data_dir: Path | None,
+    json_path: str | None,
+    jobs: int | None,
+    machines: int | None,
+    peers: str,
+    concurrency: int | None,
+    no_profile: bool,
+    profile_out: Path | None,
+    only: str | None,
+    duel_rounds: int | None,
+) -> None:
     """Benchmark durable against pgqueuer, procrastinate, oban and DBOS, and against PostgreSQL's
     own commit limit, in one run against one server; prints a table and optionally writes JSON."""
     known = ("pgqueuer", "procrastinate", "oban", "dbos")

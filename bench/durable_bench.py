@@ -58,16 +58,17 @@ class Tuning:
     pool: int = 10
 
     def worker_options(self) -> dict[str, Any]:
-        return {"concurrency": self.concurrency, "pool": self.pool,
-                "runtime": {"prefetch": self.prefetch, "flush_max": self.flush_max,
-                            "flush_linger": self.flush_linger}}
+        return {
+            "concurrency": self.concurrency,
+            "pool": self.pool,
+            "runtime": {"prefetch": self.prefetch, "flush_max": self.flush_max, "flush_linger": self.flush_linger},
+        }
 
 
 @asynccontextmanager
 async def fresh(dsn: str, schema: str, max_size: int = 10) -> AsyncIterator[durable.Database]:
     """A freshly migrated durable schema (dropped first if a previous run left it)."""
-    async with durable.connect(dsn, schema=schema, machines=workloads.MACHINES, migrate=False,
-                               max_size=max_size) as db:
+    async with durable.connect(dsn, schema=schema, machines=workloads.MACHINES, migrate=False, max_size=max_size) as db:
         await drop_schema(db.pool, schema)
         await db.migrate()
         yield db
@@ -87,16 +88,24 @@ def cost_model(counts: dict[str, int], steps: int) -> dict[str, Any]:
     completes = counts.get("complete", 0) + counts.get("complete_simple", 0)  # the outcome commit's two forms
     return {
         "statements": counts,
-        "picks": picks, "completes": completes,
+        "picks": picks,
+        "completes": completes,
         "steps_per_pick": round(steps / picks, 1) if picks else None,
         "outcomes_per_complete": round(steps / completes, 1) if completes else None,
         "statements_per_step": round(sum(counts.values()) / steps, 4) if steps else None,
     }
 
 
-async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
-                limit: float = 1800, profile_to: Path | None = None,
-                postmaster: int | None = None) -> dict[str, Any]:
+async def drain(
+    dsn: str,
+    workload: str,
+    n: int,
+    tuning: Tuning,
+    schema: str,
+    limit: float = 1800,
+    profile_to: Path | None = None,
+    postmaster: int | None = None,
+) -> dict[str, Any]:
     """Insert ``n`` instances of ``workload`` then drain them with one worker process (sampled by
     py-spy into ``profile_to`` when given)."""
     async with fresh(dsn, schema) as db:
@@ -107,24 +116,43 @@ async def drain(dsn: str, workload: str, n: int, tuning: Tuning, schema: str,
     async def attach(pid: int) -> None:
         nonlocal spy
         if profile_to is not None:
-            spy = await trio.lowlevel.open_process(record_argv(pid, profile_to), stdout=subprocess.DEVNULL,
-                                                   stderr=subprocess.DEVNULL)
+            spy = await trio.lowlevel.open_process(
+                record_argv(pid, profile_to), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             await trio.sleep(0.3)  # let py-spy attach before the drain starts in earnest
 
-    out = await run_json("durable.bench.worker", {"dsn": dsn, "schema": schema, "workload": workload,
-                                          "expect": steps, "timeout": limit, "postmaster": postmaster,
-                                          **tuning.worker_options()}, limit=limit + 60, on_ready=attach)
+    out = await run_json(
+        "durable.bench.worker",
+        {
+            "dsn": dsn,
+            "schema": schema,
+            "workload": workload,
+            "expect": steps,
+            "timeout": limit,
+            "postmaster": postmaster,
+            **tuning.worker_options(),
+        },
+        limit=limit + 60,
+        on_ready=attach,
+    )
     if spy is not None:
         with trio.move_on_after(30):
             await spy.wait()
     if out["timed_out"]:
         raise RuntimeError(f"durable {workload}: {out['steps']} of {steps} steps before the timeout")
-    return {"instances": n, "steps": steps, "seconds": round(out["seconds"], 3),
-            "per_s": round(steps / out["seconds"], 1), "insert_rows_per_s": round(insert_rate),
-            "tuning": asdict(tuning), "cost": cost_model(out["statement_counts"], steps),
-            "cpu_us_per_step": round(out["cpu_s"] / steps * 1e6, 1),
-            "pg_cpu_us_per_step": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / steps * 1e6, 1),
-            "statistics": out["statistics"], "tenths_s": out.get("tenths_s")}
+    return {
+        "instances": n,
+        "steps": steps,
+        "seconds": round(out["seconds"], 3),
+        "per_s": round(steps / out["seconds"], 1),
+        "insert_rows_per_s": round(insert_rate),
+        "tuning": asdict(tuning),
+        "cost": cost_model(out["statement_counts"], steps),
+        "cpu_us_per_step": round(out["cpu_s"] / steps * 1e6, 1),
+        "pg_cpu_us_per_step": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / steps * 1e6, 1),
+        "statistics": out["statistics"],
+        "tenths_s": out.get("tenths_s"),
+    }
 
 
 # -- pickup latency ------------------------------------------------------------------------------
@@ -154,8 +182,9 @@ async def pickup_in_process(dsn: str, samples: int, schema: str = "b_pickup_loca
     return {**latency_summary(list(workloads.latencies)), "insert": latency_summary(inserts)}
 
 
-async def pickup_cross_process(dsn: str, samples: int, tuning: Tuning | None = None,
-                               schema: str = "b_pickup_remote") -> dict[str, Any]:
+async def pickup_cross_process(
+    dsn: str, samples: int, tuning: Tuning | None = None, schema: str = "b_pickup_remote"
+) -> dict[str, Any]:
     """Idle runtime in a worker process; this process inserts one row at a time, random gaps."""
     inserts: list[float] = []
     async with fresh(dsn, schema) as db:
@@ -168,14 +197,21 @@ async def pickup_cross_process(dsn: str, samples: int, tuning: Tuning | None = N
                 inserts.append(time.perf_counter() - start)
                 await trio.sleep(random.uniform(0.02, 0.1))
 
-        opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": samples, "timeout": 300,
-                **(tuning or Tuning(concurrency=10, prefetch=10)).worker_options()}
+        opts = {
+            "dsn": dsn,
+            "schema": schema,
+            "workload": "probe",
+            "expect": samples,
+            "timeout": 300,
+            **(tuning or Tuning(concurrency=10, prefetch=10)).worker_options(),
+        }
         out = await run_json("durable.bench.worker", opts, limit=400, on_ready=produce)
     return {**latency_summary(out["latencies"]), "insert": latency_summary(inserts)}
 
 
-async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuning,
-                            schema: str = "b_pickup_load") -> dict[str, Any]:
+async def pickup_under_load(
+    dsn: str, per_s: float, seconds: float, tuning: Tuning, schema: str = "b_pickup_load"
+) -> dict[str, Any]:
     """A worker process fed at ``per_s`` rows/s (batches every 10 ms) by this process; the latency
     of every row."""
     tick = 0.01
@@ -199,12 +235,24 @@ async def pickup_under_load(dsn: str, per_s: float, seconds: float, tuning: Tuni
                 else:
                     behind += 1
 
-        opts = {"dsn": dsn, "schema": schema, "workload": "probe", "expect": ticks * per_tick,
-                "timeout": seconds * 10 + 60, **tuning.worker_options()}
+        opts = {
+            "dsn": dsn,
+            "schema": schema,
+            "workload": "probe",
+            "expect": ticks * per_tick,
+            "timeout": seconds * 10 + 60,
+            **tuning.worker_options(),
+        }
         out = await run_json("durable.bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
     summary: dict[str, Any] = dict(latency_summary(out["latencies"]))
-    summary.update({"offered_per_s": round(per_tick / tick), "late_ticks": behind, "ticks": ticks,
-                    "insert": latency_summary(inserts)})
+    summary.update(
+        {
+            "offered_per_s": round(per_tick / tick),
+            "late_ticks": behind,
+            "ticks": ticks,
+            "insert": latency_summary(inserts),
+        }
+    )
     return summary
 
 
@@ -223,8 +271,9 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
     async with fresh(dsn, schema) as db, session_pool(dsn, schema, 2, "synchronous_commit", "off") as fast:
         pool = db.pool
         for offset in range(0, backlog, 100_000):
-            await pool.fetchval(q(B.seed_runnable), min(100_000, backlog - offset), workloads.noop.name,
-                                "perform", queue)
+            await pool.fetchval(
+                q(B.seed_runnable), min(100_000, backlog - offset), workloads.noop.name, "perform", queue
+            )
         await pool.execute(q(B.vacuum_instances))
         await pool.execute(q(B.checkpoint))
         timings: dict[str, list[float]] = {"sync": [], "async": []}
@@ -238,20 +287,36 @@ async def picker(dsn: str, backlog: int, picks: int, demand: int) -> dict[str, A
         plan: list[str] = []
         try:
             async with pool.transaction() as conn:
-                plan = [r[0] for r in await conn.fetch(explain(Q.pick), queue, demand,  # type: ignore[index]
-                                                       "bench-picker", 60.0, None, None, None)]
+                plan = [
+                    r[0]
+                    for r in await conn.fetch(
+                        explain(Q.pick),
+                        queue,
+                        demand,  # type: ignore[index]
+                        "bench-picker",
+                        60.0,
+                        None,
+                        None,
+                        None,
+                    )
+                ]
                 raise _Rollback
         except _Rollback:
             pass
         await drop_schema(pool, schema)
     ms = [t * 1000 for t in timings["sync"]]
     fast_ms = [t * 1000 for t in timings["async"]]
-    return {"backlog": backlog, "picks": picks, "demand": demand,
-            "mean_ms": round(sum(ms) / len(ms), 3), "p50_ms": round(percentile(ms, 50) or 0, 3),
-            "p99_ms": round(percentile(ms, 99) or 0, 3),
-            "async_commit_mean_ms": round(sum(fast_ms) / len(fast_ms), 3),
-            "async_commit_p50_ms": round(percentile(fast_ms, 50) or 0, 3), "plan": plan}
-
+    return {
+        "backlog": backlog,
+        "picks": picks,
+        "demand": demand,
+        "mean_ms": round(sum(ms) / len(ms), 3),
+        "p50_ms": round(percentile(ms, 50) or 0, 3),
+        "p99_ms": round(percentile(ms, 99) or 0, 3),
+        "async_commit_mean_ms": round(sum(fast_ms) / len(fast_ms), 3),
+        "async_commit_p50_ms": round(percentile(fast_ms, 50) or 0, 3),
+        "plan": plan,
+    }
 
 
 async def picker_values(dsn: str, backlog: int, picks: int, demand: int, size: int = 1024 * 1024) -> dict[str, Any]:
@@ -292,11 +357,19 @@ async def picker_values(dsn: str, backlog: int, picks: int, demand: int, size: i
             await drop_schema(db.pool, schema)
     means = {k: sum(v) / len(v) * 1000 for k, v in timings.items()}
     p50 = {k: percentile([t * 1000 for t in v], 50) or 0 for k, v in timings.items()}
-    return {"backlog": backlog, "picks": picks, "demand": demand, "value_bytes": size,
-            "values_mean_ms": round(means["values"], 3), "none_mean_ms": round(means["none"], 3),
-            "values_p50_ms": round(p50["values"], 3), "none_p50_ms": round(p50["none"], 3),
-            "ratio": round(means["values"] / means["none"], 3), "ratio_p50": round(p50["values"] / p50["none"], 3),
-            "hydrated_mean_ms": round(sum(hydrated) / len(hydrated) * 1000, 3)}
+    return {
+        "backlog": backlog,
+        "picks": picks,
+        "demand": demand,
+        "value_bytes": size,
+        "values_mean_ms": round(means["values"], 3),
+        "none_mean_ms": round(means["none"], 3),
+        "values_p50_ms": round(p50["values"], 3),
+        "none_p50_ms": round(p50["none"], 3),
+        "ratio": round(means["values"] / means["none"], 3),
+        "ratio_p50": round(p50["values"] / p50["none"], 3),
+        "hydrated_mean_ms": round(sum(hydrated) / len(hydrated) * 1000, 3),
+    }
 
 
 @asynccontextmanager
@@ -310,8 +383,12 @@ async def session_pool(dsn: str, schema: str, size: int, setting: str, value: st
       this, because a crash can rewind the lease-token sequence with the lost claims and hand the same
       tokens out again (PERFORMANCE.md, suggestion 4)."""
     raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-        dsn, min_size=1, max_size=size, statement_cache_size=256,
-        server_settings={"search_path": f"{schema},public", setting: value})
+        dsn,
+        min_size=1,
+        max_size=size,
+        statement_cache_size=256,
+        server_settings={"search_path": f"{schema},public", setting: value},
+    )
     pool = Pool(raw, dsn, schema)
     try:
         yield pool
@@ -329,8 +406,10 @@ async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, exec
     queue = workloads.ONE_STEP_QUEUE
     schema = "b_pick_executing"
     machine = workloads.noop.name
-    async with fresh(dsn, schema) as db, \
-            session_pool(dsn, schema, 1, "plan_cache_mode", "force_generic_plan") as generic:
+    async with (
+        fresh(dsn, schema) as db,
+        session_pool(dsn, schema, 1, "plan_cache_mode", "force_generic_plan") as generic,
+    ):
         pool = db.pool
         await pool.fetchval(q(B.seed_runnable_keyed), backlog, machine, "perform", queue, "key")
         timings: dict[str, list[float]] = {"engine": [], "generic": []}
@@ -356,8 +435,19 @@ async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, exec
             if busy:
                 try:
                     async with generic.transaction() as conn:
-                        plan = [r[0] for r in await conn.fetch(explain(Q.pick), queue, demand,  # type: ignore[index]
-                                                               "bench-picker", 60.0, None, None, None)]
+                        plan = [
+                            r[0]
+                            for r in await conn.fetch(
+                                explain(Q.pick),
+                                queue,
+                                demand,  # type: ignore[index]
+                                "bench-picker",
+                                60.0,
+                                None,
+                                None,
+                                None,
+                            )
+                        ]
                         raise _Rollback
                 except _Rollback:
                     pass
@@ -371,8 +461,13 @@ async def picker_executing(dsn: str, backlog: int, picks: int, demand: int, exec
         none = mean_ms(phases["none"][key] + phases["none_again"][key])
         busy_ms = mean_ms(phases["busy"][key])
         prefix = "" if key == "engine" else "generic_"
-        out.update({f"{prefix}none_mean_ms": none, f"{prefix}busy_mean_ms": busy_ms,
-                    f"{prefix}ratio": round(busy_ms / none, 3) if none else None})
+        out.update(
+            {
+                f"{prefix}none_mean_ms": none,
+                f"{prefix}busy_mean_ms": busy_ms,
+                f"{prefix}ratio": round(busy_ms / none, 3) if none else None,
+            }
+        )
     out["generic_busy_plan"] = plan
     return out
 
@@ -391,13 +486,14 @@ async def ceiling(dsn: str, batch: int, n: int, loops: int = 1, async_pick: bool
     ``async_pick`` sends the picks through sessions with ``synchronous_commit = off``."""
     queue = workloads.ONE_STEP_QUEUE
     schema = f"b_ceiling_{batch}_{loops}{'_a' if async_pick else ''}"
-    async with fresh(dsn, schema, max_size=loops + 1) as db, \
-            session_pool(dsn, schema, loops + 1, "synchronous_commit", "off") as fast:
+    async with (
+        fresh(dsn, schema, max_size=loops + 1) as db,
+        session_pool(dsn, schema, loops + 1, "synchronous_commit", "off") as fast,
+    ):
         pickers = fast if async_pick else db.pool
         pool = db.pool
         for offset in range(0, n, 100_000):
-            await pool.fetchval(q(B.seed_runnable), min(100_000, n - offset), workloads.noop.name, "perform",
-                                queue)
+            await pool.fetchval(q(B.seed_runnable), min(100_000, n - offset), workloads.noop.name, "perform", queue)
         await pool.execute(q(B.vacuum_instances))
         flusher = Flusher(pool, "bench-ceiling", db.clock)
         pool.statement_counts.clear()
@@ -421,6 +517,12 @@ async def ceiling(dsn: str, batch: int, n: int, loops: int = 1, async_pick: bool
         for name, k in fast.statement_counts.items():
             counts[name] = counts.get(name, 0) + k
         await drop_schema(pool, schema)
-    return {"batch": batch, "loops": loops, "async_pick": async_pick, "jobs": done,
-            "seconds": round(seconds, 3),
-            "per_s": round(rate(done, seconds) or 0, 1), "statements": counts}
+    return {
+        "batch": batch,
+        "loops": loops,
+        "async_pick": async_pick,
+        "jobs": done,
+        "seconds": round(seconds, 3),
+        "per_s": round(rate(done, seconds) or 0, 1),
+        "statements": counts,
+    }

@@ -88,8 +88,10 @@ async def main(dsn: str, rows: int, runs: int) -> list[tuple[str, float, float, 
             await db.pool.execute(q(B.vacuum_instances))
             for label, filters in CASES:
                 out.append((label, *await measure(db, filters, runs)))
-            for label, terminal in (("queue counts (durable queues)", False),
-                                    ("queue counts with terminal (--all)", True)):
+            for label, terminal in (
+                ("queue counts (durable queues)", False),
+                ("queue counts with terminal (--all)", True),
+            ):
                 out.append((label, await counts(db, terminal, runs), float("nan"), None))
             await drop_schema(db.pool, SCHEMA)
         await trio_asyncio.aio_as_trio(server.drop_database)("bench_ops_queries")

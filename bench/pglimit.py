@@ -55,9 +55,11 @@ async def idle_commits(dsn: str, samples: int) -> dict[str, float | None]:
     finally:
         await conn.close()
     took.sort()
-    return {"p50_ms": round(took[len(took) // 2], 3) if took else None,
-            "p99_ms": round(took[min(len(took) - 1, int(len(took) * 0.99))], 3) if took else None,
-            "samples": samples}
+    return {
+        "p50_ms": round(took[len(took) // 2], 3) if took else None,
+        "p99_ms": round(took[min(len(took) - 1, int(len(took) * 0.99))], 3) if took else None,
+        "samples": samples,
+    }
 
 
 async def main(opts: dict[str, Any]) -> dict[str, Any]:
@@ -72,8 +74,11 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
     for n in opts["clients"]:
         out[str(n)] = round(await clients_rate(dsn, n, float(opts["seconds"])), 1)
     single = out.get("1")
-    return {"commits_per_s": out, "commit_ms": round(1000 / single, 3) if single else None,
-            "idle_commit": await idle_commits(dsn, int(opts.get("idle_samples", 100)))}
+    return {
+        "commits_per_s": out,
+        "commit_ms": round(1000 / single, 3) if single else None,
+        "idle_commit": await idle_commits(dsn, int(opts.get("idle_samples", 100))),
+    }
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def rank(collapsed: str, top: int = 25) -> dict[str, Any]:
         self_n[frames[-1]] += n
         for f in set(frames):
             incl_n[f] += n
+
     def share(c: collections.Counter[str]) -> list[dict[str, Any]]:
         return [{"function": f, "share": round(k / total, 4)} for f, k in c.most_common(top)]
 
@@ -56,5 +57,16 @@ def py_spy() -> str | None:
 def record_argv(pid: int, out: Path, rate: int = 250) -> list[str]:
     exe = py_spy()
     assert exe is not None
-    return [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate), "--nonblocking",
-            "--output", str(out)]
+    return [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--rate",
+        str(rate),
+        "--nonblocking",
+        "--output",
+        str(out),
+    ]

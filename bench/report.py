@@ -41,10 +41,14 @@ def cost_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Per job (or per step): WAL bytes of insert + drain (server-wide), and CPU microseconds of the
     engine's process and of PostgreSQL (all backends) during the drain."""
     rows = []
-    for label, path in (("durable one-step, per job", "durable.one_step"),
-                        ("durable 5-step, per step", "durable.five_step"),
-                        ("pgqueuer, per job", "peers.pgqueuer"), ("procrastinate, per job", "peers.procrastinate"),
-                        ("oban, per job", "peers.oban"), ("dbos, per step", "peers.dbos")):
+    for label, path in (
+        ("durable one-step, per job", "durable.one_step"),
+        ("durable 5-step, per step", "durable.five_step"),
+        ("pgqueuer, per job", "peers.pgqueuer"),
+        ("procrastinate, per job", "peers.procrastinate"),
+        ("oban, per job", "peers.oban"),
+        ("dbos, per step", "peers.dbos"),
+    ):
         node = _get(r, path)
         if not isinstance(node, dict) or "error" in node:
             continue
@@ -58,8 +62,14 @@ def cost_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         pg = node.get("pg_cpu_s")
         if pg is None and node.get("pg_cpu_us_per_step") is not None:
             pg = node["pg_cpu_us_per_step"] * units / 1e6
-        rows.append((label, _fmt(wal / units if wal else None), _fmt(cpu / units * 1e6 if cpu else None),
-                     _fmt(pg / units * 1e6 if pg else None)))
+        rows.append(
+            (
+                label,
+                _fmt(wal / units if wal else None),
+                _fmt(cpu / units * 1e6 if cpu else None),
+                _fmt(pg / units * 1e6 if pg else None),
+            )
+        )
     return rows
 
 
@@ -69,8 +79,14 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     one = _num(_get(r, "durable.one_step.per_s"))
     five = _num(_get(r, "durable.five_step.per_s"))
     if _get(r, "durable.one_step") is not None:
-        rows.append(("one-step jobs/s", "durable", _fmt(one) if one else "failed",
-                     f"{_get(r, 'durable.one_step.instances') or _get(r, 'durable.one_step.error')} jobs"))
+        rows.append(
+            (
+                "one-step jobs/s",
+                "durable",
+                _fmt(one) if one else "failed",
+                f"{_get(r, 'durable.one_step.instances') or _get(r, 'durable.one_step.error')} jobs",
+            )
+        )
     for peer in ONE_STEP_PEERS:
         node = _get(r, f"peers.{peer}")
         err = _failure(node)
@@ -81,11 +97,23 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         else:
             x = _num(node.get("per_s"))
             ratio = _ratio(one, x)
-            rows.append(("one-step jobs/s", f"{peer} {node.get('version', '')}", _fmt(x),
-                         f"durable = {ratio:.2f}x ({node.get('jobs')} jobs)" if ratio else "—"))
+            rows.append(
+                (
+                    "one-step jobs/s",
+                    f"{peer} {node.get('version', '')}",
+                    _fmt(x),
+                    f"durable = {ratio:.2f}x ({node.get('jobs')} jobs)" if ratio else "—",
+                )
+            )
     if _get(r, "durable.five_step") is not None:
-        rows.append(("5-step steps/s", "durable", _fmt(five) if five else "failed",
-                     f"{_get(r, 'durable.five_step.instances') or _get(r, 'durable.five_step.error')} inst."))
+        rows.append(
+            (
+                "5-step steps/s",
+                "durable",
+                _fmt(five) if five else "failed",
+                f"{_get(r, 'durable.five_step.instances') or _get(r, 'durable.five_step.error')} inst.",
+            )
+        )
     node = _get(r, "peers.dbos")
     if node is not None:
         err = _failure(node)
@@ -94,10 +122,19 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         else:
             x = _num(node.get("per_s"))
             ratio = _ratio(five, x)
-            rows.append(("5-step steps/s", f"dbos {node.get('version', '')}", _fmt(x),
-                         f"durable = {ratio:.2f}x ({node.get('instances')} inst.)" if ratio else "—"))
-    for key, label in (("in_process", "idle, same process"), ("cross_process", "idle, producer process"),
-                       ("under_load", "under load")):
+            rows.append(
+                (
+                    "5-step steps/s",
+                    f"dbos {node.get('version', '')}",
+                    _fmt(x),
+                    f"durable = {ratio:.2f}x ({node.get('instances')} inst.)" if ratio else "—",
+                )
+            )
+    for key, label in (
+        ("in_process", "idle, same process"),
+        ("cross_process", "idle, producer process"),
+        ("under_load", "under load"),
+    ):
         node = _get(r, f"durable.pickup.{key}")
         err = _failure(node)
         if node is None:
@@ -110,82 +147,144 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 extra += f"; the insert itself p50 {_fmt(node['insert'].get('p50_ms'))} ms"
             if key == "under_load":
                 extra += f" at {node.get('offered_per_s')}/s"
-            rows.append(("pickup p50 / p99 ms", label, f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
-                         extra))
+            rows.append(
+                ("pickup p50 / p99 ms", label, f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}", extra)
+            )
     node = _get(r, "durable.pickup.under_load_pgqueuer")
     if node is not None:
         err = _failure(node)
         mine = _get(r, "durable.pickup.under_load") or {}
-        rows.append(("pickup p50 / p99 ms", f"pgqueuer {node.get('version', '')}, same load",
-                     "failed" if err else f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
-                     (err or "")[:100] or f"{node.get('n')} samples at {node.get('offered_per_s')}/s; durable "
-                     f"{_fmt(mine.get('p50_ms'))} / {_fmt(mine.get('p99_ms'))}"))
+        rows.append(
+            (
+                "pickup p50 / p99 ms",
+                f"pgqueuer {node.get('version', '')}, same load",
+                "failed" if err else f"{_fmt(node.get('p50_ms'))} / {_fmt(node.get('p99_ms'))}",
+                (err or "")[:100]
+                or f"{node.get('n')} samples at {node.get('offered_per_s')}/s; durable "
+                f"{_fmt(mine.get('p50_ms'))} / {_fmt(mine.get('p99_ms'))}",
+            )
+        )
     small = _num(_get(r, "durable.picker.small.mean_ms"))
     large = _num(_get(r, "durable.picker.large.mean_ms"))
     for key, ms in (("small", small), ("large", large)):
         backlog = _get(r, f"durable.picker.{key}.backlog")
         if backlog is not None:
-            rows.append(("pick ms (mean)", f"{backlog:,} runnable, {_get(r, f'durable.picker.{key}.demand')}/pick",
-                         _fmt(ms), (f"{_ratio(ms, small):.2f}x the small backlog; " if key == "large" and small and ms
-                                    else "") + "p50 " + _fmt(_get(r, f"durable.picker.{key}.p50_ms")) + " ms, "
-                         f"{_fmt(_get(r, f'durable.picker.{key}.async_commit_p50_ms'))} ms with "
-                         "synchronous_commit off"))
+            rows.append(
+                (
+                    "pick ms (mean)",
+                    f"{backlog:,} runnable, {_get(r, f'durable.picker.{key}.demand')}/pick",
+                    _fmt(ms),
+                    (f"{_ratio(ms, small):.2f}x the small backlog; " if key == "large" and small and ms else "")
+                    + "p50 "
+                    + _fmt(_get(r, f"durable.picker.{key}.p50_ms"))
+                    + " ms, "
+                    f"{_fmt(_get(r, f'durable.picker.{key}.async_commit_p50_ms'))} ms with "
+                    "synchronous_commit off",
+                )
+            )
     busy = _get(r, "durable.picker.executing")
     if isinstance(busy, dict) and "ratio" in busy:
-        rows.append(("pick ms with executing rows", f"{busy['executing']:,} executing vs none, "
-                     f"{busy['demand']}/pick", f"{_fmt(busy['busy_mean_ms'])} vs {_fmt(busy['none_mean_ms'])}",
-                     f"{busy['ratio']:.2f}x; forced generic plan {_fmt(busy['generic_busy_mean_ms'])} vs "
-                     f"{_fmt(busy['generic_none_mean_ms'])} ms ({busy['generic_ratio']:.2f}x)"))
+        rows.append(
+            (
+                "pick ms with executing rows",
+                f"{busy['executing']:,} executing vs none, {busy['demand']}/pick",
+                f"{_fmt(busy['busy_mean_ms'])} vs {_fmt(busy['none_mean_ms'])}",
+                f"{busy['ratio']:.2f}x; forced generic plan {_fmt(busy['generic_busy_mean_ms'])} vs "
+                f"{_fmt(busy['generic_none_mean_ms'])} ms ({busy['generic_ratio']:.2f}x)",
+            )
+        )
     named = _get(r, "durable.picker.values")
     if isinstance(named, dict) and "ratio" in named:
-        rows.append(("pick ms with named values", f"{named['backlog']:,} instances with a "
-                     f"{named['value_bytes'] // 1048576} MiB value vs none, {named['demand']}/pick",
-                     f"{_fmt(named['values_mean_ms'])} vs {_fmt(named['none_mean_ms'])}",
-                     f"{named['ratio']:.2f}x (p50 {named['ratio_p50']:.2f}x): a claim does not read values (pick + "
-                     f"reading them: {_fmt(named['hydrated_mean_ms'])} ms)"))
+        rows.append(
+            (
+                "pick ms with named values",
+                f"{named['backlog']:,} instances with a "
+                f"{named['value_bytes'] // 1048576} MiB value vs none, {named['demand']}/pick",
+                f"{_fmt(named['values_mean_ms'])} vs {_fmt(named['none_mean_ms'])}",
+                f"{named['ratio']:.2f}x (p50 {named['ratio_p50']:.2f}x): a claim does not read values (pick + "
+                f"reading them: {_fmt(named['hydrated_mean_ms'])} ms)",
+            )
+        )
     for point in _get(r, "scale.points") or []:
-        rows.append(("scale-out jobs/s", f"{point['workers']} worker process(es), one server", _fmt(point["per_s"]),
-                     f"PG {_fmt(point['pg_cpu_us_per_job'])} µs/job, workers {_fmt(point['worker_cpu_us_per_job'])} "
-                     f"µs/job, {_fmt(point['cores_used'])} cores busy, load {_fmt(point['loadavg'])}"))
+        rows.append(
+            (
+                "scale-out jobs/s",
+                f"{point['workers']} worker process(es), one server",
+                _fmt(point["per_s"]),
+                f"PG {_fmt(point['pg_cpu_us_per_job'])} µs/job, workers {_fmt(point['worker_cpu_us_per_job'])} "
+                f"µs/job, {_fmt(point['cores_used'])} cores busy, load {_fmt(point['loadavg'])}",
+            )
+        )
     for paper in _get(r, "scale.on_paper") or []:
-        rows.append(("scale-out jobs/s (on paper)", f"{paper['workers']} workers, each on its own machine",
-                     _fmt(paper["each_on_its_own_machine_per_s"]),
-                     f"primary bound {_fmt(paper['primary_bound_per_s'])}, needs "
-                     f"{_fmt(paper['primary_cores_needed'])} primary cores at the workers' rate"))
+        rows.append(
+            (
+                "scale-out jobs/s (on paper)",
+                f"{paper['workers']} workers, each on its own machine",
+                _fmt(paper["each_on_its_own_machine_per_s"]),
+                f"primary bound {_fmt(paper['primary_bound_per_s'])}, needs "
+                f"{_fmt(paper['primary_cores_needed'])} primary cores at the workers' rate",
+            )
+        )
     segments = _get(r, "sustained.segments") or []
     for seg in segments[:1] + segments[-1:] if len(segments) > 1 else segments:
         inst = seg.get("tables", {}).get("instances", {})
-        rows.append(("sustained jobs/s", f"segment {seg['segment']} of {len(segments)} "
-                     f"({_get(r, 'sustained.segment'):,} jobs each, one schema)", _fmt(seg["per_s"]),
-                     f"PG {_fmt(seg['pg_cpu_us_per_job'])} µs/job; instances: {inst.get('dead')} dead, "
-                     f"{_fmt((inst.get('heap_bytes') or 0) / 2**20)} MiB heap, "
-                     f"{_fmt((inst.get('index_bytes') or 0) / 2**20)} MiB indexes; load {_fmt(seg['loadavg'])}"))
+        rows.append(
+            (
+                "sustained jobs/s",
+                f"segment {seg['segment']} of {len(segments)} ({_get(r, 'sustained.segment'):,} jobs each, one schema)",
+                _fmt(seg["per_s"]),
+                f"PG {_fmt(seg['pg_cpu_us_per_job'])} µs/job; instances: {inst.get('dead')} dead, "
+                f"{_fmt((inst.get('heap_bytes') or 0) / 2**20)} MiB heap, "
+                f"{_fmt((inst.get('index_bytes') or 0) / 2**20)} MiB indexes; load {_fmt(seg['loadavg'])}",
+            )
+        )
     loop = _get(r, "steploop")
     if isinstance(loop, dict) and "run_claim_us" in loop:
-        rows.append(("engine Python µs/step, no DB", "Claim.from_row + run_claim (+ task per step)",
-                     f"{loop['from_row_us'] + loop['run_claim_us']:.1f} "
-                     f"({loop['from_row_us'] + loop['run_claim_task_per_step_us']:.1f})",
-                     f"{loop['steps']} steps, CPU time"))
+        rows.append(
+            (
+                "engine Python µs/step, no DB",
+                "Claim.from_row + run_claim (+ task per step)",
+                f"{loop['from_row_us'] + loop['run_claim_us']:.1f} "
+                f"({loop['from_row_us'] + loop['run_claim_task_per_step_us']:.1f})",
+                f"{loop['steps']} steps, CPU time",
+            )
+        )
     lim = _get(r, "pg_limit.commits_per_s") or {}
     for clients in ("1", "16"):
         x = _num(lim.get(clients))
         if x is not None:
-            rows.append(("PG UPDATE commits/s", f"{clients} client{'s' if clients != '1' else ''}", _fmt(x),
-                         f"durable one-step = {_ratio(one, x):.2f}x, 5-step = {_ratio(five, x):.2f}x"
-                         if one and five else ""))
+            rows.append(
+                (
+                    "PG UPDATE commits/s",
+                    f"{clients} client{'s' if clients != '1' else ''}",
+                    _fmt(x),
+                    f"durable one-step = {_ratio(one, x):.2f}x, 5-step = {_ratio(five, x):.2f}x"
+                    if one and five
+                    else "",
+                )
+            )
     idle = _get(r, "pg_limit.idle_commit")
     if isinstance(idle, dict) and idle.get("p50_ms") is not None:
-        rows.append(("PG single commit ms", "1 client, back to back / after a 10-50 ms gap (p50)",
-                     f"{_fmt(_get(r, 'pg_limit.commit_ms'))} / {_fmt(idle['p50_ms'])}",
-                     f"after a gap p99 {_fmt(idle.get('p99_ms'))} ms"))
+        rows.append(
+            (
+                "PG single commit ms",
+                "1 client, back to back / after a 10-50 ms gap (p50)",
+                f"{_fmt(_get(r, 'pg_limit.commit_ms'))} / {_fmt(idle['p50_ms'])}",
+                f"after a gap p99 {_fmt(idle.get('p99_ms'))} ms",
+            )
+        )
     for node in (_get(r, "durable.ceiling") or {}).values():
         x = _num(node.get("per_s")) if isinstance(node, dict) else None
         if x is not None:
             variant = ", async pick commit" if node.get("async_pick") else ""
-            rows.append(("SQL ceiling jobs/s", f"pick+complete, batch {node['batch']}, {node['loops']} loop(s)"
-                         f"{variant}",
-                         _fmt(x),
-                         f"durable one-step = {_ratio(one, x):.0%} of it" if one else ""))
+            rows.append(
+                (
+                    "SQL ceiling jobs/s",
+                    f"pick+complete, batch {node['batch']}, {node['loops']} loop(s){variant}",
+                    _fmt(x),
+                    f"durable one-step = {_ratio(one, x):.0%} of it" if one else "",
+                )
+            )
     return rows
 
 
@@ -199,52 +298,93 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if one and ran:
         best = max(ran, key=lambda p: ran[p])
         ratio = one / ran[best]
-        out.append({"target": "one-step jobs/s >= 2x the fastest peer", "met": ratio >= 2,
-                    "measured": f"{ratio:.2f}x {best} ({one:,.0f} vs {ran[best]:,.0f})",
-                    "gap": None if ratio >= 2 else f"needs {2 * ran[best]:,.0f} jobs/s, "
-                    f"{2 * ran[best] / one:.2f}x today's"})
+        out.append(
+            {
+                "target": "one-step jobs/s >= 2x the fastest peer",
+                "met": ratio >= 2,
+                "measured": f"{ratio:.2f}x {best} ({one:,.0f} vs {ran[best]:,.0f})",
+                "gap": None if ratio >= 2 else f"needs {2 * ran[best]:,.0f} jobs/s, {2 * ran[best] / one:.2f}x today's",
+            }
+        )
     duel = _get(r, "duel.median_ratio")
     if isinstance(duel, int | float):
         rounds = _get(r, "duel.rounds") or []
         spread = ", ".join(f"{x['ratio']:.2f}" for x in rounds)
-        out.append({"target": "one-step >= 2x pgqueuer, back to back (median of rounds)", "met": duel >= 2,
-                    "measured": f"{duel:.2f}x (rounds: {spread})",
-                    "gap": None if duel >= 2 else f"{2 / duel:.2f}x short"})
+        out.append(
+            {
+                "target": "one-step >= 2x pgqueuer, back to back (median of rounds)",
+                "met": duel >= 2,
+                "measured": f"{duel:.2f}x (rounds: {spread})",
+                "gap": None if duel >= 2 else f"{2 / duel:.2f}x short",
+            }
+        )
     kept = _get(r, "sustained.last_over_first")
     if isinstance(kept, int | float):
-        out.append({"target": "sustained: the last segment's drain within 15 % of the first's", "met": kept >= 0.85,
-                    "measured": f"{kept:.2f}x the first", "gap": None if kept >= 0.85 else f"{0.85 - kept:.2f} short"})
+        out.append(
+            {
+                "target": "sustained: the last segment's drain within 15 % of the first's",
+                "met": kept >= 0.85,
+                "measured": f"{kept:.2f}x the first",
+                "gap": None if kept >= 0.85 else f"{0.85 - kept:.2f} short",
+            }
+        )
     dbos = _num(_get(r, "peers.dbos.per_s"))
     if five and dbos:
         ratio = five / dbos
-        out.append({"target": "5-step steps/s >= 2x DBOS", "met": ratio >= 2,
-                    "measured": f"{ratio:.1f}x ({five:,.0f} vs {dbos:,.0f})", "gap": None})
+        out.append(
+            {
+                "target": "5-step steps/s >= 2x DBOS",
+                "met": ratio >= 2,
+                "measured": f"{ratio:.1f}x ({five:,.0f} vs {dbos:,.0f})",
+                "gap": None,
+            }
+        )
     single = _num(_get(r, "pg_limit.commits_per_s.1"))
     if five and single:
         ratio = five / single
-        out.append({"target": "5-step steps/s >= single-client commit limit", "met": ratio >= 1,
-                    "measured": f"{ratio:.2f}x ({five:,.0f} vs {single:,.0f})",
-                    "gap": None if ratio >= 1 else f"{single - five:,.0f} steps/s short"})
+        out.append(
+            {
+                "target": "5-step steps/s >= single-client commit limit",
+                "met": ratio >= 1,
+                "measured": f"{ratio:.2f}x ({five:,.0f} vs {single:,.0f})",
+                "gap": None if ratio >= 1 else f"{single - five:,.0f} steps/s short",
+            }
+        )
     small = _num(_get(r, "durable.picker.small.mean_ms"))
     large = _num(_get(r, "durable.picker.large.mean_ms"))
     if small and large:
         ratio = large / small
         backlog = _get(r, "durable.picker.large.backlog")
-        out.append({"target": f"pick at {backlog:,} rows within 2x of 1k", "met": ratio <= 2,
-                    "measured": f"{ratio:.2f}x ({large:.2f} vs {small:.2f} ms)",
-                    "gap": None if ratio <= 2 else f"{ratio / 2:.2f}x over"})
+        out.append(
+            {
+                "target": f"pick at {backlog:,} rows within 2x of 1k",
+                "met": ratio <= 2,
+                "measured": f"{ratio:.2f}x ({large:.2f} vs {small:.2f} ms)",
+                "gap": None if ratio <= 2 else f"{ratio / 2:.2f}x over",
+            }
+        )
     busy = _get(r, "durable.picker.executing")
     if isinstance(busy, dict) and busy.get("ratio") is not None:
         worst = max(busy["ratio"], busy.get("generic_ratio") or 0)
-        out.append({"target": f"pick with {busy['executing']:,} executing rows within 1.5x of none",
-                    "met": worst <= 1.5,
-                    "measured": f"{busy['ratio']:.2f}x (forced generic plan {busy['generic_ratio']:.2f}x)",
-                    "gap": None if worst <= 1.5 else f"{worst / 1.5:.2f}x over"})
+        out.append(
+            {
+                "target": f"pick with {busy['executing']:,} executing rows within 1.5x of none",
+                "met": worst <= 1.5,
+                "measured": f"{busy['ratio']:.2f}x (forced generic plan {busy['generic_ratio']:.2f}x)",
+                "gap": None if worst <= 1.5 else f"{worst / 1.5:.2f}x over",
+            }
+        )
     for key, label in (("in_process", "in-process"), ("cross_process", "cross-process")):
         p50 = _num(_get(r, f"durable.pickup.{key}.p50_ms"))
         if p50 is not None:
-            out.append({"target": f"pickup p50 < 5 ms {label}", "met": p50 < 5, "measured": f"{p50:.2f} ms",
-                        "gap": None if p50 < 5 else f"{p50 - 5:.1f} ms over"})
+            out.append(
+                {
+                    "target": f"pickup p50 < 5 ms {label}",
+                    "met": p50 < 5,
+                    "measured": f"{p50:.2f} ms",
+                    "gap": None if p50 < 5 else f"{p50 - 5:.1f} ms over",
+                }
+            )
     out += latency_targets(r)
     return out
 
@@ -257,17 +397,28 @@ def latency_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     def bound(target: str, value: float | None, limit: float, unit: str = "x", of: str = "") -> None:
         if value is None:
             return
-        out.append({"target": target, "met": value <= limit, "measured": f"{value:.2f}{unit}{of}",
-                    "gap": None if value <= limit else f"{value / limit:.2f}x over"})
+        out.append(
+            {
+                "target": target,
+                "met": value <= limit,
+                "measured": f"{value:.2f}{unit}{of}",
+                "gap": None if value <= limit else f"{value / limit:.2f}x over",
+            }
+        )
 
     if commit:
         ins = _num(_get(r, "durable.pickup.in_process.insert.p50_ms"))
-        bound("insert p50 <= 2.5x one single-client commit", ins / commit if ins else None, 2.5,
-              of=f" ({ins} ms vs {commit} ms)")
+        bound(
+            "insert p50 <= 2.5x one single-client commit",
+            ins / commit if ins else None,
+            2.5,
+            of=f" ({ins} ms vs {commit} ms)",
+        )
         for key, label, limit in (("in_process", "in process", 3.0), ("cross_process", "across processes", 5.0)):
             p50 = _num(_get(r, f"durable.pickup.{key}.p50_ms"))
-            bound(f"pickup p50 {label} <= {limit:g}x one commit", p50 / commit if p50 else None, limit,
-                  of=f" ({p50} ms)")
+            bound(
+                f"pickup p50 {label} <= {limit:g}x one commit", p50 / commit if p50 else None, limit, of=f" ({p50} ms)"
+            )
     for key, label in (("in_process", "in process"), ("cross_process", "across processes")):
         p50, p99 = _num(_get(r, f"durable.pickup.{key}.p50_ms")), _num(_get(r, f"durable.pickup.{key}.p99_ms"))
         bound(f"pickup p99 <= 4x p50, {label}", p99 / p50 if p50 and p99 else None, 4.0)
@@ -280,10 +431,12 @@ def latency_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def render(r: dict[str, Any], console: Console) -> None:
     m, pg = r.get("machine", {}), r.get("postgres", {})
     load = m.get("loadavg_at_start") or [None]
-    table = Table(title=f"durable bench ({'quick' if _get(r, 'plan.quick') else 'full'}) — "
-                        f"{m.get('nproc')} cores, {m.get('memory_gib')} GiB, "
-                        f"{str(pg.get('version', '')).split(' on ')[0]}, load average at start "
-                        f"{_fmt(load[0])}")
+    table = Table(
+        title=f"durable bench ({'quick' if _get(r, 'plan.quick') else 'full'}) — "
+        f"{m.get('nproc')} cores, {m.get('memory_gib')} GiB, "
+        f"{str(pg.get('version', '')).split(' on ')[0]}, load average at start "
+        f"{_fmt(load[0])}"
+    )
     for col in ("measurement", "engine / setting", "figure", "compared"):
         table.add_column(col)
     for row in figures(r):
@@ -293,8 +446,7 @@ def render(r: dict[str, Any], console: Console) -> None:
     for col in ("target", "met", "measured", "gap"):
         goals.add_column(col)
     for t in r.get("targets", []):
-        goals.add_row(t["target"], "[green]yes[/green]" if t["met"] else "[red]no[/red]", t["measured"],
-                      t["gap"] or "")
+        goals.add_row(t["target"], "[green]yes[/green]" if t["met"] else "[red]no[/red]", t["measured"], t["gap"] or "")
     console.print(goals)
     costs = cost_rows(r)
     if costs:

@@ -39,8 +39,7 @@ class Plan:
     picks: int = 200
     pick_demand: int = 50
     ceiling_jobs: int = 100_000
-    ceiling_runs: tuple[tuple[int, int, bool], ...] = ((50, 1, False), (200, 1, False), (200, 2, False),
-                                                     (200, 1, True))
+    ceiling_runs: tuple[tuple[int, int, bool], ...] = ((50, 1, False), (200, 1, False), (200, 2, False), (200, 1, True))
     pglimit_seconds: float = 8.0
     procrastinate_jobs: int = 10_000
     dbos_instances: int = 2_000
@@ -60,15 +59,40 @@ class Plan:
 
     @classmethod
     def quick_plan(cls) -> Plan:
-        return cls(jobs=10_000, machines=4_000, pickup_samples=100, load_seconds=4.0,
-                   picker_large=100_000, picks=100, ceiling_jobs=20_000, pglimit_seconds=3.0,
-                   procrastinate_jobs=2_000, dbos_instances=300, profile_jobs=10_000, duel_rounds=1,
-                   scale_jobs=10_000, sustained_jobs=50_000, sustained_segment=10_000,
-                   quick=True)
+        return cls(
+            jobs=10_000,
+            machines=4_000,
+            pickup_samples=100,
+            load_seconds=4.0,
+            picker_large=100_000,
+            picks=100,
+            ceiling_jobs=20_000,
+            pglimit_seconds=3.0,
+            procrastinate_jobs=2_000,
+            dbos_instances=300,
+            profile_jobs=10_000,
+            duel_rounds=1,
+            scale_jobs=10_000,
+            sustained_jobs=50_000,
+            sustained_segment=10_000,
+            quick=True,
+        )
 
 
-STAGES = ("pg_limit", "one_step", "five_step", "pickup", "picker", "ceiling", "steploop", "peers", "duel",
-          "profile", "scale", "sustained")
+STAGES = (
+    "pg_limit",
+    "one_step",
+    "five_step",
+    "pickup",
+    "picker",
+    "ceiling",
+    "steploop",
+    "peers",
+    "duel",
+    "profile",
+    "scale",
+    "sustained",
+)
 OPT_IN = frozenset({"scale", "sustained"})  # long: run only when --only names them
 
 
@@ -93,8 +117,10 @@ class Runner:
         self.plan = plan
         self.console = console
         self.postmaster: int | None = None
-        self.results: dict[str, Any] = {"plan": {k: v for k, v in asdict(plan).items() if k != "tuning"},
-                                        "tuning": asdict(plan.tuning)}
+        self.results: dict[str, Any] = {
+            "plan": {k: v for k, v in asdict(plan).items() if k != "tuning"},
+            "tuning": asdict(plan.tuning),
+        }
 
     async def stage(self, path: str, label: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run one measurement under a spinner; store its result (or its error) at ``path``."""
@@ -109,8 +135,10 @@ class Runner:
                 if isinstance(value, dict):
                     value["wal_bytes"] = await self.aio(self.server.wal_since, lsn)
             except Exception as exc:  # a broken stage is reported, the run goes on
-                value = {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc),
-                         "detail": str(exc)}
+                value = {
+                    "error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc),
+                    "detail": str(exc),
+                }
         took = time.perf_counter() - start
         mark = "[red]failed[/red]" if isinstance(value, dict) and "error" in value else "[green]done[/green]"
         self.console.print(f"{mark} {label} [dim]({took:.1f} s)[/dim]")
@@ -133,60 +161,104 @@ class Runner:
         durable_dsn = await self.aio(srv.recreate_database, "bench_durable")
         limit_dsn = await self.aio(srv.recreate_database, "bench_pglimit")
 
-        await self.stage("pg_limit", f"PostgreSQL limit: single-row UPDATE commits/s ({p.pglimit_seconds:.0f} s "
-                         "per client count)", lambda: run_json(
-                             "durable.bench.pglimit", {"dsn": limit_dsn, "seconds": p.pglimit_seconds,
-                                               "clients": [1, 16]}, limit=p.pglimit_seconds * 4 + 60))
-        one = await self.stage("durable.one_step", f"durable one-step: insert {p.jobs:,}, drain with one worker",
-                               lambda: d.drain(durable_dsn, "onestep", p.jobs, p.tuning, "b_onestep",
-                                               postmaster=self.postmaster))
-        await self.stage("durable.five_step", f"durable five-step: {p.machines:,} instances",
-                         lambda: d.drain(durable_dsn, "fivestep", p.machines, p.tuning, "b_fivestep",
-                                         postmaster=self.postmaster))
-        await self.stage("durable.pickup.in_process", "pickup latency, idle runtime in this process",
-                         lambda: d.pickup_in_process(durable_dsn, p.pickup_samples))
-        await self.stage("durable.pickup.cross_process", "pickup latency, idle worker, producer in another "
-                         "process", lambda: d.pickup_cross_process(durable_dsn, p.pickup_samples))
+        await self.stage(
+            "pg_limit",
+            f"PostgreSQL limit: single-row UPDATE commits/s ({p.pglimit_seconds:.0f} s per client count)",
+            lambda: run_json(
+                "durable.bench.pglimit",
+                {"dsn": limit_dsn, "seconds": p.pglimit_seconds, "clients": [1, 16]},
+                limit=p.pglimit_seconds * 4 + 60,
+            ),
+        )
+        one = await self.stage(
+            "durable.one_step",
+            f"durable one-step: insert {p.jobs:,}, drain with one worker",
+            lambda: d.drain(durable_dsn, "onestep", p.jobs, p.tuning, "b_onestep", postmaster=self.postmaster),
+        )
+        await self.stage(
+            "durable.five_step",
+            f"durable five-step: {p.machines:,} instances",
+            lambda: d.drain(durable_dsn, "fivestep", p.machines, p.tuning, "b_fivestep", postmaster=self.postmaster),
+        )
+        await self.stage(
+            "durable.pickup.in_process",
+            "pickup latency, idle runtime in this process",
+            lambda: d.pickup_in_process(durable_dsn, p.pickup_samples),
+        )
+        await self.stage(
+            "durable.pickup.cross_process",
+            "pickup latency, idle worker, producer in another process",
+            lambda: d.pickup_cross_process(durable_dsn, p.pickup_samples),
+        )
         load_rate = p.load_fraction * ((one or {}).get("per_s") or 2000)
-        await self.stage("durable.pickup.under_load", f"pickup latency under load ({load_rate:,.0f} rows/s "
-                         f"for {p.load_seconds:.0f} s)", lambda: d.pickup_under_load(
-                             durable_dsn, load_rate, p.load_seconds, p.tuning))
+        await self.stage(
+            "durable.pickup.under_load",
+            f"pickup latency under load ({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
+            lambda: d.pickup_under_load(durable_dsn, load_rate, p.load_seconds, p.tuning),
+        )
         if "pgqueuer" in p.peers:  # the same offered load, for a side-by-side latency (issue 20, item 2)
-            await self.stage("durable.pickup.under_load_pgqueuer", f"pgqueuer pickup latency under the same load "
-                             f"({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
-                             lambda: self.peer_latency(load_rate, p.load_seconds))
+            await self.stage(
+                "durable.pickup.under_load_pgqueuer",
+                f"pgqueuer pickup latency under the same load ({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
+                lambda: self.peer_latency(load_rate, p.load_seconds),
+            )
         for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
-            await self.stage(f"durable.picker.{label}", f"picker cost at {backlog:,} runnable rows",
-                             lambda b=backlog: d.picker(durable_dsn, b, p.picks, p.pick_demand))  # type: ignore[misc]
-        await self.stage("durable.picker.executing", f"picker cost with {p.picker_busy:,} executing rows vs none "
-                         f"({p.picker_busy:,} runnable rows, a partition key each)",
-                         lambda: d.picker_executing(durable_dsn, p.picker_busy, p.picks, p.pick_demand,
-                                                    p.picker_busy))
-        await self.stage("durable.picker.values", f"picker cost, {p.picker_values:,} instances each carrying a 1 MiB "
-                         "named value vs none", lambda: d.picker_values(durable_dsn, p.picker_values, p.picks,
-                                                                       p.pick_demand))
+            await self.stage(
+                f"durable.picker.{label}",
+                f"picker cost at {backlog:,} runnable rows",
+                lambda b=backlog: d.picker(durable_dsn, b, p.picks, p.pick_demand),  # type: ignore[misc]
+            )
+        await self.stage(
+            "durable.picker.executing",
+            f"picker cost with {p.picker_busy:,} executing rows vs none "
+            f"({p.picker_busy:,} runnable rows, a partition key each)",
+            lambda: d.picker_executing(durable_dsn, p.picker_busy, p.picks, p.pick_demand, p.picker_busy),
+        )
+        await self.stage(
+            "durable.picker.values",
+            f"picker cost, {p.picker_values:,} instances each carrying a 1 MiB named value vs none",
+            lambda: d.picker_values(durable_dsn, p.picker_values, p.picks, p.pick_demand),
+        )
         for batch, loops, async_pick in p.ceiling_runs:
             tag = "a" if async_pick else ""
-            await self.stage(f"durable.ceiling.b{batch}x{loops}{tag}", f"SQL ceiling: pick + complete, batch {batch}, "
-                             f"{loops} loop(s){', picks with synchronous_commit off' if async_pick else ''}",
-                             lambda b=batch, k=loops, a=async_pick: d.ceiling(  # type: ignore[misc]
-                                 durable_dsn, b, p.ceiling_jobs, k, a))
-        await self.stage("steploop", f"engine Python per step, no database ({p.steploop:,} steps)",
-                         lambda: steploop.measure(p.steploop))
+            await self.stage(
+                f"durable.ceiling.b{batch}x{loops}{tag}",
+                f"SQL ceiling: pick + complete, batch {batch}, "
+                f"{loops} loop(s){', picks with synchronous_commit off' if async_pick else ''}",
+                lambda b=batch, k=loops, a=async_pick: d.ceiling(  # type: ignore[misc]
+                    durable_dsn, b, p.ceiling_jobs, k, a
+                ),
+            )
+        await self.stage(
+            "steploop",
+            f"engine Python per step, no database ({p.steploop:,} steps)",
+            lambda: steploop.measure(p.steploop),
+        )
         for peer in p.peers:
             await self.stage(f"peers.{peer}", f"peer {peer}", lambda name=peer: self.peer(name))  # type: ignore[misc]
         if p.duel_rounds and "pgqueuer" in p.peers:
-            await self.stage("duel", f"one-step duel: durable and pgqueuer back to back, {p.duel_rounds} rounds",
-                             lambda: self.duel(durable_dsn))
+            await self.stage(
+                "duel",
+                f"one-step duel: durable and pgqueuer back to back, {p.duel_rounds} rounds",
+                lambda: self.duel(durable_dsn),
+            )
         if p.profile:
-            await self.stage("profile", f"profile: py-spy on a durable one-step drain of {p.profile_jobs:,}",
-                             lambda: self.profile(durable_dsn))
-        await self.stage("scale", f"scale-out: {', '.join(map(str, p.scale_workers))} worker processes draining "
-                         f"{p.scale_jobs:,} one-step jobs", lambda: scale.scale(
-                             durable_dsn, p.scale_jobs, p.scale_workers, p.tuning, self.postmaster))
-        await self.stage("sustained", f"sustained: {p.sustained_jobs:,} one-step jobs in one schema, "
-                         f"{p.sustained_segment:,} at a time", lambda: sustained.continuous(
-                             durable_dsn, p.sustained_jobs, p.sustained_segment, p.tuning, self.postmaster))
+            await self.stage(
+                "profile",
+                f"profile: py-spy on a durable one-step drain of {p.profile_jobs:,}",
+                lambda: self.profile(durable_dsn),
+            )
+        await self.stage(
+            "scale",
+            f"scale-out: {', '.join(map(str, p.scale_workers))} worker processes draining "
+            f"{p.scale_jobs:,} one-step jobs",
+            lambda: scale.scale(durable_dsn, p.scale_jobs, p.scale_workers, p.tuning, self.postmaster),
+        )
+        await self.stage(
+            "sustained",
+            f"sustained: {p.sustained_jobs:,} one-step jobs in one schema, {p.sustained_segment:,} at a time",
+            lambda: sustained.continuous(durable_dsn, p.sustained_jobs, p.sustained_segment, p.tuning, self.postmaster),
+        )
         self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
         return self.results
@@ -202,9 +274,11 @@ class Runner:
         else:
             size = {"jobs": p.jobs}
         try:
-            result: dict[str, Any] = await run_json(f"durable.bench.peers.{name}_peer",
-                                                    {"dsn": dsn, "postmaster": self.postmaster, **size,
-                                                     **PEER_SETTINGS[name]}, limit=1800)
+            result: dict[str, Any] = await run_json(
+                f"durable.bench.peers.{name}_peer",
+                {"dsn": dsn, "postmaster": self.postmaster, **size, **PEER_SETTINGS[name]},
+                limit=1800,
+            )
         finally:
             await self.aio(self.server.drop_database, f"bench_{name}")
         return result
@@ -216,7 +290,8 @@ class Runner:
             result: dict[str, Any] = await run_json(
                 "bench.peers.pgqueuer_latency",
                 {"dsn": dsn, "per_s": per_s, "seconds": seconds, "batch": PEER_SETTINGS["pgqueuer"]["batch"]},
-                limit=seconds * 10 + 120)
+                limit=seconds * 10 + 120,
+            )
         finally:
             await self.aio(self.server.drop_database, "bench_pgqueuer_latency")
         return result
@@ -230,13 +305,20 @@ class Runner:
             per_s: dict[str, float] = {}
             for engine in order:
                 if engine == "durable":
-                    r = await d.drain(dsn, "onestep", self.plan.jobs, self.plan.tuning, "b_duel",
-                                      postmaster=self.postmaster)
+                    r = await d.drain(
+                        dsn, "onestep", self.plan.jobs, self.plan.tuning, "b_duel", postmaster=self.postmaster
+                    )
                 else:
                     r = await self.peer("pgqueuer")
                 per_s[engine] = r["per_s"]
-            rounds.append({**per_s, "ratio": per_s["durable"] / per_s["pgqueuer"], "first": order[0],
-                           "loadavg": os.getloadavg()[0]})
+            rounds.append(
+                {
+                    **per_s,
+                    "ratio": per_s["durable"] / per_s["pgqueuer"],
+                    "first": order[0],
+                    "loadavg": os.getloadavg()[0],
+                }
+            )
         ratios = sorted(float(x["ratio"]) for x in rounds)
         return {"rounds": rounds, "median_ratio": ratios[len(ratios) // 2], "jobs": self.plan.jobs}
 
@@ -245,8 +327,9 @@ class Runner:
             raise RuntimeError("py-spy is not installed (pip install 'durable[bench]')")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "drain.txt"
-            drained = await d.drain(dsn, "onestep", self.plan.profile_jobs, self.plan.tuning, "b_profile",
-                                    profile_to=out)
+            drained = await d.drain(
+                dsn, "onestep", self.plan.profile_jobs, self.plan.tuning, "b_profile", profile_to=out
+            )
             if not out.exists():
                 raise RuntimeError("py-spy wrote no samples (ptrace not permitted?)")
             ranked = rank(out.read_text())

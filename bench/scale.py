@@ -53,8 +53,9 @@ class Armed:
         await self.proc.stdin.send_all(text.encode() + b"\n")
 
 
-async def drain_with(dsn: str, schema: str, workers: int, jobs: int, tuning: Tuning,
-                     postmaster: int | None, limit: float = 900) -> dict[str, Any]:
+async def drain_with(
+    dsn: str, schema: str, workers: int, jobs: int, tuning: Tuning, postmaster: int | None, limit: float = 900
+) -> dict[str, Any]:
     """Insert ``jobs`` one-step jobs, then drain them with ``workers`` processes released at once."""
     async with fresh(dsn, schema) as db:
         await insert_all(db, "onestep", jobs)
@@ -66,7 +67,12 @@ async def drain_with(dsn: str, schema: str, workers: int, jobs: int, tuning: Tun
                 err = tempfile.TemporaryFile()
                 proc = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "durable.bench.scale_worker", json.dumps(opts)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err.fileno(), cwd=str(ROOT), env=env)
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err.fileno(),
+                    cwd=str(ROOT),
+                    env=env,
+                )
                 armed.append(Armed(proc, err))
             with trio.fail_after(120):
                 for w in armed:
@@ -103,14 +109,19 @@ async def drain_with(dsn: str, schema: str, workers: int, jobs: int, tuning: Tun
     seconds = max(r["last"] for r in results) - start
     worker_cpu = sum(r["cpu_s"] for r in results)
     pg_cpu = None if pg0 is None or pg1 is None else pg1 - pg0
-    return {"workers": workers, "jobs": jobs, "seconds": round(seconds, 3), "per_s": round(jobs / seconds, 1),
-            "share": [r["steps"] for r in results],
-            "worker_cpu_us_per_job": round(worker_cpu / jobs * 1e6, 1),
-            "pg_cpu_us_per_job": None if pg_cpu is None else round(pg_cpu / jobs * 1e6, 1),
-            "cores_used": None if pg_cpu is None else round((worker_cpu + pg_cpu) / seconds, 2),
-            "pg_cores_used": None if pg_cpu is None else round(pg_cpu / seconds, 2),
-            "loadavg": round(load, 2),
-            "picks": sum(r["statement_counts"].get("pick", 0) for r in results)}
+    return {
+        "workers": workers,
+        "jobs": jobs,
+        "seconds": round(seconds, 3),
+        "per_s": round(jobs / seconds, 1),
+        "share": [r["steps"] for r in results],
+        "worker_cpu_us_per_job": round(worker_cpu / jobs * 1e6, 1),
+        "pg_cpu_us_per_job": None if pg_cpu is None else round(pg_cpu / jobs * 1e6, 1),
+        "cores_used": None if pg_cpu is None else round((worker_cpu + pg_cpu) / seconds, 2),
+        "pg_cores_used": None if pg_cpu is None else round(pg_cpu / seconds, 2),
+        "loadavg": round(load, 2),
+        "picks": sum(r["statement_counts"].get("pick", 0) for r in results),
+    }
 
 
 def on_paper(points: list[dict[str, Any]], cores: int, workers: tuple[int, ...] = (4,)) -> list[dict[str, Any]]:
@@ -126,16 +137,22 @@ def on_paper(points: list[dict[str, Any]], cores: int, workers: tuple[int, ...] 
     for n in workers:
         workers_bound = n * 1e6 / eng
         primary_bound = cores * 1e6 / pg
-        out.append({"workers": n, "workers_bound_per_s": round(workers_bound),
-                    "primary_bound_per_s": round(primary_bound),
-                    "each_on_its_own_machine_per_s": round(min(workers_bound, primary_bound)),
-                    "primary_cores_needed": round(workers_bound * pg / 1e6, 2),
-                    "all_on_this_machine_per_s": round(cores * 1e6 / (pg + eng))})
+        out.append(
+            {
+                "workers": n,
+                "workers_bound_per_s": round(workers_bound),
+                "primary_bound_per_s": round(primary_bound),
+                "each_on_its_own_machine_per_s": round(min(workers_bound, primary_bound)),
+                "primary_cores_needed": round(workers_bound * pg / 1e6, 2),
+                "all_on_this_machine_per_s": round(cores * 1e6 / (pg + eng)),
+            }
+        )
     return out
 
 
-async def scale(dsn: str, jobs: int, workers: tuple[int, ...], tuning: Tuning | None = None,
-                postmaster: int | None = None) -> dict[str, Any]:
+async def scale(
+    dsn: str, jobs: int, workers: tuple[int, ...], tuning: Tuning | None = None, postmaster: int | None = None
+) -> dict[str, Any]:
     tuning = tuning or Tuning()
     points = []
     for n in workers:
@@ -179,9 +196,11 @@ async def main(argv: list[str]) -> None:
     if args.json:
         await trio.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     for p in result["points"]:
-        print(f"{p['workers']} worker(s): {p['per_s']:>9,.0f} jobs/s  PG {p['pg_cpu_us_per_job']} us/job  "
-              f"workers {p['worker_cpu_us_per_job']} us/job  cores used {p['cores_used']} "
-              f"(PG {p['pg_cores_used']})  share {p['share']}  load {p['loadavg']}")
+        print(
+            f"{p['workers']} worker(s): {p['per_s']:>9,.0f} jobs/s  PG {p['pg_cpu_us_per_job']} us/job  "
+            f"workers {p['worker_cpu_us_per_job']} us/job  cores used {p['cores_used']} "
+            f"(PG {p['pg_cores_used']})  share {p['share']}  load {p['loadavg']}"
+        )
     for o in result["on_paper"]:
         print(f"on paper, {o}")
 

@@ -48,10 +48,14 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         line, lines = lines.split(b"\n", 1)
         return line.decode().strip()
 
-    async with durable.connect(opts["dsn"], schema=opts["schema"], machines=workloads.MACHINES,
-                               migrate=False, max_size=int(opts.get("pool", 10))) as db:
-        rt = durable.Runtime(db, queues={queue: int(opts["concurrency"])}, on_step=on_step,
-                             **runtime_options(opts))
+    async with durable.connect(
+        opts["dsn"],
+        schema=opts["schema"],
+        machines=workloads.MACHINES,
+        migrate=False,
+        max_size=int(opts.get("pool", 10)),
+    ) as db:
+        rt = durable.Runtime(db, queues={queue: int(opts["concurrency"])}, on_step=on_step, **runtime_options(opts))
         from durable.runtime.gc_tuning import tune_for_throughput
 
         tune_for_throughput()

@@ -95,8 +95,11 @@ class Server:
 
 def machine() -> dict[str, Any]:
     """What this machine is: cores, memory, CPU model, Python."""
-    info: dict[str, Any] = {"nproc": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     try:
         meminfo = Path("/proc/meminfo").read_text()
         kb = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal")))
@@ -105,8 +108,7 @@ def machine() -> dict[str, Any]:
         pass
     try:
         cpu = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpu.splitlines()
-                           if line.startswith("model name"))
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:

@@ -19,9 +19,12 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float | int | None]:
     """p50/p99/max in milliseconds and the sample count."""
     ms = [s * 1000 for s in seconds]
     p50, p99 = percentile(ms, 50), percentile(ms, 99)
-    return {"n": len(ms), "p50_ms": None if p50 is None else round(p50, 2),
-            "p99_ms": None if p99 is None else round(p99, 2),
-            "max_ms": round(max(ms), 2) if ms else None}
+    return {
+        "n": len(ms),
+        "p50_ms": None if p50 is None else round(p50, 2),
+        "p99_ms": None if p99 is None else round(p99, 2),
+        "max_ms": round(max(ms), 2) if ms else None,
+    }
 
 
 def rate(count: float, seconds: float | None) -> float | None:

@@ -21,9 +21,29 @@ from . import workloads
 BATCH = 200
 
 
-PICK_COLUMNS = ("id", "machine", "version", "step", "state", "attempt", "queue", "priority", "partition_key",
-                "lease_token", "signal_seq", "awaits", "parent_id", "cancel_requested", "traceparent",
-                "tracestate", "signals", "children", "awaits_any", "timed_out", "attributes")
+PICK_COLUMNS = (
+    "id",
+    "machine",
+    "version",
+    "step",
+    "state",
+    "attempt",
+    "queue",
+    "priority",
+    "partition_key",
+    "lease_token",
+    "signal_seq",
+    "awaits",
+    "parent_id",
+    "cancel_requested",
+    "traceparent",
+    "tracestate",
+    "signals",
+    "children",
+    "awaits_any",
+    "timed_out",
+    "attributes",
+)
 
 
 class _Row(tuple[Any, ...]):
@@ -36,9 +56,22 @@ class _Row(tuple[Any, ...]):
 
 
 def pick_row(i: int) -> _Row:
-    values = {"id": i, "machine": workloads.noop.name, "version": 1, "step": "perform", "state": "{}",
-              "attempt": 0, "queue": workloads.ONE_STEP_QUEUE, "priority": 0, "lease_token": i, "signal_seq": 0,
-              "cancel_requested": False, "signals": "[]", "children": "[]", "timed_out": False}
+    values = {
+        "id": i,
+        "machine": workloads.noop.name,
+        "version": 1,
+        "step": "perform",
+        "state": "{}",
+        "attempt": 0,
+        "queue": workloads.ONE_STEP_QUEUE,
+        "priority": 0,
+        "lease_token": i,
+        "signal_seq": 0,
+        "cancel_requested": False,
+        "signals": "[]",
+        "children": "[]",
+        "timed_out": False,
+    }
     return _Row(values.get(c) for c in PICK_COLUMNS)
 
 
@@ -63,6 +96,9 @@ async def measure(n: int) -> dict[str, float]:
             for c in claims[offset : offset + BATCH]:
                 nursery.start_soon(run_claim, c, db, "bench-steploop")
     spawned = time.process_time() - start
-    return {"steps": n, "from_row_us": round(from_row / n * 1e6, 2),
-            "run_claim_us": round(sequential / n * 1e6, 2),
-            "run_claim_task_per_step_us": round(spawned / n * 1e6, 2)}
+    return {
+        "steps": n,
+        "from_row_us": round(from_row / n * 1e6, 2),
+        "run_claim_us": round(sequential / n * 1e6, 2),
+        "run_claim_task_per_step_us": round(spawned / n * 1e6, 2),
+    }

@@ -137,15 +137,17 @@ def reference_dir() -> Path:
 
 def load(ref: Path, url: str, *args: object) -> float:
     """Run the Node load generator; its figure (appends/s or MB/s)."""
-    out = subprocess.run(["node", "load.mjs", url, *map(str, args)], cwd=ref, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        ["node", "load.mjs", url, *map(str, args)], cwd=ref, capture_output=True, text=True, timeout=600
+    )
     if out.returncode != 0:
         raise click.ClickException(f"load generator failed: {out.stderr.strip()[-500:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
 
 
-def measure(name: str, url: str, ref: Path, writers: list[int], seconds: float, read_mb: int,
-            console: Console) -> Result:
+def measure(
+    name: str, url: str, ref: Path, writers: list[int], seconds: float, read_mb: int, console: Console
+) -> Result:
     console.print(f"[bold]{name}[/] at {url}")
     appends = {}
     for w in writers:
@@ -159,20 +161,34 @@ def measure(name: str, url: str, ref: Path, writers: list[int], seconds: float, 
 
 
 @click.command()
-@click.option("--dsn", envvar="DURABLE_BENCH_DSN", default=None,
-              help="PostgreSQL for durable serve (default: the embedded server).")
+@click.option(
+    "--dsn",
+    envvar="DURABLE_BENCH_DSN",
+    default=None,
+    help="PostgreSQL for durable serve (default: the embedded server).",
+)
 @click.option("--seconds", default=5.0, show_default=True, help="Duration of each append measurement.")
 @click.option("--writers", default="1,16", show_default=True, help="Comma-separated writer counts.")
 @click.option("--read-mb", default=32, show_default=True, help="Size of the stream read back.")
-@click.option("--stacks", default="uvicorn", show_default=True,
-              help="HTTP stacks of durable serve to measure, comma-separated: uvicorn (the default front), "
-                   "hypercorn (everything on trio); $DURABLE_SERVE_HTTP of the server.")
-@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 20),
-              help="Measure every server this many times, the servers interleaved (the machine's load drifts); "
-                   "the table shows each figure's median.")
+@click.option(
+    "--stacks",
+    default="uvicorn",
+    show_default=True,
+    help="HTTP stacks of durable serve to measure, comma-separated: uvicorn (the default front), "
+    "hypercorn (everything on trio); $DURABLE_SERVE_HTTP of the server.",
+)
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Measure every server this many times, the servers interleaved (the machine's load drifts); "
+    "the table shows each figure's median.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures here.")
-def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: str, rounds: int,
-         json_path: Path | None) -> None:
+def main(
+    dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: str, rounds: int, json_path: Path | None
+) -> None:
     """Appends/s and read MB/s: durable serve vs the reference Node server, in one run."""
     console = Console()
     counts = [int(w) for w in writers.split(",") if w.strip()]
@@ -180,8 +196,16 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: st
         raise click.UsageError("node and npm are needed for the reference server")
     results: list[Result] = []
     schema = f"bench_streams_{uuid.uuid4().hex[:8]}"
-    durable_cmd = [sys.executable, "-c", "from durable.cli import main; main()", "serve", "--port", "0",
-                   "--schema", schema] + (["--dsn", dsn] if dsn else [])
+    durable_cmd = [
+        sys.executable,
+        "-c",
+        "from durable.cli import main; main()",
+        "serve",
+        "--port",
+        "0",
+        "--schema",
+        schema,
+    ] + (["--dsn", dsn] if dsn else [])
     servers: list[tuple[str, list[str], Path | None]] = []
     for stack in (x.strip() for x in stacks.split(",") if x.strip()):
         if stack not in ("uvicorn", "hypercorn"):
@@ -219,20 +243,35 @@ def main(dsn: str | None, seconds: float, writers: str, read_mb: int, stacks: st
     for line in ratios:
         console.print(line)
     if json_path is not None:
-        json_path.write_text(json.dumps({"medians": [r.__dict__ for r in results], "ratios": ratios,
-                                         "rounds": [r.__dict__ for r in every], "seconds": seconds,
-                                         "read_mb": read_mb, "cpus": os.cpu_count()}, indent=2))
+        json_path.write_text(
+            json.dumps(
+                {
+                    "medians": [r.__dict__ for r in results],
+                    "ratios": ratios,
+                    "rounds": [r.__dict__ for r in every],
+                    "seconds": seconds,
+                    "read_mb": read_mb,
+                    "cpus": os.cpu_count(),
+                },
+                indent=2,
+            )
+        )
 
 
 def median_of(runs: list[Result], counts: list[int]) -> Result:
     """One server's figures over its rounds: the median of each."""
+
     def median(values: list[float]) -> float:
         ordered = sorted(values)
         mid = len(ordered) // 2
         return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
-    return Result(runs[0].server, {w: median([r.appends[w] for r in runs]) for w in counts},
-                  median([r.read_mb_s for r in runs]), runs[-1].load)
+    return Result(
+        runs[0].server,
+        {w: median([r.appends[w] for r in runs]) for w in counts},
+        median([r.read_mb_s for r in runs]),
+        runs[-1].load,
+    )
 
 
 def compare(results: list[Result], counts: list[int]) -> list[str]:
@@ -248,7 +287,8 @@ def compare(results: list[Result], counts: list[int]) -> list[str]:
         lines.append(
             f"{r.server}: {few} writer(s) {r.appends[few] / file.appends[few]:.2f}x file-backed (target >= 2), "
             f"{many} writers {r.appends[many] / memory.appends[many]:.2f}x in-memory (target >= 1), "
-            f"read {r.read_mb_s / max(memory.read_mb_s, file.read_mb_s):.2f}x the faster reference (target >= 1)")
+            f"read {r.read_mb_s / max(memory.read_mb_s, file.read_mb_s):.2f}x the faster reference (target >= 1)"
+        )
     return lines
 
 

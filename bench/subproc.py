@@ -36,8 +36,7 @@ async def run_json(
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     argv = [python or sys.executable, "-m", module, json.dumps(options)]
     with tempfile.TemporaryFile() as err:
-        proc = await trio.lowlevel.open_process(argv, stdout=-1, stderr=err.fileno(), cwd=str(ROOT),
-                                                env=env)
+        proc = await trio.lowlevel.open_process(argv, stdout=-1, stderr=err.fileno(), cwd=str(ROOT), env=env)
         assert proc.stdout is not None
         lines: list[str] = []
         buf = b""

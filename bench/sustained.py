@@ -34,8 +34,9 @@ from .subproc import run_json
 
 async def snapshot(db: durable.Database, schema: str) -> dict[str, Any]:
     """The two growing tables and the server's WAL and checkpoints, now."""
-    tables = {r["table"]: {k: r[k] for k in r.keys() if k != "table"}
-              for r in await db.pool.fetch(q(B.table_stats), schema)}
+    tables = {
+        r["table"]: {k: r[k] for k in r.keys() if k != "table"} for r in await db.pool.fetch(q(B.table_stats), schema)
+    }
     indexes = {r["index"]: r["bytes"] for r in await db.pool.fetch(q(B.index_sizes), schema)}
     server = dict(await db.pool.fetchrow(q(B.server_wal_checkpoints)) or {})
     return {"tables": tables, "indexes": indexes, "server": server}
@@ -43,18 +44,31 @@ async def snapshot(db: durable.Database, schema: str) -> dict[str, Any]:
 
 async def drain_segment(dsn: str, schema: str, n: int, tuning: Tuning, postmaster: int | None) -> dict[str, Any]:
     """Drain ``n`` already inserted one-step jobs with a fresh worker process."""
-    out = await run_json("durable.bench.worker", {"dsn": dsn, "schema": schema, "workload": "onestep",
-                                                  "expect": n, "timeout": 900, "postmaster": postmaster,
-                                                  **tuning.worker_options()}, limit=960)
+    out = await run_json(
+        "durable.bench.worker",
+        {
+            "dsn": dsn,
+            "schema": schema,
+            "workload": "onestep",
+            "expect": n,
+            "timeout": 900,
+            "postmaster": postmaster,
+            **tuning.worker_options(),
+        },
+        limit=960,
+    )
     if out["timed_out"]:
         raise RuntimeError(f"sustained: {out['steps']} of {n} steps before the timeout")
     tenths = out.get("tenths_s") or []
-    return {"per_s": round(n / out["seconds"], 1), "seconds": round(out["seconds"], 3),
-            # the drain's last tenth against its first (dead row versions pile up within a drain: no
-            # autovacuum runs in a few seconds)
-            "last_tenth_over_first": round(tenths[0] / tenths[-1], 3) if len(tenths) >= 2 and tenths[-1] else None,
-            "cpu_us_per_job": round(out["cpu_s"] / n * 1e6, 1),
-            "pg_cpu_us_per_job": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / n * 1e6, 1)}
+    return {
+        "per_s": round(n / out["seconds"], 1),
+        "seconds": round(out["seconds"], 3),
+        # the drain's last tenth against its first (dead row versions pile up within a drain: no
+        # autovacuum runs in a few seconds)
+        "last_tenth_over_first": round(tenths[0] / tenths[-1], 3) if len(tenths) >= 2 and tenths[-1] else None,
+        "cpu_us_per_job": round(out["cpu_s"] / n * 1e6, 1),
+        "pg_cpu_us_per_job": None if out["pg_cpu_s"] is None else round(out["pg_cpu_s"] / n * 1e6, 1),
+    }
 
 
 def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
@@ -71,9 +85,16 @@ async def set_storage(db: durable.Database, storage: dict[str, str]) -> None:
         await db.pool.execute(Query("set_storage", ddl, ""))
 
 
-async def continuous(dsn: str, total: int, segment: int, tuning: Tuning | None = None,
-                     postmaster: int | None = None, schema: str = "b_sustained",
-                     fresh_each: bool = False, storage: dict[str, str] | None = None) -> dict[str, Any]:
+async def continuous(
+    dsn: str,
+    total: int,
+    segment: int,
+    tuning: Tuning | None = None,
+    postmaster: int | None = None,
+    schema: str = "b_sustained",
+    fresh_each: bool = False,
+    storage: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """``total // segment`` segments of insert-then-drain in one schema (``fresh_each``: a fresh one each).
     ``storage``: storage parameters set on the tables after the migrations (a variant to compare)."""
     tuning = tuning or Tuning()
@@ -91,18 +112,36 @@ async def continuous(dsn: str, total: int, segment: int, tuning: Tuning | None =
             load = os.getloadavg()[0]
             drained = await drain_segment(dsn, schema, segment, tuning, postmaster)
             after = await snapshot(db, schema)
-            segments.append({"segment": i + 1, **drained, "insert_rows_per_s": round(insert_rate),
-                             "loadavg": round(load, 2), "server": delta(after["server"], before["server"]),
-                             "tables": after["tables"], "indexes": after["indexes"],
-                             "wall_s": round(time.perf_counter() - start, 1)})
-            print(json.dumps({k: segments[-1][k] for k in ("segment", "per_s", "pg_cpu_us_per_job", "loadavg")}),
-                  file=sys.stderr, flush=True)
+            segments.append(
+                {
+                    "segment": i + 1,
+                    **drained,
+                    "insert_rows_per_s": round(insert_rate),
+                    "loadavg": round(load, 2),
+                    "server": delta(after["server"], before["server"]),
+                    "tables": after["tables"],
+                    "indexes": after["indexes"],
+                    "wall_s": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(
+                json.dumps({k: segments[-1][k] for k in ("segment", "per_s", "pg_cpu_us_per_job", "loadavg")}),
+                file=sys.stderr,
+                flush=True,
+            )
         options = {r["table"]: list(r["options"]) for r in await db.pool.fetch(q(B.reloptions), schema)}
         await drop_schema(db.pool, schema)
     first, last = segments[0]["per_s"], segments[-1]["per_s"]
-    return {"jobs": total, "segment": segment, "fresh_each": fresh_each, "reloptions": options, "storage": storage,
-            "segments": segments, "last_over_first": round(last / first, 3) if first else None,
-            "schema_version": LATEST_VERSION}
+    return {
+        "jobs": total,
+        "segment": segment,
+        "fresh_each": fresh_each,
+        "reloptions": options,
+        "storage": storage,
+        "segments": segments,
+        "last_over_first": round(last / first, 3) if first else None,
+        "schema_version": LATEST_VERSION,
+    }
 
 
 async def main(argv: list[str]) -> None:
@@ -118,9 +157,14 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--segment", type=int, default=100_000)
     parser.add_argument("--fresh-each", action="store_true", help="a fresh schema per segment (the duel's way)")
-    parser.add_argument("--storage", action="append", default=[], metavar="TABLE:OPTIONS",
-                        help="a variant: storage parameters for a table, e.g. 'instances:fillfactor = 80' or "
-                             "'instances:reset:fillfactor' (repeatable)")
+    parser.add_argument(
+        "--storage",
+        action="append",
+        default=[],
+        metavar="TABLE:OPTIONS",
+        help="a variant: storage parameters for a table, e.g. 'instances:fillfactor = 80' or "
+        "'instances:reset:fillfactor' (repeatable)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     storage = dict(item.split(":", 1) for item in args.storage)
@@ -138,8 +182,9 @@ async def main(argv: list[str]) -> None:
 
         postmaster = await trio_asyncio.aio_as_trio(server.postmaster)()
         target = await trio_asyncio.aio_as_trio(server.recreate_database)("bench_sustained")
-        result = await continuous(target, args.jobs, args.segment, postmaster=postmaster, fresh_each=args.fresh_each,
-                                  storage=storage)
+        result = await continuous(
+            target, args.jobs, args.segment, postmaster=postmaster, fresh_each=args.fresh_each, storage=storage
+        )
         await trio_asyncio.aio_as_trio(server.drop_database)("bench_sustained")
     result["loadavg_at_end"] = list(os.getloadavg())
     text = json.dumps(result, indent=2, default=str)
@@ -147,11 +192,13 @@ async def main(argv: list[str]) -> None:
         await trio.Path(args.json).write_text(text + "\n")
     for s in result["segments"]:
         inst = s["tables"].get("instances", {})
-        print(f"segment {s['segment']:>2}: {s['per_s']:>9,.0f} jobs/s  PG {s['pg_cpu_us_per_job']} us/job  "
-              f"engine {s['cpu_us_per_job']} us/job  dead {inst.get('dead')}  live {inst.get('live')}  "
-              f"heap {inst.get('heap_bytes', 0) / 2**20:.0f} MiB  idx {inst.get('index_bytes', 0) / 2**20:.0f} MiB  "
-              f"autovac {inst.get('autovacuums')}  fpi {s['server']['wal_fpi']}  ckpt {s['server']['checkpoints']}  "
-              f"load {s['loadavg']}")
+        print(
+            f"segment {s['segment']:>2}: {s['per_s']:>9,.0f} jobs/s  PG {s['pg_cpu_us_per_job']} us/job  "
+            f"engine {s['cpu_us_per_job']} us/job  dead {inst.get('dead')}  live {inst.get('live')}  "
+            f"heap {inst.get('heap_bytes', 0) / 2**20:.0f} MiB  idx {inst.get('index_bytes', 0) / 2**20:.0f} MiB  "
+            f"autovac {inst.get('autovacuums')}  fpi {s['server']['wal_fpi']}  ckpt {s['server']['checkpoints']}  "
+            f"load {s['loadavg']}"
+        )
     print(f"last / first: {result['last_over_first']}")
 
 

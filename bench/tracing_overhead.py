@@ -27,8 +27,7 @@ import durable
 from durable import Done, Machine, Next, step
 
 MODES = ("off", "api", "sdk-grpc", "sdk-http")
-LABELS = {"off": "tracing off", "api": "API only, no SDK", "sdk-grpc": "SDK + OTLP/gRPC",
-          "sdk-http": "SDK + OTLP/HTTP"}
+LABELS = {"off": "tracing off", "api": "API only, no SDK", "sdk-grpc": "SDK + OTLP/gRPC", "sdk-http": "SDK + OTLP/HTTP"}
 STEPS_PER_INSTANCE = 3
 
 
@@ -92,8 +91,7 @@ async def drain(dsn: str | None, schema: str, instances: int, concurrency: int) 
     return count, elapsed
 
 
-def run_child(mode: str, dsn: str | None, endpoint: str | None, instances: int,
-              concurrency: int) -> dict[str, Any]:
+def run_child(mode: str, dsn: str | None, endpoint: str | None, instances: int, concurrency: int) -> dict[str, Any]:
     import durable.otel as otel
 
     if mode.startswith("sdk-"):
@@ -112,8 +110,17 @@ def run_one(mode: str, dsn: str | None, receiver: Any, instances: int, concurren
     env = dict(os.environ)
     env["DURABLE_TRACING"] = "off" if mode == "off" else "on"
     before = len(receiver.spans)
-    args = [sys.executable, "-m", "durable.bench.tracing_overhead", "--child", mode, "--instances", str(instances),
-            "--concurrency", str(concurrency)]
+    args = [
+        sys.executable,
+        "-m",
+        "durable.bench.tracing_overhead",
+        "--child",
+        mode,
+        "--instances",
+        str(instances),
+        "--concurrency",
+        str(concurrency),
+    ]
     if dsn:
         args += ["--dsn", dsn]
     if endpoint:
@@ -141,25 +148,28 @@ def report(runs: list[Run], instances: int) -> None:
         rate = statistics.median(r.rate for r in mine)
         base = base or rate
         spans = statistics.median(r.spans / r.steps for r in mine)
-        table.add_row(LABELS[mode], f"{rate:,.0f}", f"{rate / base - 1:+.1%}",
-                      f"{(1 / rate - 1 / base) * 1e6:+,.0f} µs",
-                      f"{spans:.2f}" if mode.startswith("sdk") else "-",
-                      f"{statistics.median(r.flush_seconds for r in mine):.2f} s")
+        table.add_row(
+            LABELS[mode],
+            f"{rate:,.0f}",
+            f"{rate / base - 1:+.1%}",
+            f"{(1 / rate - 1 / base) * 1e6:+,.0f} µs",
+            f"{spans:.2f}" if mode.startswith("sdk") else "-",
+            f"{statistics.median(r.flush_seconds for r in mine):.2f} s",
+        )
     Console(width=max(Console().width, 100)).print(table)
 
 
 @click.command()
-@click.option("--dsn", envvar="DURABLE_DSN", default=None,
-              help="PostgreSQL DSN (default: the embedded server).")
+@click.option("--dsn", envvar="DURABLE_DSN", default=None, help="PostgreSQL DSN (default: the embedded server).")
 @click.option("--instances", default=2000, show_default=True, help="Instances per run (three steps each).")
 @click.option("--concurrency", default=50, show_default=True, help="Steps at once.")
-@click.option("--rounds", default=3, show_default=True,
-              help="Runs per mode (interleaved); the median is shown.")
+@click.option("--rounds", default=3, show_default=True, help="Runs per mode (interleaved); the median is shown.")
 @click.option("--modes", default=",".join(MODES), show_default=True, help="Comma-separated subset of modes.")
 @click.option("--child", type=click.Choice(MODES), hidden=True)
 @click.option("--endpoint", hidden=True)
-def main(dsn: str | None, instances: int, concurrency: int, rounds: int, modes: str, child: str | None,
-         endpoint: str | None) -> None:
+def main(
+    dsn: str | None, instances: int, concurrency: int, rounds: int, modes: str, child: str | None, endpoint: str | None
+) -> None:
     """Steps/s with tracing off, API only, and SDK + OTLP export."""
     if child is not None:
         print(json.dumps(run_child(child, dsn, endpoint, instances, concurrency)))

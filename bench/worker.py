@@ -51,10 +51,14 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         if count >= expect:
             done.set()
 
-    async with durable.connect(opts["dsn"], schema=opts["schema"], machines=workloads.MACHINES,
-                               migrate=False, max_size=int(opts.get("pool", 10))) as db:
-        rt = durable.Runtime(db, queues={queue: int(opts["concurrency"])}, on_step=on_step,
-                             **runtime_options(opts))
+    async with durable.connect(
+        opts["dsn"],
+        schema=opts["schema"],
+        machines=workloads.MACHINES,
+        migrate=False,
+        max_size=int(opts.get("pool", 10)),
+    ) as db:
+        rt = durable.Runtime(db, queues={queue: int(opts["concurrency"])}, on_step=on_step, **runtime_options(opts))
         if opts.get("tune_gc", True):  # what `durable worker` does by default
             from durable.runtime.gc_tuning import tune_for_throughput
 
@@ -72,11 +76,15 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
             stats = rt.statistics().to_json()
             nursery.cancel_scope.cancel()
     return {
-        "steps": count, "seconds": last - start if count else None,
+        "steps": count,
+        "seconds": last - start if count else None,
         "seconds_first_to_last": (last - first) if first is not None else None,
         "tenths_s": [round(b - a, 4) for a, b in zip([start, *marks], marks, strict=False)],
-        "timed_out": scope.cancelled_caught, "statement_counts": counts, "statistics": stats,
-        "latencies": workloads.latencies, "cpu_s": cpu1 - cpu0,
+        "timed_out": scope.cancelled_caught,
+        "statement_counts": counts,
+        "statistics": stats,
+        "latencies": workloads.latencies,
+        "cpu_s": cpu1 - cpu0,
         "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
     }
 

@@ -29,8 +29,14 @@ class ConsoleApp(App[None]):
 
     db_error: reactive[str | None] = reactive(None)
 
-    def __init__(self, source: Source, *, now: datetime | None = None, refresh_every: float | None = 1.0,
-                 gone_after: float = GONE_AFTER) -> None:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        now: datetime | None = None,
+        refresh_every: float | None = 1.0,
+        gone_after: float = GONE_AFTER,
+    ) -> None:
         super().__init__()
         self.source = source
         self.now = now

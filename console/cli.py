@@ -106,8 +106,9 @@ def command(
         try:
             from .web import check_access
         except ImportError as exc:  # textual-serve and aiohttp are base dependencies
-            raise OneLineError(f"--web needs {exc.name or exc}, which is not installed: pip install -e . "
-                               "(or pip install durable)") from None
+            raise OneLineError(
+                f"--web needs {exc.name or exc}, which is not installed: pip install -e . (or pip install durable)"
+            ) from None
 
         try:
             check_access(host, token, insecure_no_auth)

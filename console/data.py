@@ -112,9 +112,17 @@ class Overview:
 
 def parse_schedules(rows: Iterable[Record]) -> list[ScheduleRow]:
     return [
-        ScheduleRow(name=r["name"], cron=r["cron"], tz=r["tz"], machine=r["machine"], catch_up=r["catch_up"],
-                    last_run=r["last_run"], last_instance_id=r["last_instance_id"],
-                    last_status=r["last_status"], next_run=r["next_tick"])
+        ScheduleRow(
+            name=r["name"],
+            cron=r["cron"],
+            tz=r["tz"],
+            machine=r["machine"],
+            catch_up=r["catch_up"],
+            last_run=r["last_run"],
+            last_instance_id=r["last_instance_id"],
+            last_status=r["last_status"],
+            next_run=r["next_tick"],
+        )
         for r in rows
     ]
 
@@ -129,11 +137,19 @@ def parse_workers(rows: Iterable[Record], gone_after: float) -> list[WorkerInfo]
             continue
         raw = json.loads(r["gauges"] or "{}")
         gauges = {q: Gauge.parse(g) for q, g in sorted(raw.items())} if isinstance(raw, dict) else {}
-        out.append(WorkerInfo(
-            id=r["id"], host=r["host"], pid=r["pid"], queues=tuple(r["queues"] or ()), gauges=gauges,
-            seen_at=r["seen_at"], stopped_at=r["stopped_at"], seen_ago=max(0.0, float(r["seen_ago"])),
-            state=worker_state(seen_ago=float(r["seen_ago"]), stopped=stopped, gauges=raw, gone_after=gone_after),
-        ))
+        out.append(
+            WorkerInfo(
+                id=r["id"],
+                host=r["host"],
+                pid=r["pid"],
+                queues=tuple(r["queues"] or ()),
+                gauges=gauges,
+                seen_at=r["seen_at"],
+                stopped_at=r["stopped_at"],
+                seen_ago=max(0.0, float(r["seen_ago"])),
+                state=worker_state(seen_ago=float(r["seen_ago"]), stopped=stopped, gauges=raw, gone_after=gone_after),
+            )
+        )
     out.sort(key=lambda w: (w.state != "live", w.id))
     return out
 
@@ -146,8 +162,13 @@ def saturation(workers: Iterable[WorkerInfo]) -> dict[str, Saturation]:
             continue
         for q, g in w.gauges.items():
             s = sums.get(q, Saturation())
-            sums[q] = Saturation(s.in_flight + g.in_flight, s.concurrency + g.concurrency,
-                                 s.buffered + g.buffered, s.prefetch + g.prefetch, s.workers + 1)
+            sums[q] = Saturation(
+                s.in_flight + g.in_flight,
+                s.concurrency + g.concurrency,
+                s.buffered + g.buffered,
+                s.prefetch + g.prefetch,
+                s.workers + 1,
+            )
     return sums
 
 
@@ -205,8 +226,9 @@ class OverviewLoader:
     terminal counts (a scan of the whole queue/status index) are re-read every ``terminal_every``
     loads only."""
 
-    def __init__(self, *, gone_after: float = GONE_AFTER, terminal_every: int = 5,
-                 throughput: Throughput | None = None) -> None:
+    def __init__(
+        self, *, gone_after: float = GONE_AFTER, terminal_every: int = 5, throughput: Throughput | None = None
+    ) -> None:
         self.gone_after = gone_after
         self.terminal_every = terminal_every
         self.throughput = throughput or Throughput()
@@ -216,8 +238,7 @@ class OverviewLoader:
     async def load(self, source: Source, now: datetime | None = None) -> Overview:
         with_terminal = self.loads % self.terminal_every == 0
 
-        async def read(r: Reader) -> tuple[datetime, list[Record], list[Record], list[Record], int, int,
-                                           list[Record]]:
+        async def read(r: Reader) -> tuple[datetime, list[Record], list[Record], list[Record], int, int, list[Record]]:
             clock: datetime = await r.fetchval(Q.console_now, now)
             counts = await r.fetch(Q.queue_counts, clock, with_terminal)
             workers = await r.fetch(Q.list_workers, clock)
@@ -240,22 +261,34 @@ class OverviewLoader:
         if with_terminal:
             self.terminal = {q: {s: c.get(s, 0) for s in TERMINAL} for q, c in by_queue.items()}
         sat = saturation(workers)
-        names = sorted(set(by_queue) | set(self.terminal) | set(sat) | self.throughput.queues()
-                       | {q for w in workers if w.state == "live" for q in w.queues})
+        names = sorted(
+            set(by_queue)
+            | set(self.terminal)
+            | set(sat)
+            | self.throughput.queues()
+            | {q for w in workers if w.state == "live" for q in w.queues}
+        )
         rows = []
         for q in names:
             c = by_queue.get(q, {})
             t = self.terminal.get(q)
-            rows.append(QueueRow(
-                queue=q, due=c.get("due", 0), scheduled=c.get("scheduled", 0),
-                executing=c.get("executing", 0), awaiting_signal=c.get("awaiting_signal", 0),
-                awaiting_children=c.get("awaiting_children", 0),
-                done=t.get("done", 0) if t is not None else (0 if self.terminal else None),
-                failed=t.get("failed", 0) if t is not None else (0 if self.terminal else None),
-                cancelled=t.get("cancelled", 0) if t is not None else (0 if self.terminal else None),
-                rate=self.throughput.rate(q, second), trend=self.throughput.trend(q, second),
-                saturation=sat.get(q, Saturation()), lag=lags.get(q),
-            ))
+            rows.append(
+                QueueRow(
+                    queue=q,
+                    due=c.get("due", 0),
+                    scheduled=c.get("scheduled", 0),
+                    executing=c.get("executing", 0),
+                    awaiting_signal=c.get("awaiting_signal", 0),
+                    awaiting_children=c.get("awaiting_children", 0),
+                    done=t.get("done", 0) if t is not None else (0 if self.terminal else None),
+                    failed=t.get("failed", 0) if t is not None else (0 if self.terminal else None),
+                    cancelled=t.get("cancelled", 0) if t is not None else (0 if self.terminal else None),
+                    rate=self.throughput.rate(q, second),
+                    trend=self.throughput.trend(q, second),
+                    saturation=sat.get(q, Saturation()),
+                    lag=lags.get(q),
+                )
+            )
         return Overview(now=clock, queues=rows, workers=workers, schedules=parse_schedules(schedule_rows))
 
 
@@ -292,8 +325,9 @@ class Page:
         return Cursor(self.rows[-1]["id"], self.rows[-1]["updated_at"])
 
 
-async def load_page(source: Source, flt: InstanceFilter, sort: str, descending: bool,
-                    after: Cursor | None, limit: int, number: int) -> Page:
+async def load_page(
+    source: Source, flt: InstanceFilter, sort: str, descending: bool, after: Cursor | None, limit: int, number: int
+) -> Page:
     """One keyset page (never the whole table): ``limit`` rows after ``after`` in the sort order."""
     q = SORTS[sort][1 if descending else 0]
     args = [*flt.args(), limit + 1, after.id if after else None]
@@ -328,7 +362,9 @@ async def load_detail(source: Source, instance_id: int, now: datetime | None = N
             parent = await r.fetchrow(Q.get_instance, row["parent_id"])
             parent_status = parent["status"] if parent is not None else "deleted"
         return Detail(
-            now=clock, instance=row, parent_status=parent_status,
+            now=clock,
+            instance=row,
+            parent_status=parent_status,
             inbox=await r.fetch(Q.get_inbox, instance_id),
             children=await r.fetch(Q.get_children, instance_id),
             history=await r.fetch(Q.get_history, instance_id),
@@ -339,8 +375,9 @@ async def load_detail(source: Source, instance_id: int, now: datetime | None = N
 
 
 # -- actions ---------------------------------------------------------------------------------------
-async def send_signal(source: Source, instance_id: int, name: str, payload: str, dedup_key: str | None,
-                      now: datetime | None = None) -> str:
+async def send_signal(
+    source: Source, instance_id: int, name: str, payload: str, dedup_key: str | None, now: datetime | None = None
+) -> str:
     """Deliver through the engine's deliver_signal; returns a one-line outcome. ``payload`` is JSON."""
     row = await source.fetchrow(Q.deliver_signal, instance_id, name, payload, dedup_key or None, None, now)
     if row is None:
@@ -366,8 +403,9 @@ CANCEL_RERUNS = 5  # runs while the statement reports children committed under i
 CONSOLE_TOKEN = "console"  # the sender of this console's 'instances ended' hints
 
 
-async def cancel(source: Source, instance_id: int, reason: str, now: datetime | None = None,
-                 by: str = "console") -> str:
+async def cancel(
+    source: Source, instance_id: int, reason: str, now: datetime | None = None, by: str = "console"
+) -> str:
     """Cancel the instance and its non-terminal descendants through the engine's cancel_instance (rerun
     while it reports a race, as durable.ops.cancel_tree does), then hint other processes' result()
     waiters. Returns a one-line outcome."""
@@ -381,14 +419,15 @@ async def cancel(source: Source, instance_id: int, reason: str, now: datetime | 
             return f"no instance {instance_id}"
         row = rows[0]
         if row["too_many"]:
-            return (f"#{instance_id} has more than {CANCEL_LIMIT:,} descendants: nothing was changed "
-                    f"(cancel its subtrees first, or use durable cancel)")
+            return (
+                f"#{instance_id} has more than {CANCEL_LIMIT:,} descendants: nothing was changed "
+                f"(cancel its subtrees first, or use durable cancel)"
+            )
         first = first or row
         cancelled += row["cancelled"]
         requested += row["requested_count"]
         if row["ended"]:
-            await source.fetchval(Q.announce_ended, channel(source.schema),
-                                  payloads(CONSOLE_TOKEN, row["ended"]))
+            await source.fetchval(Q.announce_ended, channel(source.schema), payloads(CONSOLE_TOKEN, row["ended"]))
         if not row["raced"]:
             break
     assert first is not None

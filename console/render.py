@@ -10,8 +10,13 @@ from rich.text import Text
 BARS = "▁▂▃▄▅▆▇█"
 
 STATUS_STYLE = {
-    "runnable": "cyan", "executing": "bold yellow", "awaiting_signal": "magenta",
-    "awaiting_children": "blue", "done": "green", "failed": "bold red", "cancelled": "dim",
+    "runnable": "cyan",
+    "executing": "bold yellow",
+    "awaiting_signal": "magenta",
+    "awaiting_children": "blue",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "dim",
 }
 
 

@@ -63,8 +63,12 @@ class Source:
             if self._pool is None:
                 pool = await asyncio.wait_for(
                     asyncpg.create_pool(
-                        self.dsn, min_size=1, max_size=self.max_size, timeout=self.timeout,
-                        command_timeout=self.timeout, server_settings={"search_path": self.schema},
+                        self.dsn,
+                        min_size=1,
+                        max_size=self.max_size,
+                        timeout=self.timeout,
+                        command_timeout=self.timeout,
+                        server_settings={"search_path": self.schema},
                     ),
                     self.timeout,
                 )
@@ -72,8 +76,7 @@ class Source:
                 if not ready:
                     await pool.close()
                     raise SchemaMissing(
-                        f"schema {self.schema!r} has no durable tables (run: durable migrate --schema "
-                        f"{self.schema})"
+                        f"schema {self.schema!r} has no durable tables (run: durable migrate --schema {self.schema})"
                     )
                 self._pool = pool
             return self._pool

@@ -191,8 +191,11 @@ async def _drive(coro: Any) -> Any:
         # at once only when no callback registered before ours has to run first, as asyncio's order would
         # have it: none, or asyncpg's own on a query's waiter (it only cancels a timeout when the query
         # succeeded; on a cancelled query it starts the cancel request: see abort)
-        wake: Any = _Wake(task) if all(getattr(cb, "__name__", None) == "_on_waiter_completed"
-                                       for cb, _ in future._callbacks or ()) else _Queued(task)
+        wake: Any = (
+            _Wake(task)
+            if all(getattr(cb, "__name__", None) == "_on_waiter_completed" for cb, _ in future._callbacks or ())
+            else _Queued(task)
+        )
         if type(wake) is _Wake:
             _wake_at_once(future.get_loop())
         future.add_done_callback(wake)
@@ -313,9 +316,11 @@ def check_pooler(pooler: str | None, listen_dsn: str | None) -> str | None:
     if pooler not in POOLERS:
         raise ValueError(f"pooler must be 'transaction' (PgBouncer's pool_mode = transaction) or None, not {pooler!r}")
     if not listen_dsn:
-        raise ValueError("pooler='transaction' needs listen_dsn: a direct connection to PostgreSQL for LISTEN "
-                         "(a transaction pooler hands each statement to any server connection, and a "
-                         "LISTEN there would be lost)")
+        raise ValueError(
+            "pooler='transaction' needs listen_dsn: a direct connection to PostgreSQL for LISTEN "
+            "(a transaction pooler hands each statement to any server connection, and a "
+            "LISTEN there would be lost)"
+        )
     return pooler
 
 
@@ -332,8 +337,15 @@ class Pool:
     from ``listen_pool``: ``raw`` itself, or a pool of direct connections (``listen_dsn``) behind a transaction
     pooler, where ``generic`` is ``raw`` too. All calls are trio calls."""
 
-    def __init__(self, raw: asyncpg.Pool, dsn: str, schema: str, generic: asyncpg.Pool | None = None,
-                 listen: asyncpg.Pool | None = None, pooler: str | None = None) -> None:
+    def __init__(
+        self,
+        raw: asyncpg.Pool,
+        dsn: str,
+        schema: str,
+        generic: asyncpg.Pool | None = None,
+        listen: asyncpg.Pool | None = None,
+        pooler: str | None = None,
+    ) -> None:
         self.raw = raw
         self.generic = generic if generic is not None else raw
         self.listen_pool = listen if listen is not None else raw
@@ -362,8 +374,16 @@ class Pool:
         return fn if self.native else aio(fn)
 
     @classmethod
-    async def open(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
-                   pooler: str | None = None, listen_dsn: str | None = None) -> Pool:
+    async def open(
+        cls,
+        dsn: str,
+        schema: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        pooler: str | None = None,
+        listen_dsn: str | None = None,
+    ) -> Pool:
         """Open the pools. ``pooler="transaction"``: ``dsn`` reaches PostgreSQL through a transaction pooler
         (no prepared statements, no startup settings, search_path checked), and ``listen_dsn`` directly."""
         pooler = check_pooler(pooler, listen_dsn)
@@ -371,8 +391,14 @@ class Pool:
         opened: list[asyncpg.Pool] = []
 
         async def create(target: str, settings: dict[str, str], low: int, high: int, cache: int = 256) -> asyncpg.Pool:
-            pool = await aio(asyncpg.create_pool)(target, min_size=low, max_size=high, server_settings=settings,
-                                                  statement_cache_size=cache, reset=keep_session)
+            pool = await aio(asyncpg.create_pool)(
+                target,
+                min_size=low,
+                max_size=high,
+                server_settings=settings,
+                statement_cache_size=cache,
+                reset=keep_session,
+            )
             assert pool is not None
             opened.append(pool)
             return pool
@@ -392,9 +418,11 @@ class Pool:
         except asyncpg.ProtocolViolationError as exc:
             if "startup parameter" not in str(exc):
                 raise
-            raise DatabaseUnavailable(f"{redact(dsn)} refused durable's session settings ({exc}): a connection "
-                                      "pooler in transaction mode? Then pass pooler='transaction' and "
-                                      "listen_dsn (docs/scaling.md)") from exc
+            raise DatabaseUnavailable(
+                f"{redact(dsn)} refused durable's session settings ({exc}): a connection "
+                "pooler in transaction mode? Then pass pooler='transaction' and "
+                "listen_dsn (docs/scaling.md)"
+            ) from exc
         except _UNREACHABLE as exc:
             if not unreachable(exc):
                 raise
@@ -409,8 +437,9 @@ class Pool:
         return pool
 
     @classmethod
-    async def open_native(cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
-                          pooler: str | None = None) -> Pool:
+    async def open_native(
+        cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, pooler: str | None = None
+    ) -> Pool:
         """A pool for a plain asyncio event loop (no trio, no trio-asyncio): asyncpg called directly.
         Only :meth:`fetch` and its siblings, :meth:`pinned` and :meth:`close_native` are used there (by
         ``durable serve``'s HTTP front, which runs on its own loop in a thread of its own); the gate and
@@ -418,12 +447,20 @@ class Pool:
         transaction pooler: no prepared statement, no startup setting but the application name)."""
         if pooler not in (None, *POOLERS):
             raise ValueError(f"pooler must be 'transaction' or None, not {pooler!r}")
-        settings = SESSION_SETTINGS | {"search_path": f"{schema},public"} if pooler is None else {
-            "application_name": "durable"}
+        settings = (
+            SESSION_SETTINGS | {"search_path": f"{schema},public"}
+            if pooler is None
+            else {"application_name": "durable"}
+        )
         try:
-            raw = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                            statement_cache_size=256 if pooler is None else 0,
-                                            server_settings=settings, reset=keep_session)
+            raw = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                statement_cache_size=256 if pooler is None else 0,
+                server_settings=settings,
+                reset=keep_session,
+            )
         except _UNREACHABLE as exc:
             if not unreachable(exc):
                 raise
@@ -451,7 +488,8 @@ class Pool:
             raise SchemaError(
                 f"behind a transaction pooler the server must set search_path to start with schema "
                 f"{self.schema!r}, but it is {setting!r}: run `ALTER ROLE <user> SET search_path = "
-                f"{self.schema}, public` (or set PgBouncer's connect_query for the database; docs/scaling.md)")
+                f"{self.schema}, public` (or set PgBouncer's connect_query for the database; docs/scaling.md)"
+            )
 
     def pools(self) -> list[asyncpg.Pool]:
         """The distinct asyncpg pools behind this Pool (plain, generic-plan, listening)."""
@@ -504,6 +542,7 @@ class Pool:
 
     def _mapped(self, call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
         """``call`` with a lost server mapped to DatabaseUnavailable."""
+
         async def run() -> T:
             try:
                 return await call()
@@ -581,8 +620,14 @@ class Pool:
         LISTEN connections): a connection kept here is never one somebody else waits for."""
         spare = self._spare[pool]
         free = getattr(getattr(pool, "_queue", None), "qsize", None)  # asyncpg's free holders
-        if (self._closing or free is None or free() < 1 or len(spare) >= pool.get_max_size()
-                or _lost(con) or con.is_in_transaction()):
+        if (
+            self._closing
+            or free is None
+            or free() < 1
+            or len(spare) >= pool.get_max_size()
+            or _lost(con)
+            or con.is_in_transaction()
+        ):
             return False
         spare.append(con)
         return True
@@ -671,6 +716,7 @@ class Pool:
     async def _gated_transaction(self) -> AsyncIterator[Conn]:
         """:meth:`transaction` through a gate: BEGIN, COMMIT and ROLLBACK pass it too (the simulator's
         clock must not run meanwhile), each as an asyncio Task."""
+
         async def begin() -> tuple[asyncpg.Connection, Any]:
             raw = await aio(self.raw.acquire)()
             tx = raw.transaction()

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         """What the explicit pipeline uses of a ``durable.Database``: the runtime's view and named values
         (no import of the public API above it)."""
 
+
 MAX_CLAIMS = 1000  # one claim call's limit
 SWEEP_EVERY = 1.0  # seconds between the reaper/timer sweeps db.claim runs itself
 EXTEND_TRIES = 5  # an extension that finds the row locked (another statement holds it for a moment)
@@ -354,11 +355,26 @@ class Pipeline:
                 if s["id"] in wanted
             )
         held = Held(
-            id=row["id"], machine=row["machine"], version=row["version"], step=row["step"], state_json=row["state"],
-            attempt=row["attempt"], queue=row["queue"], priority=row["priority"], partition_key=row["partition_key"],
-            lease_token=lease_token, signal_seq=row["signal_seq"], awaits=row["awaits"], parent_id=row["parent_id"],
-            cancel_requested=row["cancel_requested"], traceparent=row["traceparent"], tracestate=row["tracestate"],
-            signals=shown, children=(), awaits_any=row["awaits_any"], timed_out=row["timed_out"],
+            id=row["id"],
+            machine=row["machine"],
+            version=row["version"],
+            step=row["step"],
+            state_json=row["state"],
+            attempt=row["attempt"],
+            queue=row["queue"],
+            priority=row["priority"],
+            partition_key=row["partition_key"],
+            lease_token=lease_token,
+            signal_seq=row["signal_seq"],
+            awaits=row["awaits"],
+            parent_id=row["parent_id"],
+            cancel_requested=row["cancel_requested"],
+            traceparent=row["traceparent"],
+            tracestate=row["tracestate"],
+            signals=shown,
+            children=(),
+            awaits_any=row["awaits_any"],
+            timed_out=row["timed_out"],
         )
         claim = self.public(held)
         claim.state = None  # not read for a call: the row's state is whatever the worker last committed

@@ -143,8 +143,9 @@ class LazyGroup(click.Group):
 class DurableGroup(LazyGroup):
     """The root command: every click error below it becomes one line (see :func:`one_line`)."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         """click's context, a usage error turned into one line."""
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
@@ -200,8 +201,9 @@ def check_dsn(dsn: str, where: str) -> str:
         scheme = ""
     if scheme not in ("postgresql", "postgres"):
         shown = dsn if "@" not in dsn else dsn.split("://")[0] + "://…"
-        raise click.BadParameter(f"{shown!r} is not a PostgreSQL URI (postgresql://user:password@host:port/db)",
-                                 param_hint=where)
+        raise click.BadParameter(
+            f"{shown!r} is not a PostgreSQL URI (postgresql://user:password@host:port/db)", param_hint=where
+        )
     return dsn
 
 
@@ -239,23 +241,39 @@ def _json_callback(ctx: click.Context, param: click.Parameter, value: bool) -> b
 DEFAULT_SCHEMA = "durable"
 
 dsn_option = click.option(
-    "--dsn", default=None, callback=_dsn_callback, metavar="URI",
-    help="PostgreSQL URI (default: $DURABLE_DSN, else the embedded server). Also accepted before the command.")
+    "--dsn",
+    default=None,
+    callback=_dsn_callback,
+    metavar="URI",
+    help="PostgreSQL URI (default: $DURABLE_DSN, else the embedded server). Also accepted before the command.",
+)
 schema_option = click.option(
-    "--schema", default=None, callback=_schema_callback,
+    "--schema",
+    default=None,
+    callback=_schema_callback,
     help=f"Schema holding durable's tables (default: $DURABLE_SCHEMA, else {DEFAULT_SCHEMA!r}). Also accepted "
-         "before the command.")
+    "before the command.",
+)
 
 
 def schema_option_with(help_text: str) -> Callable[[T], T]:
     """``--schema`` (inherited like :data:`schema_option`) with a command's own help text."""
-    return click.option("--schema", default=None, callback=_schema_callback,  # type: ignore[return-value]
-                        help=f"{help_text} Default: $DURABLE_SCHEMA, else {DEFAULT_SCHEMA!r}.")
+    return click.option(
+        "--schema",
+        default=None,
+        callback=_schema_callback,  # type: ignore[return-value]
+        help=f"{help_text} Default: $DURABLE_SCHEMA, else {DEFAULT_SCHEMA!r}.",
+    )
 
 
 json_option = click.option(
-    "--json", "as_json", is_flag=True, default=False, callback=_json_callback,
-    help="Machine-readable JSON on stdout. Also accepted before the command.")
+    "--json",
+    "as_json",
+    is_flag=True,
+    default=False,
+    callback=_json_callback,
+    help="Machine-readable JSON on stdout. Also accepted before the command.",
+)
 
 
 STDOUT = "-"
@@ -269,9 +287,16 @@ def json_file_option(what: str) -> Callable[[T], T]:
     """``--json`` for a command whose JSON may be long: alone (or before the command) it goes to stdout
     like everywhere else, ``--json PATH`` writes it to a file."""
     return click.option(  # type: ignore[return-value]
-        "--json", "json_path", is_flag=False, flag_value=STDOUT, default=None, metavar="[PATH]",
-        type=click.Path(dir_okay=False, allow_dash=True), callback=_json_file_callback,
-        help=f"{what} as JSON: on stdout (--json, also accepted before the command), or into PATH.")
+        "--json",
+        "json_path",
+        is_flag=False,
+        flag_value=STDOUT,
+        default=None,
+        metavar="[PATH]",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        callback=_json_file_callback,
+        help=f"{what} as JSON: on stdout (--json, also accepted before the command), or into PATH.",
+    )
 
 
 def write_json(target: str, text: str) -> None:
@@ -313,8 +338,7 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
 
 
 @contextmanager
-def telemetry(otlp: str | None = None, endpoint: str | None = None,
-              service_name: str = "durable") -> Iterator[None]:
+def telemetry(otlp: str | None = None, endpoint: str | None = None, service_name: str = "durable") -> Iterator[None]:
     """OpenTelemetry export for a command that runs steps, flushed at its end: ``--otlp`` (explicit), else
     the standard environment (``OTEL_TRACES_EXPORTER=otlp``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
     ``OTEL_EXPORTER_OTLP_PROTOCOL``, ``OTEL_SERVICE_NAME``...; see ``otel.from_environment``). Nothing is
@@ -362,10 +386,15 @@ def _otel_env_asks() -> bool:
 
 @click.group(cls=DurableGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="durable")
-@click.option("--dsn", default=None, metavar="URI",
-              help="PostgreSQL URI for the command (default: $DURABLE_DSN, else the embedded server).")
-@click.option("--schema", default=None, help=f"Schema for the command (default: $DURABLE_SCHEMA, else "
-                                              f"{DEFAULT_SCHEMA!r}).")
+@click.option(
+    "--dsn",
+    default=None,
+    metavar="URI",
+    help="PostgreSQL URI for the command (default: $DURABLE_DSN, else the embedded server).",
+)
+@click.option(
+    "--schema", default=None, help=f"Schema for the command (default: $DURABLE_SCHEMA, else {DEFAULT_SCHEMA!r})."
+)
 @click.option("--json", "as_json", is_flag=True, default=False, help="Machine-readable JSON on stdout.")
 def main(dsn: str | None, schema: str | None, as_json: bool) -> None:
     """durable: durable state machines on PostgreSQL, for trio.

@@ -31,8 +31,9 @@ def migrate(dsn: str | None, schema: str, check: bool, as_json: bool) -> None:
             applied = [] if check else await db.migrate()
             after = await db.migrated_version()
         if as_json:
-            emit_json({"schema": schema, "before": before, "applied": applied, "version": after,
-                       "latest": LATEST_VERSION})
+            emit_json(
+                {"schema": schema, "before": before, "applied": applied, "version": after, "latest": LATEST_VERSION}
+            )
         elif check:
             state = "up to date" if after >= LATEST_VERSION else f"behind (latest is {LATEST_VERSION})"
             click.echo(f"schema {schema!r} is at version {after}: {state}")
@@ -115,29 +116,72 @@ def parse_queues(specs: tuple[str, ...]) -> dict[str, int]:
 @click.argument("module")
 @dsn_option
 @schema_option
-@click.option("--queue", "queue_specs", multiple=True, metavar="NAME=N",
-              help="Serve queue NAME with N concurrent steps (repeatable; default: every queue of the "
-                   "module's machines at --concurrency).")
-@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1),
-              help="Concurrency of queues not given with --queue.")
-@click.option("--lease", default=60.0, show_default=True, type=click.FloatRange(0.1),
-              help="Lease seconds of a claimed step (heartbeats extend it).")
-@click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
-              help="Seconds running steps get to finish after Ctrl-C.")
+@click.option(
+    "--queue",
+    "queue_specs",
+    multiple=True,
+    metavar="NAME=N",
+    help="Serve queue NAME with N concurrent steps (repeatable; default: every queue of the "
+    "module's machines at --concurrency).",
+)
+@click.option(
+    "--concurrency",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Concurrency of queues not given with --queue.",
+)
+@click.option(
+    "--lease",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Lease seconds of a claimed step (heartbeats extend it).",
+)
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds running steps get to finish after Ctrl-C.",
+)
 @click.option("--retention", help="Also delete terminal instances older than this (7d) while running.")
-@click.option("--otlp", type=click.Choice(["grpc", "http"]), envvar="DURABLE_OTLP", default=None,
-              help="Export traces and metrics over OTLP (needs durable[otel]; without it the standard "
-                   "OTEL_* variables are read, e.g. OTEL_TRACES_EXPORTER=otlp).")
+@click.option(
+    "--otlp",
+    type=click.Choice(["grpc", "http"]),
+    envvar="DURABLE_OTLP",
+    default=None,
+    help="Export traces and metrics over OTLP (needs durable[otel]; without it the standard "
+    "OTEL_* variables are read, e.g. OTEL_TRACES_EXPORTER=otlp).",
+)
 @click.option("--otlp-endpoint", metavar="URL", default=None, help="OTLP receiver address.")
-@click.option("--service-name", default=None, help="Service name of the exported telemetry (default: "
-              "$OTEL_SERVICE_NAME, else durable-worker).")
-@click.option("--default-gc", is_flag=True,
-              help="Keep Python's default garbage-collector thresholds (by default the worker freezes its "
-                   "startup objects and collects less often: ~25% less CPU per step).")
+@click.option(
+    "--service-name",
+    default=None,
+    help="Service name of the exported telemetry (default: $OTEL_SERVICE_NAME, else durable-worker).",
+)
+@click.option(
+    "--default-gc",
+    is_flag=True,
+    help="Keep Python's default garbage-collector thresholds (by default the worker freezes its "
+    "startup objects and collects less often: ~25% less CPU per step).",
+)
 @json_option
-def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ...], concurrency: int,
-           lease: float, drain_timeout: float, retention: str | None, otlp: str | None,
-           otlp_endpoint: str | None, service_name: str | None, default_gc: bool, as_json: bool) -> None:
+def worker(
+    module: str,
+    dsn: str | None,
+    schema: str,
+    queue_specs: tuple[str, ...],
+    concurrency: int,
+    lease: float,
+    drain_timeout: float,
+    retention: str | None,
+    otlp: str | None,
+    otlp_endpoint: str | None,
+    service_name: str | None,
+    default_gc: bool,
+    as_json: bool,
+) -> None:
     """Run the machines (Machine subclasses and @job functions) of MODULE until Ctrl-C or SIGTERM; the
     first signal drains (running steps finish, buffered claims go back), a second one stops at once."""
     from .cli_ops import parse_duration
@@ -160,8 +204,14 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
 
         async with durable.connect(dsn, schema=schema, machines=machines) as database:
             try:
-                runtime = durable.Runtime(database, queues=queues, lease=lease, drain_timeout=drain_timeout,
-                                          retention=keep, schedules=schedules)
+                runtime = durable.Runtime(
+                    database,
+                    queues=queues,
+                    lease=lease,
+                    drain_timeout=drain_timeout,
+                    retention=keep,
+                    schedules=schedules,
+                )
             except (TypeError, ValueError) as exc:  # a schedule this worker cannot run (DurableError: exit 2)
                 raise OneLineError(f"module {module!r}: {exc}") from None
             if not default_gc:
@@ -174,12 +224,23 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
                     served = ", ".join(f"{q}={n}" for q, n in queues.items())
                     names = sorted(f"{m.name} v{m.version}" for m in machines)
                     if as_json:  # one JSON line when it starts and one when it stops, on stdout
-                        emit_json({"event": "started", "worker": runtime.worker_id, "schema": schema,
-                                   "queues": queues, "machines": names, "schedules": [s.name for s in schedules]})
+                        emit_json(
+                            {
+                                "event": "started",
+                                "worker": runtime.worker_id,
+                                "schema": schema,
+                                "queues": queues,
+                                "machines": names,
+                                "schedules": [s.name for s in schedules],
+                            }
+                        )
                     else:
                         fired = f"; schedules {', '.join(s.name for s in schedules)}" if schedules else ""
-                        click.echo(f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
-                                   f"{schema!r}: queues {served}; machines {', '.join(names)}{fired}", err=True)
+                        click.echo(
+                            f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
+                            f"{schema!r}: queues {served}; machines {', '.join(names)}{fired}",
+                            err=True,
+                        )
 
                     async def watch() -> None:
                         async for _ in signals:
@@ -187,8 +248,7 @@ def worker(module: str, dsn: str | None, schema: str, queue_specs: tuple[str, ..
                                 click.echo(f"draining (up to {drain_timeout:g}s; again to stop now)", err=True)
                                 runtime.stop()
                             else:
-                                click.echo("stopping now: unfinished claims return when their leases "
-                                           "expire", err=True)
+                                click.echo("stopping now: unfinished claims return when their leases expire", err=True)
                                 runtime.kill()
 
                     nursery.start_soon(watch)

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-
 # -- plumbing shared with cli_admin -------------------------------------------------------------------
 # click errors are made one line by the root command (durable.cli.DurableGroup); these names stay for
 # the command modules that use them.
@@ -167,8 +166,15 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
-STATUS_STYLE = {"done": "green", "failed": "red", "cancelled": "magenta", "executing": "cyan",
-                "runnable": "yellow", "awaiting_signal": "blue", "awaiting_children": "blue"}
+STATUS_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "executing": "cyan",
+    "runnable": "yellow",
+    "awaiting_signal": "blue",
+    "awaiting_children": "blue",
+}
 
 
 def styled(status: str) -> str:
@@ -181,8 +187,9 @@ def styled(status: str) -> str:
 @dsn_option
 @schema_option
 @click.option("--id", "ids", type=int, multiple=True, help="Instance id (repeatable).")
-@click.option("--status", "statuses", multiple=True,
-              help="Status or comma list (repeatable); also terminal, active, awaiting.")
+@click.option(
+    "--status", "statuses", multiple=True, help="Status or comma list (repeatable); also terminal, active, awaiting."
+)
 @click.option("--machine", help="Machine name.")
 @click.option("--prefix", "machine_prefix", help="Machine-name prefix (a family, e.g. 'billing.').")
 @click.option("--version", type=int, help="Machine version.")
@@ -194,21 +201,45 @@ def styled(status: str) -> str:
 @click.option("--inserted-before", help="ISO timestamp or duration ago.")
 @click.option("--updated-after", help="ISO timestamp or duration ago.")
 @click.option("--updated-before", help="ISO timestamp or duration ago.")
-@click.option("--state", help='JSON the state must contain, e.g. \'{"order": 42}\'.')
-@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
-              help="An attribute the instance carries (repeatable: all must match), e.g. tenant=acme.")
+@click.option("--state", help="JSON the state must contain, e.g. '{\"order\": 42}'.")
+@click.option(
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An attribute the instance carries (repeatable: all must match), e.g. tenant=acme.",
+)
 @click.option("--order", default="id", show_default=True, type=click.Choice(["id", "-id", "updated", "-updated"]))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--after", help="Cursor printed with the previous page.")
 @json_option
-def ls(dsn: str | None, schema: str, ids: tuple[int, ...], statuses: tuple[str, ...], state: str | None,
-       inserted_after: str | None, inserted_before: str | None, updated_after: str | None,
-       updated_before: str | None, as_json: bool, **filters: Any) -> None:
+def ls(
+    dsn: str | None,
+    schema: str,
+    ids: tuple[int, ...],
+    statuses: tuple[str, ...],
+    state: str | None,
+    inserted_after: str | None,
+    inserted_before: str | None,
+    updated_after: str | None,
+    updated_before: str | None,
+    as_json: bool,
+    **filters: Any,
+) -> None:
     """List instances matching every filter, one keyset page at a time."""
     order, limit, after = filters.pop("order"), filters.pop("limit"), filters.pop("after")
-    flt = instance_filter({**filters, "ids": ids, "statuses": statuses, "state": state,
-                           "inserted_after": inserted_after, "inserted_before": inserted_before,
-                           "updated_after": updated_after, "updated_before": updated_before})
+    flt = instance_filter(
+        {
+            **filters,
+            "ids": ids,
+            "statuses": statuses,
+            "state": state,
+            "inserted_after": inserted_after,
+            "inserted_before": inserted_before,
+            "updated_after": updated_after,
+            "updated_before": updated_before,
+        }
+    )
 
     async def body() -> None:
         async with connect(dsn, schema) as db:
@@ -226,8 +257,16 @@ def ls(dsn: str | None, schema: str, ids: tuple[int, ...], statuses: tuple[str, 
         now = datetime.now(UTC)
         for r in page.items:
             name = r.machine if r.version == 1 else f"{r.machine} v{r.version}"
-            table.add_row(str(r.id), name, r.step, styled(r.status), r.queue, str(r.attempt),
-                          ago(r.updated_at, now), short(r.state))
+            table.add_row(
+                str(r.id),
+                name,
+                r.step,
+                styled(r.status),
+                r.queue,
+                str(r.attempt),
+                ago(r.updated_at, now),
+                short(r.state),
+            )
         out = console()
         if page.items:
             out.print(table)
@@ -288,10 +327,22 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             values = await db.values.list(instance_id)  # names, sizes and digests: never the bytes
         if as_json:
             data = {k: getattr(inst, k) for k in inst.__dataclass_fields__}
-            emit_json({**data, "values": [{"name": v.name, "size": v.size, "sha256": v.sha256,
-                                           "lease_token": v.lease_token, "written_at": v.written_at}
-                                          for v in values],
-                       "history": [{k: getattr(e, k) for k in e.__dataclass_fields__} for e in history]})
+            emit_json(
+                {
+                    **data,
+                    "values": [
+                        {
+                            "name": v.name,
+                            "size": v.size,
+                            "sha256": v.sha256,
+                            "lease_token": v.lease_token,
+                            "written_at": v.written_at,
+                        }
+                        for v in values
+                    ],
+                    "history": [{k: getattr(e, k) for k in e.__dataclass_fields__} for e in history],
+                }
+            )
             return
         from rich.table import Table
 
@@ -308,17 +359,27 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             ("queue", f"{inst.queue}  priority {inst.priority}"),
         ]
         if inst.status == "runnable":  # a future time: a durable timer, a retry's delay or a scheduled insert
-            rows.append(("wakes" if inst.eligible_at > now else "eligible",
-                         f"{inst.eligible_at.isoformat()} ({ago(inst.eligible_at, now)})"
-                         + ("  its await timed out" if inst.timed_out else "")))
+            rows.append(
+                (
+                    "wakes" if inst.eligible_at > now else "eligible",
+                    f"{inst.eligible_at.isoformat()} ({ago(inst.eligible_at, now)})"
+                    + ("  its await timed out" if inst.timed_out else ""),
+                )
+            )
         if inst.worker_id:
-            rows.append(("lease", f"{inst.worker_id} until {inst.lease_expires_at} "
-                                  f"({ago(inst.lease_expires_at, now)})"))
+            rows.append(
+                ("lease", f"{inst.worker_id} until {inst.lease_expires_at} ({ago(inst.lease_expires_at, now)})")
+            )
         if inst.awaits:
             rows.append(("awaits", ", ".join(inst.awaits_any or [inst.awaits])))
         if inst.timeout_at is not None and inst.status == "awaiting_signal":
-            rows.append(("timeout", f"{inst.timeout_at.isoformat()} ({ago(inst.timeout_at, now)}), then step "
-                                    f"{inst.timeout_step or inst.step}"))
+            rows.append(
+                (
+                    "timeout",
+                    f"{inst.timeout_at.isoformat()} ({ago(inst.timeout_at, now)}), then step "
+                    f"{inst.timeout_step or inst.step}",
+                )
+            )
         if inst.partition_key:
             rows.append(("partition", inst.partition_key))
         if inst.unique_key:
@@ -344,8 +405,9 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             for col in ("signal", "name", "payload", "dedup", "received"):
                 inbox.add_column(col)
             for s in inst.inbox:
-                inbox.add_row(str(s["id"]), s["name"], short(s["payload"], 60), s["dedup_key"] or "",
-                              ago(s["inserted_at"], now))
+                inbox.add_row(
+                    str(s["id"]), s["name"], short(s["payload"], 60), s["dedup_key"] or "", ago(s["inserted_at"], now)
+                )
             out.print(inbox)
         if inst.children:
             kids = Table(title="children", title_justify="left", box=None, header_style="bold")
@@ -353,8 +415,13 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
                 kids.add_column(col)
             for c in inst.children:
                 outcome = c["last_error"] if c["status"] in ("failed", "cancelled") else c["result"]
-                kids.add_row(str(c["id"]), c["machine"], c["step"], styled(c["status"]),
-                             short(outcome, 60) if outcome is not None else "")
+                kids.add_row(
+                    str(c["id"]),
+                    c["machine"],
+                    c["step"],
+                    styled(c["status"]),
+                    short(outcome, 60) if outcome is not None else "",
+                )
             out.print(kids)
         if values:
             named = Table(title="values", title_justify="left", box=None, header_style="bold")
@@ -368,9 +435,16 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
             for col in ("#", "at", "event", "step", "att", "status", "worker", "detail"):
                 hist.add_column(col, no_wrap=col != "detail")
             for e in history:
-                hist.add_row(str(e.id), e.at.strftime("%H:%M:%S.%f")[:-3], e.event, e.step or "",
-                             "" if e.attempt is None else str(e.attempt), styled(e.status or ""),
-                             e.worker_id or "", short(e.detail, 60) if e.detail is not None else "")
+                hist.add_row(
+                    str(e.id),
+                    e.at.strftime("%H:%M:%S.%f")[:-3],
+                    e.event,
+                    e.step or "",
+                    "" if e.attempt is None else str(e.attempt),
+                    styled(e.status or ""),
+                    e.worker_id or "",
+                    short(e.detail, 60) if e.detail is not None else "",
+                )
             out.print(hist)
 
     execute(body)
@@ -383,13 +457,14 @@ def show(dsn: str | None, schema: str, ref: tuple[int | None, str | None], no_hi
 @dsn_option
 @schema_option
 @click.argument("instance_ids", metavar="ID...", type=int, nargs=-1, required=True)
-@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0),
-              help="Seconds to wait for (0: look once).")
-@click.option("--poll", default=0.2, show_default=True, type=click.FloatRange(0.01, 60),
-              help="Seconds between looks.")
+@click.option(
+    "--timeout", default=60.0, show_default=True, type=click.FloatRange(0), help="Seconds to wait for (0: look once)."
+)
+@click.option("--poll", default=0.2, show_default=True, type=click.FloatRange(0.01, 60), help="Seconds between looks.")
 @json_option
-def wait(dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: float, poll: float,
-         as_json: bool) -> None:
+def wait(
+    dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: float, poll: float, as_json: bool
+) -> None:
     """Wait until every ID has ended (done, failed or cancelled) and print each outcome: the result, or the
     error. Exit 0 when all are done, 1 when one failed or was cancelled or is still running at --timeout."""
 
@@ -409,8 +484,18 @@ def wait(dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: f
                 await trio.sleep(min(poll, left))
         outcomes: list[Any] = [latest[i] for i in instance_ids]
         if as_json:
-            emit_json([{"id": o.id, "status": o.status, "result": o.result, "error": o.last_error,
-                        "ended": o.status in TERMINAL} for o in outcomes])
+            emit_json(
+                [
+                    {
+                        "id": o.id,
+                        "status": o.status,
+                        "result": o.result,
+                        "error": o.last_error,
+                        "ended": o.status in TERMINAL,
+                    }
+                    for o in outcomes
+                ]
+            )
         else:
             for o in outcomes:
                 if o.status == "done":
@@ -419,8 +504,7 @@ def wait(dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: f
                     click.echo(f"{o.id}: {o.status} {o.last_error or ''}".rstrip())
             for o in outcomes:
                 if o.status not in TERMINAL:
-                    click.echo(f"error: instance {o.id} is still {o.status} (at {o.step}) after {timeout:g}s",
-                               err=True)
+                    click.echo(f"error: instance {o.id} is still {o.status} (at {o.step}) after {timeout:g}s", err=True)
         if any(o.status != "done" for o in outcomes):
             sys.exit(1)
 
@@ -432,11 +516,16 @@ def wait(dsn: str | None, schema: str, instance_ids: tuple[int, ...], timeout: f
 @dsn_option
 @schema_option
 @click.argument("ref", metavar="ID", type=INSTANCE)
-@click.option("--wait", "wait_for", metavar="SECONDS",
-              help="Wait up to this long for it to end (90, 90s, 10m, 2h; default: look once).")
+@click.option(
+    "--wait",
+    "wait_for",
+    metavar="SECONDS",
+    help="Wait up to this long for it to end (90, 90s, 10m, 2h; default: look once).",
+)
 @json_option
-def result(dsn: str | None, schema: str, ref: tuple[int | None, str | None], wait_for: str | None,
-           as_json: bool) -> None:
+def result(
+    dsn: str | None, schema: str, ref: tuple[int | None, str | None], wait_for: str | None, as_json: bool
+) -> None:
     """Print the result of instance ID (an id, or key:KEY) once it has ended, woken by the commit that ends
     it (Database.result). Exit 0 when it is done, 1 when it failed, was cancelled or had not ended within
     --wait (the error on stderr)."""
@@ -457,8 +546,7 @@ def result(dsn: str | None, schema: str, ref: tuple[int | None, str | None], wai
             except TimeoutError:
                 status = (await db.get(iid)).status
         if as_json:
-            emit_json({"id": iid, "status": status, "result": value, "error": error,
-                       "ended": status in TERMINAL})
+            emit_json({"id": iid, "status": status, "result": value, "error": error, "ended": status in TERMINAL})
         elif status == "done":
             click.echo(orjson.dumps(value).decode())
         elif status == "failed":
@@ -478,19 +566,44 @@ def result(dsn: str | None, schema: str, ref: tuple[int | None, str | None], wai
 @click.command(cls=Command)
 @dsn_option
 @schema_option
-@click.option("--from", "start", default="-1", show_default=True,
-              help="Offset to start after: -1 (the beginning), now (the end) or a printed offset.")
+@click.option(
+    "--from",
+    "start",
+    default="-1",
+    show_default=True,
+    help="Offset to start after: -1 (the beginning), now (the end) or a printed offset.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events.")
 @click.option("--instance", type=int, help="Only this instance's events.")
 @click.option("--machine", help="Only this machine's events.")
-@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
-              help="Only events of instances carrying this attribute (repeatable), e.g. tenant=acme.")
-@click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(0.01, 60),
-              help="Seconds between polls with --follow.")
+@click.option(
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Only events of instances carrying this attribute (repeatable), e.g. tenant=acme.",
+)
+@click.option(
+    "--poll",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.01, 60),
+    help="Seconds between polls with --follow.",
+)
 @click.option("--limit", type=click.IntRange(1), help="Stop after this many events.")
 @json_option
-def tail(dsn: str | None, schema: str, start: str, follow: bool, instance: int | None, machine: str | None,
-         attrs: tuple[str, ...], poll: float, limit: int | None, as_json: bool) -> None:
+def tail(
+    dsn: str | None,
+    schema: str,
+    start: str,
+    follow: bool,
+    instance: int | None,
+    machine: str | None,
+    attrs: tuple[str, ...],
+    poll: float,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     """Print history events in commit order; each line starts with its offset (resume with --from)."""
     if start not in ("-1", "now") and not _valid_offset(start):
         raise OneLineError(f"--from: malformed offset {start!r} (use -1, now, or an offset printed by tail)")
@@ -498,17 +611,24 @@ def tail(dsn: str | None, schema: str, start: str, follow: bool, instance: int |
 
     async def body() -> None:
         n = 0
-        async with connect(dsn, schema) as db, aclosing(
-            db.tail(after=start, follow=follow, instance=instance, machine=machine, attributes=attributes, poll=poll)
-        ) as events:
+        async with (
+            connect(dsn, schema) as db,
+            aclosing(
+                db.tail(
+                    after=start, follow=follow, instance=instance, machine=machine, attributes=attributes, poll=poll
+                )
+            ) as events,
+        ):
             async for ev in events:
                 if as_json:
                     emit_json(ev.to_json())
                 else:
                     detail = "" if ev.detail is None else " " + orjson.dumps(ev.detail).decode()
-                    click.echo(f"{ev.offset} {ev.at.isoformat(timespec='milliseconds')} "
-                               f"{ev.instance_id} {ev.machine} {ev.event} {ev.step or '-'} "
-                               f"{ev.status or '-'}{detail}")
+                    click.echo(
+                        f"{ev.offset} {ev.at.isoformat(timespec='milliseconds')} "
+                        f"{ev.instance_id} {ev.machine} {ev.event} {ev.step or '-'} "
+                        f"{ev.status or '-'}{detail}"
+                    )
                     sys.stdout.flush()
                 n += 1
                 if limit is not None and n >= limit:
@@ -536,8 +656,15 @@ def _valid_offset(text: str) -> bool:
 @click.option("--payload", help="JSON payload (default null).")
 @click.option("--dedup", "dedup_key", help="Dedup key: a second signal with the same key is dropped.")
 @json_option
-def signal(dsn: str | None, schema: str, ref: tuple[int | None, str | None], name: str, payload: str | None,
-           dedup_key: str | None, as_json: bool) -> None:
+def signal(
+    dsn: str | None,
+    schema: str,
+    ref: tuple[int | None, str | None],
+    name: str,
+    payload: str | None,
+    dedup_key: str | None,
+    as_json: bool,
+) -> None:
     """Send signal NAME to instance ID (an id, or key:KEY for the instance unique key KEY addresses)."""
     value = parse_json(payload, "--payload")
 
@@ -569,14 +696,32 @@ def signal(dsn: str | None, schema: str, ref: tuple[int | None, str | None], nam
 @click.option("--partition-key", help="At most one executing step per key.")
 @click.option("--unique-key", help="Skip the insert when a live instance holds this key.")
 @click.option("--schedule-in", help="Delay before the first step (90s, 10m, 2h).")
-@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
-              help="An attribute to filter on later (durable ls --attr), e.g. tenant=acme (repeatable).")
+@click.option(
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An attribute to filter on later (durable ls --attr), e.g. tenant=acme (repeatable).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the new id (id=$(durable insert ... -q)).")
 @json_option
-def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | None, module: str | None,
-           version: int | None, queue: str | None, priority: int | None, partition_key: str | None,
-           unique_key: str | None, schedule_in: str | None, attrs: tuple[str, ...], quiet: bool,
-           as_json: bool) -> None:
+def insert(
+    dsn: str | None,
+    schema: str,
+    machine: str,
+    state: str,
+    step: str | None,
+    module: str | None,
+    version: int | None,
+    queue: str | None,
+    priority: int | None,
+    partition_key: str | None,
+    unique_key: str | None,
+    schedule_in: str | None,
+    attrs: tuple[str, ...],
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Insert an instance of MACHINE. The CLI has no registry: give --module (the machine's definition:
     first step, queue, state type), or name the first step and the queue with --step and --queue."""
     value = parse_json(state, "--state")
@@ -586,13 +731,17 @@ def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | N
     known = [m for m in machines if m.name == machine and (version is None or m.version == version)]
     if module and not known:
         defined = ", ".join(sorted(f"{m.name} v{m.version}" for m in machines)) or "none"
-        raise OneLineError(f"module {module!r} defines no machine {machine!r}"
-                           f"{'' if version is None else f' version {version}'} (it defines: {defined})")
+        raise OneLineError(
+            f"module {module!r} defines no machine {machine!r}"
+            f"{'' if version is None else f' version {version}'} (it defines: {defined})"
+        )
     if not module and (step is None or queue is None):
         # without a definition, a typo would land on some default queue and wait there forever
         missing = " and ".join(f for f, v in (("--step", step), ("--queue", queue)) if v is None)
-        raise OneLineError(f"no definition of machine {machine!r}: give --module MODULE (where it is defined), "
-                           f"or {missing} to insert it by name")
+        raise OneLineError(
+            f"no definition of machine {machine!r}: give --module MODULE (where it is defined), "
+            f"or {missing} to insert it by name"
+        )
     if known:
         latest = max(known, key=lambda m: m.version)
         first_step, target_queue, inserted_version = step or latest.initial, queue or latest.queue, latest.version
@@ -605,13 +754,28 @@ def insert(dsn: str | None, schema: str, machine: str, state: str, step: str | N
             for m in machines:
                 if (m.name, m.version) not in db.registry:
                     db.registry.add(m)
-            iid = await db.insert(machine, value, step=step, version=version, queue=queue, priority=priority,
-                                  partition_key=partition_key, unique_key=unique_key, schedule_in=delay,
-                                  attributes=attributes)
+            iid = await db.insert(
+                machine,
+                value,
+                step=step,
+                version=version,
+                queue=queue,
+                priority=priority,
+                partition_key=partition_key,
+                unique_key=unique_key,
+                schedule_in=delay,
+                attributes=attributes,
+            )
         # what was inserted, not what the row holds now: a worker may already have moved it on
         if as_json:
-            emit_json({"id": iid, "duplicate": iid is None, "queue": target_queue if iid else None,
-                       "step": first_step if iid else None})
+            emit_json(
+                {
+                    "id": iid,
+                    "duplicate": iid is None,
+                    "queue": target_queue if iid else None,
+                    "step": first_step if iid else None,
+                }
+            )
         elif iid is None:
             if not quiet:
                 click.echo(f"duplicate: unique key {unique_key!r} is held by a live instance; nothing inserted")
@@ -637,8 +801,13 @@ def load_machines(module_name: str) -> list[Any]:
         raise OneLineError(f"module {module_name!r}: {exc}") from None
     found: list[Any] = []
     for value in vars(module).values():
-        if (isinstance(value, type) and issubclass(value, Machine) and value is not Machine
-                and getattr(value, "steps", None) and value not in found):
+        if (
+            isinstance(value, type)
+            and issubclass(value, Machine)
+            and value is not Machine
+            and getattr(value, "steps", None)
+            and value not in found
+        ):
             found.append(value)
     return found
 
@@ -659,8 +828,12 @@ def load_schedules(module_name: str) -> list[Any]:
 def bulk_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The filters of ``durable ls`` for a bulk cancel or retry (no order, limit or cursor: it pages itself)."""
     options = [
-        click.option("--status", "statuses", multiple=True,
-                     help="Status or comma list (runnable, failed, ..., or terminal/active/awaiting)."),
+        click.option(
+            "--status",
+            "statuses",
+            multiple=True,
+            help="Status or comma list (runnable, failed, ..., or terminal/active/awaiting).",
+        ),
         click.option("--machine", help="Machine name."),
         click.option("--prefix", "machine_prefix", help="Machine-name prefix (a family, e.g. 'billing.')."),
         click.option("--version", type=int, help="Machine version."),
@@ -672,9 +845,14 @@ def bulk_filters(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--inserted-before", help="ISO timestamp or duration ago."),
         click.option("--updated-after", help="ISO timestamp or duration ago."),
         click.option("--updated-before", help="ISO timestamp or duration ago."),
-        click.option("--state", help='JSON the state must contain, e.g. \'{"order": 42}\'.'),
-        click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
-                     help="An attribute the instance carries (repeatable: all must match), e.g. tenant=acme."),
+        click.option("--state", help="JSON the state must contain, e.g. '{\"order\": 42}'."),
+        click.option(
+            "--attr",
+            "attrs",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="An attribute the instance carries (repeatable: all must match), e.g. tenant=acme.",
+        ),
         click.option("--yes", "-y", is_flag=True, help="Do not ask before a bulk change (needed without a terminal)."),
     ]
     for option in reversed(options):
@@ -696,15 +874,24 @@ def instance_filter(given: dict[str, Any]) -> InstanceFilter:
     state = parse_json(given["state"], "--state") if given["state"] is not None else None
     if state is not None and not isinstance(state, (dict, list)):
         raise OneLineError("--state must be a JSON object, e.g. '{\"order\": 42}'")
-    times = {name: parse_when(given[name], "--" + name.replace("_", "-"))
-             for name in ("inserted_after", "inserted_before", "updated_after", "updated_before")}
+    times = {
+        name: parse_when(given[name], "--" + name.replace("_", "-"))
+        for name in ("inserted_after", "inserted_before", "updated_after", "updated_before")
+    }
     try:
         return InstanceFilter(
             ids=(tuple(given["ids"]) or None) if "ids" in given else None,
-            status=status, machine=given["machine"], machine_prefix=given["machine_prefix"],
-            version=given["version"], queue=given["queue"], partition_key=given["partition_key"],
-            unique_key=given["unique_key"], parent_id=given["parent_id"], state=state,
-            attributes=parse_attrs(given.get("attrs")), **times,
+            status=status,
+            machine=given["machine"],
+            machine_prefix=given["machine_prefix"],
+            version=given["version"],
+            queue=given["queue"],
+            partition_key=given["partition_key"],
+            unique_key=given["unique_key"],
+            parent_id=given["parent_id"],
+            state=state,
+            attributes=parse_attrs(given.get("attrs")),
+            **times,
         )
     except InvalidArgument as exc:
         raise OneLineError(str(exc)) from None
@@ -716,8 +903,9 @@ def bulk_query(command: str, instance_id: int | None, given: dict[str, Any]) -> 
     used = {k: v for k, v in given.items() if v not in (None, ())}
     if instance_id is not None:
         if used:
-            flags = ", ".join("--" + k.replace("_", "-").replace("statuses", "status").replace("attrs", "attr")
-                              for k in used)
+            flags = ", ".join(
+                "--" + k.replace("_", "-").replace("statuses", "status").replace("attrs", "attr") for k in used
+            )
             raise OneLineError(f"{command} takes an ID or filters, not both (got ID {instance_id} and {flags})")
         return None
     if not used:
@@ -768,8 +956,10 @@ def retry(dsn: str | None, schema: str, instance_id: int | None, yes: bool, as_j
         elif result is None:
             click.echo("no instances match")
         else:
-            click.echo(f"retried {result.changed} of {result.matched} matched (skipped {result.skipped}: not "
-                       "failed or cancelled, or their unique key is held)")
+            click.echo(
+                f"retried {result.changed} of {result.matched} matched (skipped {result.skipped}: not "
+                "failed or cancelled, or their unique key is held)"
+            )
 
     async def body() -> None:
         if filters is not None:
@@ -781,8 +971,9 @@ def retry(dsn: str | None, schema: str, instance_id: int | None, yes: bool, as_j
         if as_json:
             emit_json({"id": instance_id, "before": before, "after": after})
         elif before == after:
-            click.echo(f"error: instance {instance_id} is {after}: only failed or cancelled instances can "
-                       "be retried", err=True)
+            click.echo(
+                f"error: instance {instance_id} is {after}: only failed or cancelled instances can be retried", err=True
+            )
             sys.exit(2)
         else:
             click.echo(f"{instance_id}: {before} -> {after}")
@@ -797,8 +988,9 @@ def retry(dsn: str | None, schema: str, instance_id: int | None, yes: bool, as_j
 @click.option("--reason", default="cancelled by operator", show_default=True)
 @bulk_filters
 @json_option
-def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, yes: bool, as_json: bool,
-           **given: Any) -> None:
+def cancel(
+    dsn: str | None, schema: str, instance_id: int | None, reason: str, yes: bool, as_json: bool, **given: Any
+) -> None:
     """Cancel an instance and its live descendants: idle ones at once, executing ones at their worker's next
     heartbeat (their step is cancelled; on_cancel runs). With filters instead of an ID (durable cancel
     --status runnable --machine X), every match, after a confirmation."""
@@ -815,11 +1007,16 @@ def cancel(dsn: str | None, schema: str, instance_id: int | None, reason: str, y
         elif result is None:
             click.echo("no instances match")
         else:
-            click.echo(f"cancelled {result.changed} (with descendants), cancel requested for {result.requested} "
-                       f"executing, skipped {result.skipped} of {result.matched} matched")
+            click.echo(
+                f"cancelled {result.changed} (with descendants), cancel requested for {result.requested} "
+                f"executing, skipped {result.skipped} of {result.matched} matched"
+            )
             if result.too_large:
-                click.echo(f"error: trees too large to cancel at once (nothing changed there): "
-                           f"{', '.join(map(str, result.too_large))}", err=True)
+                click.echo(
+                    f"error: trees too large to cancel at once (nothing changed there): "
+                    f"{', '.join(map(str, result.too_large))}",
+                    err=True,
+                )
                 sys.exit(1)
 
     async def body() -> None:
@@ -853,14 +1050,23 @@ async def fetch_workers(db: Any, gone_after: float) -> list[dict[str, Any]]:
     rows = [dict(r) for r in await db.pool.fetch(Q.list_workers, db.clock.now())]
     for r in rows:
         r["gauges"] = orjson.loads(r["gauges"]) if r["gauges"] else {}
-        r["state"] = worker_state(seen_ago=float(r["seen_ago"]), stopped=r["stopped_at"] is not None,
-                                  gauges=r["gauges"], gone_after=gone_after)
+        r["state"] = worker_state(
+            seen_ago=float(r["seen_ago"]),
+            stopped=r["stopped_at"] is not None,
+            gauges=r["gauges"],
+            gone_after=gone_after,
+        )
     return rows
 
 
-gone_option = click.option("--gone-after", default=GONE_AFTER, show_default=True, type=click.FloatRange(0),
-                           help="Seconds without a heartbeat after which a worker that reports no heartbeat "
-                           "period is shown as gone (one that does: after three of its periods).")
+gone_option = click.option(
+    "--gone-after",
+    default=GONE_AFTER,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds without a heartbeat after which a worker that reports no heartbeat "
+    "period is shown as gone (one that does: after three of its periods).",
+)
 
 
 @click.command(cls=Command)
@@ -883,8 +1089,19 @@ def workers(dsn: str | None, schema: str, gone_after: float, show_all: bool, as_
         from rich.table import Table
 
         table = Table(box=None, header_style="bold")
-        for col in ("worker", "host", "pid", "state", "seen", "queue", "in flight", "buffered", "done",
-                    "failed", "fenced"):
+        for col in (
+            "worker",
+            "host",
+            "pid",
+            "state",
+            "seen",
+            "queue",
+            "in flight",
+            "buffered",
+            "done",
+            "failed",
+            "fenced",
+        ):
             table.add_column(col, no_wrap=True)
         now = datetime.now(UTC)
         for r in rows:
@@ -893,9 +1110,15 @@ def workers(dsn: str | None, schema: str, gone_after: float, show_all: bool, as_
             for q in r["queues"] or [""]:
                 g = r["gauges"].get(q, {})
                 head = (r["id"], r["host"], str(r["pid"]), state, ago(r["seen_at"], now)) if first else ("",) * 5
-                table.add_row(*head, q, f"{g.get('in_flight', 0)}/{g.get('concurrency', 0)}",
-                              f"{g.get('buffered', 0)}/{g.get('prefetch', 0)}", str(g.get("done", 0)),
-                              str(g.get("failed", 0)), str(g.get("fenced", 0)))
+                table.add_row(
+                    *head,
+                    q,
+                    f"{g.get('in_flight', 0)}/{g.get('concurrency', 0)}",
+                    f"{g.get('buffered', 0)}/{g.get('prefetch', 0)}",
+                    str(g.get("done", 0)),
+                    str(g.get("failed", 0)),
+                    str(g.get("fenced", 0)),
+                )
                 first = False
         out = console()
         out.print(table if rows else "no live workers" + ("" if show_all else " (--all shows stopped ones)"))
@@ -913,8 +1136,18 @@ def saturation(counts: Iterable[dict[str, Any]], worker_rows: Iterable[dict[str,
     queues: dict[str, dict[str, Any]] = {}
 
     def entry(q: str) -> dict[str, Any]:
-        return queues.setdefault(q, {"counts": {}, "oldest_due": None, "workers": [], "in_flight": 0,
-                                     "concurrency": 0, "buffered": 0, "prefetch": 0})
+        return queues.setdefault(
+            q,
+            {
+                "counts": {},
+                "oldest_due": None,
+                "workers": [],
+                "in_flight": 0,
+                "concurrency": 0,
+                "buffered": 0,
+                "prefetch": 0,
+            },
+        )
 
     for c in counts:
         e = entry(c["queue"])
@@ -954,20 +1187,35 @@ def queues(dsn: str | None, schema: str, gone_after: float, with_terminal: bool,
         from rich.table import Table
 
         table = Table(box=None, header_style="bold")
-        cols = ["queue", *COUNT_COLUMNS, *(TERMINAL_COLUMNS if with_terminal else ()), "oldest due",
-                "workers", "in flight", "buffered", "busy"]
+        cols = [
+            "queue",
+            *COUNT_COLUMNS,
+            *(TERMINAL_COLUMNS if with_terminal else ()),
+            "oldest due",
+            "workers",
+            "in flight",
+            "buffered",
+            "busy",
+        ]
         for col in cols:
-            table.add_column(col.replace("awaiting_", "await "), justify="left" if col == "queue" else "right",
-                             no_wrap=True)
+            table.add_column(
+                col.replace("awaiting_", "await "), justify="left" if col == "queue" else "right", no_wrap=True
+            )
         now = datetime.now(UTC)
         for q, e in data.items():
             busy = f"{100 * e['in_flight'] / e['concurrency']:.0f}%" if e["concurrency"] else "-"
             counts_row = [str(e["counts"].get(s, 0)) for s in COUNT_COLUMNS]
             if with_terminal:
                 counts_row += [str(e["counts"].get(s, 0)) for s in TERMINAL_COLUMNS]
-            table.add_row(q, *counts_row, ago(e["oldest_due"], now) if e["oldest_due"] else "-",
-                          str(len(e["workers"])), f"{e['in_flight']}/{e['concurrency']}",
-                          f"{e['buffered']}/{e['prefetch']}", busy)
+            table.add_row(
+                q,
+                *counts_row,
+                ago(e["oldest_due"], now) if e["oldest_due"] else "-",
+                str(len(e["workers"])),
+                f"{e['in_flight']}/{e['concurrency']}",
+                f"{e['buffered']}/{e['prefetch']}",
+                busy,
+            )
         out = console()
         out.print(table if data else "no queues: nothing inserted and no live workers")
         if any(e["workers"] for e in data.values()):
@@ -976,9 +1224,14 @@ def queues(dsn: str | None, schema: str, gone_after: float, with_terminal: bool,
                 per.add_column(col, no_wrap=True)
             for q, e in data.items():
                 for w in e["workers"]:
-                    per.add_row(q, w["worker"], f"{w.get('in_flight', 0)}/{w.get('concurrency', 0)}",
-                                f"{w.get('buffered', 0)}/{w.get('prefetch', 0)}", str(w.get("done", 0)),
-                                str(w.get("failed", 0)))
+                    per.add_row(
+                        q,
+                        w["worker"],
+                        f"{w.get('in_flight', 0)}/{w.get('concurrency', 0)}",
+                        f"{w.get('buffered', 0)}/{w.get('prefetch', 0)}",
+                        str(w.get("done", 0)),
+                        str(w.get("failed", 0)),
+                    )
             out.print(per)
         gone = [w for w in worker_rows if w["state"] == "gone"]
         if gone:
@@ -992,8 +1245,13 @@ def queues(dsn: str | None, schema: str, gone_after: float, with_terminal: bool,
 @dsn_option
 @schema_option
 @click.option("--older-than", required=True, help="Age of the last change (7d, 12h, 30m).")
-@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Instances deleted per transaction.")
+@click.option(
+    "--batch",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Instances deleted per transaction.",
+)
 @json_option
 def gc(dsn: str | None, schema: str, older_than: str, batch: int, as_json: bool) -> None:
     """Delete done, failed and cancelled instances older than --older-than with their signals and
@@ -1051,8 +1309,17 @@ def schedules(dsn: str | None, schema: str, as_json: bool) -> None:
             if r["next_tick"] is not None:
                 when = "overdue" if r["next_tick"] <= now else ago(r["next_tick"], now)
                 upcoming = f"{r['next_tick']:%Y-%m-%d %H:%M:%S}Z ({when})"
-            table.add_row(r["name"], r["cron"], r["tz"], r["machine"], r["catch_up"], last,
-                          str(r["last_instance_id"] or "-"), r["last_status"] or "-", upcoming)
+            table.add_row(
+                r["name"],
+                r["cron"],
+                r["tz"],
+                r["machine"],
+                r["catch_up"],
+                last,
+                str(r["last_instance_id"] or "-"),
+                r["last_status"] or "-",
+                upcoming,
+            )
         console().print(table)
 
     execute(body)

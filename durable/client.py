@@ -1,8 +1,8 @@
 """The client API: connect, insert, insert_many, signal, get, history, cancel, retry.
 
-    async with durable.connect() as db:          # no DSN: the embedded server
-        iid = await db.insert(Checkout, {"order": 42}, partition_key="order:42")
-        await db.signal(iid, "payment_confirmed", {"amount": 100}, dedup_key="evt-7")
+async with durable.connect() as db:          # no DSN: the embedded server
+    iid = await db.insert(Checkout, {"order": 42}, partition_key="order:42")
+    await db.signal(iid, "payment_confirmed", {"amount": 100}, dedup_key="evt-7")
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ KEY_RACES = 5  # inserts tried while the unique key's holder keeps leaving its s
 class Database:
     """A connection pool to one durable schema. Create with :func:`connect`."""
 
-    def __init__(self, pool: Pool, *, clock: Clock, registry: Registry,
-                 max_value_bytes: int = MAX_VALUE_BYTES) -> None:
+    def __init__(self, pool: Pool, *, clock: Clock, registry: Registry, max_value_bytes: int = MAX_VALUE_BYTES) -> None:
         self.pool = pool
         # the size limit of one encoded state, payload or result (ValueTooLarge past it)
         self.max_value_bytes = check_int(max_value_bytes, "max_value_bytes", (1, 2**28))
@@ -150,8 +149,20 @@ class Database:
             raise ValueError(f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}, not {on_conflict!r}")
         if on_conflict != "none" and unique_key is None:
             raise ValueError(f"on_conflict={on_conflict!r} without a unique_key (it would be ignored)")
-        spec = Insert(machine, state, queue, priority, partition_key, unique_key, unique_scope,
-                      schedule_at, schedule_in, step, version, attributes)
+        spec = Insert(
+            machine,
+            state,
+            queue,
+            priority,
+            partition_key,
+            unique_key,
+            unique_scope,
+            schedule_at,
+            schedule_in,
+            step,
+            version,
+            attributes,
+        )
         if on_conflict == "none" or unique_key is None:
             return (await self.insert_many([spec]))[0]
         for _ in range(KEY_RACES):
@@ -166,8 +177,9 @@ class Database:
             # the holder left the key's scope between the two statements: the key is free, insert again
         raise UniqueKeyTaken(unique_key, None)  # the key changed hands KEY_RACES times in a row
 
-    @tracing.traced("durable insert", kind=tracing.SpanKind.PRODUCER, before=tracing.insert_attributes,
-                    after=tracing.inserted)
+    @tracing.traced(
+        "durable insert", kind=tracing.SpanKind.PRODUCER, before=tracing.insert_attributes, after=tracing.inserted
+    )
     async def insert_many(self, specs: Iterable[Insert]) -> list[int | None]:
         """Insert a batch in one statement; per input, the new id or None for a duplicate unique key
         (against existing rows or an earlier row of the same batch)."""
@@ -181,11 +193,28 @@ class Database:
         handoff, handoff_queue, take = self._handoff_for(cols.queue)
         try:
             rows = await self.pool.fetch(
-                Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue,
-                cols.priority, cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at,
-                cols.traceparent, cols.tracestate, [None] * len(cols), self.clock.now(), cols.delay,
-                self.channel if self.notify else None, self.token, handoff_queue,
-                handoff.worker_id if handoff else None, handoff.lease if handoff else None, take,
+                Q.insert_instances,
+                cols.machine,
+                cols.version,
+                cols.step,
+                cols.state,
+                cols.queue,
+                cols.priority,
+                cols.partition_key,
+                cols.unique_key,
+                cols.scope,
+                cols.eligible_at,
+                cols.traceparent,
+                cols.tracestate,
+                [None] * len(cols),
+                self.clock.now(),
+                cols.delay,
+                self.channel if self.notify else None,
+                self.token,
+                handoff_queue,
+                handoff.worker_id if handoff else None,
+                handoff.lease if handoff else None,
+                take,
                 cols.attributes_json,
             )
         except BaseException:
@@ -196,13 +225,19 @@ class Database:
             await handoff.give_back(cols, rows)
         inserted = set(rows[0]["inserted"])
         ids = [r["id"] if r["id"] in inserted else None for r in rows]
-        self.wake(q for q, r, i in zip(cols.queue, rows, ids, strict=True)
-                  if i is not None and r["lease_token"] is None)
+        self.wake(
+            q for q, r, i in zip(cols.queue, rows, ids, strict=True) if i is not None and r["lease_token"] is None
+        )
         return ids
 
     async def signal(
-        self, instance_id: int | None = None, name: str | None = None, payload: Any = None, *,
-        key: str | None = None, dedup_key: str | None = None,
+        self,
+        instance_id: int | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        dedup_key: str | None = None,
     ) -> int | None:
         """Deliver a durable signal to the instance ``instance_id`` or, with ``key=``, to the instance that
         unique key addresses (see :meth:`by_key`); returns its id, or None when ``dedup_key`` was already
@@ -217,15 +252,14 @@ class Database:
             instance_id = await self.by_key(key, instance_id, "signal")
         return await self._deliver(instance_id, name, payload, dedup_key=dedup_key)
 
-    @tracing.traced("durable signal", kind=tracing.SpanKind.PRODUCER, before=tracing.signal_attributes,
-                    after=tracing.signalled)
+    @tracing.traced(
+        "durable signal", kind=tracing.SpanKind.PRODUCER, before=tracing.signal_attributes, after=tracing.signalled
+    )
     async def _deliver(self, instance_id: int, name: str, payload: Any, *, dedup_key: str | None) -> int | None:
         check_id(instance_id)
         body = codec.encode(payload, f"payload of signal {name!r}", self.max_value_bytes)
         parent, _ = tracing.current_context_headers()
-        row = await self.pool.fetchrow(
-            Q.deliver_signal, instance_id, name, body, dedup_key, parent, self.clock.now()
-        )
+        row = await self.pool.fetchrow(Q.deliver_signal, instance_id, name, body, dedup_key, parent, self.clock.now())
         if row is None:
             raise NoSuchInstance(f"no instance with id {instance_id}")
         if row["signal_id"] is None and row["before"] in ("done", "failed", "cancelled"):
@@ -266,8 +300,7 @@ class Database:
             row,
             inbox=[{**dict(s), "payload": codec.decode(s["payload"])} for s in inbox],
             children=[
-                {**dict(c), "state": codec.decode(c["state"]), "result": codec.decode(c["result"])}
-                for c in children
+                {**dict(c), "state": codec.decode(c["state"]), "result": codec.decode(c["result"])} for c in children
             ],
         )
 
@@ -277,8 +310,9 @@ class Database:
         rows = await self.pool.fetch(Q.get_history, instance_id)
         return [Event.from_row(r) for r in rows]
 
-    async def cancel(self, instance_id: int, reason: str = "cancelled", *, by: str = "operator",
-                     limit: int | None = None) -> str:
+    async def cancel(
+        self, instance_id: int, reason: str = "cancelled", *, by: str = "operator", limit: int | None = None
+    ) -> str:
         """Cancel the instance and every descendant of it that has not ended: an idle one at once, an
         executing one when its step ends (its runtime cancels the step at its next heartbeat). Each
         cancelled child counts once in its parent's join. History records the reason and ``by`` (a
@@ -290,8 +324,9 @@ class Database:
         check_id(instance_id)
         check_text(reason, "cancel reason", max_bytes=self.max_value_bytes, empty=True)
         check_text(by, "cancel by", max_bytes=self.max_value_bytes)
-        report = await ops.cancel_tree(self, [instance_id], reason, by=by,
-                                       limit=ops.CANCEL_LIMIT if limit is None else limit)
+        report = await ops.cancel_tree(
+            self, [instance_id], reason, by=by, limit=ops.CANCEL_LIMIT if limit is None else limit
+        )
         if instance_id not in report.roots:
             raise NoSuchInstance(f"no instance with id {instance_id}")
         return report.roots[instance_id][1]  # (cancel_tree told result() waiters of every instance it ended)
@@ -304,8 +339,9 @@ class Database:
         if self.notify:
             await announce(self, ids)
 
-    async def result(self, instance_id: int | None = None, timeout: float | timedelta | None = None, *,
-                     key: str | None = None) -> Any:
+    async def result(
+        self, instance_id: int | None = None, timeout: float | timedelta | None = None, *, key: str | None = None
+    ) -> Any:
         """Wait until the instance has ended and return its result (done); raise InstanceFailed (its
         ``last_error``) or InstanceCancelled. ``timeout`` seconds (None: no limit; 0: look once) passed
         first: TimeoutError. ``key=`` addresses the instance by its unique key (see :meth:`by_key`; read
@@ -347,18 +383,33 @@ class Database:
             raise InstanceCancelled(instance_id, row["last_error"])
         return status, codec.decode(row["result"]) if status == "done" else None
 
-    async def cancel_many(self, reason: str = "cancelled", where: InstanceFilter | None = None, *,
-                          by: str = "operator", batch: int | None = None, limit: int | None = None,
-                          **filters: Unpack[FilterFields]) -> Bulk:
+    async def cancel_many(
+        self,
+        reason: str = "cancelled",
+        where: InstanceFilter | None = None,
+        *,
+        by: str = "operator",
+        batch: int | None = None,
+        limit: int | None = None,
+        **filters: Unpack[FilterFields],
+    ) -> Bulk:
         """Cancel every instance matching the filter ``where`` (or the filters of :meth:`query` as keywords)
         with their descendants, in keyset-paged batches; returns counts: see :func:`durable.ops.cancel_many`."""
         from . import ops
 
-        return await ops.cancel_many(self, reason, where, by=by, batch=ops.BULK_BATCH if batch is None else batch,
-                                     limit=ops.CANCEL_LIMIT if limit is None else limit, **filters)
+        return await ops.cancel_many(
+            self,
+            reason,
+            where,
+            by=by,
+            batch=ops.BULK_BATCH if batch is None else batch,
+            limit=ops.CANCEL_LIMIT if limit is None else limit,
+            **filters,
+        )
 
-    async def retry_many(self, where: InstanceFilter | None = None, *, batch: int | None = None,
-                         **filters: Unpack[FilterFields]) -> Bulk:
+    async def retry_many(
+        self, where: InstanceFilter | None = None, *, batch: int | None = None, **filters: Unpack[FilterFields]
+    ) -> Bulk:
         """Retry every failed or cancelled instance matching the filter ``where`` (or the filters of
         :meth:`query` as keywords), in keyset-paged batches; returns counts: see
         :func:`durable.ops.retry_many`."""
@@ -376,8 +427,12 @@ class Database:
                 raise
             held = await self.pool.fetchrow(Q.get_instance, instance_id)
             key = held["unique_key"] if held is not None else "?"
-            raise UniqueKeyOccupied(key, "runnable", f"instance {instance_id} not retried: its unique key {key!r} "
-                                    "is held by another instance (runnable is in its unique_scope)") from None
+            raise UniqueKeyOccupied(
+                key,
+                "runnable",
+                f"instance {instance_id} not retried: its unique key {key!r} "
+                "is held by another instance (runnable is in its unique_scope)",
+            ) from None
         if row is None:
             raise NoSuchInstance(f"no instance with id {instance_id}")
         if row["queue"]:
@@ -403,45 +458,81 @@ class Database:
             self._claims = Pipeline(self)
         return self._claims
 
-    async def claim(self, queue: str, limit: int = 10, lease: float = 60.0, machine: str | None = None,
-                    step: str | None = None) -> Any:
+    async def claim(
+        self, queue: str, limit: int = 10, lease: float = 60.0, machine: str | None = None, step: str | None = None
+    ) -> Any:
         """Claim up to ``limit`` runnable instances of ``queue`` (of ``machine``, at ``step``, when given)
         for ``lease`` seconds, in the runtime's pick order; returns :class:`durable.Claim` records whose
         fenced calls (transition, complete, retry, fail, release, extend) end or extend each claim. See
         durable/claims.py."""
         return await self.claims.claim(queue, limit, lease, machine, step)
 
-    async def run_once(self, queue: str, handler: Any, *, limit: int = 10, lease: float = 60.0,
-                       machine: str | None = None, step: str | None = None, max_attempts: int = 20) -> Any:
+    async def run_once(
+        self,
+        queue: str,
+        handler: Any,
+        *,
+        limit: int = 10,
+        lease: float = 60.0,
+        machine: str | None = None,
+        step: str | None = None,
+        max_attempts: int = 20,
+    ) -> Any:
         """Claim one batch (as :meth:`claim`) and run ``await handler(claim)`` for each claim at once; what
         the handler returns is committed (group commit, as a Runtime's steps): an outcome (Next, Retry,
         Await, Spawn, Done, Stop, Cancel) as is, any other value as Done(value). An exception retries with
         backoff (failed after ``max_attempts``). Leases are extended while handlers run; a handler whose
         lease is lost is cancelled. Returns a :class:`durable.claims.Report`."""
-        return await self.claims.run_once(queue, handler, limit=limit, lease=lease, machine=machine, step=step,
-                                          max_attempts=max_attempts)
+        return await self.claims.run_once(
+            queue, handler, limit=limit, lease=lease, machine=machine, step=step, max_attempts=max_attempts
+        )
 
     # -- operator queries (implemented in durable.ops) -----------------------------------------------
-    async def query(self, where: InstanceFilter | None = None, /, *, order: str = "id", limit: int = 50,
-                    after: str | None = None, **filters: Unpack[FilterFields]) -> Page:
+    async def query(
+        self,
+        where: InstanceFilter | None = None,
+        /,
+        *,
+        order: str = "id",
+        limit: int = 50,
+        after: str | None = None,
+        **filters: Unpack[FilterFields],
+    ) -> Page:
         """Instances matching the filter ``where`` (or the same filters as keywords: ``status="failed"``),
         sorted, keyset-paged: see :func:`durable.ops.query`."""
         from . import ops
 
         return await ops.query(self, where, order=order, limit=limit, after=after, **filters)
 
-    def tail(self, after: str = "-1", *, follow: bool = False, instance: int | None = None,
-             machine: str | None = None, attributes: Mapping[str, str] | None = None, poll: float = 0.5,
-             batch: int = 500) -> AsyncIterator[TailEvent]:
+    def tail(
+        self,
+        after: str = "-1",
+        *,
+        follow: bool = False,
+        instance: int | None = None,
+        machine: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        poll: float = 0.5,
+        batch: int = 500,
+    ) -> AsyncIterator[TailEvent]:
         """History events in commit order from offset ``after`` (async iterator): see
         :func:`durable.ops.tail`."""
         from . import ops
 
-        return ops.tail(self, after, follow=follow, instance=instance, machine=machine, attributes=attributes,
-                        poll=poll, batch=batch)
+        return ops.tail(
+            self,
+            after,
+            follow=follow,
+            instance=instance,
+            machine=machine,
+            attributes=attributes,
+            poll=poll,
+            batch=batch,
+        )
 
-    async def gc(self, older_than: float | timedelta, *, batch: int = 1000,
-                 progress: Callable[[int], None] | None = None) -> int:
+    async def gc(
+        self, older_than: float | timedelta, *, batch: int = 1000, progress: Callable[[int], None] | None = None
+    ) -> int:
         """Delete terminal instances last updated more than ``older_than`` ago, with their signals and
         history; returns how many: see :func:`durable.ops.gc`."""
         from . import ops
@@ -483,13 +574,15 @@ async def connect(
 
     target = await trio.to_thread.run_sync(resolve_dsn, dsn)
     async with supervised(dsn), asyncio_loop():  # the embedded server is restarted if it dies meanwhile
-        pool = await Pool.open(target, schema, min_size=min_size, max_size=max_size, pooler=pooler,
-                               listen_dsn=listen_dsn)
+        pool = await Pool.open(
+            target, schema, min_size=min_size, max_size=max_size, pooler=pooler, listen_dsn=listen_dsn
+        )
         try:
             if migrate:
                 await pool_migrate(pool)
-            db = Database(pool, clock=clock or DatabaseClock(), registry=Registry(machines),
-                          max_value_bytes=max_value_bytes)
+            db = Database(
+                pool, clock=clock or DatabaseClock(), registry=Registry(machines), max_value_bytes=max_value_bytes
+            )
             yield db
         finally:
             await pool.close()

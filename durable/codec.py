@@ -58,8 +58,9 @@ def _check(value: Any, text: str, what: str, limit: int) -> None:
     if "null" in text:
         path = _nonfinite(value, 0)
         if path is not None:
-            raise StateError(f"{what}: {_render(path, 'float')} is NaN or infinite, which JSON cannot hold (orjson "
-                             "would store null)")
+            raise StateError(
+                f"{what}: {_render(path, 'float')} is NaN or infinite, which JSON cannot hold (orjson would store null)"
+            )
 
 
 _SKIP = frozenset({str, int, bool, type(None)})

@@ -51,7 +51,8 @@ from (select $1::text as name) as s left join pg_namespace n on n.nspname = s.na
     "Schema $1: whether it exists, its comment, how many relations it holds, whether it has an instances table.",
 )
 COUNT_INSTANCES = Query(
-    "demo_count_instances", "select count(*) from (select from instances limit 10001) as i",
+    "demo_count_instances",
+    "select count(*) from (select from instances limit 10001) as i",
     "Instances in the pool's schema (first in its search_path; run only when it has the table), up to 10,001.",
 )
 DEMO_KEY = "durable-demo:"  # the unique-key prefix of every instance the demo inserts or spawns
@@ -68,7 +69,8 @@ delete from history h using gone where h.instance_id = gone.id""",
     "Delete the instances whose unique key starts with $1 (an earlier demo run's) and their history.",
 )
 MARK_DDL = Query(
-    "demo_mark_ddl", "select format('comment on schema %I is %L', $1::text, $2::text)",
+    "demo_mark_ddl",
+    "select format('comment on schema %I is %L', $1::text, $2::text)",
     "The COMMENT ON SCHEMA statement marking schema $1 with text $2, names quoted by the server.",
 )
 
@@ -112,16 +114,26 @@ class Checkout(Machine, queue="checkout", version=1, initial="reserve"):
             return Stop(f"payment declined for order {ctx.state.order}")
         ctx.state.amount = paid.payload["amount"]
         rng = random.Random(ctx.state.order)
-        parcels = [Child(Shipment, {"parcel": i, "carrier": rng.choice(["dhl", "ups", "post"]),
-                                    "flaky": rng.random() < 0.2}, unique_key=f"{DEMO_KEY}{ctx.id}:parcel:{i}")
-                   for i in range(ctx.state.items)]
+        parcels = [
+            Child(
+                Shipment,
+                {"parcel": i, "carrier": rng.choice(["dhl", "ups", "post"]), "flaky": rng.random() < 0.2},
+                unique_key=f"{DEMO_KEY}{ctx.id}:parcel:{i}",
+            )
+            for i in range(ctx.state.items)
+        ]
         return Spawn("close", parcels, ctx.state)
 
     @step
     async def close(self, ctx: durable.Context) -> Outcome:
         """Every shipment has ended: the order is done, with the carriers that shipped."""
-        return Done({"order": ctx.state.order, "amount": ctx.state.amount,
-                     "parcels": sorted(c.result["carrier"] for c in ctx.children if c.result)})
+        return Done(
+            {
+                "order": ctx.state.order,
+                "amount": ctx.state.amount,
+                "parcels": sorted(c.result["carrier"] for c in ctx.children if c.result),
+            }
+        )
 
 
 async def pay(db: durable.Database, ids: list[int], rng: random.Random, sent: Counter[str]) -> None:
@@ -151,8 +163,10 @@ async def prepare_schema(db: durable.Database, schema: str, force: bool) -> None
         held = await db.pool.fetchval(FOREIGN_INSTANCES, DEMO_KEY)
         if held and not force:
             count = "more than 10,000" if held > 10_000 else str(held)
-            raise SchemaError(f"schema {schema!r} holds {count} instances that durable demo did not make: "
-                              "choose another --schema, or add --force to drop it with everything in it")
+            raise SchemaError(
+                f"schema {schema!r} holds {count} instances that durable demo did not make: "
+                "choose another --schema, or add --force to drop it with everything in it"
+            )
     if force:
         await drop_schema(db.pool, schema)
     new = force or not survey["present"] or survey["relations"] == 0
@@ -162,8 +176,15 @@ async def prepare_schema(db: durable.Database, schema: str, force: bool) -> None
         await db.pool.execute(Query("demo_mark", await db.pool.fetchval(MARK_DDL, schema, DEMO_MARK), ""))
 
 
-async def demo(dsn: str | None, schema: str, instances: int, seed: int, console: Console,
-               force: bool = False, as_json: bool = False) -> None:
+async def demo(
+    dsn: str | None,
+    schema: str,
+    instances: int,
+    seed: int,
+    console: Console,
+    force: bool = False,
+    as_json: bool = False,
+) -> None:
     """Run the demo: ``instances`` checkouts (random from ``seed``) through a local runtime, payments sent
     as signals, then the report."""
     rng = random.Random(seed)
@@ -171,15 +192,20 @@ async def demo(dsn: str | None, schema: str, instances: int, seed: int, console:
     started = time.perf_counter()
     async with durable.connect(dsn, schema=schema, migrate=False, machines=[Checkout, Shipment]) as db:
         await prepare_schema(db, schema, force)
-        console.print(f"[bold]durable demo[/]: {instances} checkouts on "
-                      f"{'the embedded PostgreSQL' if not dsn else 'your PostgreSQL'}, schema [cyan]{schema}[/]")
+        console.print(
+            f"[bold]durable demo[/]: {instances} checkouts on "
+            f"{'the embedded PostgreSQL' if not dsn else 'your PostgreSQL'}, schema [cyan]{schema}[/]"
+        )
         sent: Counter[str] = Counter()
         async with trio.open_nursery() as nursery:
             runtime = durable.Runtime(db, queues={"checkout": 20, "shipping": 20})
             await nursery.start(runtime.run)
             ids = await db.insert_many(
-                [durable.Insert(Checkout, {"order": i, "items": 1 + i % 3}, unique_key=f"{DEMO_KEY}{run}:order:{i}")
-                 for i in range(instances)])
+                [
+                    durable.Insert(Checkout, {"order": i, "items": 1 + i % 3}, unique_key=f"{DEMO_KEY}{run}:order:{i}")
+                    for i in range(instances)
+                ]
+            )
             order_ids = [i for i in ids if i is not None]
             nursery.start_soon(pay, db, order_ids, rng, sent)
             with Ticker("checkouts finished", instances, console=console) as progress:
@@ -200,15 +226,24 @@ async def status_counts(db: durable.Database, machine: str) -> dict[str, int]:
     return {r["status"]: r["n"] for r in await db.pool.fetch(COUNT_BY_STATUS, machine)}
 
 
-async def report(db: durable.Database, console: Console, runtime: durable.Runtime, sent: Counter[str],
-                 ids: list[int], elapsed: float, schema: str = DEFAULT_SCHEMA, as_json: bool = False,
-                 dsn: str | None = None) -> None:
+async def report(
+    db: durable.Database,
+    console: Console,
+    runtime: durable.Runtime,
+    sent: Counter[str],
+    ids: list[int],
+    elapsed: float,
+    schema: str = DEFAULT_SCHEMA,
+    as_json: bool = False,
+    dsn: str | None = None,
+) -> None:
     """Print what the demo did (a table; with ``as_json``, one JSON object)."""
     table = Table(title="What happened", show_header=True)
     table.add_column("")
     table.add_column("count", justify="right")
-    by_status = {machine: dict(sorted((await status_counts(db, machine)).items()))
-                 for machine in ("Checkout", "Shipment")}
+    by_status = {
+        machine: dict(sorted((await status_counts(db, machine)).items())) for machine in ("Checkout", "Shipment")
+    }
     for machine, counts in by_status.items():
         for status, n in counts.items():
             table.add_row(f"{machine} {status}", str(n))
@@ -218,10 +253,19 @@ async def report(db: durable.Database, console: Console, runtime: durable.Runtim
     if as_json:
         from durable.cli_ops import emit_json
 
-        emit_json({"schema": schema, "instances": by_status, "steps": steps, "retries": events.get("retry", 0),
-                   "signals": {"stored": sent["stored"], "duplicate": sent["duplicate"]},
-                   "joins": events.get("joined", 0), "batches": runtime.flusher.batches,
-                   "elapsed": round(elapsed, 3), "story": story})
+        emit_json(
+            {
+                "schema": schema,
+                "instances": by_status,
+                "steps": steps,
+                "retries": events.get("retry", 0),
+                "signals": {"stored": sent["stored"], "duplicate": sent["duplicate"]},
+                "joins": events.get("joined", 0),
+                "batches": runtime.flusher.batches,
+                "elapsed": round(elapsed, 3),
+                "story": story,
+            }
+        )
         return
     table.add_row("steps executed", str(steps))
     table.add_row("retries (carrier timeouts)", str(events.get("retry", 0)))
@@ -241,14 +285,19 @@ async def report(db: durable.Database, console: Console, runtime: durable.Runtim
         from durable._pg import redact
 
         flag = f" --dsn '{redact(dsn)}'{flag}"
-    console.print(f"\nNext: [cyan]durable console{flag}[/] (its queues and instances; --web in a browser), "
-                  f"[cyan]durable show{flag} {story}[/], and the README for the API.", soft_wrap=True)
+    console.print(
+        f"\nNext: [cyan]durable console{flag}[/] (its queues and instances; --web in a browser), "
+        f"[cyan]durable show{flag} {story}[/], and the README for the API.",
+        soft_wrap=True,
+    )
 
 
 @click.command()
 @dsn_option
-@schema_option_with("Schema for the demo: an earlier demo run's instances are deleted; one holding other "
-                    "instances is refused unless --force.")
+@schema_option_with(
+    "Schema for the demo: an earlier demo run's instances are deleted; one holding other "
+    "instances is refused unless --force."
+)
 @click.option("--instances", "-n", default=300, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--seed", default=7, show_default=True, help="Seed for the payment actor.")
 @click.option("--force", is_flag=True, help="Drop --schema even when it holds instances the demo did not make.")

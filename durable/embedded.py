@@ -148,8 +148,9 @@ def restart(folder: Path | None = None) -> None:
         raise DatabaseUnavailable(f"could not restart the embedded PostgreSQL in {folder}: {exc}") from exc
     dead = crashed(folder)
     if dead is not None:  # a zombie not yet reaped passes for running with the wheel
-        raise DatabaseUnavailable(f"could not restart the embedded PostgreSQL in {folder}: "
-                                  f"postmaster {dead} is still exiting")
+        raise DatabaseUnavailable(
+            f"could not restart the embedded PostgreSQL in {folder}: postmaster {dead} is still exiting"
+        )
 
 
 SUPERVISE_EVERY = 1.0  # seconds between looks at postmaster.pid

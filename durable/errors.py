@@ -1,43 +1,43 @@
 """Exceptions raised by durable: one tree under :class:`DurableError` (docs/errors.md lists them all).
 
-    DurableError                  base of everything durable raises on purpose
-    ├── DatabaseUnavailable       the server cannot be reached (bad DSN, server down, connection lost)
-    ├── SchemaError               the schema is missing or newer than this code
-    ├── DefinitionError           a machine, step or job definition is malformed
-    ├── UnknownMachine            a machine name/version is not registered
-    ├── UnknownStep               a step name does not exist on its machine
-    ├── OutcomeError              a step returned something that is not a valid outcome, or an insert or
-    │                             child spec holds a value durable cannot store (a ValueError)
-    ├── StateError                a state or payload cannot be encoded to / decoded from JSON (a ValueError)
-    │   └── ValueTooLarge         an encoded state, payload, result or named value is over the size limit
-    ├── InvalidArgument           an argument is malformed or out of range: a query's filter, cursor or
-    │                             offset, an instance id, a name or key (a ValueError)
-    ├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
-    │                             23, 54): handle() sees it, the instance's stored state is unchanged
-    │   └── UniqueKeyOccupied     an outcome into an occupied unique_scope (.key, .status)
-    ├── NoSuchInstance            no instance has this id (or unique key)
-    ├── NotDeliverable            a signal to a terminal instance (it would never be read)
-    ├── TreeTooLarge              a cancel would walk more instances than its limit (nothing changed)
-    ├── InstanceFailed            Database.result of a failed instance (.instance_id, .last_error)
-    ├── InstanceCancelled         Database.result of a cancelled instance (.instance_id, .last_error)
-    ├── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
-    ├── ValueExists               ctx.values.put(name, other bytes) over a stored name without override=True
-    ├── Fenced                    a write by a holder that was superseded: nothing changed. An explicit
-    │   │                         claim's call after its lease is no longer held (.instance_id,
-    │   │                         .lease_token, .call), or a stream append with a stale producer epoch
-    │   │                         or from a step whose claim was lost (.current_epoch), or a named value's
-    │   │                         put (ctx.values.put) from a step whose lease was lost
-    │   ├── streams.errors.FencedAppend            ...as the stream store raises it (HTTP 403)
-    │   └── contrib.streams_client.FencedResponse  ...as the HTTP client reads it from a 403
-    ├── streams.errors.StreamError           the stream store refused a request (.status: its HTTP status)
-    │   ├── BadRequest 400, StreamNotFound 404, RequestTimeout 408, Conflict 409, StreamGone 410,
-    │   │   TooLarge 413
-    │   └── FencedAppend 403     (also a Fenced)
-    ├── streams.errors.SubscriptionError     the subscription API refused a request (.status, .code)
-    ├── streams.wakes.NoWakeStream           a pull-wake subscription's wake stream cannot take events
-    ├── serve.claims.Problem                 a request the claims API refuses (.status)
-    └── contrib.streams_client.StreamsError  a Durable Streams server refused the client's request
-        └── FencedResponse 403   (also a Fenced)
+DurableError                  base of everything durable raises on purpose
+├── DatabaseUnavailable       the server cannot be reached (bad DSN, server down, connection lost)
+├── SchemaError               the schema is missing or newer than this code
+├── DefinitionError           a machine, step or job definition is malformed
+├── UnknownMachine            a machine name/version is not registered
+├── UnknownStep               a step name does not exist on its machine
+├── OutcomeError              a step returned something that is not a valid outcome, or an insert or
+│                             child spec holds a value durable cannot store (a ValueError)
+├── StateError                a state or payload cannot be encoded to / decoded from JSON (a ValueError)
+│   └── ValueTooLarge         an encoded state, payload, result or named value is over the size limit
+├── InvalidArgument           an argument is malformed or out of range: a query's filter, cursor or
+│                             offset, an instance id, a name or key (a ValueError)
+├── OutcomeRejected           the database refused to commit a step's outcome (SQLSTATE classes 22,
+│                             23, 54): handle() sees it, the instance's stored state is unchanged
+│   └── UniqueKeyOccupied     an outcome into an occupied unique_scope (.key, .status)
+├── NoSuchInstance            no instance has this id (or unique key)
+├── NotDeliverable            a signal to a terminal instance (it would never be read)
+├── TreeTooLarge              a cancel would walk more instances than its limit (nothing changed)
+├── InstanceFailed            Database.result of a failed instance (.instance_id, .last_error)
+├── InstanceCancelled         Database.result of a cancelled instance (.instance_id, .last_error)
+├── UniqueKeyTaken            insert(..., on_conflict="raise") of a key another holds (.key, .holder_id)
+├── ValueExists               ctx.values.put(name, other bytes) over a stored name without override=True
+├── Fenced                    a write by a holder that was superseded: nothing changed. An explicit
+│   │                         claim's call after its lease is no longer held (.instance_id,
+│   │                         .lease_token, .call), or a stream append with a stale producer epoch
+│   │                         or from a step whose claim was lost (.current_epoch), or a named value's
+│   │                         put (ctx.values.put) from a step whose lease was lost
+│   ├── streams.errors.FencedAppend            ...as the stream store raises it (HTTP 403)
+│   └── contrib.streams_client.FencedResponse  ...as the HTTP client reads it from a 403
+├── streams.errors.StreamError           the stream store refused a request (.status: its HTTP status)
+│   ├── BadRequest 400, StreamNotFound 404, RequestTimeout 408, Conflict 409, StreamGone 410,
+│   │   TooLarge 413
+│   └── FencedAppend 403     (also a Fenced)
+├── streams.errors.SubscriptionError     the subscription API refused a request (.status, .code)
+├── streams.wakes.NoWakeStream           a pull-wake subscription's wake stream cannot take events
+├── serve.claims.Problem                 a request the claims API refuses (.status)
+└── contrib.streams_client.StreamsError  a Durable Streams server refused the client's request
+    └── FencedResponse 403   (also a Fenced)
 """
 
 from __future__ import annotations
@@ -176,8 +176,10 @@ class Fenced(DurableError):
     current_epoch: int | None = None
 
     def __init__(self, instance_id: int, lease_token: int, call: str) -> None:
-        super().__init__(f"instance {instance_id}: {call} with lease token {lease_token} is fenced: the claim is no "
-                         "longer held (its lease expired, it was claimed again, or it already ended); nothing changed")
+        super().__init__(
+            f"instance {instance_id}: {call} with lease token {lease_token} is fenced: the claim is no "
+            "longer held (its lease expired, it was claimed again, or it already ended); nothing changed"
+        )
         self.instance_id = instance_id
         self.lease_token = lease_token
         self.call = call
@@ -189,8 +191,10 @@ class ValueExists(DurableError):
     the same bytes again is no error (a retried step's re-put); pass ``override=True`` to replace them."""
 
     def __init__(self, instance_id: int, name: str, sha256: str) -> None:
-        super().__init__(f"instance {instance_id} already holds a value named {name!r} (other bytes, sha256 "
-                         f"{sha256[:16]}...): not overridden (pass override=True to replace it)")
+        super().__init__(
+            f"instance {instance_id} already holds a value named {name!r} (other bytes, sha256 "
+            f"{sha256[:16]}...): not overridden (pass override=True to replace it)"
+        )
         self.instance_id = instance_id
         self.name = name
         self.sha256 = sha256

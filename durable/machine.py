@@ -103,9 +103,7 @@ class Machine:
                     steps[attr] = value
         cls.steps = steps
         state_cls = cls.__dict__.get("State", cls.State)
-        if state_cls is not None and not (
-            isinstance(state_cls, type) and issubclass(state_cls, pydantic.BaseModel)
-        ):
+        if state_cls is not None and not (isinstance(state_cls, type) and issubclass(state_cls, pydantic.BaseModel)):
             raise DefinitionError(f"machine {cls.name}: State must subclass durable.State")
         cls.State = state_cls
         if initial is not None:
@@ -247,8 +245,7 @@ class Registry:
         except KeyError:
             known = ", ".join(self.names()) or "none"
             raise UnknownMachine(
-                f"machine {name!r} version {version} is not registered with this runtime "
-                f"(registered: {known})"
+                f"machine {name!r} version {version} is not registered with this runtime (registered: {known})"
             ) from None
 
     def latest(self, name: str) -> type[Machine]:
@@ -266,8 +263,7 @@ def step_fn(machine: Machine, name: str) -> StepFn:
         return type(machine).steps[name]
     except KeyError:
         raise UnknownStep(
-            f"machine {machine.name} v{machine.version} has no step {name!r} "
-            f"(steps: {', '.join(type(machine).steps)})"
+            f"machine {machine.name} v{machine.version} has no step {name!r} (steps: {', '.join(type(machine).steps)})"
         ) from None
 
 
@@ -300,9 +296,7 @@ def check_outcome(outcome: Any, where: str, steps: Collection[str]) -> Outcome:
         except TypeError as exc:
             raise OutcomeError(f"{where} returned {label}: {exc}") from None
         if name not in steps:
-            raise OutcomeError(
-                f"{where} returned {label} to unknown step {name!r} (steps: {', '.join(steps)})"
-            )
+            raise OutcomeError(f"{where} returned {label} to unknown step {name!r} (steps: {', '.join(steps)})")
 
     if isinstance(outcome, Next):
         check_step(outcome.step, "Next")
@@ -320,8 +314,9 @@ def check_outcome(outcome: Any, where: str, steps: Collection[str]) -> Outcome:
         if outcome.error is not None:
             if not isinstance(outcome.error, str):
                 raise OutcomeError(f"{where} returned Retry with a non-string error {outcome.error!r}")
-            check_text(outcome.error, f"{where}: Retry error", max_bytes=MAX_VALUE_BYTES, error=OutcomeError,
-                       empty=True)
+            check_text(
+                outcome.error, f"{where}: Retry error", max_bytes=MAX_VALUE_BYTES, error=OutcomeError, empty=True
+            )
     elif isinstance(outcome, Await):
         for name in await_names(outcome.signal, where):
             check_text(name, f"{where}: Await signal", error=OutcomeError)
@@ -345,8 +340,13 @@ def check_outcome(outcome: Any, where: str, steps: Collection[str]) -> Outcome:
         reason = outcome.reason
         if not isinstance(reason, str):
             raise OutcomeError(f"{where} returned {type(outcome).__name__} with a non-string reason {reason!r}")
-        check_text(reason, f"{where}: {type(outcome).__name__} reason", max_bytes=MAX_VALUE_BYTES,
-                   error=OutcomeError, empty=True)
+        check_text(
+            reason,
+            f"{where}: {type(outcome).__name__} reason",
+            max_bytes=MAX_VALUE_BYTES,
+            error=OutcomeError,
+            empty=True,
+        )
     return outcome
 
 
@@ -376,8 +376,12 @@ def check_insert(spec: Insert, where: str) -> None:
     MAX_KEY_BYTES; priority: smallint; version: positive int; a delay at most MAX_DELAY)."""
     if isinstance(spec.machine, str):
         check_text(spec.machine, f"{where}: machine", error=OutcomeError)
-    for label, value in (("queue", spec.queue), ("step", spec.step), ("partition_key", spec.partition_key),
-                         ("unique_key", spec.unique_key)):
+    for label, value in (
+        ("queue", spec.queue),
+        ("step", spec.step),
+        ("partition_key", spec.partition_key),
+        ("unique_key", spec.unique_key),
+    ):
         if value is not None:
             check_text(value, f"{where}: {label}", error=OutcomeError)
     check_unique_scope(spec.unique_key, spec.unique_scope, where)  # durable/uniqueness.py: the scope rules
@@ -385,8 +389,7 @@ def check_insert(spec: Insert, where: str) -> None:
     if spec.schedule_at is not None:
         check_time(spec.schedule_at, f"{where}: schedule_at", OutcomeError)
         if delay and spec.schedule_at + timedelta(seconds=delay) > datetime.now(UTC) + timedelta(seconds=MAX_DELAY):
-            raise OutcomeError(f"{where}: schedule_at + schedule_in is more than durable.MAX_DELAY (10 years) "
-                               "from now")
+            raise OutcomeError(f"{where}: schedule_at + schedule_in is more than durable.MAX_DELAY (10 years) from now")
     if spec.priority is not None:
         check_int(spec.priority, f"{where}: priority", SMALLINT, OutcomeError)
     if spec.version is not None:

@@ -51,8 +51,24 @@ class Database(Protocol):
     async def ended(self, ids: Iterable[int]) -> None:
         """Wake the result() waiters of instances a commit of this process ended."""
 
-__all__ = ["ORDERS", "Bulk", "InstanceFilter", "InvalidArgument", "Page", "Row", "TailEvent", "cancel_many",
-           "cancel_tree", "count", "gc", "parse_statuses", "query", "retry_many", "tail"]
+
+__all__ = [
+    "ORDERS",
+    "Bulk",
+    "InstanceFilter",
+    "InvalidArgument",
+    "Page",
+    "Row",
+    "TailEvent",
+    "cancel_many",
+    "cancel_tree",
+    "count",
+    "gc",
+    "parse_statuses",
+    "query",
+    "retry_many",
+    "tail",
+]
 
 Row = Instance  # the former name of db.query's rows: one row type, durable.Instance
 
@@ -197,9 +213,7 @@ def parse_offset(offset: str) -> tuple[int, int]:
     """The (xid, event id) of a tail offset; InvalidArgument for malformed text."""
     m = _OFFSET.match(offset.strip().lower()) if isinstance(offset, str) else None
     if m is None:
-        raise InvalidArgument(
-            f"malformed offset {offset!r} (use -1, now, or an offset printed by the tail)"
-        )
+        raise InvalidArgument(f"malformed offset {offset!r} (use -1, now, or an offset printed by the tail)")
     return int(m.group(1), 16), int(m.group(2), 16)
 
 
@@ -315,15 +329,20 @@ def _limit(value: Any, what: str, most: int) -> int:
     return value
 
 
-async def cancel_tree(db: Database, ids: list[int], reason: str, *, by: str = "operator",
-                      limit: int = CANCEL_LIMIT) -> CancelReport:
+async def cancel_tree(
+    db: Database, ids: list[int], reason: str, *, by: str = "operator", limit: int = CANCEL_LIMIT
+) -> CancelReport:
     """Cancel the instances ``ids`` and their non-terminal descendants (``cancel_instance``); rerun while
     the statement reports that children were committed under its walk (bounded); a deadlock with a
     concurrent commit is retried. TreeTooLarge (nothing changed) past ``limit`` walked instances. A span
     "durable cancel" records who cancelled what (by, reason, the counts)."""
     limit = _limit(limit, "cancel limit", 10_000_000)
-    attributes = {"durable.cancel.by": by, "durable.cancel.reason": reason, "durable.cancel.roots": len(ids),
-                  "durable.instance.id": ids[0] if len(ids) == 1 else None}
+    attributes = {
+        "durable.cancel.by": by,
+        "durable.cancel.reason": reason,
+        "durable.cancel.roots": len(ids),
+        "durable.instance.id": ids[0] if len(ids) == 1 else None,
+    }
     with tracing.span("durable cancel", attributes) as span:
         report = await _cancel_tree(db, ids, reason, by, limit)
         span.set_attribute("durable.cancel.cancelled", report.cancelled)
@@ -333,6 +352,7 @@ async def cancel_tree(db: Database, ids: list[int], reason: str, *, by: str = "o
 
 async def _cancel_tree(db: Database, ids: list[int], reason: str, by: str, limit: int) -> CancelReport:
     from ._pg import DeadlockDetectedError  # the driver, only when a cancel runs
+
     roots: dict[int, tuple[str, str]] = {}
     cancelled = requested = 0
     for _ in range(CANCEL_RERUNS):
@@ -346,9 +366,11 @@ async def _cancel_tree(db: Database, ids: list[int], reason: str, by: str, limit
         if not rows:
             break
         if rows[0]["too_many"]:
-            raise TreeTooLarge(f"cancelling {_ids_text(ids)} would walk more than {limit} instances (the "
-                               "instances and their descendants); nothing was changed: cancel its subtrees "
-                               "first or pass a larger limit")
+            raise TreeTooLarge(
+                f"cancelling {_ids_text(ids)} would walk more than {limit} instances (the "
+                "instances and their descendants); nothing was changed: cancel its subtrees "
+                "first or pass a larger limit"
+            )
         for r in rows:
             roots[r["id"]] = (roots.get(r["id"], (r["before"], ""))[0], r["after"])
         cancelled += rows[0]["cancelled"]
@@ -395,9 +417,16 @@ async def _pages(db: Database, flt: InstanceFilter, batch: int) -> AsyncIterator
         after = page.next
 
 
-async def cancel_many(db: Database, reason: str = "cancelled", where: InstanceFilter | None = None, *,
-                      by: str = "operator", batch: int = BULK_BATCH, limit: int = CANCEL_LIMIT,
-                      **filters: Unpack[FilterFields]) -> Bulk:
+async def cancel_many(
+    db: Database,
+    reason: str = "cancelled",
+    where: InstanceFilter | None = None,
+    *,
+    by: str = "operator",
+    batch: int = BULK_BATCH,
+    limit: int = CANCEL_LIMIT,
+    **filters: Unpack[FilterFields],
+) -> Bulk:
     """Cancel every instance matching the filter of :func:`query` (and their non-terminal descendants),
     ``batch`` roots per statement, keyset-paged. A root whose tree exceeds ``limit`` is left as it was and
     listed in ``too_large``."""
@@ -423,13 +452,13 @@ async def cancel_many(db: Database, reason: str = "cancelled", where: InstanceFi
         for rep in reports:
             changed += rep.cancelled
             requested += rep.requested
-            skipped += sum(1 for before, after in rep.roots.values()
-                           if before == after and before != "executing")
+            skipped += sum(1 for before, after in rep.roots.values() if before == after and before != "executing")
     return Bulk(matched, changed, requested, skipped + len(too_large), tuple(too_large))
 
 
-async def retry_many(db: Database, where: InstanceFilter | None = None, *, batch: int = BULK_BATCH,
-                     **filters: Unpack[FilterFields]) -> Bulk:
+async def retry_many(
+    db: Database, where: InstanceFilter | None = None, *, batch: int = BULK_BATCH, **filters: Unpack[FilterFields]
+) -> Bulk:
     """Put every failed or cancelled instance matching the filter of :func:`query` back to runnable at the
     step where it ended (``db.retry`` for each), ``batch`` per statement, keyset-paged. An instance whose
     unique key another holds is skipped (and counted)."""

@@ -80,8 +80,9 @@ class Next:
     state: Any = UNCHANGED
     wake: tuple[float | timedelta | None, datetime | None] | None = None
 
-    def __init__(self, step: StepRef, state: Any = UNCHANGED, delay: float | timedelta | None = None,
-                 at: datetime | None = None) -> None:
+    def __init__(
+        self, step: StepRef, state: Any = UNCHANGED, delay: float | timedelta | None = None, at: datetime | None = None
+    ) -> None:
         _set(self, "step", step)
         _set(self, "state", state)
         _set(self, "wake", None if delay is None and at is None else (delay, at))

@@ -161,8 +161,14 @@ def detached() -> otel_context.Context:
 
 
 @contextmanager
-def span(name: str, attributes: dict[str, Any], *, kind: SpanKind = SpanKind.INTERNAL,
-         parent: otel_context.Context | None = None, links: list[Link] | None = None) -> Iterator[trace.Span]:
+def span(
+    name: str,
+    attributes: dict[str, Any],
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    parent: otel_context.Context | None = None,
+    links: list[Link] | None = None,
+) -> Iterator[trace.Span]:
     """A current span; an exception escaping it is recorded and sets status ERROR."""
     if not _enabled or not _sdk():
         yield INVALID_SPAN
@@ -180,8 +186,9 @@ def span(name: str, attributes: dict[str, Any], *, kind: SpanKind = SpanKind.INT
 
 
 @contextmanager
-def step_span(name: str, attributes: dict[str, Any], *, parent: otel_context.Context | None,
-              links: list[Link] | None = None) -> Iterator[trace.Span]:
+def step_span(
+    name: str, attributes: dict[str, Any], *, parent: otel_context.Context | None, links: list[Link] | None = None
+) -> Iterator[trace.Span]:
     """A step's span: continues ``parent`` (the instance's trace) or starts a new trace, never the
     worker's own context. It stays open after the block until :func:`finish_outcome` records what
     the database made of the outcome (so one span tells the whole story); a block that raises, or is
@@ -197,8 +204,7 @@ def step_span(name: str, attributes: dict[str, Any], *, parent: otel_context.Con
         finally:
             otel_context.detach(no_span)
         return
-    s = tracer.start_span(name, context=root, kind=SpanKind.CONSUMER, attributes=_clean(attributes),
-                          links=links)
+    s = tracer.start_span(name, context=root, kind=SpanKind.CONSUMER, attributes=_clean(attributes), links=links)
     token = otel_context.attach(trace.set_span_in_context(s, root))
     try:
         yield s
@@ -219,10 +225,13 @@ def record_error(s: trace.Span, error: BaseException) -> None:
     s.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-def traced(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
-           before: Callable[..., dict[str, Any]] | None = None,
-           after: Callable[[trace.Span, Any], None] | None = None,
-           ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+def traced(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    before: Callable[..., dict[str, Any]] | None = None,
+    after: Callable[[trace.Span, Any], None] | None = None,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Run an async function inside a span; ``before(*args, **kwargs)`` gives its attributes,
     ``after(span, result)`` adds attributes from the result."""
 
@@ -233,8 +242,9 @@ def traced(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
                 return await fn(*args, **kwargs)
             attrs = before(*args, **kwargs) if before is not None else {}
             operation = "send" if kind is SpanKind.PRODUCER else None
-            with span(name, {"messaging.system": SYSTEM, "messaging.operation.type": operation, **attrs},
-                      kind=kind) as s:
+            with span(
+                name, {"messaging.system": SYSTEM, "messaging.operation.type": operation, **attrs}, kind=kind
+            ) as s:
                 result = await fn(*args, **kwargs)
                 if after is not None:
                     after(s, result)
@@ -270,8 +280,11 @@ def insert_attributes(_db: Any, specs: Any) -> dict[str, Any]:
 
 
 def signal_attributes(_db: Any, instance_id: int, name: str, *_: Any, **kw: Any) -> dict[str, Any]:
-    return {"durable.instance.id": instance_id, "durable.signal.name": name,
-            "durable.signal.dedup_key": kw.get("dedup_key")}
+    return {
+        "durable.instance.id": instance_id,
+        "durable.signal.name": name,
+        "durable.signal.dedup_key": kw.get("dedup_key"),
+    }
 
 
 def signalled(s: trace.Span, signal_id: int | None) -> None:

@@ -50,6 +50,7 @@ class Database(Protocol):
     @property
     def values(self) -> Values: ...
 
+
 __all__ = ["MAX_MGET", "StepValues", "ValueInfo", "ValueRef", "Values"]
 
 MAX_MGET = 1000  # refs one mget reads
@@ -94,8 +95,9 @@ def _data(data: Any, name: str, limit: int) -> bytes:
     if not isinstance(data, bytes):
         raise TypeError(f"value {name!r} must be bytes, not {type(data).__name__}")
     if len(data) > limit:
-        raise ValueTooLarge(f"value {name!r} is {len(data)} bytes; the limit is {limit} bytes "
-                            "(durable.connect(max_value_bytes=...))")
+        raise ValueTooLarge(
+            f"value {name!r} is {len(data)} bytes; the limit is {limit} bytes (durable.connect(max_value_bytes=...))"
+        )
     return data
 
 
@@ -122,8 +124,12 @@ class Values:
                 raise TypeError(f"mget: item #{i} is {type(ref).__name__} {ref!r}, not a durable.ValueRef")
         if not refs:
             return []
-        rows = await self.db.pool.fetch(Q.value_mget, [check_id(r.instance_id) for r in refs],
-                                        [_name(r.name) for r in refs], [r.sha256 for r in refs])
+        rows = await self.db.pool.fetch(
+            Q.value_mget,
+            [check_id(r.instance_id) for r in refs],
+            [_name(r.name) for r in refs],
+            [r.sha256 for r in refs],
+        )
         return [None if r["data"] is None else bytes(r["data"]) for r in rows]
 
     async def list(self, instance_id: int) -> builtins.list[ValueInfo]:
@@ -149,14 +155,17 @@ class StepValues:
         if not isinstance(override, bool):
             raise TypeError(f"override must be a bool, not {type(override).__name__} {override!r}")
         data = _data(data, name, self.db.max_value_bytes)
-        row = await self.db.pool.fetchrow(Q.value_put, self.instance_id, self.lease_token, name, data, override,
-                                          self.db.clock.now(), MAX_VALUES)
+        row = await self.db.pool.fetchrow(
+            Q.value_put, self.instance_id, self.lease_token, name, data, override, self.db.clock.now(), MAX_VALUES
+        )
         assert row is not None
         if not row["owned"]:
             raise Fenced(self.instance_id, self.lease_token, f"values.put({name!r})")
         if row["sha256"] is None:
-            raise InvalidArgument(f"instance {self.instance_id} holds {row['held']} named values; the limit is "
-                                  f"durable.limits.MAX_VALUES ({MAX_VALUES}): value {name!r} not stored")
+            raise InvalidArgument(
+                f"instance {self.instance_id} holds {row['held']} named values; the limit is "
+                f"durable.limits.MAX_VALUES ({MAX_VALUES}): value {name!r} not stored"
+            )
         if row["sha256"] != row["wanted"]:  # override=False over other bytes: the stored value was kept
             raise ValueExists(self.instance_id, name, row["sha256"])
         return ValueRef(self.instance_id, name, int(row["size"]), row["sha256"])

@@ -33,11 +33,20 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["PROTOCOLS", "ConfigurationError", "Telemetry", "configure", "configured", "from_environment", "session",
-           "shutdown"]
+__all__ = [
+    "PROTOCOLS",
+    "ConfigurationError",
+    "Telemetry",
+    "configure",
+    "configured",
+    "from_environment",
+    "session",
+    "shutdown",
+]
 
 Protocol = Literal["grpc", "http"]
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http")
+
 
 class ConfigurationError(Exception):
     """Telemetry cannot be configured as asked (bad protocol, configured twice, another SDK set)."""
@@ -120,8 +129,7 @@ def configure(
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
         interval = None if metrics_interval is None else metrics_interval * 1000
-        reader = PeriodicExportingMetricReader(_metric_exporter(otlp, endpoint),
-                                               export_interval_millis=interval)
+        reader = PeriodicExportingMetricReader(_metric_exporter(otlp, endpoint), export_interval_millis=interval)
         meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
         metrics_api.set_meter_provider(meter_provider)
     trace.set_tracer_provider(tracer_provider)
@@ -153,12 +161,17 @@ def from_environment(service_name: str | None = None) -> Telemetry | None:
         return None
     unknown = exporters - {"otlp", "console"}
     if unknown:
-        raise ConfigurationError(f"OTEL_TRACES_EXPORTER: unsupported exporter(s) {', '.join(sorted(unknown))} "
-                                 "(durable supports otlp and console)")
+        raise ConfigurationError(
+            f"OTEL_TRACES_EXPORTER: unsupported exporter(s) {', '.join(sorted(unknown))} "
+            "(durable supports otlp and console)"
+        )
     otlp: Protocol | None = None
     if "otlp" in exporters:
-        protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                    or "grpc").strip().lower()
+        protocol = (
+            (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc")
+            .strip()
+            .lower()
+        )
         if protocol == "grpc":
             otlp = "grpc"
         elif protocol == "http/protobuf":

@@ -7,14 +7,21 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 # runtime spans that carry no news when this attribute is 0
-IDLE_SPANS = {"durable pick": "durable.claimed", "durable heartbeat": "durable.claims",
-              "durable reap": "durable.reaped"}
+IDLE_SPANS = {
+    "durable pick": "durable.claimed",
+    "durable heartbeat": "durable.claims",
+    "durable reap": "durable.reaped",
+}
 
 
 def is_idle(span: ReadableSpan) -> bool:
     key = IDLE_SPANS.get(span.name)
-    return (key is not None and span.attributes is not None and span.attributes.get(key) == 0
-            and span.status.status_code is not StatusCode.ERROR)
+    return (
+        key is not None
+        and span.attributes is not None
+        and span.attributes.get(key) == 0
+        and span.status.status_code is not StatusCode.ERROR
+    )
 
 
 class SkipIdle(SpanProcessor):

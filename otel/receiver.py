@@ -27,9 +27,14 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-KINDS = {Span.SPAN_KIND_UNSPECIFIED: "UNSPECIFIED", Span.SPAN_KIND_INTERNAL: "INTERNAL",
-         Span.SPAN_KIND_SERVER: "SERVER", Span.SPAN_KIND_CLIENT: "CLIENT",
-         Span.SPAN_KIND_PRODUCER: "PRODUCER", Span.SPAN_KIND_CONSUMER: "CONSUMER"}
+KINDS = {
+    Span.SPAN_KIND_UNSPECIFIED: "UNSPECIFIED",
+    Span.SPAN_KIND_INTERNAL: "INTERNAL",
+    Span.SPAN_KIND_SERVER: "SERVER",
+    Span.SPAN_KIND_CLIENT: "CLIENT",
+    Span.SPAN_KIND_PRODUCER: "PRODUCER",
+    Span.SPAN_KIND_CONSUMER: "CONSUMER",
+}
 STATUSES = {Status.STATUS_CODE_UNSET: "UNSET", Status.STATUS_CODE_OK: "OK", Status.STATUS_CODE_ERROR: "ERROR"}
 
 
@@ -168,13 +173,20 @@ def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
 
 def _span(s: Span, resource: dict[str, Any], scope: str, transport: str) -> ReceivedSpan:
     return ReceivedSpan(
-        name=s.name, trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
-        parent_span_id=s.parent_span_id.hex() or None, kind=KINDS.get(s.kind, str(s.kind)),
-        attributes=attributes(s.attributes), status=STATUSES.get(s.status.code, str(s.status.code)),
+        name=s.name,
+        trace_id=s.trace_id.hex(),
+        span_id=s.span_id.hex(),
+        parent_span_id=s.parent_span_id.hex() or None,
+        kind=KINDS.get(s.kind, str(s.kind)),
+        attributes=attributes(s.attributes),
+        status=STATUSES.get(s.status.code, str(s.status.code)),
         status_message=s.status.message,
         events=[(e.name, attributes(e.attributes)) for e in s.events],
         links=[(ln.trace_id.hex(), ln.span_id.hex()) for ln in s.links],
-        resource=resource, scope=scope, start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano,
+        resource=resource,
+        scope=scope,
+        start_ns=s.start_time_unix_nano,
+        end_ns=s.end_time_unix_nano,
         transport=transport,
     )
 
@@ -187,8 +199,9 @@ def _points(m: Any, resource: dict[str, Any], transport: str) -> Iterable[Receiv
             yield ReceivedPoint(m.name, which, attributes(p.attributes), float(v), None, resource, transport)
     elif which == "histogram":
         for p in m.histogram.data_points:
-            yield ReceivedPoint(m.name, "histogram", attributes(p.attributes), float(p.count), p.sum,
-                                resource, transport)
+            yield ReceivedPoint(
+                m.name, "histogram", attributes(p.attributes), float(p.count), p.sum, resource, transport
+            )
 
 
 class _GrpcTraces(trace_service_pb2_grpc.TraceServiceServicer):

@@ -15,5 +15,15 @@ from .core import INVARIANTS, SimConfig, Violation, sim_step
 from .harness import Result, plan_for, simulate, simulate_async
 from .plan import FAULT_KINDS, Fault
 
-__all__ = ["FAULT_KINDS", "INVARIANTS", "Fault", "Result", "SimConfig", "Violation", "plan_for", "sim_step",
-           "simulate", "simulate_async"]
+__all__ = [
+    "FAULT_KINDS",
+    "INVARIANTS",
+    "Fault",
+    "Result",
+    "SimConfig",
+    "Violation",
+    "plan_for",
+    "sim_step",
+    "simulate",
+    "simulate_async",
+]

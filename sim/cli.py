@@ -33,39 +33,99 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 
 @click.command(name="sim")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Seed of the (first) run.")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Number of runs: seeds SEED .. SEED+N-1.")
+@click.option(
+    "--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Number of runs: seeds SEED .. SEED+N-1."
+)
 @click.option("--workload", type=click.Choice(WORKLOADS), default="mixed", show_default=True)
-@click.option("--instances", type=click.IntRange(min=1), default=12, show_default=True,
-              help="Top-level instances per run (children come on top).")
+@click.option(
+    "--instances",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Top-level instances per run (children come on top).",
+)
 @click.option("--workers", type=click.IntRange(min=1, max=16), default=3, show_default=True)
-@click.option("--duration", type=click.FloatRange(min=1), default=80.0, show_default=True,
-              help="Virtual seconds of the chaos phase (inserts, signals, faults); chaos mode runs it 20x faster.")
-@click.option("--faults", "faults", default="all", show_default=True, callback=_kinds,
-              help="Comma-separated fault kinds, 'conn', 'all' or 'none': " + ", ".join(FAULT_KINDS))
-@click.option("--mode", type=click.Choice(["dst", "chaos"]), default="dst", show_default=True,
-              help="dst: virtual time, one call at a time, reproducible; chaos: real time and concurrency.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=80.0,
+    show_default=True,
+    help="Virtual seconds of the chaos phase (inserts, signals, faults); chaos mode runs it 20x faster.",
+)
+@click.option(
+    "--faults",
+    "faults",
+    default="all",
+    show_default=True,
+    callback=_kinds,
+    help="Comma-separated fault kinds, 'conn', 'all' or 'none': " + ", ".join(FAULT_KINDS),
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["dst", "chaos"]),
+    default="dst",
+    show_default=True,
+    help="dst: virtual time, one call at a time, reproducible; chaos: real time and concurrency.",
+)
 @click.option("--spans", is_flag=True, help="dst: record OpenTelemetry spans, ids drawn from the seed, in the log.")
-@click.option("--chain", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Runtime run-ahead: steps a claim may run in a row after `next` outcomes.")
+@click.option(
+    "--chain",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Runtime run-ahead: steps a claim may run in a row after `next` outcomes.",
+)
 @click.option("--processes", is_flag=True, help="chaos mode: workers are OS processes killed with SIGKILL.")
 @json_file_option("The per-seed results")
-@click.option("--shrink", "shrink_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Reduce the fault plan of a failing run (sim-<seed>.json) to a minimal one.")
-@click.option("--plant", type=click.Choice(_BUG_NAMES),
-              hidden=True, help="Run against a planted engine bug (to test the simulator itself).")
-@click.option("--mutants", is_flag=True,
-              help="The mutation catalogue: run each planted bug (sim/bugs.py) on its workload, seeds SEED.. "
-                   "(40 unless --seeds), until its invariant fires; shrink that plan; print the mutation score.")
+@click.option(
+    "--shrink",
+    "shrink_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Reduce the fault plan of a failing run (sim-<seed>.json) to a minimal one.",
+)
+@click.option(
+    "--plant",
+    type=click.Choice(_BUG_NAMES),
+    hidden=True,
+    help="Run against a planted engine bug (to test the simulator itself).",
+)
+@click.option(
+    "--mutants",
+    is_flag=True,
+    help="The mutation catalogue: run each planted bug (sim/bugs.py) on its workload, seeds SEED.. "
+    "(40 unless --seeds), until its invariant fires; shrink that plan; print the mutation score.",
+)
 @click.option("--quick", is_flag=True, help="--mutants: each mutant on its known first failing seed, no shrinking.")
-@click.option("--mutant", "mutant_names", multiple=True, type=click.Choice(_BUG_NAMES),
-              help="--mutants: only this mutant (repeatable).")
+@click.option(
+    "--mutant",
+    "mutant_names",
+    multiple=True,
+    type=click.Choice(_BUG_NAMES),
+    help="--mutants: only this mutant (repeatable).",
+)
 @dsn_option
 @click.pass_context
-def command(ctx: click.Context, seed: int, seeds: int, workload: str, instances: int, workers: int,
-            duration: float, faults: tuple[str, ...],
-            mode: str, chain: int, spans: bool, processes: bool, json_path: str | None, shrink_path: Path | None,
-            plant: str | None, mutants: bool, quick: bool, mutant_names: tuple[str, ...], dsn: str | None) -> None:
+def command(
+    ctx: click.Context,
+    seed: int,
+    seeds: int,
+    workload: str,
+    instances: int,
+    workers: int,
+    duration: float,
+    faults: tuple[str, ...],
+    mode: str,
+    chain: int,
+    spans: bool,
+    processes: bool,
+    json_path: str | None,
+    shrink_path: Path | None,
+    plant: str | None,
+    mutants: bool,
+    quick: bool,
+    mutant_names: tuple[str, ...],
+    dsn: str | None,
+) -> None:
     """Deterministic simulation of many instances on several workers under injected faults."""
     from .core import SimConfig
 
@@ -85,10 +145,21 @@ def command(ctx: click.Context, seed: int, seeds: int, workload: str, instances:
             explicit = ctx.get_parameter_source("seeds") is not click.core.ParameterSource.DEFAULT
             count = seeds if explicit else DEFAULT_SEEDS
             sys.exit(_mutants(console, list(mutant_names), list(range(seed, seed + count)), quick, dsn, json_path))
-        configs = [SimConfig(seed=s, workload=workload, instances=instances, workers=workers, faults=faults,
-                             mode=mode, processes=processes, chain=chain, chaos_seconds=duration,
-                             spans=spans)
-                   for s in range(seed, seed + seeds)]
+        configs = [
+            SimConfig(
+                seed=s,
+                workload=workload,
+                instances=instances,
+                workers=workers,
+                faults=faults,
+                mode=mode,
+                processes=processes,
+                chain=chain,
+                chaos_seconds=duration,
+                spans=spans,
+            )
+            for s in range(seed, seed + seeds)
+        ]
         sys.exit(_run(console, configs, dsn, json_path, plant))
     except DurableError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -98,8 +169,7 @@ def command(ctx: click.Context, seed: int, seeds: int, workload: str, instances:
         sys.exit(1)
 
 
-def _run(console: Console, configs: list[Any], dsn: str | None, json_path: str | None,
-         plant: str | None) -> int:
+def _run(console: Console, configs: list[Any], dsn: str | None, json_path: str | None, plant: str | None) -> int:
     from .bugs import planted
     from .harness import simulate
     from .report import render, write_failure
@@ -121,8 +191,10 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: str |
                 if not result.ok:
                     extra: dict[str, object] = {"plant": plant} if plant else {}
                     path = write_failure(result, Path.cwd(), extra)
-                    progress.print(f"[red]seed {cfg.seed}: violated "
-                                   f"{', '.join(sorted({v.invariant for v in result.violations}))}[/red] -> {path}")
+                    progress.print(
+                        f"[red]seed {cfg.seed}: violated "
+                        f"{', '.join(sorted({v.invariant for v in result.violations}))}[/red] -> {path}"
+                    )
                 failed = sum(not r.ok for r in results)
                 progress.update(advance=1, note=f"{len(results) - failed} passed, {failed} failed")
     if len(results) == 1:
@@ -130,40 +202,76 @@ def _run(console: Console, configs: list[Any], dsn: str | None, json_path: str |
     else:
         _summary(console, results, time.perf_counter() - started)
     if configs[0].mode == "chaos":
-        console.print("chaos mode: real time and real concurrency — the interleaving is not reproducible; "
-                      "the seed reproduces the workload and the fault plan only.", soft_wrap=True)
+        console.print(
+            "chaos mode: real time and real concurrency — the interleaving is not reproducible; "
+            "the seed reproduces the workload and the fault plan only.",
+            soft_wrap=True,
+        )
     if json_path is not None:
-        write_json(json_path, json.dumps([
-            {"seed": r.config.seed, "ok": r.ok, "log_hash": r.log_hash,
-             "violated": sorted({v.invariant for v in r.violations}), "statuses": r.statuses,
-             "steps": r.steps, "reexecutions": r.reexecutions, "faults": r.faults, "fenced": r.fenced,
-             "virtual_seconds": r.virtual_seconds, "real_seconds": r.real_seconds,
-             "command": r.config.command()} for r in results], indent=1))
+        write_json(
+            json_path,
+            json.dumps(
+                [
+                    {
+                        "seed": r.config.seed,
+                        "ok": r.ok,
+                        "log_hash": r.log_hash,
+                        "violated": sorted({v.invariant for v in r.violations}),
+                        "statuses": r.statuses,
+                        "steps": r.steps,
+                        "reexecutions": r.reexecutions,
+                        "faults": r.faults,
+                        "fenced": r.fenced,
+                        "virtual_seconds": r.virtual_seconds,
+                        "real_seconds": r.real_seconds,
+                        "command": r.config.command(),
+                    }
+                    for r in results
+                ],
+                indent=1,
+            ),
+        )
     return 0 if all(r.ok for r in results) else 1
 
 
-def _mutants(console: Console, names: list[str], seeds: list[int], quick: bool, dsn: str | None,
-             json_path: str | None) -> int:
+def _mutants(
+    console: Console, names: list[str], seeds: list[int], quick: bool, dsn: str | None, json_path: str | None
+) -> int:
     from .mutants import MutantResult, describe_plan, run_catalogue, score
 
     def on_result(r: MutantResult) -> None:
         if r.stale is not None:
             console.print(f"[red]STALE[/red]  {r.name}: the mutant no longer applies: {r.stale}", soft_wrap=True)
         elif r.caught:
-            shrunk = "" if r.minimal is None else f"; shrunk {len(r.plan or [])} -> {len(r.minimal)} faults: " \
-                                                  f"{describe_plan(r.minimal)}"
-            console.print(f"[green]caught[/green] {r.name} ({r.bug.workload}): seed {r.first} "
-                          f"(after {len(r.tried)} seeds) violated {', '.join(r.fired)}{shrunk} "
-                          f"[{r.seconds:.0f}s]", soft_wrap=True)
+            shrunk = (
+                ""
+                if r.minimal is None
+                else f"; shrunk {len(r.plan or [])} -> {len(r.minimal)} faults: {describe_plan(r.minimal)}"
+            )
+            console.print(
+                f"[green]caught[/green] {r.name} ({r.bug.workload}): seed {r.first} "
+                f"(after {len(r.tried)} seeds) violated {', '.join(r.fired)}{shrunk} "
+                f"[{r.seconds:.0f}s]",
+                soft_wrap=True,
+            )
         else:
-            console.print(f"[red]MISSED[/red] {r.name} ({r.bug.workload}): seeds {r.tried[0]}..{r.tried[-1]} never "
-                          f"violated {r.bug.invariant}"
-                          + (f" (other failures: {r.failed})" if r.failed else "") + f" [{r.seconds:.0f}s]",
-                          soft_wrap=True)
+            console.print(
+                f"[red]MISSED[/red] {r.name} ({r.bug.workload}): seeds {r.tried[0]}..{r.tried[-1]} never "
+                f"violated {r.bug.invariant}"
+                + (f" (other failures: {r.failed})" if r.failed else "")
+                + f" [{r.seconds:.0f}s]",
+                soft_wrap=True,
+            )
 
     with console.status("mutants") as status:
-        results = run_catalogue(names or None, seeds=seeds, quick=quick, dsn=dsn,
-                                on_event=lambda text: status.update(text), on_result=on_result)
+        results = run_catalogue(
+            names or None,
+            seeds=seeds,
+            quick=quick,
+            dsn=dsn,
+            on_event=lambda text: status.update(text),
+            on_result=on_result,
+        )
     if json_path is not None:
         write_json(json_path, json.dumps([r.to_json() for r in results], indent=1))
     console.print(score(results))
@@ -199,8 +307,9 @@ def _summary(console: Console, results: list[Any], elapsed: float) -> None:
         bad = [r.config.seed for r in results if not r.invariants[name]]
         mark = f"[red]FAIL[/red] seeds {bad[:10]}" if bad else "[green]pass[/green]"
         table.add_row(f"  {name}", f"{mark}  {text}")
-    table.add_row("reproduce", results[0].config.command().replace(f"--seed {first}", f"--seed {first} "
-                                                                    f"--seeds {len(results)}"))
+    table.add_row(
+        "reproduce", results[0].config.command().replace(f"--seed {first}", f"--seed {first} --seeds {len(results)}")
+    )
     console.print(table)
     for r in failed[:10]:
         console.print(f"[red]seed {r.config.seed}[/red]: {r.config.command()}")
@@ -214,10 +323,18 @@ def _shrink(console: Console, path: Path, dsn: str | None) -> int:
     try:
         data = json.loads(path.read_text())
         cfg = data["config"]
-        config = SimConfig(seed=int(data["seed"]), workload=cfg["workload"], instances=int(cfg["instances"]),
-                           workers=int(cfg["workers"]), faults=tuple(cfg["faults"]), mode=cfg["mode"],
-                           lease=float(cfg["lease"]), chaos_seconds=float(cfg["chaos_seconds"]),
-                           heal_bound=float(cfg["heal_bound"]), chain=int(cfg.get("chain", 0)))
+        config = SimConfig(
+            seed=int(data["seed"]),
+            workload=cfg["workload"],
+            instances=int(cfg["instances"]),
+            workers=int(cfg["workers"]),
+            faults=tuple(cfg["faults"]),
+            mode=cfg["mode"],
+            lease=float(cfg["lease"]),
+            chaos_seconds=float(cfg["chaos_seconds"]),
+            heal_bound=float(cfg["heal_bound"]),
+            chain=int(cfg.get("chain", 0)),
+        )
         plan = [Fault.from_json(f) for f in data["plan"]]
         target = set(data["violated"])
         plant = data.get("plant")
@@ -240,8 +357,10 @@ def _shrink(console: Console, path: Path, dsn: str | None) -> int:
 
     with planted(plant) if plant else nullcontext() as bug:
         minimal = shrink(config, plan, target, dsn=dsn, prepare=bug.prepare if bug else None, on_try=on_try)
-    console.print(f"minimal fault plan for seed {config.seed} ({len(plan)} -> {len(minimal)} faults, "
-                  f"violates {', '.join(sorted(target))}):")
+    console.print(
+        f"minimal fault plan for seed {config.seed} ({len(plan)} -> {len(minimal)} faults, "
+        f"violates {', '.join(sorted(target))}):"
+    )
     for f in minimal:
         console.print(f"  {f.describe()}")
     if not minimal:

@@ -37,19 +37,21 @@ class SimConfig:
     faults: tuple[str, ...] = ()
     mode: str = "dst"
     lease: float = 30.0
-    chaos_seconds: float = 80.0      # virtual seconds of the chaos phase (inserts and faults)
-    heal_bound: float = 300.0        # virtual seconds the heal phase may take to make every instance terminal
+    chaos_seconds: float = 80.0  # virtual seconds of the chaos phase (inserts and faults)
+    heal_bound: float = 300.0  # virtual seconds the heal phase may take to make every instance terminal
     processes: bool = False
-    chain: int = 0                   # Runtime(chain=N): steps a claim may run ahead after `next`
-    spans: bool = False              # dst: OpenTelemetry spans with ids from the seed, in the log
+    chain: int = 0  # Runtime(chain=N): steps a claim may run ahead after `next`
+    spans: bool = False  # dst: OpenTelemetry spans with ids from the seed, in the log
 
     def command(self, extra: str = "") -> str:
         """The exact command that reproduces this run."""
         from .plan import FAULT_KINDS
 
         faults = "all" if set(self.faults) == set(FAULT_KINDS) else ",".join(self.faults) or "none"
-        parts = [f"durable sim --seed {self.seed} --workload {self.workload} --instances {self.instances}",
-                 f"--workers {self.workers} --faults {faults}"]
+        parts = [
+            f"durable sim --seed {self.seed} --workload {self.workload} --instances {self.instances}",
+            f"--workers {self.workers} --faults {faults}",
+        ]
         if self.mode != "dst":
             parts.append(f"--mode {self.mode}")
         if self.processes:
@@ -102,7 +104,7 @@ class StepRecord:
     partition_key: str | None
     start: float
     end: float | None = None
-    outcome: str = "running"   # ok | raised | cancelled
+    outcome: str = "running"  # ok | raised | cancelled
 
 
 class OpLog:
@@ -143,7 +145,7 @@ class Run:
         self.phase = "setup"
         self.scale = 1.0 if config.mode == "dst" else CHAOS_SCALE  # chaos: real seconds, compressed
         self.steps: list[StepRecord] = []
-        self.executions: Counter[int] = Counter()        # instance id -> step executions so far
+        self.executions: Counter[int] = Counter()  # instance id -> step executions so far
         self.faults_fired: Counter[str] = Counter()
         self.fired: list[str] = []
         self.violations: list[Violation] = []
@@ -204,8 +206,9 @@ def sim_step(fn: StepMethod) -> StepMethod:
         run = db.run
         run.executions[ctx.id] += 1
         nth = run.executions[ctx.id]
-        rec = StepRecord(ctx.id, ctx.machine, ctx.step, ctx.attempt, ctx.lease_token, ctx.worker_id,
-                         ctx.partition_key, run.now())
+        rec = StepRecord(
+            ctx.id, ctx.machine, ctx.step, ctx.attempt, ctx.lease_token, ctx.worker_id, ctx.partition_key, run.now()
+        )
         run.steps.append(rec)
         run.log.add(f"{ctx.worker_id} step {ctx.machine}#{ctx.id}.{ctx.step} a{ctx.attempt} t{ctx.lease_token}")
         try:

@@ -84,8 +84,9 @@ class Serializer:
         return self.owner is not None and self.owner is trio.lowlevel.current_task()
 
     @asynccontextmanager
-    async def turn(self, *, begins: bool = False, ends: bool = False,
-                   key: tuple[str, str, int] = ("~harness", "", 0)) -> AsyncIterator[None]:
+    async def turn(
+        self, *, begins: bool = False, ends: bool = False, key: tuple[str, str, int] = ("~harness", "", 0)
+    ) -> AsyncIterator[None]:
         """One call's turn. ``begins``: the call opens a transaction, which keeps the turn if it succeeds;
         ``ends``: the call closes the transaction that holds the turn; ``key`` (participant, statement,
         its count) orders calls that contend for the same turn."""
@@ -179,8 +180,9 @@ class HeldLock:
     """A statement's transaction kept open by a hold fault (signal_lock, pick_lock, cancel_lock): its row locks
     stay until ``release``."""
 
-    def __init__(self, serializer: Serializer, pool: Pool, raw: asyncpg.Connection, tx: Any, what: str,
-                 targets: set[int]) -> None:
+    def __init__(
+        self, serializer: Serializer, pool: Pool, raw: asyncpg.Connection, tx: Any, what: str, targets: set[int]
+    ) -> None:
         self.serializer = serializer
         self.targets = targets  # the instances whose rows it locks
         self.pool = pool
@@ -229,8 +231,15 @@ SAME_AS = {"complete_simple": "complete"}
 class SlotGate:
     """``Pool.gate`` of one slot's pool: counts calls, applies the slot's faults, logs the results."""
 
-    def __init__(self, run: Run, serializer: Serializer, slot: Slot, admin: Pool | None,
-                 watch: Pool | None, application_name: str) -> None:
+    def __init__(
+        self,
+        run: Run,
+        serializer: Serializer,
+        slot: Slot,
+        admin: Pool | None,
+        watch: Pool | None,
+        application_name: str,
+    ) -> None:
         self.run = run
         self.serializer = serializer
         self.slot = slot
@@ -244,9 +253,13 @@ class SlotGate:
         slot.counts[name] += 1
         nth = slot.counts[name]
         sim.calls[name] += 1  # run-wide counts: a fault without a slot is keyed on the n-th call of anyone
-        faults = [f for f in sim.plan
-                  if sim.faults_on and STATEMENT.get(f.kind) == name
-                  and ((f.slot == slot.index and f.nth == nth) or (f.slot is None and f.nth == sim.calls[name]))]
+        faults = [
+            f
+            for f in sim.plan
+            if sim.faults_on
+            and STATEMENT.get(f.kind) == name
+            and ((f.slot == slot.index and f.nth == nth) or (f.slot is None and f.nth == sim.calls[name]))
+        ]
         in_transaction = self.serializer.owns()  # it holds the turn: it must not pause
         if slot.paused is not None and not in_transaction:
             await slot.paused.wait()
@@ -266,8 +279,9 @@ class SlotGate:
                 sim.fire(f, f" ({slot.worker_id})")
                 slot.runtime.stop(drain_timeout=f.seconds * sim.scale)
         locked: HeldLock | None = None
-        async with self.serializer.turn(begins=name == "begin", ends=name in ("commit", "rollback"),
-                                        key=(slot.name, name, nth)):
+        async with self.serializer.turn(
+            begins=name == "begin", ends=name in ("commit", "rollback"), key=(slot.name, name, nth)
+        ):
             held = self._held()
             if "crash" in kinds:
                 self._crash(next(f for f in faults if f.kind == "crash"))
@@ -303,8 +317,9 @@ class SlotGate:
         await aio(tx.start)()
         args = call_args(run)
         result = await aio(getattr(raw, method))(query.text, *args)
-        lock = HeldLock(self.serializer, self.admin, raw, tx, f"{self.slot.worker_id} {query.name}",
-                        locked_ids(args, result))
+        lock = HeldLock(
+            self.serializer, self.admin, raw, tx, f"{self.slot.worker_id} {query.name}", locked_ids(args, result)
+        )
         self.serializer.held.append(lock)
         self.run.fire(fault, f" ({self.slot.worker_id})")
         return result, lock
@@ -436,8 +451,7 @@ class SlotGate:
                 nursery.start_soon(victim)
                 deadline = time.monotonic() + 5
                 while time.monotonic() < deadline:
-                    pids = [r["pid"] for r in await self.watch.fetch(Q.sim_blocked_backends,
-                                                                      self.application_name)]
+                    pids = [r["pid"] for r in await self.watch.fetch(Q.sim_blocked_backends, self.application_name)]
                     if pids:
                         killed = int(await self.watch.fetchval(Q.sim_terminate_backends, pids))
                         break
@@ -445,8 +459,11 @@ class SlotGate:
             # EOF arrive now, while the clock is frozen and the lock held, not at some later moment that
             # would perturb the scheduling order.
             await trio.to_thread.run_sync(time.sleep, 0.05)
-        self.run.fire(fault, f" ({self.slot.worker_id}, {killed} backend, "
-                             f"{type(done['error']).__name__ if 'error' in done else 'no error'})")
+        self.run.fire(
+            fault,
+            f" ({self.slot.worker_id}, {killed} backend, "
+            f"{type(done['error']).__name__ if 'error' in done else 'no error'})",
+        )
         if "error" in done:
             self.run.log.add(f"{self.slot.worker_id} {name} failed: {type(done['error']).__name__}")
             raise done["error"]
@@ -492,10 +509,16 @@ class SlotGate:
                 live = leases.pop(r["id"], None)
                 if live_checks:
                     self._check_release(name, r["id"], live, args)
-            asked = (" ".join(f"{i}:t{t}" for i, t in zip(args[0], args[1], strict=True))
-                     if name in ("release", "lease_lost") else "")
-            text = f"{' '.join(str(r['id']) for r in rows)} (of {asked})" if asked else " ".join(
-                str(r["id"]) for r in rows)
+            asked = (
+                " ".join(f"{i}:t{t}" for i, t in zip(args[0], args[1], strict=True))
+                if name in ("release", "lease_lost")
+                else ""
+            )
+            text = (
+                f"{' '.join(str(r['id']) for r in rows)} (of {asked})"
+                if asked
+                else " ".join(str(r["id"]) for r in rows)
+            )
         elif name == "complete":
             parts = []
             for r in rows:
@@ -509,10 +532,12 @@ class SlotGate:
                 # the outcome committed must be the live claim's own (its input token), not merely one of
                 # a worker that also holds the live claim (a zombie's outcome beside it in one batch)
                 if live is None or live[0] != r["claim_token"] or live[0] not in held.get(r["id"], set()):
-                    sim.violate("no_fenced_outcome_visible",
-                                f"{who} committed an outcome for instance {r['id']} with token "
-                                f"{r['claim_token']} (holding {sorted(held.get(r['id'], set()))}) while the "
-                                f"live lease is {live}")
+                    sim.violate(
+                        "no_fenced_outcome_visible",
+                        f"{who} committed an outcome for instance {r['id']} with token "
+                        f"{r['claim_token']} (holding {sorted(held.get(r['id'], set()))}) while the "
+                        f"live lease is {live}",
+                    )
                 if r["status"] == "executing":  # run-ahead: the claim is kept under a fresh token
                     leases[r["id"]] = (r["lease_token"], who)
             text = " ".join(parts)
@@ -524,9 +549,11 @@ class SlotGate:
             for iid in extended if live_checks else []:
                 live = leases.get(iid)
                 if live is None or live[1] != who or live[0] not in passed.get(iid, set()):
-                    sim.violate("one_live_lease",
-                                f"{who} extended the lease of instance {iid} with tokens "
-                                f"{sorted(passed.get(iid, set()))} while the live lease is {live}")
+                    sim.violate(
+                        "one_live_lease",
+                        f"{who} extended the lease of instance {iid} with tokens "
+                        f"{sorted(passed.get(iid, set()))} while the live lease is {live}",
+                    )
             text = " ".join(str(i) for i in sorted(extended))
         elif name == "register_worker":
             # a restarted worker has freed its crashed predecessors' claims (release_dead_workers, observed
@@ -536,16 +563,20 @@ class SlotGate:
             locked = {i for h in self.serializer.held for i in h.targets} | self.serializer.skipped
             left = sorted(iid for iid, (_, w) in leases.items() if w in self.slot.dead and iid not in locked)
             if left and live_checks:
-                sim.violate("restart_frees_claims",
-                            f"{who} started with claims {left} of its crashed predecessors still held")
+                sim.violate(
+                    "restart_frees_claims", f"{who} started with claims {left} of its crashed predecessors still held"
+                )
             text = ""
         elif name == "value_put":
             row = rows[0] if rows else None
             wrote = row is not None and row["owned"] and row["sha256"] is not None
             live = leases.get(args[0]) if args else None
             if wrote and live_checks and (live is None or live[0] != args[1]):
-                sim.violate("values_fenced", f"{who} wrote value {args[2]!r} of instance {args[0]} under token "
-                                             f"{args[1]} while the live lease is {live}")
+                sim.violate(
+                    "values_fenced",
+                    f"{who} wrote value {args[2]!r} of instance {args[0]} under token "
+                    f"{args[1]} while the live lease is {live}",
+                )
             text = f"{args[0]}:t{args[1]} {args[2]} {'written' if wrote else 'refused'}" if args else ""
         elif name == "deliver_signal":
             text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
@@ -554,8 +585,11 @@ class SlotGate:
             for r in rows:  # handed off to this worker's idle scheduler: claimed like a pick
                 if r["lease_token"] is not None:
                     leases[r["id"]] = (r["lease_token"], who)
-            text = " ".join(str(r["id"] if r["id"] in inserted else None)
-                            + ("" if r["lease_token"] is None else f":t{r['lease_token']}") for r in rows)
+            text = " ".join(
+                str(r["id"] if r["id"] in inserted else None)
+                + ("" if r["lease_token"] is None else f":t{r['lease_token']}")
+                for r in rows
+            )
         else:
             text = f"{len(rows)} rows" if isinstance(result, list) else ""
         sim.log.add(f"{who} {name}#{nth} {text}".rstrip())
@@ -576,8 +610,9 @@ class SlotGate:
             ok = live is None or live[1] in args[0]
             held = f"of dead workers {sorted(args[0])}"
         if not ok:
-            self.run.violate("release_fencing",
-                             f"{who} {name} released instance {iid} {held} while the live lease is {live}")
+            self.run.violate(
+                "release_fencing", f"{who} {name} released instance {iid} {held} while the live lease is {live}"
+            )
 
 
 # statements that give claims back to runnable (the release fencing check), with the reaper's `reap`

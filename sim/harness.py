@@ -46,7 +46,7 @@ from .workloads import Action, Final, Workload, workloads
 
 Progress = Callable[[str, float], None]
 QUEUE = "sim"
-PROGRESS_TICK = 2.0    # virtual seconds between queue progress checks
+PROGRESS_TICK = 2.0  # virtual seconds between queue progress checks
 PROGRESS_BOUND = 24.0  # virtual seconds a due row may wait unpicked while a worker has room (3 x poll_max)
 VIRTUAL_EPOCH = VirtualClock().epoch
 
@@ -80,29 +80,51 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "seed": self.config.seed, "config": {
-                "workload": self.config.workload, "instances": self.config.instances,
-                "workers": self.config.workers, "faults": list(self.config.faults),
-                "mode": self.config.mode, "lease": self.config.lease, "chain": self.config.chain,
-                "chaos_seconds": self.config.chaos_seconds, "heal_bound": self.config.heal_bound},
+            "seed": self.config.seed,
+            "config": {
+                "workload": self.config.workload,
+                "instances": self.config.instances,
+                "workers": self.config.workers,
+                "faults": list(self.config.faults),
+                "mode": self.config.mode,
+                "lease": self.config.lease,
+                "chain": self.config.chain,
+                "chaos_seconds": self.config.chaos_seconds,
+                "heal_bound": self.config.heal_bound,
+            },
             "command": self.config.command(),
             "plan": [f.to_json() for f in self.plan],
             "violated": sorted({v.invariant for v in self.violations}),
             "violations": [{"invariant": v.invariant, "detail": v.detail} for v in self.violations],
-            "log_hash": self.log_hash, "statuses": self.statuses, "faults": self.faults,
-            "last_events": self.last_events, "operation_log": self.log,
+            "log_hash": self.log_hash,
+            "statuses": self.statuses,
+            "faults": self.faults,
+            "last_events": self.last_events,
+            "operation_log": self.log,
         }
 
 
 def plan_for(config: SimConfig) -> list[Fault]:
     """The fault plan the seed draws for this configuration."""
-    return draw_plan(random.Random(f"{config.seed}:plan"), list(config.faults), workers=config.workers,
-                     instances=config.instances * 2, lease=config.lease)
+    return draw_plan(
+        random.Random(f"{config.seed}:plan"),
+        list(config.faults),
+        workers=config.workers,
+        instances=config.instances * 2,
+        lease=config.lease,
+    )
 
 
-def simulate(config: SimConfig, plan: list[Fault] | None = None, *, dsn: str | None = None,
-             progress: Progress | None = None, keep_schema: bool = False,
-             prepare: Prepare | None = None, loads: list[Workload] | None = None) -> Result:
+def simulate(
+    config: SimConfig,
+    plan: list[Fault] | None = None,
+    *,
+    dsn: str | None = None,
+    progress: Progress | None = None,
+    keep_schema: bool = False,
+    prepare: Prepare | None = None,
+    loads: list[Workload] | None = None,
+) -> Result:
     """Run one simulation to the end (blocking; starts its own trio run). ``prepare`` runs on the
     fresh schema before the workers start (planted bugs use it); ``loads`` replaces the named workload
     (a scenario written in Python)."""
@@ -110,17 +132,23 @@ def simulate(config: SimConfig, plan: list[Fault] | None = None, *, dsn: str | N
     started = time.perf_counter()
     if config.mode == "dst":
         clock = seeded_clock(config.seed)
-        result = trio.run(_dst, config, plan, target, clock, progress, keep_schema, prepare, loads,
-                          clock=clock)
+        result = trio.run(_dst, config, plan, target, clock, progress, keep_schema, prepare, loads, clock=clock)
     else:
         result = trio.run(_simulate, config, plan, target, None, progress, keep_schema, prepare, loads)
     result.real_seconds = time.perf_counter() - started
     return result
 
 
-async def simulate_async(config: SimConfig, plan: list[Fault] | None = None, *, dsn: str,
-                         clock: trio.testing.MockClock | None, prepare: Prepare | None = None,
-                         loads: list[Workload] | None = None, keep_schema: bool = False) -> Result:
+async def simulate_async(
+    config: SimConfig,
+    plan: list[Fault] | None = None,
+    *,
+    dsn: str,
+    clock: trio.testing.MockClock | None,
+    prepare: Prepare | None = None,
+    loads: list[Workload] | None = None,
+    keep_schema: bool = False,
+) -> Result:
     """The same from inside a trio run (pytest-trio: pass the ``mock_clock`` / ``autojump_clock``
     fixture for dst; None runs in real time, like chaos mode)."""
     started = time.perf_counter()
@@ -133,9 +161,16 @@ async def simulate_async(config: SimConfig, plan: list[Fault] | None = None, *, 
     return result
 
 
-async def _dst(config: SimConfig, plan: list[Fault] | None, dsn: str, clock: trio.testing.MockClock,
-               progress: Progress | None, keep_schema: bool, prepare: Prepare | None,
-               loads: list[Workload] | None) -> Result:
+async def _dst(
+    config: SimConfig,
+    plan: list[Fault] | None,
+    dsn: str,
+    clock: trio.testing.MockClock,
+    progress: Progress | None,
+    keep_schema: bool,
+    prepare: Prepare | None,
+    loads: list[Workload] | None,
+) -> Result:
     collect = None
     if config.spans:
         from . import spans
@@ -157,13 +192,26 @@ async def _dst(config: SimConfig, plan: list[Fault] | None, dsn: str, clock: tri
     return result
 
 
-async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, schema: str,
-                       machines: list[Any], admin: Pool | None, watch: Pool | None) -> SimDatabase:
+async def open_slot_db(
+    run: Run,
+    serializer: Serializer,
+    slot: Slot,
+    dsn: str,
+    schema: str,
+    machines: list[Any],
+    admin: Pool | None,
+    watch: Pool | None,
+) -> SimDatabase:
     app = f"sim-{schema}-{slot.name}"[:63]
     raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-        dsn, min_size=1, max_size=3, max_inactive_connection_lifetime=0, statement_cache_size=256,
+        dsn,
+        min_size=1,
+        max_size=3,
+        max_inactive_connection_lifetime=0,
+        statement_cache_size=256,
         reset=keep_session,  # the engine keeps no session state: skip a round trip per call
-        server_settings={"search_path": f"{schema},public", "application_name": app})
+        server_settings={"search_path": f"{schema},public", "application_name": app},
+    )
     pool = Pool(raw, dsn, schema)
     pool.gate = SlotGate(run, serializer, slot, admin, watch, app)
     clock = VirtualClock() if run.config.mode == "dst" else DatabaseClock()
@@ -174,11 +222,23 @@ async def open_slot_db(run: Run, serializer: Serializer, slot: Slot, dsn: str, s
     return db
 
 
-async def _simulate(config: SimConfig, plan: list[Fault] | None, dsn: str,
-                    clock: trio.testing.MockClock | None, progress: Progress | None, keep_schema: bool,
-                    prepare: Prepare | None, loads: list[Workload] | None) -> Result:
-    sim = Simulation(config, plan_for(config) if plan is None else plan, dsn, clock,
-                     workloads(config.workload) if loads is None else loads)
+async def _simulate(
+    config: SimConfig,
+    plan: list[Fault] | None,
+    dsn: str,
+    clock: trio.testing.MockClock | None,
+    progress: Progress | None,
+    keep_schema: bool,
+    prepare: Prepare | None,
+    loads: list[Workload] | None,
+) -> Result:
+    sim = Simulation(
+        config,
+        plan_for(config) if plan is None else plan,
+        dsn,
+        clock,
+        workloads(config.workload) if loads is None else loads,
+    )
     with engine_log_to(sim.run_):
         return await sim.run(progress=progress, keep_schema=keep_schema, prepare=prepare)
 
@@ -214,8 +274,14 @@ def engine_log_to(run: Run) -> Iterator[None]:
 class Simulation:
     """One run: setup on a fresh schema, the chaos / heal / liveness phases, the final checks."""
 
-    def __init__(self, config: SimConfig, plan: list[Fault], dsn: str, clock: trio.testing.MockClock | None,
-                 loads: list[Workload]) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        plan: list[Fault],
+        dsn: str,
+        clock: trio.testing.MockClock | None,
+        loads: list[Workload],
+    ) -> None:
         self.config = config
         self.plan = plan
         self.dsn = dsn
@@ -255,8 +321,16 @@ class Simulation:
         return self._result(final)
 
     async def _open(self, slot: Slot, *, faults: bool) -> SimDatabase:
-        db = await open_slot_db(self.run_, self.serializer, slot, self.dsn, self.schema, self.machines,
-                                self.admin if faults else None, self.watch if faults else None)
+        db = await open_slot_db(
+            self.run_,
+            self.serializer,
+            slot,
+            self.dsn,
+            self.schema,
+            self.machines,
+            self.admin if faults else None,
+            self.watch if faults else None,
+        )
         self.dbs.append(db)
         return db
 
@@ -285,10 +359,21 @@ class Simulation:
         while run.phase != "done":
             slot.incarnation += 1
             db = await self.serializer.frozen(functools.partial(self._open, slot, faults=True))
-            rt = Runtime(db, machines=self.machines, queues={QUEUE: 4}, lease=lease, chain=self.config.chain,
-                         heartbeat=lease / 3, reap_every=lease / 2, poll_min=1.0 * scale, poll_max=8.0 * scale,
-                         drain_timeout=lease, worker_id=slot.worker_id, clock=db.clock,
-                         on_error=functools.partial(note_error, run, slot.worker_id))
+            rt = Runtime(
+                db,
+                machines=self.machines,
+                queues={QUEUE: 4},
+                lease=lease,
+                chain=self.config.chain,
+                heartbeat=lease / 3,
+                reap_every=lease / 2,
+                poll_min=1.0 * scale,
+                poll_max=8.0 * scale,
+                drain_timeout=lease,
+                worker_id=slot.worker_id,
+                clock=db.clock,
+                on_error=functools.partial(note_error, run, slot.worker_id),
+            )
             slot.runtime = rt
             run.log.add(f"{slot.worker_id} start")
             try:
@@ -331,8 +416,11 @@ class Simulation:
             now = trio.current_time()
             if not any(self._has_room(slot) for slot in self.slots):
                 calm_since = now
-            rows = await self.serializer.frozen(functools.partial(
-                self.admin.fetch, Q.sim_due_waiting, VIRTUAL_EPOCH + datetime.timedelta(seconds=now), QUEUE))
+            rows = await self.serializer.frozen(
+                functools.partial(
+                    self.admin.fetch, Q.sim_due_waiting, VIRTUAL_EPOCH + datetime.timedelta(seconds=now), QUEUE
+                )
+            )
             due = {r["id"]: r for r in rows}
             since = {iid: since.get(iid, now) for iid in due}
             for iid, first in since.items():
@@ -340,9 +428,11 @@ class Simulation:
                 if waited > PROGRESS_BOUND * scale and iid not in reported:
                     reported.add(iid)
                     r = due[iid]
-                    run.violate("queue_progress",
-                                f"instance {iid} ({r['machine']}.{r['step']}) due and runnable for {waited:.1f}s "
-                                "unpicked while a worker had room")
+                    run.violate(
+                        "queue_progress",
+                        f"instance {iid} ({r['machine']}.{r['step']}) due and runnable for {waited:.1f}s "
+                        "unpicked while a worker had room",
+                    )
 
     def _has_room(self, slot: Slot) -> bool:
         rt = slot.runtime
@@ -421,12 +511,21 @@ class Simulation:
         statuses = Counter(i["status"] for i in final.instances)
         outcomes = sum(1 for h in final.history if h["event"] in invariants.OUTCOMES)
         return Result(
-            config=self.config, plan=self.plan, violations=violations, log_hash=run.log.hexdigest(),
-            operations=len(run.log.lines), last_events=list(run.log.last),
-            statuses=dict(sorted(statuses.items())), steps=len(run.steps),
-            reexecutions=max(0, len(run.steps) - outcomes), faults=dict(sorted(run.faults_fired.items())),
+            config=self.config,
+            plan=self.plan,
+            violations=violations,
+            log_hash=run.log.hexdigest(),
+            operations=len(run.log.lines),
+            last_events=list(run.log.last),
+            statuses=dict(sorted(statuses.items())),
+            steps=len(run.steps),
+            reexecutions=max(0, len(run.steps) - outcomes),
+            faults=dict(sorted(run.faults_fired.items())),
             fenced=sum(1 for h in final.history if h["event"] == "fenced"),
-            virtual_seconds=self.end - self.t0, real_seconds=0.0, calls=self.serializer.calls, log=run.log.lines,
+            virtual_seconds=self.end - self.t0,
+            real_seconds=0.0,
+            calls=self.serializer.calls,
+            log=run.log.lines,
         )
 
 

@@ -18,8 +18,9 @@ STEP_CHANGES = ("inserted", "next", "spawn", "joined", "retried")
 
 
 def terminal(final: Final) -> list[Violation]:
-    stuck = [f"{i['machine']}#{i['id']} {i['status']} at {i['step']}"
-             for i in final.instances if i["status"] not in TERMINAL]
+    stuck = [
+        f"{i['machine']}#{i['id']} {i['status']} at {i['step']}" for i in final.instances if i["status"] not in TERMINAL
+    ]
     if not stuck:
         return []
     return [Violation("terminal_after_heal", f"{len(stuck)} not terminal: {', '.join(stuck[:8])}")]
@@ -38,9 +39,13 @@ def partition_serial(run: Run, final: Final) -> list[Violation]:
         for a, b in itertools.pairwise(recs):
             assert a.end is not None
             if b.start < a.end:
-                out.append(Violation("partition_serial",
-                                     f"{key}: #{a.instance}.{a.step} [{a.start:.2f}, {a.end:.2f}] overlaps "
-                                     f"#{b.instance}.{b.step} [{b.start:.2f}, {b.end:.2f}]"))
+                out.append(
+                    Violation(
+                        "partition_serial",
+                        f"{key}: #{a.instance}.{a.step} [{a.start:.2f}, {a.end:.2f}] overlaps "
+                        f"#{b.instance}.{b.step} [{b.start:.2f}, {b.end:.2f}]",
+                    )
+                )
     return out
 
 
@@ -60,12 +65,19 @@ def children(final: Final) -> list[Violation]:
     for parent, group in sorted(kids.items()):
         ended = sum(1 for k in group if k["status"] in TERMINAL)
         if decrements[parent] != ended:
-            out.append(Violation("child_decrements_once",
-                                 f"parent {parent}: {decrements[parent]} decrements for {ended} terminal children"))
+            out.append(
+                Violation(
+                    "child_decrements_once",
+                    f"parent {parent}: {decrements[parent]} decrements for {ended} terminal children",
+                )
+            )
         if rows[parent]["status"] in TERMINAL and ended < len(group):
-            out.append(Violation("child_decrements_once",
-                                 f"parent {parent} ended {rows[parent]['status']} with "
-                                 f"{len(group) - ended} children still running"))
+            out.append(
+                Violation(
+                    "child_decrements_once",
+                    f"parent {parent} ended {rows[parent]['status']} with {len(group) - ended} children still running",
+                )
+            )
     return out
 
 
@@ -100,9 +112,13 @@ def cancels(final: Final) -> list[Violation]:
         if uncounted:
             out.append(Violation("cancel_accounted", f"cancelled children {uncounted} of {parent} never joined it"))
         if cancelled and decrements[parent] != len(ended):
-            out.append(Violation("cancel_accounted",
-                                 f"parent {parent}: {decrements[parent]} decrements for {len(ended)} ended children "
-                                 f"(cancelled: {cancelled})"))
+            out.append(
+                Violation(
+                    "cancel_accounted",
+                    f"parent {parent}: {decrements[parent]} decrements for {len(ended)} ended children "
+                    f"(cancelled: {cancelled})",
+                )
+            )
         if rows[parent]["status"] == "awaiting_children" and len(ended) == len(group):
             statuses = ", ".join(f"{k['id']} {k['status']}" for k in group)
             out.append(Violation("cancel_accounted", f"parent {parent} awaits children that all ended ({statuses})"))
@@ -119,9 +135,13 @@ def attempts(run: Run, final: Final) -> list[Violation]:
     for rec in run.steps:
         limit = run.max_attempts.get(rec.machine)
         if limit is not None and rec.attempt >= limit:
-            out.append(Violation("bounded_attempts",
-                                 f"instance {rec.instance} ({rec.machine}.{rec.step}) ran attempt {rec.attempt} on "
-                                 f"{rec.worker}; max_attempts is {limit}"))
+            out.append(
+                Violation(
+                    "bounded_attempts",
+                    f"instance {rec.instance} ({rec.machine}.{rec.step}) ran attempt {rec.attempt} on "
+                    f"{rec.worker}; max_attempts is {limit}",
+                )
+            )
             break
     recoveries: dict[int, int] = defaultdict(int)
     highest: dict[int, int] = {i["id"]: i["attempt"] for i in final.instances}
@@ -136,9 +156,13 @@ def attempts(run: Run, final: Final) -> list[Violation]:
     for iid, attempt in sorted(highest.items()):
         limit = run.max_attempts.get(rows[iid]["machine"]) if iid in rows else None
         if limit is not None and attempt > limit + 1 + recoveries[iid]:
-            out.append(Violation("bounded_attempts",
-                                 f"instance {iid} reached attempt {attempt} (max_attempts {limit}) with "
-                                 f"{recoveries[iid]} lost claims past the bound to explain it"))
+            out.append(
+                Violation(
+                    "bounded_attempts",
+                    f"instance {iid} reached attempt {attempt} (max_attempts {limit}) with "
+                    f"{recoveries[iid]} lost claims past the bound to explain it",
+                )
+            )
     return out + loops(run, final)
 
 
@@ -151,8 +175,12 @@ def loops(run: Run, final: Final) -> list[Violation]:
     rows: Counter[int] = Counter(h["instance_id"] for h in final.history)
     for iid, n in sorted(runs.items()):
         if n > 2 + 2 * rows[iid]:
-            return [Violation("bounded_attempts", f"instance {iid}: {n} step runs for {rows[iid]} history rows "
-                                                  "(a loop that commits nothing)")]
+            return [
+                Violation(
+                    "bounded_attempts",
+                    f"instance {iid}: {n} step runs for {rows[iid]} history rows (a loop that commits nothing)",
+                )
+            ]
     return []
 
 
@@ -171,9 +199,13 @@ def exclusive(run: Run) -> list[Violation]:
         for a, b in itertools.pairwise(recs):
             end = a.end if a.end is not None else math.inf
             if b.start < end:
-                out.append(Violation("steps_exclusive",
-                                     f"instance {iid}: {a.step} t{a.token} on {a.worker} [{a.start:.2f}, {end:.2f}] "
-                                     f"overlaps {b.step} t{b.token} on {b.worker} from {b.start:.2f}"))
+                out.append(
+                    Violation(
+                        "steps_exclusive",
+                        f"instance {iid}: {a.step} t{a.token} on {a.worker} [{a.start:.2f}, {end:.2f}] "
+                        f"overlaps {b.step} t{b.token} on {b.worker} from {b.start:.2f}",
+                    )
+                )
                 break
     return out
 
@@ -197,20 +229,27 @@ def history(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violati
             reaped.add((iid, token))
         if h["event"] in OUTCOMES and token is not None:
             if (iid, token) in seen:
-                out.append(Violation("history_consistent",
-                                     f"instance {iid}: two outcomes under lease token {token}"))
+                out.append(Violation("history_consistent", f"instance {iid}: two outcomes under lease token {token}"))
             seen[(iid, token)] = h["id"]
             if (iid, token) in reaped:
-                out.append(Violation("no_fenced_outcome_visible",
-                                     f"instance {iid}: outcome {h['event']} committed under token {token} "
-                                     "after that lease was reaped"))
+                out.append(
+                    Violation(
+                        "no_fenced_outcome_visible",
+                        f"instance {iid}: outcome {h['event']} committed under token {token} "
+                        "after that lease was reaped",
+                    )
+                )
         # fenced and lease_lost rows speak of a stale claim (its attempt then), not of the row now
         if h["event"] in ("fenced", "lease_lost", "signal", "cancelled") or h["attempt"] is None:
             continue
         prev = last.get(iid)
         if prev is not None and prev[0] == h["step"] and h["attempt"] < prev[1]:
-            out.append(Violation("history_consistent",
-                                 f"instance {iid}: attempt went from {prev[1]} to {h['attempt']} at {h['step']}"))
+            out.append(
+                Violation(
+                    "history_consistent",
+                    f"instance {iid}: attempt went from {prev[1]} to {h['attempt']} at {h['step']}",
+                )
+            )
         last[iid] = (None, 0) if h["event"] in STEP_CHANGES else (h["step"], h["attempt"])
     return out
 
@@ -225,6 +264,13 @@ def signals(run: Run, final: Final) -> list[Violation]:
 
 
 def check_all(run: Run, final: Final, early: list[dict[str, Any]]) -> list[Violation]:
-    return [*terminal(final), *partition_serial(run, final), *children(final),
-            *history(run, final, early), *signals(run, final), *cancels(final), *attempts(run, final),
-            *exclusive(run)]
+    return [
+        *terminal(final),
+        *partition_serial(run, final),
+        *children(final),
+        *history(run, final, early),
+        *signals(run, final),
+        *cancels(final),
+        *attempts(run, final),
+        *exclusive(run),
+    ]

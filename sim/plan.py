@@ -23,27 +23,37 @@ FAULT_KINDS: dict[str, str] = {
     "slow_step": "a step takes longer than usual (beyond the heartbeat period)",
     "reaper_delay": "a reaper call stalls before running",
     "drain": "graceful worker restart: Runtime.stop with a short drain (buffered claims released, cut-off "
-             "steps released with attempt + 1), then a new incarnation",
+    "steps released with attempt + 1), then a new incarnation",
     "signal_lock": "a signal delivery's transaction stays open after its statement (the target row locked) while "
-                   "other workers' statements run; it commits when one of them waits on that lock (a real "
-                   "interleaving: that statement keeps the snapshot it took before), or after a few seconds",
+    "other workers' statements run; it commits when one of them waits on that lock (a real "
+    "interleaving: that statement keeps the snapshot it took before), or after a few seconds",
     "pick_lock": "a pick's transaction stays open after it claimed its rows (locked, executing, not yet "
-                 "committed) while other statements run; it commits when one of them waits on those rows "
-                 "(a signal, a cancel, a reap), or after a few seconds; the worker hears of its claims then",
+    "committed) while other statements run; it commits when one of them waits on those rows "
+    "(a signal, a cancel, a reap), or after a few seconds; the worker hears of its claims then",
     "cancel_lock": "a cancel's transaction stays open after its walk (the tree's rows locked) while the workers' "
-                   "outcomes, heartbeats and picks run; it commits when one of them waits on it, or after a few "
-                   "seconds",
+    "outcomes, heartbeats and picks run; it commits when one of them waits on it, or after a few "
+    "seconds",
     "lease_loss": "a worker's heartbeats and its outcome commits stall while its picks, steps and reaper go "
-                  "on: its finished steps' claims are reaped and picked again while their stale outcomes are "
-                  "still queued",
+    "on: its finished steps' claims are reaped and picked again while their stale outcomes are "
+    "still queued",
 }
 ALIASES = {"conn": ["conn_pick", "conn_heartbeat", "conn_complete"], "all": list(FAULT_KINDS)}
 
 # the statement a slot-keyed fault waits for
-STATEMENT = {"crash": "complete", "commit_unknown": "complete", "zombie": "complete",
-             "conn_pick": "pick", "conn_heartbeat": "heartbeat", "conn_complete": "complete",
-             "reaper_delay": "reap", "drain": "pick", "lease_loss": "complete", "signal_lock": "deliver_signal",
-             "pick_lock": "pick", "cancel_lock": "cancel_instance"}
+STATEMENT = {
+    "crash": "complete",
+    "commit_unknown": "complete",
+    "zombie": "complete",
+    "conn_pick": "pick",
+    "conn_heartbeat": "heartbeat",
+    "conn_complete": "complete",
+    "reaper_delay": "reap",
+    "drain": "pick",
+    "lease_loss": "complete",
+    "signal_lock": "deliver_signal",
+    "pick_lock": "pick",
+    "cancel_lock": "cancel_instance",
+}
 # faults that hold a statement's transaction open (real interleavings in dst)
 HOLDS = frozenset({"signal_lock", "pick_lock", "cancel_lock"})
 
@@ -66,10 +76,10 @@ def parse_kinds(text: str) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Fault:
     kind: str
-    slot: int | None = None       # worker slot (slot-keyed kinds; None: the n-th call of any participant)
-    nth: int = 1                  # the n-th matching call / execution
-    instance: int | None = None   # instance id (step-keyed kinds)
-    seconds: float = 0.0          # pause, delay or extra step time
+    slot: int | None = None  # worker slot (slot-keyed kinds; None: the n-th call of any participant)
+    nth: int = 1  # the n-th matching call / execution
+    instance: int | None = None  # instance id (step-keyed kinds)
+    seconds: float = 0.0  # pause, delay or extra step time
 
     def describe(self) -> str:
         if self.instance is not None:
@@ -87,23 +97,29 @@ class Fault:
         return cls(**data)
 
 
-def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: int,
-              lease: float) -> list[Fault]:
+def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: int, lease: float) -> list[Fault]:
     """A fault plan for one run: a few faults of each enabled kind."""
     plan: list[Fault] = []
     for kind in kinds:
         for _ in range(rng.randint(1, 2)):
             slot = rng.randint(1, workers)
             if kind in ("step_error", "slow_step"):
-                plan.append(Fault(kind, instance=rng.randint(1, instances), nth=rng.randint(1, 3),
-                                  seconds=round(rng.uniform(lease / 2, lease * 1.5), 1)
-                                  if kind == "slow_step" else 0.0))
+                plan.append(
+                    Fault(
+                        kind,
+                        instance=rng.randint(1, instances),
+                        nth=rng.randint(1, 3),
+                        seconds=round(rng.uniform(lease / 2, lease * 1.5), 1) if kind == "slow_step" else 0.0,
+                    )
+                )
             elif kind in ("zombie", "lease_loss"):
-                plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 3),
-                                  seconds=round(rng.uniform(lease * 2, lease * 4), 1)))
+                plan.append(
+                    Fault(kind, slot=slot, nth=rng.randint(1, 3), seconds=round(rng.uniform(lease * 2, lease * 4), 1))
+                )
             elif kind == "reaper_delay":
-                plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 6),
-                                  seconds=round(rng.uniform(lease / 2, lease * 2), 1)))
+                plan.append(
+                    Fault(kind, slot=slot, nth=rng.randint(1, 6), seconds=round(rng.uniform(lease / 2, lease * 2), 1))
+                )
             elif kind == "drain":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(2, 12), seconds=round(rng.uniform(0.5, 5), 1)))
             elif kind == "signal_lock":  # keyed on the run's n-th delivery, whoever sends it (the driver too)

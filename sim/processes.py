@@ -52,9 +52,21 @@ class Workers:
         wid = f"w{slot}.{self.incarnation[slot]}"
         with open(self.folder / f"{wid}.err", "wb") as err:  # noqa: ASYNC230 (a local file, once)
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "durable.sim.worker", self.dsn, self.schema, wid, self.run.config.workload,
-                 str(self.lease), str(self.folder / f"{wid}.jsonl")],
-                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "durable.sim.worker",
+                    self.dsn,
+                    self.schema,
+                    wid,
+                    self.run.config.workload,
+                    str(self.lease),
+                    str(self.folder / f"{wid}.jsonl"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.procs[slot] = proc
         if self.stopping:  # stop() began while this one was starting
             proc.kill()
@@ -70,10 +82,14 @@ class Workers:
         code = await proc.wait()
         if self.stopping or proc.pid in self.killed:
             return
-        lines = [line.strip(" |") for line in (self.folder / f"{wid}.err").read_text(errors="replace")
-                 .splitlines() if "Error" in line]
-        self.run.violate("workers_survive", f"worker process {wid} exited with status {code}: "
-                                            f"{lines[-1] if lines else 'no output'}")
+        lines = [
+            line.strip(" |")
+            for line in (self.folder / f"{wid}.err").read_text(errors="replace").splitlines()
+            if "Error" in line
+        ]
+        self.run.violate(
+            "workers_survive", f"worker process {wid} exited with status {code}: {lines[-1] if lines else 'no output'}"
+        )
         await self.start(slot)
 
     async def supervise(self, plan: list[Fault]) -> None:

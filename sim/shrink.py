@@ -21,7 +21,7 @@ def ddmin(items: Sequence[Fault], fails: Probe) -> list[Fault]:
     n = 2
     while len(current) >= 2:
         size = -(-len(current) // n)
-        chunks = [current[i:i + size] for i in range(0, len(current), size)]
+        chunks = [current[i : i + size] for i in range(0, len(current), size)]
         for chunk in chunks:
             if fails(chunk):
                 current, n = chunk, 2
@@ -39,8 +39,15 @@ def ddmin(items: Sequence[Fault], fails: Probe) -> list[Fault]:
     return current
 
 
-def shrink(config: SimConfig, plan: list[Fault], invariants: set[str], *, dsn: str | None = None,
-           prepare: Any = None, on_try: Callable[[list[Fault], Result], None] | None = None) -> list[Fault]:
+def shrink(
+    config: SimConfig,
+    plan: list[Fault],
+    invariants: set[str],
+    *,
+    dsn: str | None = None,
+    prepare: Any = None,
+    on_try: Callable[[list[Fault], Result], None] | None = None,
+) -> list[Fault]:
     """The smallest sub-plan (ddmin) whose run still violates one of ``invariants``."""
     cache: dict[tuple[Fault, ...], bool] = {}
 

@@ -48,16 +48,35 @@ async def main(dsn: str, schema: str, worker_id: str, workload: str, lease: floa
         run.sink = record
         async with asyncio_loop():
             raw = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-                dsn, min_size=1, max_size=4,
-                server_settings={"search_path": f"{schema},public",
-                                 "application_name": f"sim-{schema}-{worker_id.split('.')[0]}"[:63]})
-            db = SimDatabase(Pool(raw, dsn, schema), clock=DatabaseClock(), registry=Registry(machines),
-                             max_value_bytes=SIM_VALUE_BYTES)
+                dsn,
+                min_size=1,
+                max_size=4,
+                server_settings={
+                    "search_path": f"{schema},public",
+                    "application_name": f"sim-{schema}-{worker_id.split('.')[0]}"[:63],
+                },
+            )
+            db = SimDatabase(
+                Pool(raw, dsn, schema),
+                clock=DatabaseClock(),
+                registry=Registry(machines),
+                max_value_bytes=SIM_VALUE_BYTES,
+            )
             db.run = run
             db.slot_name = worker_id
-            rt = Runtime(db, machines=machines, queues={"sim": 4}, lease=lease, heartbeat=lease / 3,
-                         reap_every=lease / 3, poll_min=0.02, poll_max=0.2, drain_timeout=lease,
-                         worker_id=worker_id, on_error=lambda m: None)
+            rt = Runtime(
+                db,
+                machines=machines,
+                queues={"sim": 4},
+                lease=lease,
+                heartbeat=lease / 3,
+                reap_every=lease / 3,
+                poll_min=0.02,
+                poll_max=0.2,
+                drain_timeout=lease,
+                worker_id=worker_id,
+                on_error=lambda m: None,
+            )
             with trio.open_signal_receiver(signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(die_with_parent, os.getppid())

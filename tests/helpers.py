@@ -13,8 +13,9 @@ from durable.runtime.flusher import Flusher
 from durable.sql import Q
 
 
-async def pick(db: durable.Database, queue: str = "default", n: int = 10, *, worker: str = "w1",
-               lease: float = 60.0) -> list[Claim]:
+async def pick(
+    db: durable.Database, queue: str = "default", n: int = 10, *, worker: str = "w1", lease: float = 60.0
+) -> list[Claim]:
     rows = await db.pool.fetch(Q.pick, queue, n, worker, lease, db.clock.now(), None, None)
     return claims_from_rows(rows)
 

@@ -55,13 +55,16 @@ def bdb(db: durable.Database) -> durable.Database:
     return db
 
 
-@pytest.mark.parametrize(("step_name", "message"), [
-    ("shape", "returned 42 (int); a step must return Next, Retry"),
-    ("unserializable", "result of Buggy.unserializable cannot be stored as JSON"),
-    ("to_nowhere", "returned Next to unknown step 'nowhere'"),
-    ("negative", "Retry delay must be a finite, non-negative delay"),
-    ("raises", "ValueError: boom"),
-])
+@pytest.mark.parametrize(
+    ("step_name", "message"),
+    [
+        ("shape", "returned 42 (int); a step must return Next, Retry"),
+        ("unserializable", "result of Buggy.unserializable cannot be stored as JSON"),
+        ("to_nowhere", "returned Next to unknown step 'nowhere'"),
+        ("negative", "Retry delay must be a finite, non-negative delay"),
+        ("raises", "ValueError: boom"),
+    ],
+)
 async def test_step_errors_are_recorded_on_the_row(bdb: durable.Database, step_name: str, message: str) -> None:
     iid = await bdb.insert(Buggy, {"n": 3}, step=step_name)
     _, committed = await run_step(bdb, (await pick(bdb, "bad"))[0])
@@ -122,17 +125,21 @@ async def test_definition_errors() -> None:
     with pytest.raises(durable.DefinitionError, match="must be an async function"):
         step(lambda self, ctx: None)  # type: ignore[arg-type]
     with pytest.raises(durable.DefinitionError, match="initial step 'nope' is not one of its steps"):
+
         class Bad(Machine, initial="nope"):
             @step
             async def a(self, ctx):
                 return Stop("x")
+
     with pytest.raises(durable.DefinitionError, match="has no steps"):
         durable.Registry([type("Empty", (Machine,), {})])
 
 
 async def test_unreachable_dsn_is_one_clear_error() -> None:
     with trio.fail_after(30):
-        with pytest.raises(durable.DatabaseUnavailable, match=r"cannot reach PostgreSQL at postgresql://u:\*\*\*@127.0.0.1:1/x"):
+        with pytest.raises(
+            durable.DatabaseUnavailable, match=r"cannot reach PostgreSQL at postgresql://u:\*\*\*@127.0.0.1:1/x"
+        ):
             async with durable.connect("postgresql://u:secret@127.0.0.1:1/x"):
                 pass
 

@@ -27,14 +27,17 @@ class Worker(Machine, queue="kids"):
 class Parent(Machine, queue="kids"):
     @step
     async def fan(self, ctx):
-        kids = [Child(Worker, {"i": i, "fail": i in ctx.state.get("failing", [])})
-                for i in range(ctx.state["n"])]
+        kids = [Child(Worker, {"i": i, "fail": i in ctx.state.get("failing", [])}) for i in range(ctx.state["n"])]
         return Spawn("join", kids, ctx.state)
 
     @step
     async def join(self, ctx):
-        return Done({"results": sorted(c.result for c in ctx.children if c.status == "done"),
-                     "failed": sorted(c.last_error for c in ctx.children if c.status == "failed")})
+        return Done(
+            {
+                "results": sorted(c.result for c in ctx.children if c.status == "done"),
+                "failed": sorted(c.last_error for c in ctx.children if c.status == "failed"),
+            }
+        )
 
 
 class Grand(Machine, queue="kids"):

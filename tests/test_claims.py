@@ -56,7 +56,8 @@ async def test_the_planner_expects_the_pick_to_stop_after_its_batch(db: durable.
             try:
                 await con.execute(f"prepare p as {Q.pick.text}")
                 return json.loads(
-                    await con.fetchval("explain (format json) execute p('claims', 500, 'w', 60, null, null, null)"))
+                    await con.fetchval("explain (format json) execute p('claims', 500, 'w', 60, null, null, null)")
+                )
             finally:
                 await tx.rollback()
                 await con.execute("deallocate p")

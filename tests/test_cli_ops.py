@@ -38,8 +38,9 @@ class CLI:
         return [DURABLE, args[0], "--dsn", self.dsn, "--schema", self.schema, *args[1:]]
 
     def __call__(self, *args: str, db: bool = True, code: int = 0) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(self.argv(*args, db=db), capture_output=True, text=True, env=self.env, cwd=ROOT,
-                              timeout=60)
+        proc = subprocess.run(
+            self.argv(*args, db=db), capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=60
+        )
         assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc
@@ -48,8 +49,14 @@ class CLI:
         return json.loads(self(*args, "--json").stdout)
 
     def popen(self, *args: str, db: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.argv(*args, db=db), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env or self.env, cwd=ROOT)
+        return subprocess.Popen(
+            self.argv(*args, db=db),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or self.env,
+            cwd=ROOT,
+        )
 
 
 def in_process(dsn: str, schema: str, fn: Callable[[durable.Database], Any], *, migrate: bool = False) -> Any:
@@ -97,14 +104,23 @@ def test_migrate_reports_what_it_did(cli: CLI) -> None:
 
 
 def test_a_worker_runs_the_example_checkout_driven_from_the_cli(cli: CLI) -> None:
-    worker = cli.popen("worker", "examples.checkout", "--queue", "checkout=2", "--queue", "shipping=2",
-                       "--queue", "email=1", "--lease", "5")
+    worker = cli.popen(
+        "worker",
+        "examples.checkout",
+        "--queue",
+        "checkout=2",
+        "--queue",
+        "shipping=2",
+        "--queue",
+        "email=1",
+        "--lease",
+        "5",
+    )
     try:
         assert worker.stderr is not None
         started = worker.stderr.readline()
         assert "started" in started and "checkout=2" in started and "Checkout v1" in started, started
-        made = cli.json("insert", "Checkout", "--module", "examples.checkout", "--state",
-                        '{"order": 42, "items": 2}')
+        made = cli.json("insert", "Checkout", "--module", "examples.checkout", "--state", '{"order": 42, "items": 2}')
         iid = made["id"]
         assert made["step"] == "reserve" and made["queue"] == "checkout"
         status_of = lambda i: in_process(cli.dsn, cli.schema, lambda db: db.get(i)).status  # noqa: E731
@@ -122,7 +138,14 @@ def test_a_worker_runs_the_example_checkout_driven_from_the_cli(cli: CLI) -> Non
         assert done["result"] == {"order": 42, "paid": 100, "parcels": 2}
         assert [c["status"] for c in done["children"]] == ["done", "done"]
         assert [e["event"] for e in done["history"]] == [
-            "inserted", "next", "await", "signal", "spawn", "joined", "done"]
+            "inserted",
+            "next",
+            "await",
+            "signal",
+            "spawn",
+            "joined",
+            "done",
+        ]
         text = cli("show", str(iid)).stdout
         assert "Checkout v1" in text and '"parcels":2' in text
         assert "children" in text and "Shipment" in text and "joined" in text
@@ -148,8 +171,11 @@ def test_ls_filters_pages_and_prints_a_table(cli: CLI) -> None:
 
     async def fill(db: durable.Database) -> list[int | None]:
         return await db.insert_many(
-            [durable.Insert("cli.ls", {"order": i, "tier": "gold" if i % 2 else "std"}, step="s", queue="lsq")
-             for i in range(5)])
+            [
+                durable.Insert("cli.ls", {"order": i, "tier": "gold" if i % 2 else "std"}, step="s", queue="lsq")
+                for i in range(5)
+            ]
+        )
 
     ids = in_process(cli.dsn, cli.schema, fill)
     first = cli.json("ls", "--machine", "cli.ls", "--status", "runnable", "--limit", "2")
@@ -167,14 +193,15 @@ def test_ls_filters_pages_and_prints_a_table(cli: CLI) -> None:
 
 
 def test_tail_prints_offsets_and_resumes(cli: CLI) -> None:
-    in_process(cli.dsn, cli.schema, lambda db: db.insert_many(
-        [durable.Insert("cli.tail", {}, step="s", queue="nobody")] * 3))
+    in_process(
+        cli.dsn, cli.schema, lambda db: db.insert_many([durable.Insert("cli.tail", {}, step="s", queue="nobody")] * 3)
+    )
     events = [json.loads(line) for line in cli("tail", "--json").stdout.splitlines()]
     assert events and all(set(e) >= {"offset", "instance_id", "event", "at"} for e in events)
     offsets = [e["offset"] for e in events]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
     resumed = [json.loads(line) for line in cli("tail", "--json", "--from", offsets[1]).stdout.splitlines()]
-    assert [e["offset"] for e in resumed] == offsets[2:len(resumed) + 2] and resumed[0]["offset"] == offsets[2]
+    assert [e["offset"] for e in resumed] == offsets[2 : len(resumed) + 2] and resumed[0]["offset"] == offsets[2]
     assert cli("tail", "--from", "now").stdout == ""
     text = cli("tail", "--limit", "1").stdout.splitlines()
     assert len(text) == 1 and text[0].startswith(offsets[0])
@@ -193,7 +220,8 @@ def test_cancel_retry_and_gc(cli: CLI) -> None:
     assert cli("retry", str(iid)).stdout.strip() == f"{iid}: cancelled -> runnable"
     refused = cli("retry", str(iid), code=2)
     assert refused.stderr.strip() == (
-        f"error: instance {iid} is runnable: only failed or cancelled instances can be retried")
+        f"error: instance {iid} is runnable: only failed or cancelled instances can be retried"
+    )
     cli("cancel", str(iid))
     assert "already cancelled" in cli("cancel", str(iid)).stdout
     assert cli.json("gc", "--older-than", "1d")["deleted"] == 0
@@ -236,8 +264,11 @@ def test_a_worker_without_heartbeat_is_shown_as_gone(cli: CLI) -> None:
 
     gauges = json.dumps({"ghostq": {"concurrency": 7, "prefetch": 7, "in_flight": 3, "buffered": 1}})
     long_ago = datetime.now(UTC) - timedelta(minutes=10)
-    in_process(cli.dsn, cli.schema, lambda db: db.pool.execute(
-        Q.register_worker, "ghost:1", "elsewhere", 1, ["ghostq"], gauges, long_ago))
+    in_process(
+        cli.dsn,
+        cli.schema,
+        lambda db: db.pool.execute(Q.register_worker, "ghost:1", "elsewhere", 1, ["ghostq"], gauges, long_ago),
+    )
     rows = {w["id"]: w for w in cli.json("workers", "--all")}
     assert rows["ghost:1"]["state"] == "gone" and rows["ghost:1"]["seen_ago"] >= 600
     assert "ghost:1" not in {w["id"] for w in cli.json("workers")}
@@ -261,10 +292,17 @@ def test_worker_otlp_without_the_otel_sdk_is_one_line(cli: CLI, tmp_path: Path) 
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named opentelemetry.sdk')\n")
     (tmp_path / "tiny_jobs.py").write_text(
-        "import durable\n\n@durable.job(queue='tiny')\nasync def tiny(args, ctx):\n    return 1\n")
+        "import durable\n\n@durable.job(queue='tiny')\nasync def tiny(args, ctx):\n    return 1\n"
+    )
     env = {**cli.env, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.Popen(cli.argv("worker", "tiny_jobs", "--otlp", "grpc"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        cli.argv("worker", "tiny_jobs", "--otlp", "grpc"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         _, err = proc.communicate(timeout=60)
     finally:

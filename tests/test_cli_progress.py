@@ -35,8 +35,8 @@ def plain_ticker(clock: Clock, **options: object) -> tuple[Ticker, io.StringIO]:
         plain=Console(file=out, width=200),
         clock=clock,
         start_thread=False,
-        **options,
-    )  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
     return ticker, out
 
 
@@ -104,6 +104,7 @@ def test_a_dumb_terminal_gets_the_plain_lines(monkeypatch: pytest.MonkeyPatch) -
     """TERM=dumb (an editor's shell, a CI log) cannot redraw a bar: the periodic plain lines are printed."""
     monkeypatch.setenv("TERM", "dumb")
     plain = io.StringIO()
-    ticker = Ticker("sim", 20, "seeds", console=Console(file=io.StringIO(), force_terminal=True),
-                    plain=Console(file=plain))
+    ticker = Ticker(
+        "sim", 20, "seeds", console=Console(file=io.StringIO(), force_terminal=True), plain=Console(file=plain)
+    )
     assert not ticker.tty

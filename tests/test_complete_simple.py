@@ -39,12 +39,27 @@ CASES: list[tuple[str, Encoded, bool, bool]] = [
     ("done, fenced", Encoded("done", result='{"late": true}'), False, True),
 ]
 
-COLUMNS = ("status", "step", "state", "result", "last_error", "attempt", "awaits", "worker_id", "lease_token",
-           "lease_expires_at", "cancel_requested", "children_pending", "traceparent", "tracestate")
+COLUMNS = (
+    "status",
+    "step",
+    "state",
+    "result",
+    "last_error",
+    "attempt",
+    "awaits",
+    "worker_id",
+    "lease_token",
+    "lease_expires_at",
+    "cancel_requested",
+    "children_pending",
+    "traceparent",
+    "tracestate",
+)
 
 
-async def outcome_of(db: durable.Database, flusher: Flusher, simple: bool, outcome: Encoded, cancel: bool,
-                     fenced: bool) -> tuple[dict[str, Any], list[tuple[Any, ...]], Any]:
+async def outcome_of(
+    db: durable.Database, flusher: Flusher, simple: bool, outcome: Encoded, cancel: bool, fenced: bool
+) -> tuple[dict[str, Any], list[tuple[Any, ...]], Any]:
     queue = "twins-lean" if simple else "twins-full"
     iid = await db.insert(Twin, {"n": 1}, queue=queue)
     assert iid is not None
@@ -61,18 +76,25 @@ async def outcome_of(db: durable.Database, flusher: Flusher, simple: bool, outco
     rows = await run([pending])
     committed = Flusher.results([pending], rows)[0]
     after = await row(db, iid)
-    history = [(e.event, e.step, e.attempt, e.status, e.worker_id, e.detail) for e in await db.history(iid)
-               if e.event != "inserted"]  # the insert's detail names its queue and time
+    history = [
+        (e.event, e.step, e.attempt, e.status, e.worker_id, e.detail)
+        for e in await db.history(iid)
+        if e.event != "inserted"
+    ]  # the insert's detail names its queue and time
     # a live claim's token and expiry differ between twins by nature: compare whether there is one
     for c in ("lease_token", "lease_expires_at"):
         after[c] = after[c] is not None
-    return {c: after[c] for c in COLUMNS} | {"eligible_moved": after["eligible_at"] > after["inserted_at"]}, \
-        history, (committed.status, committed.fenced)
+    return (
+        {c: after[c] for c in COLUMNS} | {"eligible_moved": after["eligible_at"] > after["inserted_at"]},
+        history,
+        (committed.status, committed.fenced),
+    )
 
 
 @pytest.mark.parametrize(("label", "outcome", "cancel", "fenced"), CASES, ids=[c[0] for c in CASES])
-async def test_both_forms_of_complete_agree(db: durable.Database, label: str, outcome: Encoded, cancel: bool,
-                                            fenced: bool) -> None:
+async def test_both_forms_of_complete_agree(
+    db: durable.Database, label: str, outcome: Encoded, cancel: bool, fenced: bool
+) -> None:
     db.registry.add(Twin)
     flusher = Flusher(db.pool, "w1", db.clock)
     full = await outcome_of(db, flusher, False, outcome, cancel, fenced)
@@ -90,15 +112,36 @@ async def test_both_forms_of_complete_agree(db: durable.Database, label: str, ou
 
 
 async def test_only_plain_outcomes_take_the_lean_form() -> None:
-    claim = Claim(id=1, machine="m", version=1, step="s", state_json="{}", attempt=0, queue="q", priority=0,
-                  partition_key=None, lease_token=1, signal_seq=0, awaits=None, parent_id=None,
-                  cancel_requested=False, traceparent=None, tracestate=None, signals=(), children=())
+    claim = Claim(
+        id=1,
+        machine="m",
+        version=1,
+        step="s",
+        state_json="{}",
+        attempt=0,
+        queue="q",
+        priority=0,
+        partition_key=None,
+        lease_token=1,
+        signal_seq=0,
+        awaits=None,
+        parent_id=None,
+        cancel_requested=False,
+        traceparent=None,
+        tracestate=None,
+        signals=(),
+        children=(),
+    )
     assert _plain(_Pending(claim, Encoded("done")))
     assert not _plain(_Pending(claim, Encoded("await", awaits="go")))
     assert not _plain(_Pending(claim, Encoded("spawn", step="join")))
     assert not _plain(_Pending(claim, Encoded("next", step="b", hold=True)))
     child = Claim(**{**{f: getattr(claim, f) for f in Claim.__slots__}, "parent_id": 7})
     assert not _plain(_Pending(child, Encoded("done")))
-    shown = Claim(**{**{f: getattr(claim, f) for f in Claim.__slots__},
-                     "signals": (durable.context.Signal(1, "go", None, None, None),)})
+    shown = Claim(
+        **{
+            **{f: getattr(claim, f) for f in Claim.__slots__},
+            "signals": (durable.context.Signal(1, "go", None, None, None),),
+        }
+    )
     assert not _plain(_Pending(shown, Encoded("done")))

@@ -88,8 +88,9 @@ def plain(widget: Static) -> str:
     return console.export_text()
 
 
-async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[str, Live],
-                                                     sql: asyncpg.Connection) -> None:
+async def test_queue_counts_and_saturation_equal_sql(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     schema, _ = live
     app = make_app(pg_dsn, schema)
     async with app.run_test(size=SIZE) as pilot:
@@ -100,14 +101,22 @@ async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[st
         rows = await sql.fetch(
             "select queue, case when status = 'runnable' and eligible_at > now() then 'scheduled' "
             "when status = 'runnable' then 'due' else status::text end as s, count(*)::int as n "
-            "from instances group by 1, 2")
+            "from instances group by 1, 2"
+        )
         expected: dict[str, dict[str, int]] = {}
         for r in rows:
             expected.setdefault(r["queue"], {})[r["s"]] = r["n"]
         assert sorted(expected) == sorted(k.value for k in queues.rows if k.value in expected)
-        labels = {"due": "due", "scheduled": "scheduled", "executing": "executing",
-                  "awaiting_signal": "awaiting_signal", "awaiting_children": "awaiting_children",
-                  "done": "done", "failed": "failed", "cancelled": "cancelled"}
+        labels = {
+            "due": "due",
+            "scheduled": "scheduled",
+            "executing": "executing",
+            "awaiting_signal": "awaiting_signal",
+            "awaiting_children": "awaiting_children",
+            "done": "done",
+            "failed": "failed",
+            "cancelled": "cancelled",
+        }
         for queue, counts in expected.items():
             shown = dict(zip([k.value for k in queues.columns], cells(queues, queue), strict=True))
             for status, col in labels.items():
@@ -126,10 +135,14 @@ async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[st
         assert "in flight 1/3" in plain(detail)
 
         # throughput: the sparkline buckets add up to the outcome events of the last five minutes
-        events = {r["queue"]: r["n"] for r in await sql.fetch(
-            "select i.queue, count(*)::int as n from history h join instances i on i.id = h.instance_id "
-            "where h.at > now() - interval '290 seconds' "
-            "and h.event in ('next','retry','await','spawn','done','stop','cancel') group by 1")}
+        events = {
+            r["queue"]: r["n"]
+            for r in await sql.fetch(
+                "select i.queue, count(*)::int as n from history h join instances i on i.id = h.instance_id "
+                "where h.at > now() - interval '290 seconds' "
+                "and h.event in ('next','retry','await','spawn','done','stop','cancel') group by 1"
+            )
+        }
         trend = {q.queue: sum(q.trend) for q in screen.overview.queues} if screen.overview else {}
         assert events and {q: trend.get(q, 0) for q in events} == events
 
@@ -145,8 +158,9 @@ async def test_queue_counts_and_saturation_equal_sql(pg_dsn: str, live: tuple[st
         assert slow["in_flight"] == "1/3" and slow["executing"] == "1" and slow["workers"] == "1"
 
 
-async def test_silent_workers_are_gone_and_leave_the_saturation(pg_dsn: str, live: tuple[str, Live],
-                                                                 sql: asyncpg.Connection) -> None:
+async def test_silent_workers_are_gone_and_leave_the_saturation(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     schema, _ = live
     # the killed worker has been silent for an hour (far more than three of its 20 s heartbeats)
     seen = await sql.fetchval("select seen_at from workers where id = 'runtime-killed'")
@@ -165,18 +179,23 @@ async def _shown_gone(app: ConsoleApp) -> None:
         workers = screen.query_one("#workers", DataTable)
         queues = screen.query_one("#queues", DataTable)
         key = "runtime-killed\x00slow"
-        await until(pilot, lambda: key in [k.value for k in workers.rows] and "slow" in [
-            k.value for k in queues.rows], "the killed worker")
+        await until(
+            pilot,
+            lambda: key in [k.value for k in workers.rows] and "slow" in [k.value for k in queues.rows],
+            "the killed worker",
+        )
         wcols = [k.value for k in workers.columns]
-        await until(pilot, lambda: dict(zip(wcols, cells(workers, key), strict=True))["state"] == "gone",
-                    "the killed worker shown gone")
+        await until(
+            pilot,
+            lambda: dict(zip(wcols, cells(workers, key), strict=True))["state"] == "gone",
+            "the killed worker shown gone",
+        )
         slow = dict(zip([k.value for k in queues.columns], cells(queues, "slow"), strict=True))
         assert slow["in_flight"] == "0/0" and slow["workers"] == "0" and slow["executing"] == "1"
         assert "gone" in plain(screen.query_one("#summary", Static))
 
 
-async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Live],
-                                               sql: asyncpg.Connection) -> None:
+async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection) -> None:
     schema, data = live
     app = make_app(pg_dsn, schema)
     async with app.run_test(size=SIZE) as pilot:
@@ -201,8 +220,12 @@ async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Liv
 
         # filter: failed mail
         await set_filter("queue:mail status:failed")
-        failed = [r["id"] for r in await sql.fetch(
-            "select id from instances where queue = 'mail' and status = 'failed' order by id desc")]
+        failed = [
+            r["id"]
+            for r in await sql.fetch(
+                "select id from instances where queue = 'mail' and status = 'failed' order by id desc"
+            )
+        ]
         await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == failed, "the filtered rows")
         assert failed == sorted(data.failed, reverse=True)
 
@@ -226,14 +249,14 @@ async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Liv
         x = sum(c.get_render_width(table) for c in list(table.columns.values())[:10]) + 2
         assert list(table.columns)[10].value == "updated_at"
         await pilot.click("#instances", offset=(x, 0))
-        by_updated_asc = [r["id"] for r in await sql.fetch(
-            "select id from instances order by updated_at, id limit 3")]
+        by_updated_asc = [r["id"] for r in await sql.fetch("select id from instances order by updated_at, id limit 3")]
         await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == by_updated_asc, "a header click")
         assert screen.sort == "updated"
         # newest first with the keyboard
         await pilot.press("r")
-        by_updated = [r["id"] for r in await sql.fetch(
-            "select id from instances order by updated_at desc, id desc limit 3")]
+        by_updated = [
+            r["id"] for r in await sql.fetch("select id from instances order by updated_at desc, id desc limit 3")
+        ]
         await until(pilot, lambda: [int(k.value or 0) for k in table.rows] == by_updated, "updated order")
 
         # drill down: a parent awaiting its children
@@ -247,8 +270,9 @@ async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Liv
         children = inst.query_one("#children", DataTable)
         history = inst.query_one("#history", DataTable)
         await until(pilot, lambda: inst.detail is not None and history.row_count > 0, "the instance")
-        kids = await sql.fetch("select id, status::text as status from instances where parent_id = $1 "
-                               "order by id", parent)
+        kids = await sql.fetch(
+            "select id, status::text as status from instances where parent_id = $1 order by id", parent
+        )
         assert [int(k.value or 0) for k in children.rows] == [k["id"] for k in kids]
         for k in kids:
             assert cells(children, str(k["id"]))[3] == k["status"]
@@ -260,22 +284,29 @@ async def test_filter_sort_page_and_drill_down(pg_dsn: str, live: tuple[str, Liv
         # into a child and back up to its parent with u
         children.focus()
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, InstanceScreen) and app.screen is not inst,
-                    "the child screen")
+        await until(
+            pilot, lambda: isinstance(app.screen, InstanceScreen) and app.screen is not inst, "the child screen"
+        )
         child = app.screen
         assert isinstance(child, InstanceScreen) and child.instance_id == kids[0]["id"]
         await until(pilot, lambda: child.detail is not None, "the child")
         assert f"#{parent}" in plain(child.query_one("#facts", Static))
         await pilot.press("u")
-        await until(pilot, lambda: isinstance(app.screen, InstanceScreen) and app.screen.instance_id == parent
-                    and app.screen is not inst, "the parent via u")
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, InstanceScreen) and app.screen.instance_id == parent and app.screen is not inst
+            ),
+            "the parent via u",
+        )
         # escape walks back
         await pilot.press("escape", "escape", "escape")
         await until(pilot, lambda: isinstance(app.screen, InstancesScreen), "back to the instances")
 
 
-async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[str, Live],
-                                                      sql: asyncpg.Connection) -> None:
+async def test_signal_from_console_wakes_the_instance(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     schema, data = live
     target = data.awaiting[0]
     app = make_app(pg_dsn, schema)
@@ -297,8 +328,9 @@ async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[s
         dialog.query_one("#dedup", Input).value = "[b]pay-1"
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the confirmation")
-        assert await sql.fetchval("select status::text from instances where id = $1", target) == \
-            "awaiting_signal"  # nothing happens before the confirmation
+        assert (
+            await sql.fetchval("select status::text from instances where id = $1", target) == "awaiting_signal"
+        )  # nothing happens before the confirmation
         await pilot.press("y")
 
         async def status() -> str:
@@ -309,8 +341,7 @@ async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[s
                 break
             await pilot.pause(0.05)
         assert await status() == "runnable"
-        payload = await sql.fetchval(
-            "select payload::text from signals where target_id = $1 and name = 'paid'", target)
+        payload = await sql.fetchval("select payload::text from signals where target_id = $1 and name = 'paid'", target)
         assert json.loads(payload) == {"amount": 5, "tags": ["[/b]", "[red]"]}
         inbox = screen.query_one("#inbox", DataTable)
         await until(pilot, lambda: inbox.row_count == 1, "the signal in the inbox")
@@ -321,13 +352,13 @@ async def test_signal_from_console_wakes_the_instance(pg_dsn: str, live: tuple[s
         await until(pilot, lambda: children.row_count == 2, "the spawned children")
         assert "awaiting_children" in plain(screen.query_one("#facts", Static))
         history = screen.query_one("#history", DataTable)
-        await until(pilot, lambda: "spawn" in [cells(history, k.value or "")[1] for k in history.rows],
-                    "the spawn event")
+        await until(
+            pilot, lambda: "spawn" in [cells(history, k.value or "")[1] for k in history.rows], "the spawn event"
+        )
         assert inbox.row_count == 0  # the woken step consumed the signal
 
 
-async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live],
-                                          sql: asyncpg.Connection) -> None:
+async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection) -> None:
     schema, data = live
     failed, awaiting = data.failed[0], data.awaiting[1]
     app = make_app(pg_dsn, schema)
@@ -355,8 +386,9 @@ async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live],
             await pilot.pause(0.05)
         assert await status(failed) == "runnable"
         history = screen.query_one("#history", DataTable)
-        await until(pilot, lambda: "retried" in [cells(history, k.value or "")[1] for k in history.rows],
-                    "the retried event")
+        await until(
+            pilot, lambda: "retried" in [cells(history, k.value or "")[1] for k in history.rows], "the retried event"
+        )
 
         await pilot.press("x")  # runnable now: cancelling asks first (declined here)
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the cancel confirmation")
@@ -381,16 +413,16 @@ async def test_retry_and_cancel_ask_first(pg_dsn: str, live: tuple[str, Live],
         assert await status(awaiting) == "cancelled"
 
 
-async def test_cancel_from_the_console_reaches_the_children(pg_dsn: str, live: tuple[str, Live],
-                                                             sql: asyncpg.Connection) -> None:
+async def test_cancel_from_the_console_reaches_the_children(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     """Issue 17 item 5 from the console: cancelling a parent awaiting its children cancels them too (the
     engine's cancel_instance: each child joined once, the parent's barrier at 0), and says so."""
     schema, data = live
     parent = data.parents[1]
     kids = [r["id"] for r in await sql.fetch("select id from instances where parent_id = $1", parent)]
     assert len(kids) == 2
-    assert {await sql.fetchval("select status::text from instances where id = $1", k) for k in kids} \
-        <= {"runnable"}
+    assert {await sql.fetchval("select status::text from instances where id = $1", k) for k in kids} <= {"runnable"}
     app = make_app(pg_dsn, schema)
     async with app.run_test(size=SIZE) as pilot:
         await app.push_screen(InstanceScreen(parent))
@@ -400,20 +432,29 @@ async def test_cancel_from_the_console_reaches_the_children(pg_dsn: str, live: t
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the cancel confirmation")
         await pilot.press("y")
-        await until(pilot, lambda: screen.detail is not None and screen.detail.instance["status"] == "cancelled",
-                    "the parent shown cancelled")
-        rows = await sql.fetch("select id, status::text as status, children_pending, joined from instances "
-                               "where id = any($1::bigint[])", [parent, *kids])
+        await until(
+            pilot,
+            lambda: screen.detail is not None and screen.detail.instance["status"] == "cancelled",
+            "the parent shown cancelled",
+        )
+        rows = await sql.fetch(
+            "select id, status::text as status, children_pending, joined from instances where id = any($1::bigint[])",
+            [parent, *kids],
+        )
         by_id = {r["id"]: r for r in rows}
         assert by_id[parent]["status"] == "cancelled" and by_id[parent]["children_pending"] == 0
         assert all(by_id[k]["status"] == "cancelled" and by_id[k]["joined"] for k in kids)
-        by = await sql.fetch("select instance_id, detail->>'by' as by from history "
-                             "where event = 'cancelled' and instance_id = any($1::bigint[])", [parent, *kids])
+        by = await sql.fetch(
+            "select instance_id, detail->>'by' as by from history "
+            "where event = 'cancelled' and instance_id = any($1::bigint[])",
+            [parent, *kids],
+        )
         assert {r["instance_id"]: r["by"] for r in by} == {parent: "console", **{k: str(parent) for k in kids}}
 
 
-async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[str, Live],
-                                                      sql: asyncpg.Connection) -> None:
+async def test_a_timer_and_an_await_timeout_are_shown(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     """Issue 17 item 8: the instance screen shows a durable timer's wake time (Next(delay=)) and an await's
     names, deadline and timeout step, as the row holds them."""
     from durable.console import render
@@ -426,8 +467,9 @@ async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[s
         assert isinstance(screen, InstanceScreen)
         await until(pilot, lambda: screen.detail is not None, "the sleeping instance")
         text = plain(screen.query_one("#facts", Static))
-        wake = await sql.fetchval("select eligible_at from instances where id = $1 and status = 'runnable'",
-                                  data.sleeping)
+        wake = await sql.fetchval(
+            "select eligible_at from instances where id = $1 and status = 'runnable'", data.sleeping
+        )
         assert wake is not None
         assert f"wakes          {render.clock(wake)} (in " in text, text
         history = screen.query_one("#history", DataTable)  # the history's next event says when it wakes
@@ -451,8 +493,9 @@ async def test_a_timer_and_an_await_timeout_are_shown(pg_dsn: str, live: tuple[s
         assert notes["await"] == f"timeout {render.short_clock(deadline)}", notes
 
 
-async def test_schedules_show_their_last_and_next_run(pg_dsn: str, live: tuple[str, Live],
-                                                      sql: asyncpg.Connection) -> None:
+async def test_schedules_show_their_last_and_next_run(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     """Issue 17 item 8: the queues screen lists each schedule with its last run, that run's instance and
     status, and its next run, as the schedules table holds them."""
     from durable.console import render
@@ -466,9 +509,14 @@ async def test_schedules_show_their_last_and_next_run(pg_dsn: str, live: tuple[s
         await until(pilot, lambda: table.row_count == 3, "the schedules table")
         assert table.display and screen.query_one("#schedules-title", Static).display
         assert screen.overview is not None
-        rows = {r["name"]: r for r in await sql.fetch(
-            "select s.*, i.status::text as last_status from schedules s "
-            "left join instances i on i.id = s.last_instance_id where s.name <> $1", data.edited)}
+        rows = {
+            r["name"]: r
+            for r in await sql.fetch(
+                "select s.*, i.status::text as last_status from schedules s "
+                "left join instances i on i.id = s.last_instance_id where s.name <> $1",
+                data.edited,
+            )
+        }
         ran = cells(table, data.schedule)
         row = rows[data.schedule]
         assert ran[:4] == [data.schedule, "* * * * * *", "UTC", "report"]
@@ -593,8 +641,9 @@ def _target(dsn: str) -> tuple[str, str]:
     return "tcp", f"{host}:{url.port or 5432}"
 
 
-async def test_database_down_then_back_and_a_hung_server(pg_dsn: str, live: tuple[str, Live],
-                                                         sql: asyncpg.Connection) -> None:
+async def test_database_down_then_back_and_a_hung_server(
+    pg_dsn: str, live: tuple[str, Live], sql: asyncpg.Connection
+) -> None:
     schema, _ = live
     proxy = Proxy(pg_dsn)
     dsn = await proxy.start()
@@ -630,10 +679,10 @@ async def test_database_down_then_back_and_a_hung_server(pg_dsn: str, live: tupl
             await pilot.press("escape")
             proxy.set("up")
             await until(pilot, lambda: not banner.display, "recovery after the hang")
-            done = await sql.fetchval(
-                "select count(*)::int from instances where queue = 'mail' and status = 'done'")
+            done = await sql.fetchval("select count(*)::int from instances where queue = 'mail' and status = 'done'")
             cols = [k.value for k in queues.columns]
-            await until(pilot, lambda: dict(zip(cols, cells(queues, "mail"), strict=True))["done"] == str(done),
-                        "fresh numbers")
+            await until(
+                pilot, lambda: dict(zip(cols, cells(queues, "mail"), strict=True))["done"] == str(done), "fresh numbers"
+            )
     finally:
         await proxy.close()

@@ -124,8 +124,11 @@ def test_signal_dialog(frozen: str, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await open_instance(1, "#inbox")(pilot)
         await pilot.press("s")
-        await until(pilot, lambda: isinstance(pilot.app.screen, SignalDialog)
-                    and getattr(pilot.app.focused, "id", None) == "payload", "the signal dialog's payload focus")
+        await until(
+            pilot,
+            lambda: isinstance(pilot.app.screen, SignalDialog) and getattr(pilot.app.focused, "id", None) == "payload",
+            "the signal dialog's payload focus",
+        )
 
     assert snap_compare(app(frozen), terminal_size=SIZE, run_before=run_before)
 

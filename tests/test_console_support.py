@@ -110,8 +110,7 @@ async def fill_live(dsn: str, schema: str) -> Live:
     out = Live()
     async with durable.connect(dsn, schema=schema, machines=MACHINES) as db:
         orders = [await db.insert(Checkout, {"order": i}, partition_key=f"order:{i}") for i in range(5)]
-        mail = [await db.insert(send_mail, {"to": f"user{i}@example.com", "fail": i % 3 == 0})
-                for i in range(6)]
+        mail = [await db.insert(send_mail, {"to": f"user{i}@example.com", "fail": i % 3 == 0}) for i in range(6)]
         out.scheduled = await db.insert(send_mail, {"to": "later@example.com"}, schedule_in=3600) or 0
         victim = await db.insert(send_mail, {"to": "cancelled@example.com"}, schedule_in=3600) or 0
         await db.cancel(victim, "no longer needed")
@@ -119,13 +118,24 @@ async def fill_live(dsn: str, schema: str) -> Live:
         out.sleeping = await db.insert(Timed, {"sleep": True}) or 0
         out.timing_out = await db.insert(Timed, {"sleep": False}) or 0
         async with trio.open_nursery() as nursery:
-            schedules = [durable.Schedule("* * * * * *", report, state={"n": 1}, name=out.schedule),
-                         durable.Schedule("0 0 1 1 *", report, name=out.yearly, tz="Europe/Paris")]
-            rt = await nursery.start(durable.Runtime(db, queues={"orders": 2, "mail": 2, "timers": 2, "reports": 1},
-                                                     lease=30, worker_id="runtime-main", schedules=schedules).run)
+            schedules = [
+                durable.Schedule("* * * * * *", report, state={"n": 1}, name=out.schedule),
+                durable.Schedule("0 0 1 1 *", report, name=out.yearly, tz="Europe/Paris"),
+            ]
+            rt = await nursery.start(
+                durable.Runtime(
+                    db,
+                    queues={"orders": 2, "mail": 2, "timers": 2, "reports": 1},
+                    lease=30,
+                    worker_id="runtime-main",
+                    schedules=schedules,
+                ).run
+            )
             with trio.fail_after(20):  # a tick fired and its instance ended
-                while not any(r["name"] == out.schedule and r["last_status"] == "done"
-                              for r in await db.pool.fetch(Q.list_schedules)):
+                while not any(
+                    r["name"] == out.schedule and r["last_status"] == "done"
+                    for r in await db.pool.fetch(Q.list_schedules)
+                ):
                     await trio.sleep(0.05)
             await _wait_status(db, out.timing_out, "awaiting_signal")
             with trio.fail_after(20):
@@ -146,17 +156,24 @@ async def fill_live(dsn: str, schema: str) -> Live:
         assert slow is not None
         out.executing = slow
         async with trio.open_nursery() as nursery:
-            killed = await nursery.start(durable.Runtime(db, queues={"slow": 3}, lease=600,
-                                                         worker_id="runtime-killed").run)
+            killed = await nursery.start(
+                durable.Runtime(db, queues={"slow": 3}, lease=600, worker_id="runtime-killed").run
+            )
             await _wait_status(db, slow, "executing")
             while not killed.schedulers["slow"].in_flight:
                 await trio.sleep(0.01)
             await killed.beat()
             killed.kill()
-        await db.pool.execute(Query("edit", "insert into schedules (name, cron, tz, machine, catch_up, last_tick, "
-                                            "next_tick, last_run, updated_at) values ($1, '@daily', 'UTC', "
-                                            "'report', 'latest', now(), 'infinity', '-infinity', now())", ""),
-                              out.edited)
+        await db.pool.execute(
+            Query(
+                "edit",
+                "insert into schedules (name, cron, tz, machine, catch_up, last_tick, "
+                "next_tick, last_run, updated_at) values ($1, '@daily', 'UTC', "
+                "'report', 'latest', now(), 'infinity', '-infinity', now())",
+                "",
+            ),
+            out.edited,
+        )
         out.awaiting = [i for i in orders[2:] if i is not None]
         out.parents = [i for i in orders[:2] if i is not None]
         for iid in mail:
@@ -175,8 +192,7 @@ async def _wait_status(db: durable.Database, iid: int | None, *statuses: str) ->
 async def wake_runtime(dsn: str, schema: str, iid: int, until: str) -> None:
     """Run a runtime on 'orders' until instance ``iid`` reaches status ``until``."""
     async with durable.connect(dsn, schema=schema, machines=MACHINES) as db, trio.open_nursery() as nursery:
-        rt = await nursery.start(durable.Runtime(db, queues={"orders": 2}, lease=30,
-                                                 worker_id="runtime-wake").run)
+        rt = await nursery.start(durable.Runtime(db, queues={"orders": 2}, lease=30, worker_id="runtime-wake").run)
         await _wait_status(db, iid, until)
         rt.stop()
 
@@ -208,8 +224,17 @@ class FixedClock:
 def _gauges(**per_queue: dict[str, int]) -> str:
     import json
 
-    base = {"concurrency": 0, "prefetch": 0, "in_flight": 0, "buffered": 0, "steps": 0, "done": 0,
-            "failed": 0, "fenced": 0, "picks": 0}
+    base = {
+        "concurrency": 0,
+        "prefetch": 0,
+        "in_flight": 0,
+        "buffered": 0,
+        "steps": 0,
+        "done": 0,
+        "failed": 0,
+        "fenced": 0,
+        "picks": 0,
+    }
     return json.dumps({q: {**base, **g} for q, g in per_queue.items()}, sort_keys=True)
 
 
@@ -241,46 +266,97 @@ async def fill_frozen(dsn: str, schema: str = SNAP_SCHEMA) -> None:
         await db.insert(send_mail, {"to": "later@example.com"}, schedule_in=3600)  # 6: scheduled
 
         first = await pick("orders", 3, 1)
-        await commit(2, *[(c, Encoded("next", step="pay", state=_state(c, n=1),
-                                      detail={"next": "pay", "duration_ms": 12.5 + c.id}))
-                          for c in first])
+        await commit(
+            2,
+            *[
+                (
+                    c,
+                    Encoded(
+                        "next", step="pay", state=_state(c, n=1), detail={"next": "pay", "duration_ms": 12.5 + c.id}
+                    ),
+                )
+                for c in first
+            ],
+        )
         second = await pick("orders", 3, 3)
         kids = InsertColumns()
         for i in range(2):
             kids.add(Insert(Ship, {"n": i}), db.registry, "snapshot child")
-        await commit(4, (second[0], Encoded("await", state=None, awaits="paid", timeout=3600.0,
-                                            timeout_step="pay",
-                                            detail={"signal": "paid", "wake_step": None,
-                                                    "duration_ms": 3.25})),
-                     (second[2], Encoded("spawn", step="join", children=kids,
-                                         detail={"next": "join", "children": 2, "duration_ms": 7.0})))
+        await commit(
+            4,
+            (
+                second[0],
+                Encoded(
+                    "await",
+                    state=None,
+                    awaits="paid",
+                    timeout=3600.0,
+                    timeout_step="pay",
+                    detail={"signal": "paid", "wake_step": None, "duration_ms": 3.25},
+                ),
+            ),
+            (
+                second[2],
+                Encoded(
+                    "spawn", step="join", children=kids, detail={"next": "join", "children": 2, "duration_ms": 7.0}
+                ),
+            ),
+        )
         mail = await pick("mail", 5, 5)
-        await commit(6, (mail[0], Encoded("done", result='{"sent": "a@example.com"}',
-                                          detail={"duration_ms": 41.0})),
-                     (mail[1], Encoded("stop", error="smtp: connection refused",
-                                       detail={"error": "smtp: connection refused", "duration_ms": 1500.0})))
+        await commit(
+            6,
+            (mail[0], Encoded("done", result='{"sent": "a@example.com"}', detail={"duration_ms": 41.0})),
+            (
+                mail[1],
+                Encoded(
+                    "stop",
+                    error="smtp: connection refused",
+                    detail={"error": "smtp: connection refused", "duration_ms": 1500.0},
+                ),
+            ),
+        )
         clock.set(10)
         await db.signal(1, "note", {"text": "customer called"}, dedup_key="note-1")
         clock.set(-300)
-        await pool.execute(Q.register_worker, "worker-b", "host-2", 202, ["mail"],
-                           _gauges(mail={"concurrency": 2, "prefetch": 2, "in_flight": 1, "steps": 9}),
-                           clock.now())
+        await pool.execute(
+            Q.register_worker,
+            "worker-b",
+            "host-2",
+            202,
+            ["mail"],
+            _gauges(mail={"concurrency": 2, "prefetch": 2, "in_flight": 1, "steps": 9}),
+            clock.now(),
+        )
         clock.set(0)
-        await pool.execute(Q.register_worker, "worker-a", "host-1", 101, ["orders", "mail"],
-                           _gauges(orders={}, mail={}), clock.now())
+        await pool.execute(
+            Q.register_worker, "worker-a", "host-1", 101, ["orders", "mail"], _gauges(orders={}, mail={}), clock.now()
+        )
         # two schedules: one that ran at T0 (its instance is #4, done) and one that has not run yet
         clock.set(0)
-        await pool.execute(Q.register_schedules, ["mail-digest", "new-year"], ["*/5 * * * *", "0 0 1 1 *"],
-                           ["UTC", "Europe/Paris"], ["send_mail", "send_mail"], ["latest", "none"],
-                           [T0 + timedelta(minutes=5), datetime(2030, 12, 31, 23, 0, tzinfo=UTC)], clock.now())
-        await pool.execute(Q.advance_schedules, ["mail-digest"], [T0], [4], [T0 + timedelta(minutes=5)],
-                           clock.now())
+        await pool.execute(
+            Q.register_schedules,
+            ["mail-digest", "new-year"],
+            ["*/5 * * * *", "0 0 1 1 *"],
+            ["UTC", "Europe/Paris"],
+            ["send_mail", "send_mail"],
+            ["latest", "none"],
+            [T0 + timedelta(minutes=5), datetime(2030, 12, 31, 23, 0, tzinfo=UTC)],
+            clock.now(),
+        )
+        await pool.execute(Q.advance_schedules, ["mail-digest"], [T0], [4], [T0 + timedelta(minutes=5)], clock.now())
         clock.set(55)
-        await pool.execute(Q.heartbeat, [2], [second[1].lease_token], 600.0, clock.now(), "worker-a",
-                           _gauges(orders={"concurrency": 4, "prefetch": 4, "in_flight": 1, "steps": 5,
-                                           "done": 0, "picks": 2},
-                                   mail={"concurrency": 2, "prefetch": 2, "steps": 2, "done": 1,
-                                         "failed": 1, "picks": 1}))
+        await pool.execute(
+            Q.heartbeat,
+            [2],
+            [second[1].lease_token],
+            600.0,
+            clock.now(),
+            "worker-a",
+            _gauges(
+                orders={"concurrency": 4, "prefetch": 4, "in_flight": 1, "steps": 5, "done": 0, "picks": 2},
+                mail={"concurrency": 2, "prefetch": 2, "steps": 2, "done": 1, "failed": 1, "picks": 1},
+            ),
+        )
 
 
 def _state(c: Claim, **changes: Any) -> str:

@@ -26,8 +26,19 @@ class Terminal:
     def __init__(self, command: str, width: int = 120, height: int = 40) -> None:
         self.socket = f"durable-console-{uuid.uuid4().hex[:8]}"
         self.session = "console"
-        self.tmux("-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(width),
-                  "-y", str(height), f"{command}; echo EXITED=$?; sleep 30")
+        self.tmux(
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            f"{command}; echo EXITED=$?; sleep 30",
+        )
         self.tmux("resize-window", "-t", self.session, "-x", str(width), "-y", str(height))
 
     def tmux(self, *args: str) -> str:
@@ -83,8 +94,24 @@ def row(screen: str, first: str) -> list[str]:
 def test_console_in_a_real_terminal(pg_dsn: str, schema: str) -> None:
     durable = os.path.join(os.path.dirname(sys.executable), "durable")
     # COLUMNS/LINES from the test's environment would override the terminal's real size
-    command = " ".join(shlex.quote(p) for p in ("env", "-u", "COLUMNS", "-u", "LINES", durable, "console",
-                                                "--dsn", pg_dsn, "--schema", schema, "--refresh", "0.5"))
+    command = " ".join(
+        shlex.quote(p)
+        for p in (
+            "env",
+            "-u",
+            "COLUMNS",
+            "-u",
+            "LINES",
+            durable,
+            "console",
+            "--dsn",
+            pg_dsn,
+            "--schema",
+            schema,
+            "--refresh",
+            "0.5",
+        )
+    )
     term = Terminal(command)
     try:
         screen = term.wait(lambda s: "Workers" in s and "shipping" in s, "the queues screen")
@@ -105,11 +132,14 @@ def test_console_in_a_real_terminal(pg_dsn: str, schema: str) -> None:
             assert time.monotonic() < deadline, "the filter never took focus"
             time.sleep(0.05)
         term.type("status:failed")
-        term.wait(lambda s: "status:failed" in s.splitlines()[2] and "filter:" not in s.splitlines()[2],
-                  "the typed filter")
+        term.wait(
+            lambda s: "status:failed" in s.splitlines()[2] and "filter:" not in s.splitlines()[2], "the typed filter"
+        )
         term.keys("Enter")
-        screen = term.wait(lambda s: "status:failed" in s and "smtp: connection" in s
-                           and "awaiting_signal" not in s, "the filtered instances")
+        screen = term.wait(
+            lambda s: "status:failed" in s and "smtp: connection" in s and "awaiting_signal" not in s,
+            "the filtered instances",
+        )
         assert row(screen, "5")[1:3] == ["mail", "send_mail"]
 
         term.keys("Enter")
@@ -128,7 +158,8 @@ def test_console_in_a_real_terminal(pg_dsn: str, schema: str) -> None:
 
 def test_bad_schema_name_is_one_line_and_exit_2(pg_dsn: str) -> None:
     durable = os.path.join(os.path.dirname(sys.executable), "durable")
-    out = subprocess.run([durable, "console", "--dsn", pg_dsn, "--schema", "1bad name"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [durable, "console", "--dsn", pg_dsn, "--schema", "1bad name"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "invalid schema name" in out.stderr

@@ -25,21 +25,33 @@ def test_throughput_reads_the_window_once_then_only_the_overlap() -> None:
 
 
 def test_filters_parse_and_print_back() -> None:
-    f = InstanceFilter.parse("queue:orders status:failed,cancelled machine:Checkout version:2 key:o:1 "
-                             "unique:u-1 parent:7 12")
-    assert f == InstanceFilter(ids=(12,), status=("failed", "cancelled"), machine="Checkout", version=2,
-                               queue="orders", partition_key="o:1", unique_key="u-1", parent_id=7)
+    f = InstanceFilter.parse(
+        "queue:orders status:failed,cancelled machine:Checkout version:2 key:o:1 unique:u-1 parent:7 12"
+    )
+    assert f == InstanceFilter(
+        ids=(12,),
+        status=("failed", "cancelled"),
+        machine="Checkout",
+        version=2,
+        queue="orders",
+        partition_key="o:1",
+        unique_key="u-1",
+        parent_id=7,
+    )
     assert InstanceFilter.parse(f.text()) == f
     assert f.args()[:9] == [[12], ["failed", "cancelled"], "Checkout", None, 2, "orders", "o:1", "u-1", 7]
     assert InstanceFilter.parse("") == InstanceFilter()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("status:sleeping", "unknown status 'sleeping'"),
-    ("version:two", "version must be a number"),
-    ("colour:red", "unknown filter 'colour:red'"),
-    ("queue:", "needs a value"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("status:sleeping", "unknown status 'sleeping'"),
+        ("version:two", "version must be a number"),
+        ("colour:red", "unknown filter 'colour:red'"),
+        ("queue:", "needs a value"),
+    ],
+)
 def test_bad_filters_say_why(text: str, message: str) -> None:
     with pytest.raises(FilterError, match=message):
         InstanceFilter.parse(text)
@@ -51,13 +63,20 @@ def test_saturation_sums_live_workers_only() -> None:
     def worker(wid: str, state: str, **gauges: Gauge) -> WorkerInfo:
         return WorkerInfo(wid, "h", 1, tuple(gauges), gauges, at, None, 0.0, state)
 
-    sums = saturation([
-        worker("a", "live", q=Gauge(concurrency=4, prefetch=4, in_flight=3, buffered=1)),
-        worker("b", "live", q=Gauge(concurrency=2, prefetch=2, in_flight=2, buffered=2), r=Gauge(concurrency=1)),
-        worker("c", "gone", q=Gauge(concurrency=8, prefetch=8, in_flight=8, buffered=8)),
-    ])
-    assert (sums["q"].in_flight, sums["q"].concurrency, sums["q"].buffered, sums["q"].prefetch,
-            sums["q"].workers) == (5, 6, 3, 6, 2)
+    sums = saturation(
+        [
+            worker("a", "live", q=Gauge(concurrency=4, prefetch=4, in_flight=3, buffered=1)),
+            worker("b", "live", q=Gauge(concurrency=2, prefetch=2, in_flight=2, buffered=2), r=Gauge(concurrency=1)),
+            worker("c", "gone", q=Gauge(concurrency=8, prefetch=8, in_flight=8, buffered=8)),
+        ]
+    )
+    assert (sums["q"].in_flight, sums["q"].concurrency, sums["q"].buffered, sums["q"].prefetch, sums["q"].workers) == (
+        5,
+        6,
+        3,
+        6,
+        2,
+    )
     assert sums["r"].concurrency == 1 and sums["r"].workers == 1
     assert Gauge.parse({"in_flight": 2, "unknown": 9, "steps": "x"}) == Gauge(in_flight=2)
 
@@ -79,19 +98,35 @@ def test_gone_after_three_of_the_workers_own_heartbeats_when_reported() -> None:
     at = datetime(2030, 1, 1, tzinfo=UTC)
 
     def row(wid: str, seen_ago: float, gauges: dict[str, object], stopped: bool = False) -> dict[str, object]:
-        return {"id": wid, "host": "h", "pid": 1, "queues": list(gauges), "gauges": json.dumps(gauges),
-                "seen_at": at, "stopped_at": at if stopped else None, "seen_ago": seen_ago}
+        return {
+            "id": wid,
+            "host": "h",
+            "pid": 1,
+            "queues": list(gauges),
+            "gauges": json.dumps(gauges),
+            "seen_at": at,
+            "stopped_at": at if stopped else None,
+            "seen_ago": seen_ago,
+        }
 
-    workers = parse_workers([
-        row("fast", 7.0, {"q": {"in_flight": 1, "heartbeat": 2}}),  # 3 x 2 s < 7 s: gone
-        row("slow", 7.0, {"q": {"in_flight": 1, "heartbeat": 5}}),  # 3 x 5 s > 7 s: live
-        row("silent", 61.0, {"q": {"in_flight": 1}}),  # no period reported: the 60 s default
-        row("quiet", 59.0, {"q": {}}),
-        row("done", 10.0, {"q": {}}, stopped=True),
-        row("long-done", 400.0, {"q": {}}, stopped=True),  # stopped long ago: not listed
-    ], gone_after=60.0)
+    workers = parse_workers(
+        [
+            row("fast", 7.0, {"q": {"in_flight": 1, "heartbeat": 2}}),  # 3 x 2 s < 7 s: gone
+            row("slow", 7.0, {"q": {"in_flight": 1, "heartbeat": 5}}),  # 3 x 5 s > 7 s: live
+            row("silent", 61.0, {"q": {"in_flight": 1}}),  # no period reported: the 60 s default
+            row("quiet", 59.0, {"q": {}}),
+            row("done", 10.0, {"q": {}}, stopped=True),
+            row("long-done", 400.0, {"q": {}}, stopped=True),  # stopped long ago: not listed
+        ],
+        gone_after=60.0,
+    )
     assert {w.id: w.state for w in workers} == {
-        "fast": "gone", "slow": "live", "silent": "gone", "quiet": "live", "done": "stopped"}
+        "fast": "gone",
+        "slow": "live",
+        "silent": "gone",
+        "quiet": "live",
+        "done": "stopped",
+    }
     assert [w.id for w in workers][:2] == ["quiet", "slow"]  # live first
 
 
@@ -101,8 +136,19 @@ def test_long_fan_outs_and_histories_are_summed_up_not_all_drawn() -> None:
 
     at = datetime(2030, 1, 1, tzinfo=UTC)
     kids = [{"status": "done" if i % 4 else "failed"} for i in range(1000)]
-    events = [{"id": i, "at": at, "event": "next", "step": "s", "attempt": 0, "status": "runnable",
-               "worker_id": "w", "detail": '{"duration_ms": 1.5}'} for i in range(2000)]
+    events = [
+        {
+            "id": i,
+            "at": at,
+            "event": "next",
+            "step": "s",
+            "attempt": 0,
+            "status": "runnable",
+            "worker_id": "w",
+            "detail": '{"duration_ms": 1.5}',
+        }
+        for i in range(2000)
+    ]
     d = Detail(now=at, instance={}, parent_status=None, inbox=[], children=kids, history=events)  # type: ignore[arg-type]
     assert children_summary(d) == f"Children · 1,000 (750 done, 250 failed) · first {CHILDREN_SHOWN}"
     rows = history_rows(d)

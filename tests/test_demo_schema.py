@@ -134,8 +134,11 @@ def test_a_rerun_clears_only_the_demos_instances(pg_dsn: str, schema: str) -> No
     """What the schema holds besides instances (streams here) survives a demo re-run."""
     first = demo(pg_dsn, schema)
     assert first.exit_code == 0, first.output
-    mark = Query("test_demo_stream", "insert into streams (path, content_type) values ('kept', 'text/plain')"
-                 " returning id", "A stream row.")
+    mark = Query(
+        "test_demo_stream",
+        "insert into streams (path, content_type) values ('kept', 'text/plain') returning id",
+        "A stream row.",
+    )
     count = Query("test_demo_streams", "select count(*) from streams", "Streams in the schema.")
     sync(pg_dsn, schema, lambda db: db.pool.fetchval(mark))
     again = demo(pg_dsn, schema)

@@ -30,9 +30,13 @@ async def other(args: Any, ctx: durable.Context) -> None:
     return None
 
 
-INSERTED = Query("t_inserted", """
+INSERTED = Query(
+    "t_inserted",
+    """
 select instance_id as id, status::text as status, worker_id from history where event = 'inserted'
-order by instance_id""", "")
+order by instance_id""",
+    "",
+)
 ROWS = Query("t_rows", "select id, status::text as status, worker_id, lease_token from instances order by id", "")
 
 
@@ -55,8 +59,7 @@ async def first_pick(rt: durable.Runtime) -> None:
 
 async def test_an_idle_runtime_takes_a_local_insert_without_a_pick(db: durable.Database) -> None:
     ran.clear()
-    rt = durable.Runtime(db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=30, poll_max=30,
-                         listen=False)
+    rt = durable.Runtime(db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         await first_pick(rt)  # its first pick found nothing: idle
@@ -74,28 +77,32 @@ async def test_an_idle_runtime_takes_a_local_insert_without_a_pick(db: durable.D
     assert done is not None and done.result == {"step_saw": {"order": 7}} and done.attempt == 0
     history = await db.history(iid)
     assert [(e.event, e.status, e.worker_id) for e in history] == [
-        ("inserted", "executing", rt.worker_id), ("done", "done", rt.worker_id)]
+        ("inserted", "executing", rt.worker_id),
+        ("done", "done", rt.worker_id),
+    ]
     # the outcome was fenced by the token the insert stamped
     assert history[1].lease_token is not None
 
 
-async def test_only_plain_due_rows_of_its_queue_up_to_its_free_slots_are_handed_off(
-        db: durable.Database) -> None:
+async def test_only_plain_due_rows_of_its_queue_up_to_its_free_slots_are_handed_off(db: durable.Database) -> None:
     ran.clear()
-    rt = durable.Runtime(db, machines=[noop, other], queues={"ho_jobs": 2}, lease=600, poll_min=0.05,
-                         poll_max=0.2, listen=False)
+    rt = durable.Runtime(
+        db, machines=[noop, other], queues={"ho_jobs": 2}, lease=600, poll_min=0.05, poll_max=0.2, listen=False
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         await first_pick(rt)
-        ids = await db.insert_many([
-            durable.Insert(noop, {"n": 0}, partition_key="k"),   # keyed: the pick checks the key
-            durable.Insert(noop, {"n": 1}, unique_key="u"),      # unique key: its scope follows status
-            durable.Insert(noop, {"n": 2}, schedule_in=0.3),     # not due yet
-            durable.Insert(other, {"n": 3}),                     # another queue (not served here)
-            durable.Insert(noop, {"n": 4}),                      # plain and due: handed off
-            durable.Insert(noop, {"n": 5}),                      # plain and due: handed off (2 slots)
-            durable.Insert(noop, {"n": 6}),                      # plain and due: no free slot left
-        ])
+        ids = await db.insert_many(
+            [
+                durable.Insert(noop, {"n": 0}, partition_key="k"),  # keyed: the pick checks the key
+                durable.Insert(noop, {"n": 1}, unique_key="u"),  # unique key: its scope follows status
+                durable.Insert(noop, {"n": 2}, schedule_in=0.3),  # not due yet
+                durable.Insert(other, {"n": 3}),  # another queue (not served here)
+                durable.Insert(noop, {"n": 4}),  # plain and due: handed off
+                durable.Insert(noop, {"n": 5}),  # plain and due: handed off (2 slots)
+                durable.Insert(noop, {"n": 6}),  # plain and due: no free slot left
+            ]
+        )
         await until(ran_all(ids, {0, 1, 2, 4, 5, 6}))
         nursery.cancel_scope.cancel()
     inserted = {r["id"]: (r["status"], r["worker_id"]) for r in await db.pool.fetch(INSERTED)}
@@ -110,6 +117,7 @@ async def test_only_plain_due_rows_of_its_queue_up_to_its_free_slots_are_handed_
 def ran_all(ids: list[Any], which: set[int]) -> Any:
     async def check() -> bool:
         return {ids[i] for i in which} <= set(ran)
+
     return check
 
 
@@ -130,8 +138,9 @@ async def test_handoff_off_a_backlog_a_stopping_or_a_gone_runtime_takes_nothing(
     global release
     release = trio.Event()
     ran.clear()
-    off = durable.Runtime(db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=30, poll_max=30,
-                          listen=False, handoff=False)
+    off = durable.Runtime(
+        db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=False, handoff=False
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(off.run)
         await first_pick(off)
@@ -146,8 +155,16 @@ async def test_handoff_off_a_backlog_a_stopping_or_a_gone_runtime_takes_nothing(
     row = await db.get(late)
     assert row is not None and row.status == "runnable" and row.worker_id is None
 
-    rt = durable.Runtime(db, machines=[noop, block], queues={"ho_jobs": 4}, lease=600, poll_min=30,
-                         poll_max=30, listen=False, drain_timeout=30)
+    rt = durable.Runtime(
+        db,
+        machines=[noop, block],
+        queues={"ho_jobs": 4},
+        lease=600,
+        poll_min=30,
+        poll_max=30,
+        listen=False,
+        drain_timeout=30,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         await first_pick(rt)
@@ -173,8 +190,9 @@ async def test_claims_whose_insert_answer_was_lost_are_given_back(db: durable.Da
     """The insert claimed a row for this worker but its answer never reached the scheduler (a
     cancelled insert): the scheduler, told it may have orphans, releases the row, then runs it."""
     ran.clear()
-    rt = durable.Runtime(db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=0.05, poll_max=0.2,
-                         listen=False)
+    rt = durable.Runtime(
+        db, machines=[noop], queues={"ho_jobs": 4}, lease=600, poll_min=0.05, poll_max=0.2, listen=False
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         await first_pick(rt)
@@ -183,10 +201,30 @@ async def test_claims_whose_insert_answer_was_lost_are_given_back(db: durable.Da
         cols = durable.client.InsertColumns()
         cols.add(durable.Insert(noop, {"n": 9}), db.registry, "test")
         rows = await db.pool.fetch(
-            Q.insert_instances, cols.machine, cols.version, cols.step, cols.state, cols.queue, cols.priority,
-            cols.partition_key, cols.unique_key, cols.scope, cols.eligible_at, cols.traceparent,
-            cols.tracestate, [None], None, cols.delay, None, db.token, "ho_jobs", rt.worker_id, 600.0, 1,
-            cols.attributes_json)
+            Q.insert_instances,
+            cols.machine,
+            cols.version,
+            cols.step,
+            cols.state,
+            cols.queue,
+            cols.priority,
+            cols.partition_key,
+            cols.unique_key,
+            cols.scope,
+            cols.eligible_at,
+            cols.traceparent,
+            cols.tracestate,
+            [None],
+            None,
+            cols.delay,
+            None,
+            db.token,
+            "ho_jobs",
+            rt.worker_id,
+            600.0,
+            1,
+            cols.attributes_json,
+        )
         lost = rows[0]["id"]
         assert rows[0]["lease_token"] is not None
         row = await db.get(lost)

@@ -7,8 +7,18 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "textual", "starlette", "hypercorn",
-         "durable.otel", "durable.console", "durable.sim", "durable.bench")
+HEAVY = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter",
+    "grpc",
+    "textual",
+    "starlette",
+    "hypercorn",
+    "durable.otel",
+    "durable.console",
+    "durable.sim",
+    "durable.bench",
+)
 
 
 def loaded_after(code: str) -> set[str]:
@@ -30,10 +40,7 @@ def test_import_durable_loads_only_the_api() -> None:
 
 
 def test_durable_help_loads_no_subcommand_stack() -> None:
-    modules = loaded_after(
-        "from durable.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass"
-    )
+    modules = loaded_after("from durable.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
     assert "click" in modules
     assert heavy(modules) == []
 
@@ -42,8 +49,9 @@ def test_otel_loads_the_sdk_only_when_configuring() -> None:
     modules = loaded_after("import durable.otel, durable.otel.cli")
     assert "durable.otel.cli" in modules
     assert heavy(modules, ("opentelemetry.sdk", "opentelemetry.exporter", "grpc")) == []
-    configured = loaded_after("import durable.otel as otel\n"
-                              "otel.configure('probe', otlp='grpc', endpoint='127.0.0.1:9')\notel.shutdown()")
+    configured = loaded_after(
+        "import durable.otel as otel\notel.configure('probe', otlp='grpc', endpoint='127.0.0.1:9')\notel.shutdown()"
+    )
     assert "opentelemetry.sdk.trace" in configured
     assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in configured
     assert "opentelemetry.exporter.otlp.proto.http" not in configured  # only the protocol asked for

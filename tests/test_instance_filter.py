@@ -28,24 +28,28 @@ def test_a_filter_is_normalized_and_frozen() -> None:
     assert f.inserted_after == datetime(2030, 1, 1, tzinfo=UTC)
     with pytest.raises(dataclasses.FrozenInstanceError):
         f.machine = "x"  # type: ignore[misc]
-    assert dataclasses.replace(f, machine="m") == InstanceFilter(status=f.status, ids=f.ids, machine="m",
-                                                                 inserted_after=f.inserted_after)
+    assert dataclasses.replace(f, machine="m") == InstanceFilter(
+        status=f.status, ids=f.ids, machine="m", inserted_after=f.inserted_after
+    )
     ago = InstanceFilter(updated_before=timedelta(hours=1)).updated_before
     assert ago is not None and ago < datetime.now(UTC)
     assert InstanceFilter().is_empty() and not InstanceFilter(ids=[]).is_empty()
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"status": "finished"}, "unknown status 'finished'"),
-    ({"version": "2"}, "version must be an integer"),
-    ({"version": 2**40}, "version 1099511627776 is outside"),
-    ({"machine": ""}, "machine must be a non-empty string"),
-    ({"queue": "a\x00b"}, "queue contains"),
-    ({"ids": "12"}, "ids must be a list of integers"),
-    ({"ids": [1, "2"]}, "id must be an integer"),
-    ({"state": "{x"}, "state filter is not valid JSON"),
-    ({"updated_after": "yesterday"}, "updated_after must be a datetime or a timedelta"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"status": "finished"}, "unknown status 'finished'"),
+        ({"version": "2"}, "version must be an integer"),
+        ({"version": 2**40}, "version 1099511627776 is outside"),
+        ({"machine": ""}, "machine must be a non-empty string"),
+        ({"queue": "a\x00b"}, "queue contains"),
+        ({"ids": "12"}, "ids must be a list of integers"),
+        ({"ids": [1, "2"]}, "id must be an integer"),
+        ({"state": "{x"}, "state filter is not valid JSON"),
+        ({"updated_after": "yesterday"}, "updated_after must be a datetime or a timedelta"),
+    ],
+)
 def test_a_bad_field_is_named(fields: dict[str, object], message: str) -> None:
     with pytest.raises(durable.InvalidArgument, match=message):
         InstanceFilter(**fields)  # type: ignore[arg-type]
@@ -63,8 +67,17 @@ def test_a_filter_and_the_same_keywords_give_one_statement() -> None:
 
 
 def test_the_console_line_reads_every_field_it_prints() -> None:
-    f = InstanceFilter(queue="q", machine="m", machine_prefix="b.", version=2, status="active",
-                       partition_key="p", unique_key="u", ids=[4, 5], parent_id=9)
+    f = InstanceFilter(
+        queue="q",
+        machine="m",
+        machine_prefix="b.",
+        version=2,
+        status="active",
+        partition_key="p",
+        unique_key="u",
+        ids=[4, 5],
+        parent_id=9,
+    )
     assert InstanceFilter.parse(f.text()) == f
     with pytest.raises(durable.InvalidArgument, match="unknown filter 'colour:red'"):
         InstanceFilter.parse("colour:red")

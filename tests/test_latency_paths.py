@@ -44,15 +44,15 @@ def costs(db: durable.Database) -> tuple[dict[str, int], int, dict[str, int]]:
     return dict(pool.statement_counts), pool.round_trips, dict(pool.bridge)
 
 
-def since(before: tuple[dict[str, int], int, dict[str, int]],
-          after: tuple[dict[str, int], int, dict[str, int]]) -> tuple[dict[str, int], int, dict[str, int]]:
+def since(
+    before: tuple[dict[str, int], int, dict[str, int]], after: tuple[dict[str, int], int, dict[str, int]]
+) -> tuple[dict[str, int], int, dict[str, int]]:
     counts = {k: v - before[0].get(k, 0) for k, v in after[0].items() if v != before[0].get(k, 0)}
     bridge = {k: v - before[2].get(k, 0) for k, v in after[2].items() if v != before[2].get(k, 0)}
     return counts, after[1] - before[1], bridge
 
 
-async def test_a_statement_on_a_warm_pool_takes_no_asyncio_task_and_five_scheduler_turns(
-        db: durable.Database) -> None:
+async def test_a_statement_on_a_warm_pool_takes_no_asyncio_task_and_five_scheduler_turns(db: durable.Database) -> None:
     pool = db.pool
     for _ in range(3):  # warm: a connection of each pool is kept between statements
         await pool.fetch(Q.pick, "lp_nothing", 10, "w", 30.0, None, None, None)
@@ -85,8 +85,7 @@ async def test_an_insert_is_one_statement_and_one_round_trip(db: durable.Databas
     assert since(before, costs(db)) == ({"insert_instances": 1}, 1, {})
 
 
-async def test_a_pick_after_a_notify_and_its_outcome_are_one_round_trip_each(db: durable.Database,
-                                                                             pg_dsn: str) -> None:
+async def test_a_pick_after_a_notify_and_its_outcome_are_one_round_trip_each(db: durable.Database, pg_dsn: str) -> None:
     """An insert through another Database (another process, in production) reaches the idle runtime by
     its NOTIFY hint: the runtime then sends one pick and, for the outcome, one complete_simple; nothing
     else (no BEGIN/COMMIT, no read per step), and on a warm pool no asyncio Task for a connection."""
@@ -99,8 +98,7 @@ async def test_a_pick_after_a_notify_and_its_outcome_are_one_round_trip_each(db:
         ran.set()
 
     # long lease and polls: no heartbeat, reap or idle poll inside the measured window; LISTEN on
-    rt = durable.Runtime(db, queues={"lp_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=True,
-                         on_step=on_step)
+    rt = durable.Runtime(db, queues={"lp_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=True, on_step=on_step)
     async with durable.connect(pg_dsn, schema=db.schema, machines=[noop], migrate=False) as other:
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)

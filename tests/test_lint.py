@@ -20,6 +20,12 @@ def test_ruff_is_clean() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_ruff_format_is_kept() -> None:
+    """The tree is formatted by ``ruff format`` (issue 16): a file that is not fails here."""
+    out = run("ruff", "format", "--check", ".")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_mypy_is_clean() -> None:
     out = run("mypy", "durable", "otel", "console", "sim", "bench")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -33,7 +39,12 @@ def test_mypy_strict_is_clean_on_the_engine() -> None:
 
 
 def test_import_contracts_are_kept() -> None:
-    out = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Contracts: 5 kept, 0 broken." in out.stdout, out.stdout

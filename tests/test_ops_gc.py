@@ -92,13 +92,18 @@ async def test_gc_deletes_old_terminal_work_and_leaves_live_work(db: durable.Dat
     assert len(done) == 3
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(durable.Runtime(db, machines=[Parent, Finisher, Failer], queues={"work": 4},
-                                            drain_timeout=5).run)
+        await nursery.start(
+            durable.Runtime(db, machines=[Parent, Finisher, Failer], queues={"work": 4}, drain_timeout=5).run
+        )
 
         async def settled() -> bool:
             fp, lp = await db.get(finished_parent), await db.get(live_parent)
-            return (fp.status == "done" and lp.status == "awaiting_children" and lp.children_pending == 1
-                    and await statuses(db, done + failed) == ["done"] * 3 + ["failed"])
+            return (
+                fp.status == "done"
+                and lp.status == "awaiting_children"
+                and lp.children_pending == 1
+                and await statuses(db, done + failed) == ["done"] * 3 + ["failed"]
+            )
 
         await wait_until(settled)
         nursery.cancel_scope.cancel()
@@ -131,8 +136,7 @@ async def test_gc_deletes_old_terminal_work_and_leaves_live_work(db: durable.Dat
     assert totals == [3, 6, 8]  # bounded batches; a short batch means nothing is left
     assert await statuses(db, old) == [None] * len(old)
     assert await history_count(db, old) == 0
-    assert await statuses(db, kept) == ["awaiting_children", "runnable", "runnable", "cancelled",
-                                        "done", "done"]
+    assert await statuses(db, kept) == ["awaiting_children", "runnable", "runnable", "cancelled", "done", "done"]
     assert {i: len(await db.history(i)) for i in kept} == history_before
     assert len((await db.get(waiting)).inbox) == inbox_before
     # nothing left to do: idempotent
@@ -164,8 +168,9 @@ async def test_runtime_retention_service_deletes_finished_work_and_is_off_by_def
 
     second = [i for i in await db.insert_many([durable.Insert(Finisher, {})] * 4) if i]
     async with trio.open_nursery() as nursery:
-        await nursery.start(durable.Runtime(db, machines=[Finisher], queues={"work": 4},
-                                            retention=0.0, retention_every=0.05).run)
+        await nursery.start(
+            durable.Runtime(db, machines=[Finisher], queues={"work": 4}, retention=0.0, retention_every=0.05).run
+        )
 
         async def gone() -> bool:
             return await statuses(db, first + second) == [None] * 8

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.trio
 class Parent(Machine, name="shop.parent", queue="work"):
     @step
     async def start(self, ctx: durable.Context) -> Any:
-        return Spawn("joined", [Child("billing.invoice", {"child": i}, step="perform", queue="idle")
-                                for i in range(2)])
+        return Spawn("joined", [Child("billing.invoice", {"child": i}, step="perform", queue="idle") for i in range(2)])
 
     @step
     async def joined(self, ctx: durable.Context) -> Any:
@@ -53,21 +52,27 @@ async def populate(db: durable.Database) -> dict[str, Any]:
     a real runtime, a cancelled row, keys, versions and nested states."""
     ids: dict[str, Any] = {}
     ids["idle"] = [
-        await db.insert("billing.invoice", {"order": i, "customer": {"tier": "gold" if i % 2 else "silver"}},
-                        step="perform", queue="idle", partition_key=f"order:{i}",
-                        unique_key=f"invoice:{i}", version=1 + i % 2)
+        await db.insert(
+            "billing.invoice",
+            {"order": i, "customer": {"tier": "gold" if i % 2 else "silver"}},
+            step="perform",
+            queue="idle",
+            partition_key=f"order:{i}",
+            unique_key=f"invoice:{i}",
+            version=1 + i % 2,
+        )
         for i in range(6)
     ]
-    ids["mail"] = [await db.insert("mail.send", {"to": f"u{i}"}, step="perform", queue="mail")
-                   for i in range(3)]
+    ids["mail"] = [await db.insert("mail.send", {"to": f"u{i}"}, step="perform", queue="mail") for i in range(3)]
     ids["finish"] = [await db.insert(Finisher, {"order": 100 + i}) for i in range(3)]
     ids["fail"] = [await db.insert(Failer, {"order": 200})]
     ids["parent"] = await db.insert(Parent, {"order": 300})
     ids["cancelled"] = await db.insert("mail.send", {"to": "gone"}, step="perform", queue="mail")
     assert await db.cancel(ids["cancelled"]) == "cancelled"
     async with trio.open_nursery() as nursery:
-        await nursery.start(durable.Runtime(db, machines=[Parent, Finisher, Failer], queues={"work": 4},
-                                            drain_timeout=5).run)
+        await nursery.start(
+            durable.Runtime(db, machines=[Parent, Finisher, Failer], queues={"work": 4}, drain_timeout=5).run
+        )
 
         async def settled() -> bool:
             parent = await db.get(ids["parent"])
@@ -112,8 +117,7 @@ async def test_each_filter_and_combinations_match_a_python_filter(db: durable.Da
     mid = sorted(rows, key=lambda r: r.id)[8]
 
     cases: list[tuple[dict[str, Any], Callable[[Row], bool]]] = [
-        ({"ids": [ids["idle"][0], ids["fail"][0], 10**9]},
-         lambda r: r.id in (ids["idle"][0], ids["fail"][0])),
+        ({"ids": [ids["idle"][0], ids["fail"][0], 10**9]}, lambda r: r.id in (ids["idle"][0], ids["fail"][0])),
         ({"status": "failed"}, lambda r: r.status == "failed"),
         ({"status": {"done", "cancelled"}}, lambda r: r.status in ("done", "cancelled")),
         ({"status": "terminal"}, lambda r: r.status in ("done", "failed", "cancelled")),
@@ -133,19 +137,28 @@ async def test_each_filter_and_combinations_match_a_python_filter(db: durable.Da
         ({"updated_after": timedelta(hours=1)}, lambda r: True),
         ({"inserted_before": timedelta(hours=1)}, lambda r: False),
         ({"state": {"order": 3}}, lambda r: isinstance(r.state, dict) and r.state.get("order") == 3),
-        ({"state": '{"customer": {"tier": "gold"}}'},
-         lambda r: isinstance(r.state, dict) and r.state.get("customer", {}).get("tier") == "gold"),
+        (
+            {"state": '{"customer": {"tier": "gold"}}'},
+            lambda r: isinstance(r.state, dict) and r.state.get("customer", {}).get("tier") == "gold",
+        ),
         # combinations: AND semantics
-        ({"machine_prefix": "billing.", "status": "runnable", "version": 2},
-         lambda r: r.machine.startswith("billing.") and r.status == "runnable" and r.version == 2),
-        ({"queue": "idle", "state": {"customer": {"tier": "silver"}}, "partition_key": "order:2"},
-         lambda r: r.queue == "idle" and r.partition_key == "order:2"),
-        ({"queue": "idle", "state": {"customer": {"tier": "silver"}}, "partition_key": "order:3"},
-         lambda r: False),
-        ({"status": "active", "queue": "work"}, lambda r: r.queue == "work" and r.status != "done"
-         and r.status != "failed"),
-        ({"parent_id": ids["parent"], "status": "runnable", "state": {"child": 1}},
-         lambda r: r.parent_id == ids["parent"] and r.state == {"child": 1}),
+        (
+            {"machine_prefix": "billing.", "status": "runnable", "version": 2},
+            lambda r: r.machine.startswith("billing.") and r.status == "runnable" and r.version == 2,
+        ),
+        (
+            {"queue": "idle", "state": {"customer": {"tier": "silver"}}, "partition_key": "order:2"},
+            lambda r: r.queue == "idle" and r.partition_key == "order:2",
+        ),
+        ({"queue": "idle", "state": {"customer": {"tier": "silver"}}, "partition_key": "order:3"}, lambda r: False),
+        (
+            {"status": "active", "queue": "work"},
+            lambda r: r.queue == "work" and r.status != "done" and r.status != "failed",
+        ),
+        (
+            {"parent_id": ids["parent"], "status": "runnable", "state": {"child": 1}},
+            lambda r: r.parent_id == ids["parent"] and r.state == {"child": 1},
+        ),
     ]
     for filters, keep in cases:
         expected = [r.id for r in rows if keep(r)]
@@ -175,8 +188,9 @@ async def test_orders_page_through_everything_once(db: durable.Database) -> None
 
 
 async def test_paging_is_stable_while_rows_are_inserted(db: durable.Database) -> None:
-    first = await db.insert_many([durable.Insert("mail.send", {"n": i}, step="perform", queue="mail")
-                                  for i in range(40)])
+    first = await db.insert_many(
+        [durable.Insert("mail.send", {"n": i}, step="perform", queue="mail") for i in range(40)]
+    )
     seen_up: list[int] = []
     seen_down: list[int] = []
     inserted: list[int | None] = []
@@ -187,9 +201,14 @@ async def test_paging_is_stable_while_rows_are_inserted(db: durable.Database) ->
         committed = list(inserted)
         # another client inserts between (and during) page reads
         async with trio.open_nursery() as nursery:
+
             async def more() -> None:
-                inserted.extend(await db.insert_many(
-                    [durable.Insert("mail.send", {"late": True}, step="perform", queue="mail")] * 3))
+                inserted.extend(
+                    await db.insert_many(
+                        [durable.Insert("mail.send", {"late": True}, step="perform", queue="mail")] * 3
+                    )
+                )
+
             nursery.start_soon(more)
             p_up = await db.query(queue="mail", order="id", limit=5, after=up) if up != "end" else None
             p_down = await db.query(queue="mail", order="-id", limit=5, after=down) if down != "end" else None
@@ -235,8 +254,9 @@ async def test_executing_rows_are_found_and_every_indexed_filter_keeps_its_index
     indexes. Each filter must still return them (the statements' executing arm) and still be served by
     its index, not by a scan of the table."""
     for i in range(12):
-        await db.insert("billing.invoice", {"order": i, "customer": i % 3}, step="perform", queue="idle",
-                        version=1 + i % 2)
+        await db.insert(
+            "billing.invoice", {"order": i, "customer": i % 3}, step="perform", queue="idle", version=1 + i % 2
+        )
     claimed = await db.pool.fetch(Q.pick, "idle", 4, "test-worker", 60.0, None, None, None)
     executing = {r["id"] for r in claimed}
     rows = await everything(db)
@@ -254,8 +274,10 @@ async def test_executing_rows_are_found_and_every_indexed_filter_keeps_its_index
         ({"version": 2}, lambda r: r.version == 2),
         ({"status": "executing"}, lambda r: r.id in executing),
         ({"status": "runnable,executing"}, lambda r: True),
-        ({"machine": "billing.invoice", "version": 1, "status": "executing"},
-         lambda r: r.id in executing and r.version == 1),
+        (
+            {"machine": "billing.invoice", "version": 1, "status": "executing"},
+            lambda r: r.id in executing and r.version == 1,
+        ),
         ({"queue": "idle", "status": "runnable"}, lambda r: r.id not in executing),
     ]
     for filters, keep in cases:

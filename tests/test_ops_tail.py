@@ -39,9 +39,9 @@ async def test_transactions_committing_in_reverse_id_order_are_not_skipped(db: d
     offset = seen[-1].offset
 
     async with db.pool.transaction() as slow:
-        await cancel_in(slow, [early])                # smaller history id, commits last
+        await cancel_in(slow, [early])  # smaller history id, commits last
         async with db.pool.transaction() as fast:
-            await cancel_in(fast, [late])             # larger history id, commits first
+            await cancel_in(fast, [late])  # larger history id, commits first
         # `late` is committed and visible, but an earlier transaction is still open: a reader that
         # took it now would move its offset past `early` and lose it. The tail holds it back.
         assert await drain(db, offset) == []
@@ -71,7 +71,7 @@ async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db:
                 await cancel_in(conn, take)
                 await trio.sleep(rng.random() * 0.02)  # hold the transaction open a little
                 if rng.random() < 0.3:
-                    await trio.sleep(0.03)               # sometimes long: commits after later ones
+                    await trio.sleep(0.03)  # sometimes long: commits after later ones
             await trio.sleep(rng.random() * 0.01)
 
     async def reader() -> None:
@@ -113,6 +113,7 @@ async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Data
     assert await drain(db, "now") == []
     received: list[TailEvent] = []
     async with trio.open_nursery() as nursery:
+
         async def follow() -> None:
             async for ev in db.tail(after="now", follow=True, poll=0.02):
                 received.append(ev)
@@ -139,7 +140,9 @@ async def test_filters_by_instance_and_machine(db: durable.Database) -> None:
     await db.cancel(b)
     assert [e.event for e in await drain(db, "-1", instance=b)] == ["inserted", "signal", "cancelled"]
     assert [(e.instance_id, e.event) for e in await drain(db, "-1", machine="alpha")] == [
-        (a, "inserted"), (a, "signal")]
+        (a, "inserted"),
+        (a, "signal"),
+    ]
     everything = await drain(db, "-1")
     assert len(everything) == 5
     # a filtered reader's offset is a valid offset for an unfiltered reader
@@ -157,7 +160,9 @@ async def test_malformed_offsets_are_errors_that_name_them(db: durable.Database)
 
 
 CURRENT_XID = Query("test_current_xid", "select pg_current_xact_id()::text", "A fresh xid (test).")
-BURNER = Query("test_xid_burner", """
+BURNER = Query(
+    "test_xid_burner",
+    """
 create table xid_burner (n int);
 create function burn_xids(n int) returns void language plpgsql as $$
 begin
@@ -168,7 +173,9 @@ begin
     end;
   end loop;
 end $$;
-""", "Test helper: consume transaction ids.")
+""",
+    "Test helper: consume transaction ids.",
+)
 BURN = Query("test_burn_xids", "select burn_xids($1::int)", "Consume $1 transaction ids (test).")
 
 

@@ -136,9 +136,12 @@ async def test_a_pick_with_10000_executing_rows_does_the_work_of_one_with_none(d
     assert max(n["Actual Rows"] * n["Actual Loops"] for n in nodes(busy)) <= BACKLOG, json.dumps(busy)
 
 
-@pytest.mark.xfail(strict=False, reason="since 797b003 (the statement bridge keeps connections between statements) "
-                   "the planner probes instances_lease (under a one-row Sort) in this scenario: git bisect points "
-                   "there, the cause is not found yet; open in the session note of 2026-12-06")
+@pytest.mark.xfail(
+    strict=False,
+    reason="since 797b003 (the statement bridge keeps connections between statements) "
+    "the planner probes instances_lease (under a one-row Sort) in this scenario: git bisect points "
+    "there, the cause is not found yet; open in the session note of 2026-12-06",
+)
 async def test_the_probe_keeps_to_the_partition_index_when_statistics_say_nothing_executes(
     db: durable.Database,
 ) -> None:

@@ -14,8 +14,7 @@ pytestmark = pytest.mark.trio
 
 
 async def test_plan_marker_is_parsed_and_kept_out_of_the_doc() -> None:
-    queries = parse_queries("-- name: a\n-- Does a.\n-- plan: generic\nselect 1;\n"
-                            "-- name: b\n-- Does b.\nselect 2;\n")
+    queries = parse_queries("-- name: a\n-- Does a.\n-- plan: generic\nselect 1;\n-- name: b\n-- Does b.\nselect 2;\n")
     assert queries["a"].generic and queries["a"].doc == "Does a."
     assert not queries["b"].generic
     # the statements whose plan cannot depend on their parameters, and only those
@@ -27,8 +26,7 @@ async def _settings(raw: object) -> tuple[str, list[str]]:
     async def look() -> tuple[str, list[str]]:
         async with raw.acquire() as con:  # type: ignore[attr-defined]
             mode = await con.fetchval("show plan_cache_mode")
-            channels = await con.fetchval(
-                "select coalesce(array_agg(c), '{}') from pg_listening_channels() c")
+            channels = await con.fetchval("select coalesce(array_agg(c), '{}') from pg_listening_channels() c")
             return mode, list(channels)
 
     return await aio(look)()
@@ -55,8 +53,10 @@ async def _prepared(raw: object, name: str) -> bool:
     async def look() -> bool:
         cons = [await raw.acquire() for _ in range(raw.get_size())]  # type: ignore[attr-defined]
         try:
-            found = [await con.fetchval("select count(*) from pg_prepared_statements where statement = $1", text)
-                     for con in cons]
+            found = [
+                await con.fetchval("select count(*) from pg_prepared_statements where statement = $1", text)
+                for con in cons
+            ]
         finally:
             for con in cons:
                 await raw.release(con)  # type: ignore[attr-defined]

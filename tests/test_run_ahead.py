@@ -52,8 +52,14 @@ async def test_chained_steps_need_one_pick(db: durable.Database) -> None:
     # s1 was shown the signal and s2-s4 keep their claim: `complete`; s5's plain done: `complete_simple`
     assert (db.pool.statement_counts["complete"], db.pool.statement_counts["complete_simple"]) == (4, 1)
     events = [(e.event, e.step, e.status) for e in await db.history(iid)]
-    assert events[1:] == [("signal", "s1", "runnable"), ("next", "s1", "executing"), ("next", "s2", "executing"),
-                          ("next", "s3", "executing"), ("next", "s4", "executing"), ("done", "s5", "done")]
+    assert events[1:] == [
+        ("signal", "s1", "runnable"),
+        ("next", "s1", "executing"),
+        ("next", "s2", "executing"),
+        ("next", "s3", "executing"),
+        ("next", "s4", "executing"),
+        ("done", "s5", "done"),
+    ]
     assert (await db.get(iid)).inbox == []  # the signal read in s4 was consumed
 
 

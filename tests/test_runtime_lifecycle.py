@@ -119,11 +119,11 @@ async def test_plain_trio_run_embeds_the_runtime(pg_dsn: str, schema_name: str) 
         trio.run(main)
     """)
     with trio.fail_after(60):
-        out = await trio.run_process([sys.executable, "-c", program], capture_stdout=True,
-                                     capture_stderr=True, check=False)
+        out = await trio.run_process(
+            [sys.executable, "-c", program], capture_stdout=True, capture_stderr=True, check=False
+        )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "hi ada"
-
 
 
 async def test_insert_from_another_process_wakes_the_runtime(db: durable.Database, pg_dsn: str) -> None:

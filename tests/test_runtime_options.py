@@ -21,10 +21,25 @@ def database() -> Database:
 
 
 def test_groups_and_shorthand_give_the_same_runtime() -> None:
-    grouped = Runtime(database(), queues=["q"], leases=Leases(lease=30, heartbeat=5), polling=Polling(poll_max=2.0,
-                      chain=3), flushing=Flushing(max_batch=100, linger=0.01), retention=Retention(older_than=3600))
-    flat = Runtime(database(), queues=["q"], lease=30, heartbeat=5, poll_max=2.0, chain=3, flush_max=100,
-                   flush_linger=0.01, retention=3600)
+    grouped = Runtime(
+        database(),
+        queues=["q"],
+        leases=Leases(lease=30, heartbeat=5),
+        polling=Polling(poll_max=2.0, chain=3),
+        flushing=Flushing(max_batch=100, linger=0.01),
+        retention=Retention(older_than=3600),
+    )
+    flat = Runtime(
+        database(),
+        queues=["q"],
+        lease=30,
+        heartbeat=5,
+        poll_max=2.0,
+        chain=3,
+        flush_max=100,
+        flush_linger=0.01,
+        retention=3600,
+    )
     assert grouped.options == flat.options
     for rt in (grouped, flat):
         assert (rt.lease, rt.heartbeat_every, rt.reap_every, rt.poll_max, rt.chain) == (30.0, 5, 15.0, 2.0, 3)

@@ -166,9 +166,26 @@ async def test_one_claim_twice_in_a_batch_counts_once(db: durable.Database) -> N
 
 async def test_the_flusher_never_batches_two_outcomes_of_one_instance() -> None:
     def pending(iid: int, token: int) -> _Pending:
-        claim = Claim(id=iid, machine="m", version=1, step="s", state_json="{}", attempt=0, queue="q", priority=0,
-                      partition_key=None, lease_token=token, signal_seq=0, awaits=None, parent_id=None,
-                      cancel_requested=False, traceparent=None, tracestate=None, signals=(), children=())
+        claim = Claim(
+            id=iid,
+            machine="m",
+            version=1,
+            step="s",
+            state_json="{}",
+            attempt=0,
+            queue="q",
+            priority=0,
+            partition_key=None,
+            lease_token=token,
+            signal_seq=0,
+            awaits=None,
+            parent_id=None,
+            cancel_requested=False,
+            traceparent=None,
+            tracestate=None,
+            signals=(),
+            children=(),
+        )
         return _Pending(claim, Encoded("done"))
 
     queue = [pending(1, 10), pending(2, 20), pending(1, 11), pending(3, 30), pending(4, 40)]
@@ -187,9 +204,26 @@ async def test_a_row_picked_again_under_a_new_token_drops_the_old_claim(db: dura
     scheduler = rt.schedulers["ship-fence"]
     stale.scope = trio.CancelScope()
     scheduler.in_flight.add(stale)
-    bystander = Claim(id=iid + 1000, machine="m", version=1, step="s", state_json="{}", attempt=0, queue="q",
-                      priority=0, partition_key=None, lease_token=7, signal_seq=0, awaits=None, parent_id=None,
-                      cancel_requested=False, traceparent=None, tracestate=None, signals=(), children=())
+    bystander = Claim(
+        id=iid + 1000,
+        machine="m",
+        version=1,
+        step="s",
+        state_json="{}",
+        attempt=0,
+        queue="q",
+        priority=0,
+        partition_key=None,
+        lease_token=7,
+        signal_seq=0,
+        awaits=None,
+        parent_id=None,
+        cancel_requested=False,
+        traceparent=None,
+        tracestate=None,
+        signals=(),
+        children=(),
+    )
     scheduler.committing.add(bystander)
     scheduler.superseded([live])
     assert stale.lost is not None and stale.scope.cancel_called

@@ -34,8 +34,7 @@ def pdb(db: durable.Database) -> durable.Database:
 
 
 async def inbox(db: durable.Database, iid: int) -> list[tuple[str, object]]:
-    return [(s["name"], durable.codec.decode(s["payload"])) for s in
-            await db.pool.fetch(durable.sql.Q.get_inbox, iid)]
+    return [(s["name"], durable.codec.decode(s["payload"])) for s in await db.pool.fetch(durable.sql.Q.get_inbox, iid)]
 
 
 async def test_signal_after_the_await_wakes_and_is_consumed(pdb: durable.Database) -> None:

@@ -45,8 +45,7 @@ def test_clean_engine_passes_many_seeds_with_every_fault(pg_dsn: str) -> None:
     fenced = statuses_done = 0
     for seed in range(1, SEEDS + 1):
         workload = "ops" if seed > 40 else "mixed"
-        cfg = SimConfig(seed=seed, workload=workload, faults=ALL, instances=6, chaos_seconds=40,
-                        chain=2 * (seed % 2))
+        cfg = SimConfig(seed=seed, workload=workload, faults=ALL, instances=6, chaos_seconds=40, chain=2 * (seed % 2))
         result = simulate(cfg, dsn=pg_dsn)
         if not result.ok:
             failures.append((seed, result.violations[:3]))
@@ -63,8 +62,9 @@ def test_hostile_workload_is_bounded_under_every_fault(pg_dsn: str) -> None:
     """Crashing steps, refused and overdue outcomes, a held unique key and a step longer than the lease, with
     every fault kind: each instance ends as its model says, within max_attempts, the queue never stalls."""
     for seed in (1, 2, 3):
-        result = simulate(SimConfig(seed=seed, workload="hostile", faults=ALL, instances=6, chaos_seconds=40),
-                          dsn=pg_dsn)
+        result = simulate(
+            SimConfig(seed=seed, workload="hostile", faults=ALL, instances=6, chaos_seconds=40), dsn=pg_dsn
+        )
         assert result.ok, (seed, result.violations)
         assert result.statuses.get("failed", 0) >= 1  # the crasher, stopped at max_attempts
 
@@ -74,8 +74,7 @@ def test_generated_scripts_end_as_their_model_says(pg_dsn: str) -> None:
     options, driver cancels) under every fault kind."""
     statuses: Counter[str] = Counter()
     for seed in (1, 2, 4):
-        result = simulate(SimConfig(seed=seed, workload="fuzz", faults=ALL, instances=8, chaos_seconds=40),
-                          dsn=pg_dsn)
+        result = simulate(SimConfig(seed=seed, workload="fuzz", faults=ALL, instances=8, chaos_seconds=40), dsn=pg_dsn)
         assert result.ok, (seed, result.violations)
         statuses.update(result.statuses)
     assert {"done", "failed", "cancelled"} <= set(statuses), statuses

@@ -19,18 +19,31 @@ def sim(*args: str) -> tuple[int, str]:
 def test_report_of_a_clean_run(pg_dsn: str) -> None:
     code, out = sim("--seed", "3", "--instances", "4", "--dsn", pg_dsn)
     assert code == 0, out
-    for needle in ("instances", "steps run", "re-executions", "faults injected", "fenced commits",
-                   "virtual time", "real time", "terminal_after_heal", "money_conserved", "log sha256",
-                   "reproduce: durable sim --seed 3 --workload mixed --instances 4 --workers 3 --faults all"):
+    for needle in (
+        "instances",
+        "steps run",
+        "re-executions",
+        "faults injected",
+        "fenced commits",
+        "virtual time",
+        "real time",
+        "terminal_after_heal",
+        "money_conserved",
+        "log sha256",
+        "reproduce: durable sim --seed 3 --workload mixed --instances 4 --workers 3 --faults all",
+    ):
         assert needle in out, needle
     assert "FAIL" not in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--faults", "crash,bogus"], "unknown fault kind 'bogus'"),
-    (["--processes"], "--processes needs --mode chaos"),
-    (["--workload", "nope"], "Invalid value for '--workload'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--faults", "crash,bogus"], "unknown fault kind 'bogus'"),
+        (["--processes"], "--processes needs --mode chaos"),
+        (["--workload", "nope"], "Invalid value for '--workload'"),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     code, out = sim(*args)
     assert code == 2
@@ -38,11 +51,20 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> 
     assert "Traceback" not in out
 
 
-def test_failing_run_writes_its_file_and_shrinks(pg_dsn: str, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_run_writes_its_file_and_shrinks(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out = sim("--plant", "unscoped_consume", "--workload", "checkout", "--seed", "6",
-                    "--faults", "crash,step_error", "--dsn", pg_dsn)
+    code, out = sim(
+        "--plant",
+        "unscoped_consume",
+        "--workload",
+        "checkout",
+        "--seed",
+        "6",
+        "--faults",
+        "crash,step_error",
+        "--dsn",
+        pg_dsn,
+    )
     assert code == 1, out
     data = json.loads((tmp_path / "sim-6.json").read_text())
     assert "signals_accounted" in data["violated"]  # (a vanished signal may also leave its checkout waiting)
@@ -58,8 +80,7 @@ def test_failing_run_writes_its_file_and_shrinks(pg_dsn: str, tmp_path: Path,
 
 def test_several_seeds_and_json(pg_dsn: str, tmp_path: Path) -> None:
     out_file = tmp_path / "runs.json"
-    code, out = sim("--seed", "10", "--seeds", "2", "--instances", "3", "--json", str(out_file),
-                    "--dsn", pg_dsn)
+    code, out = sim("--seed", "10", "--seeds", "2", "--instances", "3", "--json", str(out_file), "--dsn", pg_dsn)
     assert code == 0, out
     runs = json.loads(out_file.read_text())
     assert [r["seed"] for r in runs] == [10, 11]
@@ -75,14 +96,30 @@ def test_chaos_mode_runs_in_real_time(pg_dsn: str) -> None:
     assert "log sha256" not in out
 
 
-def test_worker_processes_are_killed_and_the_run_still_converges(pg_dsn: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_processes_are_killed_and_the_run_still_converges(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--processes: real OS workers, SIGKILL / SIGSTOP / backend kills from the seed's plan. Every instance
     ends terminal, every check holds, and no worker process dies on its own (it did, twice, before the
     engine handled dropped connections: see test_sim_engine_bugs.py)."""
     monkeypatch.chdir(tmp_path)
-    code, out = sim("--mode", "chaos", "--processes", "--seed", "4", "--instances", "4", "--workers", "2",
-                    "--duration", "40", "--faults", "crash,zombie,conn", "--dsn", pg_dsn)
+    code, out = sim(
+        "--mode",
+        "chaos",
+        "--processes",
+        "--seed",
+        "4",
+        "--instances",
+        "4",
+        "--workers",
+        "2",
+        "--duration",
+        "40",
+        "--faults",
+        "crash,zombie,conn",
+        "--dsn",
+        pg_dsn,
+    )
     assert code == 0, out
     assert "--processes" in out and "not reproducible" in out
     assert "FAIL" not in out

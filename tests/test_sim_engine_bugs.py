@@ -52,20 +52,20 @@ async def test_retried_child_does_not_decrement_its_released_parent_again(db: du
     parent = await db.insert(Joiner, {})
     assert parent is not None
     [claim] = await pick(db, "bugs")
-    await run_step(db, claim)                              # fan: spawn one child
+    await run_step(db, claim)  # fan: spawn one child
     [claim] = await pick(db, "bugs")
     child = claim.id
-    _, committed = await run_step(db, claim)               # the child fails: parent released
+    _, committed = await run_step(db, claim)  # the child fails: parent released
     assert committed.status == "failed"
     [claim] = await pick(db, "bugs")
     assert claim.id == parent
-    await run_step(db, claim)                              # join: parent done
+    await run_step(db, claim)  # join: parent done
     assert (await row(db, parent))["status"] == "done"
 
     assert await db.retry(child) == "runnable"
     [claim] = await pick(db, "bugs")
     assert claim.id == child
-    _, committed = await run_step(db, claim)               # before the fix: CheckViolationError here
+    _, committed = await run_step(db, claim)  # before the fix: CheckViolationError here
     assert committed.status == "done"
     after = await row(db, parent)
     assert (after["status"], after["children_pending"]) == ("done", 0)
@@ -85,9 +85,9 @@ async def test_a_busy_partition_key_does_not_starve_other_keys(db: durable.Datab
     for n in range(6):
         await db.insert(keyed, {"n": n}, partition_key="a")
     other = await db.insert(keyed, {"n": 99}, partition_key="b")
-    [first] = await pick(db, "keys", 2)                  # one row of key a (one per key)
+    [first] = await pick(db, "keys", 2)  # one row of key a (one per key)
     assert first.partition_key == "a"
-    claims = await pick(db, "keys", 2, worker="w2")      # a is busy: the only runnable work is b
+    claims = await pick(db, "keys", 2, worker="w2")  # a is busy: the only runnable work is b
     assert [c.id for c in claims] == [other]
 
 
@@ -145,12 +145,14 @@ async def test_terminated_connections_do_not_crash_the_runtime(db: durable.Datab
     killer = await Pool.open(pg_dsn, db.schema, min_size=1, max_size=1)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(durable.Runtime(db, queues={"terms": 4}, listen=True, poll_min=0.01,
-                                                poll_max=0.05, heartbeat=0.05).run)
+            await nursery.start(
+                durable.Runtime(db, queues={"terms": 4}, listen=True, poll_min=0.01, poll_max=0.05, heartbeat=0.05).run
+            )
             for _ in range(8):
                 ids = [await retrying(db.insert, survivor, {"n": i}) for i in range(4)]
                 await killer.fetchval(Q.sim_terminate_app, "durable")
                 for iid in ids:
+
                     async def done(iid: int = iid) -> bool:
                         return bool((await retrying(row, db, iid))["status"] == "done")
 

@@ -42,8 +42,9 @@ class Countdowns:
     async def setup(self, db: SimDatabase) -> None:
         return None
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for _ in range(count):
             n = rng.randint(1, 4)
@@ -58,18 +59,26 @@ class Countdowns:
 
     def check(self, run: Run, final: Final) -> list[Violation]:
         rows = final.by_id()
-        return [Violation("state_matches_model", f"countdown {iid}: {decode(rows[iid]['result'])}")
-                for iid, n in self.ids.items() if decode(rows[iid]["result"]) != {"seen": n}]
+        return [
+            Violation("state_matches_model", f"countdown {iid}: {decode(rows[iid]['result'])}")
+            for iid, n in self.ids.items()
+            if decode(rows[iid]["result"]) != {"seen": n}
+        ]
 
 
 async def test_python_scenario_runs_on_the_pytest_trio_mock_clock(
-        pg_dsn: str, autojump_clock: trio.testing.MockClock) -> None:
+    pg_dsn: str, autojump_clock: trio.testing.MockClock
+) -> None:
     load = Countdowns()
-    plan = [Fault("crash", slot=1, nth=1), Fault("step_error", instance=2, nth=1),
-            Fault("zombie", slot=2, nth=1, seconds=90.0)]
+    plan = [
+        Fault("crash", slot=1, nth=1),
+        Fault("step_error", instance=2, nth=1),
+        Fault("zombie", slot=2, nth=1, seconds=90.0),
+    ]
     started = trio.current_time()
-    result = await simulate_async(SimConfig(seed=5, workers=2, instances=5), plan, dsn=pg_dsn,
-                                  clock=autojump_clock, loads=[load])
+    result = await simulate_async(
+        SimConfig(seed=5, workers=2, instances=5), plan, dsn=pg_dsn, clock=autojump_clock, loads=[load]
+    )
     assert result.ok, result.violations
     assert result.statuses == {"done": 5}
     assert len(load.ids) == 5

@@ -25,8 +25,10 @@ def test_planted_bug_is_reported_and_shrunk(pg_dsn: str, name: str) -> None:
             if bug.invariant in violated:
                 break
         else:
-            pytest.fail(f"planted bug {name} passed seeds {bug.first}..{bug.first + 2}: the simulator missed it; "
-                        f"`durable sim --mutants --mutant {name}` finds its first failing seed now")
+            pytest.fail(
+                f"planted bug {name} passed seeds {bug.first}..{bug.first + 2}: the simulator missed it; "
+                f"`durable sim --mutants --mutant {name}` finds its first failing seed now"
+            )
         # ddmin keeps only plans whose rerun still violates the invariant
         minimal = shrink(cfg, result.plan, {bug.invariant}, dsn=pg_dsn, prepare=bug.prepare)
     assert len(minimal) <= 3, minimal

@@ -42,8 +42,9 @@ def test_two_transactions_that_lock_the_same_row_do_not_stall_the_gate(pg_dsn: s
     box: dict[str, object] = {}
 
     def run() -> None:
-        box["result"] = simulate(SimConfig(seed=11005, workload="streams", faults=ALL, instances=12,
-                                           workers=3), dsn=pg_dsn)
+        box["result"] = simulate(
+            SimConfig(seed=11005, workload="streams", faults=ALL, instances=12, workers=3), dsn=pg_dsn
+        )
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()

@@ -61,8 +61,7 @@ class ThreeStep(Machine, queue="sc_steps", name="sc_three", initial="a"):
         return Done(None)
 
 
-async def drain(db: durable.Database, queue: str, steps: int, concurrency: int,
-                prefetch: int) -> dict[str, int]:
+async def drain(db: durable.Database, queue: str, steps: int, concurrency: int, prefetch: int) -> dict[str, int]:
     """Run a runtime until ``steps`` outcomes are committed; the statements counted meanwhile."""
     committed = 0
     done = trio.Event()
@@ -78,8 +77,16 @@ async def drain(db: durable.Database, queue: str, steps: int, concurrency: int,
 
     # long lease: no heartbeat or reaper statement falls inside the measured window; long polls and
     # no LISTEN: every pick is driven by a wake-up (a committed outcome), none by a timer
-    rt = durable.Runtime(db, queues={queue: concurrency}, prefetch=prefetch, lease=600, on_step=on_step,
-                         poll_min=30, poll_max=30, listen=False)
+    rt = durable.Runtime(
+        db,
+        queues={queue: concurrency},
+        prefetch=prefetch,
+        lease=600,
+        on_step=on_step,
+        poll_min=30,
+        poll_max=30,
+        listen=False,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         db.pool.statement_counts.clear()
@@ -131,8 +138,7 @@ async def test_machine_steps_cost_the_same_per_step(db: durable.Database) -> Non
 
 @pytest.mark.parametrize("listen", [False, True])
 @pytest.mark.parametrize("handoff", [False, True])
-async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, listen: bool,
-                                                          handoff: bool) -> None:
+async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, listen: bool, handoff: bool) -> None:
     """Idle runtime, local insert: the insert wakes the scheduler, whose one pick claims the row;
     its outcome is one complete. Counted from just before the insert to its commit. With handoff (the
     default) there is no pick at all: the insert's own statement claims the row for the idle scheduler.
@@ -150,8 +156,9 @@ async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, 
         ran.set()
 
     # poll_min high: no idle poll can fall between the insert and its pick
-    rt = durable.Runtime(db, queues={"sc_jobs": 4}, lease=600, poll_min=30, poll_max=30, on_step=on_step,
-                         listen=listen, handoff=handoff)
+    rt = durable.Runtime(
+        db, queues={"sc_jobs": 4}, lease=600, poll_min=30, poll_max=30, on_step=on_step, listen=listen, handoff=handoff
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
         await trio.sleep(0.1)  # the scheduler's first (empty) pick is done; it now waits 30 s
@@ -174,8 +181,9 @@ async def test_hints_from_another_database_wake_the_runtime(db: durable.Database
     runtime by its NOTIFY hint alone: no local wake-up, and polls 30 s apart."""
     db.registry.add(noop)
     ran = trio.Event()
-    rt = durable.Runtime(db, queues={"sc_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=True,
-                         on_step=lambda *_: ran.set())
+    rt = durable.Runtime(
+        db, queues={"sc_jobs": 4}, lease=600, poll_min=30, poll_max=30, listen=True, on_step=lambda *_: ran.set()
+    )
     async with durable.connect(pg_dsn, schema=db.schema, machines=[noop], migrate=False) as other:
         assert other.token != db.token
         async with trio.open_nursery() as nursery:

@@ -36,14 +36,18 @@ def guarded(pg_dsn: str) -> Iterator[ServeProcess]:
 @pytest.fixture(scope="module")
 def locked(pg_dsn: str) -> Iterator[ServeProcess]:
     """--protect-reads, the tokens from DURABLE_SERVE_TOKEN (whitespace-separated)."""
-    with serving(pg_dsn, "--long-poll-timeout", "0.5", "--protect-reads",
-                 env={"DURABLE_SERVE_TOKEN": f"{TOKEN} {OTHER}"}) as s:
+    with serving(
+        pg_dsn, "--long-poll-timeout", "0.5", "--protect-reads", env={"DURABLE_SERVE_TOKEN": f"{TOKEN} {OTHER}"}
+    ) as s:
         yield s
 
 
 def unauthorized(r: httpx.Response) -> bool:
-    return (r.status_code == 401 and r.headers.get("www-authenticate", "").startswith("Bearer")
-            and r.headers.get("access-control-allow-origin") == "*")
+    return (
+        r.status_code == 401
+        and r.headers.get("www-authenticate", "").startswith("Bearer")
+        and r.headers.get("access-control-allow-origin") == "*"
+    )
 
 
 def preflight_ok(r: httpx.Response) -> bool:
@@ -51,8 +55,11 @@ def preflight_ok(r: httpx.Response) -> bool:
     return r.status_code == 204 and "authorization" in allowed and "PUT" in r.headers["access-control-allow-methods"]
 
 
-PREFLIGHT = {"origin": "https://app.example", "access-control-request-method": "PUT",
-             "access-control-request-headers": "authorization, content-type"}
+PREFLIGHT = {
+    "origin": "https://app.example",
+    "access-control-request-method": "PUT",
+    "access-control-request-headers": "authorization, content-type",
+}
 
 
 async def test_writes_need_the_token_reads_do_not(guarded: ServeProcess) -> None:
@@ -117,8 +124,7 @@ async def test_subscription_control_needs_the_token(guarded: ServeProcess) -> No
         tail = r.headers["stream-next-offset"]
         await eventually(lambda: wake_events(http, pool, name))
         assert unauthorized(await http.post(sub_url(name, "claim"), json={"worker": "w1"}))
-        wrong = await http.post(sub_url(name, "claim"), json={"worker": "w1"},
-                                headers={"authorization": "Bearer nope"})
+        wrong = await http.post(sub_url(name, "claim"), json={"worker": "w1"}, headers={"authorization": "Bearer nope"})
         assert unauthorized(wrong)
         claim = await http.post(sub_url(name, "claim"), json={"worker": "w1"}, headers=AUTH)
         assert claim.status_code == 200, claim.text
@@ -131,9 +137,16 @@ async def test_subscription_control_needs_the_token(guarded: ServeProcess) -> No
         assert (await http.post(sub_url(name, "ack"), json=current, headers=AUTH)).status_code == 401
         assert (await http.post(sub_url(name, "release"), json=current, headers=by_claim)).status_code == 204
         c2 = (await http.post(sub_url(name, "claim"), json={"worker": "w2"}, headers=AUTH)).json()
-        done = await http.post(sub_url(name, "ack"), headers={"authorization": f"Bearer {c2['token']}"}, json={
-            "wake_id": c2["wake_id"], "generation": c2["generation"],
-            "acks": [{"stream": f"{ns}/a", "offset": tail}], "done": True})
+        done = await http.post(
+            sub_url(name, "ack"),
+            headers={"authorization": f"Bearer {c2['token']}"},
+            json={
+                "wake_id": c2["wake_id"],
+                "generation": c2["generation"],
+                "acks": [{"stream": f"{ns}/a", "offset": tail}],
+                "done": True,
+            },
+        )
         assert done.json() == {"ok": True, "next_wake": False}
 
         assert unauthorized(await http.delete(sub_url(name)))
@@ -144,17 +157,30 @@ async def test_webhook_callbacks_keep_their_own_token(guarded: ServeProcess) -> 
     async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as http, receiver(guarded.url) as hook:
         ns, name = unique("cb"), unique("sub")
         hook.replies = [(200, {})]  # the receiver calls back later
-        r = await http.put(sub_url(name), headers={**JSON, **AUTH}, content=json.dumps(
-            {"type": "webhook", "pattern": f"{ns}/*", "webhook": {"url": hook.url}, "lease_ttl_ms": 5000}))
+        r = await http.put(
+            sub_url(name),
+            headers={**JSON, **AUTH},
+            content=json.dumps(
+                {"type": "webhook", "pattern": f"{ns}/*", "webhook": {"url": hook.url}, "lease_ttl_ms": 5000}
+            ),
+        )
         assert r.status_code == 201, r.text
-        tail = (await http.put(f"{ROOT}/{ns}/a", content=b'[{"n":1}]',
-                               headers={**JSON, **AUTH})).headers["stream-next-offset"]
+        tail = (await http.put(f"{ROOT}/{ns}/a", content=b'[{"n":1}]', headers={**JSON, **AUTH})).headers[
+            "stream-next-offset"
+        ]
         first = await hook.next(1)
         assert first["verified"] is True  # the receiver fetched jwks.json without a token
         wake: Any = first["body"]
-        done = await http.post(sub_url(name, "callback"), headers={"authorization": f"Bearer {wake['callback_token']}"},
-                               json={"wake_id": wake["wake_id"], "generation": wake["generation"],
-                                     "acks": [{"stream": f"{ns}/a", "offset": tail}], "done": True})
+        done = await http.post(
+            sub_url(name, "callback"),
+            headers={"authorization": f"Bearer {wake['callback_token']}"},
+            json={
+                "wake_id": wake["wake_id"],
+                "generation": wake["generation"],
+                "acks": [{"stream": f"{ns}/a", "offset": tail}],
+                "done": True,
+            },
+        )
         assert done.status_code == 200 and done.json() == {"ok": True, "next_wake": False}
         await http.delete(sub_url(name), headers=AUTH)
 
@@ -176,16 +202,35 @@ async def test_protect_reads(locked: ServeProcess) -> None:
         assert (await http.get(f"{ROOT}/__ds/jwks.json", headers=AUTH)).status_code == 200
         assert preflight_ok(await http.options(path, headers=PREFLIGHT))
         # a claim-token endpoint still answers for itself (its 404: no such subscription), not with our 401
-        ack = await http.post(sub_url(unique("none"), "ack"), json={"wake_id": "w", "generation": 1},
-                              headers={"authorization": "Bearer claim"})
+        ack = await http.post(
+            sub_url(unique("none"), "ack"),
+            json={"wake_id": "w", "generation": 1},
+            headers={"authorization": "Bearer claim"},
+        )
         assert "www-authenticate" not in ack.headers
 
 
 def serve_cmd(pg_dsn: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DURABLE_SERVE_TOKEN"}
-    return subprocess.run([sys.executable, "-c", "from durable.cli import main; main()", "serve", "--port", "0",
-                           "--dsn", pg_dsn, "--schema", new_schema(), *extra],
-                          capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from durable.cli import main; main()",
+            "serve",
+            "--port",
+            "0",
+            "--dsn",
+            pg_dsn,
+            "--schema",
+            new_schema(),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
 
 
 @pytest.fixture

@@ -35,8 +35,7 @@ def model(iid: int) -> list[str]:
 
 
 async def speak(ctx: durable.Context, name: str) -> None:
-    out = streams.Stream(ctx, f"/chaos/{ctx.id}", start=STEPS.index(name) * PER_STEP,
-                         content_type="application/json")
+    out = streams.Stream(ctx, f"/chaos/{ctx.id}", start=STEPS.index(name) * PER_STEP, content_type="application/json")
     with trio.CancelScope(shield=RNG.random() < 0.5):  # uninterruptible: a zombie once its lease is lost
         for k in range(PER_STEP):
             await trio.sleep(RNG.random() * 0.06)
@@ -82,13 +81,15 @@ async def test_stream_output_is_exactly_once_under_crashes_and_zombies(db: durab
         return all(r.status == "done" for r in rows)
 
     async with trio.open_nursery() as nursery:
-        healthy = durable.Runtime(db, machines=[Chatty], queues={"chaos": 4}, lease=3, heartbeat=0.3,
-                                  reap_every=0.1, poll_max=0.1)
+        healthy = durable.Runtime(
+            db, machines=[Chatty], queues={"chaos": 4}, lease=3, heartbeat=0.3, reap_every=0.1, poll_max=0.1
+        )
         await nursery.start(healthy.run)
         for _ in range(4):
             # a flaky worker: leases of 0.15 s and no heartbeat in time, so slow steps turn zombie
-            flaky = durable.Runtime(db, machines=[Chatty], queues={"chaos": 4}, lease=0.15, heartbeat=30,
-                                    reap_every=30, poll_max=0.1)
+            flaky = durable.Runtime(
+                db, machines=[Chatty], queues={"chaos": 4}, lease=0.15, heartbeat=30, reap_every=30, poll_max=0.1
+            )
             async with trio.open_nursery() as inner:
                 await inner.start(flaky.run)
                 await trio.sleep(0.6)

@@ -74,8 +74,7 @@ async def test_stale_epoch_is_fenced_and_auto_claim_takes_over(server: ServeProc
             async with c.writer("/cl/fence", producer_id="svc", epoch=2, content_type=JSON) as zombie:
                 await zombie.append("from a zombie")
         assert fenced.value.current_epoch == 3
-        async with c.writer("/cl/fence", producer_id="svc", epoch=0, content_type=JSON,
-                            auto_claim=True) as w:
+        async with c.writer("/cl/fence", producer_id="svc", epoch=0, content_type=JSON, auto_claim=True) as w:
             await w.append("claimed")
         assert w.epoch == 4
         got = [m async for ch in c.read("/cl/fence") for m in ch.json()]

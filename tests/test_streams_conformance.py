@@ -53,8 +53,12 @@ def test_official_conformance_suite(pg_dsn: str, tmp_path: Path) -> None:
     (tmp_path / "conformance-with-subscriptions.test.mjs").write_text(RUNNER)
     with serving(pg_dsn, "--long-poll-timeout", "1.5") as server:
         run = subprocess.run(
-            ["npx", "-y", "-p", PACKAGE, "vitest", "run", "--no-coverage", "--reporter=default"], cwd=tmp_path,
-            capture_output=True, text=True, timeout=600, env={**os.environ, "CONFORMANCE_TEST_URL": server.url},
+            ["npx", "-y", "-p", PACKAGE, "vitest", "run", "--no-coverage", "--reporter=default"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "CONFORMANCE_TEST_URL": server.url},
         )
     out = ANSI.sub("", run.stdout + run.stderr)
     summary = re.search(r"Tests\s+(?:(\d+) failed \| )?(\d+) passed(?: \| (\d+) skipped)? \((\d+)\)", out)

@@ -42,10 +42,10 @@ def parse(data: bytes) -> list[tuple[int, int, int]]:
     """Records in stream order as (writer, n, end position); asserts every record is whole."""
     out, pos = [], 0
     while pos < len(data):
-        assert data[pos:pos + 1] == b"<", f"garbage at {pos}"
-        w, n, size = data[pos + 1:pos + 20].split(b"|")[0].split(b":")
+        assert data[pos : pos + 1] == b"<", f"garbage at {pos}"
+        w, n, size = data[pos + 1 : pos + 20].split(b"|")[0].split(b":")
         end = pos + int(size)
-        assert end <= len(data) and data[end - 1:end] == b">", f"torn record at {pos}"
+        assert end <= len(data) and data[end - 1 : end] == b">", f"torn record at {pos}"
         out.append((int(w), int(n), end))
         pos = end
     return out
@@ -183,7 +183,7 @@ async def test_concurrent_writers_and_resuming_readers(pg_dsn: str, schema: str)
             # resume at every offset any response returned: exactly the bytes after it, once
             for offset in sorted(set(every + seen_live))[::7]:
                 rest, _ = await read_all(http, "/dur/many", offset)
-                assert rest == full[position(offset):]
+                assert rest == full[position(offset) :]
     finally:
         server.stop()
 
@@ -195,8 +195,14 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
     try:
         async with StreamsClient(server.url, backoff=Backoff(base=0.05, cap=0.5, attempts=80)) as c:
             await c.create("/dur/exactly", content_type="application/json")
-            async with c.writer("/dur/exactly", producer_id="w1", epoch=0, content_type="application/json",
-                                linger=0.002, max_batch_bytes=300) as w:
+            async with c.writer(
+                "/dur/exactly",
+                producer_id="w1",
+                epoch=0,
+                content_type="application/json",
+                linger=0.002,
+                max_batch_bytes=300,
+            ) as w:
 
                 async def produce() -> None:
                     for item in items:  # paced, so batches keep going out while the server dies

@@ -51,8 +51,9 @@ class Talker(Machine, queue="talk"):
     @step
     async def finish(self, ctx):
         for i, token in enumerate(SECOND):
-            await streams.append(ctx, f"/talk/{ctx.id}", token, seq=len(FIRST) + i, content_type=JSON,
-                                 close=i == len(SECOND) - 1)
+            await streams.append(
+                ctx, f"/talk/{ctx.id}", token, seq=len(FIRST) + i, content_type=JSON, close=i == len(SECOND) - 1
+            )
         return Done({"tokens": len(FIRST) + len(SECOND)})
 
     async def handle(self, error, ctx):
@@ -60,8 +61,7 @@ class Talker(Machine, queue="talk"):
 
 
 def ctx_for(db: durable.Database, iid: int, token: int) -> Context:
-    return Context(id=iid, machine="Talker", version=1, step="speak", attempt=0, state={}, lease_token=token,
-                   db=db)
+    return Context(id=iid, machine="Talker", version=1, step="speak", attempt=0, state={}, lease_token=token, db=db)
 
 
 async def test_zombie_is_fenced_and_reexecution_is_deduplicated(db: durable.Database) -> None:
@@ -135,11 +135,13 @@ async def test_official_client_resumes_a_step_written_stream(db: durable.Databas
             # signals over HTTP: a repeated idempotency key is stored once (a signal no step consumes,
             # so the first one is still in the inbox), then the one the instance waits for
             for expected in (201, 200):
-                note = await http.post(f"/instances/{iid}/signals/note", json={"n": 1},
-                                       headers={"Idempotency-Key": "note-1"})
+                note = await http.post(
+                    f"/instances/{iid}/signals/note", json={"n": 1}, headers={"Idempotency-Key": "note-1"}
+                )
                 assert note.status_code == expected and note.json()["duplicate"] is (expected == 200)
-            sent = await http.post(f"/instances/{iid}/signals/more", json={"n": 1},
-                                   headers={"Idempotency-Key": "more-1"})
+            sent = await http.post(
+                f"/instances/{iid}/signals/more", json={"n": 1}, headers={"Idempotency-Key": "more-1"}
+            )
             assert sent.status_code == 201 and sent.json()["duplicate"] is False
             with trio.fail_after(10):
                 await long_polled.wait()

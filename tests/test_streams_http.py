@@ -31,8 +31,7 @@ def server(pg_dsn: str) -> Iterator[ServeProcess]:
         yield s
 
 
-async def sse_events(http: httpx.AsyncClient, url: str, params: dict[str, str], until: str
-                     ) -> list[tuple[str, str]]:
+async def sse_events(http: httpx.AsyncClient, url: str, params: dict[str, str], until: str) -> list[tuple[str, str]]:
     """SSE events (kind, data) up to the first data event containing ``until``."""
     events: list[tuple[str, str]] = []
     async with http.stream("GET", url, params=params) as r:
@@ -53,15 +52,18 @@ async def sse_events(http: httpx.AsyncClient, url: str, params: dict[str, str], 
 
 
 async def test_history_streams_live_over_sse(server: ServeProcess, pg_dsn: str) -> None:
-    async with durable.connect(pg_dsn, schema=server.schema, migrate=False) as db, \
-            httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+    async with (
+        durable.connect(pg_dsn, schema=server.schema, migrate=False) as db,
+        httpx.AsyncClient(base_url=server.url, timeout=20) as http,
+    ):
         iid = await db.insert(Parked, {"n": 1})
         url = f"/instances/{iid}/history"
 
         async def send_signal_soon() -> None:
             await trio.sleep(0.5)
-            r = await http.post(f"/instances/{iid}/signals/go", content=b'{"ok": true}',
-                                headers={"Idempotency-Key": "k1"})
+            r = await http.post(
+                f"/instances/{iid}/signals/go", content=b'{"ok": true}', headers={"Idempotency-Key": "k1"}
+            )
             assert r.status_code == 201
 
         async with trio.open_nursery() as nursery:
@@ -82,8 +84,10 @@ async def test_history_streams_live_over_sse(server: ServeProcess, pg_dsn: str) 
 
 
 async def test_signal_errors_and_unknown_instances(server: ServeProcess, pg_dsn: str) -> None:
-    async with durable.connect(pg_dsn, schema=server.schema, migrate=False) as db, \
-            httpx.AsyncClient(base_url=server.url) as http:
+    async with (
+        durable.connect(pg_dsn, schema=server.schema, migrate=False) as db,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
         iid = await db.insert(Parked, {"n": 2})
         assert (await http.post(f"/instances/{iid}/signals/go", content=b"{not json")).status_code == 400
         assert iid is not None
@@ -99,8 +103,9 @@ async def test_cli_reports_bad_usage_in_one_line() -> None:
     bad_schema = await trio.run_process([*cli, "--schema", "no-dashes"], capture_stderr=True, check=False)
     assert bad_schema.returncode == 2 and b"invalid schema name" in bad_schema.stderr
     assert b"Traceback" not in bad_schema.stderr
-    unreachable = await trio.run_process([*cli, "--dsn", "postgresql://nobody@127.0.0.1:1/x"],
-                                         capture_stderr=True, check=False)
+    unreachable = await trio.run_process(
+        [*cli, "--dsn", "postgresql://nobody@127.0.0.1:1/x"], capture_stderr=True, check=False
+    )
     assert unreachable.returncode == 3  # docs/cli.md: a database that cannot be reached is exit 3
     assert unreachable.stderr.decode().strip().startswith("error: cannot reach PostgreSQL")
     assert b"Traceback" not in unreachable.stderr

@@ -89,9 +89,14 @@ async def test_configuration_membership_validation_and_jwks(server: ServeProcess
         ns = unique("cfg")
         old_tail = await create_stream(http, f"{ns}/old", {"n": 1})
         name = unique("sub")
-        config = {"type": "webhook", "pattern": f"{ns}/*", "streams": [f"{ns}/old", "elsewhere/x"],
-                  "webhook": {"url": "https://hooks.example.com/in"}, "lease_ttl_ms": 5000,
-                  "description": "cfg test"}
+        config = {
+            "type": "webhook",
+            "pattern": f"{ns}/*",
+            "streams": [f"{ns}/old", "elsewhere/x"],
+            "webhook": {"url": "https://hooks.example.com/in"},
+            "lease_ttl_ms": 5000,
+            "description": "cfg test",
+        }
         created = await put_json(http, sub_url(name), config)
         assert created.status_code == 201, created.text
         body = created.json()
@@ -125,8 +130,9 @@ async def test_configuration_membership_validation_and_jwks(server: ServeProcess
         # a stream created later that matches the glob is linked at its start
         await create_stream(http, f"{ns}/new")
         got = (await http.get(sub_url(name))).json()
-        assert {"path": f"{ns}/new", "link_type": "glob", "acked_offset": "0000000000000000_0000000000000000"} \
-            in got["streams"]
+        assert {"path": f"{ns}/new", "link_type": "glob", "acked_offset": "0000000000000000_0000000000000000"} in got[
+            "streams"
+        ]
 
         jwks = await http.get(f"{ROOT}/__ds/jwks.json")
         assert jwks.status_code == 200
@@ -143,16 +149,26 @@ async def test_configuration_membership_validation_and_jwks(server: ServeProcess
             ({"type": "webhook", "webhook": {"url": "https://h.example.com"}}, "INVALID_REQUEST", "pattern or streams"),
             ({"type": "webhook", "pattern": "a/*"}, "INVALID_REQUEST", "webhook.url"),
             ({"type": "pull-wake", "pattern": "a/*"}, "INVALID_REQUEST", "wake_stream"),
-            ({"type": "pull-wake", "pattern": "a/*", "wake_stream": "w", "lease_ttl_ms": 500},
-             "INVALID_REQUEST", "lease_ttl_ms"),
+            (
+                {"type": "pull-wake", "pattern": "a/*", "wake_stream": "w", "lease_ttl_ms": 500},
+                "INVALID_REQUEST",
+                "lease_ttl_ms",
+            ),
             ({"type": "pull-wake", "pattern": "/a/*", "wake_stream": "w"}, "INVALID_REQUEST", "stream-root-relative"),
             ({"type": "pull-wake", "pattern": "a/x**", "wake_stream": "w"}, "INVALID_REQUEST", "whole segment"),
             ({"type": "pull-wake", "streams": "a", "wake_stream": "w"}, "INVALID_REQUEST", "array"),
             ({"type": "pull-wake", "pattern": "a", "wake_stream": "w", "extra": 1}, "INVALID_REQUEST", "'extra'"),
         ]
-        for url in ("http://10.0.0.1/hook", "https://192.168.1.20/hook", "https://169.254.169.254/latest",
-                    "http://hooks.example.com/in", "https://[::1]/hook", "https://10.1.2.3:8443/x",
-                    "https://intranet/hook", "ftp://hooks.example.com/"):
+        for url in (
+            "http://10.0.0.1/hook",
+            "https://192.168.1.20/hook",
+            "https://169.254.169.254/latest",
+            "http://hooks.example.com/in",
+            "https://[::1]/hook",
+            "https://10.1.2.3:8443/x",
+            "https://intranet/hook",
+            "ftp://hooks.example.com/",
+        ):
             bad.append(({"type": "webhook", "pattern": "a/*", "webhook": {"url": url}}, "WEBHOOK_URL_REJECTED", ""))
         for config_bad, code, words in bad:
             r = await put_json(http, sub_url(unique("bad")), config_bad)
@@ -165,8 +181,9 @@ async def test_configuration_membership_validation_and_jwks(server: ServeProcess
         assert (await http.patch(sub_url(name))).status_code == 405
         # the dev exception: localhost and 127.0.0.x over plain http
         for url in ("http://localhost:9/hook", "http://127.0.0.7:9/hook"):
-            dev = await put_json(http, sub_url(unique("dev")), {"type": "webhook", "pattern": "zz/*",
-                                                                 "webhook": {"url": url}})
+            dev = await put_json(
+                http, sub_url(unique("dev")), {"type": "webhook", "pattern": "zz/*", "webhook": {"url": url}}
+            )
             assert dev.status_code == 201, dev.text
             assert (await http.delete(sub_url(dev.json()["id"]))).status_code == 204
 
@@ -185,8 +202,11 @@ async def test_webhook_signed_done_auto_acks_and_wakes_again(server: ServeProces
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http, receiver(server.url) as hook:
         hook.default = (200, {"done": True})
         ns, name = unique("sync"), unique("sub")
-        r = await put_json(http, sub_url(name), {"type": "webhook", "pattern": f"{ns}/**",
-                                                 "webhook": {"url": hook.url}, "lease_ttl_ms": 2000})
+        r = await put_json(
+            http,
+            sub_url(name),
+            {"type": "webhook", "pattern": f"{ns}/**", "webhook": {"url": hook.url}, "lease_ttl_ms": 2000},
+        )
         assert r.status_code == 201
         tail = await create_stream(http, f"{ns}/deep/a", {"event": "created"})
         first = await hook.next(1)
@@ -194,9 +214,15 @@ async def test_webhook_signed_done_auto_acks_and_wakes_again(server: ServeProces
         body: Any = first["body"]
         assert body["subscription_id"] == name and body["generation"] == 1
         assert body["callback_url"] == f"{server.url}{sub_url(name, 'callback')}"
-        assert body["streams"] == [{"path": f"{ns}/deep/a", "link_type": "glob",
-                                    "acked_offset": "0000000000000000_0000000000000000", "tail_offset": tail,
-                                    "has_pending": True}]
+        assert body["streams"] == [
+            {
+                "path": f"{ns}/deep/a",
+                "link_type": "glob",
+                "acked_offset": "0000000000000000_0000000000000000",
+                "tail_offset": tail,
+                "has_pending": True,
+            }
+        ]
         # the signature covers the exact body: a changed byte no longer verifies
         raw: bytes = first["raw"]  # type: ignore[assignment]
         assert not await hook.verify(raw.replace(b'"generation":1', b'"generation":2'), str(first["signature"]))
@@ -221,8 +247,11 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
         ns, name = unique("cb"), unique("sub")
         await create_stream(http, f"{ns}/a")
         hook.replies = [(200, {})]  # asynchronous: the receiver calls back later
-        r = await put_json(http, sub_url(name), {"type": "webhook", "streams": [f"{ns}/a"],
-                                                 "webhook": {"url": hook.url}, "lease_ttl_ms": 1000})
+        r = await put_json(
+            http,
+            sub_url(name),
+            {"type": "webhook", "streams": [f"{ns}/a"], "webhook": {"url": hook.url}, "lease_ttl_ms": 1000},
+        )
         assert r.status_code == 201
         tail = await append(http, f"{ns}/a", {"n": 1})
         wake: Any = (await hook.next(1))["body"]
@@ -238,15 +267,27 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
         assert stale_gen.status_code == 409 and error_code(stale_gen) == "FENCED"
         other_wake = await callback({"wake_id": "w_other", "generation": wake["generation"]})
         assert other_wake.status_code == 409 and error_code(other_wake) == "FENCED"
-        forged = await callback({"wake_id": wake["wake_id"], "generation": wake["generation"]},
-                                {"authorization": "Bearer " + wake["callback_token"][:-2] + "xx"})
+        forged = await callback(
+            {"wake_id": wake["wake_id"], "generation": wake["generation"]},
+            {"authorization": "Bearer " + wake["callback_token"][:-2] + "xx"},
+        )
         assert forged.status_code == 401 and error_code(forged) == "UNAUTHORIZED"
         assert (await callback({"wake_id": wake["wake_id"], "generation": 1}, {})).status_code == 401
-        beyond = await callback({"wake_id": wake["wake_id"], "generation": wake["generation"],
-                                 "acks": [{"stream": f"{ns}/a", "offset": "0000000000000000_0000000000099999"}]})
+        beyond = await callback(
+            {
+                "wake_id": wake["wake_id"],
+                "generation": wake["generation"],
+                "acks": [{"stream": f"{ns}/a", "offset": "0000000000000000_0000000000099999"}],
+            }
+        )
         assert beyond.status_code == 400 and "beyond the tail" in beyond.text
-        unlinked = await callback({"wake_id": wake["wake_id"], "generation": wake["generation"],
-                                   "acks": [{"stream": "not/linked", "offset": tail}]})
+        unlinked = await callback(
+            {
+                "wake_id": wake["wake_id"],
+                "generation": wake["generation"],
+                "acks": [{"stream": "not/linked", "offset": tail}],
+            }
+        )
         assert unlinked.status_code == 400 and "not linked" in unlinked.text
 
         # no done within the lease: the lease expires and the work is delivered again, a new generation
@@ -254,9 +295,11 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
         failed: Any = await hook.next(2, timeout=5)
         assert failed["body"]["generation"] == wake["generation"] + 1
         assert failed["body"]["streams"][0]["acked_offset"] == "0000000000000000_0000000000000000"
-        late = await callback({"wake_id": wake["wake_id"], "generation": wake["generation"], "acks": [ack],
-                               "done": True})
+        late = await callback(
+            {"wake_id": wake["wake_id"], "generation": wake["generation"], "acks": [ack], "done": True}
+        )
         assert late.status_code == 409 and error_code(late) == "FENCED"  # nothing acked by the zombie
+
         # the 500 is retried after about a second (backoff with jitter); meanwhile the status is failed
         async def failing() -> Any:
             got = (await http.get(sub_url(name))).json()
@@ -266,7 +309,6 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
         retried: Any = await hook.next(3, timeout=5)
         assert retried["at"] - failed["at"] >= 0.75  # type: ignore[operator]
         assert retried["body"]["generation"] == wake["generation"] + 2
-
 
         async def active() -> bool:  # once the server has the receiver's answer
             return (await http.get(sub_url(name))).json()["status"] == "active"
@@ -292,8 +334,9 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         ns, name, pool = unique("pull"), unique("sub"), unique("wake")
         await create_stream(http, pool)
-        r = await put_json(http, sub_url(name), {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool,
-                                                 "lease_ttl_ms": 1000})
+        r = await put_json(
+            http, sub_url(name), {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool, "lease_ttl_ms": 1000}
+        )
         assert r.status_code == 201 and r.json()["wake_stream"] == pool and r.json()["webhook"] is None
         nothing = await http.post(sub_url(name, "claim"), json={"worker": "w1"})
         assert nothing.status_code == 409 and error_code(nothing) == "NO_PENDING_WORK"
@@ -324,8 +367,11 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         stale = await http.post(sub_url(name, "ack"), json={**current, "generation": generation - 1}, headers=auth)
         assert stale.status_code == 409 and error_code(stale) == "FENCED"
         # done with only the first message acked: work remains, a new wake event is written at once
-        partial = await http.post(sub_url(name, "ack"), headers=auth, json={
-            **current, "acks": [{"stream": f"{ns}/a", "offset": first}], "done": True})
+        partial = await http.post(
+            sub_url(name, "ack"),
+            headers=auth,
+            json={**current, "acks": [{"stream": f"{ns}/a", "offset": first}], "done": True},
+        )
         assert partial.json() == {"ok": True, "next_wake": True}
         events = await wake_events(http, pool, name)
         assert events[-1]["generation"] == generation + 1
@@ -336,8 +382,9 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         old_token = await http.post(sub_url(name, "release"), json=current, headers=auth)
         assert old_token.status_code == 409 and error_code(old_token) == "FENCED"
         auth2 = {"authorization": f"Bearer {c2['token']}"}
-        released = await http.post(sub_url(name, "release"), headers=auth2,
-                                   json={"wake_id": c2["wake_id"], "generation": c2["generation"]})
+        released = await http.post(
+            sub_url(name, "release"), headers=auth2, json={"wake_id": c2["wake_id"], "generation": c2["generation"]}
+        )
         assert released.status_code == 204
         assert (await wake_events(http, pool, name))[-1]["generation"] == generation + 2  # still pending
 
@@ -346,19 +393,34 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         assert c3["generation"] == generation + 2
         await eventually(lambda: _generation_seen(http, pool, name, generation + 3), timeout=4)
         auth3 = {"authorization": f"Bearer {c3['token']}"}
-        zombie = await http.post(sub_url(name, "ack"), headers=auth3, json={
-            "wake_id": c3["wake_id"], "generation": c3["generation"],
-            "acks": [{"stream": f"{ns}/a", "offset": second}], "done": True})
+        zombie = await http.post(
+            sub_url(name, "ack"),
+            headers=auth3,
+            json={
+                "wake_id": c3["wake_id"],
+                "generation": c3["generation"],
+                "acks": [{"stream": f"{ns}/a", "offset": second}],
+                "done": True,
+            },
+        )
         assert zombie.status_code == 409 and error_code(zombie) == "FENCED"
         c4 = (await http.post(sub_url(name, "claim"), json={"worker": "w4"})).json()
         assert c4["generation"] == generation + 3 and c4["streams"][0]["acked_offset"] == first
         auth4 = {"authorization": f"Bearer {c4['token']}"}
-        wrong_kind = await http.post(sub_url(name, "callback"), headers=auth4, json={
-            "wake_id": c4["wake_id"], "generation": c4["generation"]})
+        wrong_kind = await http.post(
+            sub_url(name, "callback"), headers=auth4, json={"wake_id": c4["wake_id"], "generation": c4["generation"]}
+        )
         assert wrong_kind.status_code == 401  # a claim token is not a callback token
-        finished = await http.post(sub_url(name, "ack"), headers=auth4, json={
-            "wake_id": c4["wake_id"], "generation": c4["generation"],
-            "acks": [{"stream": f"{ns}/a", "offset": second}], "done": True})
+        finished = await http.post(
+            sub_url(name, "ack"),
+            headers=auth4,
+            json={
+                "wake_id": c4["wake_id"],
+                "generation": c4["generation"],
+                "acks": [{"stream": f"{ns}/a", "offset": second}],
+                "done": True,
+            },
+        )
         assert finished.json() == {"ok": True, "next_wake": False}
         assert (await http.get(sub_url(name))).json()["streams"][0]["acked_offset"] == second
 
@@ -366,13 +428,21 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         third = await append(http, f"{ns}/a", {"n": 3})
         c5 = await eventually(lambda: _claim(http, name, "w5"))
         assert (await http.delete(sub_url(name))).status_code == 204
-        gone = await http.post(sub_url(name, "ack"), headers={"authorization": f"Bearer {c5['token']}"}, json={
-            "wake_id": c5["wake_id"], "generation": c5["generation"],
-            "acks": [{"stream": f"{ns}/a", "offset": third}], "done": True})
+        gone = await http.post(
+            sub_url(name, "ack"),
+            headers={"authorization": f"Bearer {c5['token']}"},
+            json={
+                "wake_id": c5["wake_id"],
+                "generation": c5["generation"],
+                "acks": [{"stream": f"{ns}/a", "offset": third}],
+                "done": True,
+            },
+        )
         assert gone.status_code == 404
         # re-created under the same id: a new life, linked at the tail, old tokens stay fenced
-        again = await put_json(http, sub_url(name), {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool,
-                                                     "lease_ttl_ms": 1000})
+        again = await put_json(
+            http, sub_url(name), {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool, "lease_ttl_ms": 1000}
+        )
         assert again.status_code == 201 and again.json()["streams"][0]["acked_offset"] == third
         assert again.json()["generation"] >= c5["generation"]
 
@@ -395,8 +465,11 @@ async def test_state_survives_a_server_kill(pg_dsn: str) -> None:
         async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
             pool = unique("wake")
             await create_stream(http, pool)
-            r = await put_json(http, sub_url("keep"), {"type": "pull-wake", "streams": ["kept/a"],
-                                                      "wake_stream": pool, "lease_ttl_ms": 60000})
+            r = await put_json(
+                http,
+                sub_url("keep"),
+                {"type": "pull-wake", "streams": ["kept/a"], "wake_stream": pool, "lease_ttl_ms": 60000},
+            )
             assert r.status_code == 201
             tail = await create_stream(http, "kept/a", {"n": 1})
             claim = await eventually(lambda: _claim(http, "keep", "w1"))
@@ -410,9 +483,16 @@ async def test_state_survives_a_server_kill(pg_dsn: str) -> None:
             assert busy.status_code == 409 and busy.json()["error"]["current_holder"] == "w1"
             assert (await http.get(f"{ROOT}/__ds/jwks.json")).json()["keys"][0]["kid"] == kid
             # the claim token of the killed server is still valid (the token key is in PostgreSQL)
-            done = await http.post(sub_url("keep", "ack"), headers={"authorization": f"Bearer {claim['token']}"},
-                                   json={"wake_id": claim["wake_id"], "generation": claim["generation"],
-                                         "acks": [{"stream": "kept/a", "offset": tail}], "done": True})
+            done = await http.post(
+                sub_url("keep", "ack"),
+                headers={"authorization": f"Bearer {claim['token']}"},
+                json={
+                    "wake_id": claim["wake_id"],
+                    "generation": claim["generation"],
+                    "acks": [{"stream": "kept/a", "offset": tail}],
+                    "done": True,
+                },
+            )
             assert done.status_code == 200 and done.json() == {"ok": True, "next_wake": False}
             assert (await http.get(sub_url("keep"))).json()["streams"][0]["acked_offset"] == tail
     finally:
@@ -423,14 +503,18 @@ async def test_state_survives_a_server_kill(pg_dsn: str) -> None:
 
 # -- a stream created concurrently with a subscription is linked whichever commits first ------------------
 
-WAITING_FOR_LINK_LOCK = Query("test_waiting_for_link_lock", """
+WAITING_FOR_LINK_LOCK = Query(
+    "test_waiting_for_link_lock",
+    """
 select exists (
   select 1 from pg_locks l
   where l.locktype = 'advisory' and not l.granted and l.objsubid = 1
     and l.database = (select oid from pg_database where datname = current_database())
     and ((l.classid::bigint << 32) | l.objid::bigint) = ds_link_lock_key()
 )
-""", "a transaction waits for this schema's subscription link lock")
+""",
+    "a transaction waits for this schema's subscription link lock",
+)
 
 
 class PauseAfter:
@@ -462,14 +546,19 @@ async def waits_for_link_lock(pool: Pool, done: trio.Event) -> bool:
 
 
 def race_config() -> Config:
-    return Config(type="webhook", pattern="race/*", streams=(), webhook_url="https://hooks.example.com/in",
-                  wake_stream=None, lease_ttl_ms=30000, description=None)
+    return Config(
+        type="webhook",
+        pattern="race/*",
+        streams=(),
+        webhook_url="https://hooks.example.com/in",
+        wake_stream=None,
+        lease_ttl_ms=30000,
+        description=None,
+    )
 
 
 @pytest.mark.parametrize("first", ["stream", "subscription"])
-async def test_a_concurrent_stream_creation_is_linked_whichever_commits_first(
-    db: durable.Database, first: str
-) -> None:
+async def test_a_concurrent_stream_creation_is_linked_whichever_commits_first(db: durable.Database, first: str) -> None:
     """The stream's transaction (insert + link trigger) and the subscription's (insert + backfill) overlap;
     either one is held open by a gate right after its linking statement while the other runs into it.
     Without the link lock neither sees the other's uncommitted row and the stream is never linked."""

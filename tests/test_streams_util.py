@@ -34,11 +34,21 @@ class ServeProcess:
         self.log: list[str] = []
 
     def start(self, timeout: float = 30.0) -> str:
-        cmd = [sys.executable, "-c", "from durable.cli import main; main()", "serve", "--port", "0", "--dsn", self.dsn,
-               "--schema", self.schema, *self.extra]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from durable.cli import main; main()",
+            "serve",
+            "--port",
+            "0",
+            "--dsn",
+            self.dsn,
+            "--schema",
+            self.schema,
+            *self.extra,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     env=env)
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         found = threading.Event()
 
         def pump() -> None:
@@ -84,8 +94,9 @@ def drop(dsn: str, schema: str) -> None:
 
 
 @contextmanager
-def serving(dsn: str, *extra: str, schema: str | None = None,
-            env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+def serving(
+    dsn: str, *extra: str, schema: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServeProcess]:
     """A server on a fresh schema, dropped afterwards."""
     schema = schema or new_schema()
     server = ServeProcess(dsn, schema, *extra, env=env)
@@ -113,8 +124,12 @@ def ts_reader() -> Path:
     if not (folder / "node_modules" / "@durable-streams" / "client").exists():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "package.json").write_text('{"name": "ts-client", "private": true, "type": "module"}')
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "@durable-streams/client"],
-                       cwd=folder, check=True, timeout=300)
+        subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "@durable-streams/client"],
+            cwd=folder,
+            check=True,
+            timeout=300,
+        )
     script = folder / "read.mjs"
     script.write_text(TS_READER)
     return script
@@ -124,8 +139,9 @@ def ts_read(url: str, offset: str | None = None) -> dict[str, object]:
     """Catch-up read with the TypeScript client: ``{"items", "offset", "closed"}``."""
     import json
 
-    out = subprocess.run(["node", str(ts_reader()), url, offset or ""], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        ["node", str(ts_reader()), url, offset or ""], capture_output=True, text=True, timeout=60, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -160,12 +176,24 @@ class WebhookReceiver:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}  # type: ignore[attr-defined]
         signature = headers.get("webhook-signature", "")
-        self.received.append({"body": json.loads(body), "raw": body, "signature": signature,
-                              "verified": await self.verify(body, signature), "at": trio.current_time()})
+        self.received.append(
+            {
+                "body": json.loads(body),
+                "raw": body,
+                "signature": signature,
+                "verified": await self.verify(body, signature),
+                "at": trio.current_time(),
+            }
+        )
         self._arrived.set()
         status, reply = self.replies.pop(0) if self.replies else self.default
-        await send({"type": "http.response.start", "status": status,  # type: ignore[operator]
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,  # type: ignore[operator]
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": json.dumps(reply).encode()})  # type: ignore[operator]
 
     async def verify(self, body: bytes, header: str) -> bool:

@@ -92,10 +92,12 @@ async def workload(dsn: str, schema: str, chain: int) -> dict[str, Any]:
     async with durable.connect(dsn, schema=schema, machines=[Order, Ship, Doomed, Slow]) as db:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace",
-                                                    chain=chain).run)
-                await nursery.start(durable.Runtime(db, queues={"slow": 2}, worker_id="w-slow", lease=0.8,
-                                                    heartbeat=60, reap_every=0.1).run)
+                await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace", chain=chain).run)
+                await nursery.start(
+                    durable.Runtime(
+                        db, queues={"slow": 2}, worker_id="w-slow", lease=0.8, heartbeat=60, reap_every=0.1
+                    ).run
+                )
                 with tracer.start_as_current_span("POST /checkout"):
                     order = await db.insert(Order, {"order": 7})
                 doomed = await db.insert(Doomed)
@@ -115,17 +117,28 @@ async def workload(dsn: str, schema: str, chain: int) -> dict[str, Any]:
         finally:
             with trio.CancelScope(shield=True):
                 await drop_schema(db.pool, schema)
-    return {"order": order, "doomed": doomed, "slow": slow, "result": done.result, "status": done.status,
-            "children": [c["id"] for c in done.children]}
+    return {
+        "order": order,
+        "doomed": doomed,
+        "slow": slow,
+        "result": done.result,
+        "status": done.status,
+        "children": [c["id"] for c in done.children],
+    }
 
 
 def main(argv: list[str]) -> None:
     import durable.otel as otel
 
     dsn, schema, proto, endpoint, out = argv
-    otel.configure("tracing-test", otlp=proto, endpoint=endpoint,  # type: ignore[arg-type]
-                   console=proto == "http", metrics_interval=0.2,
-                   resource_attributes={"deployment.environment": "test"})
+    otel.configure(
+        "tracing-test",
+        otlp=proto,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        console=proto == "http",
+        metrics_interval=0.2,
+        resource_attributes={"deployment.environment": "test"},
+    )
     try:
         ids = trio.run(workload, dsn, schema, 2 if proto == "http" else 0)  # HTTP: with run-ahead
     finally:
@@ -150,9 +163,12 @@ def workloads(receiver: Any, pg_dsn: str, tmp_path_factory: pytest.TempPathFacto
     procs = {}
     for proto, endpoint in (("grpc", receiver.grpc_endpoint), ("http", receiver.http_endpoint)):
         schema = f"t_trace_{proto}_{uuid.uuid4().hex[:8]}"
-        procs[proto] = subprocess.Popen([sys.executable, __file__, pg_dsn, schema, proto, endpoint,
-                                         str(folder / f"{proto}.json")],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[proto] = subprocess.Popen(
+            [sys.executable, __file__, pg_dsn, schema, proto, endpoint, str(folder / f"{proto}.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     results = {}
     for proto, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
@@ -177,8 +193,7 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, workloads: dict[str, 
     (request,) = [s for s in spans if s.name == "POST /checkout"]
     order_trace = [s for s in spans if s.trace_id == request.trace_id]
     steps = [s for s in order_trace if s.name.startswith("step Order.")]
-    assert Counter(s.name for s in steps) == {"step Order.start": 2, "step Order.pay": 2,
-                                              "step Order.join": 1}
+    assert Counter(s.name for s in steps) == {"step Order.start": 2, "step Order.pay": 2, "step Order.join": 1}
     (insert,) = [s for s in order_trace if s.name == "durable insert"]
     assert insert.parent_span_id == request.span_id and insert.kind == "PRODUCER"
     assert insert.attributes["messaging.operation.type"] == "send"
@@ -197,8 +212,9 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, workloads: dict[str, 
         assert s.attributes["durable.step"] == s.name.removeprefix("step Order.")
 
     # the failed attempt: exception recorded, status ERROR, outcome retry; attempt 1 goes on
-    first, second = sorted((s for s in steps if s.name == "step Order.start"),
-                           key=lambda s: s.attributes["durable.attempt"])
+    first, second = sorted(
+        (s for s in steps if s.name == "step Order.start"), key=lambda s: s.attributes["durable.attempt"]
+    )
     assert first.attributes["durable.attempt"] == 0 and first.status == "ERROR"
     assert "card reader offline" in first.status_message
     assert [name for name, _ in first.events] == ["exception", "outcome"]
@@ -212,16 +228,23 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, workloads: dict[str, 
 
     # every step span carries one outcome event, with what the database made of it
     assert all(s.attributes["durable.fenced"] is False for s in steps)
-    assert {s.name for s in order_trace} == {"POST /checkout", "durable insert", "step Order.start",
-                                             "step Order.pay", "step Order.join", "step Ship.go"}
+    assert {s.name for s in order_trace} == {
+        "POST /checkout",
+        "durable insert",
+        "step Order.start",
+        "step Order.pay",
+        "step Order.join",
+        "step Ship.go",
+    }
 
     # await, then the signal wakes pay: the woken step links to the signal's PRODUCER span
     await_pay, woken_pay = sorted((s for s in steps if s.name == "step Order.pay"), key=lambda s: s.start_ns)
     assert outcome(await_pay)["durable.outcome"] == "await"
     assert outcome(await_pay)["durable.signal.name"] == "paid"
     assert outcome(await_pay)["durable.status"] == "awaiting_signal"
-    (signal,) = [s for s in spans if s.name == "durable signal"
-                 and s.attributes.get("durable.instance.id") == ids["order"]]
+    (signal,) = [
+        s for s in spans if s.name == "durable signal" and s.attributes.get("durable.instance.id") == ids["order"]
+    ]
     webhook = by_id[signal.parent_span_id]
     assert webhook.name == "POST /payment-webhook" and signal.kind == "PRODUCER"
     assert signal.trace_id != request.trace_id  # the webhook is its own trace, linked, not merged
@@ -244,15 +267,15 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, workloads: dict[str, 
     assert instances == {ids["order"], *ids["children"]}
 
     # a step that returned Stop: the instance failed, the step span says so with status ERROR
-    (doomed,) = [s for s in spans if s.name == "step Doomed.check"
-                 and s.attributes["durable.instance.id"] == ids["doomed"]]
+    (doomed,) = [
+        s for s in spans if s.name == "step Doomed.check" and s.attributes["durable.instance.id"] == ids["doomed"]
+    ]
     assert (doomed.status, doomed.status_message) == ("ERROR", "out of stock")
     assert outcome(doomed)["durable.outcome"] == "stop" and outcome(doomed)["durable.status"] == "failed"
     assert by_id[doomed.parent_span_id].name == "durable insert"  # no caller span: the insert is the root
 
     # the attempt that lost its lease: cancelled, marked durable.lease_lost, no outcome; the retry's is "done"
-    slow_steps = sorted((s for s in spans if s.name == "step Slow.work"),
-                        key=lambda s: s.attributes["durable.attempt"])
+    slow_steps = sorted((s for s in spans if s.name == "step Slow.work"), key=lambda s: s.attributes["durable.attempt"])
     assert [s.attributes["durable.attempt"] for s in slow_steps] == [0, 1]
     assert len({s.trace_id for s in slow_steps}) == 1
     lost = slow_steps[0]
@@ -264,14 +287,15 @@ def test_grpc_export_one_trace_per_instance(receiver: Any, workloads: dict[str, 
     assert all(s.attributes["durable.reaped"] > 0 for s in reaps)  # idle reaps are dropped
 
     # picks: CONSUMER spans with demand and rows claimed; the empty ones were dropped
-    picks = [s for s in spans if s.name == "durable pick"
-             and s.attributes["durable.worker.id"] in ("w-trace", "w-slow")]
+    picks = [
+        s for s in spans if s.name == "durable pick" and s.attributes["durable.worker.id"] in ("w-trace", "w-slow")
+    ]
     assert picks and all(s.attributes["durable.claimed"] > 0 and s.kind == "CONSUMER" for s in picks)
     assert all(s.attributes["durable.demand"] >= s.attributes["durable.claimed"] for s in picks)
-    claimed = sum(s.attributes["durable.claimed"] for s in picks
-                  if s.attributes["durable.worker.id"] == "w-trace")
-    assert claimed == len([s for s in spans if s.name.startswith("step ")
-                           and s.attributes["durable.worker.id"] == "w-trace"])
+    claimed = sum(s.attributes["durable.claimed"] for s in picks if s.attributes["durable.worker.id"] == "w-trace")
+    assert claimed == len(
+        [s for s in spans if s.name.startswith("step ") and s.attributes["durable.worker.id"] == "w-trace"]
+    )
 
 
 def outcome(span: Any) -> dict[str, Any]:
@@ -295,10 +319,14 @@ def test_http_export_spans_metrics_and_console(receiver: Any, workloads: dict[st
     # run-ahead (chain=2): Order.start's retry ends with `next`, and the same claim runs pay at once
     (start,) = [s for s in order_steps if s.name == "step Order.start" and s.attributes["durable.attempt"] == 1]
     assert outcome(start)["durable.run_ahead"] is True
-    picked = sum(s.attributes["durable.claimed"] for s in spans if s.name == "durable pick"
-                 and s.attributes["durable.worker.id"] == "w-trace")
-    assert picked < len([s for s in spans if s.name.startswith("step ")
-                         and s.attributes["durable.worker.id"] == "w-trace"])
+    picked = sum(
+        s.attributes["durable.claimed"]
+        for s in spans
+        if s.name == "durable pick" and s.attributes["durable.worker.id"] == "w-trace"
+    )
+    assert picked < len(
+        [s for s in spans if s.name.startswith("step ") and s.attributes["durable.worker.id"] == "w-trace"]
+    )
     assert {s.resource["service.name"] for s in spans} == {"tracing-test"}
 
     # metrics: cumulative step counts by machine and outcome (the last export of each series wins)
@@ -307,11 +335,25 @@ def test_http_export_spans_metrics_and_console(receiver: Any, workloads: dict[st
         if p.transport == "http" and p.metric == "durable.steps":
             key = (p.attributes["durable.machine"], p.attributes["durable.outcome"])
             steps[key] = max(steps.get(key, 0), p.value)
-    assert steps == {("Order", "retry"): 1, ("Order", "next"): 1, ("Order", "await"): 1,
-                     ("Order", "spawn"): 1, ("Order", "done"): 1, ("Ship", "done"): 2,
-                     ("Doomed", "stop"): 1, ("Slow", "lease_lost"): 1, ("Slow", "done"): 1}
-    durations = [p for p in receiver.points if p.transport == "http" and p.metric == "durable.step.duration"
-                 and p.attributes["durable.outcome"] == "done" and p.attributes["durable.machine"] == "Slow"]
+    assert steps == {
+        ("Order", "retry"): 1,
+        ("Order", "next"): 1,
+        ("Order", "await"): 1,
+        ("Order", "spawn"): 1,
+        ("Order", "done"): 1,
+        ("Ship", "done"): 2,
+        ("Doomed", "stop"): 1,
+        ("Slow", "lease_lost"): 1,
+        ("Slow", "done"): 1,
+    }
+    durations = [
+        p
+        for p in receiver.points
+        if p.transport == "http"
+        and p.metric == "durable.step.duration"
+        and p.attributes["durable.outcome"] == "done"
+        and p.attributes["durable.machine"] == "Slow"
+    ]
     assert durations and durations[-1].value == 1 and durations[-1].total < 2.0  # attempt 1 did not sleep
     in_flight = [p for p in receiver.points if p.transport == "http" and p.metric == "durable.in_flight"]
     series = {(p.attributes["messaging.destination.name"], p.attributes["durable.worker.id"]) for p in in_flight}
@@ -378,8 +420,9 @@ def trace_id(traceparent: str | None) -> str:
 
 
 @pytest.mark.trio
-async def test_worker_command_exports_one_trace_per_checkout(receiver: Any, db: durable.Database,
-                                                             tmp_path: Path) -> None:
+async def test_worker_command_exports_one_trace_per_checkout(
+    receiver: Any, db: durable.Database, tmp_path: Path
+) -> None:
     """The documented flow: ``durable worker examples.checkout --otlp grpc`` (compose runs exactly
     this) exports each checkout, its signal wake-up and its shipment children as one trace."""
     import os
@@ -400,9 +443,24 @@ async def test_worker_command_exports_one_trace_per_checkout(receiver: Any, db: 
     log = tmp_path / "worker.log"
     with open(log, "w") as stderr:  # noqa: ASYNC230 - a local file for the worker's stderr
         worker = await trio.lowlevel.open_process(
-            [DURABLE, "worker", "examples.checkout", "--schema", db.schema, "--otlp", "grpc",
-             "--otlp-endpoint", receiver.grpc_endpoint, "--lease", "30"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+            [
+                DURABLE,
+                "worker",
+                "examples.checkout",
+                "--schema",
+                db.schema,
+                "--otlp",
+                "grpc",
+                "--otlp-endpoint",
+                receiver.grpc_endpoint,
+                "--lease",
+                "30",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         await wait_status(db, order, "awaiting_signal")
         await db.signal(order, "payment", {"amount": 100}, dedup_key="evt-1")
@@ -413,13 +471,20 @@ async def test_worker_command_exports_one_trace_per_checkout(receiver: Any, db: 
             await worker.wait()
     assert worker.returncode == 0, log.read_text()[-3000:]
     assert done.status == "done", done.last_error
-    steps = [s for s in receiver.spans if s.resource.get("service.name") == "durable-worker"
-             and s.trace_id == trace_id(caller)]
+    steps = [
+        s
+        for s in receiver.spans
+        if s.resource.get("service.name") == "durable-worker" and s.trace_id == trace_id(caller)
+    ]
     assert Counter(s.name for s in steps) == {
-        "step Checkout.reserve": 1, "step Checkout.await_payment": 2, "step Checkout.finish": 1,
-        "step Shipment.book": 2}
+        "step Checkout.reserve": 1,
+        "step Checkout.await_payment": 2,
+        "step Checkout.finish": 1,
+        "step Shipment.book": 2,
+    }
     assert {s.attributes["durable.instance.id"] for s in steps if s.name == "step Shipment.book"} == {
-        c["id"] for c in done.children}
+        c["id"] for c in done.children
+    }
     assert all(outcome(s)["durable.status"] for s in steps)
 
 
@@ -449,16 +514,21 @@ otel.shutdown()
 """
 
 
-def test_durable_tracing_off_leaves_only_the_application_spans(receiver: Any, pg_dsn: str,
-                                                                 schema_name: str) -> None:
+def test_durable_tracing_off_leaves_only_the_application_spans(receiver: Any, pg_dsn: str, schema_name: str) -> None:
     import os
 
     env = {**os.environ, "DURABLE_TRACING": "off"}
-    proc = subprocess.run([sys.executable, "-c", OFF_PROGRAM, pg_dsn, schema_name, receiver.grpc_endpoint],
-                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", OFF_PROGRAM, pg_dsn, schema_name, receiver.grpc_endpoint],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert receiver.wait_for(lambda rx: any(s.resource.get("service.name") == "tracing-off"
-                                            for s in rx.spans), timeout=10)
+    assert receiver.wait_for(
+        lambda rx: any(s.resource.get("service.name") == "tracing-off" for s in rx.spans), timeout=10
+    )
     mine = [s.name for s in receiver.spans if s.resource.get("service.name") == "tracing-off"]
     assert mine == ["app work"]
 
@@ -520,8 +590,12 @@ cmd()
 def test_otlp_option_configures_and_flushes(receiver: Any, proto: str) -> None:
     endpoint = receiver.grpc_endpoint if proto == "grpc" else receiver.http_endpoint
     address = endpoint.removeprefix("http://")  # host:port means plain text, not TLS
-    proc = subprocess.run([sys.executable, "-c", CLI_PROGRAM, "--otlp", proto, "--otlp-endpoint", address],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_PROGRAM, "--otlp", proto, "--otlp-endpoint", address],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [s for s in receiver.spans if s.name == "probe work" and s.transport == proto]
     assert [s.resource["service.name"] for s in got] == ["cli-probe"]  # flushed before exit
@@ -538,15 +612,21 @@ def test_compose_file_is_valid() -> None:
     if exe is None:  # .ci/run installs it; elsewhere say what is missing instead of failing
         pytest.skip("docker-compose is not installed (apt-get install -y docker-compose)")
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([exe, "-f", str(root / "compose.yaml"), "--profile", "worker", "config"],
-                          capture_output=True, text=True, timeout=TIMEOUT, cwd=root)
+    proc = subprocess.run(
+        [exe, "-f", str(root / "compose.yaml"), "--profile", "worker", "config"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=root,
+    )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     services = config["services"]
     assert set(services) == {"postgres", "jaeger", "worker"}
     assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:2.")
-    published = {int(p["target"]) if isinstance(p, dict) else int(str(p).split(":")[-1])
-                 for p in services["jaeger"]["ports"]}
+    published = {
+        int(p["target"]) if isinstance(p, dict) else int(str(p).split(":")[-1]) for p in services["jaeger"]["ports"]
+    }
     assert {4317, 4318, 16686} <= published
     worker = services["worker"]
     assert "durable worker examples.checkout --otlp grpc" in " ".join(_command(worker["command"]))

@@ -18,8 +18,11 @@ from tests.test_tracing import DURABLE, ROOT, TIMEOUT, receiver, wait_status  # 
 pytestmark = pytest.mark.trio
 
 
-async def test_untraced_insert_reads_as_one_trace(receiver: Any, db: durable.Database,  # noqa: F811
-                                                  tmp_path: Path) -> None:
+async def test_untraced_insert_reads_as_one_trace(
+    receiver: Any,  # noqa: F811
+    db: durable.Database,
+    tmp_path: Path,
+) -> None:
     from examples.checkout import Checkout
 
     order = await db.insert(Checkout, {"order": 7, "items": 2})  # no SDK, no context: no traceparent
@@ -27,9 +30,22 @@ async def test_untraced_insert_reads_as_one_trace(receiver: Any, db: durable.Dat
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DURABLE_DSN": db.pool.dsn}
     with open(tmp_path / "worker.log", "w") as stderr:  # noqa: ASYNC230
         worker = await trio.lowlevel.open_process(
-            [DURABLE, "worker", "examples.checkout", "--schema", db.schema, "--otlp", "grpc",
-             "--otlp-endpoint", receiver.grpc_endpoint], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-            stderr=stderr)
+            [
+                DURABLE,
+                "worker",
+                "examples.checkout",
+                "--schema",
+                db.schema,
+                "--otlp",
+                "grpc",
+                "--otlp-endpoint",
+                receiver.grpc_endpoint,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         await wait_status(db, order, "awaiting_signal")
         await db.signal(order, "payment", {"amount": 1})
@@ -40,12 +56,16 @@ async def test_untraced_insert_reads_as_one_trace(receiver: Any, db: durable.Dat
             await worker.wait()
     assert done.traceparent is not None
     ids = {order, *(c["id"] for c in done.children)}
-    steps = [s for s in receiver.spans if s.name.startswith("step ")
-             and s.attributes["durable.instance.id"] in ids]
-    assert Counter(s.name for s in steps) == {"step Checkout.reserve": 1, "step Checkout.await_payment": 2,
-                                              "step Checkout.finish": 1, "step Shipment.book": 2}
+    steps = [s for s in receiver.spans if s.name.startswith("step ") and s.attributes["durable.instance.id"] in ids]
+    assert Counter(s.name for s in steps) == {
+        "step Checkout.reserve": 1,
+        "step Checkout.await_payment": 2,
+        "step Checkout.finish": 1,
+        "step Shipment.book": 2,
+    }
     assert len({s.trace_id for s in steps}) == 1
     (first,) = [s for s in steps if s.name == "step Checkout.reserve"]
     assert first.parent_span_id is None
-    assert all(s.parent_span_id == first.span_id for s in steps
-               if s.name.startswith("step Checkout.") and s is not first)
+    assert all(
+        s.parent_span_id == first.span_id for s in steps if s.name.startswith("step Checkout.") and s is not first
+    )

@@ -41,17 +41,20 @@ async def occupied(db: durable.Database, key: str) -> int:
 
 async def test_duplicate_in_batch_and_against_existing(db: durable.Database) -> None:
     db.registry.add(Charge)
-    ids = await db.insert_many([Insert(Charge, {"n": 1}, unique_key="order:1"),
-                                Insert(Charge, {"n": 2}, unique_key="order:1"),
-                                Insert(Charge, {"n": 3}, unique_key="order:2"),
-                                Insert(Charge, {"n": 4})])
+    ids = await db.insert_many(
+        [
+            Insert(Charge, {"n": 1}, unique_key="order:1"),
+            Insert(Charge, {"n": 2}, unique_key="order:1"),
+            Insert(Charge, {"n": 3}, unique_key="order:2"),
+            Insert(Charge, {"n": 4}),
+        ]
+    )
     assert ids[0] is not None and ids[1] is None and ids[2] is not None and ids[3] is not None
     assert await db.insert(Charge, {"n": 5}, unique_key="order:2") is None
     assert await occupied(db, "order:1") == 1
 
 
-async def test_concurrent_insert_many_never_makes_two_occupied_rows(db: durable.Database,
-                                                                    pg_dsn: str) -> None:
+async def test_concurrent_insert_many_never_makes_two_occupied_rows(db: durable.Database, pg_dsn: str) -> None:
     keys = [f"k{i}" for i in range(30)]
 
     async def writer(offset: int) -> list[int | None]:
@@ -64,8 +67,9 @@ async def test_concurrent_insert_many_never_makes_two_occupied_rows(db: durable.
         for w in range(4):
             n.start_soon(lambda w=w: _collect(results, writer(w * 7)))
     assert sum(1 for r in results for i in r if i is not None) == len(keys)
-    counts = await db.pool.fetch(Query("t_c", "select unique_key, count(*) as n from instances "
-                                              "group by unique_key having count(*) > 1", ""))
+    counts = await db.pool.fetch(
+        Query("t_c", "select unique_key, count(*) as n from instances group by unique_key having count(*) > 1", "")
+    )
     assert counts == []
 
 
@@ -92,8 +96,10 @@ async def test_scope_including_done_keeps_the_key(db: durable.Database) -> None:
 
 async def test_pick_takes_one_row_per_partition_key(db: durable.Database) -> None:
     db.registry.add(Keyed)
-    await db.insert_many([Insert(Keyed, {"i": i}, partition_key="acct:1") for i in range(5)]
-                         + [Insert(Keyed, {"i": i}, partition_key="acct:2") for i in range(2)])
+    await db.insert_many(
+        [Insert(Keyed, {"i": i}, partition_key="acct:1") for i in range(5)]
+        + [Insert(Keyed, {"i": i}, partition_key="acct:2") for i in range(2)]
+    )
     claims = await pick(db, "p", 10)
     assert sorted(c.partition_key for c in claims) == ["acct:1", "acct:2"]
     assert await pick(db, "p", 10, worker="w2") == []  # both keys are executing
@@ -137,8 +143,9 @@ async def test_fifty_on_one_key_never_overlap_and_keys_run_in_parallel(db: durab
 
 async def test_a_dead_worker_frees_its_partition_keys(db: durable.Database) -> None:
     db.registry.add(Keyed)
-    first, second = await db.insert_many([Insert(Keyed, {"i": 1}, partition_key="acct:9"),
-                                          Insert(Keyed, {"i": 2}, partition_key="acct:9")])
+    first, second = await db.insert_many(
+        [Insert(Keyed, {"i": 1}, partition_key="acct:9"), Insert(Keyed, {"i": 2}, partition_key="acct:9")]
+    )
     dead = await pick(db, "p", 10, worker="dead", lease=0.1)
     assert [c.id for c in dead] == [first]
     assert await pick(db, "p", 10, worker="alive") == []  # the key is held

@@ -440,9 +440,19 @@ async def test_bad_query_filter(vdb: durable.Database, kwargs: dict[str, Any], m
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("lease", 0), ("lease", -1), ("lease", float("nan")), ("lease", float("inf")), ("lease", 1e12),
-     ("lease", True), ("lease", "60"), ("heartbeat", 0), ("heartbeat", float("nan")), ("reap_every", -5),
-     ("reap_every", 1e12)],
+    [
+        ("lease", 0),
+        ("lease", -1),
+        ("lease", float("nan")),
+        ("lease", float("inf")),
+        ("lease", 1e12),
+        ("lease", True),
+        ("lease", "60"),
+        ("heartbeat", 0),
+        ("heartbeat", float("nan")),
+        ("reap_every", -5),
+        ("reap_every", 1e12),
+    ],
 )
 async def test_runtime_timing_options_are_checked(db: durable.Database, option: str, value: object) -> None:
     """A lease past year 9999 (or NaN, or a bool) would be written into lease_expires_at: refused up front."""

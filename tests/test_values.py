@@ -65,7 +65,9 @@ async def test_put_get_list_mget_and_override(db: durable.Database) -> None:
     assert (empty.size, empty.sha256) == (0, hashlib.sha256(b"").hexdigest())
     listed = await values.list()
     assert [(v.name, v.size, v.sha256, v.lease_token) for v in listed] == [
-        ("empty", 0, empty.sha256, token), ("invoice.pdf", len(pdf), ref.sha256, token)]
+        ("empty", 0, empty.sha256, token),
+        ("invoice.pdf", len(pdf), ref.sha256, token),
+    ]
     assert listed[1].ref == ref
     # override replaces; the old ref no longer reads (its content is gone), the new one does
     new = await values.put("invoice.pdf", b"v2", override=True)
@@ -238,8 +240,9 @@ async def test_values_are_deleted_with_their_instance_by_gc(db: durable.Database
     await StepValues(db, kept, token_kept).put("a", b"kept")
     await StepValues(db, gone, token_gone).put("a", b"gone")
     await StepValues(db, gone, token_gone).put("b", b"gone too")
-    end = Query("test_end", "update instances set status = 'done', updated_at = now() - interval '2 days' "
-                "where id = $1", "")
+    end = Query(
+        "test_end", "update instances set status = 'done', updated_at = now() - interval '2 days' where id = $1", ""
+    )
     await db.pool.execute(end, gone)
     assert await db.gc(older_than=86400) == 1
     assert await db.values.list(gone) == [] and await db.values.get(gone, "a") is None
@@ -247,25 +250,41 @@ async def test_values_are_deleted_with_their_instance_by_gc(db: durable.Database
 
 
 @pytest.mark.trio
-async def test_durable_show_lists_values_without_their_bytes(db: durable.Database, pg_dsn: str,
-                                                             schema_name: str) -> None:
+async def test_durable_show_lists_values_without_their_bytes(
+    db: durable.Database, pg_dsn: str, schema_name: str
+) -> None:
     iid, token = await claimed(db)
     data = b"\x00secret bytes\xff" * 10
     await StepValues(db, iid, token).put("report.bin", data)
     env = {"COLUMNS": "200", "PATH": str(Path(sys.executable).parent)}
-    run = await trio.to_thread.run_sync(lambda: subprocess.run(
-        [DURABLE, "show", str(iid), "--dsn", pg_dsn, "--schema", schema_name, "--no-history"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60))
+    run = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [DURABLE, "show", str(iid), "--dsn", pg_dsn, "--schema", schema_name, "--no-history"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+    )
     assert run.returncode == 0, run.stderr
     digest = hashlib.sha256(data).hexdigest()
     assert "values" in run.stdout and "report.bin" in run.stdout and digest in run.stdout
     assert f"{len(data):,}" in run.stdout and "secret" not in run.stdout
-    out = await trio.to_thread.run_sync(lambda: subprocess.run(
-        [DURABLE, "show", str(iid), "--dsn", pg_dsn, "--schema", schema_name, "--json"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60))
+    out = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [DURABLE, "show", str(iid), "--dsn", pg_dsn, "--schema", schema_name, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+    )
     shown = json.loads(out.stdout)["values"]
     assert [(v["name"], v["size"], v["sha256"], v["lease_token"]) for v in shown] == [
-        ("report.bin", len(data), digest, token)]
+        ("report.bin", len(data), digest, token)
+    ]
 
 
 class Zombie(Machine, name="values.zombie", queue="values-zombie"):
@@ -293,8 +312,11 @@ async def test_a_step_that_lost_its_lease_cannot_put(db: durable.Database) -> No
     Zombie.seen.clear()
     iid = await db.insert(Zombie)
     async with trio.open_nursery() as nursery:
-        await nursery.start(durable.Runtime(db, machines=[Zombie], queues={"values-zombie": 2}, lease=0.8,
-                                            heartbeat=60, reap_every=0.1).run)
+        await nursery.start(
+            durable.Runtime(
+                db, machines=[Zombie], queues={"values-zombie": 2}, lease=0.8, heartbeat=60, reap_every=0.1
+            ).run
+        )
         with trio.fail_after(30):
             while not Zombie.seen or (await db.get(iid)).status != "done":
                 await trio.sleep(0.05)

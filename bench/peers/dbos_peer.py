@@ -25,8 +25,14 @@ def main(opts: dict[str, Any]) -> dict[str, Any]:
     concurrency = int(opts.get("concurrency", 50))
     poll = float(opts.get("poll", 0.05))
     logging.getLogger("dbos").setLevel(logging.WARNING)
-    DBOS(config={"name": "bench", "system_database_url": dsn, "log_level": "WARNING",
-                 "sys_db_pool_size": concurrency + 10})
+    DBOS(
+        config={
+            "name": "bench",
+            "system_database_url": dsn,
+            "log_level": "WARNING",
+            "sys_db_pool_size": concurrency + 10,
+        }
+    )
     steps_run = 0
     lock = threading.Lock()
 
@@ -57,12 +63,23 @@ def main(opts: dict[str, Any]) -> dict[str, Any]:
     DBOS.destroy()
     if steps_run < 5 * n:
         raise RuntimeError(f"DBOS ran {steps_run} of {5 * n} steps")
-    return {"engine": "dbos", "version": version("dbos"), "instances": n, "steps": 5 * n,
-            "seconds": seconds, "cpu_s": cpu_s,
-            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0, "per_s": 5 * n / seconds,
-            "insert_rows_per_s": n / insert_s,
-            "settings": {"worker_concurrency": concurrency, "polling_interval_sec": poll,
-                         "sys_db_pool_size": concurrency + 10, "workflow": "sync, 5 steps"}}
+    return {
+        "engine": "dbos",
+        "version": version("dbos"),
+        "instances": n,
+        "steps": 5 * n,
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "per_s": 5 * n / seconds,
+        "insert_rows_per_s": n / insert_s,
+        "settings": {
+            "worker_concurrency": concurrency,
+            "polling_interval_sec": poll,
+            "sys_db_pool_size": concurrency + 10,
+            "workflow": "sync, 5 steps",
+        },
+    }
 
 
 if __name__ == "__main__":

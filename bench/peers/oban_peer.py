@@ -47,11 +47,17 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
     cpu_s, pg1 = own_cpu() - cpu0, server_cpu(opts.get("postmaster"))
     await server.stop()
     await pool.close()
-    return {"engine": "oban", "version": version("oban"), "jobs": n,
-            "seconds": seconds, "cpu_s": cpu_s,
-            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
-            "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
-            "settings": {"queue_concurrency": concurrency}}
+    return {
+        "engine": "oban",
+        "version": version("oban"),
+        "jobs": n,
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "per_s": n / seconds,
+        "insert_rows_per_s": n / insert_s,
+        "settings": {"queue_concurrency": concurrency},
+    }
 
 
 if __name__ == "__main__":

@@ -76,11 +76,18 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         pgq.shutdown.set()
     ms = [x * 1000 for x in latencies]
     p50, p99 = percentile(ms, 50), percentile(ms, 99)
-    return {"engine": "pgqueuer", "version": version("pgqueuer"), "n": len(ms),
-            "p50_ms": None if p50 is None else round(p50, 2), "p99_ms": None if p99 is None else round(p99, 2),
-            "max_ms": round(max(ms), 2) if ms else None, "offered_per_s": round(per_tick / TICK),
-            "late_ticks": behind, "ticks": ticks,
-            "settings": {"batch_size": batch, "mode": "continuous", "loop": "uvloop", "dequeue_timeout_s": 1}}
+    return {
+        "engine": "pgqueuer",
+        "version": version("pgqueuer"),
+        "n": len(ms),
+        "p50_ms": None if p50 is None else round(p50, 2),
+        "p99_ms": None if p99 is None else round(p99, 2),
+        "max_ms": round(max(ms), 2) if ms else None,
+        "offered_per_s": round(per_tick / TICK),
+        "late_ticks": behind,
+        "ticks": ticks,
+        "settings": {"batch_size": batch, "mode": "continuous", "loop": "uvloop", "dequeue_timeout_s": 1},
+    }
 
 
 if __name__ == "__main__":

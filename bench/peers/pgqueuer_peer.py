@@ -44,11 +44,17 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
     left = sum(s.count for s in await admin.queue_size())
     if ran < n or left:
         raise RuntimeError(f"pgqueuer ran {ran} of {n} jobs, {left} left queued")
-    return {"engine": "pgqueuer", "version": version("pgqueuer"), "jobs": n,
-            "seconds": seconds, "cpu_s": cpu_s,
-            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
-            "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
-            "settings": {"dequeuers": dequeuers, "batch_size": batch, "mode": "drain", "loop": "uvloop"}}
+    return {
+        "engine": "pgqueuer",
+        "version": version("pgqueuer"),
+        "jobs": n,
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "per_s": n / seconds,
+        "insert_rows_per_s": n / insert_s,
+        "settings": {"dequeuers": dequeuers, "batch_size": batch, "mode": "drain", "loop": "uvloop"},
+    }
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
     dsn, n = opts["dsn"], int(opts["jobs"])
     concurrency = int(opts.get("concurrency", 20))
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-        conninfo=dsn, min_size=2, max_size=concurrency + 4))
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(conninfo=dsn, min_size=2, max_size=concurrency + 4)
+    )
     ran = 0
 
     @app.task(queue="bench", name="noop")
@@ -35,17 +36,22 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
             await noop.batch_defer_async(*({} for _ in range(min(INSERT_CHUNK, n - offset))))
         insert_s = time.perf_counter() - start
         start, cpu0, pg0 = time.perf_counter(), own_cpu(), server_cpu(opts.get("postmaster"))
-        await app.run_worker_async(queues=["bench"], concurrency=concurrency, wait=False,
-                                   install_signal_handlers=False)
+        await app.run_worker_async(queues=["bench"], concurrency=concurrency, wait=False, install_signal_handlers=False)
         seconds = time.perf_counter() - start
         cpu_s, pg1 = own_cpu() - cpu0, server_cpu(opts.get("postmaster"))
     if ran < n:
         raise RuntimeError(f"procrastinate ran {ran} of {n} jobs")
-    return {"engine": "procrastinate", "version": version("procrastinate"), "jobs": n,
-            "seconds": seconds, "cpu_s": cpu_s,
-            "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
-            "per_s": n / seconds, "insert_rows_per_s": n / insert_s,
-            "settings": {"concurrency": concurrency, "wait": False, "pool_max": concurrency + 4}}
+    return {
+        "engine": "procrastinate",
+        "version": version("procrastinate"),
+        "jobs": n,
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "per_s": n / seconds,
+        "insert_rows_per_s": n / insert_s,
+        "settings": {"concurrency": concurrency, "wait": False, "pool_max": concurrency + 4},
+    }
 
 
 if __name__ == "__main__":

@@ -58,8 +58,7 @@ class SignalDialog(ModalScreen[SignalRequest | None]):
             hint = f" (it awaits {self.awaits!r})" if self.awaits else ""
             yield Label(f"Signal #{self.instance_id}{hint}", classes="question")
             yield Input(value=self.awaits, placeholder="signal name", id="name")
-            yield Input(value="", id="payload",
-                        placeholder='payload JSON, e.g. {"amount": 100} (empty = null)')
+            yield Input(value="", id="payload", placeholder='payload JSON, e.g. {"amount": 100} (empty = null)')
             yield Input(value="", placeholder="dedup key (optional)", id="dedup")
             yield Static("", id="error", classes="error")
             with Horizontal(classes="buttons"):

@@ -27,13 +27,17 @@ from .dialogs import ConfirmDialog, SignalDialog, SignalRequest
 from .live import LiveScreen
 
 HISTORY_COLUMNS = (
-    ("at", "time"), ("event", "event"), ("step", "step"), ("attempt", "attempt"), ("status", "status"),
-    ("worker", "worker"), ("duration", "duration"), ("note", "error / note"),
+    ("at", "time"),
+    ("event", "event"),
+    ("step", "step"),
+    ("attempt", "attempt"),
+    ("status", "status"),
+    ("worker", "worker"),
+    ("duration", "duration"),
+    ("note", "error / note"),
 )
-CHILD_COLUMNS = (("id", "id"), ("machine", "machine"), ("step", "step"), ("status", "status"),
-                 ("error", "last error"))
-INBOX_COLUMNS = (("id", "id"), ("name", "name"), ("payload", "payload"), ("dedup", "dedup key"),
-                 ("at", "received"))
+CHILD_COLUMNS = (("id", "id"), ("machine", "machine"), ("step", "step"), ("status", "status"), ("error", "last error"))
+INBOX_COLUMNS = (("id", "id"), ("name", "name"), ("payload", "payload"), ("dedup", "dedup key"), ("at", "received"))
 
 
 def facts(d: Detail) -> Table:
@@ -49,17 +53,28 @@ def facts(d: Detail) -> Table:
     eligible: tuple[str, Any] = ("eligible", render.clock(r["eligible_at"]))
     if r["status"] == "runnable":  # a future time: a durable timer (Next delay/at), a retry's delay, schedule_in
         label = "wakes" if r["eligible_at"] > d.now else "eligible"
-        eligible = (label, f"{render.clock(r['eligible_at'])} ({render.relative(r['eligible_at'], d.now)})"
-                    + ("  · its await timed out" if r["timed_out"] else ""))
+        eligible = (
+            label,
+            f"{render.clock(r['eligible_at'])} ({render.relative(r['eligible_at'], d.now)})"
+            + ("  · its await timed out" if r["timed_out"] else ""),
+        )
     awaits = ", ".join(r["awaits_any"] or [r["awaits"]]) if r["awaits"] else "-"
     timeout: list[tuple[str, Any]] = []
     if r["status"] == "awaiting_signal" and r["timeout_at"] is not None:
-        timeout = [("timeout", f"{render.clock(r['timeout_at'])} ({render.relative(r['timeout_at'], d.now)})"
-                               f" → step {r['timeout_step'] or r['step']}")]
+        timeout = [
+            (
+                "timeout",
+                f"{render.clock(r['timeout_at'])} ({render.relative(r['timeout_at'], d.now)})"
+                f" → step {r['timeout_step'] or r['step']}",
+            )
+        ]
     rows: list[tuple[str, Any]] = [
         ("instance", f"#{r['id']}  {r['machine']} v{r['version']}"),
-        ("status", render.status(r["status"])
-         + (Text("  cancel requested", style="bold red") if r["cancel_requested"] else Text())),
+        (
+            "status",
+            render.status(r["status"])
+            + (Text("  cancel requested", style="bold red") if r["cancel_requested"] else Text()),
+        ),
         ("step", r["step"]),
         ("attempt", str(r["attempt"])),
         ("queue", f"{r['queue']} · priority {r['priority']}"),
@@ -118,12 +133,19 @@ def children_summary(d: Detail) -> str:
 
 def history_rows(d: Detail) -> list[tuple[str, list[Any]]]:
     return [
-        (str(h["id"]), [
-            render.clock(h["at"]), h["event"], h["step"] or "",
-            "" if h["attempt"] is None else str(h["attempt"]),
-            render.status(h["status"]), h["worker_id"] or "", render.millis(data.duration_ms(h["detail"])),
-            note(h["detail"]),
-        ])
+        (
+            str(h["id"]),
+            [
+                render.clock(h["at"]),
+                h["event"],
+                h["step"] or "",
+                "" if h["attempt"] is None else str(h["attempt"]),
+                render.status(h["status"]),
+                h["worker_id"] or "",
+                render.millis(data.duration_ms(h["detail"])),
+                note(h["detail"]),
+            ],
+        )
         for h in d.history[-HISTORY_SHOWN:]
     ]
 
@@ -176,8 +198,11 @@ class InstanceScreen(LiveScreen):
 
     def on_mount(self) -> None:
         self.sub_title = f"schema {self.source.schema} · instance #{self.instance_id}"
-        for table_id, columns in (("#history", HISTORY_COLUMNS), ("#children", CHILD_COLUMNS),
-                                  ("#inbox", INBOX_COLUMNS)):
+        for table_id, columns in (
+            ("#history", HISTORY_COLUMNS),
+            ("#children", CHILD_COLUMNS),
+            ("#inbox", INBOX_COLUMNS),
+        ):
             table = self.query_one(table_id, DataTable)
             for key, label in columns:
                 table.add_column(label, key=key)
@@ -185,8 +210,7 @@ class InstanceScreen(LiveScreen):
         super().on_mount()
 
     async def fetch(self) -> Message:
-        return DetailLoaded(self.instance_id, await data.load_detail(self.source, self.instance_id,
-                                                                     self.console.now))
+        return DetailLoaded(self.instance_id, await data.load_detail(self.source, self.instance_id, self.console.now))
 
     def on_detail_loaded(self, message: DetailLoaded) -> None:
         d = self.detail = message.detail
@@ -196,28 +220,50 @@ class InstanceScreen(LiveScreen):
             return
         self.query_one("#facts", Static).update(facts(d))
         self.query_one("#state", Static).update(
-            Syntax(render.pretty_json(d.instance["state"]), "json", theme="ansi_dark",
-                   background_color="default")
+            Syntax(render.pretty_json(d.instance["state"]), "json", theme="ansi_dark", background_color="default")
         )
-        sync_table(self.query_one("#inbox", DataTable), [
-            (str(s["id"]), [str(s["id"]), s["name"], render.short_json(s["payload"], 30),
-                            s["dedup_key"] or "", render.clock(s["inserted_at"])])
-            for s in d.inbox
-        ])
+        sync_table(
+            self.query_one("#inbox", DataTable),
+            [
+                (
+                    str(s["id"]),
+                    [
+                        str(s["id"]),
+                        s["name"],
+                        render.short_json(s["payload"], 30),
+                        s["dedup_key"] or "",
+                        render.clock(s["inserted_at"]),
+                    ],
+                )
+                for s in d.inbox
+            ],
+        )
         self.query_one("#inbox-title", Static).update(f"Inbox · {len(d.inbox)} pending signals")
         self.query_one("#children-title", Static).update(children_summary(d))
-        sync_table(self.query_one("#children", DataTable), [
-            (str(c["id"]), [str(c["id"]), c["machine"], c["step"], render.status(c["status"]),
-                            render.one_line(c["last_error"], 30)])
-            for c in d.children[:CHILDREN_SHOWN]
-        ])
+        sync_table(
+            self.query_one("#children", DataTable),
+            [
+                (
+                    str(c["id"]),
+                    [
+                        str(c["id"]),
+                        c["machine"],
+                        c["step"],
+                        render.status(c["status"]),
+                        render.one_line(c["last_error"], 30),
+                    ],
+                )
+                for c in d.children[:CHILDREN_SHOWN]
+            ],
+        )
         history = self.query_one("#history", DataTable)
         at_end = history.row_count == 0 or history.cursor_row >= history.row_count - 1
         sync_table(history, history_rows(d))
         self.query_one("#history-title", Static).update(
             f"History · {len(d.history):,} events"
             + (f" · the last {HISTORY_SHOWN}" if len(d.history) > HISTORY_SHOWN else "")
-            + (" · following" if self.follow else ""))
+            + (" · following" if self.follow else "")
+        )
         if self.follow and at_end and history.row_count:  # moving the cursor up pauses following
             history.move_cursor(row=history.row_count - 1, animate=False)
 
@@ -251,13 +297,23 @@ class InstanceScreen(LiveScreen):
         def confirm(request: SignalRequest | None) -> None:
             if request is None:
                 return
-            text = (f"Send signal [b]{escape(request.name)}[/b] with payload {escape(request.payload)} "
-                    f"to #{self.instance_id}?")
+            text = (
+                f"Send signal [b]{escape(request.name)}[/b] with payload {escape(request.payload)} "
+                f"to #{self.instance_id}?"
+            )
 
             def send(ok: bool | None) -> None:
                 if ok:
-                    self._act(lambda: data.send_signal(self.source, self.instance_id, request.name,
-                                                       request.payload, request.dedup_key, self.console.now))
+                    self._act(
+                        lambda: data.send_signal(
+                            self.source,
+                            self.instance_id,
+                            request.name,
+                            request.payload,
+                            request.dedup_key,
+                            self.console.now,
+                        )
+                    )
 
             self.app.push_screen(ConfirmDialog(text), send)
 
@@ -268,16 +324,17 @@ class InstanceScreen(LiveScreen):
 
     def action_retry(self) -> None:
         if self.status() not in ("failed", "cancelled"):
-            self.notify(f"#{self.instance_id} is {self.status()}: only a failed or cancelled instance can be retried",
-                        severity="warning")
+            self.notify(
+                f"#{self.instance_id} is {self.status()}: only a failed or cancelled instance can be retried",
+                severity="warning",
+            )
             return
 
         def retry(ok: bool | None) -> None:
             if ok:
                 self._act(lambda: data.retry_now(self.source, self.instance_id, self.console.now))
 
-        self.app.push_screen(ConfirmDialog(f"Retry #{self.instance_id} now (back to runnable, attempt 0)?"),
-                             retry)
+        self.app.push_screen(ConfirmDialog(f"Retry #{self.instance_id} now (back to runnable, attempt 0)?"), retry)
 
     def action_cancel(self) -> None:
         if self.status() in ("done", "failed", "cancelled"):
@@ -286,8 +343,9 @@ class InstanceScreen(LiveScreen):
 
         def cancel(ok: bool | None) -> None:
             if ok:
-                self._act(lambda: data.cancel(self.source, self.instance_id, "cancelled from the console",
-                                              self.console.now))
+                self._act(
+                    lambda: data.cancel(self.source, self.instance_id, "cancelled from the console", self.console.now)
+                )
 
         self.app.push_screen(ConfirmDialog(f"Cancel #{self.instance_id}?"), cancel)
 

@@ -17,9 +17,18 @@ from ..widgets import Banner, selected_key, sync_table
 from .live import LiveScreen
 
 COLUMNS = (
-    ("id", "id"), ("queue", "queue"), ("machine", "machine"), ("version", "v"), ("step", "step"),
-    ("status", "status"), ("attempt", "attempt"), ("awaits", "awaits"), ("partition_key", "key"),
-    ("worker_id", "worker"), ("updated_at", "updated"), ("last_error", "last error"),
+    ("id", "id"),
+    ("queue", "queue"),
+    ("machine", "machine"),
+    ("version", "v"),
+    ("step", "step"),
+    ("status", "status"),
+    ("attempt", "attempt"),
+    ("awaits", "awaits"),
+    ("partition_key", "key"),
+    ("worker_id", "worker"),
+    ("updated_at", "updated"),
+    ("last_error", "last error"),
 )
 SORTABLE = {"id": "id", "updated_at": "updated"}
 PAGE_SIZE = 50
@@ -27,11 +36,23 @@ PAGE_SIZE = 50
 
 def instance_rows(page: Page) -> list[tuple[str, list[Any]]]:
     return [
-        (str(r["id"]), [
-            str(r["id"]), r["queue"], r["machine"], str(r["version"]), r["step"], render.status(r["status"]),
-            str(r["attempt"]), r["awaits"] or "", r["partition_key"] or "", r["worker_id"] or "",
-            render.short_clock(r["updated_at"]), render.one_line(r["last_error"], 40),
-        ])
+        (
+            str(r["id"]),
+            [
+                str(r["id"]),
+                r["queue"],
+                r["machine"],
+                str(r["version"]),
+                r["step"],
+                render.status(r["status"]),
+                str(r["attempt"]),
+                r["awaits"] or "",
+                r["partition_key"] or "",
+                r["worker_id"] or "",
+                render.short_clock(r["updated_at"]),
+                render.one_line(r["last_error"], 40),
+            ],
+        )
         for r in page.rows
     ]
 
@@ -46,8 +67,9 @@ class InstancesScreen(LiveScreen):
         Binding("p,left", "previous_page", "Prev page"),
     ]
 
-    def __init__(self, *, queue: str | None = None, flt: InstanceFilter | None = None,
-                 page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self, *, queue: str | None = None, flt: InstanceFilter | None = None, page_size: int = PAGE_SIZE
+    ) -> None:
         super().__init__()
         self.filter = flt or InstanceFilter(queue=queue)
         self.sort = "id"
@@ -59,9 +81,12 @@ class InstancesScreen(LiveScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Banner(id="banner")
-        yield Input(value=self.filter.text(), id="filter",
-                    placeholder="filter: queue:orders status:failed,cancelled machine:Checkout version:1 "
-                                "key:<partition> unique:<key> id:12 parent:3")
+        yield Input(
+            value=self.filter.text(),
+            id="filter",
+            placeholder="filter: queue:orders status:failed,cancelled machine:Checkout version:1 "
+            "key:<partition> unique:<key> id:12 parent:3",
+        )
         yield Static("", id="pageinfo")
         yield DataTable(id="instances", cursor_type="row", zebra_stripes=True)
         yield Footer()
@@ -75,8 +100,9 @@ class InstancesScreen(LiveScreen):
         super().on_mount()
 
     async def fetch(self) -> Message:
-        page = await load_page(self.source, self.filter, self.sort, self.descending,
-                               self.starts[-1], self.page_size, len(self.starts))
+        page = await load_page(
+            self.source, self.filter, self.sort, self.descending, self.starts[-1], self.page_size, len(self.starts)
+        )
         return PageLoaded(page)
 
     def on_page_loaded(self, message: PageLoaded) -> None:

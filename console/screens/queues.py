@@ -18,19 +18,44 @@ from ..widgets import Banner, selected_key, sync_table
 from .live import LiveScreen
 
 QUEUE_COLUMNS = (
-    ("queue", "queue"), ("due", "due"), ("scheduled", "later"), ("executing", "exec"),
-    ("awaiting_signal", "await sig"), ("awaiting_children", "await kids"), ("done", "done"),
-    ("failed", "failed"), ("cancelled", "cancel"), ("rate", "step/s"), ("trend", "5 min"),
-    ("in_flight", "in flight"), ("buffered", "buffer"), ("workers", "wkrs"),
+    ("queue", "queue"),
+    ("due", "due"),
+    ("scheduled", "later"),
+    ("executing", "exec"),
+    ("awaiting_signal", "await sig"),
+    ("awaiting_children", "await kids"),
+    ("done", "done"),
+    ("failed", "failed"),
+    ("cancelled", "cancel"),
+    ("rate", "step/s"),
+    ("trend", "5 min"),
+    ("in_flight", "in flight"),
+    ("buffered", "buffer"),
+    ("workers", "wkrs"),
 )
 WORKER_COLUMNS = (
-    ("worker", "worker"), ("host", "host"), ("pid", "pid"), ("queue", "queue"), ("in_flight", "in flight"),
-    ("buffered", "buffered"), ("steps", "steps"), ("done", "done"), ("failed", "failed"),
-    ("fenced", "fenced"), ("seen", "seen"), ("state", "state"),
+    ("worker", "worker"),
+    ("host", "host"),
+    ("pid", "pid"),
+    ("queue", "queue"),
+    ("in_flight", "in flight"),
+    ("buffered", "buffered"),
+    ("steps", "steps"),
+    ("done", "done"),
+    ("failed", "failed"),
+    ("fenced", "fenced"),
+    ("seen", "seen"),
+    ("state", "state"),
 )
 SCHEDULE_COLUMNS = (
-    ("name", "schedule"), ("cron", "cron"), ("tz", "tz"), ("machine", "machine"), ("last_run", "last run"),
-    ("instance", "instance"), ("status", "status"), ("next_run", "next run"),
+    ("name", "schedule"),
+    ("cron", "cron"),
+    ("tz", "tz"),
+    ("machine", "machine"),
+    ("last_run", "last run"),
+    ("instance", "instance"),
+    ("status", "status"),
+    ("next_run", "next run"),
 )
 STATE_STYLE = {"live": "green", "gone": "bold red", "stopped": "dim"}
 
@@ -39,25 +64,46 @@ def queue_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
     rows = []
     for q in overview.queues:
         s = q.saturation
-        rows.append((q.queue, [
-            q.queue, render.count(q.due), render.count(q.scheduled), render.count(q.executing),
-            render.count(q.awaiting_signal), render.count(q.awaiting_children), render.count(q.done),
-            render.count(q.failed), render.count(q.cancelled), render.rate(q.rate), render.spark(q.trend),
-            render.ratio(s.in_flight, s.concurrency), render.ratio(s.buffered, s.prefetch), str(s.workers),
-        ]))
+        rows.append(
+            (
+                q.queue,
+                [
+                    q.queue,
+                    render.count(q.due),
+                    render.count(q.scheduled),
+                    render.count(q.executing),
+                    render.count(q.awaiting_signal),
+                    render.count(q.awaiting_children),
+                    render.count(q.done),
+                    render.count(q.failed),
+                    render.count(q.cancelled),
+                    render.rate(q.rate),
+                    render.spark(q.trend),
+                    render.ratio(s.in_flight, s.concurrency),
+                    render.ratio(s.buffered, s.prefetch),
+                    str(s.workers),
+                ],
+            )
+        )
     return rows
 
 
 def worker_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
     rows = []
     for w in overview.workers:
-        for q, g in (w.gauges.items() or [("-", None)]):
+        for q, g in w.gauges.items() or [("-", None)]:
             cells: list[Any] = [w.id, w.host, str(w.pid), q]
             if g is None:
                 cells += ["-"] * 6
             else:
-                cells += [render.ratio(g.in_flight, g.concurrency), render.ratio(g.buffered, g.prefetch),
-                          f"{g.steps:,}", f"{g.done:,}", f"{g.failed:,}", f"{g.fenced:,}"]
+                cells += [
+                    render.ratio(g.in_flight, g.concurrency),
+                    render.ratio(g.buffered, g.prefetch),
+                    f"{g.steps:,}",
+                    f"{g.done:,}",
+                    f"{g.failed:,}",
+                    f"{g.fenced:,}",
+                ]
             cells += [render.ago(w.seen_ago), Text(w.state, style=STATE_STYLE.get(w.state, ""))]
             rows.append((f"{w.id}\x00{q}", cells))
     return rows
@@ -71,11 +117,21 @@ def schedule_rows(overview: Overview) -> list[tuple[str, list[Any]]]:
         if s.next_run is not None:
             when = "due now" if s.next_run <= overview.now else render.relative(s.next_run, overview.now)
             upcoming = f"{render.short_clock(s.next_run)} ({when})"
-        rows.append((s.name, [
-            s.name, s.cron, s.tz, s.machine, last,
-            "-" if s.last_instance_id is None else f"#{s.last_instance_id}", render.status(s.last_status),
-            upcoming,
-        ]))
+        rows.append(
+            (
+                s.name,
+                [
+                    s.name,
+                    s.cron,
+                    s.tz,
+                    s.machine,
+                    last,
+                    "-" if s.last_instance_id is None else f"#{s.last_instance_id}",
+                    render.status(s.last_status),
+                    upcoming,
+                ],
+            )
+        )
     return rows
 
 

@@ -107,8 +107,14 @@ class StreamsClient:
     long-poll, SSE), head, delete, and :meth:`writer` for exactly-once batched appends. Use as an async
     context manager; ``http`` may be an httpx.AsyncClient of your own."""
 
-    def __init__(self, base_url: str, *, timeout: float = 60.0, backoff: Backoff | None = None,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 60.0,
+        backoff: Backoff | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self.backoff = backoff or Backoff()
 
@@ -133,9 +139,16 @@ class StreamsClient:
         raise AssertionError("unreachable")
 
     # -- stream management --------------------------------------------------------------------------
-    async def create(self, path: str, *, content_type: str = "application/octet-stream",
-                     ttl: int | None = None, expires_at: str | None = None, closed: bool = False,
-                     data: bytes = b"") -> str:
+    async def create(
+        self,
+        path: str,
+        *,
+        content_type: str = "application/octet-stream",
+        ttl: int | None = None,
+        expires_at: str | None = None,
+        closed: bool = False,
+        data: bytes = b"",
+    ) -> str:
         """Create (or confirm) a stream; returns its tail offset."""
         headers = {"content-type": content_type}
         if ttl is not None:
@@ -151,16 +164,21 @@ class StreamsClient:
         """The stream's metadata (HEAD)."""
         r = await self._request("HEAD", path)
         ttl = r.headers.get("stream-ttl")
-        return StreamInfo(r.headers.get("content-type", ""), r.headers["stream-next-offset"],
-                          r.headers.get("stream-closed") == "true", int(ttl) if ttl else None,
-                          r.headers.get("stream-expires-at"))
+        return StreamInfo(
+            r.headers.get("content-type", ""),
+            r.headers["stream-next-offset"],
+            r.headers.get("stream-closed") == "true",
+            int(ttl) if ttl else None,
+            r.headers.get("stream-expires-at"),
+        )
 
     async def delete(self, path: str) -> None:
         """Delete the stream."""
         await self._request("DELETE", path)
 
-    async def append(self, path: str, data: bytes, *, content_type: str = "application/octet-stream",
-                     close: bool = False) -> str:
+    async def append(
+        self, path: str, data: bytes, *, content_type: str = "application/octet-stream", close: bool = False
+    ) -> str:
         """One plain append (not retried: without producer headers a retry could duplicate)."""
         headers = {"content-type": content_type}
         if close:
@@ -170,9 +188,17 @@ class StreamsClient:
 
     # -- writing ------------------------------------------------------------------------------------
     @asynccontextmanager
-    async def writer(self, path: str, *, producer_id: str, epoch: int = 0,
-                     content_type: str = "application/octet-stream", linger: float = 0.005,
-                     max_batch_bytes: int = 256 * 1024, auto_claim: bool = False) -> AsyncIterator[Writer]:
+    async def writer(
+        self,
+        path: str,
+        *,
+        producer_id: str,
+        epoch: int = 0,
+        content_type: str = "application/octet-stream",
+        linger: float = 0.005,
+        max_batch_bytes: int = 256 * 1024,
+        auto_claim: bool = False,
+    ) -> AsyncIterator[Writer]:
         """A batching, exactly-once writer; everything appended is flushed when the block ends."""
         w = Writer(self, path, producer_id, epoch, content_type, linger, max_batch_bytes, auto_claim)
         try:
@@ -190,9 +216,14 @@ class StreamsClient:
             raise
 
     # -- reading ------------------------------------------------------------------------------------
-    async def read(self, path: str, *, offset: str = "-1", live: str | None = None,
-                   checkpoint: Callable[[str], Awaitable[None] | None] | None = None,
-                   ) -> AsyncGenerator[Chunk, None]:
+    async def read(
+        self,
+        path: str,
+        *,
+        offset: str = "-1",
+        live: str | None = None,
+        checkpoint: Callable[[str], Awaitable[None] | None] | None = None,
+    ) -> AsyncGenerator[Chunk, None]:
         """Chunks from ``offset``: catch-up only (``live=None``, ends when up to date), or tailing
         with ``long-poll`` / ``sse`` (ends when the stream is closed). Errors back off and resume.
         To stop early and still checkpoint the last chunk, close the generator:
@@ -240,9 +271,12 @@ class StreamsClient:
                 failures = 0
                 cursor = r.headers.get("stream-cursor", cursor)
                 await commit()
-                chunk = Chunk(r.content if r.status_code == 200 else b"", r.headers["stream-next-offset"],
-                              r.headers.get("stream-up-to-date") == "true",
-                              r.headers.get("stream-closed") == "true")
+                chunk = Chunk(
+                    r.content if r.status_code == 200 else b"",
+                    r.headers["stream-next-offset"],
+                    r.headers.get("stream-up-to-date") == "true",
+                    r.headers.get("stream-closed") == "true",
+                )
                 offset = chunk.offset
                 has_data = bool(chunk.data) and chunk.data != b"[]"
                 if has_data:
@@ -283,8 +317,12 @@ class StreamsClient:
                         data += base64.b64decode(payload.replace("\n", "")) if b64 else payload.encode()
                     elif kind == "control":
                         control = json.loads(payload)
-                        yield Chunk(data, control["streamNextOffset"], bool(control.get("upToDate")),
-                                    bool(control.get("streamClosed")))
+                        yield Chunk(
+                            data,
+                            control["streamNextOffset"],
+                            bool(control.get("upToDate")),
+                            bool(control.get("streamClosed")),
+                        )
                         data = b""
                     kind, lines = "", []
 
@@ -325,8 +363,7 @@ class Writer:
         """Buffer one message (bytes; or any JSON value in JSON mode); sent within ``linger``."""
         if self._error is not None:
             raise self._error
-        data = json.dumps(item).encode() if self.json else (
-            item.encode() if isinstance(item, str) else item)
+        data = json.dumps(item).encode() if self.json else (item.encode() if isinstance(item, str) else item)
         self._buffer.append(data)
         self._size += len(data)
         if self._size >= self.max_batch_bytes or len(self._buffer) == 1:
@@ -366,8 +403,12 @@ class Writer:
         body = b"[" + b",".join(batch) + b"]" if self.json else b"".join(batch)
         backoff = self.client.backoff
         for n in range(backoff.attempts):
-            headers = {"content-type": self.content_type, "producer-id": self.producer_id,
-                       "producer-epoch": str(self.epoch), "producer-seq": str(self.seq)}
+            headers = {
+                "content-type": self.content_type,
+                "producer-id": self.producer_id,
+                "producer-epoch": str(self.epoch),
+                "producer-seq": str(self.seq),
+            }
             try:
                 r = await self.client.http.post(self.path, headers=headers, content=body)
             except httpx.TransportError:

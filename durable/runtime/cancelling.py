@@ -41,8 +41,7 @@ async def compensate(machine: Machine, ctx: Context, claim: Claim) -> None:
             claim.compensation = "ok"
         except Exception as exc:  # user code: recorded, the cancel goes on
             claim.compensation = describe(exc)
-            log.warning("durable: on_cancel of %s instance %d failed: %s", machine.name, claim.id,
-                        claim.compensation)
+            log.warning("durable: on_cancel of %s instance %d failed: %s", machine.name, claim.id, claim.compensation)
     if scope.cancelled_caught:
         claim.compensation = f"timed out after {timeout:g}s"
         log.warning("durable: on_cancel of %s instance %d %s", machine.name, claim.id, claim.compensation)

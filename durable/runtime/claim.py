@@ -86,10 +86,26 @@ class Claim:
         1.0 us (the former ``tuple(row)`` slicing: 0.8-0.9 us), and this runs once per step;
         tests/test_claims.py checks the result field by field against the row's columns."""
         return cls(
-            row["id"], row["machine"], row["version"], row["step"], row["state"], row["attempt"], row["queue"],
-            row["priority"], row["partition_key"], row["lease_token"], row["signal_seq"], row["awaits"],
-            row["parent_id"], row["cancel_requested"], row["traceparent"], row["tracestate"],
-            _signals(row["signals"]), _children(row["children"]), row["awaits_any"], row["timed_out"],
+            row["id"],
+            row["machine"],
+            row["version"],
+            row["step"],
+            row["state"],
+            row["attempt"],
+            row["queue"],
+            row["priority"],
+            row["partition_key"],
+            row["lease_token"],
+            row["signal_seq"],
+            row["awaits"],
+            row["parent_id"],
+            row["cancel_requested"],
+            row["traceparent"],
+            row["tracestate"],
+            _signals(row["signals"]),
+            _children(row["children"]),
+            row["awaits_any"],
+            row["timed_out"],
             codec.decode(attributes) if (attributes := row["attributes"]) is not None else None,
         )
 
@@ -97,15 +113,16 @@ class Claim:
 def _signals(text: str) -> tuple[Signal, ...]:
     if text == "[]":
         return ()
-    return tuple(Signal(s["id"], s["name"], s["payload"], s["dedup_key"], s["traceparent"])
-                 for s in codec.decode(text))
+    return tuple(Signal(s["id"], s["name"], s["payload"], s["dedup_key"], s["traceparent"]) for s in codec.decode(text))
 
 
 def _children(text: str) -> tuple[ChildInfo, ...]:
     if text == "[]":
         return ()
-    return tuple(ChildInfo(c["id"], c["machine"], c["status"], c["step"], c["state"], c["result"], c["last_error"])
-                 for c in codec.decode(text))
+    return tuple(
+        ChildInfo(c["id"], c["machine"], c["status"], c["step"], c["state"], c["result"], c["last_error"])
+        for c in codec.decode(text)
+    )
 
 
 def claims_from_rows(rows: Sequence[Row]) -> list[Claim]:

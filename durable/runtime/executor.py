@@ -57,6 +57,7 @@ class Database(Protocol):
     @property
     def max_value_bytes(self) -> int: ...
 
+
 UNKNOWN_MACHINE_RETRY = 60.0
 
 
@@ -133,22 +134,38 @@ def encode(outcome: Outcome, where: str, db: Database) -> Encoded:
             return Encoded("next", step=nxt, state=state(outcome.state), detail={"next": nxt})
         if outcome.delay is not None:  # a durable timer: the row is runnable again after the delay
             delay = seconds(outcome.delay, f"{where}: Next delay")
-            return Encoded("next", step=nxt, state=state(outcome.state), delay=delay,
-                           detail={"next": nxt, "delay": delay})
+            return Encoded(
+                "next", step=nxt, state=state(outcome.state), delay=delay, detail={"next": nxt, "delay": delay}
+            )
         if outcome.at is not None:
-            return Encoded("next", step=nxt, state=state(outcome.state), wake_at=outcome.at,
-                           detail={"next": nxt, "at": outcome.at.isoformat()})
+            return Encoded(
+                "next",
+                step=nxt,
+                state=state(outcome.state),
+                wake_at=outcome.at,
+                detail={"next": nxt, "at": outcome.at.isoformat()},
+            )
         return Encoded("next", step=nxt, state=state(outcome.state), detail={"next": nxt})
     if isinstance(outcome, Retry):
         delay = seconds(outcome.delay, f"{where}: Retry delay")
-        return Encoded("retry", state=state(outcome.state), delay=delay, error=outcome.error,
-                       detail={"delay": delay, "error": outcome.error})
+        return Encoded(
+            "retry",
+            state=state(outcome.state),
+            delay=delay,
+            error=outcome.error,
+            detail={"delay": delay, "error": outcome.error},
+        )
     if isinstance(outcome, Await):
         wake = step_name(outcome.step) if outcome.step is not None else None
         names = (outcome.signal,) if isinstance(outcome.signal, str) else tuple(outcome.signal)
-        encoded = Encoded("await", step=wake, state=state(outcome.state), awaits=names[0],
-                          awaits_any=list(names) if len(names) > 1 else None,
-                          detail={"signal": outcome.signal if len(names) == 1 else list(names), "wake_step": wake})
+        encoded = Encoded(
+            "await",
+            step=wake,
+            state=state(outcome.state),
+            awaits=names[0],
+            awaits_any=list(names) if len(names) > 1 else None,
+            detail={"signal": outcome.signal if len(names) == 1 else list(names), "wake_step": wake},
+        )
         if outcome.timeout is not None:
             encoded.timeout = seconds(outcome.timeout, f"{where}: Await timeout")
             encoded.timeout_step = step_name(outcome.timeout_step) if outcome.timeout_step is not None else None
@@ -159,8 +176,9 @@ def encode(outcome: Outcome, where: str, db: Database) -> Encoded:
         for i, child in enumerate(outcome.children):
             cols.add(child, db.registry, f"{where}: child #{i}")
         nxt = step_name(outcome.step)
-        return Encoded("spawn", step=nxt, state=state(outcome.state), children=cols,
-                       detail={"next": nxt, "children": len(cols)})
+        return Encoded(
+            "spawn", step=nxt, state=state(outcome.state), children=cols, detail={"next": nxt, "children": len(cols)}
+        )
     if isinstance(outcome, Done):
         return Encoded("done", result=codec.encode(outcome.result, f"result of {where}", db.max_value_bytes))
     if isinstance(outcome, Stop):
@@ -189,32 +207,51 @@ def consume_shown(encoded: Encoded, claim: Claim, taken: Iterable[str] = ()) -> 
     return encoded
 
 
-async def execute(claim: Claim, db: Database, worker_id: str,
-                  watch: StepWatch | None = None) -> tuple[Encoded, BaseException | None]:
+async def execute(
+    claim: Claim, db: Database, worker_id: str, watch: StepWatch | None = None
+) -> tuple[Encoded, BaseException | None]:
     """Run the claim's step; returns the encoded outcome and the step's exception, if any. With a
     ``watch``, the step's code is timed (:func:`watched`)."""
     try:
         machine = db.registry.resolve(claim.machine, claim.version)
     except UnknownMachine as exc:
         # Not this runtime's machine (a rolling deploy?): put it back for a runtime that knows it.
-        return Encoded("retry", delay=UNKNOWN_MACHINE_RETRY, error=str(exc),
-                       detail={"error": str(exc), "delay": UNKNOWN_MACHINE_RETRY}), exc
+        return Encoded(
+            "retry",
+            delay=UNKNOWN_MACHINE_RETRY,
+            error=str(exc),
+            detail={"error": str(exc), "delay": UNKNOWN_MACHINE_RETRY},
+        ), exc
     if claim.rejected is not None and claim.rejections > 1:
         # handle()'s outcome was refused too: end the instance, with text the database surely stores
         reason = safe_text(f"{claim.rejected} (handle()'s outcome was refused as well)")
         return Encoded("stop", error=reason, detail={"error": reason}), claim.rejected
     if claim.attempt >= machine.max_attempts:
         # attempts that never reached handle() (crashes, lost leases, interrupted steps) are bounded too
-        reason = (f"attempts exhausted: {machine.name}.{claim.step} would run attempt {claim.attempt + 1} of at "
-                  f"most {machine.max_attempts} (earlier attempts crashed, lost their lease or were interrupted)")
+        reason = (
+            f"attempts exhausted: {machine.name}.{claim.step} would run attempt {claim.attempt + 1} of at "
+            f"most {machine.max_attempts} (earlier attempts crashed, lost their lease or were interrupted)"
+        )
         return Encoded("stop", error=reason, detail={"error": reason}), None
 
     ctx = Context(
-        id=claim.id, machine=claim.machine, version=claim.version, step=claim.step,
-        attempt=claim.attempt, state=None, inbox=claim.signals, children=claim.children,
-        queue=claim.queue, priority=claim.priority, partition_key=claim.partition_key,
-        parent_id=claim.parent_id, awaits=claim.awaits, lease_token=claim.lease_token,
-        worker_id=worker_id, db=db, timed_out=claim.timed_out,
+        id=claim.id,
+        machine=claim.machine,
+        version=claim.version,
+        step=claim.step,
+        attempt=claim.attempt,
+        state=None,
+        inbox=claim.signals,
+        children=claim.children,
+        queue=claim.queue,
+        priority=claim.priority,
+        partition_key=claim.partition_key,
+        parent_id=claim.parent_id,
+        awaits=claim.awaits,
+        lease_token=claim.lease_token,
+        worker_id=worker_id,
+        db=db,
+        timed_out=claim.timed_out,
         awaits_any=tuple(claim.awaits_any) if claim.awaits_any is not None else None,
     )
     where = f"step {machine.name}.{claim.step}"
@@ -239,8 +276,9 @@ async def execute(claim: Claim, db: Database, worker_id: str,
     except Exception as exc:  # user code, bad outcome, state that does not (de)serialize
         error = exc
     try:
-        handled = validate_outcome(machine, await watched(machine.handle(error, ctx), claim, watch),
-                                   f"{machine.name}.handle")
+        handled = validate_outcome(
+            machine, await watched(machine.handle(error, ctx), claim, watch), f"{machine.name}.handle"
+        )
         encoded = consuming(encode_outcome(machine, handled, ctx, db), claim, ctx)
     except trio.Cancelled:
         if interrupted(claim):
@@ -293,8 +331,9 @@ def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
     }
 
 
-async def run_claim(claim: Claim, db: Database, worker_id: str,
-                    watch: StepWatch | None = None, start: float | None = None) -> tuple[Encoded, float]:
+async def run_claim(
+    claim: Claim, db: Database, worker_id: str, watch: StepWatch | None = None, start: float | None = None
+) -> tuple[Encoded, float]:
     """Execute inside a step span that continues the instance's trace; returns outcome and seconds
     (``start``: trio time now, when the caller just read it)."""
     if start is None:
@@ -307,8 +346,9 @@ async def run_claim(claim: Claim, db: Database, worker_id: str,
         return encoded, elapsed
     links = [link for s in claim.signals if (link := tracing.link_from(s.traceparent)) is not None]
     parent = tracing.context_from(claim.traceparent, claim.tracestate)
-    with tracing.step_span(f"step {claim.machine}.{claim.step}", attributes(claim, worker_id),
-                           parent=parent, links=links) as span:
+    with tracing.step_span(
+        f"step {claim.machine}.{claim.step}", attributes(claim, worker_id), parent=parent, links=links
+    ) as span:
         if claim.traceparent is None:  # no trace yet: this step's span becomes the instance's trace
             claim.traceparent, claim.tracestate = tracing.current_context_headers()
         try:

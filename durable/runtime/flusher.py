@@ -33,9 +33,14 @@ from .backoff import Outage, unavailable
 from .claim import Claim, Committed, Encoded
 
 # errors after which the same batch is simply tried again (a fenced re-try is harmless: it is logged)
-_TRANSIENT = (DeadlockDetectedError, SerializationError, DatabaseUnavailable,
-              PostgresConnectionError, OperatorInterventionError,
-              InterfaceError)
+_TRANSIENT = (
+    DeadlockDetectedError,
+    SerializationError,
+    DatabaseUnavailable,
+    PostgresConnectionError,
+    OperatorInterventionError,
+    InterfaceError,
+)
 
 
 # SQLSTATE classes of a refusal that a retry of the same outcome would meet again: data exception,
@@ -50,8 +55,15 @@ def transient(exc: BaseException) -> bool:
 
 
 # the status an outcome of each kind moves its row into (a unique scope may name it)
-_ENTERS = {"next": "runnable", "retry": "runnable", "await": "awaiting_signal", "spawn": "awaiting_children",
-           "done": "done", "stop": "failed", "cancel": "cancelled"}
+_ENTERS = {
+    "next": "runnable",
+    "retry": "runnable",
+    "await": "awaiting_signal",
+    "spawn": "awaiting_children",
+    "done": "done",
+    "stop": "failed",
+    "cancel": "cancelled",
+}
 _GUARD_KEY = re.compile(r"\(unique_guard\)=\((.*)\) already exists", re.S)
 
 
@@ -63,8 +75,11 @@ def rejection(exc: BaseException | None, outcome: Encoded | None = None) -> Outc
         return exc
     if isinstance(exc, UniqueViolationError) and exc.constraint_name == "instances_unique":
         found = _GUARD_KEY.search(getattr(exc, "detail", None) or "")
-        status = "executing" if outcome is not None and outcome.hold else _ENTERS.get(
-            outcome.kind if outcome is not None else "", "?")
+        status = (
+            "executing"
+            if outcome is not None and outcome.hold
+            else _ENTERS.get(outcome.kind if outcome is not None else "", "?")
+        )
         return UniqueKeyOccupied(found.group(1) if found else "?", status)
     if isinstance(exc, PostgresError):
         sqlstate = exc.sqlstate or ""
@@ -96,9 +111,19 @@ class _Pending:
 
 
 class Flusher:
-    def __init__(self, pool: Pool, worker_id: str, clock: Clock, *, max_batch: int = 500,
-                 linger: float = 0.0, on_commit: Any = None, lease: float = 60.0, parallel: int = 2,
-                 parallel_min: int = 100) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        worker_id: str,
+        clock: Clock,
+        *,
+        max_batch: int = 500,
+        linger: float = 0.0,
+        on_commit: Any = None,
+        lease: float = 60.0,
+        parallel: int = 2,
+        parallel_min: int = 100,
+    ) -> None:
         self.parallel = max(1, parallel)  # plain batches committed at once (separate connections)
         self.parallel_min = parallel_min
         self._in_flight = 0
@@ -178,8 +203,12 @@ class Flusher:
         the second one only once it is worth a statement of its own (``parallel_min`` outcomes)."""
         if not self._in_flight:
             return True
-        return (plain and not self._in_flight_full and self._in_flight < self.parallel
-                and len(self._queue) >= self.parallel_min)
+        return (
+            plain
+            and not self._in_flight_full
+            and self._in_flight < self.parallel
+            and len(self._queue) >= self.parallel_min
+        )
 
     async def _wait_kick(self) -> None:
         await self._kick.wait()
@@ -280,22 +309,65 @@ class Flusher:
     async def _execute_simple(self, batch: list[_Pending]) -> list[Record]:
         """``complete_simple``: plain outcomes only (see :func:`_plain`), sorted by id (lock order), sent
         as one JSON parameter."""
-        rows = [[c.id, c.lease_token, o.kind, o.step, o.state, _delay(o.delay), o.result, o.error, o.detail,
-                 c.machine, c.step, c.attempt, c.traceparent, c.tracestate, o.wake_at]
-                for c, o in sorted(((p.claim, p.outcome) for p in batch), key=_by_id)]
-        return await self.pool.fetch(Q.complete_simple, orjson.dumps(rows).decode(), self.worker_id,
-                                     self.clock.now())
+        rows = [
+            [
+                c.id,
+                c.lease_token,
+                o.kind,
+                o.step,
+                o.state,
+                _delay(o.delay),
+                o.result,
+                o.error,
+                o.detail,
+                c.machine,
+                c.step,
+                c.attempt,
+                c.traceparent,
+                c.tracestate,
+                o.wake_at,
+            ]
+            for c, o in sorted(((p.claim, p.outcome) for p in batch), key=_by_id)
+        ]
+        return await self.pool.fetch(Q.complete_simple, orjson.dumps(rows).decode(), self.worker_id, self.clock.now())
 
     async def _execute_full(self, batch: list[_Pending]) -> list[Record]:
         ids, tokens, kinds, steps, states, delays, awaits, results, errors, seqs, details = (
-            [], [], [], [], [], [], [], [], [], [], [])
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         shown_i: list[int] = []
         shown_s: list[int] = []
         eat_i: list[int] = []
         eat_s: list[int] = []
-        kid_cols: dict[str, list[Any]] = {k: [] for k in (
-            "parent", "machine", "version", "step", "state", "queue", "priority", "partition_key",
-            "unique_key", "scope", "eligible_at", "traceparent", "tracestate", "delay")}
+        kid_cols: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "parent",
+                "machine",
+                "version",
+                "step",
+                "state",
+                "queue",
+                "priority",
+                "partition_key",
+                "unique_key",
+                "scope",
+                "eligible_at",
+                "traceparent",
+                "tracestate",
+                "delay",
+            )
+        }
         for ordinal, p in enumerate(batch, start=1):
             c, o = p.claim, p.outcome
             ids.append(c.id)
@@ -320,19 +392,64 @@ class Flusher:
                 cols = o.children
                 n = len(cols)
                 kid_cols["parent"].extend([ordinal] * n)
-                for col in ("machine", "version", "step", "state", "queue", "priority", "partition_key",
-                            "unique_key", "scope", "eligible_at", "traceparent", "tracestate", "delay"):
+                for col in (
+                    "machine",
+                    "version",
+                    "step",
+                    "state",
+                    "queue",
+                    "priority",
+                    "partition_key",
+                    "unique_key",
+                    "scope",
+                    "eligible_at",
+                    "traceparent",
+                    "tracestate",
+                    "delay",
+                ):
                     kid_cols[col].extend(getattr(cols, col))
         k = kid_cols
         return await self.pool.fetch(
-            Q.complete, ids, tokens, kinds, steps, states, delays, awaits, results, errors, seqs, details,
-            shown_i, shown_s, k["parent"], k["machine"], k["version"], k["step"], k["state"], k["queue"],
-            k["priority"], k["partition_key"], k["unique_key"], k["scope"], k["eligible_at"],
-            k["traceparent"], k["tracestate"], self.worker_id, self.clock.now(), k["delay"], eat_i, eat_s,
-            [p.outcome.hold for p in batch], self.lease,
-            [p.claim.traceparent for p in batch], [p.claim.tracestate for p in batch],
-            [_text_array(p.outcome.awaits_any) for p in batch], [p.outcome.timeout for p in batch],
-            [p.outcome.timeout_step for p in batch], [p.outcome.wake_at for p in batch],
+            Q.complete,
+            ids,
+            tokens,
+            kinds,
+            steps,
+            states,
+            delays,
+            awaits,
+            results,
+            errors,
+            seqs,
+            details,
+            shown_i,
+            shown_s,
+            k["parent"],
+            k["machine"],
+            k["version"],
+            k["step"],
+            k["state"],
+            k["queue"],
+            k["priority"],
+            k["partition_key"],
+            k["unique_key"],
+            k["scope"],
+            k["eligible_at"],
+            k["traceparent"],
+            k["tracestate"],
+            self.worker_id,
+            self.clock.now(),
+            k["delay"],
+            eat_i,
+            eat_s,
+            [p.outcome.hold for p in batch],
+            self.lease,
+            [p.claim.traceparent for p in batch],
+            [p.claim.tracestate for p in batch],
+            [_text_array(p.outcome.awaits_any) for p in batch],
+            [p.outcome.timeout for p in batch],
+            [p.outcome.timeout_step for p in batch],
+            [p.outcome.wake_at for p in batch],
         )
 
 

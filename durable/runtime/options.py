@@ -19,8 +19,10 @@ def _seconds(name: str, value: Any, *, optional: bool = False, zero: bool = Fals
         return
     typed = not isinstance(value, bool) and isinstance(value, int | float)
     if not typed or not ((value >= 0 if zero else value > 0) and value <= MAX_DELAY):
-        raise DefinitionError(f"{name} must be a {'non-negative' if zero else 'positive'} number of seconds up to "
-                              f"durable.MAX_DELAY, not {value!r}")
+        raise DefinitionError(
+            f"{name} must be a {'non-negative' if zero else 'positive'} number of seconds up to "
+            f"durable.MAX_DELAY, not {value!r}"
+        )
 
 
 def _count(name: str, value: Any, low: int) -> None:

@@ -80,10 +80,12 @@ class Database(LoopDatabase, Protocol):
 
     def remove_handoff(self, queue: str, handoff: Handoff) -> None: ...
 
-    async def gc(self, older_than: float | timedelta, *, batch: int = 1000,
-                 progress: Callable[[int], None] | None = None) -> int:
+    async def gc(
+        self, older_than: float | timedelta, *, batch: int = 1000, progress: Callable[[int], None] | None = None
+    ) -> int:
         """Retention (``durable.ops.gc``, the operator tools': the runtime runs it, never imports it)."""
         ...
+
 
 log = logging.getLogger("durable.runtime")
 
@@ -141,15 +143,25 @@ class Runtime:
         handoff: bool | None = None,
         schedules: Iterable[Schedule] = (),
     ) -> None:
-        leases = resolve(leases, Leases(), {"lease": lease, "heartbeat": heartbeat, "reap_every": reap_every},
-                         "leases")
-        polling = resolve(polling, Polling(), {"poll_min": poll_min, "poll_max": poll_max, "listen": listen,
-                                               "handoff": handoff, "chain": chain}, "polling")
-        flushing = resolve(flushing, Flushing(), {"linger": flush_linger, "max_batch": flush_max,
-                                                  "parallel": flush_parallel}, "flushing")
-        kept = resolve(retention if isinstance(retention, Retention) else None, Retention(),
-                       {"older_than": None if isinstance(retention, Retention) else retention,
-                        "every": retention_every}, "retention")
+        leases = resolve(leases, Leases(), {"lease": lease, "heartbeat": heartbeat, "reap_every": reap_every}, "leases")
+        polling = resolve(
+            polling,
+            Polling(),
+            {"poll_min": poll_min, "poll_max": poll_max, "listen": listen, "handoff": handoff, "chain": chain},
+            "polling",
+        )
+        flushing = resolve(
+            flushing,
+            Flushing(),
+            {"linger": flush_linger, "max_batch": flush_max, "parallel": flush_parallel},
+            "flushing",
+        )
+        kept = resolve(
+            retention if isinstance(retention, Retention) else None,
+            Retention(),
+            {"older_than": None if isinstance(retention, Retention) else retention, "every": retention_every},
+            "retention",
+        )
         self.options = RuntimeOptions(leases, polling, flushing, kept)
         for m in machines:
             if (m.name, m.version) not in db.registry:
@@ -186,12 +198,17 @@ class Runtime:
         self.schedule_loop = ScheduleLoop(self, checked) if checked else None
         self.listen = polling.listen if polling.listen is not None else not isinstance(self.clock, VirtualClock)
         self.lost: set[Claim] = set()
-        self.schedulers = {
-            q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()
-        }
-        self.flusher = Flusher(db.pool, self.worker_id, self.clock, max_batch=flushing.max_batch,
-                               linger=flushing.linger, on_commit=self._woken, lease=self.lease,
-                               parallel=flushing.parallel)
+        self.schedulers = {q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()}
+        self.flusher = Flusher(
+            db.pool,
+            self.worker_id,
+            self.clock,
+            max_batch=flushing.max_batch,
+            linger=flushing.linger,
+            on_commit=self._woken,
+            lease=self.lease,
+            parallel=flushing.parallel,
+        )
         # a database that does not answer: one log line when it goes, one when it is back; loops back off
         self.outage = Outage(self.log_error, seed=self.worker_id, cap=min(2.0, self.heartbeat_every))
         self.flusher.outage = self.outage
@@ -243,8 +260,7 @@ class Runtime:
         if not self.stopping:
             self.stopping = True
             if self._work_scope is not None:
-                self._work_scope.deadline = min(self._work_scope.deadline,
-                                                trio.current_time() + self.drain_timeout)
+                self._work_scope.deadline = min(self._work_scope.deadline, trio.current_time() + self.drain_timeout)
             for s in self.schedulers.values():
                 s.wakeup.set()
 
@@ -270,8 +286,15 @@ class Runtime:
         await self._free_dead_workers()  # before registering: this very id may be a dead predecessor's
         _RUNNING[self.worker_id] += 1
         self._registered_here = True
-        await pool.execute(Q.register_worker, self.worker_id, socket.gethostname(), os.getpid(),
-                           list(self.schedulers), self._gauges_json(), self.clock.now())
+        await pool.execute(
+            Q.register_worker,
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            list(self.schedulers),
+            self._gauges_json(),
+            self.clock.now(),
+        )
         for q, s in self.schedulers.items():
             self.db.add_waker(q, s.wakeup.set)
             self.db.add_handoff(q, s)
@@ -333,8 +356,14 @@ class Runtime:
             return True
         claims = sorted(claims, key=_claim_id)  # held claims come from sets: one order, for the simulator's replay
         try:
-            rows = await self.db.pool.fetch(Q.release, [c.id for c in claims], [c.lease_token for c in claims],
-                                            [bump] * len(claims), self.worker_id, self.clock.now())
+            rows = await self.db.pool.fetch(
+                Q.release,
+                [c.id for c in claims],
+                [c.lease_token for c in claims],
+                [bump] * len(claims),
+                self.worker_id,
+                self.clock.now(),
+            )
         except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 self.outage.failed(exc)
@@ -349,8 +378,9 @@ class Runtime:
     async def _heartbeat_loop(self) -> None:
         while True:
             # the database down: try again sooner than the next beat, backing off
-            await trio.sleep(min(self.heartbeat_every, self.outage.delay()) if self.outage.down
-                             else self.heartbeat_every)
+            await trio.sleep(
+                min(self.heartbeat_every, self.outage.delay()) if self.outage.down else self.heartbeat_every
+            )
             await self.beat()
 
     async def beat(self) -> set[int]:
@@ -360,12 +390,19 @@ class Runtime:
         held = sorted((c for s in self.schedulers.values() for c in s.held() if c.lost is None), key=_claim_id)
         tokens = [c.lease_token for c in held]
         began = trio.current_time()  # the extended leases run from a moment after this
-        with tracing.span("durable heartbeat", {"durable.worker.id": self.worker_id,
-                                                 "durable.claims": len(held)}) as span:
+        with tracing.span(
+            "durable heartbeat", {"durable.worker.id": self.worker_id, "durable.claims": len(held)}
+        ) as span:
             try:
                 row = await self.db.pool.fetchrow(
-                    Q.heartbeat, [c.id for c in held], tokens, self.lease,
-                    self.clock.now(), self.worker_id, self._gauges_json())
+                    Q.heartbeat,
+                    [c.id for c in held],
+                    tokens,
+                    self.lease,
+                    self.clock.now(),
+                    self.worker_id,
+                    self._gauges_json(),
+                )
             except (DatabaseUnavailable, PostgresError, OSError) as exc:
                 if unavailable(exc):
                     self.outage.failed(exc)
@@ -376,14 +413,16 @@ class Runtime:
             self.outage.succeeded()
             extended = set(row["extended"]) if row else set()
             span.set_attribute("durable.extended", len(extended))
-            self._settle_leases(held, tokens, set(row["tokens"]) if row else set(), set(row["lost"]) if row else set(),
-                                began)
+            self._settle_leases(
+                held, tokens, set(row["tokens"]) if row else set(), set(row["lost"]) if row else set(), began
+            )
             self.cancel_requested(held, tokens, set(row["cancel"]) if row else set())
         self.heartbeats += 1
         return extended
 
-    def _settle_leases(self, held: list[Claim], tokens: list[int], extended: set[int], lost: set[int],
-                       began: float) -> None:
+    def _settle_leases(
+        self, held: list[Claim], tokens: list[int], extended: set[int], lost: set[int], began: float
+    ) -> None:
         """After a heartbeat: extended claims hold until ``began + lease``; a claim no longer held (reaped,
         fenced, re-claimed) whose step runs or waits is lost. A claim whose outcome is committing is left
         to the commit (fenced there if it was lost); one that moved on meanwhile (run-ahead) is skipped."""
@@ -426,8 +465,11 @@ class Runtime:
         for s in self.schedulers.values():
             for c in (*s.in_flight, *s.buffer):
                 if c.lost is None and now >= c.lease_until:
-                    self.lose(c, f"the lease passed {now - c.lease_until + self.lease:.2f}s after it was last "
-                                 f"extended (lease {self.lease:g}s)")
+                    self.lose(
+                        c,
+                        f"the lease passed {now - c.lease_until + self.lease:.2f}s after it was last "
+                        f"extended (lease {self.lease:g}s)",
+                    )
 
     async def _lease_watch_loop(self) -> None:
         """Check the leases at each one's expiry (and at least every heartbeat period), so a step whose
@@ -435,8 +477,10 @@ class Runtime:
         first chance after its lease passes."""
         while True:
             now = trio.current_time()
-            due = min((c.lease_until for s in self.schedulers.values() for c in (*s.in_flight, *s.buffer)
-                       if c.lost is None), default=now + self.heartbeat_every)
+            due = min(
+                (c.lease_until for s in self.schedulers.values() for c in (*s.in_flight, *s.buffer) if c.lost is None),
+                default=now + self.heartbeat_every,
+            )
             # at most a third of a lease: a claim taken meanwhile is checked well before its lease passes
             await trio.sleep(max(0.0, min(due - now, self.heartbeat_every, self.lease / 3)))
             self.check_leases()
@@ -446,10 +490,18 @@ class Runtime:
         (executor.watched): reported with its machine and step; leases that passed meanwhile are lost
         now, this step's first (it is cancelled at the checkpoint it just reached)."""
         self.blocked_steps += 1
-        log.warning("durable[%s]: step %s.%s of instance %d (attempt %d) blocked the event loop for %.2fs, "
-                    "over a third of the %gs lease: every step and heartbeat of this worker waited; "
-                    "run blocking code with trio.to_thread.run_sync", self.worker_id, claim.machine,
-                    claim.step, claim.id, claim.attempt, seconds, self.lease)
+        log.warning(
+            "durable[%s]: step %s.%s of instance %d (attempt %d) blocked the event loop for %.2fs, "
+            "over a third of the %gs lease: every step and heartbeat of this worker waited; "
+            "run blocking code with trio.to_thread.run_sync",
+            self.worker_id,
+            claim.machine,
+            claim.step,
+            claim.id,
+            claim.attempt,
+            seconds,
+            self.lease,
+        )
         spans.loop_blocked(claim, seconds, self.block_limit)
         if trio.current_time() >= claim.lease_until:
             self.lose(claim, f"the lease passed while the step held the event loop for {seconds:.2f}s")
@@ -459,12 +511,27 @@ class Runtime:
         """Record a lost claim (its step cancelled or never started): a 'lease_lost' history row; a claim
         the database still holds (only our own count had passed) goes back to runnable at once."""
         self.leases_lost += 1
-        log.warning("durable[%s]: lost the lease of instance %d at %s.%s (attempt %d), step cancelled: %s",
-                    self.worker_id, claim.id, claim.machine, claim.step, claim.attempt, why)
+        log.warning(
+            "durable[%s]: lost the lease of instance %d at %s.%s (attempt %d), step cancelled: %s",
+            self.worker_id,
+            claim.id,
+            claim.machine,
+            claim.step,
+            claim.attempt,
+            why,
+        )
         try:
             rows = await self.db.pool.fetch(
-                Q.lease_lost, [claim.id], [claim.lease_token], [1 if claim.started else 0], [why], [claim.step],
-                [claim.attempt], self.worker_id, self.clock.now())
+                Q.lease_lost,
+                [claim.id],
+                [claim.lease_token],
+                [1 if claim.started else 0],
+                [why],
+                [claim.step],
+                [claim.attempt],
+                self.worker_id,
+                self.clock.now(),
+            )
         except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 self.outage.failed(exc)
@@ -483,16 +550,21 @@ class Runtime:
             dead = [(r["id"], why) for r in rows if (why := _gone(r["id"], r["pid"], host)) is not None]
             if not dead:
                 return
-            freed = await self.db.pool.fetch(Q.release_dead_workers, [d[0] for d in dead], [d[1] for d in dead],
-                                             self.worker_id, self.clock.now())
+            freed = await self.db.pool.fetch(
+                Q.release_dead_workers, [d[0] for d in dead], [d[1] for d in dead], self.worker_id, self.clock.now()
+            )
         except (DatabaseUnavailable, PostgresError, OSError) as exc:
             self.log_error(f"releasing the claims of dead workers failed (the reaper will return them): {exc}")
             return
         self.freed_at_start += len(freed)
         self.db.wake(r["queue"] for r in freed)
         if freed:
-            log.warning("durable[%s]: released %d claims of dead workers at start: %s", self.worker_id,
-                        len(freed), "; ".join(f"{w} ({why})" for w, why in dead))
+            log.warning(
+                "durable[%s]: released %d claims of dead workers at start: %s",
+                self.worker_id,
+                len(freed),
+                "; ".join(f"{w} ({why})" for w, why in dead),
+            )
 
     async def _reaper_loop(self) -> None:
         while True:

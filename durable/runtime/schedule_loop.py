@@ -30,6 +30,7 @@ class Database(Base, Protocol):
 
     def insert_many(self, specs: Iterable[Insert]) -> Awaitable[list[int | None]]: ...
 
+
 __all__ = ["CATCH_UP_BATCH", "MAX_NAP", "ScheduleLoop"]
 
 

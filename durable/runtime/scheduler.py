@@ -82,7 +82,6 @@ class Host(Protocol):
     @property
     def on_step(self) -> Callable[[Claim, Encoded, Committed], None] | None: ...
 
-
     def log_error(self, message: str) -> None: ...
 
     def lose(self, claim: Claim, why: str) -> None: ...
@@ -94,6 +93,7 @@ class Host(Protocol):
     def timer_set(self, seconds: float) -> None: ...
 
     def ran(self, claim: Claim, seconds: float) -> None: ...
+
 
 PICK_RETRIES = 3
 
@@ -152,9 +152,17 @@ class Scheduler:
 
     def gauges(self) -> dict[str, float]:
         return {
-            "concurrency": self.concurrency, "prefetch": self.prefetch, "in_flight": len(self.in_flight),
-            "committing": len(self.committing), "buffered": len(self.buffer), "steps": self.steps,
-            "done": self.done, "failed": self.failed, "fenced": self.fenced, "picks": self.picks, "handed": self.handed,
+            "concurrency": self.concurrency,
+            "prefetch": self.prefetch,
+            "in_flight": len(self.in_flight),
+            "committing": len(self.committing),
+            "buffered": len(self.buffer),
+            "steps": self.steps,
+            "done": self.done,
+            "failed": self.failed,
+            "fenced": self.fenced,
+            "picks": self.picks,
+            "handed": self.handed,
             "heartbeat": self.runtime.heartbeat_every,
         }
 
@@ -191,11 +199,20 @@ class Scheduler:
         if rt.stopping or not self._slots_open:
             return False
         # a pick span like the scheduler's own (a root span of this worker), marked as a handoff
-        with tracing.span("durable pick", {"messaging.system": "durable", "messaging.operation.type": "receive",
-                                            "messaging.destination.name": self.queue,
-                                            "durable.demand": len(claims), "durable.worker.id": rt.worker_id,
-                                            "durable.claimed": len(claims), "durable.handoff": True},
-                          kind=tracing.SpanKind.CONSUMER, parent=tracing.detached()):
+        with tracing.span(
+            "durable pick",
+            {
+                "messaging.system": "durable",
+                "messaging.operation.type": "receive",
+                "messaging.destination.name": self.queue,
+                "durable.demand": len(claims),
+                "durable.worker.id": rt.worker_id,
+                "durable.claimed": len(claims),
+                "durable.handoff": True,
+            },
+            kind=tracing.SpanKind.CONSUMER,
+            parent=tracing.detached(),
+        ):
             for c in claims:
                 c.lease_until = self._offered + rt.lease
             self.buffer.extend(claims)
@@ -327,8 +344,13 @@ class Scheduler:
             return
         encoded = ran[0]
         # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
-        encoded.hold = (encoded.kind == "next" and claim.ahead < rt.chain and not rt.stopping
-                        and encoded.delay is None and encoded.wake_at is None)  # a delayed next sleeps
+        encoded.hold = (
+            encoded.kind == "next"
+            and claim.ahead < rt.chain
+            and not rt.stopping
+            and encoded.delay is None
+            and encoded.wake_at is None
+        )  # a delayed next sleeps
         self.in_flight.discard(claim)
         self.committing.add(claim)
         claim.submitted = now  # the step's end: a run-ahead lease, which starts after it, is counted short
@@ -337,8 +359,14 @@ class Scheduler:
         if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
             self.wakeup.set()
 
-    def committed(self, claim: Claim, encoded: Encoded, span: spans.PendingOutcome, result: Committed | None,
-                  error: BaseException | None) -> None:
+    def committed(
+        self,
+        claim: Claim,
+        encoded: Encoded,
+        span: spans.PendingOutcome,
+        result: Committed | None,
+        error: BaseException | None,
+    ) -> None:
         """The flusher's answer for one outcome (called in the flusher's task, after the commit)."""
         rt = self.runtime
         self.committing.discard(claim)
@@ -389,8 +417,9 @@ class Scheduler:
         if refusal is None or claim.rejections >= 2 or not self._slots_open or rt.stopping:
             return False
         claim.rejected, claim.rejections = refusal, claim.rejections + 1
-        rt.log_error(f"outcome of instance {claim.id} ({claim.machine}.{claim.step}) refused, handle() decides: "
-                     f"{refusal}")
+        rt.log_error(
+            f"outcome of instance {claim.id} ({claim.machine}.{claim.step}) refused, handle() decides: {refusal}"
+        )
         self.buffer.appendleft(claim)
         self._ready.unpark()
         return True
@@ -406,8 +435,9 @@ class Scheduler:
     async def release_orphans(self) -> None:
         rt = self.runtime
         try:
-            await rt.db.pool.fetch(Q.release_orphans, rt.worker_id, self.queue,
-                                   [c.id for c in self.held()], rt.clock.now())
+            await rt.db.pool.fetch(
+                Q.release_orphans, rt.worker_id, self.queue, [c.id for c in self.held()], rt.clock.now()
+            )
         except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
                 rt.outage.failed(exc)
@@ -418,18 +448,24 @@ class Scheduler:
 
     async def pick(self, demand: int) -> list[Claim]:
         rt = self.runtime
-        with tracing.span("durable pick", {"messaging.system": "durable",
-                                            "messaging.operation.type": "receive",
-                                            "messaging.destination.name": self.queue,
-                                            "durable.demand": demand,
-                                            "durable.worker.id": rt.worker_id,
-                                            "durable.claimed": 0},  # until the claims are in
-                          kind=tracing.SpanKind.CONSUMER) as span:
+        with tracing.span(
+            "durable pick",
+            {
+                "messaging.system": "durable",
+                "messaging.operation.type": "receive",
+                "messaging.destination.name": self.queue,
+                "durable.demand": demand,
+                "durable.worker.id": rt.worker_id,
+                "durable.claimed": 0,
+            },  # until the claims are in
+            kind=tracing.SpanKind.CONSUMER,
+        ) as span:
             for attempt in range(PICK_RETRIES):
                 try:
                     began = trio.current_time()  # the claims' leases start after this
-                    rows = await rt.db.pool.fetch(Q.pick, self.queue, demand, rt.worker_id, rt.lease,
-                                                  rt.clock.now(), None, None)
+                    rows = await rt.db.pool.fetch(
+                        Q.pick, self.queue, demand, rt.worker_id, rt.lease, rt.clock.now(), None, None
+                    )
                     break
                 except UniqueViolationError as exc:
                     # two runtimes claimed rows of one partition or unique key at once: the index said
@@ -468,8 +504,10 @@ class Scheduler:
         if clash == self.clash:
             return
         if clash is not None:
-            self.runtime.log_error(f"pick on queue {self.queue!r} failed {PICK_RETRIES} tries in a row on "
-                                   f"{clash}: {exc} (no rows claimed; retrying at the idle interval)")
+            self.runtime.log_error(
+                f"pick on queue {self.queue!r} failed {PICK_RETRIES} tries in a row on "
+                f"{clash}: {exc} (no rows claimed; retrying at the idle interval)"
+            )
         else:
             self.runtime.log_error(f"pick on queue {self.queue!r} claims again (it failed on {self.clash})")
         self.clash = clash
@@ -479,10 +517,27 @@ def handed_claims(cols: InsertColumns, rows: Sequence[Any]) -> list[Claim]:
     """The claims of the rows an insert handed over (``insert_instances`` rows with a lease token), built
     from the insert's own columns: a fresh instance, attempt 0, no signals, no children, no parent."""
     return [
-        Claim(id=r["id"], machine=cols.machine[i], version=cols.version[i], step=cols.step[i], state_json=r["state"],
-              attempt=0, queue=cols.queue[i], priority=cols.priority[i], partition_key=None,
-              lease_token=r["lease_token"], signal_seq=0, awaits=None, parent_id=None, cancel_requested=False,
-              traceparent=cols.traceparent[i], tracestate=cols.tracestate[i], signals=(), children=(),
-              attributes=cols.attributes[i])
-        for i, r in enumerate(rows) if r["lease_token"] is not None
+        Claim(
+            id=r["id"],
+            machine=cols.machine[i],
+            version=cols.version[i],
+            step=cols.step[i],
+            state_json=r["state"],
+            attempt=0,
+            queue=cols.queue[i],
+            priority=cols.priority[i],
+            partition_key=None,
+            lease_token=r["lease_token"],
+            signal_seq=0,
+            awaits=None,
+            parent_id=None,
+            cancel_requested=False,
+            traceparent=cols.traceparent[i],
+            tracestate=cols.tracestate[i],
+            signals=(),
+            children=(),
+            attributes=cols.attributes[i],
+        )
+        for i, r in enumerate(rows)
+        if r["lease_token"] is not None
     ]

@@ -53,8 +53,14 @@ def start_outcome(claim: Claim, encoded: Encoded) -> PendingOutcome:
 _NO_OUTCOME = PendingOutcome(INVALID_SPAN, 0.0)
 
 
-def finish_outcome(pending: PendingOutcome, claim: Claim, encoded: Encoded, *,
-                   result: Committed | None = None, error: BaseException | None = None) -> None:
+def finish_outcome(
+    pending: PendingOutcome,
+    claim: Claim,
+    encoded: Encoded,
+    *,
+    result: Committed | None = None,
+    error: BaseException | None = None,
+) -> None:
     """After the commit: an ``outcome`` event on the step span (kind, or ``fenced`` when the lease
     was lost meanwhile; next step, delay, error, resulting status), then the span ends. Counts the
     step in the metrics."""
@@ -63,17 +69,22 @@ def finish_outcome(pending: PendingOutcome, claim: Claim, encoded: Encoded, *,
     kind = "uncommitted" if result is None else "fenced" if result.fenced else encoded.kind
     s = pending.span
     if s.is_recording():
-        s.add_event("outcome", tracing._clean({
-            "durable.outcome": kind,
-            "durable.next_step": encoded.step,
-            "durable.delay": encoded.delay,
-            "durable.error": encoded.error,
-            "durable.signal.name": encoded.awaits,
-            "durable.children": len(encoded.children) if encoded.children is not None else None,
-            "durable.status": result.status if result is not None else None,
-            "durable.run_ahead": True if result is not None and result.held is not None else None,
-            "durable.commit_ms": round((time.perf_counter() - pending.started) * 1000, 3),
-        }))
+        s.add_event(
+            "outcome",
+            tracing._clean(
+                {
+                    "durable.outcome": kind,
+                    "durable.next_step": encoded.step,
+                    "durable.delay": encoded.delay,
+                    "durable.error": encoded.error,
+                    "durable.signal.name": encoded.awaits,
+                    "durable.children": len(encoded.children) if encoded.children is not None else None,
+                    "durable.status": result.status if result is not None else None,
+                    "durable.run_ahead": True if result is not None and result.held is not None else None,
+                    "durable.commit_ms": round((time.perf_counter() - pending.started) * 1000, 3),
+                }
+            ),
+        )
         if result is None:
             s.set_attribute("durable.outcome", kind)
             if error is not None:
@@ -126,8 +137,15 @@ def loop_blocked(claim: Claim, seconds: float, limit: float) -> None:
         return
     s = trace.get_current_span()
     if s.is_recording():
-        s.add_event("durable.loop_blocked", {"durable.blocked_s": round(seconds, 3), "durable.block_limit_s": limit,
-                                             "durable.machine": claim.machine, "durable.step": claim.step})
+        s.add_event(
+            "durable.loop_blocked",
+            {
+                "durable.blocked_s": round(seconds, 3),
+                "durable.block_limit_s": limit,
+                "durable.machine": claim.machine,
+                "durable.step": claim.step,
+            },
+        )
     _blocked.add(1, {QUEUE: claim.queue, "durable.machine": claim.machine, "durable.step": claim.step})
 
 
@@ -158,25 +176,60 @@ def _gauge(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
             return []
         return [
             Observation(s.gauges()[field], {QUEUE: q, WORKER: rt.worker_id})
-            for rt in _watched() for q, s in list(rt.schedulers.items())
+            for rt in _watched()
+            for q, s in list(rt.schedulers.items())
         ]
 
     return observe
 
 
-_steps = tracing.meter.create_counter("durable.steps", unit="{step}",
-                              description="Step executions, by queue, machine and outcome.")
-_blocked = tracing.meter.create_counter("durable.steps.blocked", unit="{step}",
-                                description="Steps that held the event loop longer than a third of the lease.")
+_steps = tracing.meter.create_counter(
+    "durable.steps", unit="{step}", description="Step executions, by queue, machine and outcome."
+)
+_blocked = tracing.meter.create_counter(
+    "durable.steps.blocked",
+    unit="{step}",
+    description="Steps that held the event loop longer than a third of the lease.",
+)
 _step_duration = tracing.meter.create_histogram(
-    "durable.step.duration", unit="s", description="Time spent running a step (not committing it).",
-    explicit_bucket_boundaries_advisory=[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                         1, 2.5, 5, 10, 30, 60, 300])
-tracing.meter.create_observable_gauge("durable.in_flight", callbacks=[_gauge("in_flight")], unit="{step}",
-                              description="Steps executing now, per queue and worker.")
-tracing.meter.create_observable_gauge("durable.buffered", callbacks=[_gauge("buffered")], unit="{step}",
-                              description="Claims picked and waiting for a free slot, per queue and worker.")
-tracing.meter.create_observable_gauge("durable.concurrency", callbacks=[_gauge("concurrency")], unit="{step}",
-                              description="Configured concurrency, per queue and worker.")
-
-
+    "durable.step.duration",
+    unit="s",
+    description="Time spent running a step (not committing it).",
+    explicit_bucket_boundaries_advisory=[
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+        60,
+        300,
+    ],
+)
+tracing.meter.create_observable_gauge(
+    "durable.in_flight",
+    callbacks=[_gauge("in_flight")],
+    unit="{step}",
+    description="Steps executing now, per queue and worker.",
+)
+tracing.meter.create_observable_gauge(
+    "durable.buffered",
+    callbacks=[_gauge("buffered")],
+    unit="{step}",
+    description="Claims picked and waiting for a free slot, per queue and worker.",
+)
+tracing.meter.create_observable_gauge(
+    "durable.concurrency",
+    callbacks=[_gauge("concurrency")],
+    unit="{step}",
+    description="Configured concurrency, per queue and worker.",
+)

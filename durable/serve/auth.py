@@ -45,7 +45,7 @@ def own_token_endpoint(path: str) -> bool:
     segments = path.split("/")
     if RESERVED not in segments:
         return False
-    rest = segments[segments.index(RESERVED) + 1:]
+    rest = segments[segments.index(RESERVED) + 1 :]
     return len(rest) == 3 and rest[0] == "subscriptions" and rest[2] in OWN_TOKEN_ACTIONS
 
 
@@ -97,8 +97,15 @@ class AccessControl:
         else:
             body = MESSAGE.encode() + b"\n"
             content_type = b"text/plain; charset=utf-8"
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"www-authenticate", b'Bearer realm="durable"'), (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-        ]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"www-authenticate", b'Bearer realm="durable"'),
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -12,34 +12,78 @@ from ..cli import EXIT_UNREACHABLE, dsn_option, json_option, run, schema_option
 
 @click.command(name="serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=4437, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0 = any free port; the URL is printed).")
+@click.option(
+    "--port",
+    default=4437,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port (0 = any free port; the URL is printed).",
+)
 @dsn_option
 @schema_option
-@click.option("--long-poll-timeout", default=30.0, show_default=True, type=click.FloatRange(0.05, 300),
-              help="Seconds a long-poll (or an idle SSE interval) waits for data.")
-@click.option("--max-append-bytes", default=8 << 20, show_default=True, type=click.IntRange(1),
-              help="Largest accepted stream or signal body (413 above; a larger Content-Length is refused "
-                   "before the body is read).")
-@click.option("--body-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              envvar="DURABLE_SERVE_BODY_TIMEOUT",
-              help="Seconds a request body may take to arrive in full after the request's head (408 after; "
-                   "env DURABLE_SERVE_BODY_TIMEOUT).")
-@click.option("--public-url", default=None, metavar="URL",
-              help="Base URL of callback and JWKS links in subscriptions (default: the request's origin).")
-@click.option("--dev-webhooks/--no-dev-webhooks", default=True, show_default=True,
-              help="Allow webhook URLs on localhost and 127.0.0.x (plain http:// included).")
-@click.option("--token", "tokens", multiple=True, envvar="DURABLE_SERVE_TOKEN", metavar="TOKEN",
-              help="Require 'Authorization: Bearer TOKEN' on every request that creates, modifies or deletes "
-                   "(repeat for several tokens; env DURABLE_SERVE_TOKEN, whitespace-separated).")
-@click.option("--protect-reads", is_flag=True,
-              help="Require the token on reads (GET, HEAD) too.")
-@click.option("--insecure-no-auth", is_flag=True,
-              help="Allow listening on a non-loopback interface without --token.")
+@click.option(
+    "--long-poll-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 300),
+    help="Seconds a long-poll (or an idle SSE interval) waits for data.",
+)
+@click.option(
+    "--max-append-bytes",
+    default=8 << 20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest accepted stream or signal body (413 above; a larger Content-Length is refused "
+    "before the body is read).",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    envvar="DURABLE_SERVE_BODY_TIMEOUT",
+    help="Seconds a request body may take to arrive in full after the request's head (408 after; "
+    "env DURABLE_SERVE_BODY_TIMEOUT).",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    metavar="URL",
+    help="Base URL of callback and JWKS links in subscriptions (default: the request's origin).",
+)
+@click.option(
+    "--dev-webhooks/--no-dev-webhooks",
+    default=True,
+    show_default=True,
+    help="Allow webhook URLs on localhost and 127.0.0.x (plain http:// included).",
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    envvar="DURABLE_SERVE_TOKEN",
+    metavar="TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on every request that creates, modifies or deletes "
+    "(repeat for several tokens; env DURABLE_SERVE_TOKEN, whitespace-separated).",
+)
+@click.option("--protect-reads", is_flag=True, help="Require the token on reads (GET, HEAD) too.")
+@click.option("--insecure-no-auth", is_flag=True, help="Allow listening on a non-loopback interface without --token.")
 @json_option
-def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeout: float,
-            max_append_bytes: int, body_timeout: float, public_url: str | None, dev_webhooks: bool,
-            tokens: tuple[str, ...], protect_reads: bool, insecure_no_auth: bool, as_json: bool) -> None:
+def command(
+    host: str,
+    port: int,
+    dsn: str | None,
+    schema: str,
+    long_poll_timeout: float,
+    max_append_bytes: int,
+    body_timeout: float,
+    public_url: str | None,
+    dev_webhooks: bool,
+    tokens: tuple[str, ...],
+    protect_reads: bool,
+    insecure_no_auth: bool,
+    as_json: bool,
+) -> None:
     """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name}).
 
     Without --token anyone who can reach the server may write: it then listens only on loopback
@@ -62,18 +106,30 @@ def command(host: str, port: int, dsn: str | None, schema: str, long_poll_timeou
     if protect_reads and not tokens:
         raise click.UsageError("--protect-reads needs --token")
     if not tokens and not insecure_no_auth and not is_loopback(host):
-        click.echo(f"error: refusing to listen on {host} without access control: pass --token TOKEN (or set "
-                   "DURABLE_SERVE_TOKEN), or --insecure-no-auth to serve without authentication", err=True)
+        click.echo(
+            f"error: refusing to listen on {host} without access control: pass --token TOKEN (or set "
+            "DURABLE_SERVE_TOKEN), or --insecure-no-auth to serve without authentication",
+            err=True,
+        )
         sys.exit(2)
-    settings = Settings(long_poll_timeout=long_poll_timeout, max_append_bytes=max_append_bytes,
-                        body_timeout=body_timeout, public_url=public_url, allow_dev_webhooks=dev_webhooks,
-                        tokens=tuple(t.strip() for t in tokens), protect_reads=protect_reads)
+    settings = Settings(
+        long_poll_timeout=long_poll_timeout,
+        max_append_bytes=max_append_bytes,
+        body_timeout=body_timeout,
+        public_url=public_url,
+        allow_dev_webhooks=dev_webhooks,
+        tokens=tuple(t.strip() for t in tokens),
+        protect_reads=protect_reads,
+    )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
-            access = ("token required for writes and reads" if protect_reads else "token required for writes") \
-                if tokens else "no access control"
+            access = (
+                ("token required for writes and reads" if protect_reads else "token required for writes")
+                if tokens
+                else "no access control"
+            )
             if as_json:  # one line for scripts (with --port 0: the port it got)
                 click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
             else:

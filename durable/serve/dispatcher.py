@@ -25,8 +25,7 @@ class Dispatcher:
     """Finds subscriptions with pending work and sends their wakes (at most ``max_deliveries`` at once),
     when kicked by an append and every ``sweep_interval`` seconds (lease expiry, retries)."""
 
-    def __init__(self, wakes: Wakes, deliverer: Deliverer, *, sweep_interval: float,
-                 max_deliveries: int = 64) -> None:
+    def __init__(self, wakes: Wakes, deliverer: Deliverer, *, sweep_interval: float, max_deliveries: int = 64) -> None:
         self.wakes = wakes
         self.deliverer = deliverer
         self.sweep_interval = sweep_interval

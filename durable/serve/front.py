@@ -148,6 +148,7 @@ class TrioBridge:
         try:
             await done
         except asyncio.CancelledError:
+
             def cancel() -> None:
                 for cancel_scope in scopes:
                     cancel_scope.cancel()
@@ -233,8 +234,16 @@ class Front:
     """The front's thread: :meth:`start` (from trio) runs it until :meth:`stop`. ``wrap`` puts the
     access control, the guard and the common headers around the front's router."""
 
-    def __init__(self, dsn: str, schema: str, settings: Settings, sock: socket.socket,
-                 wrap: Callable[[ASGI], ASGI], bridge: ASGI, pooler: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        settings: Settings,
+        sock: socket.socket,
+        wrap: Callable[[ASGI], ASGI],
+        bridge: ASGI,
+        pooler: str | None = None,
+    ) -> None:
         self.dsn = dsn
         self.pooler = pooler
         self.schema = schema
@@ -297,8 +306,9 @@ class Front:
         import uvicorn
 
         settings = self.settings
-        pool = await Pool.open_native(self.dsn, self.schema, min_size=1, max_size=settings.connections + 2,
-                                      pooler=self.pooler)
+        pool = await Pool.open_native(
+            self.dsn, self.schema, min_size=1, max_size=settings.connections + 2, pooler=self.pooler
+        )
         try:
             store = self.store = Store(pool)
             async with store.pinned(settings.connections, group_commit=True):
@@ -322,10 +332,20 @@ class Front:
                     await response(scope, receive, send)
 
                 app = self.wrap(Router(stream_route, self.bridge))
-                config = uvicorn.Config(app, http=bounded_heads(), loop="none", lifespan="off", access_log=False,
-                                        log_config=None, log_level="warning", timeout_keep_alive=75,
-                                        timeout_graceful_shutdown=1, server_header=False, date_header=True,
-                                        proxy_headers=False)
+                config = uvicorn.Config(
+                    app,
+                    http=bounded_heads(),
+                    loop="none",
+                    lifespan="off",
+                    access_log=False,
+                    log_config=None,
+                    log_level="warning",
+                    timeout_keep_alive=75,
+                    timeout_graceful_shutdown=1,
+                    server_header=False,
+                    date_header=True,
+                    proxy_headers=False,
+                )
                 server = self._server = uvicorn.Server(config)
                 serving = asyncio.ensure_future(server.serve(sockets=[self.sock]))
                 while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn has no started event)

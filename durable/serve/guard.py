@@ -52,8 +52,10 @@ log = logging.getLogger("durable.serve")
 
 SIGNAL_ROUTE = re.compile(r"/instances/[0-9]+/signals/[^/]*")
 # the explicit pipeline's routes (durable/serve/claims.py): their errors are JSON, like a signal's
-CLAIM_ROUTE = re.compile(r"/queues/[^/]+/claims|/instances"
-                         r"|/instances/[0-9]+/(transition|complete|retry|fail|release|extend)")
+CLAIM_ROUTE = re.compile(
+    r"/queues/[^/]+/claims|/instances"
+    r"|/instances/[0-9]+/(transition|complete|retry|fail|release|extend)"
+)
 CONTROL_CODES = {
     400: "INVALID_REQUEST",
     404: "NOT_FOUND",

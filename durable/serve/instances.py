@@ -68,13 +68,22 @@ def signal_payload(body: bytes) -> Any:
 
 def event_json(row: Any) -> str:
     """One history row as the JSON message of the history stream."""
-    return json.dumps({
-        "id": row["id"], "instance_id": row["instance_id"], "machine": row["machine"],
-        "event": row["event"], "step": row["step"], "attempt": row["attempt"], "status": row["status"],
-        "worker_id": row["worker_id"], "lease_token": row["lease_token"],
-        "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
-        "at": row["at"].isoformat(),
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "id": row["id"],
+            "instance_id": row["instance_id"],
+            "machine": row["machine"],
+            "event": row["event"],
+            "step": row["step"],
+            "attempt": row["attempt"],
+            "status": row["status"],
+            "worker_id": row["worker_id"],
+            "lease_token": row["lease_token"],
+            "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
+            "at": row["at"].isoformat(),
+        },
+        separators=(",", ":"),
+    )
 
 
 class InstanceEndpoints:
@@ -113,8 +122,10 @@ class InstanceEndpoints:
                 raise BadRequest("invalid offset format")
             after = await self._tail(iid) if offset == "now" else parse_position(offset)
             if live == "sse":
-                return StreamingResponse(self._sse(iid, after, q.get("cursor")), headers={
-                    "cache-control": "no-cache", "content-type": "text/event-stream"})
+                return StreamingResponse(
+                    self._sse(iid, after, q.get("cursor")),
+                    headers={"cache-control": "no-cache", "content-type": "text/event-stream"},
+                )
             events, pos = await self._page(iid, after)
             if not events and live == "long-poll":
                 with trio.move_on_after(self.settings.long_poll_timeout):
@@ -122,9 +133,14 @@ class InstanceEndpoints:
                         await trio.sleep(POLL_INTERVAL)
                         events, pos = await self._page(iid, after)
                 if not events:
-                    return Response(status_code=204, headers={
-                        "Stream-Next-Offset": format_position(pos), "Stream-Up-To-Date": "true",
-                        "Stream-Cursor": p.cursor(q.get("cursor"))})
+                    return Response(
+                        status_code=204,
+                        headers={
+                            "Stream-Next-Offset": format_position(pos),
+                            "Stream-Up-To-Date": "true",
+                            "Stream-Cursor": p.cursor(q.get("cursor")),
+                        },
+                    )
             headers["Stream-Next-Offset"] = format_position(pos)
             if len(events) < PAGE_ROWS:
                 headers["Stream-Up-To-Date"] = "true"
@@ -142,8 +158,14 @@ class InstanceEndpoints:
             events, pos = await self._page(iid, after)
             if events or first or trio.current_time() - idle_since >= self.settings.long_poll_timeout:
                 out = [p.sse_event("data", "[" + ",".join(events) + "]")] if events else []
-                out.append(p.sse_control(format_position(pos), closed=False,
-                                         up_to_date=len(events) < PAGE_ROWS, client_cursor=client_cursor))
+                out.append(
+                    p.sse_control(
+                        format_position(pos),
+                        closed=False,
+                        up_to_date=len(events) < PAGE_ROWS,
+                        client_cursor=client_cursor,
+                    )
+                )
                 yield b"".join(out)
                 first = False
                 idle_since = trio.current_time()

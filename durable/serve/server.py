@@ -37,8 +37,7 @@ from .webhooks import Deliverer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-                Awaitable[None]]
+ASGI = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
 
 
@@ -50,8 +49,9 @@ class CommonHeaders:
         self.app = app
         self.raw = [(k.encode(), v.encode()) for k, v in COMMON_HEADERS.items()]
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -63,22 +63,23 @@ class CommonHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []),
-                                      *((k, v) for k, v in self.raw if k not in present)]
+                message["headers"] = [*message.get("headers", []), *((k, v) for k, v in self.raw if k not in present)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
-def build_app(db: Database, store: Store, hub: Hub, settings: Settings,
-              control: SubscriptionEndpoints | None = None) -> ASGI:
+def build_app(
+    db: Database, store: Store, hub: Hub, settings: Settings, control: SubscriptionEndpoints | None = None
+) -> ASGI:
     """Every endpoint with its middleware (the whole server on one trio loop, as with hypercorn)."""
     app = routes(db, store, hub, settings, control)
     return middleware(app, settings)
 
 
-def routes(db: Database, store: Store, hub: Hub, settings: Settings,
-           control: SubscriptionEndpoints | None = None) -> ASGI:
+def routes(
+    db: Database, store: Store, hub: Hub, settings: Settings, control: SubscriptionEndpoints | None = None
+) -> ASGI:
     """The Starlette app of every endpoint, without the middleware of :func:`middleware`."""
     streams = StreamEndpoints(store, hub, settings, control)
     instances = InstanceEndpoints(db, settings)
@@ -92,22 +93,26 @@ def routes(db: Database, store: Store, hub: Hub, settings: Settings,
     async def openapi_route(request: Request) -> Response:
         return spec
 
-    return Starlette(routes=[
-        Route("/instances/{id:int}/history", instances.history, methods=["GET", "HEAD"]),
-        Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
-        # the explicit pipeline (durable/serve/claims.py): these paths are the engine's, not streams
-        Route("/queues/{queue}/claims", claims.claim, methods=["POST"]),
-        Route("/instances", claims.insert, methods=["POST"]),
-        *(Route(f"/instances/{{id:int}}/{name}", claims.action(name), methods=["POST"]) for name in ACTIONS),
-        Route("/openapi.json", openapi_route, methods=["GET", "HEAD"]),
-        Route("/{path:path}", stream_route, methods=ALL_METHODS),
-    ], exception_handlers=exception_handlers())
+    return Starlette(
+        routes=[
+            Route("/instances/{id:int}/history", instances.history, methods=["GET", "HEAD"]),
+            Route("/instances/{id:int}/signals/{name}", instances.signal, methods=["POST"]),
+            # the explicit pipeline (durable/serve/claims.py): these paths are the engine's, not streams
+            Route("/queues/{queue}/claims", claims.claim, methods=["POST"]),
+            Route("/instances", claims.insert, methods=["POST"]),
+            *(Route(f"/instances/{{id:int}}/{name}", claims.action(name), methods=["POST"]) for name in ACTIONS),
+            Route("/openapi.json", openapi_route, methods=["GET", "HEAD"]),
+            Route("/{path:path}", stream_route, methods=ALL_METHODS),
+        ],
+        exception_handlers=exception_handlers(),
+    )
 
 
 def middleware(app: ASGI, settings: Settings) -> ASGI:
     """The request guard, the access control (with tokens) and the common headers around ``app``."""
-    guarded: ASGI = Guard(app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY,
-                    body_timeout=settings.body_timeout)
+    guarded: ASGI = Guard(
+        app, max_body=settings.max_append_bytes, max_control_body=MAX_CONTROL_BODY, body_timeout=settings.body_timeout
+    )
     if settings.tokens:
         guarded = AccessControl(guarded, settings.tokens, protect_reads=settings.protect_reads)
     return CommonHeaders(CloseUnread(guarded))
@@ -139,8 +144,11 @@ async def serve(
         # the trio side answers creates, deletes, live reads and the control API; appends and catch-up
         # reads go to the HTTP front (own pool) unless everything runs on hypercorn
         kept = settings.connections if http_stack() == "hypercorn" else max(2, settings.connections // 4)
-        async with hub.listening(db.pool, store.channel), store.pinned(kept), \
-                httpx.AsyncClient(follow_redirects=False) as http:
+        async with (
+            hub.listening(db.pool, store.channel),
+            store.pinned(kept),
+            httpx.AsyncClient(follow_redirects=False) as http,
+        ):
             config = Config()
             config.bind = [f"{host}:{port}"]
             config.accesslog = None
@@ -149,26 +157,40 @@ async def serve(
             config.graceful_timeout = 1
             wakes = await Wakes.load(store)
             signer = await Signer.load(store)
-            deliverer = Deliverer(wakes, signer, http, timeout=settings.webhook_timeout,
-                                  allow_dev=settings.allow_dev_webhooks)
+            deliverer = Deliverer(
+                wakes, signer, http, timeout=settings.webhook_timeout, allow_dev=settings.allow_dev_webhooks
+            )
             dispatcher = Dispatcher(wakes, deliverer, sweep_interval=settings.sweep_interval)
             hub.watch(dispatcher.stream_changed)
-            control = SubscriptionEndpoints(SubscriptionStore(store), wakes, signer, dispatcher,
-                                            allow_dev_webhooks=settings.allow_dev_webhooks,
-                                            public_url=settings.public_url)
+            control = SubscriptionEndpoints(
+                SubscriptionStore(store),
+                wakes,
+                signer,
+                dispatcher,
+                allow_dev_webhooks=settings.allow_dev_webhooks,
+                public_url=settings.public_url,
+            )
             inner = routes(db, store, hub, settings, control)
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(dispatcher.run)  # wakes and webhook deliveries
                 if http_stack() == "hypercorn":
                     binds: list[str] = await nursery.start(
-                        partial(hypercorn_serve, middleware(inner, settings), config, mode="asgi"))  # type: ignore[arg-type]
+                        partial(hypercorn_serve, middleware(inner, settings), config, mode="asgi")  # type: ignore[arg-type]
+                    )
                     task_status.started(Server(binds[0], store))
                     await trio.sleep_forever()
                 sock, url = bind(host, port)
                 bridge = TrioBridge(inner, trio.lowlevel.current_trio_token(), nursery)
-                front = Front(db.pool.dsn, schema, settings, sock, partial(middleware, settings=settings), bridge,
-                              pooler=db.pool.pooler)
+                front = Front(
+                    db.pool.dsn,
+                    schema,
+                    settings,
+                    sock,
+                    partial(middleware, settings=settings),
+                    bridge,
+                    pooler=db.pool.pooler,
+                )
                 try:
                     await front.start()
                     task_status.started(Server(url, store, front.store))

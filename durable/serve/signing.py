@@ -63,8 +63,9 @@ class Signer:
             x = b64url(private.public_key().public_bytes_raw())
             await store.one("execute", Q.signing_key_insert, thumbprint_kid(x), raw, x)
             rows = await store.one("fetch", Q.signing_keys)
-        return cls([SigningKey(r["kid"], Ed25519PrivateKey.from_private_bytes(bytes(r["private_key"])), r["x"])
-                    for r in rows])
+        return cls(
+            [SigningKey(r["kid"], Ed25519PrivateKey.from_private_bytes(bytes(r["private_key"])), r["x"]) for r in rows]
+        )
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """Every live public key, as a JWKS document."""

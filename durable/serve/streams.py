@@ -71,7 +71,7 @@ class StreamEndpoints:
             at = segments.index(RESERVED)
             if self.control is None:
                 return Response("the reserved __ds API is not enabled", status_code=501, media_type="text/plain")
-            return await self.control(request, "/".join(segments[:at]), segments[at + 1:])
+            return await self.control(request, "/".join(segments[:at]), segments[at + 1 :])
         try:
             match request.method:
                 case "PUT":
@@ -117,17 +117,22 @@ class StreamEndpoints:
         sub = p.parse_sub_offset(sub_raw)
         body = await self._body(request)
         spec = CreateSpec(
-            content_type=content_type, ttl_seconds=ttl, expires_at=expires_raw, expires_at_ts=expires_ts,
-            closed=p.is_true(h.get("stream-closed")), body=body, forked_from=forked_from,
-            fork_offset=fork_offset, fork_sub_offset=sub,
+            content_type=content_type,
+            ttl_seconds=ttl,
+            expires_at=expires_raw,
+            expires_at_ts=expires_ts,
+            closed=p.is_true(h.get("stream-closed")),
+            body=body,
+            forked_from=forked_from,
+            fork_offset=fork_offset,
+            fork_sub_offset=sub,
         )
         created = await self.store.create(path, spec)
         s = created.stream
         headers = {"content-type": s.content_type, "Stream-Next-Offset": s.next_offset}
         if created.new:  # the path as the client encoded it: a header value is latin-1 only
             raw = request.scope.get("raw_path")
-            headers["location"] = str(request.url.replace(path=raw.decode("ascii") if raw else quote(path),
-                                                          query=""))
+            headers["location"] = str(request.url.replace(path=raw.decode("ascii") if raw else quote(path), query=""))
             self.hub.notify(s.id)
         if s.closed:
             headers["Stream-Closed"] = "true"
@@ -159,8 +164,9 @@ class StreamEndpoints:
             content_type = h.get("content-type")
             if not content_type:
                 raise BadRequest("Content-Type is required")
-            result = await self.store.append(path, body, content_type=content_type, producer=producer,
-                                             stream_seq=h.get("stream-seq"), close=close)
+            result = await self.store.append(
+                path, body, content_type=content_type, producer=producer, stream_seq=h.get("stream-seq"), close=close
+            )
         headers: dict[str, str] = {}
         if result.status == "accepted" or result.closed or producer is None:
             headers["Stream-Next-Offset"] = result.next_offset
@@ -176,9 +182,12 @@ class StreamEndpoints:
     async def head(self, path: str) -> Response:
         """HEAD: the stream's metadata headers."""
         s = await self.store.get(path)
-        headers = {"content-type": s.content_type, "Stream-Next-Offset": s.next_offset,
-                   "cache-control": "no-store",
-                   "etag": p.etag(s.id, "-1", s.next_offset, s.closed)}
+        headers = {
+            "content-type": s.content_type,
+            "Stream-Next-Offset": s.next_offset,
+            "cache-control": "no-store",
+            "etag": p.etag(s.id, "-1", s.next_offset, s.closed),
+        }
         if s.closed:
             headers["Stream-Closed"] = "true"
         if s.ttl_seconds is not None:
@@ -210,8 +219,12 @@ class StreamEndpoints:
             return self.sse(path, s, None if offset == NOW else parse_offset(offset or "-1"), client_cursor)
         if offset == NOW and live != "long-poll":
             await self.store.touch(s)
-            headers = {"Stream-Next-Offset": s.next_offset, "Stream-Up-To-Date": "true",
-                       "cache-control": "no-store", "content-type": s.content_type}
+            headers = {
+                "Stream-Next-Offset": s.next_offset,
+                "Stream-Up-To-Date": "true",
+                "cache-control": "no-store",
+                "content-type": s.content_type,
+            }
             if s.closed:
                 headers["Stream-Closed"] = "true"
             return Response(b"[]" if s.json else b"", status_code=200, headers=headers)
@@ -221,13 +234,21 @@ class StreamEndpoints:
         page = await self.store.read_info(s, after)
         if live == "long-poll" and not page.messages and (offset == NOW or after == page.stream.tail):
             if page.stream.closed:
-                return Response(status_code=204, headers={
-                    "Stream-Next-Offset": page.stream.next_offset, "Stream-Up-To-Date": "true",
-                    "Stream-Closed": "true"})
+                return Response(
+                    status_code=204,
+                    headers={
+                        "Stream-Next-Offset": page.stream.next_offset,
+                        "Stream-Up-To-Date": "true",
+                        "Stream-Closed": "true",
+                    },
+                )
             page = await self._wait_for_data(path, page, event)
             if not page.messages:
-                headers = {"Stream-Next-Offset": page.next_offset, "Stream-Up-To-Date": "true",
-                           "Stream-Cursor": p.cursor(client_cursor)}
+                headers = {
+                    "Stream-Next-Offset": page.next_offset,
+                    "Stream-Up-To-Date": "true",
+                    "Stream-Cursor": p.cursor(client_cursor),
+                }
                 if page.stream.closed:
                     headers["Stream-Closed"] = "true"
                 return Response(status_code=204, headers=headers)
@@ -248,8 +269,9 @@ class StreamEndpoints:
             if page.messages or page.stream.closed:
                 return page
 
-    def _page_response(self, page: Page, start: str, request: Request, live: str | None,
-                       client_cursor: str | None) -> Response:
+    def _page_response(
+        self, page: Page, start: str, request: Request, live: str | None, client_cursor: str | None
+    ) -> Response:
         s = page.stream
         closed = page.closed_at_tail
         headers = {"content-type": s.content_type, "Stream-Next-Offset": page.next_offset}
@@ -279,8 +301,9 @@ class StreamEndpoints:
         events = self._sse_events(path, s, after, client_cursor, base64_mode)
         return StreamingResponse(events, status_code=200, headers=headers)
 
-    async def _sse_events(self, path: str, s: StreamInfo, after: int | None, client_cursor: str | None,
-                          base64_mode: bool) -> AsyncIterator[bytes]:
+    async def _sse_events(
+        self, path: str, s: StreamInfo, after: int | None, client_cursor: str | None, base64_mode: bool
+    ) -> AsyncIterator[bytes]:
         json_mode = is_json(s.content_type)
         position = s.tail if after is None else after
         ends_at = trio.current_time() + self.settings.sse_lifetime
@@ -296,11 +319,20 @@ class StreamEndpoints:
             for i, (end, data) in enumerate(page.messages):
                 last = i == len(page.messages) - 1
                 out.append(p.sse_data(data, base64_mode=base64_mode, json_mode=json_mode))
-                out.append(p.sse_control(format_offset(end), closed=closed and last,
-                                         up_to_date=page.up_to_date and last, client_cursor=client_cursor))
+                out.append(
+                    p.sse_control(
+                        format_offset(end),
+                        closed=closed and last,
+                        up_to_date=page.up_to_date and last,
+                        client_cursor=client_cursor,
+                    )
+                )
             if not page.messages:
-                out.append(p.sse_control(page.next_offset, closed=closed, up_to_date=page.up_to_date,
-                                         client_cursor=client_cursor))
+                out.append(
+                    p.sse_control(
+                        page.next_offset, closed=closed, up_to_date=page.up_to_date, client_cursor=client_cursor
+                    )
+                )
             yield b"".join(out)
             if closed:
                 return

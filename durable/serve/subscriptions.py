@@ -51,16 +51,23 @@ class Call:
 
 def method_not_allowed(allowed: str) -> SubscriptionError:
     """405 METHOD_NOT_ALLOWED naming the ``allowed`` methods (and an Allow header)."""
-    return SubscriptionError(405, "METHOD_NOT_ALLOWED", f"method not allowed here (allowed: {allowed})",
-                             allow=allowed)
+    return SubscriptionError(405, "METHOD_NOT_ALLOWED", f"method not allowed here (allowed: {allowed})", allow=allowed)
 
 
 class SubscriptionEndpoints:
     """The subscription API under ``__ds`` (protocol 6-7): PUT/GET/DELETE a subscription, webhook
     callbacks, and pull-wake claim, ack and release."""
 
-    def __init__(self, subs: SubscriptionStore, wakes: Wakes, signer: Signer, dispatcher: Dispatcher, *,
-                 allow_dev_webhooks: bool = True, public_url: str | None = None) -> None:
+    def __init__(
+        self,
+        subs: SubscriptionStore,
+        wakes: Wakes,
+        signer: Signer,
+        dispatcher: Dispatcher,
+        *,
+        allow_dev_webhooks: bool = True,
+        public_url: str | None = None,
+    ) -> None:
         self.subs = subs
         self.wakes = wakes
         self.signer = signer
@@ -75,8 +82,9 @@ class SubscriptionEndpoints:
             headers = {"allow": str(exc.extra["allow"])} if "allow" in exc.extra else None
             return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
         except DatabaseUnavailable as exc:
-            return JSONResponse({"error": {"code": "UNAVAILABLE", "message": str(exc)}}, status_code=503,
-                                headers={"retry-after": "1"})
+            return JSONResponse(
+                {"error": {"code": "UNAVAILABLE", "message": str(exc)}}, status_code=503, headers={"retry-after": "1"}
+            )
 
     def origin(self, request: Request) -> str:
         """The base of callback and JWKS URLs: ``public_url``, else the request's own origin."""
@@ -87,15 +95,21 @@ class SubscriptionEndpoints:
         if rest == ["jwks.json"]:
             if method not in ("GET", "HEAD"):
                 raise method_not_allowed("GET, HEAD")
-            return JSONResponse(self.signer.jwks(), media_type="application/jwk-set+json",
-                                headers={"cache-control": "public, max-age=300"})
+            return JSONResponse(
+                self.signer.jwks(),
+                media_type="application/jwk-set+json",
+                headers={"cache-control": "public, max-age=300"},
+            )
         if len(rest) < 2 or rest[0] != "subscriptions":
             raise SubscriptionError(404, "NOT_FOUND", "unknown control path under __ds")
         call = Call(request, root, check_id(rest[1]), self.origin(request))
         tail = rest[2:]
         if not tail:
             handlers: dict[str, Callable[[Call], Awaitable[Response]]] = {
-                "PUT": self.put, "GET": self.get, "DELETE": self.delete}
+                "PUT": self.put,
+                "GET": self.get,
+                "DELETE": self.delete,
+            }
             if method not in handlers:
                 raise method_not_allowed("PUT, GET, DELETE")
             return await handlers[method](call)
@@ -140,16 +154,28 @@ class SubscriptionEndpoints:
         sub = view.sub
         webhook: dict[str, object] | None = None
         if sub.webhook_url is not None:
-            webhook = {"url": sub.webhook_url, "signing": {
-                "alg": ALG, "kid": self.signer.active.kid,
-                "jwks_url": control_url(origin, sub.root, "jwks.json")}}
+            webhook = {
+                "url": sub.webhook_url,
+                "signing": {
+                    "alg": ALG,
+                    "kid": self.signer.active.kid,
+                    "jwks_url": control_url(origin, sub.root, "jwks.json"),
+                },
+            }
         created = sub.created_at.astimezone(UTC)
         out: dict[str, object] = {
-            "id": sub.name, "subscription_id": sub.name, "type": sub.type, "pattern": sub.pattern,
+            "id": sub.name,
+            "subscription_id": sub.name,
+            "type": sub.type,
+            "pattern": sub.pattern,
             "streams": [link.json(sub.root) for link in view.links],
-            "webhook": webhook, "wake_stream": sub.wake_stream, "lease_ttl_ms": sub.lease_ttl_ms,
+            "webhook": webhook,
+            "wake_stream": sub.wake_stream,
+            "lease_ttl_ms": sub.lease_ttl_ms,
             "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z",
-            "status": sub.status, "description": sub.description, "generation": sub.generation,
+            "status": sub.status,
+            "description": sub.description,
+            "generation": sub.generation,
         }
         if sub.last_error is not None:
             out["last_error"] = sub.last_error
@@ -176,8 +202,15 @@ class SubscriptionEndpoints:
         if not isinstance(worker, str) or not worker or len(worker) > 200:
             raise invalid('body must be {"worker": "<name>"} (1-200 characters)')
         wake = await self.wakes.claim(call.root, call.name, worker)
-        return JSONResponse({"wake_id": wake.wake_id, "generation": wake.generation, "token": wake.token,
-                             "streams": wake.streams_json(), "lease_ttl_ms": wake.sub.lease_ttl_ms})
+        return JSONResponse(
+            {
+                "wake_id": wake.wake_id,
+                "generation": wake.generation,
+                "token": wake.token,
+                "streams": wake.streams_json(),
+                "lease_ttl_ms": wake.sub.lease_ttl_ms,
+            }
+        )
 
     async def ack(self, call: Call) -> Response:
         """Pull-wake: acknowledge offsets of the claimed wake."""

@@ -100,8 +100,9 @@ class Deliverer:
     """Sends wakes to webhooks: signed POSTs (Ed25519) with a callback token, bounded by ``timeout``; the
     outcome is recorded through :class:`~durable.streams.wakes.Wakes`."""
 
-    def __init__(self, wakes: Wakes, signer: Signer, http: httpx.AsyncClient, *, timeout: float,
-                 allow_dev: bool) -> None:
+    def __init__(
+        self, wakes: Wakes, signer: Signer, http: httpx.AsyncClient, *, timeout: float, allow_dev: bool
+    ) -> None:
         self.wakes = wakes
         self.signer = signer
         self.http = http
@@ -111,12 +112,17 @@ class Deliverer:
     def body(self, wake: Wake) -> bytes:
         """The JSON body of ``wake``'s webhook POST."""
         sub = wake.sub
-        return json.dumps({
-            "subscription_id": sub.name, "wake_id": wake.wake_id, "generation": wake.generation,
-            "streams": wake.streams_json(),
-            "callback_url": control_url(sub.origin, sub.root, "subscriptions", sub.name, "callback"),
-            "callback_token": wake.token,
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "subscription_id": sub.name,
+                "wake_id": wake.wake_id,
+                "generation": wake.generation,
+                "streams": wake.streams_json(),
+                "callback_url": control_url(sub.origin, sub.root, "subscriptions", sub.name, "callback"),
+                "callback_token": wake.token,
+            },
+            separators=(",", ":"),
+        ).encode()
 
     async def deliver(self, wake: Wake) -> bool:
         """POST the wake, signed. True when the receiver answered ``{"done": true}`` and the wake's

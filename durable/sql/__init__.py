@@ -172,9 +172,11 @@ class _Queries:
 
 
 def _load_all() -> dict[str, Query]:
-    files = [(entry.name, entry.read_text("utf-8"))
-             for entry in sorted(resources.files(__package__).iterdir(), key=lambda e: e.name)
-             if entry.name.endswith(".sql")]
+    files = [
+        (entry.name, entry.read_text("utf-8"))
+        for entry in sorted(resources.files(__package__).iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".sql")
+    ]
     fragments: dict[str, str] = {}
     for file_name, text in files:
         for name, body in parse_fragments(text).items():

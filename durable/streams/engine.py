@@ -87,8 +87,14 @@ async def append(
     producer = Producer(str(ctx.id), ctx.lease_token, seq, spans_epochs=True)
     for attempt in range(2):
         try:
-            return await store.append(stream, body, content_type=content_type, producer=producer,
-                                      close=close, expected_lease=(ctx.id, ctx.lease_token))
+            return await store.append(
+                stream,
+                body,
+                content_type=content_type,
+                producer=producer,
+                close=close,
+                expected_lease=(ctx.id, ctx.lease_token),
+            )
         except StreamNotFound:
             if not create or attempt:
                 raise
@@ -119,7 +125,6 @@ class Stream:
     async def append(self, data: bytes | str | Any, *, close: bool = False) -> AppendResult:
         """Append ``data`` as this step's next sequence number (exactly once: a re-executed step's repeat
         is a duplicate); ``close`` closes the stream after it."""
-        result = await append(self.ctx, self.path, data, seq=self.next_seq,
-                              content_type=self.content_type, close=close)
+        result = await append(self.ctx, self.path, data, seq=self.next_seq, content_type=self.content_type, close=close)
         self.next_seq += 1
         return result

@@ -19,8 +19,20 @@ from __future__ import annotations
 
 from ..errors import DurableError, Fenced
 
-__all__ = ["BadRequest", "Conflict", "Fenced", "FencedAppend", "RequestTimeout", "StreamError", "StreamGone",
-           "StreamNotFound", "SubscriptionError", "TooLarge", "fenced", "invalid"]
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Fenced",
+    "FencedAppend",
+    "RequestTimeout",
+    "StreamError",
+    "StreamGone",
+    "StreamNotFound",
+    "SubscriptionError",
+    "TooLarge",
+    "fenced",
+    "invalid",
+]
 
 
 class StreamError(DurableError):
@@ -48,8 +60,9 @@ class FencedAppend(StreamError, Fenced):
 
     status = 403
 
-    def __init__(self, message: str, current_epoch: int, *, instance_id: int | None = None,
-                 lease_token: int | None = None) -> None:
+    def __init__(
+        self, message: str, current_epoch: int, *, instance_id: int | None = None, lease_token: int | None = None
+    ) -> None:
         StreamError.__init__(self, message, {"Producer-Epoch": str(current_epoch)})
         self.current_epoch = current_epoch
         self.instance_id = instance_id

@@ -100,8 +100,18 @@ class StreamInfo:
     @classmethod
     def of(cls, row: Record) -> StreamInfo:
         """The info of a ``stream_get`` row."""
-        return cls(row["id"], row["path"], row["content_type"], row["ttl_seconds"], row["expires_at"],
-                   row["tail"], row["closed"], row["forked_from"], row["fork_offset"], row["soft_deleted"])
+        return cls(
+            row["id"],
+            row["path"],
+            row["content_type"],
+            row["ttl_seconds"],
+            row["expires_at"],
+            row["tail"],
+            row["closed"],
+            row["forked_from"],
+            row["fork_offset"],
+            row["soft_deleted"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +325,9 @@ class Store:
             if fork_offset > source["tail"]:
                 raise BadRequest("fork offset beyond the source stream's tail")
             if spec.fork_sub_offset:
-                prefix = await self._sub_offset_prefix(conn, source["id"], fork_offset,
-                                                       spec.fork_sub_offset, is_json(content_type))
+                prefix = await self._sub_offset_prefix(
+                    conn, source["id"], fork_offset, spec.fork_sub_offset, is_json(content_type)
+                )
             if ttl is None and expires_at is None:
                 ttl, expires_at = source["ttl_seconds"], source["expires_at"]
                 expires_ts = source["expires_at_ts"]
@@ -331,8 +342,19 @@ class Store:
                 initial = spec.body
         start = fork_offset or 0
         sid = await conn.fetchval(
-            Q.stream_insert, path, content_type, ttl, expires_at, expires_ts, False, source_id,
-            fork_offset, spec.fork_sub_offset, spec.forked_from, spec.fork_offset is not None, start,
+            Q.stream_insert,
+            path,
+            content_type,
+            ttl,
+            expires_at,
+            expires_ts,
+            False,
+            source_id,
+            fork_offset,
+            spec.fork_sub_offset,
+            spec.forked_from,
+            spec.fork_offset is not None,
+            start,
         )
         if sid is None:
             return None
@@ -342,8 +364,9 @@ class Store:
         for data in (prefix, initial):
             if data:
                 tail += len(data)
-                await conn.fetch(Q.stream_append_txn, sid, tail, data, False, None, None, None, None,
-                                 False, self.channel)
+                await conn.fetch(
+                    Q.stream_append_txn, sid, tail, data, False, None, None, None, None, False, self.channel
+                )
         if spec.closed:
             await conn.fetch(Q.stream_close_txn, sid, None, None, None, False, self.channel)
         row = await conn.fetchrow(Q.stream_get, path)
@@ -364,8 +387,7 @@ class Store:
                 raise BadRequest("invalid fork sub-offset: the message is nested too deeply to split") from None
             if sub > len(values):
                 raise BadRequest("invalid fork sub-offset: beyond the message")
-            return json_message([json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-                                 for v in values[:sub]])
+            return json_message([json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values[:sub]])
         if sub > len(data):
             raise BadRequest("invalid fork sub-offset: beyond the message")
         return data[:sub]
@@ -391,20 +413,38 @@ class Store:
                 data = json_message(json_values(body, allow_empty=False))
             except BadRequest as exc:
                 data, json_error = None, ("empty_json" if "empty" in exc.message else "invalid_json")
-        return await self._write(path, data, content_type, close, producer, stream_seq, json_error,
-                                 expected_lease)
+        return await self._write(path, data, content_type, close, producer, stream_seq, json_error, expected_lease)
 
     async def close(self, path: str, *, producer: Producer | None = None) -> AppendResult:
         """Close without data (idempotent); with producer headers it takes part in sequencing."""
         return await self._write(path, None, None, True, producer, None, None, None)
 
-    async def _write(self, path: str, data: bytes | None, content_type: str | None, close: bool,
-                     producer: Producer | None, stream_seq: str | None, json_error: str | None,
-                     lease: tuple[int, int] | None) -> AppendResult:
+    async def _write(
+        self,
+        path: str,
+        data: bytes | None,
+        content_type: str | None,
+        close: bool,
+        producer: Producer | None,
+        stream_seq: str | None,
+        json_error: str | None,
+        lease: tuple[int, int] | None,
+    ) -> AppendResult:
         p = producer
-        args = AppendArgs(path, data, content_type, close, p.id if p else None, p.epoch if p else None,
-                          p.seq if p else None, p.spans_epochs if p else False, stream_seq, json_error,
-                          lease[0] if lease else None, lease[1] if lease else None)
+        args = AppendArgs(
+            path,
+            data,
+            content_type,
+            close,
+            p.id if p else None,
+            p.epoch if p else None,
+            p.seq if p else None,
+            p.spans_epochs if p else False,
+            stream_seq,
+            json_error,
+            lease[0] if lease else None,
+            lease[1] if lease else None,
+        )
         if self._group is not None:
             row = await self._group.append(args)
         else:
@@ -431,8 +471,12 @@ class Store:
                 raise StreamNotFound("stream not found")
             case "fenced_lease":
                 assert lease is not None
-                raise FencedAppend(f"instance {lease[0]} no longer holds lease {lease[1]}", row["current_epoch"],
-                                   instance_id=lease[0], lease_token=lease[1])
+                raise FencedAppend(
+                    f"instance {lease[0]} no longer holds lease {lease[1]}",
+                    row["current_epoch"],
+                    instance_id=lease[0],
+                    lease_token=lease[1],
+                )
             case "closed":
                 raise Conflict("stream is closed", {"Stream-Closed": "true", "Stream-Next-Offset": offset})
             case "content_type":
@@ -543,9 +587,21 @@ class AppendArgs:
 
     def single(self, channel: str) -> tuple[Any, ...]:
         """The arguments of ``stream_append``, in order."""
-        return (self.path, self.data, self.content_type, self.close, self.producer, self.epoch, self.seq,
-                self.spans_epochs, self.stream_seq, self.json_error, channel, self.lease_instance,
-                self.lease_token)
+        return (
+            self.path,
+            self.data,
+            self.content_type,
+            self.close,
+            self.producer,
+            self.epoch,
+            self.seq,
+            self.spans_epochs,
+            self.stream_seq,
+            self.json_error,
+            channel,
+            self.lease_instance,
+            self.lease_token,
+        )
 
     @property
     def size(self) -> int:
@@ -625,7 +681,7 @@ class GroupCommit:
                 break
             batch.append(waiter)
             size += waiter.args.size
-        del queue[:len(batch)]
+        del queue[: len(batch)]
         return batch
 
     async def run(self) -> None:
@@ -654,11 +710,22 @@ class GroupCommit:
             else:
                 a = [w.args for w in batch]
                 found = await store._one(
-                    "fetch", Q.stream_append_many, [x.path for x in a], [x.data for x in a],
-                    [x.content_type for x in a], [x.close for x in a], [x.producer for x in a],
-                    [x.epoch for x in a], [x.seq for x in a], [x.spans_epochs for x in a],
-                    [x.stream_seq for x in a], [x.json_error for x in a], store.channel,
-                    [x.lease_instance for x in a], [x.lease_token for x in a])
+                    "fetch",
+                    Q.stream_append_many,
+                    [x.path for x in a],
+                    [x.data for x in a],
+                    [x.content_type for x in a],
+                    [x.close for x in a],
+                    [x.producer for x in a],
+                    [x.epoch for x in a],
+                    [x.seq for x in a],
+                    [x.spans_epochs for x in a],
+                    [x.stream_seq for x in a],
+                    [x.json_error for x in a],
+                    store.channel,
+                    [x.lease_instance for x in a],
+                    [x.lease_token for x in a],
+                )
                 by_ord = {r["ord"]: r for r in found}
                 rows = [by_ord.get(i + 1) for i in range(len(batch))]
         except DatabaseUnavailable as exc:
@@ -682,14 +749,17 @@ class GroupCommit:
     async def _one_by_one(self, batch: list[_Waiter]) -> None:
         for waiter in batch:
             try:
-                waiter.row = await self.store._one("fetchrow", Q.stream_append,
-                                                   *waiter.args.single(self.store.channel))
+                waiter.row = await self.store._one("fetchrow", Q.stream_append, *waiter.args.single(self.store.channel))
             except Exception as exc:
                 waiter.error = exc
             waiter.done.set()
 
 
 def _gap(expected: int, received: int) -> Conflict:
-    return Conflict("producer sequence gap", {
-        "Producer-Expected-Seq": str(expected), "Producer-Received-Seq": str(received),
-    })
+    return Conflict(
+        "producer sequence gap",
+        {
+            "Producer-Expected-Seq": str(expected),
+            "Producer-Received-Seq": str(received),
+        },
+    )

@@ -92,11 +92,28 @@ class Subscription:
     @classmethod
     def of(cls, row: Record) -> Subscription:
         """The subscription of a ``sub_get`` / ``sub_lock`` row."""
-        return cls(row["id"], row["root"], row["name"], row["type"], row["pattern"], tuple(row["streams"]),
-                   row["webhook_url"], row["wake_stream"], row["wake_path"], row["lease_ttl_ms"],
-                   row["description"], row["origin"], row["created_at"], row["deleted_at"] is not None,
-                   row["generation"], row["wake_id"], row["holder"], row["lease_active"],
-                   row["failed_attempts"], row["last_error"])
+        return cls(
+            row["id"],
+            row["root"],
+            row["name"],
+            row["type"],
+            row["pattern"],
+            tuple(row["streams"]),
+            row["webhook_url"],
+            row["wake_stream"],
+            row["wake_path"],
+            row["lease_ttl_ms"],
+            row["description"],
+            row["origin"],
+            row["created_at"],
+            row["deleted_at"] is not None,
+            row["generation"],
+            row["wake_id"],
+            row["holder"],
+            row["lease_active"],
+            row["failed_attempts"],
+            row["last_error"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +148,28 @@ class SubscriptionStore:
         digest = config.hash()
         regex = glob_regex(root, config.pattern) if config.pattern is not None else None
         wake_path = full_path(root, config.wake_stream) if config.wake_stream is not None else None
-        values = (config.type, config.pattern, regex, list(config.streams), config.webhook_url,
-                  config.wake_stream, wake_path, config.lease_ttl_ms, config.description, digest, origin)
+        values = (
+            config.type,
+            config.pattern,
+            regex,
+            list(config.streams),
+            config.webhook_url,
+            config.wake_stream,
+            wake_path,
+            config.lease_ttl_ms,
+            config.description,
+            digest,
+            origin,
+        )
         for _ in range(3):
             async with self.store.transaction() as conn:
                 await conn.execute(Q.sub_link_lock)
                 row = await conn.fetchrow(Q.sub_lock, root, name)
                 if row is not None and row["deleted_at"] is None:
                     if row["config_hash"] != digest:
-                        raise SubscriptionError(409, "SUBSCRIPTION_EXISTS",
-                                                f"subscription {name!r} exists with a different configuration")
+                        raise SubscriptionError(
+                            409, "SUBSCRIPTION_EXISTS", f"subscription {name!r} exists with a different configuration"
+                        )
                     return View(Subscription.of(row), await links_of(conn, row["id"])), False
                 if row is None:
                     sub_id = await conn.fetchval(Q.sub_insert, root, name, *values)
@@ -152,8 +181,7 @@ class SubscriptionStore:
                 if regex is not None:
                     await conn.execute(Q.sub_link_glob, sub_id, regex, wake_path)
                 if config.streams:
-                    await conn.execute(Q.sub_link_explicit, sub_id,
-                                       [full_path(root, s) for s in config.streams])
+                    await conn.execute(Q.sub_link_explicit, sub_id, [full_path(root, s) for s in config.streams])
                 created = await conn.fetchrow(Q.sub_get, root, name)
                 assert created is not None
                 return View(Subscription.of(created), await links_of(conn, sub_id)), True
@@ -182,8 +210,7 @@ class SubscriptionStore:
             sub = await live(conn, root, name)
             paths = [full_path(root, s) for s in streams]
             if sub.wake_path in paths:
-                raise SubscriptionError(400, "INVALID_REQUEST",
-                                        "a subscription cannot link its own wake stream")
+                raise SubscriptionError(400, "INVALID_REQUEST", "a subscription cannot link its own wake stream")
             await conn.execute(Q.sub_link_explicit, sub.id, paths)
 
     async def remove_stream(self, root: str, name: str, stream: str) -> None:

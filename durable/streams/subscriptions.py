@@ -57,7 +57,7 @@ def full_path(root: str, relative: str) -> str:
 
 def relative_path(root: str, path: str) -> str:
     """``path`` relative to the stream root ``root`` (unchanged when outside it)."""
-    return path[len(root) + 1:] if path.startswith(root + "/") else path
+    return path[len(root) + 1 :] if path.startswith(root + "/") else path
 
 
 def glob_regex(root: str, pattern: str) -> str:
@@ -116,9 +116,12 @@ class Config:
     def normalized(self) -> dict[str, Any]:
         """The configuration as the JSON object a PUT compares (same config: same subscription)."""
         return {
-            "type": self.type, "pattern": self.pattern, "streams": list(self.streams),
+            "type": self.type,
+            "pattern": self.pattern,
+            "streams": list(self.streams),
             "webhook": {"url": self.webhook_url} if self.webhook_url is not None else None,
-            "wake_stream": self.wake_stream, "lease_ttl_ms": self.lease_ttl_ms,
+            "wake_stream": self.wake_stream,
+            "lease_ttl_ms": self.lease_ttl_ms,
             "description": self.description,
         }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .errors import SubscriptionError
 
 CALLBACK = "callback"  # a webhook wake's callback_token
-CLAIM = "claim"        # a pull-wake claim's token
+CLAIM = "claim"  # a pull-wake claim's token
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,12 @@ def _unb64(text: str) -> bytes:
 
 def issue(secret: bytes, token: Token) -> str:
     """``token`` signed with ``secret`` (HMAC-SHA256) as ``payload.mac`` in base64url."""
-    payload = _b64(json.dumps({"sid": token.subscription, "gen": token.generation, "wid": token.wake_id,
-                               "use": token.use}, separators=(",", ":")).encode())
+    payload = _b64(
+        json.dumps(
+            {"sid": token.subscription, "gen": token.generation, "wid": token.wake_id, "use": token.use},
+            separators=(",", ":"),
+        ).encode()
+    )
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
     return f"{payload}.{_b64(mac)}"
 

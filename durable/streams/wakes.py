@@ -75,7 +75,7 @@ class AckRequest:
             raise invalid("acks must be an array of {stream, offset}")
         for ack in raw_acks:
             if not isinstance(ack, dict) or not isinstance(ack.get("offset"), str):
-                raise invalid("each ack is {\"stream\": path, \"offset\": offset}")
+                raise invalid('each ack is {"stream": path, "offset": offset}')
             acks.append((check_relative(ack.get("stream"), "ack stream"), ack["offset"]))
         done = data.get("done", False)
         if not isinstance(done, bool):
@@ -138,8 +138,7 @@ class Wakes:
                     await conn.execute(Q.sub_note_error, sub.id, str(exc))
                 return None
 
-    async def _new_wake(self, conn: Conn, sub: Subscription, links: list[Link], *,
-                        holder: str | None = None) -> Wake:
+    async def _new_wake(self, conn: Conn, sub: Subscription, links: list[Link], *, holder: str | None = None) -> Wake:
         generation, wake_id = sub.generation + 1, new_wake_id()
         if sub.type == "pull-wake" and holder is None:
             await self._write_wake_events(conn, sub, generation, [lk for lk in links if lk.pending])
@@ -151,21 +150,44 @@ class Wakes:
         token = issue(self.token_key, Token(sub.id, generation, wake_id, use))
         return Wake(sub, generation, wake_id, links, token)
 
-    async def _write_wake_events(self, conn: Conn, sub: Subscription, generation: int,
-                                 pending: list[Link]) -> None:
+    async def _write_wake_events(self, conn: Conn, sub: Subscription, generation: int, pending: list[Link]) -> None:
         """One wake event per pending stream, appended to the wake stream in this transaction."""
         assert sub.wake_path is not None
         stream = await conn.fetchrow(Q.stream_get, sub.wake_path)
         if stream is None or stream["soft_deleted"] or stream["expired"]:
             raise NoWakeStream(f"wake stream {sub.wake_stream!r} does not exist")
         ts = int(time.time() * 1000)
-        events = [json.dumps({"type": "wake", "subscription_id": sub.name,
-                              "stream": relative_path(sub.root, link.path), "generation": generation,
-                              "ts": ts}, separators=(",", ":")) for link in pending]
+        events = [
+            json.dumps(
+                {
+                    "type": "wake",
+                    "subscription_id": sub.name,
+                    "stream": relative_path(sub.root, link.path),
+                    "generation": generation,
+                    "ts": ts,
+                },
+                separators=(",", ":"),
+            )
+            for link in pending
+        ]
         content_type = stream["content_type"]
         data = json_message(events) if is_json(content_type) else "".join(e + "\n" for e in events).encode()
-        row = await conn.fetchrow(Q.stream_append, sub.wake_path, data, content_type, False, None, None, None,
-                                  False, None, None, self.store.channel, None, None)
+        row = await conn.fetchrow(
+            Q.stream_append,
+            sub.wake_path,
+            data,
+            content_type,
+            False,
+            None,
+            None,
+            None,
+            False,
+            None,
+            None,
+            self.store.channel,
+            None,
+            None,
+        )
         assert row is not None
         if row["verdict"] != "accepted":
             raise NoWakeStream(f"wake stream {sub.wake_stream!r} refused the wake event: {row['verdict']}")
@@ -175,12 +197,16 @@ class Wakes:
         the wake is no longer current: fenced, expired or deleted)."""
         async with self.store.transaction() as conn:
             row = await conn.fetchrow(Q.sub_lock_id, wake.sub.id)
-            if (row is None or row["deleted_at"] is not None or row["generation"] != wake.generation
-                    or row["wake_id"] != wake.wake_id or not row["lease_active"]):
+            if (
+                row is None
+                or row["deleted_at"] is not None
+                or row["generation"] != wake.generation
+                or row["wake_id"] != wake.wake_id
+                or not row["lease_active"]
+            ):
                 return False
             pending = [link for link in wake.links if link.pending]
-            await conn.execute(Q.sub_apply_acks, wake.sub.id, [lk.path for lk in pending],
-                               [lk.tail for lk in pending])
+            await conn.execute(Q.sub_apply_acks, wake.sub.id, [lk.path for lk in pending], [lk.tail for lk in pending])
             await conn.execute(Q.sub_set_wake, wake.sub.id, wake.generation, None, None, False)
             return True
 
@@ -191,8 +217,9 @@ class Wakes:
     async def delivery_failed(self, wake: Wake, delay_ms: int, error: str) -> None:
         """Record a failed webhook delivery of ``wake``: it is dropped, the next wake waits ``delay_ms``
         (backoff), ``error`` is kept (its first 500 characters)."""
-        await self.store.one("execute", Q.sub_delivery_failed, wake.sub.id, wake.generation, wake.wake_id,
-                             delay_ms, error[:500])
+        await self.store.one(
+            "execute", Q.sub_delivery_failed, wake.sub.id, wake.generation, wake.wake_id, delay_ms, error[:500]
+        )
 
     # -- the worker's side --------------------------------------------------------------------------
     async def claim(self, root: str, name: str, worker: str) -> Wake:
@@ -202,8 +229,13 @@ class Wakes:
             if sub.type != "pull-wake":
                 raise invalid(f"subscription {name!r} is a {sub.type} subscription: only pull-wake is claimed")
             if sub.holder is not None and sub.lease_active:
-                raise SubscriptionError(409, "ALREADY_CLAIMED", f"claimed by {sub.holder!r}",
-                                        current_holder=sub.holder, generation=sub.generation)
+                raise SubscriptionError(
+                    409,
+                    "ALREADY_CLAIMED",
+                    f"claimed by {sub.holder!r}",
+                    current_holder=sub.holder,
+                    generation=sub.generation,
+                )
             links = await links_of(conn, sub.id)
             if sub.wake_id is None or sub.holder is not None:  # idle, or an expired claim
                 if not any(link.pending for link in links):
@@ -213,8 +245,9 @@ class Wakes:
             token = issue(self.token_key, Token(sub.id, sub.generation, sub.wake_id, CLAIM))
             return Wake(sub, sub.generation, sub.wake_id, links, token)
 
-    async def ack(self, root: str, name: str, authorization: str | None, req: AckRequest, *,
-                  use: str = CLAIM) -> tuple[bool, int]:
+    async def ack(
+        self, root: str, name: str, authorization: str | None, req: AckRequest, *, use: str = CLAIM
+    ) -> tuple[bool, int]:
         """Ack (or, for webhooks, call back): apply the acks; ``done`` ends the wake, otherwise the
         lease is extended (heartbeat). Returns ``next_wake`` (work is still pending after ``done``; a
         pull-wake subscription has its new wake event already) and the subscription's row id."""
@@ -274,10 +307,8 @@ class Wakes:
             except BadRequest:
                 raise invalid(f"invalid offset {offset!r} for stream {stream!r}") from None
             if position > link.tail:
-                raise invalid(f"offset {offset!r} is beyond the tail of stream {stream!r} "
-                              f"({format_offset(link.tail)})")
+                raise invalid(f"offset {offset!r} is beyond the tail of stream {stream!r} ({format_offset(link.tail)})")
             paths.append(link.path)
             positions.append(position)
         await conn.execute(Q.sub_apply_acks, sub.id, paths, positions)
         return await links_of(conn, sub.id)
-

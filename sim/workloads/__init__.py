@@ -40,8 +40,9 @@ class Workload(Protocol):
 
     async def setup(self, db: SimDatabase) -> None: ...
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         """Driver actions (virtual time, action), drawn from the run's PRNG."""
         ...
 
@@ -54,8 +55,7 @@ def workloads(name: str) -> list[Workload]:
     from .ops import Ops
     from .retry import RetryWorkload
 
-    table: dict[str, Callable[[], Workload]] = {
-        "checkout": CheckoutWorkload, "bank": Bank, "retry": RetryWorkload}
+    table: dict[str, Callable[[], Workload]] = {"checkout": CheckoutWorkload, "bank": Bank, "retry": RetryWorkload}
     if name == "mixed":
         return [factory() for factory in table.values()]
     if name == "ops":

@@ -55,8 +55,9 @@ class Bank:
     async def setup(self, db: SimDatabase) -> None:
         await db.pool.execute(Q.sim_create_ledger)
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for _ in range(max(2, count)):
             at = round(rng.uniform(0, horizon / 2), 2)
@@ -65,10 +66,12 @@ class Bank:
             amount = rng.randint(1, 50)
             work = round(rng.uniform(0.5, 3.0), 1) * scale
 
-            async def insert(db: SimDatabase, src: int = src, dst: int = dst, amount: int = amount,
-                             work: float = work) -> None:
-                iid = await db.insert(Transfer, {"src": src, "dst": dst, "amount": amount, "work": work},
-                                      partition_key=f"acct:{src}")
+            async def insert(
+                db: SimDatabase, src: int = src, dst: int = dst, amount: int = amount, work: float = work
+            ) -> None:
+                iid = await db.insert(
+                    Transfer, {"src": src, "dst": dst, "amount": amount, "work": work}, partition_key=f"acct:{src}"
+                )
                 assert iid is not None
                 self.transfers[iid] = (src, dst, amount)
 
@@ -90,14 +93,21 @@ class Bank:
             want[src] -= amount
             want[dst] += amount
             if effects.get((iid, "debit")) != -amount or effects.get((iid, "credit")) != amount:
-                out.append(Violation("money_conserved",
-                                     f"transfer {iid}: ledger debit {effects.get((iid, 'debit'))} "
-                                     f"credit {effects.get((iid, 'credit'))}, model {-amount}/{amount}"))
+                out.append(
+                    Violation(
+                        "money_conserved",
+                        f"transfer {iid}: ledger debit {effects.get((iid, 'debit'))} "
+                        f"credit {effects.get((iid, 'credit'))}, model {-amount}/{amount}",
+                    )
+                )
         total = sum(r["delta"] for r in final.ledger)
         if total != 0:
             out.append(Violation("money_conserved", f"the ledger sums to {total}, not 0"))
         for account in range(ACCOUNTS):
             if got[account] != want[account]:
-                out.append(Violation("state_matches_model",
-                                     f"account {account}: ledger {got[account]:+d}, model {want[account]:+d}"))
+                out.append(
+                    Violation(
+                        "state_matches_model", f"account {account}: ledger {got[account]:+d}, model {want[account]:+d}"
+                    )
+                )
         return out

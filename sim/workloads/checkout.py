@@ -71,8 +71,9 @@ class Checkout(Machine, queue=QUEUE, name="sim.checkout", initial="start"):
 
     @sim_step
     async def ship(self, ctx: durable.Context) -> Spawn:
-        kids = [Child(Ship, {"order": ctx.state.order, "item": j, "work": ctx.state.work})
-                for j in range(ctx.state.items)]
+        kids = [
+            Child(Ship, {"order": ctx.state.order, "item": j, "work": ctx.state.work}) for j in range(ctx.state.items)
+        ]
         return Spawn("join", kids, ctx.state)
 
     @sim_step
@@ -94,8 +95,9 @@ class Payer(Machine, queue=QUEUE, name="sim.payer"):
     async def send(self, ctx: durable.Context) -> Done:
         assert ctx.db is not None
         try:
-            sid = await ctx.db.signal(ctx.state.target, "payment", {"amount": ctx.state.amount},
-                                      dedup_key=f"pay-{ctx.state.target}")
+            sid = await ctx.db.signal(
+                ctx.state.target, "payment", {"amount": ctx.state.amount}, dedup_key=f"pay-{ctx.state.target}"
+            )
         except NotDeliverable:
             sid = None
         return Done({"signal": sid})
@@ -114,8 +116,9 @@ class CheckoutWorkload:
     async def setup(self, db: SimDatabase) -> None:
         return None
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for k in range(max(1, count // 2)):
             at = round(rng.uniform(0, horizon / 2), 2)
@@ -129,11 +132,22 @@ class CheckoutWorkload:
             # abandoned: nobody pays, so the await's timeout ends it
             how = rng.choice(["payer", "direct", "payer+direct", "early", "concurrent", "in_step", "abandoned"])
             hold = rng.choice([0.0, 0.0, round(rng.uniform(1.0, 12.0), 1) * scale])
-            state: dict[str, Any] = {"order": k, "items": items, "work": work, "payer": how == "in_step", "hold": hold,
-                     "wait": round(rng.uniform(3.0, 30.0), 1) * scale if how == "abandoned" else 1e4}
+            state: dict[str, Any] = {
+                "order": k,
+                "items": items,
+                "work": work,
+                "payer": how == "in_step",
+                "hold": hold,
+                "wait": round(rng.uniform(3.0, 30.0), 1) * scale if how == "abandoned" else 1e4,
+            }
 
-            async def insert(db: SimDatabase, items: int = items, state: dict[str, Any] = state,
-                             box: dict[str, int] = box, abandoned: bool = how == "abandoned") -> None:
+            async def insert(
+                db: SimDatabase,
+                items: int = items,
+                state: dict[str, Any] = state,
+                box: dict[str, int] = box,
+                abandoned: bool = how == "abandoned",
+            ) -> None:
                 iid = await db.insert(Checkout, state)
                 assert iid is not None
                 box["id"] = iid
@@ -143,26 +157,38 @@ class CheckoutWorkload:
                     self.abandoned.add(iid)
 
             actions.append((at, insert))
-            pay_at = at + (0.0 if how == "early" else round(rng.uniform(0, 10), 2) if how == "concurrent"
-                           else round(rng.uniform(0, horizon / 2), 2))
+            pay_at = at + (
+                0.0
+                if how == "early"
+                else round(rng.uniform(0, 10), 2)
+                if how == "concurrent"
+                else round(rng.uniform(0, horizon / 2), 2)
+            )
             if "payer" in how or how == "concurrent":
+
                 async def payer(db: SimDatabase, box: dict[str, int] = box) -> None:
                     await db.insert(Payer, {"target": box["id"], "amount": 10})
+
                 actions.append((pay_at, payer))
             if how in ("direct", "payer+direct", "early"):
                 dup = rng.random() < 0.5
 
                 async def direct(db: SimDatabase, box: dict[str, int] = box, dup: bool = dup) -> None:
-                    for key in ([f"pay-{box['id']}"] * (2 if dup else 1)):
+                    for key in [f"pay-{box['id']}"] * (2 if dup else 1):
                         await send(db, box["id"], "payment", key)
+
                 actions.append((pay_at + 0.01, direct))
             if rng.random() < 0.5:
+
                 async def note(db: SimDatabase, box: dict[str, int] = box) -> None:
                     await send(db, box["id"], "note", None)
+
                 actions.append((round(rng.uniform(at, horizon), 2), note))
             if rng.random() < 0.3:  # a cancel tree: at any time, or while the shipments should be running
+
                 async def cancel(db: SimDatabase, box: dict[str, int] = box) -> None:
                     self.cancels[box["id"]] = await db.cancel(box["id"], "driver")
+
                 shipping = pay_at + hold + work
                 when = rng.choice([rng.uniform(at + 0.5, horizon), rng.uniform(shipping, shipping + 2 * work)])
                 actions.append((round(max(at + 0.5, when), 2), cancel))
@@ -184,22 +210,37 @@ class CheckoutWorkload:
             kids = children.get(iid, [])
             if self.cancels.get(iid) in ("cancelled", "executing"):
                 # every shipment ends: cancelled, or done before the checkout's cancel committed
-                cut = next((h["id"] for h in final.history if h["instance_id"] == iid
-                            and h["status"] == "cancelled"), None)
+                cut = next(
+                    (h["id"] for h in final.history if h["instance_id"] == iid and h["status"] == "cancelled"), None
+                )
                 shipped = {h["instance_id"]: h["id"] for h in final.history if h["event"] == "done"}
-                live = [f"{k['id']} {k['status']}" for k in kids if k["status"] != "cancelled" and not (
-                    k["status"] == "done" and cut is not None and shipped.get(k["id"], cut) < cut)]
+                live = [
+                    f"{k['id']} {k['status']}"
+                    for k in kids
+                    if k["status"] != "cancelled"
+                    and not (k["status"] == "done" and cut is not None and shipped.get(k["id"], cut) < cut)
+                ]
                 if row["status"] != "cancelled" or live:
-                    out.append(Violation("state_matches_model",
-                                         f"checkout {iid}: {row['status']}, shipments not cancelled {live}, model "
-                                         f"says cancelled (the driver's cancel answered {self.cancels[iid]!r})"))
+                    out.append(
+                        Violation(
+                            "state_matches_model",
+                            f"checkout {iid}: {row['status']}, shipments not cancelled {live}, model "
+                            f"says cancelled (the driver's cancel answered {self.cancels[iid]!r})",
+                        )
+                    )
                 continue
-            want = ({"order": state["order"], "expired": True} if iid in self.abandoned
-                    else {"order": state["order"], "shipped": items, "children": items})
+            want = (
+                {"order": state["order"], "expired": True}
+                if iid in self.abandoned
+                else {"order": state["order"], "shipped": items, "children": items}
+            )
             if row["status"] != "done" or result != want or (iid in self.abandoned and kids):
-                out.append(Violation("state_matches_model",
-                                     f"checkout {iid}: {row['status']} {result} with {len(kids)} shipments, "
-                                     f"model says done {want}"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"checkout {iid}: {row['status']} {result} with {len(kids)} shipments, model says done {want}",
+                    )
+                )
         out += self.timers_kept(final)
         # every stored signal to a checkout: consumed by its pay step (recorded in state) or still queued
         inbox = {s["id"] for s in final.signals}
@@ -209,11 +250,14 @@ class CheckoutWorkload:
             sid = decode(h["detail"])["signal_id"]
             if sid not in inbox and sid not in consumed:
                 name = decode(h["detail"])["name"]
-                out.append(Violation("signals_accounted",
-                                     f"signal {sid} ({name!r}) to checkout {h['instance_id']} vanished: "
-                                     "neither consumed by its await nor in the inbox"))
+                out.append(
+                    Violation(
+                        "signals_accounted",
+                        f"signal {sid} ({name!r}) to checkout {h['instance_id']} vanished: "
+                        "neither consumed by its await nor in the inbox",
+                    )
+                )
         return out
-
 
     def timers_kept(self, final: Final) -> list[Violation]:
         """A paid checkout's timer: its pay step's next is shown waking ``hold`` seconds after it committed
@@ -229,14 +273,23 @@ class CheckoutWorkload:
                 hold = self.holds.get(iid, 0.0)
                 wake[iid] = h["at"] + timedelta(seconds=hold)
                 shown = (decode(h["detail"] or "null") or {}).get("wake_at")
-                if hold and (shown is None or abs(datetime.fromisoformat(shown) - wake[iid]) > timedelta(
-                        milliseconds=1)):
-                    out.append(Violation("timers_kept", f"checkout {iid}: its {hold:g} s timer committed at "
-                                         f"{h['at']} shows wake time {shown}"))
+                if hold and (
+                    shown is None or abs(datetime.fromisoformat(shown) - wake[iid]) > timedelta(milliseconds=1)
+                ):
+                    out.append(
+                        Violation(
+                            "timers_kept",
+                            f"checkout {iid}: its {hold:g} s timer committed at {h['at']} shows wake time {shown}",
+                        )
+                    )
             elif h["event"] == "spawn" and h["step"] == "ship" and iid in wake:
                 if h["at"] < wake[iid] - timedelta(milliseconds=1):
-                    out.append(Violation("timers_kept", f"checkout {iid}: ship committed at {h['at']}, before "
-                                         f"its timer's wake time {wake[iid]}"))
+                    out.append(
+                        Violation(
+                            "timers_kept",
+                            f"checkout {iid}: ship committed at {h['at']}, before its timer's wake time {wake[iid]}",
+                        )
+                    )
         return out
 
 

@@ -136,8 +136,11 @@ def script(rng: random.Random, depth: int) -> list[dict[str, Any]]:
             names = [f"s{pc}{c}" for c in "ab"[: rng.randint(1, 2 if MULTI_AWAIT else 1)]]
             op.update(names=names, send=rng.choice(names))
         elif kind == "await_timeout":
-            op.update(names=[f"t{pc}{c}" for c in "ab"[: rng.randint(1, 2)]], timeout=rng.choice([1.0, 5.0, 20.0]),
-                      step=rng.random() < 0.5)
+            op.update(
+                names=[f"t{pc}{c}" for c in "ab"[: rng.randint(1, 2)]],
+                timeout=rng.choice([1.0, 5.0, 20.0]),
+                step=rng.random() < 0.5,
+            )
         elif kind == "spawn":
             op["children"] = [script(rng, depth + 1) for _ in range(rng.randint(1, 2))]
         elif kind == "slow":

@@ -152,8 +152,9 @@ class Ops:
     async def finish_bystander(self, claim: durable.Claim) -> Any:
         return "bystander" if claim.machine == BYSTANDER else Stop(f"not a bystander: {claim.machine}")
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for _ in range(max(1, count // 2)):
             at = round(rng.uniform(0, horizon / 4), 2)
@@ -164,8 +165,15 @@ class Ops:
             delay = rng.choice([0.0, 2.0, 5.0]) * scale
             box: dict[str, int] = {}
 
-            async def insert(db: SimDatabase, parts: int = parts, broken: int = broken, waiters: int = waiters,
-                             whole: bool = whole, delay: float = delay, box: dict[str, int] = box) -> None:
+            async def insert(
+                db: SimDatabase,
+                parts: int = parts,
+                broken: int = broken,
+                waiters: int = waiters,
+                whole: bool = whole,
+                delay: float = delay,
+                box: dict[str, int] = box,
+            ) -> None:
                 iid = await db.insert(Assembly, {"parts": parts, "broken": broken, "waiters": waiters})
                 assert iid is not None
                 box["id"] = iid
@@ -197,8 +205,9 @@ class Ops:
             actions += [(at, idle), (round(at + rng.uniform(0, horizon / 4), 2), cancel)]
         return actions + self.explicit_actions(rng, count, horizon, scale)
 
-    def explicit_actions(self, rng: random.Random, count: int, horizon: float,
-                         scale: float) -> list[tuple[float, Action]]:
+    def explicit_actions(
+        self, rng: random.Random, count: int, horizon: float, scale: float
+    ) -> list[tuple[float, Action]]:
         """The explicit pipeline's part (drawn after the rest: the other actions stay as they were)."""
         actions: list[tuple[float, Action]] = []
         for _ in range(max(1, count // 3)):
@@ -246,8 +255,11 @@ class Ops:
             for claim in z["live"]:
                 await claim.complete("live")
 
-        actions += [(at, zombie_claims), (round(at + 3 * lease, 2), live_claims),
-                    (round(at + 3 * lease + 1, 2), late_call)]
+        actions += [
+            (at, zombie_claims),
+            (round(at + 3 * lease, 2), live_claims),
+            (round(at + 3 * lease + 1, 2), late_call),
+        ]
         return actions
 
     def check(self, run: Run, final: Final) -> list[Violation]:
@@ -261,39 +273,71 @@ class Ops:
             row = rows[iid]
             if whole:  # cancelled while it awaited its children: no result, every child still ends
                 if row["status"] != "cancelled":
-                    out.append(Violation("state_matches_model",
-                                         f"assembly {iid}: {row['status']}, model says cancelled (by its controller)"))
+                    out.append(
+                        Violation(
+                            "state_matches_model",
+                            f"assembly {iid}: {row['status']}, model says cancelled (by its controller)",
+                        )
+                    )
                 continue
-            want = sorted(["done"] * (parts - broken) + ["failed"] * broken
-                          + (["cancelled"] + ["done"] * (waiters - 1) if waiters else []))
+            want = sorted(
+                ["done"] * (parts - broken)
+                + ["failed"] * broken
+                + (["cancelled"] + ["done"] * (waiters - 1) if waiters else [])
+            )
             if row["status"] != "done" or decode(row["result"]) != want:
-                out.append(Violation("state_matches_model",
-                                     f"assembly {iid}: {row['status']} {decode(row['result'])}, model done {want}"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"assembly {iid}: {row['status']} {decode(row['result'])}, model done {want}",
+                    )
+                )
             late = [k["id"] for k in kids.get(iid, []) if k["id"] in self.retried and k["status"] != "done"]
             if late:
-                out.append(Violation("state_matches_model",
-                                     f"assembly {iid}: parts {late} not done after the operator retried them"))
+                out.append(
+                    Violation(
+                        "state_matches_model", f"assembly {iid}: parts {late} not done after the operator retried them"
+                    )
+                )
         for iid, kind in sorted(self.explicit.items()):
             model: Any = {"n": 1, "at": "b"} if kind == JOB else "bystander"
             if rows[iid]["status"] != "done" or decode(rows[iid]["result"]) != model:
-                out.append(Violation("state_matches_model", f"explicit {kind} {iid}: {rows[iid]['status']} "
-                                                            f"{decode(rows[iid]['result'])}, model done {model}"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"explicit {kind} {iid}: {rows[iid]['status']} "
+                        f"{decode(rows[iid]['result'])}, model done {model}",
+                    )
+                )
         if self.strays:
             out.append(Violation("state_matches_model", f"run_once's machine filter let through {self.strays[:5]}"))
         if self.zombie:
             z = self.zombie
             if z.get("late") != "fenced":
-                out.append(Violation("no_fenced_outcome_visible",
-                                     f"explicit instance {z.get('id')}: the zombie claim's late complete was "
-                                     f"{z.get('late', 'never made')}, not fenced"))
+                out.append(
+                    Violation(
+                        "no_fenced_outcome_visible",
+                        f"explicit instance {z.get('id')}: the zombie claim's late complete was "
+                        f"{z.get('late', 'never made')}, not fenced",
+                    )
+                )
             if len(z.get("live", [])) != 1:
-                out.append(Violation("state_matches_model", f"explicit instance {z.get('id')}: not claimed again "
-                                                            "after the zombie's lease passed"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"explicit instance {z.get('id')}: not claimed again after the zombie's lease passed",
+                    )
+                )
             if z.get("id") in rows and decode(rows[z["id"]]["result"]) != "live":
-                out.append(Violation("state_matches_model", f"explicit instance {z['id']}: result "
-                                                            f"{decode(rows[z['id']]['result'])}, model 'live'"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"explicit instance {z['id']}: result {decode(rows[z['id']]['result'])}, model 'live'",
+                    )
+                )
         for iid, after in self.cancelled.items():
             if after in ("cancelled", "executing") and rows[iid]["status"] != "cancelled":
-                out.append(Violation("state_matches_model",
-                                     f"idle {iid}: cancel said {after}, ended {rows[iid]['status']}"))
+                out.append(
+                    Violation("state_matches_model", f"idle {iid}: cancel said {after}, ended {rows[iid]['status']}")
+                )
         return out

@@ -63,8 +63,9 @@ class RetryWorkload:
     async def setup(self, db: SimDatabase) -> None:
         return None
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for _ in range(max(1, count // 2)):
             at = round(rng.uniform(0, horizon / 2), 2)
@@ -72,8 +73,9 @@ class RetryWorkload:
             fails = [rng.choice([0, 0, 1, 2, 3]) for _ in range(stages)]
             doomed = rng.random() < 0.2
 
-            async def insert(db: SimDatabase, stages: int = stages, fails: list[int] = fails,
-                             doomed: bool = doomed) -> None:
+            async def insert(
+                db: SimDatabase, stages: int = stages, fails: list[int] = fails, doomed: bool = doomed
+            ) -> None:
                 iid = await db.insert(Pipeline, {"stages": stages, "fails": fails, "doomed": doomed})
                 assert iid is not None
                 self.pipelines[iid] = (stages, doomed)
@@ -93,7 +95,11 @@ class RetryWorkload:
                 ok = row["status"] == "done" and decode(row["result"]) == {"acc": stages * (stages + 1) // 2}
                 want = f"done {{'acc': {stages * (stages + 1) // 2}}}"
             if not ok:
-                out.append(Violation("state_matches_model",
-                                     f"pipeline {iid}: {row['status']} {decode(row['result'])} "
-                                     f"{row['last_error'] or ''}, model says {want}"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"pipeline {iid}: {row['status']} {decode(row['result'])} "
+                        f"{row['last_error'] or ''}, model says {want}",
+                    )
+                )
         return out

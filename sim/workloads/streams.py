@@ -41,8 +41,7 @@ class Speaker(Machine, queue=QUEUE, name="sim.speaker", max_attempts=500):
     async def speak(self, ctx: durable.Context) -> Next:
         s = ctx.state
         for i in range(s.per):
-            await append(ctx, path_of(ctx.id), f"{s.done_steps}.{i}", seq=s.done_steps * s.per + i,
-                         content_type=JSON)
+            await append(ctx, path_of(ctx.id), f"{s.done_steps}.{i}", seq=s.done_steps * s.per + i, content_type=JSON)
         s.done_steps += 1
         return Next("speak" if s.done_steps < s.steps else "collect", s)
 
@@ -67,8 +66,9 @@ class StreamsWorkload:
     async def setup(self, db: SimDatabase) -> None:
         return None
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for _ in range(max(1, count // 2)):
             at = round(rng.uniform(0, horizon / 2), 2)
@@ -90,6 +90,7 @@ class StreamsWorkload:
             want = [f"{j}.{i}" for j in range(steps) for i in range(per)]
             got = decode(row["result"])
             if row["status"] != "done" or got != want:
-                out.append(Violation("state_matches_model",
-                                     f"speaker {iid}: {row['status']} stream {got}, model says {want}"))
+                out.append(
+                    Violation("state_matches_model", f"speaker {iid}: {row['status']} stream {got}, model says {want}")
+                )
         return out

@@ -55,8 +55,11 @@ class Keeper(Machine, queue=QUEUE, name="sim.keeper", max_attempts=500):
             except Fenced:
                 pass
             else:
-                ctx.db.run.violate("values_fenced", f"instance {ctx.id}: a put under the ended claim "
-                                   f"t{stale.lease_token} wrote {target} while t{ctx.lease_token} holds it")
+                ctx.db.run.violate(
+                    "values_fenced",
+                    f"instance {ctx.id}: a put under the ended claim "
+                    f"t{stale.lease_token} wrote {target} while t{ctx.lease_token} holds it",
+                )
         await ctx.values.put(f"r{s.done}", f"{ctx.id}:{s.done}".encode(), override=True)
         HANDLES[ctx.id] = ctx.values
         s.done += 1
@@ -85,8 +88,9 @@ class ValuesWorkload:
     async def setup(self, db: SimDatabase) -> None:
         return None
 
-    def schedule(self, rng: random.Random, count: int, horizon: float,
-                 scale: float = 1.0) -> list[tuple[float, Action]]:
+    def schedule(
+        self, rng: random.Random, count: int, horizon: float, scale: float = 1.0
+    ) -> list[tuple[float, Action]]:
         actions: list[tuple[float, Action]] = []
         for _ in range(max(1, count)):
             at = round(rng.uniform(0, horizon / 2), 2)
@@ -107,6 +111,10 @@ class ValuesWorkload:
             row = rows[iid]
             got = decode(row["result"])
             if row["status"] != "done" or got != expected(iid, rounds):
-                out.append(Violation("state_matches_model", f"keeper {iid}: {row['status']} values {got}, model "
-                                                            f"says {expected(iid, rounds)}"))
+                out.append(
+                    Violation(
+                        "state_matches_model",
+                        f"keeper {iid}: {row['status']} values {got}, model says {expected(iid, rounds)}",
+                    )
+                )
         return out
