@@ -589,11 +589,12 @@ class Pool:
         con = await self._acquire(pool)
         try:
             result = await self._on(q, con, method, args)
-        except BaseException as exc:
-            # the server refused the statement: the connection is as good as before; anything else
-            # (a lost connection, a cancellation mid-statement) goes back for asyncpg to clean up
-            if not (isinstance(exc, asyncpg.PostgresError) and self._keep(pool, con)):
-                await self._give_back(pool, con)
+        except BaseException:
+            # whatever failed goes back for asyncpg to clean up, a server refusal too: the error can reach
+            # this task before the protocol has read the server's ReadyForQuery, and a statement sent on it
+            # then fails with "cannot switch to state 11; another operation (2) is in progress" (a simulator
+            # worker process died of it at startup: test_worker_processes_are_killed_and_the_run_still_converges)
+            await self._give_back(pool, con)
             raise
         if not self._keep(pool, con):
             await self._give_back(pool, con)
