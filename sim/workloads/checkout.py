@@ -198,7 +198,15 @@ class CheckoutWorkload:
         out: list[Violation] = []
         rows = final.by_id()
         consumed: set[int] = set()
-        children: dict[int, list[dict[str, object]]] = {}
+        # read the history once: each instance's first row saying cancelled, and its done row
+        cancelled_at: dict[int, int] = {}
+        shipped: dict[int, int] = {}
+        for h in final.history:
+            if h["status"] == "cancelled":
+                cancelled_at.setdefault(h["instance_id"], h["id"])
+            if h["event"] == "done":
+                shipped[h["instance_id"]] = h["id"]
+        children: dict[int, list[dict[str, Any]]] = {}
         for i in final.instances:
             if i["parent_id"] in self.orders:
                 children.setdefault(i["parent_id"], []).append(i)
@@ -210,10 +218,7 @@ class CheckoutWorkload:
             kids = children.get(iid, [])
             if self.cancels.get(iid) in ("cancelled", "executing"):
                 # every shipment ends: cancelled, or done before the checkout's cancel committed
-                cut = next(
-                    (h["id"] for h in final.history if h["instance_id"] == iid and h["status"] == "cancelled"), None
-                )
-                shipped = {h["instance_id"]: h["id"] for h in final.history if h["event"] == "done"}
+                cut = cancelled_at.get(iid)
                 live = [
                     f"{k['id']} {k['status']}"
                     for k in kids
