@@ -44,6 +44,61 @@ async def wait_for(predicate: Any, timeout: float = 20.0, every: float = 0.02) -
             await trio.sleep(every)
 
 
+def first(obj: Any, *names: str) -> Any:
+    """The first of ``obj``'s attributes ``names`` that is set (a coroutine's, generator's or async
+    generator's frame or awaited object)."""
+    return next((getattr(obj, a) for a in names if getattr(obj, a, None) is not None), None)
+
+
+def task_stacks() -> str:
+    """Every trio task of this run with where it waits, through the asyncpg coroutines that
+    ``durable._pg._drive`` runs in trio tasks, then the asyncio tasks of trio-asyncio's loop."""
+    import asyncio
+
+    lines: list[str] = []
+
+    def frames(coro: Any, indent: str) -> None:
+        while coro is not None:
+            frame = first(coro, "cr_frame", "gi_frame", "ag_frame")
+            if frame is None:
+                lines.append(f"{indent}{coro!r}")
+                return
+            lines.append(f"{indent}{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            if frame.f_code.co_name == "_drive":
+                lines.append(f"{indent}  driving:")
+                frames(frame.f_locals.get("coro"), indent + "    ")
+            coro = first(coro, "cr_await", "gi_yieldfrom", "ag_await")
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        lines.append(f"{'  ' * depth}task {task.name}")
+        frames(task.coro, "  " * depth + "  ")
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    walk(trio.lowlevel.current_root_task(), 0)
+    try:
+        import trio_asyncio
+
+        loop = trio_asyncio.current_loop.get()
+        for t in asyncio.all_tasks(loop) if loop is not None else ():
+            lines.append(f"asyncio {t!r}")
+            lines.extend(f"  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in t.get_stack())
+    except Exception as exc:  # a diagnostic: never the reason a test fails
+        lines.append(f"(asyncio tasks unavailable: {exc!r})")
+    return "\n".join(lines)
+
+
+async def watchdog(seconds: float, what: str) -> None:
+    """Start in a test's nursery: after ``seconds`` print every task's stack to stderr and fail the test
+    (a hang shows where it waits, not only pytest-timeout's view of the event loop's epoll)."""
+    import sys
+
+    await trio.sleep(seconds)
+    print(f"watchdog: {what} still running after {seconds} s\n{task_stacks()}", file=sys.stderr)
+    raise AssertionError(f"{what} still running after {seconds} s (task stacks on stderr)")
+
+
 async def wait_status(db: durable.Database, iid: int, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
     async def ok() -> bool:
         return (await row(db, iid))["status"] in statuses

@@ -14,7 +14,7 @@ from durable import Child, Done, Machine, Spawn, Stop, step
 from durable._pg import Pool
 from durable.sql import Q
 
-from .helpers import pick, row, wait_for, wait_status
+from .helpers import pick, row, wait_for, wait_status, watchdog
 from .helpers import step as run_step
 
 pytestmark = pytest.mark.trio
@@ -148,6 +148,8 @@ async def test_terminated_connections_do_not_crash_the_runtime(db: durable.Datab
             await nursery.start(
                 durable.Runtime(db, queues={"terms": 4}, listen=True, poll_min=0.01, poll_max=0.05, heartbeat=0.05).run
             )
+            # it hung once in a fresh clone under load (pytest's 300 s timeout): show where, if it does again
+            nursery.start_soon(watchdog, 200, "the terminate rounds")
             for _ in range(8):
                 ids = [await retrying(db.insert, survivor, {"n": i}) for i in range(4)]
                 await killer.fetchval(Q.sim_terminate_app, "durable")
