@@ -727,7 +727,8 @@ from target t;
 -- changed between the walk's snapshot and its lock (e.g. a spawn committed children the walk could not
 -- see): run the statement again to reach them. Returns one row per root found: its status before and
 -- after, whether a cancel was requested, and per call: cancelled, requested (counts), woken (queues of
--- parents released), too_many, raced, ended (the ids cancelled now, for result() waiters).
+-- parents released), too_many, raced, ended (the ids cancelled now, for result() waiters), locked (every id
+-- this call locked: the simulator's cancel_lock hold knows which rows it holds, executing ones included).
 with recursive tree(id, root, status, is_root) as (
   -- union, not union all: a row seen twice ends the walk there (a parent_id cycle, written by hand, cannot
   -- loop it)
@@ -811,7 +812,8 @@ select r.id, coalesce(t.status, r.status)::text as before,
        array(select distinct queue from upd where not idle and status = 'runnable') as woken,
        (select count(*) from walked) > $4::int as too_many,
        exists (select 1 from target t2 where t2.status <> t2.seen) as raced,
-       array(select id from upd where idle order by id) as ended
+       array(select id from upd where idle order by id) as ended,
+       array(select id from target order by id) as locked
 from instances r
 left join target t on t.id = r.id
 left join upd u on u.id = r.id
