@@ -640,8 +640,11 @@ class Pool:
         with trio.CancelScope(shield=True):
             try:
                 await aio(pool.release)(con)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass  # asyncpg terminated it (a failed reset) or had it back already (dropped by the server)
+            except Exception:
+                # asyncpg terminated it (its reset failed: e.g. InternalClientError "cannot switch to state"
+                # on a connection the server is dropping), or had it back already. Whatever failed, the
+                # caller's own error (or result) is what it must see, never the release's
+                pass
 
     async def fetch(self, q: Query, *args: Any) -> list[Record]:
         """The rows of statement ``q`` with parameters ``args``."""
@@ -691,27 +694,51 @@ class Pool:
             tx = raw.transaction()
             try:
                 self.round_trips += 1
-                await _drive(tx.start())
+                with self._lost_is_unavailable():
+                    await _drive(tx.start())
             except BaseException:
                 await self._give_back(self.raw, raw)
                 raise
+        broken = False
         try:
             try:
                 yield Conn(self, raw)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     self.round_trips += 1
-                    # as a Task: after a cancelled statement asyncpg first waits out the cancel request,
-                    # under an asyncio timeout, which needs a Task
-                    await aio(tx.rollback)()
+                    try:
+                        # as a Task: after a cancelled statement asyncpg first waits out the cancel request,
+                        # under an asyncio timeout, which needs a Task
+                        await aio(tx.rollback)()
+                    except Exception:
+                        # the block's own error is the one to raise; asyncpg's release terminates the
+                        # connection (a failed rollback on a connection the server dropped)
+                        broken = True
                 raise
             else:
                 with trio.CancelScope(shield=True):
                     self.round_trips += 1
-                    await _drive(tx.commit())
+                    try:
+                        with self._lost_is_unavailable():
+                            await _drive(tx.commit())
+                    except BaseException:
+                        broken = True
+                        raise
         finally:
-            if not self._keep(self.raw, raw):
+            if broken or not self._keep(self.raw, raw):
                 await self._give_back(self.raw, raw)
+
+    @contextmanager
+    def _lost_is_unavailable(self) -> Iterator[None]:
+        """A lost server inside the block (BEGIN, COMMIT: asyncpg's InterfaceError, InternalClientError,
+        a class 08 error...) is raised as DatabaseUnavailable, as a statement's would be; any other error
+        as it is."""
+        try:
+            yield
+        except _UNREACHABLE as exc:
+            if not unreachable(exc):
+                raise
+            raise DatabaseUnavailable(f"lost PostgreSQL at {redact(self.dsn)}: {exc}") from exc
 
     @asynccontextmanager
     async def _gated_transaction(self) -> AsyncIterator[Conn]:
@@ -722,7 +749,8 @@ class Pool:
             raw = await aio(self.raw.acquire)()
             tx = raw.transaction()
             try:
-                await aio(tx.start)()
+                with self._lost_is_unavailable():
+                    await aio(tx.start)()
             except BaseException:
                 await aio(self.raw.release)(raw)
                 raise
@@ -738,15 +766,21 @@ class Pool:
             except BaseException:
                 with trio.CancelScope(shield=True):
                     self.round_trips += 1
-                    await self.gate.call("rollback", aio(tx.rollback))
+                    try:
+                        await self.gate.call("rollback", aio(tx.rollback))
+                    except Exception:
+                        pass  # the block's own error is the one to raise (asyncpg's release below cleans up)
                 raise
             else:
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True), self._lost_is_unavailable():
                     self.round_trips += 1
                     await self.gate.call("commit", aio(tx.commit))
         finally:
             with trio.CancelScope(shield=True):
-                await aio(self.raw.release)(raw)
+                try:
+                    await aio(self.raw.release)(raw)
+                except Exception:
+                    pass  # asyncpg terminated it (a failed reset): the block's outcome stands
 
     @asynccontextmanager
     async def listen(self, channel: str, *, buffer: int = LISTEN_BUFFER) -> AsyncIterator[Notifications]:
