@@ -89,3 +89,12 @@ def test_a_held_cancel_excuses_the_executing_children_it_locked(pg_dsn: str) -> 
     assert result.ok, result.violations
     assert any("FAULT cancel_lock" in line for line in result.log)
     assert any("release_dead_workers" in line for line in result.log)
+
+
+def test_a_timer_cancelled_before_it_was_set_is_no_broken_timer(pg_dsn: str) -> None:
+    """Checkout seed 300 (found by the 1,000-seed run): a held cancel flagged a checkout while its pay step
+    ran; the pay's delayed next then committed as `cancelled` (history event next, no wake time), which
+    timers_kept read as a timer that lost its wake time. It checks only a next into runnable now."""
+    result = simulate(SimConfig(seed=300, workload="checkout", faults=ALL), dsn=pg_dsn)
+    assert result.ok, result.violations
+    assert any("FAULT cancel_lock" in line for line in result.log)
