@@ -40,14 +40,12 @@ from ..schedules import Schedule, check_schedules
 from ..sql import Q
 from . import spans
 from .backoff import Outage, unavailable
-from .claim import Claim, Committed, Encoded
+from .claim import Claim
 from .flusher import Flusher
 from .options import Flushing, Leases, Polling, Retention, RuntimeOptions, resolve
 from .schedule_loop import Database as LoopDatabase
 from .schedule_loop import ScheduleLoop
-from .scheduler import Scheduler
-
-OnStep = Callable[[Claim, Encoded, Committed], None]
+from .scheduler import Callbacks, Lifecycle, OnStep, Scheduler, SchedulerConfig
 
 
 class Database(LoopDatabase, Protocol):
@@ -186,8 +184,6 @@ class Runtime:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.on_step = on_step
         self.on_error = on_error
-        self.stopping = False
-        self.killed = False
         self.retention = kept.older_than
         self.retention_every = kept.every
         # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
@@ -197,8 +193,6 @@ class Runtime:
         checked = check_schedules(schedules, db.registry, db.max_value_bytes)
         self.schedule_loop = ScheduleLoop(self, checked) if checked else None
         self.listen = polling.listen if polling.listen is not None else not isinstance(self.clock, VirtualClock)
-        self.lost: set[Claim] = set()
-        self.schedulers = {q: Scheduler(self, q, n, prefetch if prefetch is not None else n) for q, n in qmap.items()}
         self.flusher = Flusher(
             db.pool,
             self.worker_id,
@@ -212,20 +206,80 @@ class Runtime:
         # a database that does not answer: one log line when it goes, one when it is back; loops back off
         self.outage = Outage(self.log_error, seed=self.worker_id, cap=min(2.0, self.heartbeat_every))
         self.flusher.outage = self.outage
+        # lease loss: a step that holds the event loop longer than block_limit is reported; a claim
+        # whose lease is lost has its step cancelled (lease_lost); dead workers' claims freed at start
+        self.block_limit = self.lease / 3
+        # the schedulers see this runtime through its fixed settings, the shared run state and the calls
+        # back (scheduler.py's SchedulerConfig, Lifecycle and Callbacks), never the Runtime itself
+        self.life = Lifecycle()
+        self.scheduler_config = SchedulerConfig(
+            worker_id=self.worker_id,
+            clock=self.clock,
+            lease=self.lease,
+            heartbeat_every=self.heartbeat_every,
+            poll_min=self.poll_min,
+            poll_max=self.poll_max,
+            chain=self.chain,
+            handoff=self.handoff,
+            block_limit=self.block_limit,
+        )
+        calls = Callbacks(
+            log_error=self.log_error,
+            lose=self.lose,
+            lease_lost=self.lease_lost,
+            release=self.release,
+            timer_set=self.timer_set,
+            ran=self.ran,
+            on_step=self.on_step,
+        )
+        self.schedulers = {
+            q: Scheduler(
+                q,
+                n,
+                prefetch if prefetch is not None else n,
+                config=self.scheduler_config,
+                db=db,
+                flusher=self.flusher,
+                outage=self.outage,
+                life=self.life,
+                calls=calls,
+            )
+            for q, n in qmap.items()
+        }
         self.reaped = 0
         self.timeouts_fired = 0  # awaits this runtime's timer sweep moved on (fire_timeouts)
         self._timer_due = math.inf  # trio time of the nearest known await deadline
         self._timer_kick = trio.Event()
         self.heartbeats = 0
-        # lease loss: a step that holds the event loop longer than block_limit is reported; a claim
-        # whose lease is lost has its step cancelled (lease_lost); dead workers' claims freed at start
-        self.block_limit = self.lease / 3
         self.blocked_steps = 0
         self.leases_lost = 0
         self.freed_at_start = 0
         self._registered_here = False
         self._work_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        """Draining or killed: the schedulers pick no more (``self.life.stopping``)."""
+        return self.life.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self.life.stopping = value
+
+    @property
+    def killed(self) -> bool:
+        """Killed like a crashed process (:meth:`kill`): nothing is released (``self.life.killed``)."""
+        return self.life.killed
+
+    @killed.setter
+    def killed(self, value: bool) -> None:
+        self.life.killed = value
+
+    @property
+    def lost(self) -> set[Claim]:
+        """Claims that could not be given back, released once more when the runtime ends."""
+        return self.life.lost
 
     @property
     def registry(self) -> Registry:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -29,70 +30,66 @@ if TYPE_CHECKING:
     from .flusher import Flusher
 
 
-class Host(Protocol):
-    """What a scheduler reads and calls of the runtime that runs it (``durable.runtime.runtime.Runtime``
-    implements it): the scheduler never imports the runtime. Settings first, then the shared state, then
-    the calls back."""
+OnStep = Callable[[Claim, Encoded, Committed], None]
 
-    @property
-    def db(self) -> Database: ...
 
-    @property
-    def worker_id(self) -> str: ...
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The settings a scheduler reads, fixed when its runtime is built (``Runtime`` builds one for all its
+    schedulers): the worker id and clock its statements carry, the lease and heartbeat period in seconds,
+    the idle polling bounds, run-ahead (``chain``), ``handoff``, and the event-loop block limit of a step."""
 
-    @property
-    def clock(self) -> Clock: ...
+    worker_id: str
+    clock: Clock
+    lease: float
+    heartbeat_every: float
+    poll_min: float
+    poll_max: float
+    chain: int
+    handoff: bool
+    block_limit: float
 
-    @property
-    def lease(self) -> float: ...
 
-    @property
-    def heartbeat_every(self) -> float: ...
+@dataclass(slots=True, eq=False)
+class Lifecycle:
+    """The run state a runtime shares with its schedulers: ``stopping`` (drain: pick no more, give buffered
+    claims back), ``killed`` (die like a crash: release nothing) and ``lost``, the claims that could not be
+    given back (released once more when the runtime ends)."""
 
-    @property
-    def poll_min(self) -> float: ...
+    stopping: bool = False
+    killed: bool = False
+    lost: set[Claim] = field(default_factory=set)
 
-    @property
-    def poll_max(self) -> float: ...
 
-    @property
-    def chain(self) -> int: ...
+class Release(Protocol):
+    """Give claims back (runnable, attempt + ``bump``); False when the database could not be reached."""
 
-    @property
-    def handoff(self) -> bool: ...
+    async def __call__(self, claims: list[Claim], *, bump: int) -> bool: ...
 
-    @property
-    def block_limit(self) -> float: ...
 
-    @property
-    def stopping(self) -> bool: ...
+@dataclass(frozen=True, slots=True)
+class Callbacks:
+    """What a scheduler calls in its runtime (``Runtime`` implements each; the scheduler never imports it):
+    ``log_error`` (one line for the operator), ``lose`` (a held claim's lease is lost: cancel its step),
+    ``lease_lost`` (record a lost claim), ``release`` (give claims back), ``timer_set`` (an await with a
+    timeout was parked), ``ran`` (a step held the event loop over ``block_limit``) and ``on_step`` (the
+    runtime's per-step hook, if any)."""
 
-    @property
-    def killed(self) -> bool: ...
+    log_error: Callable[[str], None]
+    lose: Callable[[Claim, str], None]
+    lease_lost: Callable[[Claim, str], Awaitable[None]]
+    release: Release
+    timer_set: Callable[[float], None]
+    ran: Callable[[Claim, float], None]
+    on_step: OnStep | None = None
 
-    @property
-    def lost(self) -> set[Claim]: ...
 
-    @property
-    def outage(self) -> Outage: ...
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    """The executor's :class:`~durable.runtime.executor.StepWatch` of a scheduler's steps."""
 
-    @property
-    def flusher(self) -> Flusher: ...
-
-    @property
-    def on_step(self) -> Callable[[Claim, Encoded, Committed], None] | None: ...
-
-    def log_error(self, message: str) -> None: ...
-
-    def lose(self, claim: Claim, why: str) -> None: ...
-
-    async def lease_lost(self, claim: Claim, why: str) -> None: ...
-
-    async def release(self, claims: list[Claim], *, bump: int) -> bool: ...
-
-    def timer_set(self, seconds: float) -> None: ...
-
-    def ran(self, claim: Claim, seconds: float) -> None: ...
+    block_limit: float
+    ran: Callable[[Claim, float], None]
 
 
 PICK_RETRIES = 3
@@ -122,8 +119,26 @@ class Scheduler:
     for the commit in ``committing`` (still held, still heartbeated), so the next steps run while the
     previous batch commits. The flusher's callback (:meth:`committed`) settles each claim."""
 
-    def __init__(self, runtime: Host, queue: str, concurrency: int, prefetch: int) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        queue: str,
+        concurrency: int,
+        prefetch: int,
+        *,
+        config: SchedulerConfig,
+        db: Database,
+        flusher: Flusher,
+        outage: Outage,
+        life: Lifecycle,
+        calls: Callbacks,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.flusher = flusher
+        self.outage = outage
+        self.life = life
+        self.calls = calls
+        self._watch = _Watch(config.block_limit, calls.ran)
         self.queue = queue
         self.concurrency = concurrency
         self.prefetch = prefetch
@@ -163,7 +178,7 @@ class Scheduler:
             "fenced": self.fenced,
             "picks": self.picks,
             "handed": self.handed,
-            "heartbeat": self.runtime.heartbeat_every,
+            "heartbeat": self.config.heartbeat_every,
         }
 
     def demand(self) -> int:
@@ -175,28 +190,26 @@ class Scheduler:
     # -- handoff: rows of a local insert claimed in the insert's own statement (inserts.Handoff) --------
     @property
     def worker_id(self) -> str:
-        return self.runtime.worker_id
+        return self.config.worker_id
 
     @property
     def lease(self) -> float:
-        return self.runtime.lease
+        return self.config.lease
 
     def offer(self) -> int:
         """Rows to take from a local insert now: only when idle (nothing buffered, the last pick found
         no backlog), so a handed-off row never overtakes rows already waiting."""
-        rt = self.runtime
-        if not rt.handoff or rt.stopping or not self._slots_open or self.buffer or self.backlog:
+        if not self.config.handoff or self.life.stopping or not self._slots_open or self.buffer or self.backlog:
             return 0
         self._offered = trio.current_time()  # the insert that may claim rows starts after this
         return max(0, min(self.demand(), self.concurrency - len(self.in_flight)))
 
     def accept(self, cols: InsertColumns, rows: Sequence[Any]) -> bool:
         """Buffer the rows the insert claimed for this worker; False when stopping (give them back)."""
-        rt = self.runtime
         claims = handed_claims(cols, rows)
-        if not claims or rt.killed:  # a killed runtime leaves its claims to the reaper, like a crash
+        if not claims or self.life.killed:  # a killed runtime leaves its claims to the reaper, like a crash
             return True
-        if rt.stopping or not self._slots_open:
+        if self.life.stopping or not self._slots_open:
             return False
         # a pick span like the scheduler's own (a root span of this worker), marked as a handoff
         with tracing.span(
@@ -206,7 +219,7 @@ class Scheduler:
                 "messaging.operation.type": "receive",
                 "messaging.destination.name": self.queue,
                 "durable.demand": len(claims),
-                "durable.worker.id": rt.worker_id,
+                "durable.worker.id": self.config.worker_id,
                 "durable.claimed": len(claims),
                 "durable.handoff": True,
             },
@@ -214,7 +227,7 @@ class Scheduler:
             parent=tracing.detached(),
         ):
             for c in claims:
-                c.lease_until = self._offered + rt.lease
+                c.lease_until = self._offered + self.config.lease
             self.buffer.extend(claims)
             self.handed += len(claims)
             self._ready.unpark(count=len(claims))
@@ -226,18 +239,17 @@ class Scheduler:
 
     async def give_back(self, cols: InsertColumns, rows: Sequence[Any]) -> None:
         with trio.CancelScope(shield=True):
-            if not await self.runtime.release(handed_claims(cols, rows), bump=0):
+            if not await self.calls.release(handed_claims(cols, rows), bump=0):
                 self.suspect_orphans()
 
     async def run(self) -> None:
-        rt = self.runtime
-        idle = rt.poll_min
+        idle = self.config.poll_min
         async with trio.open_nursery() as slots:
             self._slots_open = True
             for _ in range(self.concurrency):
                 slots.start_soon(self.slot)
             try:
-                while not rt.stopping:
+                while not self.life.stopping:
                     got = 0
                     if self.uncommitted:
                         await self.give_back_uncommitted()
@@ -252,37 +264,37 @@ class Scheduler:
                             # the claim may have committed with its answer lost: give such rows back
                             self.orphans_suspected = True
                             if unavailable(exc):  # logged once per outage; wait before the next try
-                                rt.outage.failed(exc)
-                                await self.wakeup.wait(rt.outage.delay())
+                                self.outage.failed(exc)
+                                await self.wakeup.wait(self.outage.delay())
                                 continue
-                            rt.log_error(f"pick on queue {self.queue!r} failed: {exc}")
+                            self.calls.log_error(f"pick on queue {self.queue!r} failed: {exc}")
                             claims = []
                         else:
-                            rt.outage.succeeded()
+                            self.outage.succeeded()
                         got = len(claims)
                         self.backlog = got >= demand
                         self.buffer.extend(claims)
                         self._ready.unpark(count=got)
-                    if rt.stopping:
+                    if self.life.stopping:
                         break
                     if demand > 0 and got >= demand:
-                        idle = rt.poll_min
-                        await self.wakeup.wait(rt.poll_max)  # full: wait for a completion
+                        idle = self.config.poll_min
+                        await self.wakeup.wait(self.config.poll_max)  # full: wait for a completion
                     elif got > 0:
-                        idle = rt.poll_min
-                        await self.wakeup.wait(rt.poll_min)
+                        idle = self.config.poll_min
+                        await self.wakeup.wait(self.config.poll_min)
                     else:
                         if not await self.wakeup.wait(idle):
-                            idle = min(idle * 2, rt.poll_max)
+                            idle = min(idle * 2, self.config.poll_max)
                         else:
-                            idle = rt.poll_min
+                            idle = self.config.poll_min
             finally:
                 self._slots_open = False
                 self._ready.unpark_all()
                 # drain: give buffered claims back at once; running steps finish in their slots
-                if not rt.killed:
+                if not self.life.killed:
                     with trio.CancelScope(shield=True):
-                        await rt.release(list(self.buffer), bump=0)
+                        await self.calls.release(list(self.buffer), bump=0)
                         self.buffer.clear()
 
     async def slot(self) -> None:
@@ -297,12 +309,11 @@ class Scheduler:
         or the scope is cancelled (True: go on in a new one). A cancel meant for one step may land after
         that step returned: a cancelled scope runs no further step, and every await outside the steps is
         shielded or harmless to interrupt (waiting for a claim)."""
-        rt = self.runtime
         running: Claim | None = None  # the claim whose step runs in the scope, if any
         with trio.CancelScope() as scope:
             while not scope.cancel_called:
-                while not self.buffer or rt.stopping:
-                    if not self._slots_open or rt.stopping:
+                while not self.buffer or self.life.stopping:
+                    if not self._slots_open or self.life.stopping:
                         return False
                     await self._ready.park()
                 claim = self.buffer.popleft()
@@ -312,12 +323,12 @@ class Scheduler:
                 now = trio.current_time()
                 if claim.lost is not None or now >= claim.lease_until:  # never ran
                     with trio.CancelScope(shield=True):
-                        await rt.lease_lost(claim, claim.lost or "the lease passed before the step started")
+                        await self.calls.lease_lost(claim, claim.lost or "the lease passed before the step started")
                     self.in_flight.discard(claim)
                     continue
                 claim.started = True
                 running, claim.scope = claim, scope  # cancelled when the lease is lost (Runtime.lose)
-                ran = await run_claim(claim, rt.db, rt.worker_id, rt, start=now)
+                ran = await run_claim(claim, self.db, self.config.worker_id, self._watch, start=now)
                 running, claim.scope = None, None
                 await self._ran(claim, ran, now + ran[1])
             return True
@@ -329,7 +340,6 @@ class Scheduler:
     async def _ran(self, claim: Claim, ran: tuple[Encoded, float] | None, now: float) -> None:
         """After a step (``ran``: its outcome and duration; None when it was cancelled), at trio time ``now``:
         hand the outcome to the flusher, or record a lost lease."""
-        rt = self.runtime
         if claim.lost is None and now >= claim.lease_until:
             claim.lost = "the lease passed while the step ran"  # it never reached a checkpoint since
         if ran is None and interrupted(claim):  # db.cancel reached the step (Runtime.beat): still held
@@ -339,15 +349,15 @@ class Scheduler:
             if ran is not None:
                 spans.finish_lost(spans.start_outcome(claim, ran[0]), claim, ran[0], claim.lost or "")
             with trio.CancelScope(shield=True):  # the slot's scope may be cancelled already
-                await rt.lease_lost(claim, claim.lost or "cancelled")
+                await self.calls.lease_lost(claim, claim.lost or "cancelled")
             self.in_flight.discard(claim)
             return
         encoded = ran[0]
         # run-ahead: a `next` keeps the claim and the slots run its next step without a pick
         encoded.hold = (
             encoded.kind == "next"
-            and claim.ahead < rt.chain
-            and not rt.stopping
+            and claim.ahead < self.config.chain
+            and not self.life.stopping
             and encoded.delay is None
             and encoded.wake_at is None
         )  # a delayed next sleeps
@@ -355,7 +365,7 @@ class Scheduler:
         self.committing.add(claim)
         claim.submitted = now  # the step's end: a run-ahead lease, which starts after it, is counted short
         span = spans.start_outcome(claim, encoded)
-        rt.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
+        self.flusher.submit(claim, encoded, functools.partial(self.committed, claim, encoded, span))
         if self.backlog:  # a slot is free and work is waiting: pick while the outcome commits
             self.wakeup.set()
 
@@ -368,7 +378,6 @@ class Scheduler:
         error: BaseException | None,
     ) -> None:
         """The flusher's answer for one outcome (called in the flusher's task, after the commit)."""
-        rt = self.runtime
         self.committing.discard(claim)
         if self.backlog:
             self.wakeup.set()
@@ -381,9 +390,9 @@ class Scheduler:
             spans.finish_outcome(span, claim, encoded, error=error)
             self.errors += 1
             if error is not None and unavailable(error):
-                rt.outage.failed(error)  # one line per outage, not one per outcome
+                self.outage.failed(error)  # one line per outage, not one per outcome
             else:
-                rt.log_error(f"outcome of instance {claim.id} not committed: {error}")
+                self.calls.log_error(f"outcome of instance {claim.id} not committed: {error}")
             self.uncommitted.append(claim)
             return
         spans.finish_outcome(span, claim, encoded, result=result)
@@ -395,14 +404,14 @@ class Scheduler:
         elif result.status == "failed":
             self.failed += 1
         elif result.status == "awaiting_signal" and encoded.timeout is not None:
-            rt.timer_set(encoded.timeout)  # the timer sweep runs by then
-        if rt.on_step is not None:
-            rt.on_step(claim, encoded, result)
+            self.calls.timer_set(encoded.timeout)  # the timer sweep runs by then
+        if self.calls.on_step is not None:
+            self.calls.on_step(claim, encoded, result)
         if result.held is not None:
             claim.run_ahead(result.held)
-            claim.lease_until = claim.submitted + rt.lease  # the commit that renewed it began after this
+            claim.lease_until = claim.submitted + self.config.lease  # the commit that renewed it began after this
             claim.started = False
-            if self._slots_open and not rt.stopping:
+            if self._slots_open and not self.life.stopping:
                 self.buffer.appendleft(claim)
                 self._ready.unpark()
             else:
@@ -412,12 +421,11 @@ class Scheduler:
         """An outcome the database refused for what it holds (a NUL, a constraint, a limit): run the
         claim again in a slot, where ``handle()`` sees the refusal instead of the step running (at most
         twice; then the instance stops). False when it is not such a refusal, or the runtime is stopping."""
-        rt = self.runtime
         refusal = rejection(error, encoded)
-        if refusal is None or claim.rejections >= 2 or not self._slots_open or rt.stopping:
+        if refusal is None or claim.rejections >= 2 or not self._slots_open or self.life.stopping:
             return False
         claim.rejected, claim.rejections = refusal, claim.rejections + 1
-        rt.log_error(
+        self.calls.log_error(
             f"outcome of instance {claim.id} ({claim.machine}.{claim.step}) refused, handle() decides: {refusal}"
         )
         self.buffer.appendleft(claim)
@@ -429,25 +437,27 @@ class Scheduler:
         started = [c for c in claims if c.started]
         fresh = [c for c in claims if not c.started]
         for group, bump in ((started, 1), (fresh, 0)):
-            if group and not await self.runtime.release(group, bump=bump):
-                self.runtime.lost.update(group)
+            if group and not await self.calls.release(group, bump=bump):
+                self.life.lost.update(group)
 
     async def release_orphans(self) -> None:
-        rt = self.runtime
         try:
-            await rt.db.pool.fetch(
-                Q.release_orphans, rt.worker_id, self.queue, [c.id for c in self.held()], rt.clock.now()
+            await self.db.pool.fetch(
+                Q.release_orphans,
+                self.config.worker_id,
+                self.queue,
+                [c.id for c in self.held()],
+                self.config.clock.now(),
             )
         except (DatabaseUnavailable, PostgresError, OSError) as exc:
             if unavailable(exc):
-                rt.outage.failed(exc)
+                self.outage.failed(exc)
             else:
-                rt.log_error(f"releasing orphaned claims on queue {self.queue!r} failed (will retry): {exc}")
+                self.calls.log_error(f"releasing orphaned claims on queue {self.queue!r} failed (will retry): {exc}")
             return
         self.orphans_suspected = False
 
     async def pick(self, demand: int) -> list[Claim]:
-        rt = self.runtime
         with tracing.span(
             "durable pick",
             {
@@ -455,7 +465,7 @@ class Scheduler:
                 "messaging.operation.type": "receive",
                 "messaging.destination.name": self.queue,
                 "durable.demand": demand,
-                "durable.worker.id": rt.worker_id,
+                "durable.worker.id": self.config.worker_id,
                 "durable.claimed": 0,
             },  # until the claims are in
             kind=tracing.SpanKind.CONSUMER,
@@ -463,8 +473,15 @@ class Scheduler:
             for attempt in range(PICK_RETRIES):
                 try:
                     began = trio.current_time()  # the claims' leases start after this
-                    rows = await rt.db.pool.fetch(
-                        Q.pick, self.queue, demand, rt.worker_id, rt.lease, rt.clock.now(), None, None
+                    rows = await self.db.pool.fetch(
+                        Q.pick,
+                        self.queue,
+                        demand,
+                        self.config.worker_id,
+                        self.config.lease,
+                        self.config.clock.now(),
+                        None,
+                        None,
                     )
                     break
                 except UniqueViolationError as exc:
@@ -482,7 +499,7 @@ class Scheduler:
             span.set_attribute("durable.claimed", len(rows))
             claims = claims_from_rows(rows)
             for c in claims:
-                c.lease_until = began + rt.lease
+                c.lease_until = began + self.config.lease
             if claims and (self.in_flight or self.committing or self.uncommitted or self.buffer):
                 self.superseded(claims)
             return claims
@@ -496,7 +513,7 @@ class Scheduler:
             for old in held:
                 token = fresh(old.id)
                 if token is not None and token != old.lease_token:
-                    self.runtime.lose(old, "picked again under a new lease token")
+                    self.calls.lose(old, "picked again under a new lease token")
 
     def clashing(self, exc: UniqueViolationError | None) -> None:
         """Log a pick whose every try trips a unique index once per change (a new index, or passing again)."""
@@ -504,12 +521,12 @@ class Scheduler:
         if clash == self.clash:
             return
         if clash is not None:
-            self.runtime.log_error(
+            self.calls.log_error(
                 f"pick on queue {self.queue!r} failed {PICK_RETRIES} tries in a row on "
                 f"{clash}: {exc} (no rows claimed; retrying at the idle interval)"
             )
         else:
-            self.runtime.log_error(f"pick on queue {self.queue!r} claims again (it failed on {self.clash})")
+            self.calls.log_error(f"pick on queue {self.queue!r} claims again (it failed on {self.clash})")
         self.clash = clash
 
 
