@@ -38,15 +38,19 @@ class Database(Protocol):
     cancel_many... methods call them)."""
 
     @property
-    def pool(self) -> Pool: ...
+    def pool(self) -> Pool:
+        """The pool the operator statements go through."""
 
     @property
-    def clock(self) -> Clock: ...
+    def clock(self) -> Clock:
+        """The clock whose ``now()`` the statements carry."""
 
     @property
-    def max_value_bytes(self) -> int: ...
+    def max_value_bytes(self) -> int:
+        """The largest encoded state or payload, in bytes."""
 
-    def wake(self, queues: Iterable[str | None]) -> None: ...
+    def wake(self, queues: Iterable[str | None]) -> None:
+        """Wake this process's schedulers of ``queues`` (None entries are skipped)."""
 
     async def ended(self, ids: Iterable[int]) -> None:
         """Wake the result() waiters of instances a commit of this process ended."""

@@ -41,16 +41,20 @@ class Database(Protocol):
     """What the waiters and the announcer use of a ``durable.Database`` (they sit below it)."""
 
     @property
-    def pool(self) -> Pool: ...
+    def pool(self) -> Pool:
+        """The pool the waiters read instances through."""
 
     @property
-    def schema(self) -> str: ...
+    def schema(self) -> str:
+        """The schema durable's tables live in."""
 
     @property
-    def token(self) -> str: ...
+    def token(self) -> str:
+        """This Database's sender token, carried by its NOTIFY hints."""
 
     @property
-    def watchers(self) -> Watchers: ...
+    def watchers(self) -> Watchers:
+        """This process's ``result()`` waiters."""
 
 
 TERMINAL: Final = frozenset(_TERMINAL)

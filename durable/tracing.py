@@ -118,6 +118,7 @@ def set_enabled(enabled: bool) -> None:
 
 
 def enabled() -> bool:
+    """Whether durable telemetry is on (``DURABLE_TRACING``, :func:`set_enabled`); off, no API call is made."""
     return _enabled
 
 
@@ -147,6 +148,8 @@ def _extract(traceparent: str, tracestate: str | None) -> otel_context.Context:
 
 
 def link_from(traceparent: str | None) -> Link | None:
+    """A span link to the span a W3C ``traceparent`` names (a signal's sender), or None when there is none or it is
+    invalid."""
     ctx = context_from(traceparent, None)
     if ctx is None:
         return None
@@ -221,6 +224,7 @@ def step_span(
 
 
 def record_error(s: trace.Span, error: BaseException) -> None:
+    """Mark the span failed with ``error``: an exception event and an ERROR status naming its type."""
     s.record_exception(error)
     s.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
@@ -257,6 +261,8 @@ def traced(
 
 # client spans: ``before`` gets the method's arguments (self first)
 def inserted(s: trace.Span, ids: list[int | None]) -> None:
+    """After an insert: the batch size, how many rows were inserted, and the instance id of a single insert, on its
+    span."""
     s.set_attribute("messaging.batch.message_count", len(ids))
     s.set_attribute("durable.inserted", sum(1 for i in ids if i is not None))
     if len(ids) == 1 and ids[0] is not None:
@@ -280,6 +286,7 @@ def insert_attributes(_db: Any, specs: Any) -> dict[str, Any]:
 
 
 def signal_attributes(_db: Any, instance_id: int, name: str, *_: Any, **kw: Any) -> dict[str, Any]:
+    """The span attributes of ``Database.signal(instance_id, name, ...)`` (its arguments, self first)."""
     return {
         "durable.instance.id": instance_id,
         "durable.signal.name": name,
@@ -288,6 +295,7 @@ def signal_attributes(_db: Any, instance_id: int, name: str, *_: Any, **kw: Any)
 
 
 def signalled(s: trace.Span, signal_id: int | None) -> None:
+    """After a signal: its id on the span, or ``durable.signal.duplicate`` when its dedup key was taken already."""
     if signal_id is None:
         s.set_attribute("durable.signal.duplicate", True)
     else:

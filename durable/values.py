@@ -39,16 +39,20 @@ class Database(Protocol):
     """What named values use of a ``durable.Database`` (the step API sits below the public API)."""
 
     @property
-    def pool(self) -> Pool: ...
+    def pool(self) -> Pool:
+        """The pool the value statements go through."""
 
     @property
-    def clock(self) -> Clock: ...
+    def clock(self) -> Clock:
+        """The clock whose ``now()`` the statements carry."""
 
     @property
-    def max_value_bytes(self) -> int: ...
+    def max_value_bytes(self) -> int:
+        """The largest encoded value, in bytes."""
 
     @property
-    def values(self) -> Values: ...
+    def values(self) -> Values:
+        """The Database's named values (``db.values``), which a step's ``ctx.values`` reads through."""
 
 
 __all__ = ["MAX_MGET", "StepValues", "ValueInfo", "ValueRef", "Values"]

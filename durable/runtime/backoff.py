@@ -39,6 +39,7 @@ class Outage:
 
     @property
     def down(self) -> bool:
+        """True from the first failed attempt of an outage until an attempt succeeds."""
         return self.since is not None
 
     def lasted(self) -> float:

@@ -46,16 +46,20 @@ class Database(Protocol):
     """What the runtime uses of a ``durable.Database`` (the runtime never imports the public API)."""
 
     @property
-    def pool(self) -> Pool: ...
+    def pool(self) -> Pool:
+        """The pool every statement of the runtime goes through."""
 
     @property
-    def clock(self) -> Clock: ...
+    def clock(self) -> Clock:
+        """The clock whose ``now()`` the statements carry (a VirtualClock in the simulator)."""
 
     @property
-    def registry(self) -> Registry: ...
+    def registry(self) -> Registry:
+        """The machines by name and version, from which a claim's step is found."""
 
     @property
-    def max_value_bytes(self) -> int: ...
+    def max_value_bytes(self) -> int:
+        """The largest encoded state, outcome or signal payload, in bytes."""
 
 
 UNKNOWN_MACHINE_RETRY = 60.0
@@ -314,6 +318,7 @@ def safe_text(text: str, limit: int = 2000) -> str:
 
 
 def attributes(claim: Claim, worker_id: str) -> dict[str, Any]:
+    """The span attributes of a claim's step span (OpenTelemetry messaging conventions, then durable's)."""
     return {
         "messaging.system": "durable",
         "messaging.operation.type": "process",

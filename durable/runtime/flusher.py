@@ -111,6 +111,11 @@ class _Pending:
 
 
 class Flusher:
+    """Group commit of step outcomes: :meth:`submit` queues an outcome; :meth:`run` commits the queue in batches
+    of up to ``max_batch`` (one transaction each, after an optional ``linger``; plain batches up to ``parallel``
+    at once), fenced by each claim's lease token, then calls each outcome's ``on_done``. :meth:`close` lets
+    ``run`` end once the queue is empty (``finished``)."""
+
     def __init__(
         self,
         pool: Pool,
@@ -169,6 +174,8 @@ class Flusher:
         self._kick.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit queued outcomes until :meth:`close` has been called and the queue is empty (``finished`` is set
+        then)."""
         self._running = True
         task_status.started()
         try:
@@ -257,6 +264,8 @@ class Flusher:
         # both forms of the commit lead with kind, id, status, queue, fenced and return one 'outcome' row
         # per input carrying the input's lease token: an outcome is its claim's (id and token), never
         # just its instance's
+        """Each pending outcome's :class:`Committed`, matched to the statement's rows by claim (instance id and lease
+        token)."""
         by_claim = {(r[1], r["claim_token"]): r for r in rows if r[0] == "outcome"}
         out = []
         for p in batch:

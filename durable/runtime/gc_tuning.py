@@ -17,6 +17,8 @@ GEN0_THRESHOLD = 50_000
 
 
 def tune_for_throughput() -> None:
+    """Collect once, freeze what is alive, and run generation-0 collections every ``GEN0_THRESHOLD`` allocations
+    (process-wide)."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()

@@ -54,29 +54,39 @@ class Database(LoopDatabase, Protocol):
     schedulers and hand them due rows (the registries stay with the Database, which every insert passes)."""
 
     @property
-    def schema(self) -> str: ...
+    def schema(self) -> str:
+        """The schema durable's tables live in."""
 
     @property
-    def channel(self) -> str: ...
+    def channel(self) -> str:
+        """The NOTIFY channel of wake-up hints for this schema."""
 
     @property
-    def notify(self) -> bool: ...
+    def notify(self) -> bool:
+        """Whether inserts and ended instances send NOTIFY hints to other processes."""
 
     @property
-    def token(self) -> str: ...
+    def token(self) -> str:
+        """This Database's sender token: a hint it sent itself is skipped."""
 
     @property
-    def watchers(self) -> Watchers: ...
+    def watchers(self) -> Watchers:
+        """This process's ``result()`` waiters, woken when an instance ends."""
 
-    def wake(self, queues: Iterable[str | None]) -> None: ...
+    def wake(self, queues: Iterable[str | None]) -> None:
+        """Wake this process's schedulers of ``queues`` (None entries are skipped)."""
 
-    def add_waker(self, queue: str, wake: Callable[[], None]) -> None: ...
+    def add_waker(self, queue: str, wake: Callable[[], None]) -> None:
+        """Register a scheduler's wake-up for inserts into ``queue`` made through this Database."""
 
-    def remove_waker(self, queue: str, wake: Callable[[], None]) -> None: ...
+    def remove_waker(self, queue: str, wake: Callable[[], None]) -> None:
+        """Unregister a wake-up added by :meth:`add_waker`."""
 
-    def add_handoff(self, queue: str, handoff: Handoff) -> None: ...
+    def add_handoff(self, queue: str, handoff: Handoff) -> None:
+        """Register a scheduler that takes due rows of ``queue`` straight from a local insert."""
 
-    def remove_handoff(self, queue: str, handoff: Handoff) -> None: ...
+    def remove_handoff(self, queue: str, handoff: Handoff) -> None:
+        """Unregister a handoff added by :meth:`add_handoff`."""
 
     async def gc(
         self, older_than: float | timedelta, *, batch: int = 1000, progress: Callable[[int], None] | None = None
@@ -283,6 +293,7 @@ class Runtime:
 
     @property
     def registry(self) -> Registry:
+        """The machines this runtime runs (its Database's registry)."""
         return self.db.registry
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -327,6 +338,7 @@ class Runtime:
             self._work_scope.cancel()
 
     async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` has returned (drained, stopped or killed)."""
         await self._stopped.wait()
 
     async def _drain_when_cancelled(self) -> None:
@@ -762,6 +774,7 @@ class Runtime:
         )
 
     def log_error(self, message: str) -> None:
+        """Report an error line: to ``on_error`` when given, else to stderr, prefixed with the worker id."""
         if self.on_error is not None:
             self.on_error(message)
         else:

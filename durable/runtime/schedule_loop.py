@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 class Database(Base, Protocol):
     """The runtime's view of the database, and the batch insert a tick makes (``Database.insert_many``)."""
 
-    def insert_many(self, specs: Iterable[Insert]) -> Awaitable[list[int | None]]: ...
+    def insert_many(self, specs: Iterable[Insert]) -> Awaitable[list[int | None]]:
+        """Insert the instances of ``specs`` in one statement; per spec, its new id or None for a duplicate unique
+        key."""
 
 
 __all__ = ["CATCH_UP_BATCH", "MAX_NAP", "ScheduleLoop"]
@@ -38,18 +40,23 @@ class Host(Protocol):
     """What the schedule loop uses of its runtime."""
 
     @property
-    def db(self) -> Database: ...
+    def db(self) -> Database:
+        """The runtime's Database."""
 
     @property
-    def clock(self) -> Clock: ...
+    def clock(self) -> Clock:
+        """The runtime's clock (its ``now()`` is the time of a scan)."""
 
     @property
-    def outage(self) -> Outage: ...
+    def outage(self) -> Outage:
+        """The runtime's outage tracker: a scan that finds the database down backs off with it."""
 
     @property
-    def reap_every(self) -> float: ...
+    def reap_every(self) -> float:
+        """The runtime's sweep period in seconds: a failed scan is tried again after it."""
 
-    def log_error(self, message: str) -> None: ...
+    def log_error(self, message: str) -> None:
+        """The runtime's error line (a scan that failed, a schedule whose state callable raised)."""
 
 
 @dataclass

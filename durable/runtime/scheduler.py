@@ -102,9 +102,11 @@ class Wakeup:
         self._event = trio.Event()
 
     def set(self) -> None:
+        """Wake the waiter (or the next ``wait``); setting it again before then changes nothing."""
         self._event.set()
 
     async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a ``set``; True when woken (and reset), False on the timeout."""
         with trio.move_on_after(timeout):
             await self._event.wait()
         woke = self._event.is_set()
@@ -163,9 +165,11 @@ class Scheduler:
         self.errors = 0
 
     def held(self) -> list[Claim]:
+        """Every claim this scheduler holds: running, committing, not committed, buffered."""
         return [*self.in_flight, *self.committing, *self.uncommitted, *self.buffer]
 
     def gauges(self) -> dict[str, float]:
+        """This queue's gauges for the worker row and the metrics: sizes, settings and counters."""
         return {
             "concurrency": self.concurrency,
             "prefetch": self.prefetch,
@@ -190,10 +194,12 @@ class Scheduler:
     # -- handoff: rows of a local insert claimed in the insert's own statement (inserts.Handoff) --------
     @property
     def worker_id(self) -> str:
+        """The worker id the handed rows are claimed for (``inserts.Handoff``)."""
         return self.config.worker_id
 
     @property
     def lease(self) -> float:
+        """The lease in seconds the handed rows are claimed with (``inserts.Handoff``)."""
         return self.config.lease
 
     def offer(self) -> int:
@@ -234,15 +240,20 @@ class Scheduler:
         return True
 
     def suspect_orphans(self) -> None:
+        """Rows may be claimed for this worker that nobody runs (a handing insert failed with its answer unknown,
+        or handed rows could not be given back): :meth:`release_orphans` frees them at the next turn."""
         self.orphans_suspected = True
         self.wakeup.set()
 
     async def give_back(self, cols: InsertColumns, rows: Sequence[Any]) -> None:
+        """Release rows a local insert handed over that this scheduler could not take (attempt unchanged)."""
         with trio.CancelScope(shield=True):
             if not await self.calls.release(handed_claims(cols, rows), bump=0):
                 self.suspect_orphans()
 
     async def run(self) -> None:
+        """Pick into the buffer while the slots run its claims, backing off when idle, until the runtime stops; then
+        give the buffer back (unless killed)."""
         idle = self.config.poll_min
         async with trio.open_nursery() as slots:
             self._slots_open = True
@@ -433,6 +444,8 @@ class Scheduler:
         return True
 
     async def give_back_uncommitted(self) -> None:
+        """Release the claims whose outcome was not committed (attempt + 1 if their step started); those that cannot be
+        released go to the runtime's ``lost``."""
         claims, self.uncommitted = self.uncommitted, []
         started = [c for c in claims if c.started]
         fresh = [c for c in claims if not c.started]
@@ -441,6 +454,8 @@ class Scheduler:
                 self.life.lost.update(group)
 
     async def release_orphans(self) -> None:
+        """Release rows the database says this worker holds on this queue that the scheduler does not (a pick whose
+        answer was lost); retried at the next turn on failure."""
         try:
             await self.db.pool.fetch(
                 Q.release_orphans,
@@ -458,6 +473,8 @@ class Scheduler:
         self.orphans_suspected = False
 
     async def pick(self, demand: int) -> list[Claim]:
+        """Claim up to ``demand`` due rows of this queue (the ``pick`` statement, retried on a unique-index clash) in a
+        pick span; returns their claims, leased from before the statement."""
         with tracing.span(
             "durable pick",
             {

@@ -29,14 +29,18 @@ class Watched(Protocol):
     """What the gauges read of a running runtime."""
 
     @property
-    def worker_id(self) -> str: ...
+    def worker_id(self) -> str:
+        """The runtime's worker id, a label of its gauges."""
 
     @property
-    def schedulers(self) -> Mapping[str, _Gauged]: ...
+    def schedulers(self) -> Mapping[str, _Gauged]:
+        """The runtime's schedulers by queue, whose gauges are reported."""
 
 
 @dataclass(slots=True)
 class PendingOutcome:
+    """A step's span while its outcome commits, and the perf_counter time the commit began."""
+
     span: trace.Span
     started: float
 
@@ -161,6 +165,7 @@ def watch(runtime: Watched) -> None:
 
 
 def unwatch(runtime: Watched) -> None:
+    """Stop reporting this runtime's gauges (it stopped)."""
     with _runtimes_lock:
         _runtimes.discard(runtime)
 

@@ -39,13 +39,16 @@ class Context(Protocol):
     the database."""
 
     @property
-    def id(self) -> int: ...
+    def id(self) -> int:
+        """The step's instance id: the producer of its appends."""
 
     @property
-    def lease_token(self) -> int: ...
+    def lease_token(self) -> int:
+        """The step's lease token: the epoch of its appends (a stale claim's append is fenced)."""
 
     @property
-    def db(self) -> _Database | None: ...
+    def db(self) -> _Database | None:
+        """The Database the step runs on (None outside a runtime: no stream can be written)."""
 
 
 def _store(ctx: Context) -> Store:
