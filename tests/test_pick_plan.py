@@ -61,9 +61,9 @@ FINISH = Query(
 )
 
 
-async def generic_pick_plan(db: durable.Database, analyze: bool = True) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of one pick under a generic plan (rolled back), after fresh statistics unless not
-    ``analyze``."""
+async def generic_pick_plan(db: durable.Database, analyze: bool = True, demand: int = DEMAND) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of one pick of ``demand`` rows under a generic plan (rolled back), after fresh
+    statistics unless not ``analyze``."""
 
     async def explain() -> Any:
         async with db.pool.raw.acquire() as con:
@@ -76,7 +76,7 @@ async def generic_pick_plan(db: durable.Database, analyze: bool = True) -> dict[
                 await con.execute(f"prepare t_pick as {Q.pick.text}")
                 return json.loads(
                     await con.fetchval(
-                        f"explain (analyze, format json) execute t_pick('{QUEUE}', {DEMAND}, 'w', 60, null, null, null)"
+                        f"explain (analyze, format json) execute t_pick('{QUEUE}', {demand}, 'w', 60, null, null, null)"
                     )
                 )
             finally:
@@ -182,24 +182,7 @@ async def test_a_large_pick_on_a_table_never_analyzed_reads_each_claim_a_few_tim
     await db.pool.execute(NO_AUTOVACUUM)
     backlog, demand = 2000, 1000
     await db.pool.execute(SEED_UNKEYED, backlog, QUEUE)
-
-    async def explain() -> Any:
-        async with db.pool.raw.acquire() as con:
-            tx = con.transaction()
-            await tx.start()
-            try:
-                await con.execute("set local plan_cache_mode = force_generic_plan")
-                await con.execute(f"prepare t_pick as {Q.pick.text}")
-                return json.loads(
-                    await con.fetchval(
-                        f"explain (analyze, format json) execute t_pick('{QUEUE}', {demand}, 'w', 60, null, null, null)"
-                    )
-                )
-            finally:
-                await tx.rollback()
-                await con.execute("deallocate t_pick")
-
-    plan = (await aio(explain)())[0]["Plan"]
+    plan = await generic_pick_plan(db, analyze=False, demand=demand)
     assert plan["Actual Rows"] == demand
     worst = max(nodes(plan), key=lambda n: n["Actual Rows"] * n["Actual Loops"])
     assert worst["Actual Rows"] * worst["Actual Loops"] <= backlog, json.dumps(worst)[:2000]
