@@ -367,7 +367,7 @@ class Database:
                     status, value = await self._outcome(instance_id)
                     if status == "done":
                         return value
-                    await watch.wait(self.result_recheck)
+                    await self.watchers.wait(watch, self.result_recheck)
                     await self.watchers.listen()  # reopened if the listening connection dropped
         raise TimeoutError(f"instance {instance_id} is still {status} after {limit:g} s")
 

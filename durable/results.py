@@ -22,19 +22,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
-from ._pg import Connection, InterfaceError, PostgresError, aio
+from ._pg import InterfaceError, PostgresError
 from .errors import DatabaseUnavailable
 from .outcomes import TERMINAL as _TERMINAL
 from .sql import Q
 
 if TYPE_CHECKING:
-    from ._pg import Pool
+    from ._pg import Notifications, Pool
 
 
 class Database(Protocol):
@@ -93,30 +93,33 @@ class Watch:
     instance_id: int
     event: trio.Event = field(default_factory=trio.Event)
     waiting: bool = False  # read the row, found it live, now waits for a wake-up
+    scope: trio.CancelScope | None = None  # while it waits (or reads the hints): cancelled by wake()
 
     def arm(self) -> None:
         """A fresh event to wait on, before the row is read (a commit after the read still wakes it)."""
         self.event = trio.Event()
 
-    async def wait(self, recheck: float) -> None:
-        """Until woken, or ``recheck`` seconds."""
-        self.waiting = True
-        try:
-            with trio.move_on_after(recheck):
-                await self.event.wait()
-        finally:
-            self.waiting = False
+    def wake(self) -> None:
+        """Its instance may have ended: set its event and end its wait (or its turn reading the hints)."""
+        self.event.set()
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class Watchers:
-    """This process's waiters of one Database, and the one pooled connection that LISTENs for them (held
-    while anyone waits)."""
+    """This process's waiters of one Database, and the one LISTEN (``Pool.listen``, on a pooled connection)
+    that hears other processes' hints for them, held while anyone waits. No task of its own reads the
+    hints: the first waiter that waits while nobody reads them does, until its own wait ends, then hands
+    the reading over to another waiter."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._by_id: dict[int, set[Watch]] = defaultdict(set)
         self._users = 0
-        self._conn: Connection | None = None
+        self._hints: Notifications | None = None  # the open LISTEN's payloads, while anyone waits
+        self._listening: AsyncExitStack | None = None  # exits the Pool.listen block: the connection goes back
+        self._ended = False  # the hints ended (connection lost, or read too late): listen() opens a new one
+        self._reader: Watch | None = None  # the waiter reading the hints now
         self._lock_: trio.Lock | None = None
         self.pending: set[int] = set()  # ended here, not yet announced (while an announcer runs)
         self.announcers = 0
@@ -126,6 +129,11 @@ class Watchers:
     def channel(self) -> str:
         """The NOTIFY channel of ended-instance hints of this schema."""
         return channel(self.db.schema)
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN for other processes' hints is open (while anyone in this process waits)."""
+        return self._hints is not None and not self._ended
 
     @property
     def _lock(self) -> trio.Lock:
@@ -150,7 +158,7 @@ class Watchers:
         if self._by_id:
             for i in ids:
                 for w in self._by_id.get(i, ()):
-                    w.event.set()
+                    w.wake()
         if self.announcers:
             self.pending.update(ids)
             if len(self.pending) > PAYLOAD_BYTES * MAX_PAYLOADS:  # far more than a '*' announces anyway
@@ -163,11 +171,11 @@ class Watchers:
 
     def wake_all(self) -> None:
         """Wake every waiter of this process (a '*' hint: more instances ended than one hint names)."""
-        for watches in self._by_id.values():
-            for w in watches:
-                w.event.set()
+        for watches in list(self._by_id.values()):
+            for w in list(watches):
+                w.wake()
 
-    def _hint(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _hint(self, payload: str) -> None:
         sender, _, ids = payload.partition("|")
         if sender == self.db.token:  # our own runtime's commit: its local wake-up already fired
             return
@@ -180,7 +188,7 @@ class Watchers:
             except ValueError:  # not one of ours (a truncated channel name shared with another schema)
                 continue
             for w in self._by_id.get(iid, ()):
-                w.event.set()
+                w.wake()
 
     @asynccontextmanager
     async def watching(self, instance_id: int) -> AsyncIterator[Watch]:
@@ -200,40 +208,72 @@ class Watchers:
             self._users -= 1
             with trio.CancelScope(shield=True):
                 async with self._lock:
-                    if self._users == 0 and self._conn is not None:
-                        conn, self._conn = self._conn, None
-                        await self.db.pool.release_listening(conn)
+                    if self._users == 0:
+                        await self._unlisten()
+
+    async def wait(self, watch: Watch, recheck: float) -> None:
+        """Until ``watch`` is woken, or ``recheck`` seconds. Meanwhile it reads the LISTEN's hints when
+        nobody else does (waking the waiters they name), and hands that over to another waiter when done."""
+        watch.waiting = True
+        try:
+            with trio.move_on_after(recheck):
+                while not watch.event.is_set():
+                    hints = self._hints
+                    with trio.CancelScope() as watch.scope:  # cancelled by watch.wake()
+                        if hints is not None and not self._ended and self._reader is None:
+                            self._reader = watch
+                            await self._read(watch, hints)
+                        else:
+                            await watch.event.wait()
+                    watch.scope = None
+        finally:
+            watch.waiting = False
+            watch.scope = None
+            if self._reader is watch:
+                self._reader = None
+                self._hand_over()
+
+    async def _read(self, watch: Watch, hints: Notifications) -> None:
+        """Dispatch hints until this waiter's own event is set (its scope is cancelled then) or the hints end."""
+        try:
+            async for payload in hints:
+                self._hint(payload)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        if hints is self._hints:  # lost, or read too late: hints may be missed, every waiter re-reads
+            self._ended = True
+            self.wake_all()
+
+    def _hand_over(self) -> None:
+        """The reader's wait ended: the next waiter that waits reads the hints (one waiting now, at once)."""
+        if self._hints is None or self._ended:
+            return
+        for watches in self._by_id.values():
+            for w in watches:
+                if w.scope is not None and not w.event.is_set():
+                    w.scope.cancel()  # it loops and takes the reading over
+                    return
 
     async def listen(self) -> None:
-        """Make sure the LISTEN connection is open (again, if it dropped). Best effort: without it a
-        waiter from another process's commit is woken by its re-check."""
+        """Make sure the LISTEN is open (again, if it ended). Best effort: without it a waiter is woken by
+        another process's commit only at its re-check."""
         async with self._lock:
-            conn = self._conn
-            if conn is not None and not _closed(conn):
+            if self._hints is not None and not self._ended:
                 return
-            self._conn = None
-            if conn is not None:
-                await self.db.pool.release_listening(conn)
+            await self._unlisten()
+            stack = AsyncExitStack()
             try:
-                conn = await self.db.pool.acquire_listening()
+                hints = await stack.enter_async_context(self.db.pool.listen(self.channel))
             except (PostgresError, InterfaceError, OSError, DatabaseUnavailable):
                 return  # the re-check reads the row (and says why it cannot)
-            try:
-                await aio(conn.add_listener)(self.channel, self._hint)
-            except (PostgresError, InterfaceError, OSError):
-                await self.db.pool.release_listening(conn)
-                return
-            except BaseException:
-                await self.db.pool.release_listening(conn)
-                raise
-            self._conn = conn
+            self._listening, self._hints, self._ended = stack, hints, False
 
-
-def _closed(conn: Connection) -> bool:
-    try:
-        return bool(conn.is_closed())
-    except InterfaceError:
-        return True
+    async def _unlisten(self) -> None:
+        """End the LISTEN (its connection goes back to the pool), if one is open."""
+        stack, self._listening, self._hints = self._listening, None, None
+        if stack is not None:
+            with trio.CancelScope(shield=True):
+                await stack.aclose()
 
 
 async def announce(db: Database, ids: Iterable[int]) -> None:

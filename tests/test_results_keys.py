@@ -104,14 +104,14 @@ async def test_result_times_out_on_a_live_instance(odb: durable.Database) -> Non
         await odb.result(iid, timeout=0.2)
     with pytest.raises(TimeoutError, match="has not ended"):
         await odb.result(iid, timeout=0)
-    assert odb.watchers._users == 0 and odb.watchers._conn is None  # the LISTEN connection went back
+    assert odb.watchers._users == 0 and not odb.watchers.listening  # the LISTEN connection went back
 
 
 async def test_result_under_trio_fail_after(odb: durable.Database) -> None:
     iid = await parked(odb)
     with pytest.raises(trio.TooSlowError), trio.fail_after(0.3):
         await odb.result(iid)
-    assert odb.watchers._users == 0 and odb.watchers._conn is None
+    assert odb.watchers._users == 0 and not odb.watchers.listening
     # and it is still usable afterwards
 
     async def end() -> None:
@@ -255,7 +255,7 @@ async def test_woken_by_a_worker_process(odb: durable.Database, pg_dsn: str, tmp
                 for iid in ids:
                     n.start_soon(wait, iid)
                 await wait_for(lambda: _async(all(odb.watchers.waiting(i) for i in ids)), timeout=10)
-                assert odb.watchers._conn is not None  # one connection listens for all three
+                assert odb.watchers.listening  # one connection listens for all three
                 for k, iid in enumerate(ids):
                     await odb.signal(iid, "go", {"amount": k})
         assert results == {iid: {"paid": k} for k, iid in enumerate(ids)}
@@ -515,8 +515,55 @@ async def test_many_waiters_share_one_listener_and_a_bulk_cancel_wakes_them_all(
             for iid in ids:
                 n.start_soon(wait, iid)
             await wait_for(lambda: _async(all(odb.watchers.waiting(i) for i in ids)), timeout=40)
-            assert odb.watchers._users == 200 and odb.watchers._conn is not None
+            assert odb.watchers._users == 200 and odb.watchers.listening
             bulk = await second.cancel_many("closing down", machine="Order")
             assert bulk.changed == 200
     assert len(errors) == 200 and {e.instance_id for e in errors} == set(ids)  # type: ignore[attr-defined]
-    assert odb.watchers._users == 0 and odb.watchers._conn is None
+    assert odb.watchers._users == 0 and not odb.watchers.listening
+
+
+async def test_waiters_take_turns_reading_the_hints_and_outlive_a_lost_listen(
+    odb: durable.Database, second: durable.Database
+) -> None:
+    """No task of its own reads the LISTEN's hints: a waiter does while it waits. The reader's instance ends
+    first and the reading passes to another waiter; then the listening connection is killed: the waiters
+    re-read once, the LISTEN is opened again, and hints still wake them (the re-read is an hour away)."""
+    ids = [await parked(odb) for _ in range(3)]
+    ended: list[int] = []
+    w = odb.watchers
+    listeners = durable.sql.Query("test_listeners", "select pid from pg_stat_activity where query = $1", "")
+    terminate = durable.sql.Query("test_terminate", "select pg_terminate_backend($1)", "")
+    listen_query = f'LISTEN "{w.channel}"'
+
+    async def wait(iid: int) -> None:
+        with pytest.raises(durable.InstanceCancelled):
+            await odb.result(iid)
+        ended.append(iid)
+
+    async def all_wait(iids: list[int]) -> bool:
+        return all(w.waiting(i) for i in iids)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            for iid in ids:
+                n.start_soon(wait, iid)
+            await wait_for(lambda: all_wait(ids), timeout=10)
+            reader = w._reader
+            assert reader is not None and w.listening
+            first = reader.instance_id
+            await second.cancel(first, "the reader's own")
+            await wait_for(lambda: _async(ended == [first]), timeout=10)
+            rest = [i for i in ids if i != first]
+            await wait_for(lambda: _async(w._reader is not None and w._reader.instance_id in rest), timeout=10)
+            [old] = [r["pid"] for r in await odb.pool.fetch(listeners, listen_query)]
+            assert await odb.pool.fetchval(terminate, old)
+
+            async def listening_again() -> bool:
+                pids = [r["pid"] for r in await odb.pool.fetch(listeners, listen_query)]
+                return w.listening and bool(pids) and old not in pids and await all_wait(rest)
+
+            await wait_for(listening_again, timeout=20)
+            for iid in rest:
+                await second.cancel(iid, "after the lost listen")
+                await wait_for(lambda iid=iid: _async(iid in ended), timeout=10)
+    assert sorted(ended) == sorted(ids) and not w.listening and w._reader is None
