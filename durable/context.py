@@ -5,10 +5,83 @@ token (to fence the step's own side effects)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .values import StepValues
+    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+    from datetime import datetime, timedelta
+
+    from ._pg import Pool
+    from .clock import Clock
+    from .outcomes import Insert
+    from .records import Event, Instance
+    from .values import StepValues, Values
+
+
+class StepDatabase(Protocol):
+    """What a step may use of the ``durable.Database`` it runs on (``ctx.db``): the step API sits below the
+    public API and never imports it, and ``durable.Database`` implements this (mypy checks it where a
+    ``Runtime`` is given one). For the rest of the Database's API, ``typing.cast(durable.Database, ctx.db)``."""
+
+    @property
+    def pool(self) -> Pool:
+        """The Database's pool (``durable._pg.Pool``): named statements, transactions."""
+
+    @property
+    def clock(self) -> Clock:
+        """The clock whose ``now()`` the Database's statements carry."""
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest encoded state, payload or result the Database accepts, in bytes."""
+
+    @property
+    def values(self) -> Values:
+        """Named values of any instance: ``get``, ``mget``, ``list`` (``durable.Database.values``)."""
+
+    async def insert(
+        self,
+        machine: type[Any] | str,
+        state: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        partition_key: str | None = None,
+        unique_key: str | None = None,
+        unique_scope: Sequence[str] | None = None,
+        schedule_at: datetime | None = None,
+        schedule_in: float | timedelta | None = None,
+        step: str | None = None,
+        version: int | None = None,
+        on_conflict: str = "none",
+        attributes: Mapping[str, str] | None = None,
+    ) -> int | None:
+        """Insert one instance of ``machine`` (a Machine class or its name): ``durable.Database.insert``."""
+
+    def insert_many(self, specs: Iterable[Insert]) -> Awaitable[list[int | None]]:
+        """Insert a batch in one statement: ``durable.Database.insert_many``."""
+
+    async def signal(
+        self,
+        instance_id: int | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        dedup_key: str | None = None,
+    ) -> int | None:
+        """Deliver a durable signal to another instance: ``durable.Database.signal``."""
+
+    async def get(self, instance_id: int | None = None, *, key: str | None = None) -> Instance:
+        """One instance with its inbox and children: ``durable.Database.get``."""
+
+    async def history(self, instance_id: int) -> list[Event]:
+        """An instance's history, oldest first: ``durable.Database.history``."""
+
+    async def cancel(
+        self, instance_id: int, reason: str = "cancelled", *, by: str = "operator", limit: int | None = None
+    ) -> str:
+        """Cancel an instance and its descendants: ``durable.Database.cancel``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +134,8 @@ class Context:
     timed_out: bool = False  # the instance's await timed out: no awaited signal came in time
     lease_token: int = 0
     worker_id: str = ""
-    # the durable.Database the step runs against (Any: the step API does not import the public API above it)
-    db: Any = field(default=None, repr=False)
+    # the durable.Database the step runs against (None for a Context made outside a runtime)
+    db: StepDatabase | None = field(default=None, repr=False)
     taken: set[str] = field(default_factory=set, repr=False)
 
     @property

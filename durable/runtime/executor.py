@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from .. import codec, tracing
-from ..context import Context
+from ..context import Context, StepDatabase
 from ..errors import UnknownMachine
 from ..inserts import InsertColumns
 from ..machine import Machine, describe, step_fn, validate_outcome
@@ -37,29 +37,16 @@ from .cancelling import cancel_outcome, compensate, interrupted
 from .claim import Claim, Encoded
 
 if TYPE_CHECKING:
-    from .._pg import Pool
-    from ..clock import Clock
     from ..machine import Registry
 
 
-class Database(Protocol):
-    """What the runtime uses of a ``durable.Database`` (the runtime never imports the public API)."""
-
-    @property
-    def pool(self) -> Pool:
-        """The pool every statement of the runtime goes through."""
-
-    @property
-    def clock(self) -> Clock:
-        """The clock whose ``now()`` the statements carry (a VirtualClock in the simulator)."""
+class Database(StepDatabase, Protocol):
+    """What the runtime uses of a ``durable.Database`` (the runtime never imports the public API): what its
+    steps may use (``ctx.db``, :class:`~durable.context.StepDatabase`), and the registry."""
 
     @property
     def registry(self) -> Registry:
         """The machines by name and version, from which a claim's step is found."""
-
-    @property
-    def max_value_bytes(self) -> int:
-        """The largest encoded state, outcome or signal payload, in bytes."""
 
 
 UNKNOWN_MACHINE_RETRY = 60.0

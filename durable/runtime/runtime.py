@@ -41,14 +41,14 @@ from ..sql import Q
 from . import spans
 from .backoff import Outage, unavailable
 from .claim import Claim
+from .executor import Database as StepsDatabase
 from .flusher import Flusher
 from .options import Flushing, Leases, Polling, Retention, RuntimeOptions, resolve
-from .schedule_loop import Database as LoopDatabase
 from .schedule_loop import ScheduleLoop
 from .scheduler import Callbacks, Lifecycle, OnStep, Scheduler, SchedulerConfig
 
 
-class Database(LoopDatabase, Protocol):
+class Database(StepsDatabase, Protocol):
     """What a runtime uses of the ``durable.Database`` it runs on (the runtime never imports the public API):
     the pool, the registry and clock, and the hooks through which this process's inserts wake its
     schedulers and hand them due rows (the registries stay with the Database, which every insert passes)."""

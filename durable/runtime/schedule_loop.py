@@ -16,21 +16,11 @@ from ..inserts import InsertColumns
 from ..schedules import CATCH_UP_BATCH, MAX_NAP, Schedule
 from ..sql import Q
 from .backoff import Outage, unavailable
-from .executor import Database as Base
+from .executor import Database  # a tick inserts through its insert_many (context.StepDatabase)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable
-
     from ..clock import Clock
     from ..outcomes import Insert
-
-
-class Database(Base, Protocol):
-    """The runtime's view of the database, and the batch insert a tick makes (``Database.insert_many``)."""
-
-    def insert_many(self, specs: Iterable[Insert]) -> Awaitable[list[int | None]]:
-        """Insert the instances of ``specs`` in one statement; per spec, its new id or None for a duplicate unique
-        key."""
 
 
 __all__ = ["CATCH_UP_BATCH", "MAX_NAP", "ScheduleLoop"]
