@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import durable
-from durable._pg import aio
+from durable._pg import PostgresError, aio
+from durable.migrate import migrate
 from durable.sql import Q, Query
 
 pytestmark = pytest.mark.trio
@@ -143,19 +144,17 @@ async def test_a_pick_with_10000_executing_rows_does_the_work_of_one_with_none(d
     assert max(n["Actual Rows"] * n["Actual Loops"] for n in nodes(busy)) <= BACKLOG, json.dumps(busy)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="since 797b003 (the statement bridge keeps connections between statements) "
-    "the planner probes instances_lease (under a one-row Sort) in this scenario: git bisect points "
-    "there, the cause is not found yet; open in the session note of 2026-12-06",
-)
 async def test_the_probe_keeps_to_the_partition_index_when_statistics_say_nothing_executes(
-    db: durable.Database,
+    db: durable.Database, pg_dsn: str, schema_name: str
 ) -> None:
     """Statistics taken while nothing executed (an idle night) make every executing-row index look empty.
-    instances_lease (all executing rows) then looked as cheap a probe as instances_partition_active, and a
-    plan that scanned the whole lease index per candidate (dead entries included) was chosen: 50 scans
-    per pick. The probe's order by partition_key, which only the partition index gives, settles it."""
+    instances_lease (all executing rows) then looked as cheap a probe as instances_partition_active, the
+    tie settled by btree descent cost: once claims had given the partition index a level (its dead
+    entries pile up, the lease index's do not), a plan that scanned the whole lease index per candidate
+    (dead entries included) was chosen, 50 scans per pick. The probe's status range (schema v13) proves
+    only the partition index's predicate. The plan is made on a new connection, which reads the index's
+    current height: a backend that cached the btree metapage while the index was one page kept seeing
+    height 0, and this test passed by that luck before 797b003 (its plan ran on such a connection)."""
     await db.pool.execute(NO_AUTOVACUUM)
     await db.pool.execute(SEED_RUNNABLE, 20_000, QUEUE, 0)
     await db.pool.execute(ANALYZE)
@@ -163,7 +162,8 @@ async def test_the_probe_keeps_to_the_partition_index_when_statistics_say_nothin
         rows = await db.pool.fetch(Q.pick, QUEUE, DEMAND, "w", 60.0, None, None, None)
         await db.pool.execute(FINISH, [r["id"] for r in rows])
         await db.pool.execute(SEED_RUNNABLE, DEMAND, QUEUE, 20_000 + n * DEMAND)
-    plan = await generic_pick_plan(db, analyze=False)
+    async with durable.connect(pg_dsn, schema=schema_name, migrate=False, min_size=1, max_size=1) as fresh:
+        plan = await generic_pick_plan(fresh, analyze=False)
     probes = [
         n
         for n in nodes(candidate(plan))
@@ -186,3 +186,37 @@ async def test_a_large_pick_on_a_table_never_analyzed_reads_each_claim_a_few_tim
     assert plan["Actual Rows"] == demand
     worst = max(nodes(plan), key=lambda n: n["Actual Rows"] * n["Actual Loops"])
     assert worst["Actual Rows"] * worst["Actual Loops"] <= backlog, json.dumps(worst)[:2000]
+
+
+V12_PARTITION_INDEX = Query(
+    "t_v12_partition_index",
+    """
+drop index instances_partition_active;
+create unique index instances_partition_active on instances (partition_key)
+  where status = 'executing' and partition_key is not null;
+delete from schema_migrations where version = 13""",
+    "",
+)
+PARTITION_PREDICATE = Query(
+    "t_partition_predicate",
+    "select pg_get_expr(indpred, indrelid) from pg_index where indexrelid = 'instances_partition_active'::regclass",
+    "",
+)
+SNEAK = Query("t_sneak_claim", "update instances set status = 'executing' where status = 'runnable'", "")
+
+
+async def test_schema_13_rebuilds_the_partition_index_of_a_live_table_and_it_still_refuses_a_second_claim(
+    db: durable.Database,
+) -> None:
+    """A v12 schema with an executing row of a key (and a runnable one of the same key) upgrades: the index
+    gets the range predicate the pick's probe proves, under its old name, and the second row of the key
+    still cannot be claimed behind the pick's back."""
+    await db.pool.execute(V12_PARTITION_INDEX)
+    await db.pool.execute(SEED_RUNNABLE, 2, QUEUE, 0)
+    await db.pool.execute(Query("t_same_key", "update instances set partition_key = 'k'", ""))
+    assert len(await db.pool.fetch(Q.pick, QUEUE, DEMAND, "w", 60.0, None, None, None)) == 1
+    assert await migrate(db.pool) == [13]
+    assert "'executing'::status" in (predicate := await db.pool.fetchval(PARTITION_PREDICATE))
+    assert "status >=" in predicate and "status <=" in predicate, predicate
+    with pytest.raises(PostgresError, match="instances_partition_active"):
+        await db.pool.execute(SNEAK)

@@ -13,7 +13,9 @@
 --     lease_token. A reaped worker's late outcome changes nothing and is logged as `fenced`.
 --   * Partition keys are serialized by the unique partial index instances_partition_active, not by a
 --     session advisory lock: the claim is the lock, no connection is pinned, a dead worker's keys are
---     freed by the reaper. The pick skips keys already executing and takes one row per key.
+--     freed by the reaper. The pick skips keys already executing and takes one row per key. Since schema
+--     v13 the index's predicate reads `status between 'executing' and 'executing'` (the same rows), so
+--     that the pick's probe, written alike, can be served by no other index (see pick).
 --   * Unique scopes: a row whose scope names executing but not runnable waits in the pick while its key
 --     is occupied (like a busy partition key) instead of failing the pick; an outcome into an occupied
 --     scope goes to handle(); scopes the engine's own moves could collide with are refused at insert
@@ -75,14 +77,21 @@ with candidate as (
     -- lateral join's `busy is null` got the 0.5 % default selectivity: the LIMIT then looked like a
     -- scan of the whole backlog, and a plan that sorts the whole backlog could win). `offset 0` keeps
     -- the subquery a probe per candidate: without it a generic plan may hash the whole executing set
-    -- once per pick (2,000 executing rows read to claim a few). The order by (on a range: an equality
-    -- would make it moot) is one only instances_partition_active gives: with statistics taken while
-    -- nothing executed, instances_lease looked as cheap, and a scan of all of it per candidate won
+    -- once per pick (2,000 executing rows read to claim a few). The status is a range, the very clauses
+    -- of instances_partition_active's predicate (schema v13), which do not imply instances_lease's
+    -- `status = 'executing'`: only the partition index can serve the probe. Written as an equality,
+    -- the probe let the planner weigh a scan of the whole lease index per candidate, and with statistics
+    -- taken while nothing executed both indexes looked like one row, the tie settled by btree descent
+    -- cost (the index's height and size): the partition index, bloated by claims nobody's probe marks
+    -- dead, lost to a one-page lease index after a few hundred claims (on any backend that had not
+    -- cached its metapage while it was one page: keeping connections in 797b003 only changed which
+    -- backend planned). The key is a range too: in instances_partition_key (every keyed row) it is
+    -- estimated at the 0.5 % default of the table, in the partition index at that of the executing rows
     and (g.partition_key is null
          or not exists (select 1 from instances e
                         where e.partition_key between g.partition_key and g.partition_key
-                          and e.status = 'executing'
-                        order by e.partition_key offset 0))
+                          and e.status between 'executing' and 'executing'
+                        offset 0))
     -- the occupied-unique-key skip, the same shape (a probe of instances_unique per such candidate)
     and (g.unique_key is null or g.unique_guard is not null or not 'executing' = any (g.unique_scope)
          or not exists (select 1 from instances u where u.unique_guard = g.unique_key offset 0))
