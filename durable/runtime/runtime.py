@@ -184,24 +184,30 @@ class Runtime:
             if not isinstance(n, int) or n < 1:
                 raise DefinitionError(f"queue {q!r}: concurrency must be a positive int, not {n!r}")
         self.db = db
-        self.clock = clock or db.clock
-        self.lease = float(leases.lease)
-        self.heartbeat_every = leases.heartbeat if leases.heartbeat is not None else self.lease / 3
-        self.reap_every = leases.reap_every if leases.reap_every is not None else min(self.lease / 2, 30.0)
-        self.poll_min = polling.poll_min
-        self.poll_max = polling.poll_max
+        lease_s = float(leases.lease)
+        # the settings the schedulers read, fixed from here on (the properties below read them)
+        self.scheduler_config = SchedulerConfig(
+            worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            clock=clock or db.clock,
+            lease=lease_s,
+            heartbeat_every=leases.heartbeat if leases.heartbeat is not None else lease_s / 3,
+            poll_min=polling.poll_min,
+            poll_max=polling.poll_max,
+            chain=polling.chain,  # run-ahead: steps a claim may run in a row after `next` outcomes
+            handoff=polling.handoff,  # an idle scheduler takes due rows of a local insert in the insert itself
+            # lease loss: a step that holds the event loop longer than block_limit is reported; a claim
+            # whose lease is lost has its step cancelled (lease_lost); dead workers' claims freed at start
+            block_limit=lease_s / 3,
+        )
+        self.reap_every = leases.reap_every if leases.reap_every is not None else min(lease_s / 2, 30.0)
         self.drain_timeout = drain_timeout
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.on_step = on_step
         self.on_error = on_error
         self.retention = kept.older_than
         self.retention_every = kept.every
-        # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
-        self.chain = polling.chain  # run-ahead: steps a claim may run in a row after `next` outcomes
-        self.handoff = polling.handoff  # an idle scheduler takes due rows of a local insert in the insert itself
         # recurring schedules (durable/schedules.py): checked here, fired by one service loop
         checked = check_schedules(schedules, db.registry, db.max_value_bytes)
         self.schedule_loop = ScheduleLoop(self, checked) if checked else None
+        # NOTIFY hints arrive out of band: off by default under a virtual clock (deterministic runs)
         self.listen = polling.listen if polling.listen is not None else not isinstance(self.clock, VirtualClock)
         self.flusher = Flusher(
             db.pool,
@@ -216,31 +222,17 @@ class Runtime:
         # a database that does not answer: one log line when it goes, one when it is back; loops back off
         self.outage = Outage(self.log_error, seed=self.worker_id, cap=min(2.0, self.heartbeat_every))
         self.flusher.outage = self.outage
-        # lease loss: a step that holds the event loop longer than block_limit is reported; a claim
-        # whose lease is lost has its step cancelled (lease_lost); dead workers' claims freed at start
-        self.block_limit = self.lease / 3
         # the schedulers see this runtime through its fixed settings, the shared run state and the calls
         # back (scheduler.py's SchedulerConfig, Lifecycle and Callbacks), never the Runtime itself
         self.life = Lifecycle()
-        self.scheduler_config = SchedulerConfig(
-            worker_id=self.worker_id,
-            clock=self.clock,
-            lease=self.lease,
-            heartbeat_every=self.heartbeat_every,
-            poll_min=self.poll_min,
-            poll_max=self.poll_max,
-            chain=self.chain,
-            handoff=self.handoff,
-            block_limit=self.block_limit,
-        )
-        calls = Callbacks(
+        self.callbacks = Callbacks(
             log_error=self.log_error,
             lose=self.lose,
             lease_lost=self.lease_lost,
             release=self.release,
             timer_set=self.timer_set,
             ran=self.ran,
-            on_step=self.on_step,
+            on_step=on_step,
         )
         self.schedulers = {
             q: Scheduler(
@@ -252,7 +244,7 @@ class Runtime:
                 flusher=self.flusher,
                 outage=self.outage,
                 life=self.life,
-                calls=calls,
+                calls=self.callbacks,
             )
             for q, n in qmap.items()
         }
@@ -267,6 +259,57 @@ class Runtime:
         self._registered_here = False
         self._work_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+
+    # -- the fixed settings (self.scheduler_config), read-only ----------------------------------------
+    @property
+    def worker_id(self) -> str:
+        """This runtime's worker id (its rows in ``workers``, its claims' ``leased_by``)."""
+        return self.scheduler_config.worker_id
+
+    @property
+    def clock(self) -> Clock:
+        """The clock whose ``now()`` this runtime's statements carry (default: its Database's)."""
+        return self.scheduler_config.clock
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claim is leased for, from the statement that takes or extends it."""
+        return self.scheduler_config.lease
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Seconds between heartbeats (default: a third of the lease)."""
+        return self.scheduler_config.heartbeat_every
+
+    @property
+    def poll_min(self) -> float:
+        """The shortest wait in seconds between an idle scheduler's picks."""
+        return self.scheduler_config.poll_min
+
+    @property
+    def poll_max(self) -> float:
+        """The longest wait in seconds between an idle scheduler's picks (the idle wait doubles up to it)."""
+        return self.scheduler_config.poll_max
+
+    @property
+    def chain(self) -> int:
+        """Run-ahead: ``next`` steps a claim may run in a row without a new pick."""
+        return self.scheduler_config.chain
+
+    @property
+    def handoff(self) -> bool:
+        """Whether an idle scheduler takes due rows of a local insert in the insert's own statement."""
+        return self.scheduler_config.handoff
+
+    @property
+    def block_limit(self) -> float:
+        """Seconds a step may hold the event loop before it is reported (a third of the lease)."""
+        return self.scheduler_config.block_limit
+
+    @property
+    def on_step(self) -> OnStep | None:
+        """The hook called after each committed step (``on_step=``), or None."""
+        return self.callbacks.on_step
 
     @property
     def stopping(self) -> bool:
