@@ -132,15 +132,31 @@ class _Queued:
         trio.lowlevel.reschedule(self.task)
 
 
+class _Hint:
+    """asyncpg's listener callback of :meth:`Pool.listen`: hands a notification's payload to the trio side
+    (``deliver``: a memory channel's send, which only reschedules the reader). asyncpg queues it with
+    ``loop.call_soon``; :func:`_wake_at_once` runs it at once, in the reader task that parsed the
+    notification, where it took a turn of the loop task and then one of trio's ``run_sync_soon`` task."""
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[str], None]) -> None:
+        self.deliver = deliver
+
+    def __call__(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.deliver(payload)
+
+
 def _wake_at_once(loop: asyncio.AbstractEventLoop) -> None:
-    """Make ``loop.call_soon`` run :class:`_Wake` callbacks at once, and asyncpg's done callback on a query's
-    waiter when the query was not cancelled (every other callback as before); see :func:`_tune_loop`."""
+    """Make ``loop.call_soon`` run :class:`_Wake` and :class:`_Hint` callbacks at once, and asyncpg's done
+    callback on a query's waiter when the query was not cancelled (every other callback as before); see
+    :func:`_tune_loop`."""
     if getattr(loop, "_durable_wake_at_once", False):
         return
     call_soon = loop.call_soon
 
     def fast_call_soon(callback: Any, *args: Any, context: Any = None) -> Any:
-        if type(callback) is _Wake:
+        if type(callback) is _Wake or type(callback) is _Hint:
             callback(*args)
             return None
         if (
@@ -862,11 +878,11 @@ class Pool:
                 send.send_nowait(payload)
             except trio.WouldBlock:
                 send.close()  # the reader fell behind: end the channel, it catches up and listens again
-            except trio.ClosedResourceError:
-                pass  # lost, or after the block
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # lost, after the block, or the reader closed its end
 
-        def on_notification(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            token.run_sync_soon(deliver, payload)  # called by the asyncio loop: hop into trio, in order
+        # called in this thread by trio-asyncio's loop (at once: _Hint), in the order they arrive
+        on_notification = _Hint(deliver)
 
         def on_lost(_conn: object) -> None:
             token.run_sync_soon(send.close)

@@ -191,31 +191,36 @@ class Database:
         if not cols:
             return []
         handoff, handoff_queue, take = self._handoff_for(cols.queue)
+        columns: tuple[list[Any], ...] = (
+            cols.machine,
+            cols.version,
+            cols.step,
+            cols.state,
+            cols.queue,
+            cols.priority,
+            cols.partition_key,
+            cols.unique_key,
+            cols.scope,
+            cols.eligible_at,
+            cols.traceparent,
+            cols.tracestate,
+            [None] * len(cols),  # parent ids: none from here
+        )
+        # a lone row goes through insert_instance: the same statement for a batch of one, scalar parameters
+        one = len(cols) == 1
         try:
             rows = await self.pool.fetch(
-                Q.insert_instances,
-                cols.machine,
-                cols.version,
-                cols.step,
-                cols.state,
-                cols.queue,
-                cols.priority,
-                cols.partition_key,
-                cols.unique_key,
-                cols.scope,
-                cols.eligible_at,
-                cols.traceparent,
-                cols.tracestate,
-                [None] * len(cols),
+                Q.insert_instance if one else Q.insert_instances,
+                *([c[0] for c in columns] if one else columns),
                 self.clock.now(),
-                cols.delay,
+                cols.delay[0] if one else cols.delay,
                 self.channel if self.notify else None,
                 self.token,
                 handoff_queue,
                 handoff.worker_id if handoff else None,
                 handoff.lease if handoff else None,
                 take,
-                cols.attributes_json,
+                cols.attributes_json[0] if one else cols.attributes_json,
             )
         except BaseException:
             if handoff is not None:  # committed or not: unknown

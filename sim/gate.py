@@ -582,7 +582,7 @@ class SlotGate:
             text = f"{args[0]}:t{args[1]} {args[2]} {'written' if wrote else 'refused'}" if args else ""
         elif name == "deliver_signal":
             text = " ".join(f"{r['signal_id']}:{r['after']}" for r in rows)
-        elif name == "insert_instances":
+        elif name in ("insert_instances", "insert_instance"):
             inserted = set(rows[0]["inserted"]) if rows else set()
             for r in rows:  # handed off to this worker's idle scheduler: claimed like a pick
                 if r["lease_token"] is not None:

@@ -19,7 +19,7 @@ async def test_plan_marker_is_parsed_and_kept_out_of_the_doc() -> None:
     assert not queries["b"].generic
     # the statements whose plan cannot depend on their parameters, and only those
     marked = sorted(q.name for q in Q if q.generic)
-    assert marked == ["complete_simple", "insert_instances", "pick"]
+    assert marked == ["complete_simple", "insert_instance", "insert_instances", "pick"]
 
 
 async def _settings(raw: object) -> tuple[str, list[str]]:

@@ -172,7 +172,7 @@ async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, 
     picks = 0 if handoff else 1
     assert counts.pop("pick", 0) == picks
     assert later.get("pick", 0) == picks, later
-    assert counts == {"insert_instances": 1, "complete_simple": 1}
+    assert counts == {"insert_instance": 1, "complete_simple": 1}
     assert rt.schedulers["sc_jobs"].handed == (1 if handoff else 0)
 
 

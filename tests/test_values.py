@@ -210,7 +210,7 @@ async def test_values_are_hydrated_only_on_request(db: durable.Database) -> None
     """Lazy hydration, measured by statement counts: the steps that do not ask read no value (no value_get or
     value_mget statement; the pick's text never names instance_values), the one step that asks costs one
     value_get, and the value round-trips intact."""
-    for q in (Q.pick, Q.complete, Q.complete_simple, Q.heartbeat, Q.insert_instances):
+    for q in (Q.pick, Q.complete, Q.complete_simple, Q.heartbeat, Q.insert_instances, Q.insert_instance):
         assert "instance_values" not in re.sub(r"--[^\n]*", "", q.text), q.name
     n = 4
     ids = [await db.insert(Artifact) for _ in range(n)]
