@@ -464,7 +464,7 @@ class Pool:
         """Open the pools. ``pooler="transaction"``: ``dsn`` reaches PostgreSQL through a transaction pooler
         (no prepared statements, no startup settings, search_path checked), and ``listen_dsn`` directly."""
         pooler = check_pooler(pooler, listen_dsn)
-        loop = trio_asyncio.current_loop.get()
+        loop = trio_asyncio.current_loop.get(None)
         if loop is not None:  # before any connection's reader task starts (see _tune_loop)
             _wake_at_once(loop)
         path = {"search_path": f"{schema},public"}
