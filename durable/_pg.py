@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -176,6 +178,18 @@ def _wake_at_once(loop: asyncio.AbstractEventLoop) -> None:
     _tune_loop(loop)
 
 
+# sha256 of trio-asyncio 0.16.0's BaseTrioEventLoop._io_task source, the code _tune_loop's io_task copies
+IO_TASK_DIGEST = "a4d30e42473f8b5316eb1c2198ddf7cc9defbcee06a67acfa1fe42aac20e5674"
+
+
+def _source_digest(fn: Any) -> str | None:
+    """sha256 of ``fn``'s source text, None when it has none (an installation without sources)."""
+    try:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
 def _tune_loop(loop: Any) -> None:
     """Let trio-asyncio's reader and writer tasks skip their ``synchronize`` (a turn of the loop task, then
     one of their own) after a callback that queued nothing for the loop. trio-asyncio runs each fd's
@@ -183,10 +197,13 @@ def _tune_loop(loop: Any) -> None:
     far, so that what the callback scheduled runs before its next call. When the callback scheduled nothing
     (a reply that only woke a trio task through :class:`_Wake`), the wait was two scheduler turns for
     nothing. Callbacks that do queue something (an asyncio Task woken by its reply: the gated pools, a
-    pool acquire) are synchronized as before. Installed only on trio-asyncio's own ``_io_task``."""
+    pool acquire) are synchronized as before. Installed only on trio-asyncio's own ``_io_task``, and only
+    when its source is the one copied here (``IO_TASK_DIGEST``): another version keeps its own."""
     original = getattr(type(loop), "_io_task", None)
     if getattr(original, "__qualname__", None) != "BaseTrioEventLoop._io_task" or not hasattr(loop, "_queue_handle"):
         return
+    if _source_digest(original) != IO_TASK_DIGEST:
+        return  # another trio-asyncio: its reader task is not the one copied below (statements take 5 turns)
     queue_handle = loop._queue_handle
     queued = [0]  # handles queued for the loop task so far
 

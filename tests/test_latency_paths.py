@@ -205,3 +205,17 @@ async def test_a_notification_reaches_its_listener_without_the_loop_task(db: dur
             hops = sum(1 for name in steps if "_main_loop" in name or "run_sync_soon" in name)
             fewest = hops if fewest is None else min(fewest, hops)
     assert fewest == 0, f"{fewest} turns of the loop task or run_sync_soon per notification (0 expected)"
+
+
+async def test_the_reader_task_copied_by_tune_loop_is_trio_asyncios_own() -> None:
+    """_pg._tune_loop replaces trio-asyncio's reader task with a copy that skips an idle synchronize. It does
+    so only for the source it copied: a trio-asyncio whose reader task changed keeps its own (statements
+    then take 5 scheduler turns, and the turn guards above fail). This says why, before they do."""
+    from trio_asyncio._base import BaseTrioEventLoop
+
+    from durable._pg import IO_TASK_DIGEST, _source_digest
+
+    assert _source_digest(BaseTrioEventLoop._io_task) == IO_TASK_DIGEST, (
+        "trio-asyncio's BaseTrioEventLoop._io_task changed: compare it with durable/_pg.py's _tune_loop copy, "
+        "then update IO_TASK_DIGEST"
+    )
