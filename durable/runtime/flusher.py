@@ -54,6 +54,24 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT) and not isinstance(exc, ClientDataError)
 
 
+# the columns of a Spawn's children, in the order the complete statement takes them (after each child's
+# parent ordinal)
+_CHILD_COLUMNS = (
+    "machine",
+    "version",
+    "step",
+    "state",
+    "queue",
+    "priority",
+    "partition_key",
+    "unique_key",
+    "scope",
+    "eligible_at",
+    "traceparent",
+    "tracestate",
+    "delay",
+)
+
 # the status an outcome of each kind moves its row into (a unique scope may name it)
 _ENTERS = {
     "next": "runnable",
@@ -358,25 +376,7 @@ class Flusher:
         shown_s: list[int] = []
         eat_i: list[int] = []
         eat_s: list[int] = []
-        kid_cols: dict[str, list[Any]] = {
-            k: []
-            for k in (
-                "parent",
-                "machine",
-                "version",
-                "step",
-                "state",
-                "queue",
-                "priority",
-                "partition_key",
-                "unique_key",
-                "scope",
-                "eligible_at",
-                "traceparent",
-                "tracestate",
-                "delay",
-            )
-        }
+        kid_cols: dict[str, list[Any]] = {k: [] for k in ("parent", *_CHILD_COLUMNS)}
         for ordinal, p in enumerate(batch, start=1):
             c, o = p.claim, p.outcome
             ids.append(c.id)
@@ -401,21 +401,7 @@ class Flusher:
                 cols = o.children
                 n = len(cols)
                 kid_cols["parent"].extend([ordinal] * n)
-                for col in (
-                    "machine",
-                    "version",
-                    "step",
-                    "state",
-                    "queue",
-                    "priority",
-                    "partition_key",
-                    "unique_key",
-                    "scope",
-                    "eligible_at",
-                    "traceparent",
-                    "tracestate",
-                    "delay",
-                ):
+                for col in _CHILD_COLUMNS:
                     kid_cols[col].extend(getattr(cols, col))
         k = kid_cols
         return await self.pool.fetch(
