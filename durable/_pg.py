@@ -978,7 +978,10 @@ class Pinned:
             self._owned.clear()
 
     async def _checkout(self) -> asyncpg.Connection:
-        raw = await self._receive.receive()
+        try:  # a free connection is taken without a turn of the event loop (receive() takes one first)
+            raw = self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            raw = await self._receive.receive()
         if _closed(raw):
             with anyio.CancelScope(shield=True):
                 return await self._replace(raw)
@@ -986,10 +989,12 @@ class Pinned:
 
     async def _checkin(self, raw: asyncpg.Connection) -> None:
         """Hand a connection back: replaced when dead, or when a transaction is still open on it."""
-        with anyio.CancelScope(shield=True):
-            if not _closed(raw) and raw.is_in_transaction():
-                raw.terminate()  # a transaction its owner could not end: drop the connection for a fresh one
-            self._send.send_nowait(await self._replace(raw) if _closed(raw) else raw)
+        if not _closed(raw) and raw.is_in_transaction():
+            raw.terminate()  # a transaction its owner could not end: drop the connection for a fresh one
+        if _closed(raw):
+            with anyio.CancelScope(shield=True):
+                raw = await self._replace(raw)
+        self._send.send_nowait(raw)
 
     async def _replace(self, raw: asyncpg.Connection) -> asyncpg.Connection:
         """A fresh connection for a dead one; the dead one if none is to be had yet (its statement then

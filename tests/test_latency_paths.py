@@ -219,3 +219,43 @@ async def test_the_reader_task_copied_by_tune_loop_is_trio_asyncios_own() -> Non
         "trio-asyncio's BaseTrioEventLoop._io_task changed: compare it with durable/_pg.py's _tune_loop copy, "
         "then update IO_TASK_DIGEST"
     )
+
+
+class LaneSteps(trio.abc.Instrument):
+    """Counts the steps of group commit's lane tasks."""
+
+    def __init__(self) -> None:
+        self.lanes = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if "_run_lane" in task.name:
+            self.lanes += 1
+
+
+async def test_a_lone_append_is_one_statement_one_round_trip_written_by_its_caller(db: durable.Database) -> None:
+    """Issue 20, item 3: an append to an idle group-commit lane (one writer) is one ``stream_append``
+    statement, its own transaction: one round trip, no BEGIN or COMMIT of its own, no statement before or
+    after it; and its caller writes it, so the lane's task takes no turn (a hand-over to the lane's task
+    and back took turns of both, and two events)."""
+    from durable.streams.store import CreateSpec, Store
+
+    store = Store(db.pool)
+    async with store.pinned(2, group_commit=True):
+        await store.create("/lp/a", CreateSpec(content_type="text/plain"))
+        await store.append("/lp/a", b"warm", content_type="text/plain")
+        await trio.testing.wait_all_tasks_blocked()  # the lanes' tasks wait for work
+        before = costs(db)
+        steps = LaneSteps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(5):
+                result = await store.append("/lp/a", b"%d" % i, content_type="text/plain")
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        counts, trips, bridge = since(before, costs(db))
+        group = store._group
+        assert group is not None and group.batches == group.appends == 6
+    assert result.status == "accepted" and result.next_offset.endswith("_0000000000000009")
+    assert counts == {"stream_append": 5} and trips == 5, (counts, trips)
+    assert bridge == {}, bridge
+    assert steps.lanes == 0, f"the lane's task took {steps.lanes} turns for appends its callers wrote"

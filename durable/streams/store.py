@@ -205,12 +205,14 @@ class Store:
             try:
                 if group_commit:
                     async with anyio.create_task_group() as tasks:
-                        self._group = GroupCommit(self)
-                        tasks.start_soon(self._group.run)
+                        group = self._group = GroupCommit(self)
+                        tasks.start_soon(group.run)
                         try:
                             yield
                         finally:
                             self._group = None
+                            with anyio.CancelScope(shield=True):  # appends written by their callers: short
+                                await group.idle()
                             tasks.cancel_scope.cancel()
                 else:
                     yield
@@ -610,25 +612,34 @@ class AppendArgs:
 
 
 class _Waiter:
-    """One append waiting in a :class:`GroupCommit`: its row (or error) once its batch has committed."""
+    """One append waiting in a :class:`GroupCommit`: its row (or error) once its batch has committed.
+    ``done`` is made only for an append that waits for the lane's task (one written by its own caller
+    needs no event)."""
 
     __slots__ = ("args", "done", "error", "row")
 
-    def __init__(self, args: AppendArgs) -> None:
+    def __init__(self, args: AppendArgs, *, queued: bool = True) -> None:
         self.args = args
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = anyio.Event() if queued else None
         self.row: Record | None = None
         self.error: BaseException | None = None
 
+    def settle(self) -> None:
+        """Its batch is written (``row`` or ``error`` is set): wake the append."""
+        if self.done is not None:
+            self.done.set()
+
 
 class _Lane:
-    """One writer of a :class:`GroupCommit`: its queue of waiting appends, and the event that wakes it."""
+    """One writer of a :class:`GroupCommit`: its queue of waiting appends, the event that wakes its task,
+    and whether a batch of it is being written (by its task or by an append's own caller)."""
 
-    __slots__ = ("queue", "wake")
+    __slots__ = ("busy", "queue", "wake")
 
     def __init__(self) -> None:
         self.queue: list[_Waiter] = []
         self.wake = anyio.Event()
+        self.busy = False
 
 
 class GroupCommit:
@@ -645,7 +656,12 @@ class GroupCommit:
 
     ``lanes`` batches are written at once, each on its own connection: a stream's appends always take
     the same lane (by a hash of its path), so they keep their arrival order, and two lanes never lock the
-    same stream (no deadlock between them). An append waits for at most the batch in flight on its lane."""
+    same stream (no deadlock between them). An append waits for at most the batch in flight on its lane.
+
+    An append that finds its lane idle (no batch in flight, none queued) is written by its own caller at
+    once, as a batch of one: no hand-over to the lane's task and back (a turn of each task and an event
+    each way). Appends that arrive meanwhile queue as before; the lane's task writes them when that
+    write ends. The lanes' tasks end only after such writes (:meth:`idle`)."""
 
     MAX_BATCH = 256
     MAX_BATCH_BYTES = 4 << 20
@@ -657,20 +673,44 @@ class GroupCommit:
         self._lanes = [_Lane() for _ in range(lanes)]
         self.batches = 0  # statements sent (for tests and the bench)
         self.appends = 0
+        self._direct = 0  # appends being written by their own callers (see append)
+        self._idle: anyio.Event | None = None
 
     async def append(self, args: AppendArgs) -> Record:
         """Queue one append and wait (shielded: a client that went away still gets its append written,
         as before group commit) for its batch; its ``ds_append`` row."""
-        waiter = _Waiter(args)
         lane = self._lanes[zlib.crc32(args.path.encode("utf-8", "surrogatepass")) % len(self._lanes)]
-        lane.queue.append(waiter)
-        lane.wake.set()
-        with anyio.CancelScope(shield=True):
-            await waiter.done.wait()
+        if not lane.busy and not lane.queue:  # an idle lane: this append is its batch, written here
+            waiter = _Waiter(args, queued=False)
+            lane.busy = True
+            self._direct += 1
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._write([waiter])
+            finally:
+                lane.busy = False
+                self._direct -= 1
+                if lane.queue:
+                    lane.wake.set()  # the appends queued meanwhile go next
+                if not self._direct and self._idle is not None:
+                    self._idle.set()
+        else:
+            waiter = _Waiter(args)
+            lane.queue.append(waiter)
+            lane.wake.set()
+            assert waiter.done is not None
+            with anyio.CancelScope(shield=True):
+                await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
         assert waiter.row is not None
         return waiter.row
+
+    async def idle(self) -> None:
+        """Until no append is being written by its own caller (before the store's connections go back)."""
+        while self._direct:
+            self._idle = anyio.Event()
+            await self._idle.wait()
 
     @classmethod
     def _take(cls, queue: list[_Waiter]) -> list[_Waiter]:
@@ -693,12 +733,17 @@ class GroupCommit:
     async def _run_lane(self, lane: _Lane) -> None:
         """One batch at a time (the appends of a batch in flight are finished first: the write is shielded)."""
         while True:
-            if not lane.queue:
+            if not lane.queue or lane.busy:  # nothing queued, or an append's caller is writing (it wakes us)
                 lane.wake = anyio.Event()
                 await lane.wake.wait()
+                continue
             batch = self._take(lane.queue)
-            with anyio.CancelScope(shield=True):
-                await self._write(batch)
+            lane.busy = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._write(batch)
+            finally:
+                lane.busy = False
 
     async def _write(self, batch: list[_Waiter]) -> None:
         self.batches += 1
@@ -731,7 +776,7 @@ class GroupCommit:
         except DatabaseUnavailable as exc:
             for waiter in batch:
                 waiter.error = exc
-                waiter.done.set()
+                waiter.settle()
             return
         except Exception:
             if len(batch) == 1:  # its own error (a value PostgreSQL refused)
@@ -744,7 +789,7 @@ class GroupCommit:
                 await self._one_by_one([waiter])
             else:
                 waiter.row = row
-                waiter.done.set()
+                waiter.settle()
 
     async def _one_by_one(self, batch: list[_Waiter]) -> None:
         for waiter in batch:
@@ -752,7 +797,7 @@ class GroupCommit:
                 waiter.row = await self.store._one("fetchrow", Q.stream_append, *waiter.args.single(self.store.channel))
             except Exception as exc:
                 waiter.error = exc
-            waiter.done.set()
+            waiter.settle()
 
 
 def _gap(expected: int, received: int) -> Conflict:
