@@ -60,6 +60,12 @@ from .run import OPT_IN, STAGES, Plan
     default=None,
     help="Rounds of the durable/pgqueuer duel (default 3).",
 )
+@click.option(
+    "--load-fractions",
+    default=None,
+    help="Comma-separated offered loads of the pickup-under-load stage, as fractions of the one-step drain "
+    "rate (default 0.5), each run for durable and (with the pgqueuer peer) pgqueuer: e.g. 0.1,0.25,0.5.",
+)
 def command(
     quick: bool,
     dsn: str | None,
@@ -73,6 +79,7 @@ def command(
     profile_out: Path | None,
     only: str | None,
     duel_rounds: int | None,
+    load_fractions: str | None,
 ) -> None:
     """Benchmark durable against pgqueuer, procrastinate, oban and DBOS, and against PostgreSQL's
     own commit limit, in one run against one server; prints a table and optionally writes JSON."""
@@ -92,6 +99,14 @@ def command(
     plan.profile_out = profile_out
     plan.peers = chosen
     plan.profile = not no_profile
+    if load_fractions is not None:
+        try:
+            fractions = tuple(float(f) for f in load_fractions.split(",") if f.strip())
+        except ValueError:
+            raise click.UsageError(f"--load-fractions: numbers between 0 and 2, not {load_fractions!r}") from None
+        if not fractions or not all(0 < f <= 2 for f in fractions):
+            raise click.UsageError(f"--load-fractions: numbers between 0 and 2, not {load_fractions!r}")
+        plan.load_fractions = fractions
     if jobs is not None:
         plan.jobs = jobs
     if duel_rounds is not None:

@@ -5,6 +5,7 @@ engine's SQL ceiling (pick + complete with no step code). Each runs in a fresh s
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import subprocess
 import time
@@ -25,7 +26,8 @@ from durable.runtime.claim import Claim, Encoded
 from durable.runtime.flusher import Flusher, _Pending
 from durable.sql import Q, Query
 
-from . import workloads
+from . import phases, workloads
+from .cpu import own_cpu, server_cpu
 from .profile import record_argv
 from .sql import B, Statement
 from .stats import latency_summary, percentile, rate
@@ -210,30 +212,67 @@ async def pickup_cross_process(
 
 
 async def pickup_under_load(
-    dsn: str, per_s: float, seconds: float, tuning: Tuning, schema: str = "b_pickup_load"
+    dsn: str,
+    per_s: float,
+    seconds: float,
+    tuning: Tuning,
+    schema: str = "b_pickup_load",
+    postmaster: int | None = None,
+    trace: bool = True,
 ) -> dict[str, Any]:
     """A worker process fed at ``per_s`` rows/s (batches every 10 ms) by this process; the latency
-    of every row."""
+    of every row. While the producer runs: the box's CPU busy share (/proc/stat, every core, every
+    process), this process's, the worker's and PostgreSQL's CPU. ``trace``: the worker records where each
+    row's time goes (bench/phases.py), returned as ``phases``."""
     tick = 0.01
     per_tick = max(1, round(per_s * tick))
     ticks = int(seconds / tick)
     inserts: list[float] = []  # each batch's insert, from the stamp its rows carry to the commit's return
+    marks: list[tuple[float, float, float]] = []  # (stamp, statement sent, commit returned) per batch
+    cpu: dict[str, Any] = {}
     async with fresh(dsn, schema) as db:
         behind = 0
+        pool_fetch = db.pool.fetch
+        sent = 0.0
+
+        async def fetch(*args: Any, **kwargs: Any) -> Any:  # the insert's statement: when it is sent
+            nonlocal sent
+            sent = time.time()
+            return await pool_fetch(*args, **kwargs)
 
         async def produce(pid: int) -> None:
             nonlocal behind
+            box0, own0, pg0 = phases.cpu_times(), own_cpu(), server_cpu(postmaster)
+            kinds0 = phases.server_cpu_by_kind(postmaster)
+            wall0 = time.perf_counter()
+            db.pool.fetch = fetch  # type: ignore[method-assign]
             start = trio.current_time()
             for i in range(ticks):
                 specs = workloads.specs("probe", per_tick)
-                stamped = time.time()
+                stamped = specs[0].state["t"]
                 await db.insert_many(specs)
-                inserts.append(time.time() - stamped)
+                done = time.time()
+                inserts.append(done - stamped)
+                marks.append((stamped, sent, done))
                 wait = start + (i + 1) * tick - trio.current_time()
                 if wait > 0:
                     await trio.sleep(wait)
                 else:
                     behind += 1
+            db.pool.fetch = pool_fetch  # type: ignore[method-assign]
+            box1, own1, pg1 = phases.cpu_times(), own_cpu(), server_cpu(postmaster)
+            kinds1 = phases.server_cpu_by_kind(postmaster)
+            wall = time.perf_counter() - wall0
+            cpu.update(
+                {
+                    "seconds": round(wall, 3),
+                    "box_busy": phases.busy_fraction(box0, box1),
+                    "producer_cores": round((own1 - own0) / wall, 3),
+                    "postgres_cores": None if pg0 is None or pg1 is None else round((pg1 - pg0) / wall, 3),
+                    "postgres_cores_by_kind": phases.cores_by_kind(kinds0, kinds1, wall),
+                    "nproc": os.cpu_count(),
+                }
+            )
 
         opts = {
             "dsn": dsn,
@@ -241,18 +280,25 @@ async def pickup_under_load(
             "workload": "probe",
             "expect": ticks * per_tick,
             "timeout": seconds * 10 + 60,
+            "phases": trace,
             **tuning.worker_options(),
         }
         out = await run_json("durable.bench.worker", opts, limit=seconds * 10 + 120, on_ready=produce)
+    if out.get("seconds"):
+        cpu["worker_cores"] = round(out["cpu_s"] / out["seconds"], 3)
     summary: dict[str, Any] = dict(latency_summary(out["latencies"]))
     summary.update(
         {
             "offered_per_s": round(per_tick / tick),
+            "achieved_per_s": round(ticks * per_tick / cpu["seconds"]) if cpu.get("seconds") else None,
             "late_ticks": behind,
             "ticks": ticks,
             "insert": latency_summary(inserts),
+            "cpu": cpu,
         }
     )
+    if out.get("phases"):
+        summary["phases"] = phases.breakdown(marks, out["phases"])
     return summary
 
 

@@ -428,6 +428,64 @@ def latency_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _under_load_fraction(key: str) -> float:
+    """The offered load of a ``durable.pickup`` under-load key, as a fraction (``under_load``: the plan's)."""
+    tail = key.rsplit("_", 1)[-1]
+    return int(tail) / 100 if tail.isdigit() else -1.0
+
+
+def sweep_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Pickup under load, durable and pgqueuer per offered load (issue 20, item 2): p50 / p99 ms, the
+    box's CPU busy share and the cores of each process while the producer ran."""
+    pickup = _get(r, "durable.pickup") or {}
+    main = _get(r, "plan.load_fraction") or 0.5
+    keys = [k for k in pickup if k.startswith("under_load") and "pgqueuer" not in k]
+    rows: list[tuple[str, ...]] = []
+    for key in sorted(keys, key=lambda k: _under_load_fraction(k) if k != "under_load" else main):
+        mine = pickup.get(key) or {}
+        peer = pickup.get(key.replace("under_load", "under_load_pgqueuer")) or {}
+        fraction = main if key == "under_load" else _under_load_fraction(key)
+        cpu, pcpu = mine.get("cpu") or {}, peer.get("cpu") or {}
+
+        def pct(x: Any) -> str:
+            return "—" if x is None else f"{x:.0%}"
+
+        ours = [_num(cpu.get(k)) for k in ("postgres_cores", "worker_cores", "producer_cores")]
+        busy, nproc = _num(cpu.get("box_busy")), _num(cpu.get("nproc"))
+        known = [x for x in ours if x is not None]
+        others = busy * nproc - sum(known) if busy is not None and nproc and len(known) == 3 else None
+
+        rows.append(
+            (
+                f"{fraction:.0%}",
+                f"{mine.get('offered_per_s', '—')} ({mine.get('achieved_per_s', '—')})",
+                f"{_fmt(mine.get('p50_ms'))} / {_fmt(mine.get('p99_ms'))}" if "error" not in mine else "failed",
+                f"{_fmt(peer.get('p50_ms'))} / {_fmt(peer.get('p99_ms'))}" if peer and "error" not in peer else "—",
+                f"{pct(cpu.get('box_busy'))} / {pct(pcpu.get('box_busy'))}",
+                " + ".join(_fmt(x) for x in ours) + f" (others {_fmt(others)})",
+                f"{_fmt(pcpu.get('postgres_cores'))} + {_fmt(pcpu.get('process_cores'))}",
+            )
+        )
+    return rows
+
+
+def phase_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """durable's under-load latency in phases (p50 / p99 ms per row) and its batch sizes, per offered load."""
+    pickup = _get(r, "durable.pickup") or {}
+    rows: list[tuple[str, ...]] = []
+    for key, node in pickup.items():
+        ph = node.get("phases") if isinstance(node, dict) and key.startswith("under_load") else None
+        if not ph:
+            continue
+        cells = [key]
+        for name in ("insert", "to_pick", "pick", "to_step", "total"):
+            x = ph["phases_ms"][name]
+            cells.append(f"{_fmt(x['p50'])} / {_fmt(x['p99'])}")
+        cells.append(f"{ph['pick_sizes']['p50']} / {ph['flush_sizes']['p50']}")
+        rows.append(tuple(cells))
+    return rows
+
+
 def render(r: dict[str, Any], console: Console) -> None:
     m, pg = r.get("machine", {}), r.get("postgres", {})
     load = m.get("loadavg_at_start") or [None]
@@ -448,6 +506,32 @@ def render(r: dict[str, Any], console: Console) -> None:
     for t in r.get("targets", []):
         goals.add_row(t["target"], "[green]yes[/green]" if t["met"] else "[red]no[/red]", t["measured"], t["gap"] or "")
     console.print(goals)
+    sweep = sweep_rows(r)
+    if sweep:
+        t = Table(title="pickup under load: durable vs pgqueuer per offered load (issue 20, item 2)")
+        for col in (
+            "of drain",
+            "rows/s offered (achieved)",
+            "durable p50 / p99 ms",
+            "pgqueuer p50 / p99 ms",
+            "box CPU busy (durable / pgqueuer)",
+            "durable cores: PG + worker + producer (the box's other processes)",
+            "pgqueuer cores: PG + its process",
+        ):
+            t.add_column(col)
+        for cells in sweep:
+            t.add_row(*cells)
+        console.print(t)
+    ph = phase_rows(r)
+    if ph:
+        t = Table(
+            title="durable under load, per row p50 / p99 ms: stamp -> insert commit -> pick sent -> pick back -> step"
+        )
+        for col in ("stage", "insert", "commit -> pick sent", "pick", "pick -> step", "total", "pick / flush size p50"):
+            t.add_column(col)
+        for cells in ph:
+            t.add_row(*cells)
+        console.print(t)
     costs = cost_rows(r)
     if costs:
         c = Table(title="cost per job / step")

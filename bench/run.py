@@ -31,7 +31,8 @@ class Plan:
     machines: int = 20_000
     pickup_samples: int = 200
     load_seconds: float = 8.0
-    load_fraction: float = 0.5
+    load_fraction: float = 0.5  # the under-load figure the targets read (durable.pickup.under_load)
+    load_fractions: tuple[float, ...] = (0.5,)  # offered loads (of the drain rate) run, durable and pgqueuer each
     picker_small: int = 1_000
     picker_large: int = 1_000_000
     picker_busy: int = 10_000  # executing rows of the picker's executing-set probe (its backlog: as many keyed rows)
@@ -94,6 +95,12 @@ STAGES = (
     "sustained",
 )
 OPT_IN = frozenset({"scale", "sustained"})  # long: run only when --only names them
+
+
+def under_load_key(fraction: float, main: float) -> str:
+    """Where an under-load stage's figures go: ``under_load`` for the fraction the targets read, else
+    ``under_load_<percent>`` (``durable.pickup.<key>``; pgqueuer's beside it as ``under_load_pgqueuer...``)."""
+    return "under_load" if abs(fraction - main) < 1e-9 else f"under_load_{round(fraction * 100)}"
 
 
 def stage_group(path: str) -> str:
@@ -190,18 +197,24 @@ class Runner:
             "pickup latency, idle worker, producer in another process",
             lambda: d.pickup_cross_process(durable_dsn, p.pickup_samples),
         )
-        load_rate = p.load_fraction * ((one or {}).get("per_s") or 2000)
-        await self.stage(
-            "durable.pickup.under_load",
-            f"pickup latency under load ({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
-            lambda: d.pickup_under_load(durable_dsn, load_rate, p.load_seconds, p.tuning),
-        )
-        if "pgqueuer" in p.peers:  # the same offered load, for a side-by-side latency (issue 20, item 2)
+        drain_rate = (one or {}).get("per_s") or 2000
+        for fraction in sorted(set(p.load_fractions)):
+            load_rate = fraction * drain_rate
+            key = under_load_key(fraction, p.load_fraction)
             await self.stage(
-                "durable.pickup.under_load_pgqueuer",
-                f"pgqueuer pickup latency under the same load ({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
-                lambda: self.peer_latency(load_rate, p.load_seconds),
+                f"durable.pickup.{key}",
+                f"pickup latency under load ({fraction:.0%} of the drain: {load_rate:,.0f} rows/s for "
+                f"{p.load_seconds:.0f} s)",
+                lambda r=load_rate: d.pickup_under_load(  # type: ignore[misc]
+                    durable_dsn, r, p.load_seconds, p.tuning, postmaster=self.postmaster
+                ),
             )
+            if "pgqueuer" in p.peers:  # the same offered load, for a side-by-side latency (issue 20, item 2)
+                await self.stage(
+                    f"durable.pickup.{key.replace('under_load', 'under_load_pgqueuer')}",
+                    f"pgqueuer pickup latency under the same load ({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
+                    lambda r=load_rate: self.peer_latency(r, p.load_seconds),  # type: ignore[misc]
+                )
         for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
             await self.stage(
                 f"durable.picker.{label}",
@@ -289,7 +302,13 @@ class Runner:
         try:
             result: dict[str, Any] = await run_json(
                 "bench.peers.pgqueuer_latency",
-                {"dsn": dsn, "per_s": per_s, "seconds": seconds, "batch": PEER_SETTINGS["pgqueuer"]["batch"]},
+                {
+                    "dsn": dsn,
+                    "per_s": per_s,
+                    "seconds": seconds,
+                    "batch": PEER_SETTINGS["pgqueuer"]["batch"],
+                    "postmaster": self.postmaster,
+                },
                 limit=seconds * 10 + 120,
             )
         finally:

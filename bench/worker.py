@@ -18,7 +18,7 @@ import trio
 
 import durable
 
-from . import workloads
+from . import phases, workloads
 from .cpu import own_cpu, server_cpu
 
 
@@ -59,6 +59,7 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         max_size=int(opts.get("pool", 10)),
     ) as db:
         rt = durable.Runtime(db, queues={queue: int(opts["concurrency"])}, on_step=on_step, **runtime_options(opts))
+        log = phases.install(rt) if opts.get("phases") else None  # where a row's pickup time goes
         if opts.get("tune_gc", True):  # what `durable worker` does by default
             from durable.runtime.gc_tuning import tune_for_throughput
 
@@ -86,6 +87,7 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         "latencies": workloads.latencies,
         "cpu_s": cpu1 - cpu0,
         "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "phases": None if log is None else log.to_json(workloads.starts),
     }
 
 

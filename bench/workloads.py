@@ -19,6 +19,7 @@ FIVE_STEP_QUEUE = "bench_steps"
 PROBE_QUEUE = "bench_probe"
 
 latencies: list[float] = []  # seconds, appended by ``probe`` in the process that runs it
+starts: list[tuple[float, float, int]] = []  # (stamp, step start, instance id) per probe step, likewise
 
 
 @durable.job(queue=ONE_STEP_QUEUE, name="bench_noop")
@@ -28,7 +29,9 @@ async def noop(args: Any, ctx: durable.Context) -> None:
 
 @durable.job(queue=PROBE_QUEUE, name="bench_probe")
 async def probe(args: Any, ctx: durable.Context) -> None:
-    latencies.append(time.time() - args["t"])
+    now = time.time()
+    latencies.append(now - args["t"])
+    starts.append((args["t"], now, ctx.id))
     return None
 
 

@@ -17,6 +17,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from ..cpu import own_cpu, server_cpu
+from ..phases import busy_fraction, cpu_times
 from .common import emit, options, version
 
 TICK = 0.01
@@ -52,10 +54,13 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
             pgq.shutdown.set()
 
     behind = 0
+    postmaster = opts.get("postmaster")
+    cpu: dict[str, Any] = {}
 
     async def produce() -> None:
         nonlocal behind
         await asyncio.sleep(0.5)  # the consumer is listening
+        box0, own0, pg0 = cpu_times(), own_cpu(), server_cpu(postmaster)
         start = time.perf_counter()
         for i in range(ticks):
             payload = json.dumps({"t": time.time()}).encode()
@@ -65,6 +70,16 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(wait)
             else:
                 behind += 1
+        box1, own1, pg1 = cpu_times(), own_cpu(), server_cpu(postmaster)
+        wall = time.perf_counter() - start
+        cpu.update(
+            {
+                "seconds": round(wall, 3),
+                "box_busy": busy_fraction(box0, box1),
+                "process_cores": round((own1 - own0) / wall, 3),  # producer and consumer: one process
+                "postgres_cores": None if pg0 is None or pg1 is None else round((pg1 - pg0) / wall, 3),
+            }
+        )
 
     async def consume() -> None:
         await pgq.run(batch_size=batch, dequeue_timeout=timedelta(seconds=1))
@@ -84,7 +99,9 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": None if p99 is None else round(p99, 2),
         "max_ms": round(max(ms), 2) if ms else None,
         "offered_per_s": round(per_tick / TICK),
+        "achieved_per_s": round(total / cpu["seconds"]) if cpu.get("seconds") else None,
         "late_ticks": behind,
+        "cpu": cpu,
         "ticks": ticks,
         "settings": {"batch_size": batch, "mode": "continuous", "loop": "uvloop", "dequeue_timeout_s": 1},
     }
