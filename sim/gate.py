@@ -228,6 +228,7 @@ class Slot:
 
 # statements the faults, the log and the lease model treat as one (the outcome commit's two forms)
 SAME_AS = {"complete_simple": "complete"}
+KILL_WAIT = 300.0  # real seconds a connection-kill victim may take to block on the table lock
 
 
 class SlotGate:
@@ -451,16 +452,15 @@ class SlotGate:
             async with self.admin.transaction() as conn:
                 await conn.execute(Q.sim_block_instances)
                 nursery.start_soon(victim)
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:
-                    pids = [r["pid"] for r in await self.watch.fetch(Q.sim_blocked_backends, self.application_name)]
-                    if pids:
-                        killed = int(await self.watch.fetchval(Q.sim_terminate_backends, pids))
-                        break
-            # the lock is released: the victim ends either way. Let the dead connection's last bytes and
-            # EOF arrive now, while the clock is frozen and the lock held, not at some later moment that
-            # would perturb the scheduling order.
-            await trio.to_thread.run_sync(time.sleep, 0.05)
+                pids = await self._blocked_backends(done)
+                if pids:  # the statement returns once its backend has exited
+                    killed = int(await self.watch.fetchval(Q.sim_terminate_backends, pids))
+            # the lock is released and the victim ends either way (the nursery waits for it)
+        # the dead connection's last bytes and EOF are in its socket already (the backend has exited): let the
+        # driver read them now, while the clock is frozen and the other workers wait for their turn, not at
+        # some later moment that would perturb the scheduling order (a condition, not a sleep: a loaded
+        # machine took longer than any fixed wait)
+        await trio.testing.wait_all_tasks_blocked()
         self.run.fire(
             fault,
             f" ({self.slot.worker_id}, {killed} backend, "
@@ -470,6 +470,22 @@ class SlotGate:
             self.run.log.add(f"{self.slot.worker_id} {name} failed: {type(done['error']).__name__}")
             raise done["error"]
         return done["result"]  # type: ignore[no-any-return]
+
+    async def _blocked_backends(self, done: dict[str, Any]) -> list[int]:
+        """The backends of this worker waiting on a lock, once the victim's statement waits on the table lock;
+        [] if the statement ended without taking it. Polled in real time (the clock is frozen in a turn), with
+        no time bound but a harness error after ``KILL_WAIT`` seconds: a kill skipped on a slow machine would
+        change the run's log."""
+        assert self.watch is not None
+        give_up = time.monotonic() + KILL_WAIT
+        while not done:
+            pids = [r["pid"] for r in await self.watch.fetch(Q.sim_blocked_backends, self.application_name)]
+            if pids:
+                return pids
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"connection kill: {self.application_name}'s statement never waited on the lock")
+            await trio.to_thread.run_sync(time.sleep, 0.001)
+        return []
 
     # -- observation -----------------------------------------------------------------------------
     def _held(self) -> dict[int, set[int]]:

@@ -384,6 +384,30 @@ async def test_registry_entries_of_this_host_with_a_dead_process_are_released_at
     assert events(await db.history(peer_i)) == ["inserted", "released"]  # by its own drain, at the end
 
 
+async def test_a_runtime_of_an_abandoned_trio_run_does_not_count_as_running(
+    db: durable.Database, pg_dsn: str, schema_name: str
+) -> None:
+    """A trio run that ends without unwinding its tasks (an exception raised out of ``trio.run``, as a test
+    timeout's signal handler does) leaves its runtimes in the process's registry of running worker ids. A
+    later runtime of the same id in the same thread must still free that dead one's claims at once: the
+    stale entry made a later simulation in the same pytest process report restart_frees_claims."""
+    db.registry.add(Hang)
+    with trio.fail_after(120):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "tests.test_lease_loss", "abandon", pg_dsn, schema_name],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    iid, freed = (int(x) for x in proc.stdout.split())
+    assert freed == 1
+    history = await db.history(iid)
+    assert events(history)[:2] == ["inserted", "reaped"]
+    assert history[1].detail["dead_worker"] == "ll-abandoned" and "(this one)" in history[1].detail["reason"]
+
+
 # -- the worker process ------------------------------------------------------------------------------
 async def worker(dsn: str, schema: str, worker_id: str, queue: str) -> None:
     async with durable.connect(dsn, schema=schema, machines=[Hang], migrate=False) as db:
@@ -394,6 +418,68 @@ async def worker(dsn: str, schema: str, worker_id: str, queue: str) -> None:
             await trio.sleep_forever()
 
 
+class _Abandon(BaseException):
+    pass
+
+
+class AbandoningClock(trio.abc.Clock):
+    """Real time; once ``abandon`` is set, the run loop's next idle wait raises out of ``trio.run``
+    without unwinding a task (trio reports a TrioInternalError)."""
+
+    abandon = False
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return time.perf_counter()
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        if self.abandon:
+            raise _Abandon
+        return deadline - time.perf_counter()
+
+
+def abandon_then_restart(dsn: str, schema: str) -> None:
+    """Run a runtime whose step hangs, abandon its trio run, then start one of the same id in a new run
+    in this thread; print the instance id and how many claims the second one freed at start."""
+    clock = AbandoningClock()
+    iid: list[int] = []
+
+    async def first() -> None:
+        async with durable.connect(dsn, schema=schema, machines=[Hang], migrate=False) as db:
+            async with trio.open_nursery() as nursery:
+                rt = durable.Runtime(db, queues={"ll_abandon": 1}, worker_id="ll-abandoned", lease=60, reap_every=60)
+                await nursery.start(rt.run)
+                got = await db.insert(Hang, queue="ll_abandon")
+                assert got is not None
+                iid.append(got)
+                await wait_status(db, got, "executing")
+                clock.abandon = True
+                await trio.sleep_forever()
+
+    async def second() -> int:
+        async with durable.connect(dsn, schema=schema, machines=[Hang], migrate=False) as db:
+            async with trio.open_nursery() as nursery:
+                rt = durable.Runtime(
+                    db, queues={"ll_abandon": 1}, worker_id="ll-abandoned", lease=60, reap_every=60, drain_timeout=0.1
+                )
+                await nursery.start(rt.run)
+                nursery.cancel_scope.cancel()
+                return int(rt.statistics()["freed_at_start"])
+
+    kept: list[BaseException] = []  # its traceback keeps the abandoned tasks from being collected (and closed,
+    try:  # which would run their finally blocks), as pytest keeps a failed test's
+        trio.run(first, clock=clock)
+    except trio.TrioInternalError as exc:
+        assert isinstance(exc.__cause__, _Abandon), exc
+        kept.append(exc)
+    print(iid[0], trio.run(second))
+
+
 if __name__ == "__main__":
     os.environ.setdefault("DURABLE_TRACING", "off")
-    trio.run(worker, *sys.argv[1:5])
+    if sys.argv[1] == "abandon":
+        abandon_then_restart(*sys.argv[2:4])
+    else:
+        trio.run(worker, *sys.argv[1:5])

@@ -13,7 +13,6 @@ the services stop. Steps still running at the deadline are cancelled and their c
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from ..records import ScheduleTicks, Statistics
 from ..results import Watchers, announce_loop
 from ..schedules import Schedule, check_schedules
 from ..sql import Q
-from . import spans
+from . import running, spans
 from .backoff import Outage, unavailable
 from .claim import Claim
 from .executor import Database as StepsDatabase
@@ -96,10 +95,6 @@ class Database(StepsDatabase, Protocol):
 
 
 log = logging.getLogger("durable.runtime")
-
-# worker ids of the runtimes running in this process: a registry row of this host and process under
-# another id belongs to a runtime that is gone (killed, crashed, or of an earlier process with this pid)
-_RUNNING: collections.Counter[str] = collections.Counter()
 
 
 class Runtime:
@@ -256,7 +251,7 @@ class Runtime:
         self.blocked_steps = 0
         self.leases_lost = 0
         self.freed_at_start = 0
-        self._registered_here = False
+        self._running: running.Entry | None = None  # this runtime in the process's registry
         self._work_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
@@ -353,11 +348,9 @@ class Runtime:
                     finally:
                         await self._release_unfinished()
             finally:
-                if self._registered_here:
-                    self._registered_here = False
-                    _RUNNING[self.worker_id] -= 1
-                    if not _RUNNING[self.worker_id]:
-                        del _RUNNING[self.worker_id]
+                if self._running is not None:
+                    running.leave(self._running)
+                    self._running = None
                 self._stopped.set()
                 guard.cancel_scope.cancel()
 
@@ -393,8 +386,7 @@ class Runtime:
     async def _run(self, task_status: trio.TaskStatus[Runtime]) -> None:
         pool = self.db.pool
         await self._free_dead_workers()  # before registering: this very id may be a dead predecessor's
-        _RUNNING[self.worker_id] += 1
-        self._registered_here = True
+        self._running = running.enter(self.worker_id)
         await pool.execute(
             Q.register_worker,
             self.worker_id,
@@ -832,7 +824,7 @@ def _gone(worker_id: str, pid: int, host: str) -> str | None:
     """Why the registered runtime ``worker_id`` (process ``pid`` of this host) is surely dead, or None when
     it may be alive. Only on POSIX, where a pid names one process of this host (a host name shared by
     several PID namespaces, e.g. containers with the host's UTS namespace, breaks that assumption)."""
-    if worker_id in _RUNNING or os.name != "posix" or pid <= 0:
+    if running.runs_here(worker_id) or os.name != "posix" or pid <= 0:
         return None
     if pid == os.getpid():  # this process runs no runtime of that id: an earlier one, killed, or a dead
         return f"process {pid} on {host} (this one) no longer runs it"  # process whose pid we reuse

@@ -59,8 +59,9 @@ select pid from pg_stat_activity
 where application_name = $1 and wait_event_type = 'Lock' order by pid;
 
 -- name: sim_terminate_backends
--- Terminate the backends $1 (pids); returns how many were signalled.
-select count(*) filter (where pg_terminate_backend(p)) as killed from unnest($1::int[]) as t(p);
+-- Terminate the backends $1 (pids) and wait until they have exited (their locks released, their sockets
+-- closed), 60 s at most each; returns how many exited.
+select count(*) filter (where pg_terminate_backend(p, 60000)) as killed from unnest($1::int[]) as t(p);
 
 -- name: sim_drop_partition_index
 -- Planted bug helper: drop the unique index that serializes partition keys. No parameters.
