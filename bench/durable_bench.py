@@ -187,17 +187,30 @@ async def pickup_in_process(dsn: str, samples: int, schema: str = "b_pickup_loca
 async def pickup_cross_process(
     dsn: str, samples: int, tuning: Tuning | None = None, schema: str = "b_pickup_remote"
 ) -> dict[str, Any]:
-    """Idle runtime in a worker process; this process inserts one row at a time, random gaps."""
+    """Idle runtime in a worker process; this process inserts one row at a time, random gaps. The worker
+    records where each row's time goes (bench/phases.py: insert commit, NOTIFY to pick, pick, step start)."""
     inserts: list[float] = []
+    marks: list[tuple[float, float, float]] = []  # (stamp, statement sent, commit returned) per insert
     async with fresh(dsn, schema) as db:
+        pool_fetch = db.pool.fetch
+        sent = 0.0
+
+        async def fetch(*args: Any, **kwargs: Any) -> Any:  # the insert's statement: when it is sent
+            nonlocal sent
+            sent = time.time()
+            return await pool_fetch(*args, **kwargs)
 
         async def produce(pid: int) -> None:
             await trio.sleep(0.5)  # the worker's LISTEN connection is up
+            db.pool.fetch = fetch  # type: ignore[method-assign]
             for _ in range(samples):
                 start = time.perf_counter()
-                await db.insert(workloads.probe, {"t": time.time()})
+                stamped = time.time()
+                await db.insert(workloads.probe, {"t": stamped})
                 inserts.append(time.perf_counter() - start)
+                marks.append((stamped, sent, time.time()))
                 await trio.sleep(random.uniform(0.02, 0.1))
+            db.pool.fetch = pool_fetch  # type: ignore[method-assign]
 
         opts = {
             "dsn": dsn,
@@ -205,10 +218,14 @@ async def pickup_cross_process(
             "workload": "probe",
             "expect": samples,
             "timeout": 300,
+            "phases": True,
             **(tuning or Tuning(concurrency=10, prefetch=10)).worker_options(),
         }
         out = await run_json("durable.bench.worker", opts, limit=400, on_ready=produce)
-    return {**latency_summary(out["latencies"]), "insert": latency_summary(inserts)}
+    summary = {**latency_summary(out["latencies"]), "insert": latency_summary(inserts)}
+    if out.get("phases"):
+        summary["phases"] = phases.breakdown(marks, out["phases"])
+    return summary
 
 
 async def pickup_under_load(
