@@ -191,21 +191,7 @@ class Database:
         if not cols:
             return []
         handoff, handoff_queue, take = self._handoff_for(cols.queue)
-        columns: tuple[list[Any], ...] = (
-            cols.machine,
-            cols.version,
-            cols.step,
-            cols.state,
-            cols.queue,
-            cols.priority,
-            cols.partition_key,
-            cols.unique_key,
-            cols.scope,
-            cols.eligible_at,
-            cols.traceparent,
-            cols.tracestate,
-            [None] * len(cols),  # parent ids: none from here
-        )
+        columns = cols.rows()
         # a lone row goes through insert_instance: the same statement for a batch of one, scalar parameters
         one = len(cols) == 1
         try:

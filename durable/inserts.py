@@ -92,6 +92,25 @@ class InsertColumns:
         self.attributes.append(attributes)
         self.attributes_json.append(None if attributes is None else codec.encode(attributes, f"{where}: attributes"))
 
+    def rows(self) -> tuple[list[Any], ...]:
+        """The per-row arrays of ``insert_instances`` in its parameter order ($1-$13: machine to tracestate, then
+        the parent ids, none from an insert)."""
+        return (
+            self.machine,
+            self.version,
+            self.step,
+            self.state,
+            self.queue,
+            self.priority,
+            self.partition_key,
+            self.unique_key,
+            self.scope,
+            self.eligible_at,
+            self.traceparent,
+            self.tracestate,
+            [None] * len(self),
+        )
+
 
 class Handoff(Protocol):
     """A local runtime's scheduler that takes due rows straight from an insert in this process (the

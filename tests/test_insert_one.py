@@ -44,19 +44,7 @@ def arguments(db: durable.Database, spec: durable.Insert, key: str | None, hando
     cols.add(spec, db.registry, "test")
     cols.unique_key[0] = key
     return [
-        cols.machine,
-        cols.version,
-        cols.step,
-        cols.state,
-        cols.queue,
-        cols.priority,
-        cols.partition_key,
-        cols.unique_key,
-        cols.scope,
-        cols.eligible_at,
-        cols.traceparent,
-        cols.tracestate,
-        [None],
+        *cols.rows(),
         NOW,
         cols.delay,
         db.channel,
