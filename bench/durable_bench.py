@@ -261,6 +261,8 @@ async def pickup_under_load(
             nonlocal behind
             box0, own0, pg0 = phases.cpu_times(), own_cpu(), server_cpu(postmaster)
             kinds0 = phases.server_cpu_by_kind(postmaster)
+            pg_pids = phases.server_pids(postmaster)  # the sessions are open by now (worker and producer)
+            waits0 = [phases.run_queue_wait(p) for p in (pg_pids, [pid], [os.getpid()])]
             wall0 = time.perf_counter()
             db.pool.fetch = fetch  # type: ignore[method-assign]
             start = trio.current_time()
@@ -279,6 +281,7 @@ async def pickup_under_load(
             db.pool.fetch = pool_fetch  # type: ignore[method-assign]
             box1, own1, pg1 = phases.cpu_times(), own_cpu(), server_cpu(postmaster)
             kinds1 = phases.server_cpu_by_kind(postmaster)
+            waits1 = [phases.run_queue_wait(p) for p in (pg_pids, [pid], [os.getpid()])]
             wall = time.perf_counter() - wall0
             cpu.update(
                 {
@@ -288,6 +291,15 @@ async def pickup_under_load(
                     "postgres_cores": None if pg0 is None or pg1 is None else round((pg1 - pg0) / wall, 3),
                     "postgres_cores_by_kind": phases.cores_by_kind(kinds0, kinds1, wall),
                     "nproc": os.cpu_count(),
+                    # seconds per second spent runnable but waiting for a core (PostgreSQL's processes
+                    # summed, the worker's and this process's main thread): the CPU contention met
+                    "run_queue_wait": dict(
+                        zip(
+                            ("postgres", "worker", "producer"),
+                            (round((b - a) / wall, 3) for a, b in zip(waits0, waits1, strict=True)),
+                            strict=True,
+                        )
+                    ),
                 }
             )
 

@@ -83,6 +83,31 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
 
 
+def run_queue_wait(pids: Sequence[int]) -> float:
+    """Seconds the main threads of ``pids`` have spent runnable but waiting for a core so far
+    (/proc/<pid>/schedstat's second field): the CPU contention they met. Unreadable ones count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
+def server_pids(postmaster: int | None) -> list[int]:
+    """The live child processes of a local PostgreSQL server (its backends and helpers)."""
+    if postmaster is None:
+        return []
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = _stat(int(entry.name))
+            if st is not None and int(st[1]) == postmaster:
+                out.append(int(entry.name))
+    return out
+
+
 def cores_by_kind(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
     """Cores used per kind between two :func:`server_cpu_by_kind` readings ``seconds`` apart."""
     return {k: round((after.get(k, 0.0) - before.get(k, 0.0)) / seconds, 3) for k in after if seconds > 0}

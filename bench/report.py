@@ -464,6 +464,7 @@ def sweep_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{pct(cpu.get('box_busy'))} / {pct(pcpu.get('box_busy'))}",
                 " + ".join(_fmt(x) for x in ours) + f" (others {_fmt(others)})",
                 f"{_fmt(pcpu.get('postgres_cores'))} + {_fmt(pcpu.get('process_cores'))}",
+                " / ".join(_fmt(_num(v)) for v in (cpu.get("run_queue_wait") or {}).values()) or "—",
             )
         )
     return rows
@@ -517,6 +518,7 @@ def render(r: dict[str, Any], console: Console) -> None:
             "box CPU busy (durable / pgqueuer)",
             "durable cores: PG + worker + producer (the box's other processes)",
             "pgqueuer cores: PG + its process",
+            "durable run-queue wait s/s: PG / worker / producer",
         ):
             t.add_column(col)
         for cells in sweep:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from datetime import timedelta
 from typing import Any
 
 from ..cpu import own_cpu, server_cpu
-from ..phases import busy_fraction, cpu_times
+from ..phases import busy_fraction, cpu_times, run_queue_wait, server_pids
 from .common import emit, options, version
 
 TICK = 0.01
@@ -61,6 +62,8 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         nonlocal behind
         await asyncio.sleep(0.5)  # the consumer is listening
         box0, own0, pg0 = cpu_times(), own_cpu(), server_cpu(postmaster)
+        pg_pids = server_pids(postmaster)
+        waits0 = [run_queue_wait(p) for p in (pg_pids, [os.getpid()])]
         start = time.perf_counter()
         for i in range(ticks):
             payload = json.dumps({"t": time.time()}).encode()
@@ -71,6 +74,7 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
             else:
                 behind += 1
         box1, own1, pg1 = cpu_times(), own_cpu(), server_cpu(postmaster)
+        waits1 = [run_queue_wait(p) for p in (pg_pids, [os.getpid()])]
         wall = time.perf_counter() - start
         cpu.update(
             {
@@ -78,6 +82,11 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
                 "box_busy": busy_fraction(box0, box1),
                 "process_cores": round((own1 - own0) / wall, 3),  # producer and consumer: one process
                 "postgres_cores": None if pg0 is None or pg1 is None else round((pg1 - pg0) / wall, 3),
+                "nproc": os.cpu_count(),
+                "run_queue_wait": {
+                    "postgres": round((waits1[0] - waits0[0]) / wall, 3),
+                    "process": round((waits1[1] - waits0[1]) / wall, 3),
+                },
             }
         )
 
