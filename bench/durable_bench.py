@@ -236,12 +236,12 @@ async def pickup_under_load(
     schema: str = "b_pickup_load",
     postmaster: int | None = None,
     trace: bool = True,
+    tick: float = 0.01,
 ) -> dict[str, Any]:
-    """A worker process fed at ``per_s`` rows/s (batches every 10 ms) by this process; the latency
-    of every row. While the producer runs: the box's CPU busy share (/proc/stat, every core, every
+    """A worker process fed at ``per_s`` rows/s (a batch every ``tick`` seconds, 10 ms unless told) by this
+    process; the latency of every row. While the producer runs: the box's CPU busy share (/proc/stat, every core, every
     process), this process's, the worker's and PostgreSQL's CPU. ``trace``: the worker records where each
     row's time goes (bench/phases.py), returned as ``phases``."""
-    tick = 0.01
     per_tick = max(1, round(per_s * tick))
     ticks = int(seconds / tick)
     inserts: list[float] = []  # each batch's insert, from the stamp its rows carry to the commit's return
@@ -296,7 +296,7 @@ async def pickup_under_load(
                     "run_queue_wait": dict(
                         zip(
                             ("postgres", "worker", "producer"),
-                            (round((b - a) / wall, 3) for a, b in zip(waits0, waits1, strict=True)),
+                            (round(phases.waited(a, b) / wall, 3) for a, b in zip(waits0, waits1, strict=True)),
                             strict=True,
                         )
                     ),
@@ -319,6 +319,8 @@ async def pickup_under_load(
     summary.update(
         {
             "offered_per_s": round(per_tick / tick),
+            "rows_per_tick": per_tick,
+            "tick_ms": round(tick * 1000, 1),
             "achieved_per_s": round(ticks * per_tick / cpu["seconds"]) if cpu.get("seconds") else None,
             "late_ticks": behind,
             "ticks": ticks,

@@ -83,16 +83,21 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
 
 
-def run_queue_wait(pids: Sequence[int]) -> float:
-    """Seconds the main threads of ``pids`` have spent runnable but waiting for a core so far
-    (/proc/<pid>/schedstat's second field): the CPU contention they met. Unreadable ones count 0."""
-    total = 0
+def run_queue_wait(pids: Sequence[int]) -> dict[int, float]:
+    """Seconds each of ``pids`` (its main thread) has spent runnable but waiting for a core so far
+    (/proc/<pid>/schedstat's second field): the CPU contention it met. Unreadable ones are left out."""
+    out = {}
     for pid in pids:
         try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+            out[pid] = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             pass
-    return total / 1e9
+    return out
+
+
+def waited(before: dict[int, float], after: dict[int, float]) -> float:
+    """Run-queue seconds between two :func:`run_queue_wait` readings, over the processes seen in both."""
+    return sum(after[p] - before[p] for p in before.keys() & after.keys())
 
 
 def server_pids(postmaster: int | None) -> list[int]:

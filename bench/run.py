@@ -215,6 +215,23 @@ class Runner:
                     f"pgqueuer pickup latency under the same load ({load_rate:,.0f} rows/s for {p.load_seconds:.0f} s)",
                     lambda r=load_rate: self.peer_latency(r, p.load_seconds),  # type: ignore[misc]
                 )
+        # the plan's load's batches (rows per 10 ms tick) a tenth as often: what a batch of that size costs
+        # when the box is not busy with the other ticks' work (its floor), beside the same batches every 10 ms
+        spaced = p.load_fraction * drain_rate * 0.1
+        await self.stage(
+            "durable.pickup.under_load_spaced",
+            f"pickup latency, the {p.load_fraction:.0%} load's batches every 100 ms ({spaced:,.0f} rows/s for "
+            f"{p.load_seconds:.0f} s)",
+            lambda: d.pickup_under_load(
+                durable_dsn, spaced, p.load_seconds, p.tuning, postmaster=self.postmaster, tick=0.1
+            ),
+        )
+        if "pgqueuer" in p.peers:
+            await self.stage(
+                "durable.pickup.under_load_pgqueuer_spaced",
+                f"pgqueuer pickup latency, the same batches every 100 ms ({spaced:,.0f} rows/s)",
+                lambda: self.peer_latency(spaced, p.load_seconds, tick=0.1),
+            )
         for label, backlog in (("small", p.picker_small), ("large", p.picker_large)):
             await self.stage(
                 f"durable.picker.{label}",
@@ -296,7 +313,7 @@ class Runner:
             await self.aio(self.server.drop_database, f"bench_{name}")
         return result
 
-    async def peer_latency(self, per_s: float, seconds: float) -> dict[str, Any]:
+    async def peer_latency(self, per_s: float, seconds: float, tick: float = 0.01) -> dict[str, Any]:
         """pgqueuer's pickup latency at ``per_s`` jobs/s (bench/peers/pgqueuer_latency.py)."""
         dsn = await self.aio(self.server.recreate_database, "bench_pgqueuer_latency")
         try:
@@ -308,6 +325,7 @@ class Runner:
                     "seconds": seconds,
                     "batch": PEER_SETTINGS["pgqueuer"]["batch"],
                     "postmaster": self.postmaster,
+                    "tick": tick,
                 },
                 limit=seconds * 10 + 120,
             )

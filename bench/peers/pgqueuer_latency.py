@@ -1,7 +1,7 @@
 """pgqueuer at a steady offered load: the pickup latency of every job, enqueue -> handler start, beside
 durable's ``pickup_under_load`` at the same rate (issue 20, item 2).
 
-A producer task enqueues ``per_tick`` jobs every 10 ms, each carrying the wall-clock time of its enqueue;
+A producer task enqueues ``per_tick`` jobs every 10 ms (``tick``), each carrying the wall-clock time of its enqueue;
 one ``PgQueuer`` consumer (its own connection, continuous mode: it dequeues on its NOTIFY and polls at
 most every ``dequeue_timeout``) records ``time.time() - t`` when the handler starts and stops once every
 job ran. Both run in this one process under uvloop (durable's producer and worker are two processes: the
@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..cpu import own_cpu, server_cpu
-from ..phases import busy_fraction, cpu_times, run_queue_wait, server_pids
+from ..phases import busy_fraction, cpu_times, run_queue_wait, server_pids, waited
 from .common import emit, options, version
 
 TICK = 0.01
@@ -40,8 +40,9 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
 
     dsn, per_s, seconds = opts["dsn"], float(opts["per_s"]), float(opts["seconds"])
     batch = int(opts.get("batch", 500))
-    per_tick = max(1, round(per_s * TICK))
-    ticks = int(seconds / TICK)
+    tick = float(opts.get("tick", TICK))
+    per_tick = max(1, round(per_s * tick))
+    ticks = int(seconds / tick)
     total = per_tick * ticks
     producer = Queries(AsyncpgDriver(await asyncpg.connect(dsn)))
     await producer.install()
@@ -68,7 +69,7 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         for i in range(ticks):
             payload = json.dumps({"t": time.time()}).encode()
             await producer.enqueue(["probe"] * per_tick, [payload] * per_tick, [0] * per_tick)
-            wait = start + (i + 1) * TICK - time.perf_counter()
+            wait = start + (i + 1) * tick - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
             else:
@@ -84,8 +85,8 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
                 "postgres_cores": None if pg0 is None or pg1 is None else round((pg1 - pg0) / wall, 3),
                 "nproc": os.cpu_count(),
                 "run_queue_wait": {
-                    "postgres": round((waits1[0] - waits0[0]) / wall, 3),
-                    "process": round((waits1[1] - waits0[1]) / wall, 3),
+                    "postgres": round(waited(waits0[0], waits1[0]) / wall, 3),
+                    "process": round(waited(waits0[1], waits1[1]) / wall, 3),
                 },
             }
         )
@@ -107,7 +108,9 @@ async def main(opts: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": None if p50 is None else round(p50, 2),
         "p99_ms": None if p99 is None else round(p99, 2),
         "max_ms": round(max(ms), 2) if ms else None,
-        "offered_per_s": round(per_tick / TICK),
+        "offered_per_s": round(per_tick / tick),
+        "rows_per_tick": per_tick,
+        "tick_ms": round(tick * 1000, 1),
         "achieved_per_s": round(total / cpu["seconds"]) if cpu.get("seconds") else None,
         "late_ticks": behind,
         "cpu": cpu,
