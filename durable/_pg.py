@@ -921,6 +921,8 @@ class Pool:
             raise DatabaseUnavailable(f"cannot listen at {redact(self.dsn)}: {exc}") from exc
         try:
             raw.add_termination_listener(on_lost)
+            # no cancel scope or nursery may span this yield: results.Watchers enters the block in one task
+            # and leaves it in another (trio requires a scope to be exited by the task that entered it)
             yield Notifications(receive, raw)
         finally:
             send.close()
