@@ -19,10 +19,19 @@ class Hub:
     def __init__(self) -> None:
         self._events: dict[int, trio.Event] = {}
         self._watchers: list[Callable[[int], None]] = []
+        self._interests: list[Callable[[], bool]] = []
 
-    def watch(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(stream_id)`` (synchronously, in trio) on every notification."""
+    def watch(self, callback: Callable[[int], None], interest: Callable[[], bool] | None = None) -> None:
+        """Call ``callback(stream_id)`` (synchronously, in trio) on every notification; ``interest``: whether
+        the watcher wants notifications at all just now (see :meth:`wants`), always when None."""
         self._watchers.append(callback)
+        self._interests.append(interest or (lambda: True))
+
+    def wants(self, stream_id: int) -> bool:
+        """Whether a notification of ``stream_id`` would do anything: a reader waits for it, or a watcher
+        wants notifications. Safe from another thread (dict and list reads under the GIL). A reader
+        subscribes before it reads, so a notification of an append its read did not see finds it here."""
+        return stream_id in self._events or any(interest() for interest in self._interests)
 
     def subscribe(self, stream_id: int) -> trio.Event:
         """The event the next notification of ``stream_id`` sets."""

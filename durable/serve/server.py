@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, NoReturn
 
@@ -144,8 +145,12 @@ async def serve(
         # the trio side answers creates, deletes, live reads and the control API; appends and catch-up
         # reads go to the HTTP front (own pool) unless everything runs on hypercorn
         kept = settings.connections if http_stack() == "hypercorn" else max(2, settings.connections // 4)
+        # LISTEN: with the HTTP front, on the front's loop, which hands the hub only the notifications it
+        # wants (durable/serve/front.py: Front._listen); under hypercorn, or behind a transaction pooler
+        # (LISTEN goes through the pool's direct connections), on the trio side
+        front_listens = http_stack() == "uvicorn" and db.pool.pooler is None
         async with (
-            hub.listening(db.pool, store.channel),
+            nullcontext() if front_listens else hub.listening(db.pool, store.channel),
             store.pinned(kept),
             httpx.AsyncClient(follow_redirects=False) as http,
         ):
@@ -161,7 +166,7 @@ async def serve(
                 wakes, signer, http, timeout=settings.webhook_timeout, allow_dev=settings.allow_dev_webhooks
             )
             dispatcher = Dispatcher(wakes, deliverer, sweep_interval=settings.sweep_interval)
-            hub.watch(dispatcher.stream_changed)
+            hub.watch(dispatcher.stream_changed, interest=lambda: dispatcher.active)
             control = SubscriptionEndpoints(
                 SubscriptionStore(store),
                 wakes,
@@ -190,6 +195,7 @@ async def serve(
                     partial(middleware, settings=settings),
                     bridge,
                     pooler=db.pool.pooler,
+                    hub=hub if front_listens else None,
                 )
                 try:
                     await front.start()

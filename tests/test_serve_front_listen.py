@@ -1,0 +1,100 @@
+"""``durable serve``'s LISTEN on the HTTP front (durable/serve/front.py, ``Front._listen``): the front hands
+the trio side's hub only the notifications it wants (a reader waits on the stream, or the subscription
+dispatcher is active), and after a lost LISTEN connection it listens again and wakes every reader."""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+
+import asyncpg
+import httpx
+import pytest
+import trio
+
+import durable
+from durable._pg import aio
+from durable.migrate import drop_schema
+from durable.serve.hub import Hub
+from durable.serve.server import Server, serve
+from durable.serve.streams import Settings
+
+pytestmark = pytest.mark.trio
+
+
+async def test_the_hub_wants_a_notification_only_when_a_reader_waits_or_a_watcher_is_interested() -> None:
+    hub = Hub()
+    assert not hub.wants(7)  # nobody: the front drops it
+    event = hub.subscribe(7)
+    assert hub.wants(7) and not hub.wants(8)
+    hub.notify(7)
+    assert event.is_set() and not hub.wants(7)  # the reader was woken; it subscribes again to wait again
+    active = [False]
+    seen: list[int] = []
+    hub.watch(seen.append, interest=lambda: active[0])
+    assert not hub.wants(8)
+    active[0] = True
+    assert hub.wants(8)
+    hub.notify(8)
+    assert seen == [8]
+
+
+async def listeners(dsn: str, channel: str) -> list[int]:
+    """The backends LISTENing on ``channel`` (their last statement was the LISTEN)."""
+    con = await aio(asyncpg.connect)(dsn)
+    try:
+        query = "select pid from pg_stat_activity where query ilike $1 and pid <> pg_backend_pid()"
+        rows = await aio(con.fetch)(query, f"%listen%{channel}%")
+    finally:
+        await aio(con.close)()
+    return [r["pid"] for r in rows]
+
+
+async def terminate(dsn: str, pid: int) -> bool:
+    """Terminate backend ``pid``."""
+    con = await aio(asyncpg.connect)(dsn)
+    try:
+        return bool(await aio(con.fetchval)("select pg_terminate_backend($1)", pid))
+    finally:
+        await aio(con.close)()
+
+
+async def test_a_reader_is_woken_after_the_fronts_listen_connection_is_lost(pg_dsn: str) -> None:
+    """The LISTEN connection of the front is terminated while a long-poll reader waits: the front listens
+    again on a fresh connection, and an append made after that wakes the reader (it answers with the
+    data well before the long-poll timeout). Without the re-listen the reader would wait out its 30 s."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    channel = f"ds_{schema}"
+    async with durable.connect(pg_dsn, schema=schema) as db:
+        try:
+            async with trio.open_nursery() as nursery:
+                server: Server = await nursery.start(partial(serve, pg_dsn, schema, port=0, settings=Settings()))
+                async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+                    assert (await http.put("/l/a", headers={"content-type": "text/plain"})).status_code == 201
+                    with trio.fail_after(20):
+                        while not (before := await listeners(pg_dsn, channel)):
+                            await trio.sleep(0.05)
+                    assert len(before) == 1, before
+                    answer: list[httpx.Response] = []
+
+                    async def reader() -> None:
+                        answer.append(await http.get("/l/a", params={"offset": "now", "live": "long-poll"}))
+
+                    nursery.start_soon(reader)
+                    await trio.testing.wait_all_tasks_blocked(0.2)
+                    assert await terminate(pg_dsn, before[0])
+                    with trio.fail_after(20):  # listening again, on another backend
+                        while (after := await listeners(pg_dsn, channel)) in ([], before):
+                            await trio.sleep(0.05)
+                    assert (
+                        await http.post("/l/a", content=b"hello", headers={"content-type": "text/plain"})
+                    ).is_success
+                    with trio.fail_after(20):  # far below the 30 s long-poll timeout
+                        while not answer:
+                            await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            assert answer[0].status_code == 200 and answer[0].content == b"hello", answer[0]
+            assert after and after != before
+        finally:
+            with trio.CancelScope(shield=True):
+                await drop_schema(db.pool, schema)
