@@ -77,9 +77,9 @@ def parent_of(pid: int) -> int:
     return int(text[text.rindex(")") + 2 :].split()[1])
 
 
-def children_cpu(parent: int) -> float:
-    """CPU seconds of every child process of ``parent`` (PostgreSQL's backends and helpers)."""
-    total = 0.0
+def children_cpu(parent: int) -> dict[int, float]:
+    """CPU seconds of each child process of ``parent`` (PostgreSQL's backends and helpers), by pid."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -89,8 +89,14 @@ def children_cpu(parent: int) -> float:
             continue
         fields = text[text.rindex(")") + 2 :].split()
         if int(fields[1]) == parent:
-            total += (int(fields[11]) + int(fields[12])) / HZ
-    return total
+            found[int(entry)] = (int(fields[11]) + int(fields[12])) / HZ
+    return found
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds PostgreSQL's processes used between two :func:`children_cpu` (a backend that ended
+    meanwhile is not counted; one that started is, from zero)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 @dataclass
@@ -145,7 +151,7 @@ async def in_process(dsn: str, schema: str, seconds: float, postmaster: int) -> 
                         layer,
                         wall / n * 1e3,
                         (time.process_time() - me) / n * 1e3,
-                        (children_cpu(postmaster) - pg) / n * 1e3,
+                        spent(pg, children_cpu(postmaster)) / n * 1e3,
                         os.getloadavg()[0],
                     )
                 )
@@ -169,7 +175,7 @@ def over_http(layer: str, proc: Proc, ref: Path, seconds: float, postmaster: int
         layer,
         1e3 / rate,
         (cpu_of(proc.proc.pid) - server) / n * 1e3,
-        (children_cpu(postmaster) - pg) / n * 1e3,
+        spent(pg, children_cpu(postmaster)) / n * 1e3,
         os.getloadavg()[0],
     )
 

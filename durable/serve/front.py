@@ -8,10 +8,11 @@ per statement. So the hot path of the protocol runs on the front: appends and cl
 reads (GET without ``live``) and HEAD, through the same :class:`~durable.streams.store.Store` and the same
 :class:`~durable.serve.streams.StreamEndpoints` code as before. Every other request (creates, deletes,
 long-poll and SSE reads, the ``__ds`` subscription API, the engine's ``/instances`` and ``/queues`` routes)
-is handed to the trio side's app, unchanged, by :class:`TrioBridge`: the trio side keeps the LISTEN hub,
-the webhook dispatcher and the engine's Database. Appends on the front NOTIFY as before, so the hub and the
-dispatcher see them. The access control, the request guard and the common headers run on the front, once,
-for every request.
+is handed to the trio side's app, unchanged, by :class:`TrioBridge`: the trio side keeps the hub of live
+readers, the webhook dispatcher and the engine's Database. Appends NOTIFY as before; the front LISTENs
+(:meth:`Front._listen`) and hands the trio side's hub the notifications it wants (a reader waits on the
+stream, or the dispatcher is active), so an append nobody waits for does not wake the trio thread. The
+access control, the request guard and the common headers run on the front, once, for every request.
 """
 
 from __future__ import annotations
