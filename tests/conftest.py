@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +42,36 @@ def _docker_dsn() -> Iterator[str] | None:
             yield pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
 
     return gen()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method, which first prints every task of the trio run the test is stuck in
+    (tests/helpers.task_stacks): its own report shows only the event loop waiting in epoll."""
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own timer
+    import pytest_timeout
+
+    from .helpers import task_stacks
+
+    def handler(signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        try:
+            stacks = task_stacks()
+        except RuntimeError:  # not inside a trio run
+            stacks = ""
+        if stacks:
+            print(f"\ntimeout: the trio run's tasks\n{stacks}", file=sys.stderr)
+        pytest_timeout.timeout_sigalrm(item, settings)
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # pytest-timeout's cancel hook calls it
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
 
 
 @pytest.fixture(scope="session")

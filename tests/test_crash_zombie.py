@@ -10,7 +10,7 @@ import durable
 from durable import Done, Machine, Next, step
 from durable.sql import Q
 
-from .helpers import pick, row, wait_status
+from .helpers import pick, row, wait_for, wait_status
 from .helpers import step as run_step
 
 pytestmark = pytest.mark.trio
@@ -120,9 +120,17 @@ async def test_heartbeat_keeps_a_long_step_alive(db: durable.Database) -> None:
     db.registry.add(Long)
     iid = await db.insert(Long, {})
     async with trio.open_nursery() as n:
-        await n.start(durable.Runtime(db, queues={"long": 1}, lease=0.6, heartbeat=0.1, reap_every=0.1).run)
+        rt = durable.Runtime(db, queues={"long": 1}, lease=2.0, heartbeat=0.1, reap_every=0.1)
+        await n.start(rt.run)
         await wait_status(db, iid, "executing")
-        await trio.sleep(1.5)  # well past the lease: only the heartbeat keeps it
+        # well past the lease (25 beats take 2.5 s at the least, more on a loaded machine, where a lease of
+        # 0.6 s was lost to a late beat): only the heartbeat keeps it
+        beats = rt.heartbeats
+
+        async def past_the_lease() -> bool:
+            return rt.heartbeats >= beats + 25
+
+        await wait_for(past_the_lease, timeout=120)
         gate.set()
         r = await wait_status(db, iid, "done")
         n.cancel_scope.cancel()

@@ -17,8 +17,7 @@ import pytest
 
 import durable
 from durable._pg import PostgresError, aio
-from durable.migrate import migrate
-from durable.sql import Q, Query
+from durable.sql import MIGRATIONS, Q, Query
 
 pytestmark = pytest.mark.trio
 
@@ -193,8 +192,7 @@ V12_PARTITION_INDEX = Query(
     """
 drop index instances_partition_active;
 create unique index instances_partition_active on instances (partition_key)
-  where status = 'executing' and partition_key is not null;
-delete from schema_migrations where version = 13""",
+  where status = 'executing' and partition_key is not null""",
     "",
 )
 PARTITION_PREDICATE = Query(
@@ -215,7 +213,8 @@ async def test_schema_13_rebuilds_the_partition_index_of_a_live_table_and_it_sti
     await db.pool.execute(SEED_RUNNABLE, 2, QUEUE, 0)
     await db.pool.execute(Query("t_same_key", "update instances set partition_key = 'k'", ""))
     assert len(await db.pool.fetch(Q.pick, QUEUE, DEMAND, "w", 60.0, None, None, None)) == 1
-    assert await migrate(db.pool) == [13]
+    (v13,) = [m for m in MIGRATIONS if m.version == 13]  # its text alone: later migrations need not re-apply
+    await db.pool.execute(Query("t_migration_0013", v13.text, v13.name))
     assert "'executing'::status" in (predicate := await db.pool.fetchval(PARTITION_PREDICATE))
     assert "status >=" in predicate and "status <=" in predicate, predicate
     with pytest.raises(PostgresError, match="instances_partition_active"):
