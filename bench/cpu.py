@@ -18,7 +18,8 @@ def own_cpu() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def _stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from the 3rd (state) on; None when unreadable."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -31,14 +32,14 @@ def server_cpu(postmaster: int | None) -> float | None:
     it is not a local process we can read)."""
     if postmaster is None:
         return None
-    own = _stat(postmaster)
+    own = proc_stat(postmaster)
     if own is None:
         return None
     # fields (0-based after the name): 1 ppid, 11 utime, 12 stime, 13 cutime, 14 cstime
     ticks = sum(int(own[i]) for i in (11, 12, 13, 14))
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            st = _stat(int(entry.name))
+            st = proc_stat(int(entry.name))
             if st is not None and int(st[1]) == postmaster:
                 ticks += int(st[11]) + int(st[12])
     return ticks / _TICK

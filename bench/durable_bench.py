@@ -192,25 +192,17 @@ async def pickup_cross_process(
     inserts: list[float] = []
     marks: list[tuple[float, float, float]] = []  # (stamp, statement sent, commit returned) per insert
     async with fresh(dsn, schema) as db:
-        pool_fetch = db.pool.fetch
-        sent = 0.0
-
-        async def fetch(*args: Any, **kwargs: Any) -> Any:  # the insert's statement: when it is sent
-            nonlocal sent
-            sent = time.time()
-            return await pool_fetch(*args, **kwargs)
 
         async def produce(pid: int) -> None:
             await trio.sleep(0.5)  # the worker's LISTEN connection is up
-            db.pool.fetch = fetch  # type: ignore[method-assign]
-            for _ in range(samples):
-                start = time.perf_counter()
-                stamped = time.time()
-                await db.insert(workloads.probe, {"t": stamped})
-                inserts.append(time.perf_counter() - start)
-                marks.append((stamped, sent, time.time()))
-                await trio.sleep(random.uniform(0.02, 0.1))
-            db.pool.fetch = pool_fetch  # type: ignore[method-assign]
+            with phases.SendClock(db.pool) as clock:
+                for _ in range(samples):
+                    start = time.perf_counter()
+                    stamped = time.time()
+                    await db.insert(workloads.probe, {"t": stamped})
+                    inserts.append(time.perf_counter() - start)
+                    marks.append((stamped, clock.sent, time.time()))
+                    await trio.sleep(random.uniform(0.02, 0.1))
 
         opts = {
             "dsn": dsn,
@@ -249,13 +241,6 @@ async def pickup_under_load(
     cpu: dict[str, Any] = {}
     async with fresh(dsn, schema) as db:
         behind = 0
-        pool_fetch = db.pool.fetch
-        sent = 0.0
-
-        async def fetch(*args: Any, **kwargs: Any) -> Any:  # the insert's statement: when it is sent
-            nonlocal sent
-            sent = time.time()
-            return await pool_fetch(*args, **kwargs)
 
         async def produce(pid: int) -> None:
             nonlocal behind
@@ -264,21 +249,20 @@ async def pickup_under_load(
             pg_pids = phases.server_pids(postmaster)  # the sessions are open by now (worker and producer)
             waits0 = [phases.run_queue_wait(p) for p in (pg_pids, [pid], [os.getpid()])]
             wall0 = time.perf_counter()
-            db.pool.fetch = fetch  # type: ignore[method-assign]
             start = trio.current_time()
-            for i in range(ticks):
-                specs = workloads.specs("probe", per_tick)
-                stamped = specs[0].state["t"]
-                await db.insert_many(specs)
-                done = time.time()
-                inserts.append(done - stamped)
-                marks.append((stamped, sent, done))
-                wait = start + (i + 1) * tick - trio.current_time()
-                if wait > 0:
-                    await trio.sleep(wait)
-                else:
-                    behind += 1
-            db.pool.fetch = pool_fetch  # type: ignore[method-assign]
+            with phases.SendClock(db.pool) as clock:
+                for i in range(ticks):
+                    specs = workloads.specs("probe", per_tick)
+                    stamped = specs[0].state["t"]
+                    await db.insert_many(specs)
+                    done = time.time()
+                    inserts.append(done - stamped)
+                    marks.append((stamped, clock.sent, done))
+                    wait = start + (i + 1) * tick - trio.current_time()
+                    if wait > 0:
+                        await trio.sleep(wait)
+                    else:
+                        behind += 1
             box1, own1, pg1 = phases.cpu_times(), own_cpu(), server_cpu(postmaster)
             kinds1 = phases.server_cpu_by_kind(postmaster)
             waits1 = [phases.run_queue_wait(p) for p in (pg_pids, [pid], [os.getpid()])]

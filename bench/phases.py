@@ -19,7 +19,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpu import proc_stat
 from .stats import percentile
+
+
+class SendClock:
+    """While entered, ``pool.fetch`` is wrapped so that ``sent`` is the time (``time.time()``) the last
+    statement went out: the producer's insert, between its stamp and its commit's return."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.sent = 0.0
+        self._fetch = pool.fetch
+
+    async def _timed(self, *args: Any, **kwargs: Any) -> Any:
+        self.sent = time.time()
+        return await self._fetch(*args, **kwargs)
+
+    def __enter__(self) -> SendClock:
+        self.pool.fetch = self._timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.fetch = self._fetch
+
 
 # -- the box's CPU ---------------------------------------------------------------------------------
 
@@ -46,14 +69,14 @@ def server_cpu_by_kind(postmaster: int | None) -> dict[str, float]:
     if postmaster is None:
         return {}
     tick = os.sysconf("SC_CLK_TCK")
-    own = _stat(postmaster)
+    own = proc_stat(postmaster)
     if own is None:
         return {}
     out = {"exited": (int(own[13]) + int(own[14])) / tick, "other": (int(own[11]) + int(own[12])) / tick}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        st = _stat(int(entry.name))
+        st = proc_stat(int(entry.name))
         if st is None or int(st[1]) != postmaster:
             continue
         try:
@@ -73,14 +96,6 @@ _KINDS = (
     ("logical replication", "other"),
     ("io worker", "other"),
 )
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
 
 
 def run_queue_wait(pids: Sequence[int]) -> dict[int, float]:
@@ -107,7 +122,7 @@ def server_pids(postmaster: int | None) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            st = _stat(int(entry.name))
+            st = proc_stat(int(entry.name))
             if st is not None and int(st[1]) == postmaster:
                 out.append(int(entry.name))
     return out
