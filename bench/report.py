@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -511,39 +512,40 @@ def render(r: dict[str, Any], console: Console) -> None:
     console.print(goals)
     sweep = sweep_rows(r)
     if sweep:
-        t = Table(title="pickup under load: durable vs pgqueuer per offered load (issue 20, item 2)")
-        for col in (
-            "of drain",
-            "rows/s offered (achieved)",
-            "durable p50 / p99 ms",
-            "pgqueuer p50 / p99 ms",
-            "box CPU busy (durable / pgqueuer)",
-            "durable cores: PG + worker + producer (the box's other processes)",
-            "pgqueuer cores: PG + its process",
-            "durable run-queue wait s/s: PG / worker / producer",
-        ):
-            t.add_column(col)
-        for cells in sweep:
-            t.add_row(*cells)
-        console.print(t)
+        console.print(
+            _table(
+                "pickup under load: durable vs pgqueuer per offered load (issue 20, item 2)",
+                (
+                    "of drain",
+                    "rows/s offered (achieved)",
+                    "durable p50 / p99 ms",
+                    "pgqueuer p50 / p99 ms",
+                    "box CPU busy (durable / pgqueuer)",
+                    "durable cores: PG + worker + producer (the box's other processes)",
+                    "pgqueuer cores: PG + its process",
+                    "durable run-queue wait s/s: PG / worker / producer",
+                ),
+                sweep,
+            )
+        )
     ph = phase_rows(r)
     if ph:
-        t = Table(
-            title="durable under load, per row p50 / p99 ms: stamp -> insert commit -> pick sent -> pick back -> step"
+        console.print(
+            _table(
+                "durable under load, per row p50 / p99 ms: stamp -> insert commit -> pick sent -> pick back -> step",
+                ("stage", "insert", "commit -> pick sent", "pick", "pick -> step", "total", "pick / flush size p50"),
+                ph,
+            )
         )
-        for col in ("stage", "insert", "commit -> pick sent", "pick", "pick -> step", "total", "pick / flush size p50"):
-            t.add_column(col)
-        for cells in ph:
-            t.add_row(*cells)
-        console.print(t)
     costs = cost_rows(r)
     if costs:
-        c = Table(title="cost per job / step")
-        for col in ("workload", "WAL bytes (insert + drain)", "engine CPU µs (drain)", "PostgreSQL CPU µs (drain)"):
-            c.add_column(col)
-        for cost in costs:
-            c.add_row(*cost)
-        console.print(c)
+        console.print(
+            _table(
+                "cost per job / step",
+                ("workload", "WAL bytes (insert + drain)", "engine CPU µs (drain)", "PostgreSQL CPU µs (drain)"),
+                costs,
+            )
+        )
     prof = r.get("profile")
     if isinstance(prof, dict) and "self" in prof:
         top = Table(title=f"py-spy: durable worker, self time ({prof['samples']} samples)")
@@ -552,3 +554,13 @@ def render(r: dict[str, Any], console: Console) -> None:
         for item in prof["self"][:12]:
             top.add_row(f"{item['share']:.1%}", item["function"])
         console.print(top)
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    """A rich table of ``rows`` under ``columns``."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for cells in rows:
+        table.add_row(*cells)
+    return table
