@@ -15,9 +15,11 @@ import trio
 import durable
 from durable._pg import aio
 from durable.migrate import drop_schema
-from durable.serve.hub import Hub
+from durable.serve.hub import Hub, stream_id
 from durable.serve.server import Server, serve
 from durable.serve.streams import Settings
+from durable.sql import Query
+from durable.streams.store import Store
 
 pytestmark = pytest.mark.trio
 
@@ -98,3 +100,33 @@ async def test_a_reader_is_woken_after_the_fronts_listen_connection_is_lost(pg_d
         finally:
             with trio.CancelScope(shield=True):
                 await drop_schema(db.pool, schema)
+
+
+NOTIFY_TWO = Query("t_notify_two", "select pg_notify($1, $2), pg_notify($1, $3)", "")
+
+
+async def test_a_payload_that_is_not_a_stream_id_is_ignored_and_the_next_one_still_arrives(
+    db: durable.Database,
+) -> None:
+    """Anyone who can connect may NOTIFY the channel. A payload ``str.isdigit`` admits but ``int`` refuses
+    ("\u00b2") raised out of the hub's LISTEN loop: it dropped the connection, with the notifications
+    behind it (the "7" here never reached the watcher), and listened again a second later."""
+    assert [stream_id(p) for p in ("42", "\u00b2", "\u0663", "1" * 5000, "", "-1", "9" * 19)] == [
+        42,
+        None,
+        None,
+        None,
+        None,
+        None,
+        int("9" * 19),
+    ]
+    hub = Hub()
+    seen: list[int] = []
+    hub.watch(seen.append)
+    channel = Store(db.pool).channel
+    async with hub.listening(db.pool, channel):
+        await db.pool.fetch(NOTIFY_TWO, channel, "\u00b2", "7")
+        with trio.fail_after(20):
+            while not seen:
+                await trio.sleep(0.01)
+    assert seen == [7]

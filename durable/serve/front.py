@@ -33,7 +33,7 @@ import trio
 from .._pg import LISTEN_CHECK, Pool, _closed
 from ..streams.store import Store
 from ..streams.subscriptions import RESERVED
-from .hub import Hub
+from .hub import Hub, stream_id
 from .streams import Settings, StreamEndpoints
 
 Scope = MutableMapping[str, Any]
@@ -391,8 +391,8 @@ class Front:
         append, py-spy --gil, one writer)."""
 
         def notified(_con: object, _pid: int, _channel: str, payload: str) -> None:
-            if payload.isdigit() and hub.wants(int(payload)):
-                self._to_trio(hub.notify, int(payload))
+            if (sid := stream_id(payload)) is not None and hub.wants(sid):
+                self._to_trio(hub.notify, sid)
 
         while True:
             lost = asyncio.Event()

@@ -12,6 +12,13 @@ import trio
 from .._pg import Pool
 
 
+def stream_id(payload: str) -> int | None:
+    """The stream id a notification's payload names, or None for any other payload: anyone who can connect
+    may NOTIFY the channel, and ``str.isdigit`` alone admits what ``int`` refuses (``"\u00b2"``, a digit
+    string longer than Python converts) or a number no stream id is (a bigint has at most 19 digits)."""
+    return int(payload) if len(payload) <= 19 and payload.isascii() and payload.isdigit() else None
+
+
 class Hub:
     """In-process wake-ups of live readers: one event per stream, set by the next notification of it
     (the NOTIFY of an append), plus watchers called on every notification."""
@@ -73,8 +80,8 @@ class Hub:
                         started = True
                     self.notify_all()  # whatever was appended while we were not listening
                     async for payload in notifications:
-                        if payload.isdigit():  # a stream id (anything else is not ours)
-                            self.notify(int(payload))
+                        if (sid := stream_id(payload)) is not None:  # a stream id (anything else is not ours)
+                            self.notify(sid)
                 continue  # the connection dropped: listen again at once
             except Exception:
                 if not started:
