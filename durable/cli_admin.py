@@ -106,7 +106,9 @@ def parse_queues(specs: tuple[str, ...]) -> dict[str, int]:
     queues: dict[str, int] = {}
     for spec in specs:
         name, sep, count = spec.partition("=")
-        if not sep or not name or not count.isdigit() or int(count) < 1:
+        # ASCII digits, at most 18: str.isdigit alone admits "²" and 5000-digit numbers, which int() refuses
+        ok = count.isascii() and count.isdigit() and len(count) <= 18
+        if not sep or not name or not ok or int(count) < 1:
             raise OneLineError(f"--queue {spec!r}: expected NAME=N with N a positive integer (checkout=5)")
         queues[name] = int(count)
     return queues

@@ -94,6 +94,8 @@ USAGE = [
     (["ls", "--limit", "0"], "Invalid value for '--limit'"),
     (["show"], "durable show: Missing argument 'ID'."),
     (["worker"], "durable worker: Missing argument 'MODULE'."),
+    (["worker", "examples.checkout", "--queue", "checkout=\u00b2"], "expected NAME=N with N a positive integer"),
+    (["worker", "examples.checkout", "--queue", "checkout=" + "1" * 5000], "expected NAME=N with N a positive"),
     (["no-such-command"], "No such command 'no-such-command'"),
     (["--schema", "x", "sim"], "durable sim: --schema does not apply to this command"),
     (["--dsn", "postgresql://h/db", "db", "status"], "durable db status: --dsn does not apply to this command"),
