@@ -60,6 +60,8 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
             stacks = task_stacks()
         except RuntimeError:  # not inside a trio run
             stacks = ""
+        except Exception as exc:  # a diagnostic: never in the way of pytest-timeout's own report
+            stacks = f"(task stacks unavailable: {exc!r})"
         if stacks:
             print(f"\ntimeout: the trio run's tasks\n{stacks}", file=sys.stderr)
         pytest_timeout.timeout_sigalrm(item, settings)
