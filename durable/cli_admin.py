@@ -11,6 +11,7 @@ import click
 
 from .cli import EXIT_UNREACHABLE, OneLineError, dsn_option, fail, json_option, schema_option, telemetry
 from .cli_ops import Command, Group, emit_json, execute, load_machines, load_schedules
+from .limits import decimal
 
 
 # -- migrate ----------------------------------------------------------------------------------------
@@ -106,11 +107,10 @@ def parse_queues(specs: tuple[str, ...]) -> dict[str, int]:
     queues: dict[str, int] = {}
     for spec in specs:
         name, sep, count = spec.partition("=")
-        # ASCII digits, at most 18: str.isdigit alone admits "²" and 5000-digit numbers, which int() refuses
-        ok = count.isascii() and count.isdigit() and len(count) <= 18
-        if not sep or not name or not ok or int(count) < 1:
+        n = decimal(count, 18)  # ASCII digits only: "²" and 5000-digit numbers are refused here, not by int()
+        if not sep or not name or n is None or n < 1:
             raise OneLineError(f"--queue {spec!r}: expected NAME=N with N a positive integer (checkout=5)")
-        queues[name] = int(count)
+        queues[name] = n
     return queues
 
 

@@ -45,6 +45,12 @@ def check_int(value: Any, what: str, bounds: tuple[int, int], error: type[Except
     return int(value)
 
 
+def decimal(text: str, digits: int) -> int | None:
+    """The integer ``text`` spells in at most ``digits`` ASCII decimal digits, else None: ``str.isdigit``
+    alone admits what ``int`` refuses ("\u00b2", a digit string longer than Python converts)."""
+    return int(text) if len(text) <= digits and text.isascii() and text.isdigit() else None
+
+
 def check_id(value: Any, what: str = "instance_id") -> int:
     """An instance id: an int in bigint range."""
     if type(value) is int and INT64[0] <= value <= INT64[1]:  # the common case, no further checks

@@ -10,13 +10,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from .._pg import Pool
+from ..limits import decimal
 
 
 def stream_id(payload: str) -> int | None:
     """The stream id a notification's payload names, or None for any other payload: anyone who can connect
-    may NOTIFY the channel, and ``str.isdigit`` alone admits what ``int`` refuses (``"\u00b2"``, a digit
-    string longer than Python converts) or a number no stream id is (a bigint has at most 19 digits)."""
-    return int(payload) if len(payload) <= 19 and payload.isascii() and payload.isdigit() else None
+    may NOTIFY the channel (a bigint has at most 19 digits)."""
+    return decimal(payload, 19)
 
 
 class Hub:
