@@ -162,6 +162,18 @@ class Serializer:
             return await fn()
 
 
+def _connections(raw: asyncpg.Pool | None) -> list[asyncpg.Connection]:
+    """The driver pool's connections (asyncpg has no public list of them)."""
+    holders = getattr(raw, "_holders", ())
+    return [h._con for h in holders if getattr(h, "_con", None) is not None]
+
+
+def _open(conn: asyncpg.Connection) -> bool:
+    """Whether the connection's socket may still deliver bytes or its EOF (its transport is not closing)."""
+    transport = getattr(conn, "_transport", None)
+    return transport is not None and not transport.is_closing()
+
+
 def locked_ids(args: tuple[Any, ...] | list[Any], result: Any) -> set[int]:
     """The instances a held statement locked: a delivery's target (its first argument), the rows a pick
     claimed or a cancel walked (the ids it returned)."""
@@ -242,7 +254,9 @@ class SlotGate:
         admin: Pool | None,
         watch: Pool | None,
         application_name: str,
+        raw: asyncpg.Pool | None = None,
     ) -> None:
+        self.raw = raw  # the slot's driver pool: the connection kill waits for its victims' sockets to close
         self.run = run
         self.serializer = serializer
         self.slot = slot
@@ -456,11 +470,7 @@ class SlotGate:
                 if pids:  # the statement returns once its backend has exited
                     killed = int(await self.watch.fetchval(Q.sim_terminate_backends, pids))
             # the lock is released and the victim ends either way (the nursery waits for it)
-        # the dead connection's last bytes and EOF are in its socket already (the backend has exited): let the
-        # driver read them now, while the clock is frozen and the other workers wait for their turn, not at
-        # some later moment that would perturb the scheduling order (a condition, not a sleep: a loaded
-        # machine took longer than any fixed wait)
-        await trio.testing.wait_all_tasks_blocked()
+        await self._until_closed(pids)
         self.run.fire(
             fault,
             f" ({self.slot.worker_id}, {killed} backend, "
@@ -470,6 +480,21 @@ class SlotGate:
             self.run.log.add(f"{self.slot.worker_id} {name} failed: {type(done['error']).__name__}")
             raise done["error"]
         return done["result"]  # type: ignore[no-any-return]
+
+    async def _until_closed(self, pids: list[int]) -> None:
+        """Wait until the driver has read the EOF of each killed backend's connection (its transport
+        closes). A backend leaves the process table, which ends pg_terminate_backend's wait, before it
+        closes its socket: read later, at some unrelated moment, that EOF would wake a task and perturb
+        the scheduling order (CI: one seed gave two logs). A condition, not a sleep; the clock is frozen
+        and the other workers wait for their turn meanwhile."""
+        give_up = time.monotonic() + KILL_WAIT
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            if not any(_open(c) for c in _connections(self.raw) if c.get_server_pid() in pids):
+                return
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"connection kill: the sockets of backends {pids} never closed")
+            await trio.to_thread.run_sync(time.sleep, 0.001)
 
     async def _blocked_backends(self, done: dict[str, Any]) -> list[int]:
         """The backends of this worker waiting on a lock, once the victim's statement waits on the table lock;

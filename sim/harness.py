@@ -213,7 +213,7 @@ async def open_slot_db(
         server_settings={"search_path": f"{schema},public", "application_name": app},
     )
     pool = Pool(raw, dsn, schema)
-    pool.gate = SlotGate(run, serializer, slot, admin, watch, app)
+    pool.gate = SlotGate(run, serializer, slot, admin, watch, app, raw)
     clock = VirtualClock() if run.config.mode == "dst" else DatabaseClock()
     db = SimDatabase(pool, clock=clock, registry=Registry(machines), max_value_bytes=SIM_VALUE_BYTES)
     db.run = run
