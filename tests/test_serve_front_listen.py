@@ -5,17 +5,19 @@ dispatcher is active), and after a lost LISTEN connection it listens again and w
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 import asyncpg
 import httpx
 import pytest
 import trio
+import trio.testing
 
 import durable
 from durable._pg import aio
 from durable.migrate import drop_schema
-from durable.serve.hub import Hub, stream_id
+from durable.serve.hub import Handover, Hub, stream_id
 from durable.serve.server import Server, serve
 from durable.serve.streams import Settings
 from durable.sql import Query
@@ -39,6 +41,55 @@ async def test_the_hub_wants_a_notification_only_when_a_reader_waits_or_a_watche
     assert hub.wants(8)
     hub.notify(8)
     assert seen == [8]
+
+
+def counted(token: trio.lowlevel.TrioToken) -> tuple[list[int], Callable[[Callable[[], None]], None]]:
+    """A ``run_sync_soon`` on ``token`` that counts its calls (in the returned list's one element)."""
+    calls = [0]
+
+    def schedule(fn: Callable[[], None]) -> None:
+        calls[0] += 1
+        token.run_sync_soon(fn)
+
+    return calls, schedule
+
+
+async def test_a_notify_storm_queues_one_callback_in_trio_and_wakes_each_stream_once() -> None:
+    hub = Hub()
+    seen: list[int] = []
+    hub.watch(seen.append)
+    readers = [hub.subscribe(i) for i in range(3)]
+    calls, schedule = counted(trio.lowlevel.current_trio_token())
+    handover = Handover(hub, schedule)
+    for n in range(30_000):  # before trio runs any callback (the old hand-over queued 30,000)
+        handover.notify(n % 3)
+    assert calls == [1] and not any(r.is_set() for r in readers)
+    await trio.testing.wait_all_tasks_blocked()
+    assert seen == [0, 1, 2] and all(r.is_set() for r in readers)
+    handover.notify(1)  # delivered: the next one schedules again
+    await trio.testing.wait_all_tasks_blocked()
+    assert calls == [2] and seen == [0, 1, 2, 1]
+
+
+async def test_a_notify_storm_from_another_thread_loses_no_stream() -> None:
+    hub = Hub()
+    seen: set[int] = set()
+    hub.watch(seen.add)
+    calls, schedule = counted(trio.lowlevel.current_trio_token())
+    handover = Handover(hub, schedule)
+
+    def storm() -> None:
+        for n in range(30_000):
+            handover.notify(n % 50)
+
+    await trio.to_thread.run_sync(storm)  # trio delivers while the thread notifies
+    await trio.testing.wait_all_tasks_blocked()
+    assert seen == set(range(50))
+    assert calls[0] < 3_000  # one callback per delivery, not per NOTIFY (switches of the GIL bound them)
+    readers = [hub.subscribe(i) for i in range(50)]
+    handover.notify_all()
+    await trio.testing.wait_all_tasks_blocked()
+    assert all(r.is_set() for r in readers)
 
 
 async def listeners(dsn: str, channel: str) -> list[int]:

@@ -33,7 +33,7 @@ import trio
 from .._pg import LISTEN_CHECK, Pool, _closed
 from ..streams.store import Store
 from ..streams.subscriptions import RESERVED
-from .hub import Hub, stream_id
+from .hub import Handover, Hub, stream_id
 from .streams import Settings, StreamEndpoints
 
 Scope = MutableMapping[str, Any]
@@ -388,11 +388,13 @@ class Front:
         the trio side's hub each notification :meth:`Hub.wants`: a reader waits on that stream, or the
         subscription dispatcher is active. The rest is dropped here, on the front's loop: with nobody
         waiting, an append's NOTIFY no longer wakes the trio thread (which then held the GIL 0.3 ms per
-        append, py-spy --gil, one writer)."""
+        append, py-spy --gil, one writer). Through a :class:`Handover`: one callback in trio at a time,
+        however many NOTIFYs arrive."""
+        handover = Handover(hub, self._to_trio)
 
         def notified(_con: object, _pid: int, _channel: str, payload: str) -> None:
             if (sid := stream_id(payload)) is not None and hub.wants(sid):
-                self._to_trio(hub.notify, sid)
+                handover.notify(sid)
 
         while True:
             lost = asyncio.Event()
@@ -405,7 +407,7 @@ class Front:
             try:
                 con.add_termination_listener(lambda _con, lost=lost: lost.set())
                 await con.add_listener(channel, notified)
-                self._to_trio(hub.notify_all)  # whatever was appended while nobody listened
+                handover.notify_all()  # whatever was appended while nobody listened
                 ready.set()
                 while not _closed(con) and not lost.is_set():
                     try:

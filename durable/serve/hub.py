@@ -4,6 +4,7 @@ A reader subscribes *before* it reads, so an append between its read and its wai
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -95,3 +96,47 @@ async def wait(event: trio.Event, timeout: float) -> bool:
         await event.wait()
         return True
     return False
+
+
+class Handover:
+    """Notifications on their way from another thread (``durable serve``'s front, which LISTENs on its own
+    loop) to the hub's trio thread: a set of stream ids, taken by at most one scheduled callback at a time.
+    A storm of NOTIFYs therefore queues one callback in trio, not one per NOTIFY (trio's queue of
+    ``run_sync_soon`` callbacks has no bound), and holds one entry per stream. A notification is a hint
+    (readers re-read from their offset), so a stream notified twice before the callback runs is woken once."""
+
+    def __init__(self, hub: Hub, schedule: Callable[[Callable[[], None]], None]) -> None:
+        self._hub = hub
+        self._schedule = schedule  # runs a callable on the trio thread soon (TrioToken.run_sync_soon)
+        self._lock = threading.Lock()
+        self._ids: set[int] = set()
+        self._everything = False
+        self._scheduled = False
+
+    def notify(self, stream_id: int) -> None:
+        """From any thread: the stream changed."""
+        with self._lock:
+            self._ids.add(stream_id)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._schedule(self._deliver)
+
+    def notify_all(self) -> None:
+        """From any thread: anything may have changed (LISTEN was re-established)."""
+        with self._lock:
+            self._everything = True
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._schedule(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the trio thread: hand the hub what came since the last delivery."""
+        with self._lock:
+            ids, everything = self._ids, self._everything
+            self._ids, self._everything, self._scheduled = set(), False, False
+        if everything:
+            self._hub.notify_all()
+        for sid in sorted(ids):
+            self._hub.notify(sid)
