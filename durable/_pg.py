@@ -345,7 +345,7 @@ class Notifications(trio.abc.ReceiveChannel[str]):
         while True:
             with trio.move_on_after(LISTEN_CHECK):
                 return await self._receive.receive()
-            if _closed(self._raw):
+            if connection_closed(self._raw):
                 raise trio.EndOfChannel
 
     async def aclose(self) -> None:
@@ -382,7 +382,7 @@ LISTEN_BUFFER = 10_000  # notifications a listener may leave unread before its c
 LISTEN_CHECK = 5.0  # seconds between looks at a listening connection, in case its loss calls back nothing
 
 
-def _closed(raw: asyncpg.Connection) -> bool:
+def connection_closed(raw: asyncpg.Connection) -> bool:
     """Whether a pooled connection is gone (a proxy whose connection died raises instead of saying so)."""
     try:
         return bool(raw.is_closed())
@@ -984,16 +984,16 @@ class Pinned:
             raw = self._receive.receive_nowait()
         except anyio.WouldBlock:
             raw = await self._receive.receive()
-        if _closed(raw):
+        if connection_closed(raw):
             with anyio.CancelScope(shield=True):
                 return await self._replace(raw)
         return raw
 
     async def _checkin(self, raw: asyncpg.Connection) -> None:
         """Hand a connection back: replaced when dead, or when a transaction is still open on it."""
-        if not _closed(raw) and raw.is_in_transaction():
+        if not connection_closed(raw) and raw.is_in_transaction():
             raw.terminate()  # a transaction its owner could not end: drop the connection for a fresh one
-        if _closed(raw):
+        if connection_closed(raw):
             with anyio.CancelScope(shield=True):
                 raw = await self._replace(raw)
         self._send.send_nowait(raw)
@@ -1049,7 +1049,7 @@ class Pinned:
             try:
                 yield Conn(self.pool, raw)
             except BaseException:
-                if not _closed(raw):
+                if not connection_closed(raw):
                     with anyio.CancelScope(shield=True):
                         await self.pool.gate.call("rollback", self.pool._mapped(self.pool._aio(tx.rollback)))
                 raise
@@ -1058,7 +1058,7 @@ class Pinned:
                     try:
                         await self.pool.gate.call("commit", self.pool._mapped(self.pool._aio(tx.commit)))
                     except BaseException:
-                        if not _closed(raw) and raw.is_in_transaction():  # the COMMIT never ran
+                        if not connection_closed(raw) and raw.is_in_transaction():  # the COMMIT never ran
                             try:
                                 await self.pool.gate.call("rollback", self.pool._mapped(self.pool._aio(tx.rollback)))
                             except Exception:  # the check-in replaces a connection still in a transaction

@@ -30,7 +30,7 @@ from typing import Any
 import sniffio
 import trio
 
-from .._pg import LISTEN_CHECK, Pool, _closed
+from .._pg import LISTEN_CHECK, Pool, connection_closed
 from ..streams.store import Store
 from ..streams.subscriptions import RESERVED
 from .hub import Handover, Hub, stream_id
@@ -409,7 +409,7 @@ class Front:
                 await con.add_listener(channel, notified)
                 handover.notify_all()  # whatever was appended while nobody listened
                 ready.set()
-                while not _closed(con) and not lost.is_set():
+                while not connection_closed(con) and not lost.is_set():
                     try:
                         await asyncio.wait_for(lost.wait(), LISTEN_CHECK)
                     except TimeoutError:
