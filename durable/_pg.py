@@ -382,6 +382,12 @@ LISTEN_BUFFER = 10_000  # notifications a listener may leave unread before its c
 LISTEN_CHECK = 5.0  # seconds between looks at a listening connection, in case its loss calls back nothing
 
 
+def pool_connections(raw: asyncpg.Pool | None) -> list[asyncpg.Connection]:
+    """The connections an asyncpg pool holds now, in use or idle (asyncpg has no public list of them)."""
+    holders = getattr(raw, "_holders", ())
+    return [h._con for h in holders if getattr(h, "_con", None) is not None]
+
+
 def connection_closed(raw: asyncpg.Connection) -> bool:
     """Whether a pooled connection is gone (a proxy whose connection died raises instead of saying so)."""
     try:

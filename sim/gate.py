@@ -22,7 +22,7 @@ import trio
 import trio.testing
 from trio._core import _run as trio_run_module
 
-from durable._pg import Pool, aio
+from durable._pg import Pool, aio, pool_connections
 from durable.sql import Q
 
 from .core import Run
@@ -160,12 +160,6 @@ class Serializer:
         """Run harness I/O (setup, final reads) with the clock frozen, outside the log."""
         async with self.turn():
             return await fn()
-
-
-def _connections(raw: asyncpg.Pool | None) -> list[asyncpg.Connection]:
-    """The driver pool's connections (asyncpg has no public list of them)."""
-    holders = getattr(raw, "_holders", ())
-    return [h._con for h in holders if getattr(h, "_con", None) is not None]
 
 
 def _open(conn: asyncpg.Connection) -> bool:
@@ -490,7 +484,7 @@ class SlotGate:
         give_up = time.monotonic() + KILL_WAIT
         while True:
             await trio.testing.wait_all_tasks_blocked()
-            if not any(_open(c) for c in _connections(self.raw) if c.get_server_pid() in pids):
+            if not any(_open(c) for c in pool_connections(self.raw) if c.get_server_pid() in pids):
                 return
             if time.monotonic() > give_up:
                 raise RuntimeError(f"connection kill: the sockets of backends {pids} never closed")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import socket
 
+import asyncpg
 import httpx
 import pytest
 import trio
 import trio.lowlevel
 
+from durable._pg import aio, asyncio_loop
 from durable.contrib.streams_client import Backoff, StreamsClient
 
 from .test_streams_util import ServeProcess, drop, new_schema
@@ -219,5 +221,81 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
             assert w.retries > 0, "the kill did not interrupt the writer"
             got = [m for chunk in [x async for x in c.read("/dur/exactly")] for m in chunk.json()]
         assert got == items
+    finally:
+        server.stop()
+
+
+async def blocked_behind(con: asyncpg.Connection) -> list[int]:
+    """The backends waiting on a lock ``con``'s transaction holds."""
+    query = "select pid from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))"
+    return [r["pid"] for r in await aio(con.fetch)(query)]
+
+
+async def busy(con: asyncpg.Connection, pids: list[int]) -> bool:
+    """Whether any of the backends ``pids`` still runs a statement."""
+    query = "select count(*) from pg_stat_activity where pid = any($1::int[]) and state = 'active'"
+    return bool(await aio(con.fetchval)(query, pids))
+
+
+async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_not_at_all(
+    pg_dsn: str, schema: str
+) -> None:
+    """SIGTERM while an append waits on its stream's row lock: uvicorn's graceful shutdown (1 s) cuts the
+    request off. The server still exits by itself (not the SIGKILL ``stop`` sends after 10 s), its
+    statement does not outlive it (without a SIGTERM handler the process died on the spot, its statement
+    stayed waiting on the lock and landed once the lock was released), the append is stored whole or not at
+    all and never twice, an acknowledged append is stored, and the restarted server takes the next append
+    at the tail."""
+    port = free_port()
+    server = await start(pg_dsn, schema, port)
+    answer: list[httpx.Response | httpx.TransportError] = []
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            assert (await http.put("/dur/stop", headers=OCTETS)).status_code == 201
+            assert (await http.post("/dur/stop", headers=OCTETS, content=record(0, 0, 100))).status_code == 204
+            async with asyncio_loop():
+                con = await aio(asyncpg.connect)(pg_dsn, server_settings={"search_path": schema})
+                try:
+                    tx = con.transaction()
+                    await aio(tx.start)()
+                    await aio(con.execute)("select 1 from streams for update")
+
+                    async def append() -> None:
+                        try:
+                            answer.append(await http.post("/dur/stop", headers=OCTETS, content=record(0, 1, 100)))
+                        except httpx.TransportError as exc:
+                            answer.append(exc)
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(append)
+                        with trio.fail_after(30):  # the append waits on the row lock
+                            while not await blocked_behind(con):
+                                await trio.sleep(0.02)
+                        await trio.to_thread.run_sync(server.stop)
+                    left = await blocked_behind(con)  # a statement of the server that outlived it
+                    await aio(tx.rollback)()
+                    with trio.fail_after(30):  # (it would run now: let it end before the checks below)
+                        while await busy(con, left):
+                            await trio.sleep(0.02)
+                finally:
+                    await aio(con.close)()
+        assert server.proc is not None and server.proc.returncode == 0, "".join(server.log)  # not killed
+    finally:
+        server.kill()
+    assert len(answer) == 1
+    assert left == [], "".join(server.log)
+    server = await start(pg_dsn, schema, port)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            data, _ = await read_all(http, "/dur/stop")
+            stored = [(w, n) for w, n, _ in parse(data)]
+            acknowledged = isinstance(answer[0], httpx.Response) and answer[0].status_code == 204
+            assert stored in ([(0, 0), (0, 1)], [(0, 0)]), stored  # whole or not at all, never twice
+            assert not acknowledged or stored == [(0, 0), (0, 1)], (answer, stored)
+            r = await http.post("/dur/stop", headers=OCTETS, content=record(0, 2, 100))
+            assert r.status_code == 204
+            data, _ = await read_all(http, "/dur/stop")
+            assert [(w, n) for w, n, _ in parse(data)] == [*stored, (0, 2)]
+            assert position(r.headers["stream-next-offset"]) == len(data)
     finally:
         server.stop()

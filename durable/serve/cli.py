@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from functools import partial
 
@@ -123,17 +124,26 @@ def command(
     )
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
-            access = (
-                ("token required for writes and reads" if protect_reads else "token required for writes")
-                if tokens
-                else "no access control"
-            )
-            if as_json:  # one line for scripts (with --port 0: the port it got)
-                click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
-            else:
-                click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
+        # SIGTERM (what a container runtime or systemd sends) and Ctrl-C stop the server gracefully: it stops
+        # listening, finishes the requests in flight (1 s at most), cancels the statements of those it cut
+        # off and closes its pools. Without a handler SIGTERM killed the process on the spot, and an append
+        # waiting on its stream's row lock outlived it and landed later.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
+                access = (
+                    ("token required for writes and reads" if protect_reads else "token required for writes")
+                    if tokens
+                    else "no access control"
+                )
+                if as_json:  # one line for scripts (with --port 0: the port it got)
+                    click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
+                else:
+                    click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
+                async for received in signals:
+                    click.echo(f"durable serve: stopping ({signal.Signals(received).name})", err=True)
+                    nursery.cancel_scope.cancel()
+                    break
 
     try:
         run(main)
