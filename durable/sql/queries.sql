@@ -300,7 +300,7 @@ select id from released;
 -- Children to spawn: $14 the parent's outcome ordinal, $15 machine, $16 version, $17 step, $18 state json,
 --   $19 queue, $20 priority, $21 partition key, $22 unique key, $23 unique scope (status[] literal),
 --   $24 eligible_at (NULL = now), $25 traceparent, $26 tracestate, $29 delay seconds.
--- $27 worker id, $28 now.
+-- $27 worker id, $28 now. The caller sorts the batch by id (lock order), as complete_simple's.
 -- Run-ahead: $32 hold (per outcome): a `next` outcome keeps the claim (status stays executing, a fresh
 -- lease_token, lease of $33 seconds) so the same worker runs the next step without a pick; the
 -- 'outcome' row then carries the new claim (token, state, inbox, children).
