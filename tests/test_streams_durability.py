@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 
 import asyncpg
 import httpx
@@ -20,6 +22,7 @@ import trio.lowlevel
 
 from durable._pg import aio, asyncio_loop
 from durable.contrib.streams_client import Backoff, StreamsClient
+from durable.sql import Q
 
 from .test_streams_util import ServeProcess, drop, new_schema
 
@@ -299,3 +302,46 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
             assert position(r.headers["stream-next-offset"]) == len(data)
     finally:
         server.stop()
+
+
+async def waiting_on(watch: asyncpg.Connection, holder: int) -> list[int]:
+    """The backends waiting on a lock the backend ``holder`` holds (asked outside any transaction: within
+    one, pg_stat_activity is a snapshot that a backend connecting later is missing from)."""
+    query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
+    return [r["pid"] for r in await aio(watch.fetch)(query, holder)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: str, sig: signal.Signals) -> None:
+    """SIGTERM or Ctrl-C while ``durable serve`` is still starting (here its migration waits on the lock of
+    another migrator of the schema; a database slow to answer is the same) stops it: the signal is not held
+    back until the server listens. It exits 0 by itself and leaves no statement waiting. Before, the signals
+    were read only once the server listened, so it ignored both for as long as its start took (here:
+    until the other migrator ended)."""
+    server = ServeProcess(pg_dsn, schema)
+    async with asyncio_loop():
+        con = await aio(asyncpg.connect)(pg_dsn)
+        watch = await aio(asyncpg.connect)(pg_dsn)
+        try:
+            tx = con.transaction()
+            await aio(tx.start)()
+            await aio(con.fetchval)(Q.lock_migrations.text, schema)  # a migrator of this schema holds the lock
+            holder = con.get_server_pid()
+            listening = await trio.to_thread.run_sync(server.launch)
+            with trio.fail_after(60):  # the server's migration waits on the lock
+                while not await waiting_on(watch, holder):
+                    assert server.proc is not None and server.proc.poll() is None, "".join(server.log)
+                    await trio.sleep(0.02)
+            assert server.proc is not None and not listening.is_set()
+            server.proc.send_signal(sig)
+            try:
+                code = await trio.to_thread.run_sync(server.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{sig.name} ignored while the server started:\n" + "".join(server.log)) from None
+            assert code == 0, "".join(server.log)
+            assert await waiting_on(watch, holder) == [], "".join(server.log)  # its statement ended with it
+            await aio(tx.rollback)()
+        finally:
+            server.kill()
+            await aio(con.close)()
+            await aio(watch.close)()

@@ -34,6 +34,14 @@ class ServeProcess:
         self.log: list[str] = []
 
     def start(self, timeout: float = 30.0) -> str:
+        found = self.launch()
+        if not found.wait(timeout):
+            self.stop()
+            raise RuntimeError("durable serve did not start:\n" + "".join(self.log))
+        return self.url
+
+    def launch(self) -> threading.Event:
+        """Start the process without waiting for it: the event is set once it listens (``url``)."""
         cmd = [
             sys.executable,
             "-c",
@@ -61,10 +69,7 @@ class ServeProcess:
                     found.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not found.wait(timeout):
-            self.stop()
-            raise RuntimeError("durable serve did not start:\n" + "".join(self.log))
-        return self.url
+        return found
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

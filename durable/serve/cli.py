@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import AsyncIterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import click
 
 from ..cli import EXIT_UNREACHABLE, dsn_option, json_option, run, schema_option
+
+if TYPE_CHECKING:
+    import trio
 
 
 @click.command(name="serve")
@@ -127,9 +132,12 @@ def command(
         # SIGTERM (what a container runtime or systemd sends) and Ctrl-C stop the server gracefully: it stops
         # listening, finishes the requests in flight (1 s at most), cancels the statements of those it cut
         # off and closes its pools. Without a handler SIGTERM killed the process on the spot, and an append
-        # waiting on its stream's row lock outlived it and landed later.
+        # waiting on its stream's row lock outlived it and landed later. The signals are read from the start,
+        # not once the server listens: a start that waits (a migration behind another migrator's lock, a
+        # slow database) is stopped too.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
                 server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
                 access = (
                     ("token required for writes and reads" if protect_reads else "token required for writes")
@@ -140,10 +148,6 @@ def command(
                     click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
                 else:
                     click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
-                async for received in signals:
-                    click.echo(f"durable serve: stopping ({signal.Signals(received).name})", err=True)
-                    nursery.cancel_scope.cancel()
-                    break
 
     try:
         run(main)
@@ -157,6 +161,14 @@ def command(
             click.echo(f"error: cannot listen on {host}:{port}: {leaf.strerror or leaf}", err=True)
             sys.exit(1)
         raise
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` (the server, started or still starting) at the first signal."""
+    async for received in signals:
+        click.echo(f"durable serve: stopping ({signal.Signals(received).name})", err=True)
+        scope.cancel()
+        return
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
