@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -345,3 +346,68 @@ async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: st
             server.kill()
             await aio(con.close)()
             await aio(watch.close)()
+
+
+async def stop_blocked_delete(pg_dsn: str, schema: str, *extra: str, signals: int) -> tuple[ServeProcess, int]:
+    """A server whose DELETE (answered on the trio side, its statement shielded) waits on the stream's row
+    lock, which the test holds: send it ``signals`` SIGTERMs (the next once the previous was taken) and
+    return it with its exit status (the lock is released only after the server exited)."""
+    server = ServeProcess(pg_dsn, schema, *extra)
+    await trio.to_thread.run_sync(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            assert (await http.put("/dur/held", headers=OCTETS)).status_code == 201
+            async with asyncio_loop():
+                con = await aio(asyncpg.connect)(pg_dsn, server_settings={"search_path": schema})
+                watch = await aio(asyncpg.connect)(pg_dsn)
+                try:
+                    tx = con.transaction()
+                    await aio(tx.start)()
+                    await aio(con.execute)("select 1 from streams for update")
+                    holder = con.get_server_pid()
+                    async with trio.open_nursery() as nursery:
+
+                        async def delete() -> None:
+                            with contextlib.suppress(httpx.TransportError):
+                                await http.delete("/dur/held")
+
+                        nursery.start_soon(delete)
+                        with trio.fail_after(60):  # the DELETE waits on the row lock
+                            while not await waiting_on(watch, holder):
+                                await trio.sleep(0.02)
+                        assert server.proc is not None
+                        for n in range(signals):
+                            server.proc.send_signal(signal.SIGTERM)
+                            with trio.fail_after(60):  # the server took it (it says so) before the next
+                                while n < signals - 1 and sum("stopping" in line for line in server.log) <= n:
+                                    await trio.sleep(0.02)
+                        try:
+                            code = await trio.to_thread.run_sync(server.proc.wait, 60)
+                        except subprocess.TimeoutExpired:
+                            raise AssertionError("the server did not stop:\n" + "".join(server.log)) from None
+                    await aio(tx.rollback)()
+                finally:
+                    await aio(con.close)()
+                    await aio(watch.close)()
+    finally:
+        server.kill()
+    return server, code
+
+
+async def test_a_second_sigterm_stops_a_server_whose_stop_waits_on_the_database(pg_dsn: str, schema: str) -> None:
+    """A graceful stop waits for the statements in flight; one waiting on a lock (here a DELETE behind a
+    row lock another session holds) would hold it for as long as the lock is held. A second SIGTERM or
+    Ctrl-C stops the server at once (exit 130). Before, the second signal was ignored: the server could not
+    be stopped but by SIGKILL."""
+    server, code = await stop_blocked_delete(pg_dsn, schema, signals=2)
+    assert code == 130, "".join(server.log)
+    assert "stopping now" in "".join(server.log)
+
+
+async def test_a_stop_that_waits_on_the_database_ends_after_stop_timeout(pg_dsn: str, schema: str) -> None:
+    """The same blocked stop after one SIGTERM ends by itself after ``--stop-timeout`` seconds: exit 1,
+    one ``error:`` line. Before, it waited for as long as the lock was held."""
+    server, code = await stop_blocked_delete(pg_dsn, schema, "--stop-timeout", "2", signals=1)
+    assert code == 1, "".join(server.log)
+    errors = [line for line in server.log if line.startswith("error:")]
+    assert len(errors) == 1 and "did not stop within 2s" in errors[0], "".join(server.log)

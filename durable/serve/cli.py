@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -74,6 +75,13 @@ if TYPE_CHECKING:
 )
 @click.option("--protect-reads", is_flag=True, help="Require the token on reads (GET, HEAD) too.")
 @click.option("--insecure-no-auth", is_flag=True, help="Allow listening on a non-loopback interface without --token.")
+@click.option(
+    "--stop-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds a graceful stop (SIGTERM, Ctrl-C) may take before the process ends at once (exit 1).",
+)
 @json_option
 def command(
     host: str,
@@ -88,6 +96,7 @@ def command(
     tokens: tuple[str, ...],
     protect_reads: bool,
     insecure_no_auth: bool,
+    stop_timeout: float,
     as_json: bool,
 ) -> None:
     """Serve Durable Streams with subscriptions (and /instances/{id}/history, /instances/{id}/signals/{name}).
@@ -134,20 +143,27 @@ def command(
         # off and closes its pools. Without a handler SIGTERM killed the process on the spot, and an append
         # waiting on its stream's row lock outlived it and landed later. The signals are read from the start,
         # not once the server listens: a start that waits (a migration behind another migrator's lock, a
-        # slow database) is stopped too.
+        # slow database) is stopped too. The watcher runs outside the server's scope: a stop that waits on
+        # the database (a shielded statement behind a lock) ends at a second signal or after --stop-timeout.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
-                access = (
-                    ("token required for writes and reads" if protect_reads else "token required for writes")
-                    if tokens
-                    else "no access control"
-                )
-                if as_json:  # one line for scripts (with --port 0: the port it got)
-                    click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
-                else:
-                    click.echo(f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True)
+            async with trio.open_nursery() as watching:
+                server_scope = trio.CancelScope()
+                watching.start_soon(_stop_on_signals, signals, server_scope, stop_timeout)
+                with server_scope:
+                    async with trio.open_nursery() as nursery:
+                        server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
+                        access = (
+                            ("token required for writes and reads" if protect_reads else "token required for writes")
+                            if tokens
+                            else "no access control"
+                        )
+                        if as_json:  # one line for scripts (with --port 0: the port it got)
+                            click.echo(orjson.dumps({"url": server.url, "schema": schema, "access": access}).decode())
+                        else:
+                            click.echo(
+                                f"durable serve: listening on {server.url} (schema {schema}; {access})", err=True
+                            )
+                watching.cancel_scope.cancel()  # stopped
 
     try:
         run(main)
@@ -163,12 +179,31 @@ def command(
         raise
 
 
-async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
-    """Cancel ``scope`` (the server, started or still starting) at the first signal."""
+async def _stop_on_signals(signals: AsyncIterator[int], server: trio.CancelScope, timeout: float) -> None:
+    """Stop the server (started or still starting) at the first signal; end the process at once at a
+    second one (exit 130) or when the stop takes longer than ``timeout`` seconds (exit 1): a statement of a
+    request in flight, shielded from cancellation, may wait on a lock or a database that does not answer
+    for as long as that lasts. A statement still waiting in PostgreSQL then runs to its end, as after
+    SIGKILL."""
+    import trio
+
     async for received in signals:
-        click.echo(f"durable serve: stopping ({signal.Signals(received).name})", err=True)
-        scope.cancel()
-        return
+        click.echo(f"durable serve: stopping ({signal.Signals(received).name}; again to stop now)", err=True)
+        server.cancel()
+        break
+    with trio.move_on_after(timeout):
+        async for received in signals:
+            click.echo(f"durable serve: stopping now ({signal.Signals(received).name})", err=True)
+            _exit_now(130)
+    click.echo(f"error: durable serve did not stop within {timeout:g}s (a statement waits on the database)", err=True)
+    _exit_now(1)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without waiting for anything (its statements in flight, its threads)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
