@@ -229,10 +229,11 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
         server.stop()
 
 
-async def blocked_behind(con: asyncpg.Connection) -> list[int]:
-    """The backends waiting on a lock ``con``'s transaction holds."""
-    query = "select pid from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))"
-    return [r["pid"] for r in await aio(con.fetch)(query)]
+async def waiting_on(watch: asyncpg.Connection, holder: int) -> list[int]:
+    """The backends waiting on a lock the backend ``holder`` holds (asked outside any transaction: within
+    one, pg_stat_activity is a snapshot that a backend connecting later is missing from)."""
+    query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
+    return [r["pid"] for r in await aio(watch.fetch)(query, holder)]
 
 
 async def busy(con: asyncpg.Connection, pids: list[int]) -> bool:
@@ -259,10 +260,12 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
             assert (await http.post("/dur/stop", headers=OCTETS, content=record(0, 0, 100))).status_code == 204
             async with asyncio_loop():
                 con = await aio(asyncpg.connect)(pg_dsn, server_settings={"search_path": schema})
+                watch = await aio(asyncpg.connect)(pg_dsn)
                 try:
                     tx = con.transaction()
                     await aio(tx.start)()
                     await aio(con.execute)("select 1 from streams for update")
+                    holder = con.get_server_pid()
 
                     async def append() -> None:
                         try:
@@ -273,16 +276,17 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(append)
                         with trio.fail_after(30):  # the append waits on the row lock
-                            while not await blocked_behind(con):
+                            while not await waiting_on(watch, holder):
                                 await trio.sleep(0.02)
                         await trio.to_thread.run_sync(server.stop)
-                    left = await blocked_behind(con)  # a statement of the server that outlived it
+                    left = await waiting_on(watch, holder)  # a statement of the server that outlived it
                     await aio(tx.rollback)()
                     with trio.fail_after(30):  # (it would run now: let it end before the checks below)
-                        while await busy(con, left):
+                        while await busy(watch, left):
                             await trio.sleep(0.02)
                 finally:
                     await aio(con.close)()
+                    await aio(watch.close)()
         assert server.proc is not None and server.proc.returncode == 0, "".join(server.log)  # not killed
     finally:
         server.kill()
@@ -303,13 +307,6 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
             assert position(r.headers["stream-next-offset"]) == len(data)
     finally:
         server.stop()
-
-
-async def waiting_on(watch: asyncpg.Connection, holder: int) -> list[int]:
-    """The backends waiting on a lock the backend ``holder`` holds (asked outside any transaction: within
-    one, pg_stat_activity is a snapshot that a backend connecting later is missing from)."""
-    query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
-    return [r["pid"] for r in await aio(watch.fetch)(query, holder)]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
