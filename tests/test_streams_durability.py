@@ -250,14 +250,17 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
     statement does not outlive it (without a SIGTERM handler the process died on the spot, its statement
     stayed waiting on the lock and landed once the lock was released), the append is stored whole or not at
     all and never twice, an acknowledged append is stored, and the restarted server takes the next append
-    at the tail."""
+    at the tail. The cut-off append and a live read ended by the stop get a 503 (not a 500 with a logged
+    traceback)."""
     port = free_port()
     server = await start(pg_dsn, schema, port)
     answer: list[httpx.Response | httpx.TransportError] = []
+    reading: list[httpx.Response | httpx.TransportError] = []
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
             assert (await http.put("/dur/stop", headers=OCTETS)).status_code == 201
-            assert (await http.post("/dur/stop", headers=OCTETS, content=record(0, 0, 100))).status_code == 204
+            first = await http.post("/dur/stop", headers=OCTETS, content=record(0, 0, 100))
+            assert first.status_code == 204
             async with asyncio_loop():
                 con = await aio(asyncpg.connect)(pg_dsn, server_settings={"search_path": schema})
                 watch = await aio(asyncpg.connect)(pg_dsn)
@@ -273,8 +276,21 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
                         except httpx.TransportError as exc:
                             answer.append(exc)
 
+                    async def live_read() -> None:  # long-polls at the tail until the server stops
+                        params = {"offset": first.headers["stream-next-offset"], "live": "long-poll"}
+                        while True:
+                            try:
+                                r = await http.get("/dur/stop", params=params)
+                            except httpx.TransportError as exc:
+                                reading.append(exc)
+                                return
+                            if r.status_code != 204:
+                                reading.append(r)
+                                return
+
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(append)
+                        nursery.start_soon(live_read)
                         with trio.fail_after(30):  # the append waits on the row lock
                             while not await waiting_on(watch, holder):
                                 await trio.sleep(0.02)
@@ -292,6 +308,13 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
         server.kill()
     assert len(answer) == 1
     assert left == [], "".join(server.log)
+    # a request cut off (the append, after the 1 s of grace) or ended (the live read, on the trio side) by
+    # the stop is told so: 503 with Retry-After (or its connection closes), not a 500, and nothing is logged
+    # as a server fault
+    for cut in (answer[0], reading[0]):
+        assert isinstance(cut, httpx.TransportError) or cut.status_code in (204, 503), (cut, server.log)
+        assert not isinstance(cut, httpx.Response) or cut.status_code != 503 or cut.headers["retry-after"] == "1"
+    assert "Traceback" not in "".join(server.log), "".join(server.log)
     server = await start(pg_dsn, schema, port)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:

@@ -177,6 +177,44 @@ class Router:
             await self.there(scope, receive, send)
 
 
+class CutOff:
+    """A request the server's stop cuts off: answered ``503`` (``Retry-After: 1``, "server stopping") when
+    nothing of its answer was sent yet, its answer ended when it was, instead of uvicorn's ``500`` and a
+    traceback logged as a server fault. Only the stop cancels a request: uvicorn cancels the front's own
+    requests after its graceful second, the trio side's nursery its requests at once (the bridge hands
+    their cancellation back); a client that goes away cancels nothing."""
+
+    def __init__(self, app: ASGI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = ended = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, ended
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if ended:
+                return
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                if not started:
+                    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")]
+                    await send({"type": "http.response.start", "status": 503, "headers": headers})
+                    await send({"type": "http.response.body", "body": b"server stopping"})
+                else:
+                    await send({"type": "http.response.body", "body": b""})
+
+
 def bounded_heads() -> type:
     """uvicorn's httptools protocol with hypercorn's bound on a request head: a connection counts as idle
     from when it opens, or its last answer ends, until its next request head is complete, and is closed
@@ -349,7 +387,7 @@ class Front:
                             log.error("%s %s", scope["method"], scope["path"], exc_info=exc)
                     await response(scope, receive, send)
 
-                app = self.wrap(Router(stream_route, self.bridge))
+                app = self.wrap(CutOff(Router(stream_route, self.bridge)))
                 config = uvicorn.Config(
                     app,
                     http=bounded_heads(),
