@@ -3,6 +3,8 @@ and what a released connection keeps of its session."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import trio
 
@@ -157,3 +159,29 @@ async def test_listen_ends_when_the_reader_falls_behind(db: durable.Database) ->
                 await trio.sleep(0.01)
             got = [payload async for payload in notifications]
     assert got == ["0", "1", "2"]
+
+
+async def test_pool_connections_sees_every_connection_and_a_killed_ones_socket_close(db: durable.Database) -> None:
+    """``_pg.pool_connections`` and the simulator's ``_open`` (its connection kill waits until each killed
+    backend's socket is closed, sim/gate.py ``_until_closed``) read asyncpg's private ``_holders``, ``_con``
+    and ``_transport``: a driver that renamed one would make that wait end at once, silently (a seed's
+    log would differ now and then). Here it fails: every connection of the pool is listed, a live one is
+    open, and a killed one is no longer open once the driver has read its EOF."""
+    from durable._pg import pool_connections
+    from sim.gate import _open
+
+    raw = db.pool.raw
+
+    async def look() -> None:
+        async with raw.acquire() as held:
+            pid = held.get_server_pid()
+            listed = pool_connections(raw)
+            assert len(listed) == raw.get_size() and pid in [c.get_server_pid() for c in listed]
+            assert all(_open(c) for c in listed)
+            async with raw.acquire() as other:
+                assert await other.fetchval("select pg_terminate_backend($1, 60000)", pid)
+            while any(_open(c) for c in pool_connections(raw) if c.get_server_pid() == pid):
+                await asyncio.sleep(0.01)
+
+    with trio.fail_after(30):
+        await aio(look)()
