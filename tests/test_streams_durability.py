@@ -14,6 +14,9 @@ import contextlib
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import httpx
@@ -229,17 +232,53 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
         server.stop()
 
 
-async def waiting_on(watch: asyncpg.Connection, holder: int) -> list[int]:
-    """The backends waiting on a lock the backend ``holder`` holds (asked outside any transaction: within
-    one, pg_stat_activity is a snapshot that a backend connecting later is missing from)."""
-    query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
-    return [r["pid"] for r in await aio(watch.fetch)(query, holder)]
+@dataclass
+class Holding:
+    """A session holding locks in an open transaction (``holder``, its backend), and a second session
+    (``watch``) that asks who waits on them outside any transaction: within one, pg_stat_activity is a
+    snapshot that a backend connecting later is missing from."""
+
+    holder: int
+    watch: asyncpg.Connection
+    tx: Any
+
+    async def waiting(self) -> list[int]:
+        """The backends waiting on a lock the holder holds."""
+        query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
+        return [r["pid"] for r in await aio(self.watch.fetch)(query, self.holder)]
+
+    async def until_waited_on(self, limit: float) -> None:
+        """Until a backend waits on the holder's locks (``limit`` seconds guard against a hang)."""
+        with trio.fail_after(limit):
+            while not await self.waiting():
+                await trio.sleep(0.02)
+
+    async def busy(self, pids: list[int]) -> bool:
+        """Whether any of the backends ``pids`` still runs a statement."""
+        query = "select count(*) from pg_stat_activity where pid = any($1::int[]) and state = 'active'"
+        return bool(await aio(self.watch.fetchval)(query, pids))
+
+    async def release(self) -> None:
+        """End the holder's transaction (its locks go)."""
+        await aio(self.tx.rollback)()
 
 
-async def busy(con: asyncpg.Connection, pids: list[int]) -> bool:
-    """Whether any of the backends ``pids`` still runs a statement."""
-    query = "select count(*) from pg_stat_activity where pid = any($1::int[]) and state = 'active'"
-    return bool(await aio(con.fetchval)(query, pids))
+@contextlib.asynccontextmanager
+async def holding(pg_dsn: str, query: str, *args: Any, schema: str | None = None) -> AsyncIterator[Holding]:
+    """Run ``query`` in a transaction left open for the block (its locks held), with ``schema`` as the
+    search_path; both sessions close when the block ends."""
+    async with asyncio_loop():
+        settings = {"search_path": schema} if schema is not None else None
+        con = await aio(asyncpg.connect)(pg_dsn, server_settings=settings)
+        watch = await aio(asyncpg.connect)(pg_dsn)
+        try:
+            tx = con.transaction()
+            await aio(tx.start)()
+            await aio(con.fetch)(query, *args)
+            yield Holding(con.get_server_pid(), watch, tx)
+        finally:
+            await aio(con.close)()
+            await aio(watch.close)()
 
 
 async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_not_at_all(
@@ -261,48 +300,36 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
             assert (await http.put("/dur/stop", headers=OCTETS)).status_code == 201
             first = await http.post("/dur/stop", headers=OCTETS, content=record(0, 0, 100))
             assert first.status_code == 204
-            async with asyncio_loop():
-                con = await aio(asyncpg.connect)(pg_dsn, server_settings={"search_path": schema})
-                watch = await aio(asyncpg.connect)(pg_dsn)
-                try:
-                    tx = con.transaction()
-                    await aio(tx.start)()
-                    await aio(con.execute)("select 1 from streams for update")
-                    holder = con.get_server_pid()
+            async with holding(pg_dsn, "select 1 from streams for update", schema=schema) as held:
 
-                    async def append() -> None:
+                async def append() -> None:
+                    try:
+                        answer.append(await http.post("/dur/stop", headers=OCTETS, content=record(0, 1, 100)))
+                    except httpx.TransportError as exc:
+                        answer.append(exc)
+
+                async def live_read() -> None:  # long-polls at the tail until the server stops
+                    params = {"offset": first.headers["stream-next-offset"], "live": "long-poll"}
+                    while True:
                         try:
-                            answer.append(await http.post("/dur/stop", headers=OCTETS, content=record(0, 1, 100)))
+                            r = await http.get("/dur/stop", params=params)
                         except httpx.TransportError as exc:
-                            answer.append(exc)
+                            reading.append(exc)
+                            return
+                        if r.status_code != 204:
+                            reading.append(r)
+                            return
 
-                    async def live_read() -> None:  # long-polls at the tail until the server stops
-                        params = {"offset": first.headers["stream-next-offset"], "live": "long-poll"}
-                        while True:
-                            try:
-                                r = await http.get("/dur/stop", params=params)
-                            except httpx.TransportError as exc:
-                                reading.append(exc)
-                                return
-                            if r.status_code != 204:
-                                reading.append(r)
-                                return
-
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(append)
-                        nursery.start_soon(live_read)
-                        with trio.fail_after(30):  # the append waits on the row lock
-                            while not await waiting_on(watch, holder):
-                                await trio.sleep(0.02)
-                        await trio.to_thread.run_sync(server.stop)
-                    left = await waiting_on(watch, holder)  # a statement of the server that outlived it
-                    await aio(tx.rollback)()
-                    with trio.fail_after(30):  # (it would run now: let it end before the checks below)
-                        while await busy(watch, left):
-                            await trio.sleep(0.02)
-                finally:
-                    await aio(con.close)()
-                    await aio(watch.close)()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(append)
+                    nursery.start_soon(live_read)
+                    await held.until_waited_on(30)  # the append waits on the row lock
+                    await trio.to_thread.run_sync(server.stop)
+                left = await held.waiting()  # a statement of the server that outlived it
+                await held.release()
+                with trio.fail_after(30):  # (it would run now: let it end before the checks below)
+                    while await held.busy(left):
+                        await trio.sleep(0.02)
         assert server.proc is not None and server.proc.returncode == 0, "".join(server.log)  # not killed
     finally:
         server.kill()
@@ -340,17 +367,12 @@ async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: st
     were read only once the server listened, so it ignored both for as long as its start took (here:
     until the other migrator ended)."""
     server = ServeProcess(pg_dsn, schema)
-    async with asyncio_loop():
-        con = await aio(asyncpg.connect)(pg_dsn)
-        watch = await aio(asyncpg.connect)(pg_dsn)
+    # a migrator of this schema holds the lock
+    async with holding(pg_dsn, Q.lock_migrations.text, schema) as held:
         try:
-            tx = con.transaction()
-            await aio(tx.start)()
-            await aio(con.fetchval)(Q.lock_migrations.text, schema)  # a migrator of this schema holds the lock
-            holder = con.get_server_pid()
             listening = await trio.to_thread.run_sync(server.launch)
             with trio.fail_after(60):  # the server's migration waits on the lock
-                while not await waiting_on(watch, holder):
+                while not await held.waiting():
                     assert server.proc is not None and server.proc.poll() is None, "".join(server.log)
                     await trio.sleep(0.02)
             assert server.proc is not None and not listening.is_set()
@@ -360,12 +382,10 @@ async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: st
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"{sig.name} ignored while the server started:\n" + "".join(server.log)) from None
             assert code == 0, "".join(server.log)
-            assert await waiting_on(watch, holder) == [], "".join(server.log)  # its statement ended with it
-            await aio(tx.rollback)()
+            assert await held.waiting() == [], "".join(server.log)  # its statement ended with it
+            await held.release()
         finally:
             server.kill()
-            await aio(con.close)()
-            await aio(watch.close)()
 
 
 async def stop_blocked_delete(pg_dsn: str, schema: str, *extra: str, signals: int) -> tuple[ServeProcess, int]:
@@ -377,38 +397,26 @@ async def stop_blocked_delete(pg_dsn: str, schema: str, *extra: str, signals: in
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
             assert (await http.put("/dur/held", headers=OCTETS)).status_code == 201
-            async with asyncio_loop():
-                con = await aio(asyncpg.connect)(pg_dsn, server_settings={"search_path": schema})
-                watch = await aio(asyncpg.connect)(pg_dsn)
-                try:
-                    tx = con.transaction()
-                    await aio(tx.start)()
-                    await aio(con.execute)("select 1 from streams for update")
-                    holder = con.get_server_pid()
-                    async with trio.open_nursery() as nursery:
+            async with holding(pg_dsn, "select 1 from streams for update", schema=schema) as held:
+                async with trio.open_nursery() as nursery:
 
-                        async def delete() -> None:
-                            with contextlib.suppress(httpx.TransportError):
-                                await http.delete("/dur/held")
+                    async def delete() -> None:
+                        with contextlib.suppress(httpx.TransportError):
+                            await http.delete("/dur/held")
 
-                        nursery.start_soon(delete)
-                        with trio.fail_after(60):  # the DELETE waits on the row lock
-                            while not await waiting_on(watch, holder):
+                    nursery.start_soon(delete)
+                    await held.until_waited_on(60)  # the DELETE waits on the row lock
+                    assert server.proc is not None
+                    for n in range(signals):
+                        server.proc.send_signal(signal.SIGTERM)
+                        with trio.fail_after(60):  # the server took it (it says so) before the next
+                            while n < signals - 1 and sum("stopping" in line for line in server.log) <= n:
                                 await trio.sleep(0.02)
-                        assert server.proc is not None
-                        for n in range(signals):
-                            server.proc.send_signal(signal.SIGTERM)
-                            with trio.fail_after(60):  # the server took it (it says so) before the next
-                                while n < signals - 1 and sum("stopping" in line for line in server.log) <= n:
-                                    await trio.sleep(0.02)
-                        try:
-                            code = await trio.to_thread.run_sync(server.proc.wait, 60)
-                        except subprocess.TimeoutExpired:
-                            raise AssertionError("the server did not stop:\n" + "".join(server.log)) from None
-                    await aio(tx.rollback)()
-                finally:
-                    await aio(con.close)()
-                    await aio(watch.close)()
+                    try:
+                        code = await trio.to_thread.run_sync(server.proc.wait, 60)
+                    except subprocess.TimeoutExpired:
+                        raise AssertionError("the server did not stop:\n" + "".join(server.log)) from None
+                await held.release()
     finally:
         server.kill()
     return server, code
