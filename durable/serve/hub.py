@@ -115,17 +115,20 @@ class Handover:
 
     def notify(self, stream_id: int) -> None:
         """From any thread: the stream changed."""
-        with self._lock:
-            self._ids.add(stream_id)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._schedule(self._deliver)
+        self._pend(stream_id)
 
     def notify_all(self) -> None:
         """From any thread: anything may have changed (LISTEN was re-established)."""
+        self._pend(None)
+
+    def _pend(self, stream_id: int | None) -> None:
+        """Add ``stream_id`` (None: every stream) to what the next delivery hands over; schedule that
+        delivery unless one is already on its way."""
         with self._lock:
-            self._everything = True
+            if stream_id is None:
+                self._everything = True
+            else:
+                self._ids.add(stream_id)
             if self._scheduled:
                 return
             self._scheduled = True
