@@ -44,6 +44,26 @@ async def wait_for(predicate: Any, timeout: float = 20.0, every: float = 0.02) -
             await trio.sleep(every)
 
 
+async def listening(db: durable.Database, channel: str) -> bool:
+    """Some session LISTENs on ``channel`` (its last statement was the LISTEN asyncpg sends)."""
+    q = durable.sql.Query("listening", "select count(*) from pg_stat_activity where query = $1", "")
+    return bool(await db.pool.fetchval(q, f'LISTEN "{channel}"'))
+
+
+async def until_idle(db: durable.Database, rt: durable.Runtime, queue: str, *, listen: bool) -> None:
+    """Wait until the runtime's scheduler of ``queue`` has sent its first pick and, with ``listen``, the
+    runtime LISTENs for hints: the state a fixed 0.1-0.3 s sleep stood for, which a loaded box can miss
+    (a local insert before the first pick is handed off or picked by it; a hint before the LISTEN is lost)."""
+
+    async def ready() -> bool:
+        scheduler = rt.schedulers.get(queue)
+        if scheduler is None or scheduler.picks < 1:
+            return False
+        return not listen or await listening(db, db.channel)
+
+    await wait_for(ready)
+
+
 def first(obj: Any, *names: str) -> Any:
     """The first of ``obj``'s attributes ``names`` that is set (a coroutine's, generator's or async
     generator's frame or awaited object)."""

@@ -14,6 +14,7 @@ nothing: a slower path shows up here as one more statement, round trip, asyncio 
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -23,7 +24,14 @@ import trio
 import durable
 from durable.sql import Q, Query
 
+from .helpers import until_idle, wait_for
+
 pytestmark = pytest.mark.trio
+
+
+async def announced(db: durable.Database, n: int) -> bool:
+    """The runtime has sent ``n`` announce_ended statements (one follows each ended step here)."""
+    return db.pool.statement_counts.get("announce_ended", 0) >= n
 
 
 @durable.job(queue="lp_jobs", name="lp_noop")
@@ -109,7 +117,10 @@ async def test_a_pick_after_a_notify_and_its_outcome_are_one_round_trip_each(db:
             await nursery.start(rt.run)
             for round_ in range(2):  # the first warms the pools; the second is measured
                 ran = trio.Event()
-                await trio.sleep(0.3)  # the LISTEN is in place, the runtime idle
+                # the first pick is done, the LISTEN in place, and the last round's announce_ended sent (it
+                # tells result waiters elsewhere that the step's instance ended); no refill pick follows a round
+                await until_idle(db, rt, "lp_jobs", listen=True)
+                await wait_for(functools.partial(announced, db, round_))
                 before = costs(db)
                 other_before = costs(other)
                 await other.insert(noop, {"round": round_})

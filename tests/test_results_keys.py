@@ -21,7 +21,7 @@ import trio
 import durable
 from durable import Await, Cancel, Done, Machine, Stop, step
 
-from .helpers import pick, wait_for, wait_status
+from .helpers import listening, pick, wait_for, wait_status
 from .helpers import step as run_step
 
 pytestmark = pytest.mark.trio
@@ -427,7 +427,7 @@ async def test_cli_result_show_and_signal_by_key(odb: durable.Database, pg_dsn: 
             proc.append(await run_cli(pg_dsn, s, "result", "key:order:3", "--wait", "60"))
 
         n.start_soon(waiting)
-        await wait_for(lambda: _listening(db), timeout=20)
+        await wait_for(lambda: listening(db, db.watchers.channel), timeout=20)
         await finish(db, live, amount=9)
     assert json.loads(proc[0].stdout) == {"paid": 9}
     # bad input: one error line, exit 2
@@ -444,12 +444,6 @@ async def test_cli_result_show_and_signal_by_key(odb: durable.Database, pg_dsn: 
     ):
         err = (await run_cli(pg_dsn, s, *args, code=2)).stderr
         assert err.startswith("error: ") and err.count("\n") == 1, (args, err)
-
-
-async def _listening(db: durable.Database) -> bool:
-    """A `durable result --wait` process LISTENs on the schema's results channel."""
-    q = durable.sql.Query("listening", "select count(*) from pg_stat_activity where query = $1", "")
-    return bool(await db.pool.fetchval(q, f'LISTEN "{db.watchers.channel}"'))
 
 
 async def test_cli_result_of_an_unreachable_database_exits_3() -> None:

@@ -36,6 +36,8 @@ import trio
 import durable
 from durable import UNCHANGED, Done, Machine, Next, step
 
+from .helpers import until_idle
+
 pytestmark = pytest.mark.trio
 
 # Slack, in statements, for the pick/flush boundaries described above (observed: 0 to 2).
@@ -161,7 +163,7 @@ async def test_a_lone_job_costs_one_pick_and_one_complete(db: durable.Database, 
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(rt.run)
-        await trio.sleep(0.1)  # the scheduler's first (empty) pick is done; it now waits 30 s
+        await until_idle(db, rt, "sc_jobs", listen=listen)  # the first (empty) pick is done; it now waits 30 s
         db.pool.statement_counts.clear()
         await db.insert(noop, {"x": 1})
         with trio.fail_after(20):
@@ -188,7 +190,7 @@ async def test_hints_from_another_database_wake_the_runtime(db: durable.Database
         assert other.token != db.token
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)
-            await trio.sleep(0.3)  # the first (empty) pick and the LISTEN are in place
+            await until_idle(db, rt, "sc_jobs", listen=True)  # the first (empty) pick and the LISTEN are in place
             db.pool.statement_counts.clear()
             await other.insert(noop, {"x": 1})
             with trio.fail_after(10):  # far below the 30 s poll
