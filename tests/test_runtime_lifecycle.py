@@ -87,8 +87,14 @@ async def test_worker_registry_gauges(db: durable.Database) -> None:
     rt = durable.Runtime(db, queues={"drain": 3}, prefetch=2, heartbeat=0.1)
     async with trio.open_nursery() as n:
         await n.start(rt.run)
-        await trio.sleep(0.3)
-        row = await db.pool.fetchrow(Query("t_w", "select id, queues, gauges::text as g, stopped_at from workers", ""))
+        q = Query("t_w", "select id, queues, gauges::text as g, stopped_at from workers", "")
+
+        async def reported() -> bool:  # the first heartbeat wrote the gauges (0.3 s of sleep raced a loaded box)
+            r = await db.pool.fetchrow(q)
+            return r is not None and "concurrency" in r["g"]
+
+        await wait_for(reported)
+        row = await db.pool.fetchrow(q)
         assert row["id"] == rt.worker_id and list(row["queues"]) == ["drain"] and row["stopped_at"] is None
         gauges = durable.codec.decode(row["g"])
         assert gauges["drain"]["concurrency"] == 3 and gauges["drain"]["prefetch"] == 2
