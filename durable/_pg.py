@@ -396,6 +396,30 @@ def connection_closed(raw: asyncpg.Connection) -> bool:
         return True
 
 
+# durable serve's connections have PostgreSQL (14+: client_connection_check_interval) look at their client's
+# socket every CLIENT_CHECK_MS while a statement runs, and abort the statement once the client is gone. A
+# server killed mid-request (SIGKILL, or a second signal or --stop-timeout, which end it at once) leaves no
+# statement behind for long: an append waiting on its stream's row lock ran to its end once the lock was
+# released, after its client had been cut off. The engine's pools do not set it: the simulator's crash fault
+# terminates a pool while its statements run, and whether such a statement lands would then depend on the
+# wall clock, not the seed; and a killed worker's statements are harmless when they land late (a complete
+# is fenced by its lease token, a pick's lease expires).
+CLIENT_CHECK_MS = 1000
+
+
+async def check_client(con: asyncpg.Connection) -> None:
+    """asyncpg's ``init`` for the connections of a pool opened with ``client_check``: set
+    client_connection_check_interval (see CLIENT_CHECK_MS) when the server has it (PostgreSQL 14+; on an
+    older server, or on a platform where PostgreSQL cannot watch a socket, a killed client's statement
+    still runs to its end)."""
+    if con.get_server_version() < (14, 0):
+        return
+    try:
+        await con.fetchval(Q.check_client_connection.text, str(CLIENT_CHECK_MS))
+    except asyncpg.InvalidParameterValueError:  # "must be set to 0 on this platform"
+        return
+
+
 GENERIC_POOL_MAX = 4  # a runtime's picks (one per queue at a time) and its plain flushes (two at a time)
 LISTEN_POOL_MAX = 4  # a runtime's LISTEN, a Database's result watcher, a streams server's hub (listen_dsn only)
 
@@ -483,9 +507,12 @@ class Pool:
         max_size: int = 10,
         pooler: str | None = None,
         listen_dsn: str | None = None,
+        client_check: bool = False,
     ) -> Pool:
         """Open the pools. ``pooler="transaction"``: ``dsn`` reaches PostgreSQL through a transaction pooler
-        (no prepared statements, no startup settings, search_path checked), and ``listen_dsn`` directly."""
+        (no prepared statements, no startup settings, search_path checked), and ``listen_dsn`` directly.
+        ``client_check``: the direct connections' statements end when this process is gone (CLIENT_CHECK_MS;
+        not through a pooler, which stays connected, and where a session setting would not stay either)."""
         pooler = check_pooler(pooler, listen_dsn)
         loop = trio_asyncio.current_loop.get(None)
         if loop is not None:  # before any connection's reader task starts (see _tune_loop)
@@ -493,7 +520,9 @@ class Pool:
         path = {"search_path": f"{schema},public"}
         opened: list[asyncpg.Pool] = []
 
-        async def create(target: str, settings: dict[str, str], low: int, high: int, cache: int = 256) -> asyncpg.Pool:
+        async def create(
+            target: str, settings: dict[str, str], low: int, high: int, cache: int = 256, direct: bool = True
+        ) -> asyncpg.Pool:
             pool = await aio(asyncpg.create_pool)(
                 target,
                 min_size=low,
@@ -501,6 +530,7 @@ class Pool:
                 server_settings=settings,
                 statement_cache_size=cache,
                 reset=keep_session,
+                init=check_client if client_check and direct else None,
             )
             assert pool is not None
             opened.append(pool)
@@ -512,7 +542,9 @@ class Pool:
                     raw = await create(dsn, SESSION_SETTINGS | path, min_size, max_size)
                     generic = await create(dsn, GENERIC_SETTINGS | path, 0, min(max_size, GENERIC_POOL_MAX))
                 else:
-                    raw = generic = await create(dsn, {"application_name": "durable"}, min_size, max_size, cache=0)
+                    raw = generic = await create(
+                        dsn, {"application_name": "durable"}, min_size, max_size, cache=0, direct=False
+                    )
                 listen = await create(listen_dsn, SESSION_SETTINGS | path, 0, LISTEN_POOL_MAX) if listen_dsn else raw
             except BaseException:
                 for pool in opened:
@@ -541,13 +573,21 @@ class Pool:
 
     @classmethod
     async def open_native(
-        cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, pooler: str | None = None
+        cls,
+        dsn: str,
+        schema: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        pooler: str | None = None,
+        client_check: bool = False,
     ) -> Pool:
         """A pool for a plain asyncio event loop (no trio, no trio-asyncio): asyncpg called directly.
         Only :meth:`fetch` and its siblings, :meth:`pinned` and :meth:`close_native` are used there (by
         ``durable serve``'s HTTP front, which runs on its own loop in a thread of its own); the gate and
         the statement counts are the same as a trio pool's. ``pooler``: as :meth:`open`'s (behind a
-        transaction pooler: no prepared statement, no startup setting but the application name)."""
+        transaction pooler: no prepared statement, no startup setting but the application name).
+        ``client_check``: as :meth:`open`'s."""
         if pooler not in (None, *POOLERS):
             raise ValueError(f"pooler must be 'transaction' or None, not {pooler!r}")
         settings = (
@@ -563,6 +603,7 @@ class Pool:
                 statement_cache_size=256 if pooler is None else 0,
                 server_settings=settings,
                 reset=keep_session,
+                init=check_client if client_check and pooler is None else None,
             )
         except _UNREACHABLE as exc:
             if not unreachable(exc):

@@ -544,6 +544,7 @@ async def connect(
     max_value_bytes: int = MAX_VALUE_BYTES,
     pooler: str | None = None,
     listen_dsn: str | None = None,
+    client_check: bool = False,
 ) -> AsyncIterator[Database]:
     """Open a :class:`Database`. ``dsn=None`` uses ``$DURABLE_DSN`` or else the embedded server (restarted
     if its postmaster dies while this is open: :func:`durable.embedded.supervised`).
@@ -555,7 +556,9 @@ async def connect(
     ``pooler="transaction"`` (default ``$DURABLE_POOLER``): ``dsn`` goes through a connection pooler in
     transaction mode such as PgBouncer, so durable prepares no statement and sets no session setting there
     (the server must set ``search_path``), and LISTENs through ``listen_dsn`` (default ``$DURABLE_LISTEN_DSN``),
-    a direct connection to the same database: docs/scaling.md."""
+    a direct connection to the same database: docs/scaling.md.
+    ``client_check=True``: PostgreSQL (14+) aborts a statement of this process soon after the process is gone,
+    instead of running it to its end (``durable serve``'s connections; durable._pg.CLIENT_CHECK_MS)."""
     check_schema_name(schema)
     pooler = pooler if pooler is not None else os.environ.get(ENV_POOLER) or None
     listen_dsn = listen_dsn if listen_dsn is not None else os.environ.get(ENV_LISTEN_DSN) or None
@@ -566,7 +569,13 @@ async def connect(
     target = await trio.to_thread.run_sync(resolve_dsn, dsn)
     async with supervised(dsn), asyncio_loop():  # the embedded server is restarted if it dies meanwhile
         pool = await Pool.open(
-            target, schema, min_size=min_size, max_size=max_size, pooler=pooler, listen_dsn=listen_dsn
+            target,
+            schema,
+            min_size=min_size,
+            max_size=max_size,
+            pooler=pooler,
+            listen_dsn=listen_dsn,
+            client_check=client_check,
         )
         try:
             if migrate:

@@ -359,6 +359,50 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
         server.stop()
 
 
+@pytest.mark.parametrize("stack", ["uvicorn", "hypercorn"])
+async def test_a_blocked_append_of_a_killed_server_is_not_stored(pg_dsn: str, schema: str, stack: str) -> None:
+    """SIGKILL while an append waits on its stream's row lock (SIGKILL, a second signal and --stop-timeout
+    all end the process without cancelling its statements): PostgreSQL notices that the server is gone
+    (client_connection_check_interval, set on durable serve's connections) and ends the waiting statement,
+    so once the lock is released the append is not stored and the stream's tail is where it was. Before,
+    the statement waited for as long as the lock was held, then stored the append its client never heard
+    about. Both HTTP stacks: appends go through the front's own pool under uvicorn, the trio side's under
+    hypercorn."""
+    server = ServeProcess(pg_dsn, schema, env={"DURABLE_SERVE_HTTP": stack})
+    await trio.to_thread.run_sync(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            assert (await http.put("/dur/kill", headers=OCTETS)).status_code == 201
+            first = await http.post("/dur/kill", headers=OCTETS, content=record(0, 0, 100))
+            assert first.status_code == 204
+            async with holding(pg_dsn, "select 1 from streams for update", schema=schema) as held:
+                async with trio.open_nursery() as nursery:
+
+                    async def append() -> None:
+                        with contextlib.suppress(httpx.TransportError):
+                            await http.post("/dur/kill", headers=OCTETS, content=record(0, 1, 100))
+
+                    nursery.start_soon(append)
+                    await held.until_waited_on(30)  # the append waits on the row lock
+                    await trio.to_thread.run_sync(server.kill)
+                with trio.fail_after(30):  # the server's statement ends without the lock being released
+                    while await held.waiting():
+                        await trio.sleep(0.02)
+                await held.release()
+    finally:
+        server.kill()
+    server = ServeProcess(pg_dsn, schema, env={"DURABLE_SERVE_HTTP": stack})
+    await trio.to_thread.run_sync(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            data, _ = await read_all(http, "/dur/kill")
+            assert [(w, n) for w, n, _ in parse(data)] == [(0, 0)]
+            head = await http.head("/dur/kill")
+            assert head.headers["stream-next-offset"] == first.headers["stream-next-offset"]
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: str, sig: signal.Signals) -> None:
     """SIGTERM or Ctrl-C while ``durable serve`` is still starting (here its migration waits on the lock of

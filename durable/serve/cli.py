@@ -183,8 +183,8 @@ async def _stop_on_signals(signals: AsyncIterator[int], server: trio.CancelScope
     """Stop the server (started or still starting) at the first signal; end the process at once at a
     second one (exit 130) or when the stop takes longer than ``timeout`` seconds (exit 1): a statement of a
     request in flight, shielded from cancellation, may wait on a lock or a database that does not answer
-    for as long as that lasts. A statement still waiting in PostgreSQL then runs to its end, as after
-    SIGKILL."""
+    for as long as that lasts. PostgreSQL 14+ ends a statement still waiting there within about a second,
+    as after SIGKILL (durable._pg.CLIENT_CHECK_MS)."""
     import trio
 
     async for received in signals:

@@ -358,7 +358,12 @@ class Front:
 
         settings = self.settings
         pool = await Pool.open_native(
-            self.dsn, self.schema, min_size=1, max_size=settings.connections + 3, pooler=self.pooler
+            self.dsn,
+            self.schema,
+            min_size=1,
+            max_size=settings.connections + 3,
+            pooler=self.pooler,
+            client_check=True,
         )
         listening: asyncio.Future[None] | None = None
         try:

@@ -139,7 +139,8 @@ async def serve(
 ) -> NoReturn:
     """Serve Durable Streams until cancelled; ``started`` with the :class:`Server` once listening."""
     settings = settings or Settings()
-    async with connect(dsn, schema=schema, max_size=settings.connections + 8) as db:
+    # client_check: a statement of a server that was killed does not run to its end after it (durable/_pg.py)
+    async with connect(dsn, schema=schema, max_size=settings.connections + 8, client_check=True) as db:
         store = Store(db.pool)
         hub = Hub()
         # the trio side answers creates, deletes, live reads and the control API; appends and catch-up

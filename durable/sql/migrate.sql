@@ -31,3 +31,9 @@ select format('drop schema if exists %I cascade', $1::text);
 -- name: search_path
 -- This session's search_path (checked behind a transaction pooler, where the server must set it).
 select current_setting('search_path');
+
+-- name: check_client_connection
+-- Have this session's backend look at its client's socket every $1 milliseconds while a statement runs,
+-- and abort the statement once the client is gone (PostgreSQL 14+; durable serve's connections:
+-- durable/_pg.py, CLIENT_CHECK_MS).
+select set_config('client_connection_check_interval', $1::text, false);
