@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli import EXIT_UNREACHABLE, OneLineError, dsn_option, fail, json_option, schema_option, telemetry
 from .cli_ops import Command, Group, emit_json, execute, load_machines, load_schedules
 from .limits import decimal
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 
 # -- migrate ----------------------------------------------------------------------------------------
@@ -200,6 +204,49 @@ def worker(
     async def body() -> None:
         import trio
 
+        # SIGTERM and Ctrl-C are read from the start, not once the worker runs: while it connects or migrates
+        # (a database slow to answer, another migrator's lock) the first one stops it, exit 0 as a drained
+        # worker (before, SIGTERM's default action killed it on the spot and Ctrl-C ended it with 'interrupted',
+        # exit 130). Once it runs: the first drains, a second stops at once.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            started: list[Runtime] = []  # the runtime, once it runs
+            starting = trio.CancelScope()
+
+            async def watch() -> None:
+                async for received in signals:
+                    if not started:
+                        if not starting.cancel_called:
+                            name = signal.Signals(received).name
+                            click.echo(f"stopping ({name}): the worker has not started", err=True)
+                            starting.cancel()
+                    elif not started[0].stopping:
+                        click.echo(f"draining (up to {drain_timeout:g}s; again to stop now)", err=True)
+                        started[0].stop()
+                    else:
+                        click.echo("stopping now: unfinished claims return when their leases expire", err=True)
+                        started[0].kill()
+
+            failed: Exception | None = None
+            async with trio.open_nursery() as watching:
+                watching.start_soon(watch)
+                try:
+                    with starting:
+                        await run_worker(started)
+                except Exception as exc:  # raised below, outside the nursery: not in an exception group
+                    failed = exc
+                watching.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
+            if not started:  # stopped while it connected, migrated or registered
+                if as_json:
+                    emit_json({"event": "stopped", "worker": None, "done": 0, "failed": 0})
+                else:
+                    click.echo("worker stopped before it started: 0 done, 0 failed", err=True)
+
+    async def run_worker(started: list[Runtime]) -> None:
+        """Connect, migrate and run the worker until it has stopped; ``started`` gets its runtime once it runs."""
+        import trio
+
         import durable
 
         from ._pg import redact
@@ -220,42 +267,31 @@ def worker(
                 from .runtime.gc_tuning import tune_for_throughput
 
                 tune_for_throughput()
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(runtime.run)
-                    served = ", ".join(f"{q}={n}" for q, n in queues.items())
-                    names = sorted(f"{m.name} v{m.version}" for m in machines)
-                    if as_json:  # one JSON line when it starts and one when it stops, on stdout
-                        emit_json(
-                            {
-                                "event": "started",
-                                "worker": runtime.worker_id,
-                                "schema": schema,
-                                "queues": queues,
-                                "machines": names,
-                                "schedules": [s.name for s in schedules],
-                            }
-                        )
-                    else:
-                        fired = f"; schedules {', '.join(s.name for s in schedules)}" if schedules else ""
-                        click.echo(
-                            f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
-                            f"{schema!r}: queues {served}; machines {', '.join(names)}{fired}",
-                            err=True,
-                        )
-
-                    async def watch() -> None:
-                        async for _ in signals:
-                            if not runtime.stopping:
-                                click.echo(f"draining (up to {drain_timeout:g}s; again to stop now)", err=True)
-                                runtime.stop()
-                            else:
-                                click.echo("stopping now: unfinished claims return when their leases expire", err=True)
-                                runtime.kill()
-
-                    nursery.start_soon(watch)
-                    await runtime.wait_stopped()
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runtime.run)
+                started.append(runtime)
+                served = ", ".join(f"{q}={n}" for q, n in queues.items())
+                names = sorted(f"{m.name} v{m.version}" for m in machines)
+                if as_json:  # one JSON line when it starts and one when it stops, on stdout
+                    emit_json(
+                        {
+                            "event": "started",
+                            "worker": runtime.worker_id,
+                            "schema": schema,
+                            "queues": queues,
+                            "machines": names,
+                            "schedules": [s.name for s in schedules],
+                        }
+                    )
+                else:
+                    fired = f"; schedules {', '.join(s.name for s in schedules)}" if schedules else ""
+                    click.echo(
+                        f"worker {runtime.worker_id} started on {redact(database.pool.dsn)} schema "
+                        f"{schema!r}: queues {served}; machines {', '.join(names)}{fired}",
+                        err=True,
+                    )
+                await runtime.wait_stopped()
+                nursery.cancel_scope.cancel()
             stats = runtime.statistics()
             done = sum(q["done"] for q in stats["queues"].values())
             failed = sum(q["failed"] for q in stats["queues"].values())

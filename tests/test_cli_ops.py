@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ import trio
 
 import durable
 from durable.migrate import drop_schema
+from durable.sql import Q
+
+from .test_streams_durability import holding
+from .test_streams_util import drop
 
 ROOT = Path(__file__).resolve().parent.parent
 DURABLE = str(Path(sys.executable).parent / "durable")
@@ -165,6 +170,40 @@ def test_a_worker_runs_the_example_checkout_driven_from_the_cli(cli: CLI) -> Non
     stopped = cli.json("workers", "--all")
     assert stopped[0]["state"] == "stopped" and cli.json("workers") == []
     assert "no live workers" in cli("workers").stdout
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal.Signals) -> None:
+    """SIGTERM or Ctrl-C while ``durable worker`` still starts (here its migration waits on the lock of
+    another migrator of the schema; a database slow to answer is the same) stops it as a signal does once it
+    runs: exit 0, a 'stopped' line, no traceback, no statement of it left waiting. Before, its signals were
+    read only once it ran: SIGTERM killed it (exit -15) and Ctrl-C ended it with 'interrupted' (exit 130)."""
+    fresh = f"t_cli_w_{uuid.uuid4().hex[:8]}"
+    try:
+        async with holding(cli.dsn, Q.lock_migrations.text, fresh) as held:  # a migrator of the schema
+            worker = cli.popen("worker", "examples.checkout", "--schema", fresh)
+            try:
+                with trio.fail_after(60):  # the worker's migration waits on the lock
+                    while not await held.waiting():
+                        assert worker.poll() is None, worker.communicate()
+                        await trio.sleep(0.02)
+                worker.send_signal(sig)
+                try:
+                    _, err = await trio.to_thread.run_sync(partial(worker.communicate, timeout=30))
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{sig.name} ignored while the worker started") from None
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait(10)
+            assert worker.returncode == 0, (worker.returncode, err)
+            assert "Traceback" not in err and "worker stopped before it started" in err, err
+            assert f"stopping ({sig.name})" in err, err
+            assert await held.waiting() == [], err  # its statement ended with it
+            await held.release()
+    finally:
+        await trio.to_thread.run_sync(drop, cli.dsn, fresh)
 
 
 def test_ls_filters_pages_and_prints_a_table(cli: CLI) -> None:
