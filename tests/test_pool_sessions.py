@@ -100,9 +100,9 @@ async def test_a_cancelled_transaction_gives_its_connection_back(db: durable.Dat
     """Cancelled before it starts or mid-statement: the transaction rolls back at once and the pool goes on."""
     from durable.sql import Query
 
-    sleep, one = Query("t_sleep", "select pg_sleep(5)", ""), Query("t_one", "select 1", "")
+    sleep, one = Query("t_sleep", "select pg_sleep(60)", ""), Query("t_one", "select 1", "")
     for delay in (0.0, 0.1):  # 0: cancelled at the first checkpoint; 0.1: during the statement
-        with trio.fail_after(3):  # far less than the statement's 5 s: nothing waited for it
+        with trio.fail_after(20):  # far less than the statement's 60 s: nothing waited for it
             with trio.move_on_after(delay):
                 async with db.pool.transaction() as conn:
                     await conn.fetch(sleep)
