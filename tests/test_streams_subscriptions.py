@@ -44,7 +44,7 @@ def server(pg_dsn: str) -> Iterator[ServeProcess]:
         yield s
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
     """The first truthy result of ``check``, polled until ``timeout``."""
     with trio.fail_after(timeout):
         while True:
@@ -292,7 +292,7 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
 
         # no done within the lease: the lease expires and the work is delivered again, a new generation
         hook.replies = [(500, {"error": "busy"}), (200, {})]
-        failed: Any = await hook.next(2, timeout=5)
+        failed: Any = await hook.next(2)
         assert failed["body"]["generation"] == wake["generation"] + 1
         assert failed["body"]["streams"][0]["acked_offset"] == "0000000000000000_0000000000000000"
         late = await callback(
@@ -306,7 +306,7 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
             return got if got["status"] == "failed" else None
 
         assert "HTTP 500" in (await eventually(failing))["last_error"]
-        retried: Any = await hook.next(3, timeout=5)
+        retried: Any = await hook.next(3)
         assert retried["at"] - failed["at"] >= 0.75  # type: ignore[operator]
         assert retried["body"]["generation"] == wake["generation"] + 2
 
@@ -391,7 +391,7 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         # a claim whose worker goes silent: the lease expires, a new wake event, the old token is fenced
         c3 = (await http.post(sub_url(name, "claim"), json={"worker": "w3"})).json()
         assert c3["generation"] == generation + 2
-        await eventually(lambda: _generation_seen(http, pool, name, generation + 3), timeout=4)
+        await eventually(lambda: _generation_seen(http, pool, name, generation + 3))
         auth3 = {"authorization": f"Bearer {c3['token']}"}
         zombie = await http.post(
             sub_url(name, "ack"),

@@ -230,7 +230,7 @@ class WebhookReceiver:
             return False
         return True
 
-    async def next(self, count: int, timeout: float = 5.0) -> dict[str, object]:
+    async def next(self, count: int, timeout: float = 20.0) -> dict[str, object]:
         """The ``count``-th request (1-based), waiting for it."""
         with trio.fail_after(timeout):
             while len(self.received) < count:
