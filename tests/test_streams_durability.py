@@ -26,6 +26,8 @@ import trio.lowlevel
 
 from durable._pg import aio, asyncio_loop
 from durable.contrib.streams_client import Backoff, StreamsClient
+from durable.serve.cli import command as serve_command
+from durable.serve.server import STOP_TIMEOUT, Server, StopTimeout, serve
 from durable.sql import Q
 
 from .test_streams_util import ServeProcess, drop, new_schema
@@ -483,3 +485,56 @@ async def test_a_stop_that_waits_on_the_database_ends_after_stop_timeout(pg_dsn:
     assert code == 1, "".join(server.log)
     errors = [line for line in server.log if line.startswith("error:")]
     assert len(errors) == 1 and "did not stop within 2s" in errors[0], "".join(server.log)
+    assert "Traceback" not in "".join(server.log), "".join(server.log)
+
+
+async def test_serve_ends_a_stop_that_waits_on_the_database_after_its_stop_timeout(pg_dsn: str, schema: str) -> None:
+    """The library function: ``serve()`` cancelled while a DELETE (its statement shielded) waits on the
+    stream's row lock ends after its ``stop_timeout`` by itself, with the lock still held: it closes its
+    connections (PostgreSQL then ends the waiting statement) and raises StopTimeout. Before, only the CLI had
+    a bound (it ends the process): the cancelled serve() waited for as long as the lock was held."""
+    stopped = trio.Event()
+    raised: list[BaseException] = []
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[Server]) -> None:
+        try:
+            with scope:
+                await serve(pg_dsn, schema, port=0, stop_timeout=1, task_status=task_status)
+        except Exception as exc:
+            raised.append(exc)
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(run)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            assert (await http.put("/dur/held", headers=OCTETS)).status_code == 201
+            async with holding(pg_dsn, "select 1 from streams for update", schema=schema) as held:
+
+                async def delete() -> None:
+                    with contextlib.suppress(httpx.TransportError):
+                        await http.delete("/dur/held")
+
+                nursery.start_soon(delete)
+                await held.until_waited_on(60)  # the DELETE waits on the row lock
+                scope.cancel()
+                with trio.move_on_after(60):
+                    await stopped.wait()
+                ended = stopped.is_set()
+                with trio.fail_after(30):  # its statement ends too, the lock still held
+                    while ended and await held.waiting():
+                        await trio.sleep(0.02)
+                await held.release()  # (without the bound, the stop ends only now)
+                await stopped.wait()
+    assert ended, "serve() did not stop while its statement waited on the lock"
+    assert [type(e) for e in raised] == [StopTimeout], raised
+    assert "did not stop within 1s" in str(raised[0])
+
+
+async def test_the_cli_stop_timeout_defaults_to_serves_and_a_bad_one_is_refused(pg_dsn: str, schema: str) -> None:
+    option = next(p for p in serve_command.params if p.name == "stop_timeout")
+    assert option.default == STOP_TIMEOUT
+    for bad in (0, -1, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="stop_timeout must be a positive, finite number"):
+            await serve(pg_dsn, schema, port=0, stop_timeout=bad)  # type: ignore[arg-type]

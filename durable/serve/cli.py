@@ -77,10 +77,11 @@ if TYPE_CHECKING:
 @click.option("--insecure-no-auth", is_flag=True, help="Allow listening on a non-loopback interface without --token.")
 @click.option(
     "--stop-timeout",
-    default=30.0,
+    default=30.0,  # serve()'s STOP_TIMEOUT (the web stack is imported only once the command runs)
     show_default=True,
     type=click.FloatRange(1, 3600),
-    help="Seconds a graceful stop (SIGTERM, Ctrl-C) may take before the process ends at once (exit 1).",
+    help="Seconds a graceful stop (SIGTERM, Ctrl-C) may take before the server's connections are closed "
+    "at once (exit 1).",
 )
 @json_option
 def command(
@@ -143,15 +144,18 @@ def command(
         # off and closes its pools. Without a handler SIGTERM killed the process on the spot, and an append
         # waiting on its stream's row lock outlived it and landed later. The signals are read from the start,
         # not once the server listens: a start that waits (a migration behind another migrator's lock, a
-        # slow database) is stopped too. The watcher runs outside the server's scope: a stop that waits on
-        # the database (a shielded statement behind a lock) ends at a second signal or after --stop-timeout.
+        # slow database) is stopped too. A stop that waits on the database (a shielded statement behind a
+        # lock) ends after --stop-timeout (serve() closes its connections: StopTimeout, exit 1); the watcher,
+        # outside the server's scope, ends the process at a second signal, or if even that stop hangs.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as watching:
                 server_scope = trio.CancelScope()
                 watching.start_soon(_stop_on_signals, signals, server_scope, stop_timeout)
                 with server_scope:
                     async with trio.open_nursery() as nursery:
-                        server = await nursery.start(partial(serve, dsn, schema, host, port, settings=settings))
+                        server = await nursery.start(
+                            partial(serve, dsn, schema, host, port, settings=settings, stop_timeout=stop_timeout)
+                        )
                         access = (
                             ("token required for writes and reads" if protect_reads else "token required for writes")
                             if tokens
@@ -179,23 +183,29 @@ def command(
         raise
 
 
+# after serve()'s own stop_timeout, which closes its connections: its HTTP front's thread gets 15 s to
+# end (durable/serve/front.py, Front.stop), its pools 10 s each to close
+STOP_GRACE = 40.0
+
+
 async def _stop_on_signals(signals: AsyncIterator[int], server: trio.CancelScope, timeout: float) -> None:
     """Stop the server (started or still starting) at the first signal; end the process at once at a
-    second one (exit 130) or when the stop takes longer than ``timeout`` seconds (exit 1): a statement of a
-    request in flight, shielded from cancellation, may wait on a lock or a database that does not answer
-    for as long as that lasts. PostgreSQL 14+ ends a statement still waiting there within about a second,
-    as after SIGKILL (durable._pg.CLIENT_CHECK_MS)."""
+    second one (exit 130), or when the stop takes longer than ``timeout`` seconds and STOP_GRACE more
+    (exit 1): serve() itself ends a stop that waits on the database after ``timeout`` seconds. A statement
+    still waiting in PostgreSQL then is ended by PostgreSQL 14+ within about a second, as after SIGKILL
+    (durable._pg.CLIENT_CHECK_MS)."""
     import trio
 
     async for received in signals:
         click.echo(f"durable serve: stopping ({signal.Signals(received).name}; again to stop now)", err=True)
         server.cancel()
         break
+    timeout += STOP_GRACE
     with trio.move_on_after(timeout):
         async for received in signals:
             click.echo(f"durable serve: stopping now ({signal.Signals(received).name})", err=True)
             _exit_now(130)
-    click.echo(f"error: durable serve did not stop within {timeout:g}s (a statement waits on the database)", err=True)
+    click.echo(f"error: durable serve did not stop within {timeout:g}s", err=True)
     _exit_now(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import nullcontext
@@ -17,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._pg import Pool
 from ..client import Database, connect
+from ..errors import DurableError
 from ..streams.store import Store
 from ..streams.subscription_store import SubscriptionStore
 from ..streams.wakes import Wakes
@@ -128,6 +131,40 @@ class Server:
         self.front_store = front_store  # the HTTP front's (appends, catch-up reads), None under hypercorn
 
 
+STOP_TIMEOUT = 30.0  # seconds a stop may take: serve()'s stop_timeout, durable serve --stop-timeout
+
+
+class StopTimeout(DurableError):
+    """:func:`serve` was stopped and its stop took longer than its ``stop_timeout``: a statement of a request
+    in flight waited on the database, and the server's connections were closed at once."""
+
+
+class _StopBound:
+    """Bounds a stop of :func:`serve`: once the server is cancelled, waits ``timeout`` seconds for it to end
+    (``done``), then closes the connections of ``pool`` at once. A request's statement is shielded from
+    cancellation (a cut would leave its connection mid-protocol), so one waiting on a lock, or on a database
+    that does not answer, held the stop for as long; closed, its connection ends it with an error, and
+    PostgreSQL (14+, client_connection_check_interval) ends the statement."""
+
+    def __init__(self, pool: Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.done = trio.Event()
+        self.timed_out = False
+
+    async def watch(self) -> None:
+        """Run beside the server until it is cancelled (or fails), then bound its end."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.timeout):
+                    await self.done.wait()
+                if not self.done.is_set():
+                    self.timed_out = True
+                    self.pool.terminate()
+
+
 async def serve(
     dsn: str | None,
     schema: str,
@@ -135,76 +172,104 @@ async def serve(
     port: int = 4437,
     *,
     settings: Settings | None = None,
+    stop_timeout: float = STOP_TIMEOUT,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve Durable Streams until cancelled; ``started`` with the :class:`Server` once listening."""
+    """Serve Durable Streams until cancelled; ``started`` with the :class:`Server` once listening. A stop
+    (cancellation) lets the requests in flight end; after ``stop_timeout`` seconds the server's connections
+    are closed at once (a statement waiting on a lock or on a database that does not answer then ends with
+    them) and :class:`StopTimeout` is raised."""
+    if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or not 0 < stop_timeout < math.inf:
+        raise ValueError(f"stop_timeout must be a positive, finite number of seconds, not {stop_timeout!r}")
     settings = settings or Settings()
     # client_check: a statement of a server that was killed does not run to its end after it (durable/_pg.py)
     async with connect(dsn, schema=schema, max_size=settings.connections + 8, client_check=True) as db:
-        store = Store(db.pool)
-        hub = Hub()
-        # the trio side answers creates, deletes, live reads and the control API; appends and catch-up
-        # reads go to the HTTP front (own pool) unless everything runs on hypercorn
-        kept = settings.connections if http_stack() == "hypercorn" else max(2, settings.connections // 4)
-        # LISTEN: with the HTTP front, on the front's loop, which hands the hub only the notifications it
-        # wants (durable/serve/front.py: Front._listen); under hypercorn, or behind a transaction pooler
-        # (LISTEN goes through the pool's direct connections), on the trio side
-        front_listens = http_stack() == "uvicorn" and db.pool.pooler is None
-        async with (
-            nullcontext() if front_listens else hub.listening(db.pool, store.channel),
-            store.pinned(kept),
-            httpx.AsyncClient(follow_redirects=False) as http,
-        ):
-            config = Config()
-            config.bind = [f"{host}:{port}"]
-            config.accesslog = None
-            config.errorlog = "-"
-            config.keep_alive_timeout = 75
-            config.graceful_timeout = 1
-            wakes = await Wakes.load(store)
-            signer = await Signer.load(store)
-            deliverer = Deliverer(
-                wakes, signer, http, timeout=settings.webhook_timeout, allow_dev=settings.allow_dev_webhooks
-            )
-            dispatcher = Dispatcher(wakes, deliverer, sweep_interval=settings.sweep_interval)
-            hub.watch(dispatcher.stream_changed, interest=lambda: dispatcher.active)
-            control = SubscriptionEndpoints(
-                SubscriptionStore(store),
-                wakes,
-                signer,
-                dispatcher,
-                allow_dev_webhooks=settings.allow_dev_webhooks,
-                public_url=settings.public_url,
-            )
-            inner = routes(db, store, hub, settings, control)
-
-            async with trio.open_nursery() as nursery:
-                await nursery.start(dispatcher.run)  # wakes and webhook deliveries
-                if http_stack() == "hypercorn":
-                    binds: list[str] = await nursery.start(
-                        partial(hypercorn_serve, middleware(inner, settings), config, mode="asgi")  # type: ignore[arg-type]
-                    )
-                    task_status.started(Server(binds[0], store))
-                    await trio.sleep_forever()
-                sock, url = bind(host, port)
-                bridge = TrioBridge(inner, trio.lowlevel.current_trio_token(), nursery)
-                front = Front(
-                    db.pool.dsn,
-                    schema,
-                    settings,
-                    sock,
-                    partial(middleware, settings=settings),
-                    bridge,
-                    pooler=db.pool.pooler,
-                    hub=hub if front_listens else None,
-                )
+        bound = _StopBound(db.pool, stop_timeout)
+        try:
+            async with trio.open_nursery() as bounding:
+                bounding.start_soon(bound.watch)
                 try:
-                    await front.start()
-                    task_status.started(Server(url, store, front.store))
-                    await front.wait()
+                    await _serve(db, schema, host, port, settings, task_status)
                 finally:
-                    await front.stop()
-                    sock.close()
+                    bound.done.set()
+        except BaseException as exc:
+            if bound.timed_out:
+                raise StopTimeout(
+                    f"durable serve did not stop within {stop_timeout:g}s (a statement waited on the database; "
+                    "its connections were closed)"
+                ) from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+async def _serve(
+    db: Database, schema: str, host: str, port: int, settings: Settings, task_status: trio.TaskStatus[Server]
+) -> NoReturn:
+    """:func:`serve` on the open database ``db``: until cancelled."""
+    store = Store(db.pool)
+    hub = Hub()
+    # the trio side answers creates, deletes, live reads and the control API; appends and catch-up
+    # reads go to the HTTP front (own pool) unless everything runs on hypercorn
+    kept = settings.connections if http_stack() == "hypercorn" else max(2, settings.connections // 4)
+    # LISTEN: with the HTTP front, on the front's loop, which hands the hub only the notifications it
+    # wants (durable/serve/front.py: Front._listen); under hypercorn, or behind a transaction pooler
+    # (LISTEN goes through the pool's direct connections), on the trio side
+    front_listens = http_stack() == "uvicorn" and db.pool.pooler is None
+    async with (
+        nullcontext() if front_listens else hub.listening(db.pool, store.channel),
+        store.pinned(kept),
+        httpx.AsyncClient(follow_redirects=False) as http,
+    ):
+        config = Config()
+        config.bind = [f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = "-"
+        config.keep_alive_timeout = 75
+        config.graceful_timeout = 1
+        wakes = await Wakes.load(store)
+        signer = await Signer.load(store)
+        deliverer = Deliverer(
+            wakes, signer, http, timeout=settings.webhook_timeout, allow_dev=settings.allow_dev_webhooks
+        )
+        dispatcher = Dispatcher(wakes, deliverer, sweep_interval=settings.sweep_interval)
+        hub.watch(dispatcher.stream_changed, interest=lambda: dispatcher.active)
+        control = SubscriptionEndpoints(
+            SubscriptionStore(store),
+            wakes,
+            signer,
+            dispatcher,
+            allow_dev_webhooks=settings.allow_dev_webhooks,
+            public_url=settings.public_url,
+        )
+        inner = routes(db, store, hub, settings, control)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dispatcher.run)  # wakes and webhook deliveries
+            if http_stack() == "hypercorn":
+                binds: list[str] = await nursery.start(
+                    partial(hypercorn_serve, middleware(inner, settings), config, mode="asgi")  # type: ignore[arg-type]
+                )
+                task_status.started(Server(binds[0], store))
+                await trio.sleep_forever()
+            sock, url = bind(host, port)
+            bridge = TrioBridge(inner, trio.lowlevel.current_trio_token(), nursery)
+            front = Front(
+                db.pool.dsn,
+                schema,
+                settings,
+                sock,
+                partial(middleware, settings=settings),
+                bridge,
+                pooler=db.pool.pooler,
+                hub=hub if front_listens else None,
+            )
+            try:
+                await front.start()
+                task_status.started(Server(url, store, front.store))
+                await front.wait()
+            finally:
+                await front.stop()
+                sock.close()
     raise AssertionError("unreachable")
 
 
