@@ -473,6 +473,9 @@ class Pool:
         self.raw = raw
         self.generic = generic if generic is not None else raw
         self.listen_pool = listen if listen is not None else raw
+        # the listen pool's connections set client_connection_check_interval when opened (check_client);
+        # a full reset (RESET ALL) when one is given back clears it, so it is set again there
+        self.listen_checked = False
         self.dsn = dsn
         self.schema = schema
         self.pooler = pooler
@@ -563,6 +566,7 @@ class Pool:
                 raise
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
         pool = cls(raw, dsn, schema, generic, listen, pooler)
+        pool.listen_checked = client_check and (listen_dsn is not None or pooler is None)
         if pooler is not None:
             try:
                 await pool.check_search_path()
@@ -611,6 +615,7 @@ class Pool:
             raise DatabaseUnavailable(f"cannot reach PostgreSQL at {redact(dsn)}: {exc}") from exc
         assert raw is not None
         pool = cls(raw, dsn, schema, pooler=pooler)
+        pool.listen_checked = client_check and pooler is None
         pool.native = True
         return pool
 
@@ -813,6 +818,8 @@ class Pool:
                 if not raw.is_closed():
                     with trio.move_on_after(2):
                         await aio(raw.reset)()
+                        if self.listen_checked:
+                            await aio(check_client)(raw)
             except Exception:  # the release below terminates a broken connection
                 pass
             try:

@@ -185,3 +185,24 @@ async def test_pool_connections_sees_every_connection_and_a_killed_ones_socket_c
 
     with trio.fail_after(30):
         await aio(look)()
+
+
+async def test_a_client_checked_pool_keeps_its_check_after_a_listen(pg_dsn: str, db: durable.Database) -> None:
+    """connect(client_check=True) (durable serve's connections): every connection has PostgreSQL watch its
+    client's socket (client_connection_check_interval), and one that LISTENed keeps it after the full reset
+    (RESET ALL) it gets when given back."""
+    from durable._pg import CLIENT_CHECK_MS
+
+    async with durable.connect(pg_dsn, schema=db.schema, migrate=False, min_size=1, max_size=1, client_check=True) as c:
+
+        async def interval() -> str:
+            async with c.pool.connection() as conn:  # the pool's one connection
+                return str(await aio(conn.raw.fetchval)("show client_connection_check_interval"))
+
+        assert await interval() == f"{CLIENT_CHECK_MS // 1000}s"
+        async with c.pool.connection() as conn:
+            await aio(conn.raw.add_listener)("durable_test_checked", lambda *_: None)
+        assert await interval() == f"{CLIENT_CHECK_MS // 1000}s"
+    async with durable.connect(pg_dsn, schema=db.schema, migrate=False, min_size=1, max_size=1) as plain:
+        async with plain.pool.connection() as conn:
+            assert await aio(conn.raw.fetchval)("show client_connection_check_interval") == "0"
