@@ -14,22 +14,18 @@ import contextlib
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import trio
 import trio.lowlevel
 
-from durable._pg import aio, asyncio_loop
 from durable.contrib.streams_client import Backoff, StreamsClient
 from durable.serve.cli import command as serve_command
 from durable.serve.server import STOP_TIMEOUT, Server, StopTimeout, serve
 from durable.sql import Q
 
+from .locks import holding
 from .test_streams_util import ServeProcess, drop, new_schema
 
 pytestmark = pytest.mark.trio
@@ -232,55 +228,6 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
         assert got == items
     finally:
         server.stop()
-
-
-@dataclass
-class Holding:
-    """A session holding locks in an open transaction (``holder``, its backend), and a second session
-    (``watch``) that asks who waits on them outside any transaction: within one, pg_stat_activity is a
-    snapshot that a backend connecting later is missing from."""
-
-    holder: int
-    watch: asyncpg.Connection
-    tx: Any
-
-    async def waiting(self) -> list[int]:
-        """The backends waiting on a lock the holder holds."""
-        query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
-        return [r["pid"] for r in await aio(self.watch.fetch)(query, self.holder)]
-
-    async def until_waited_on(self, limit: float) -> None:
-        """Until a backend waits on the holder's locks (``limit`` seconds guard against a hang)."""
-        with trio.fail_after(limit):
-            while not await self.waiting():
-                await trio.sleep(0.02)
-
-    async def busy(self, pids: list[int]) -> bool:
-        """Whether any of the backends ``pids`` still runs a statement."""
-        query = "select count(*) from pg_stat_activity where pid = any($1::int[]) and state = 'active'"
-        return bool(await aio(self.watch.fetchval)(query, pids))
-
-    async def release(self) -> None:
-        """End the holder's transaction (its locks go)."""
-        await aio(self.tx.rollback)()
-
-
-@contextlib.asynccontextmanager
-async def holding(pg_dsn: str, query: str, *args: Any, schema: str | None = None) -> AsyncIterator[Holding]:
-    """Run ``query`` in a transaction left open for the block (its locks held), with ``schema`` as the
-    search_path; both sessions close when the block ends."""
-    async with asyncio_loop():
-        settings = {"search_path": schema} if schema is not None else None
-        con = await aio(asyncpg.connect)(pg_dsn, server_settings=settings)
-        watch = await aio(asyncpg.connect)(pg_dsn)
-        try:
-            tx = con.transaction()
-            await aio(tx.start)()
-            await aio(con.fetch)(query, *args)
-            yield Holding(con.get_server_pid(), watch, tx)
-        finally:
-            await aio(con.close)()
-            await aio(watch.close)()
 
 
 async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_not_at_all(
