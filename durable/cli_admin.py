@@ -207,8 +207,11 @@ def worker(
         # SIGTERM and Ctrl-C are read from the start, not once the worker runs: while it connects or migrates
         # (a database slow to answer, another migrator's lock) the first one stops it, exit 0 as a drained
         # worker (before, SIGTERM's default action killed it on the spot and Ctrl-C ended it with 'interrupted',
-        # exit 130). Once it runs: the first drains, a second stops at once.
+        # exit 130). Once it runs: the first drains, a second stops at once. While its runtime starts (its
+        # statements shielded: freeing dead workers' claims, registering) the first drains it too (up to
+        # --drain-timeout), and a second stops it at once.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            made: list[Runtime] = []  # the runtime, once made (its start may wait on the database)
             started: list[Runtime] = []  # the runtime, once it runs
             starting = trio.CancelScope()
 
@@ -219,6 +222,9 @@ def worker(
                             name = signal.Signals(received).name
                             click.echo(f"stopping ({name}): the worker has not started", err=True)
                             starting.cancel()
+                        elif made and not made[0].killed:
+                            click.echo("stopping now: the worker has not started", err=True)
+                            made[0].kill()
                     elif not started[0].stopping:
                         click.echo(f"draining (up to {drain_timeout:g}s; again to stop now)", err=True)
                         started[0].stop()
@@ -231,7 +237,7 @@ def worker(
                 watching.start_soon(watch)
                 try:
                     with starting:
-                        await run_worker(started)
+                        await run_worker(made, started)
                 except Exception as exc:  # raised below, outside the nursery: not in an exception group
                     failed = exc
                 watching.cancel_scope.cancel()
@@ -243,8 +249,9 @@ def worker(
                 else:
                     click.echo("worker stopped before it started: 0 done, 0 failed", err=True)
 
-    async def run_worker(started: list[Runtime]) -> None:
-        """Connect, migrate and run the worker until it has stopped; ``started`` gets its runtime once it runs."""
+    async def run_worker(made: list[Runtime], started: list[Runtime]) -> None:
+        """Connect, migrate and run the worker until it has stopped; ``made`` gets its runtime once made,
+        ``started`` once it runs."""
         import trio
 
         import durable
@@ -263,6 +270,7 @@ def worker(
                 )
             except (TypeError, ValueError) as exc:  # a schedule this worker cannot run (DurableError: exit 2)
                 raise OneLineError(f"module {module!r}: {exc}") from None
+            made.append(runtime)
             if not default_gc:
                 from .runtime.gc_tuning import tune_for_throughput
 

@@ -208,6 +208,51 @@ async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal
         await trio.to_thread.run_sync(drop, cli.dsn, fresh)
 
 
+@pytest.mark.trio
+async def test_a_second_signal_stops_a_worker_whose_runtime_start_waits(cli: CLI) -> None:
+    """Migrated, the worker's runtime starts (it frees dead workers' claims and registers itself) with its
+    statements shielded: a signal then drains it, up to --drain-timeout, as once it runs. A second signal
+    stops it at once, as once it runs (exit 0, 'stopping now', no statement left waiting). Before, the
+    signals that followed the first were read but ignored until the runtime had started: here, with the
+    start waiting on a lock, the worker stopped only at the drain deadline (120 s)."""
+    fresh = f"t_cli_w_{uuid.uuid4().hex[:8]}"
+    try:
+        cli("migrate", "--schema", fresh)
+        async with holding(cli.dsn, "lock table workers in access exclusive mode", schema=fresh) as held:
+            worker = cli.popen("worker", "examples.checkout", "--schema", fresh, "--drain-timeout", "120")
+            assert worker.stderr is not None
+            lines: list[str] = []
+            try:
+                with trio.fail_after(60):  # the runtime's start waits on the lock
+                    while not await held.waiting():
+                        assert worker.poll() is None, worker.communicate()
+                        await trio.sleep(0.02)
+                worker.send_signal(signal.SIGTERM)
+                with trio.fail_after(30):  # the worker took the first signal (it says so)
+                    while not any("stopping" in line or "draining" in line for line in lines):
+                        line = await trio.to_thread.run_sync(worker.stderr.readline, abandon_on_cancel=True)
+                        assert line, lines
+                        lines.append(line)
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    _, err = await trio.to_thread.run_sync(partial(worker.communicate, timeout=30))
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"a second SIGTERM ignored while the runtime started: {lines}") from None
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait(10)
+            err = "".join(lines) + err
+            assert worker.returncode == 0, (worker.returncode, err)
+            assert "Traceback" not in err and "stopping now" in err, err
+            with trio.fail_after(10):  # its statement ends with it (the lock is still held: a leftover waits on)
+                while await held.waiting():
+                    await trio.sleep(0.02)
+            await held.release()
+    finally:
+        await trio.to_thread.run_sync(drop, cli.dsn, fresh)
+
+
 def test_ls_filters_pages_and_prints_a_table(cli: CLI) -> None:
 
     async def fill(db: durable.Database) -> list[int | None]:
