@@ -485,3 +485,55 @@ async def test_the_cli_stop_timeout_defaults_to_serves_and_a_bad_one_is_refused(
     for bad in (0, -1, float("nan"), float("inf"), True, "5"):
         with pytest.raises(ValueError, match="stop_timeout must be a positive, finite number"):
             await serve(pg_dsn, schema, port=0, stop_timeout=bad)  # type: ignore[arg-type]
+
+
+async def test_serve_ends_a_stop_whose_front_waits_on_the_database_after_its_stop_timeout(
+    pg_dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP front's own connections are closed too when ``serve()``'s stop passes its ``stop_timeout``.
+    Two appends to one stream wait on its row lock: the first is written by its own request, the second
+    queued behind it for the group commit's lane. uvicorn cuts both requests off after its graceful second,
+    which cancels the first's statement, and the lane then writes the second (shielded, as a batch is): it
+    waits on the lock. Before, serve() closed only the trio side's connections: it ended after the 15 s
+    it gives the front's thread with that statement still waiting, which would store the append once the
+    lock was released, after its client had been cut off."""
+    monkeypatch.setenv("DURABLE_SERVE_HTTP", "uvicorn")
+    stopped = trio.Event()
+    raised: list[BaseException] = []
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[Server]) -> None:
+        try:
+            with scope:
+                await serve(pg_dsn, schema, port=0, stop_timeout=1, task_status=task_status)
+        except Exception as exc:
+            raised.append(exc)
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(run)
+        assert server.front_store is not None and server.front_store._group is not None
+        lanes = server.front_store._group._lanes
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            assert (await http.put("/dur/held", headers=OCTETS)).status_code == 201
+            async with holding(pg_dsn, "select 1 from streams for update", schema=schema) as held:
+
+                async def append(n: int) -> None:
+                    with contextlib.suppress(httpx.TransportError):
+                        await http.post("/dur/held", headers=OCTETS, content=record(0, n, 100))
+
+                nursery.start_soon(append, 0)
+                await held.until_waited_on(60)  # the first append waits on the row lock
+                nursery.start_soon(append, 1)
+                with trio.fail_after(60):  # the second is queued behind it
+                    while not any(lane.queue for lane in lanes):
+                        await trio.sleep(0.02)
+                scope.cancel()
+                with trio.fail_after(60):
+                    await stopped.wait()
+                with trio.fail_after(10):  # no statement of it outlives it (the lock still held)
+                    while await held.waiting():
+                        await trio.sleep(0.02)
+                await held.release()
+    assert [type(e) for e in raised] == [StopTimeout], raised

@@ -302,6 +302,8 @@ class Front:
         self.store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
+        self._pool: Pool | None = None
+        self._terminated = False
         self._thread = threading.Thread(target=self._run, name="durable-serve-front", daemon=True)
 
     async def start(self) -> None:
@@ -326,6 +328,20 @@ class Front:
                 pass
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._thread.join, 15)
+
+    def terminate(self) -> None:
+        """Close the front's connections at once (serve()'s stop_timeout, from the trio side): a statement
+        that keeps the front's stop waiting (a group commit's batch behind a row lock, written shielded
+        after uvicorn cut its requests off) then ends with an error, and PostgreSQL ends it on its side
+        (client_connection_check_interval). A pool opened later is closed as soon as it opens."""
+        self._terminated = True
+        loop, pool = self._loop, self._pool
+        if loop is None or pool is None:
+            return
+        try:
+            loop.call_soon_threadsafe(pool.terminate)
+        except RuntimeError:  # the loop already ended
+            pass
 
     def _run(self) -> None:
         # this thread runs asyncio only: say so to sniffio, which anyio asks on every call (the store's
@@ -365,6 +381,9 @@ class Front:
             pooler=self.pooler,
             client_check=True,
         )
+        self._pool = pool
+        if self._terminated:  # the stop's bound passed while the pool opened
+            pool.terminate()
         listening: asyncio.Future[None] | None = None
         try:
             store = self.store = Store(pool)

@@ -141,16 +141,18 @@ class StopTimeout(DurableError):
 
 class _StopBound:
     """Bounds a stop of :func:`serve`: once the server is cancelled, waits ``timeout`` seconds for it to end
-    (``done``), then closes the connections of ``pool`` at once. A request's statement is shielded from
-    cancellation (a cut would leave its connection mid-protocol), so one waiting on a lock, or on a database
-    that does not answer, held the stop for as long; closed, its connection ends it with an error, and
-    PostgreSQL (14+, client_connection_check_interval) ends the statement."""
+    (``done``), then closes the connections of ``pool`` and of the HTTP front (``front``) at once. A
+    request's statement is shielded from cancellation (a cut would leave its connection mid-protocol), as
+    is a group commit's batch on the front, so one waiting on a lock, or on a database that does not
+    answer, held the stop for as long; closed, its connection ends it with an error, and PostgreSQL (14+,
+    client_connection_check_interval) ends the statement."""
 
     def __init__(self, pool: Pool, timeout: float) -> None:
         self.pool = pool
         self.timeout = timeout
         self.done = trio.Event()
         self.timed_out = False
+        self.front: Front | None = None  # the HTTP front, whose own connections are closed too
 
     async def watch(self) -> None:
         """Run beside the server until it is cancelled (or fails), then bound its end."""
@@ -163,6 +165,8 @@ class _StopBound:
                 if not self.done.is_set():
                     self.timed_out = True
                     self.pool.terminate()
+                    if self.front is not None:
+                        self.front.terminate()
 
 
 async def serve(
@@ -189,7 +193,7 @@ async def serve(
             async with trio.open_nursery() as bounding:
                 bounding.start_soon(bound.watch)
                 try:
-                    await _serve(db, schema, host, port, settings, task_status)
+                    await _serve(db, schema, host, port, settings, bound, task_status)
                 finally:
                     bound.done.set()
         except BaseException as exc:
@@ -203,9 +207,16 @@ async def serve(
 
 
 async def _serve(
-    db: Database, schema: str, host: str, port: int, settings: Settings, task_status: trio.TaskStatus[Server]
+    db: Database,
+    schema: str,
+    host: str,
+    port: int,
+    settings: Settings,
+    bound: _StopBound,
+    task_status: trio.TaskStatus[Server],
 ) -> NoReturn:
-    """:func:`serve` on the open database ``db``: until cancelled."""
+    """:func:`serve` on the open database ``db``: until cancelled (``bound`` closes the HTTP front's
+    connections too)."""
     store = Store(db.pool)
     hub = Hub()
     # the trio side answers creates, deletes, live reads and the control API; appends and catch-up
@@ -263,6 +274,7 @@ async def _serve(
                 pooler=db.pool.pooler,
                 hub=hub if front_listens else None,
             )
+            bound.front = front
             try:
                 await front.start()
                 task_status.started(Server(url, store, front.store))
