@@ -127,8 +127,10 @@ def test_console_in_a_real_terminal(pg_dsn: str, schema: str) -> None:
             "orders": (1, ["0", "0", "1", "1", "1", "0", "0", "0"]),
             "worker-b": (1, ["host-2", "202", "mail", "1/2"]),  # in flight / concurrency
         }
-        screen = term.wait(lambda s: "Workers" in s and shows(s, queues), "the queues screen with its counts")
-        assert f"schema {schema}" in screen
+        term.wait(
+            lambda s: "Workers" in s and shows(s, queues) and f"schema {schema}" in s,
+            "the queues screen with its counts",
+        )
 
         term.keys("i")
         term.wait(lambda s: "page 1" in s and "send_mail" in s, "the instances screen")
@@ -157,8 +159,9 @@ def test_console_in_a_real_terminal(pg_dsn: str, schema: str) -> None:
         )
 
         term.keys("Enter")
-        screen = term.wait(lambda s: "instance #5" in s and "History ·" in s, "the instance screen")
-        assert "failed" in screen and "stop" in screen
+        term.wait(
+            lambda s: "instance #5" in s and "History ·" in s and "failed" in s and "stop" in s, "the instance screen"
+        )
 
         term.keys("?")
         term.wait(lambda s: "send a signal" in s, "the help")
