@@ -184,7 +184,7 @@ def command(
 
 
 # after serve()'s own stop_timeout, which closes its connections: its HTTP front's thread gets 15 s to
-# end (durable/serve/front.py, Front.stop), its pools 10 s each to close
+# end, 5 more once its connections are closed (durable/serve/front.py, Front.stop), its pools 10 s each
 STOP_GRACE = 40.0
 
 

@@ -319,7 +319,8 @@ class Front:
         raise RuntimeError("durable serve: the HTTP front stopped (see the log above)")
 
     async def stop(self) -> None:
-        """Stop listening, finish (at most 1 s) the requests in flight, close the pool, join the thread."""
+        """Stop listening, finish (at most 1 s) the requests in flight, close the pool, join the thread
+        (15 s at most: then its connections are closed at once, and it gets 5 s more)."""
         loop, server = self._loop, self._server
         if loop is not None and server is not None and not loop.is_closed():
             try:
@@ -328,6 +329,9 @@ class Front:
                 pass
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._thread.join, 15)
+            if self._thread.is_alive():  # a statement waits on a lock, or on a database that does not answer
+                self.terminate()
+                await trio.to_thread.run_sync(self._thread.join, 5)
 
     def terminate(self) -> None:
         """Close the front's connections at once (serve()'s stop_timeout, from the trio side): a statement
