@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.protocol import is_renderable
 from rich.text import Text
+from textual.render import measure
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowDoesNotExist
 
@@ -36,6 +38,7 @@ def sync_table(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]])
             for col, new, was in zip(columns, cells, old, strict=False):
                 if new != was:
                     table.update_cell(key, col, new, update_width=True)
+        fit_columns(table, rows)
         return
     selected: str | None = None
     if table.row_count and table.cursor_row >= 0:
@@ -45,14 +48,33 @@ def sync_table(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]])
             selected = None
     scroll_y = table.scroll_y
     table.clear()
-    for column in table.columns.values():  # let widths shrink to the new rows
-        if column.auto_width:
-            column.content_width = column.label.cell_len
+    fit_columns(table, rows)  # widths shrink to the new rows too
     for key, cells in rows:
         table.add_row(*cells, key=key)
     if selected in keys:
         table.move_cursor(row=keys.index(selected), animate=False, scroll=False)
     table.scroll_to(y=scroll_y, animate=False)
+
+
+def cell_width(table: DataTable[Any], cell: Any) -> int:
+    """The terminal cells ``cell`` takes, as DataTable shows it (a renderable as is, a float with two
+    decimals, anything else as str())."""
+    if isinstance(cell, float):
+        cell = f"{cell:.2f}"
+    renderable = cell if is_renderable(cell) and not isinstance(cell, str) else Text(str(cell))
+    return measure(table.app.console, renderable, 1)
+
+
+def fit_columns(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Set each auto-width column to its label's or widest cell's width now, not when the table next idles.
+    DataTable measures new and updated cells on idle, while its render caches are keyed by an update count
+    that does not change then: a frame drawn between the change and that idle (a loaded box, or a busy
+    app) caches the rows at the old widths and keeps showing them cut (a snapshot of the instance screen
+    showed its history as "2030  inser  perf" for 15 s)."""
+    for index, column in enumerate(table.ordered_columns):
+        if column.auto_width:
+            widths = [cell_width(table, cells[index]) for _, cells in rows if index < len(cells)]
+            column.content_width = max([column.label.cell_len, *widths])
 
 
 def selected_key(table: DataTable[Any]) -> str | None:
