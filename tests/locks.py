@@ -4,7 +4,7 @@ tests that stop or kill a process while its statement waits on a lock (durable s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,20 @@ class Holding:
         query = "select pid from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"
         return [r["pid"] for r in await aio(self.watch.fetch)(query, self.holder)]
 
-    async def until_waited_on(self, limit: float) -> None:
-        """Until a backend waits on the holder's locks (``limit`` seconds guard against a hang)."""
+    async def until_waited_on(self, limit: float, alive: Callable[[], None] | None = None) -> None:
+        """Until a backend waits on the holder's locks (``limit`` seconds guard against a hang); ``alive``
+        is called on each look (it asserts that the process expected to wait is still running)."""
         with trio.fail_after(limit):
             while not await self.waiting():
+                if alive is not None:
+                    alive()
+                await trio.sleep(0.02)
+
+    async def until_free(self, limit: float) -> None:
+        """Until no backend waits on the holder's locks: while they are held, a statement left behind by a
+        stopped or killed process would wait on, so ``limit`` seconds fail the test."""
+        with trio.fail_after(limit):
+            while await self.waiting():
                 await trio.sleep(0.02)
 
     async def busy(self, pids: list[int]) -> bool:

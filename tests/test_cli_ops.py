@@ -172,6 +172,11 @@ def test_a_worker_runs_the_example_checkout_driven_from_the_cli(cli: CLI) -> Non
     assert "no live workers" in cli("workers").stdout
 
 
+def running(proc: subprocess.Popen[str]) -> None:
+    """Assert that ``proc`` has not exited (its output in the message when it has)."""
+    assert proc.poll() is None, proc.communicate()
+
+
 @pytest.mark.trio
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal.Signals) -> None:
@@ -184,10 +189,7 @@ async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal
         async with holding(cli.dsn, Q.lock_migrations.text, fresh) as held:  # a migrator of the schema
             worker = cli.popen("worker", "examples.checkout", "--schema", fresh)
             try:
-                with trio.fail_after(60):  # the worker's migration waits on the lock
-                    while not await held.waiting():
-                        assert worker.poll() is None, worker.communicate()
-                        await trio.sleep(0.02)
+                await held.until_waited_on(60, alive=lambda: running(worker))  # its migration waits on the lock
                 worker.send_signal(sig)
                 try:
                     _, err = await trio.to_thread.run_sync(partial(worker.communicate, timeout=30))
@@ -200,9 +202,7 @@ async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal
             assert worker.returncode == 0, (worker.returncode, err)
             assert "Traceback" not in err and "worker stopped before it started" in err, err
             assert f"stopping ({sig.name})" in err, err
-            with trio.fail_after(10):  # its statement ends with it (the lock is still held: a leftover waits on)
-                while await held.waiting():
-                    await trio.sleep(0.02)
+            await held.until_free(10)  # its statement ended with it
             await held.release()
     finally:
         await trio.to_thread.run_sync(drop, cli.dsn, fresh)
@@ -223,10 +223,7 @@ async def test_a_second_signal_stops_a_worker_whose_runtime_start_waits(cli: CLI
             assert worker.stderr is not None
             lines: list[str] = []
             try:
-                with trio.fail_after(60):  # the runtime's start waits on the lock
-                    while not await held.waiting():
-                        assert worker.poll() is None, worker.communicate()
-                        await trio.sleep(0.02)
+                await held.until_waited_on(60, alive=lambda: running(worker))  # the runtime's start waits on it
                 worker.send_signal(signal.SIGTERM)
                 with trio.fail_after(30):  # the worker took the first signal (it says so)
                     while not any("stopping" in line or "draining" in line for line in lines):
@@ -245,9 +242,7 @@ async def test_a_second_signal_stops_a_worker_whose_runtime_start_waits(cli: CLI
             err = "".join(lines) + err
             assert worker.returncode == 0, (worker.returncode, err)
             assert "Traceback" not in err and "stopping now" in err, err
-            with trio.fail_after(10):  # its statement ends with it (the lock is still held: a leftover waits on)
-                while await held.waiting():
-                    await trio.sleep(0.02)
+            await held.until_free(10)  # its statement ended with it
             await held.release()
     finally:
         await trio.to_thread.run_sync(drop, cli.dsn, fresh)

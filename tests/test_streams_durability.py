@@ -334,9 +334,7 @@ async def test_a_blocked_append_of_a_killed_server_is_not_stored(pg_dsn: str, sc
                     nursery.start_soon(append)
                     await held.until_waited_on(30)  # the append waits on the row lock
                     await trio.to_thread.run_sync(server.kill)
-                with trio.fail_after(30):  # the server's statement ends without the lock being released
-                    while await held.waiting():
-                        await trio.sleep(0.02)
+                await held.until_free(30)  # the server's statement ends without the lock being released
                 await held.release()
     finally:
         server.kill()
@@ -364,10 +362,11 @@ async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: st
     async with holding(pg_dsn, Q.lock_migrations.text, schema) as held:
         try:
             listening = await trio.to_thread.run_sync(server.launch)
-            with trio.fail_after(60):  # the server's migration waits on the lock
-                while not await held.waiting():
-                    assert server.proc is not None and server.proc.poll() is None, "".join(server.log)
-                    await trio.sleep(0.02)
+
+            def alive() -> None:
+                assert server.proc is not None and server.proc.poll() is None, "".join(server.log)
+
+            await held.until_waited_on(60, alive)  # the server's migration waits on the lock
             assert server.proc is not None and not listening.is_set()
             server.proc.send_signal(sig)
             try:
@@ -375,7 +374,7 @@ async def test_a_signal_while_the_server_starts_stops_it(pg_dsn: str, schema: st
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"{sig.name} ignored while the server started:\n" + "".join(server.log)) from None
             assert code == 0, "".join(server.log)
-            assert await held.waiting() == [], "".join(server.log)  # its statement ended with it
+            await held.until_free(10)  # its statement ended with it
             await held.release()
         finally:
             server.kill()
@@ -435,26 +434,34 @@ async def test_a_stop_that_waits_on_the_database_ends_after_stop_timeout(pg_dsn:
     assert "Traceback" not in "".join(server.log), "".join(server.log)
 
 
+class Served:
+    """``serve()`` in this process under a cancel scope of its own (``scope.cancel()`` stops it): ``stopped``
+    is set once it has ended, ``raised`` holds the exception it ended with."""
+
+    def __init__(self, pg_dsn: str, schema: str, *, stop_timeout: float) -> None:
+        self.pg_dsn, self.schema, self.stop_timeout = pg_dsn, schema, stop_timeout
+        self.scope = trio.CancelScope()
+        self.stopped = trio.Event()
+        self.raised: list[BaseException] = []
+
+    async def run(self, task_status: trio.TaskStatus[Server]) -> None:
+        try:
+            with self.scope:
+                await serve(self.pg_dsn, self.schema, port=0, stop_timeout=self.stop_timeout, task_status=task_status)
+        except Exception as exc:
+            self.raised.append(exc)
+        finally:
+            self.stopped.set()
+
+
 async def test_serve_ends_a_stop_that_waits_on_the_database_after_its_stop_timeout(pg_dsn: str, schema: str) -> None:
     """The library function: ``serve()`` cancelled while a DELETE (its statement shielded) waits on the
     stream's row lock ends after its ``stop_timeout`` by itself, with the lock still held: it closes its
     connections (PostgreSQL then ends the waiting statement) and raises StopTimeout. Before, only the CLI had
     a bound (it ends the process): the cancelled serve() waited for as long as the lock was held."""
-    stopped = trio.Event()
-    raised: list[BaseException] = []
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[Server]) -> None:
-        try:
-            with scope:
-                await serve(pg_dsn, schema, port=0, stop_timeout=1, task_status=task_status)
-        except Exception as exc:
-            raised.append(exc)
-        finally:
-            stopped.set()
-
+    served = Served(pg_dsn, schema, stop_timeout=1)
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(run)
+        server: Server = await nursery.start(served.run)
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
             assert (await http.put("/dur/held", headers=OCTETS)).status_code == 201
             async with holding(pg_dsn, "select 1 from streams for update", schema=schema) as held:
@@ -465,18 +472,17 @@ async def test_serve_ends_a_stop_that_waits_on_the_database_after_its_stop_timeo
 
                 nursery.start_soon(delete)
                 await held.until_waited_on(60)  # the DELETE waits on the row lock
-                scope.cancel()
+                served.scope.cancel()
                 with trio.move_on_after(60):
-                    await stopped.wait()
-                ended = stopped.is_set()
-                with trio.fail_after(30):  # its statement ends too, the lock still held
-                    while ended and await held.waiting():
-                        await trio.sleep(0.02)
+                    await served.stopped.wait()
+                ended = served.stopped.is_set()
+                if ended:
+                    await held.until_free(30)  # its statement ends too, the lock still held
                 await held.release()  # (without the bound, the stop ends only now)
-                await stopped.wait()
+                await served.stopped.wait()
     assert ended, "serve() did not stop while its statement waited on the lock"
-    assert [type(e) for e in raised] == [StopTimeout], raised
-    assert "did not stop within 1s" in str(raised[0])
+    assert [type(e) for e in served.raised] == [StopTimeout], served.raised
+    assert "did not stop within 1s" in str(served.raised[0])
 
 
 async def test_the_cli_stop_timeout_defaults_to_serves_and_a_bad_one_is_refused(pg_dsn: str, schema: str) -> None:
@@ -501,21 +507,9 @@ async def test_serve_ends_a_stop_whose_front_waits_on_the_database_after_its_sto
     front closes its connections itself then (before, serve() returned with the front's thread and its
     statement left behind, and no StopTimeout)."""
     monkeypatch.setenv("DURABLE_SERVE_HTTP", "uvicorn")
-    stopped = trio.Event()
-    raised: list[BaseException] = []
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[Server]) -> None:
-        try:
-            with scope:
-                await serve(pg_dsn, schema, port=0, stop_timeout=stop_timeout, task_status=task_status)
-        except Exception as exc:
-            raised.append(exc)
-        finally:
-            stopped.set()
-
+    served = Served(pg_dsn, schema, stop_timeout=stop_timeout)
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(run)
+        server: Server = await nursery.start(served.run)
         assert server.front_store is not None and server.front_store._group is not None
         lanes = server.front_store._group._lanes
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
@@ -532,12 +526,10 @@ async def test_serve_ends_a_stop_whose_front_waits_on_the_database_after_its_sto
                 with trio.fail_after(60):  # the second is queued behind it
                     while not any(lane.queue for lane in lanes):
                         await trio.sleep(0.02)
-                scope.cancel()
+                served.scope.cancel()
                 with trio.fail_after(120):
-                    await stopped.wait()
-                with trio.fail_after(10):  # no statement of it outlives it (the lock still held)
-                    while await held.waiting():
-                        await trio.sleep(0.02)
+                    await served.stopped.wait()
+                await held.until_free(10)  # no statement of it outlives it (the lock still held)
                 await held.release()
     # past its stop_timeout it says so; within it (the front ended its own stop) it stopped as asked
-    assert [type(e) for e in raised] == ([StopTimeout] if stop_timeout == 1 else []), raised
+    assert [type(e) for e in served.raised] == ([StopTimeout] if stop_timeout == 1 else []), served.raised
