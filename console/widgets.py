@@ -33,12 +33,15 @@ def sync_table(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]])
     current = [rk.value for rk in table.rows]
     columns = list(table.columns)
     if keys == current:
+        changed = False
         for key, cells in rows:
             old = table.get_row(key)
             for col, new, was in zip(columns, cells, old, strict=False):
                 if new != was:
                     table.update_cell(key, col, new, update_width=True)
-        fit_columns(table, rows)
+                    changed = True
+        if changed:  # the console refreshes every second: measure the cells only when one is new
+            fit_columns(table, rows)
         return
     selected: str | None = None
     if table.row_count and table.cursor_row >= 0:
