@@ -58,8 +58,11 @@ def verify(secret: bytes, authorization: str | None, subscription: int, use: str
         raise unauthorized("Authorization: Bearer <token> is required")
     text = authorization[7:].strip()
     payload, _, mac = text.partition(".")
+    # The MAC is compared as text with its one canonical spelling: base64 decoding ignores the unused low bits
+    # of the last character, so comparing decoded bytes would accept several spellings of one token.
+    expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
+    good = hmac.compare_digest(mac.encode(), expected.encode())
     try:
-        good = hmac.compare_digest(_unb64(mac), hmac.new(secret, payload.encode(), hashlib.sha256).digest())
         data = json.loads(_unb64(payload)) if good else None
     except (ValueError, TypeError):
         good, data = False, None
