@@ -28,6 +28,11 @@ pytestmark = pytest.mark.trio
 T = TypeVar("T")
 
 ROOT = "/v1/stream"
+# The lease of the tests that wait for one to expire. A holder's requests between two renewals (up to six,
+# and a webhook's delivery with its receiver's JWKS fetch) must fit in it: 1 s left a loaded box little
+# slack (a webhook delivery's timeout is its lease, too), so 3 s.
+SHORT_MS = 3000
+LEASE_MS = 30000  # where no expiry is awaited
 
 
 def sub_url(name: str, *rest: str) -> str:
@@ -211,7 +216,8 @@ async def test_webhook_signed_done_auto_acks_and_wakes_again(server: ServeProces
         r = await put_json(
             http,
             sub_url(name),
-            {"type": "webhook", "pattern": f"{ns}/**", "webhook": {"url": hook.url}, "lease_ttl_ms": 2000},
+            # the lease only has to outlast the delivery and its {"done": true}: no expiry is awaited here
+            {"type": "webhook", "pattern": f"{ns}/**", "webhook": {"url": hook.url}, "lease_ttl_ms": LEASE_MS},
         )
         assert r.status_code == 201
         tail = await create_stream(http, f"{ns}/deep/a", {"event": "created"})
@@ -256,7 +262,7 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
         r = await put_json(
             http,
             sub_url(name),
-            {"type": "webhook", "streams": [f"{ns}/a"], "webhook": {"url": hook.url}, "lease_ttl_ms": 1000},
+            {"type": "webhook", "streams": [f"{ns}/a"], "webhook": {"url": hook.url}, "lease_ttl_ms": SHORT_MS},
         )
         assert r.status_code == 201
         tail = await append(http, f"{ns}/a", {"n": 1})
@@ -296,8 +302,11 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
         )
         assert unlinked.status_code == 400 and "not linked" in unlinked.text
 
-        # no done within the lease: the lease expires and the work is delivered again, a new generation
+        # no done within the lease: the lease expires and the work is delivered again, a new generation;
+        # the retry's answer waits until the test has seen the failed status (its only window: from the 500
+        # to the retry's answer, about a second of backoff)
         hook.replies = [(500, {"error": "busy"}), (200, {})]
+        hook.holds[3] = answer_retry = trio.Event()
         failed: Any = await hook.next(2)
         assert failed["body"]["generation"] == wake["generation"] + 1
         assert failed["body"]["streams"][0]["acked_offset"] == "0000000000000000_0000000000000000"
@@ -312,6 +321,7 @@ async def test_webhook_callback_fencing_lease_expiry_and_retry(server: ServeProc
             return got if got["status"] == "failed" else None
 
         assert "HTTP 500" in (await eventually(failing))["last_error"]
+        answer_retry.set()
         retried: Any = await hook.next(3)
         assert retried["at"] - failed["at"] >= 0.75  # type: ignore[operator]
         assert retried["body"]["generation"] == wake["generation"] + 2
@@ -341,7 +351,9 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         ns, name, pool = unique("pull"), unique("sub"), unique("wake")
         await create_stream(http, pool)
         r = await put_json(
-            http, sub_url(name), {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool, "lease_ttl_ms": 1000}
+            http,
+            sub_url(name),
+            {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool, "lease_ttl_ms": SHORT_MS},
         )
         assert r.status_code == 201 and r.json()["wake_stream"] == pool and r.json()["webhook"] is None
         nothing = await http.post(sub_url(name, "claim"), json={"worker": "w1"})
@@ -355,7 +367,7 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         claim = await http.post(sub_url(name, "claim"), json={"worker": "w1"})
         assert claim.status_code == 200, claim.text
         c = claim.json()
-        assert c["generation"] == generation and c["lease_ttl_ms"] == 1000
+        assert c["generation"] == generation and c["lease_ttl_ms"] == SHORT_MS
         assert c["streams"][0]["has_pending"] is True
         busy = await http.post(sub_url(name, "claim"), json={"worker": "w2"})
         assert busy.status_code == 409
@@ -365,9 +377,9 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         auth = {"authorization": f"Bearer {c['token']}"}
         current = {"wake_id": c["wake_id"], "generation": generation}
 
-        # heartbeats keep the claim beyond the 1 s lease
-        for _ in range(3):
-            await trio.sleep(0.4)
+        # heartbeats keep the claim beyond its lease: four, a third of the lease apart
+        for _ in range(4):
+            await trio.sleep(SHORT_MS / 3000)
             beat = await http.post(sub_url(name, "ack"), json=current, headers=auth)
             assert beat.status_code == 200, beat.text
         stale = await http.post(sub_url(name, "ack"), json={**current, "generation": generation - 1}, headers=auth)
@@ -447,7 +459,9 @@ async def test_pull_wake_claim_ack_release_and_lease_expiry(server: ServeProcess
         assert gone.status_code == 404
         # re-created under the same id: a new life, linked at the tail, old tokens stay fenced
         again = await put_json(
-            http, sub_url(name), {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool, "lease_ttl_ms": 1000}
+            http,
+            sub_url(name),
+            {"type": "pull-wake", "pattern": f"{ns}/*", "wake_stream": pool, "lease_ttl_ms": SHORT_MS},
         )
         assert again.status_code == 201 and again.json()["streams"][0]["acked_offset"] == third
         assert again.json()["generation"] >= c5["generation"]

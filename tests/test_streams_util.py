@@ -153,13 +153,15 @@ def ts_read(url: str, offset: str | None = None) -> dict[str, object]:
 class WebhookReceiver:
     """A real HTTP server (hypercorn on trio) receiving webhooks: each request is verified against the
     server's JWKS (Ed25519 over ``<t>.<raw body>``, kid from the header, 5-minute window) and recorded.
-    Replies come from ``replies`` (status, JSON body) in order, then ``default``."""
+    Replies come from ``replies`` (status, JSON body) in order, then ``default``; the reply to the n-th
+    request (1-based) waits until ``holds[n]`` is set, when there is one."""
 
     def __init__(self, jwks_url: str | None = None) -> None:
         self.jwks_url = jwks_url
         self.received: list[dict[str, object]] = []
         self.replies: list[tuple[int, object]] = []
         self.default: tuple[int, object] = (200, {})
+        self.holds: dict[int, trio.Event] = {}
         self.url = ""
         self._arrived = trio.Event()
 
@@ -192,6 +194,9 @@ class WebhookReceiver:
         )
         self._arrived.set()
         status, reply = self.replies.pop(0) if self.replies else self.default
+        hold = self.holds.get(len(self.received))
+        if hold is not None:
+            await hold.wait()
         await send(
             {
                 "type": "http.response.start",
