@@ -31,8 +31,11 @@ def server(pg_dsn: str) -> Iterator[ServeProcess]:
         yield s
 
 
-async def sse_events(http: httpx.AsyncClient, url: str, params: dict[str, str], until: str) -> list[tuple[str, str]]:
-    """SSE events (kind, data) up to the first data event containing ``until``."""
+async def sse_events(
+    http: httpx.AsyncClient, url: str, params: dict[str, str], until: str, caught_up: trio.Event | None = None
+) -> list[tuple[str, str]]:
+    """SSE events (kind, data) up to the first data event containing ``until``; ``caught_up`` is set at the
+    first control event (the catch-up has been sent)."""
     events: list[tuple[str, str]] = []
     async with http.stream("GET", url, params=params) as r:
         assert r.status_code == 200
@@ -45,6 +48,8 @@ async def sse_events(http: httpx.AsyncClient, url: str, params: dict[str, str], 
                 data.append(line[5:])
             elif not line and kind:
                 events.append((kind, "\n".join(data)))
+                if kind == "control" and caught_up is not None:
+                    caught_up.set()
                 if kind == "data" and until in events[-1][1]:
                     return events
                 kind, data = "", []
@@ -59,16 +64,20 @@ async def test_history_streams_live_over_sse(server: ServeProcess, pg_dsn: str) 
         iid = await db.insert(Parked, {"n": 1})
         url = f"/instances/{iid}/history"
 
-        async def send_signal_soon() -> None:
-            await trio.sleep(0.5)
+        caught_up = trio.Event()
+
+        async def send_signal_once_caught_up() -> None:
+            await caught_up.wait()  # (a fixed 0.5 s could end before the catch-up on a loaded box)
             r = await http.post(
                 f"/instances/{iid}/signals/go", content=b'{"ok": true}', headers={"Idempotency-Key": "k1"}
             )
             assert r.status_code == 201
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_signal_soon)
-            events = await sse_events(http, url, {"offset": "-1", "live": "sse"}, until='"signal"')
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_signal_once_caught_up)
+                params = {"offset": "-1", "live": "sse"}
+                events = await sse_events(http, url, params, until='"signal"', caught_up=caught_up)
         kinds = [k for k, _ in events]
         assert kinds[0] == "data" and kinds[1] == "control"
         history = [e for k, d in events if k == "data" for e in json.loads(d)]
