@@ -12,7 +12,7 @@ import durable
 from durable import Done, Machine, step
 from durable.sql import Query
 
-from .helpers import wait_for
+from .helpers import until_idle, wait_for
 
 pytestmark = pytest.mark.trio
 
@@ -145,7 +145,7 @@ async def test_insert_from_another_process_wakes_the_runtime(db: durable.Databas
     """)
     async with trio.open_nursery() as n:
         await n.start(rt.run)
-        await trio.sleep(0.5)  # the scheduler has polled once and sleeps for 60 s
+        await until_idle(db, rt, "drain", listen=True)  # it has polled once, sleeps for 60 s and LISTENs
         with trio.fail_after(20):
             await trio.run_process([sys.executable, "-c", program])
 

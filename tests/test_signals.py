@@ -8,7 +8,7 @@ import trio
 import durable
 from durable import Await, Done, Machine, Next, step
 
-from .helpers import pick, row, wait_status
+from .helpers import pick, row, until_idle, wait_status
 from .helpers import step as run_step
 
 pytestmark = pytest.mark.trio
@@ -146,9 +146,11 @@ async def test_signal_from_another_process_wakes_the_runtime(pdb: durable.Databa
                 await other.signal({iid}, "paid", {{"amount": 8}})
         trio.run(main)
     """)
+    rt = durable.Runtime(db, queues={"pay": 1}, poll_min=60, poll_max=60)
     async with trio.open_nursery() as n:
-        await n.start(durable.Runtime(db, queues={"pay": 1}, poll_min=60, poll_max=60).run)
+        await n.start(rt.run)
         await wait_status(db, iid, "awaiting_signal")
+        await until_idle(db, rt, "pay", listen=True)  # its LISTEN is open: the hint cannot come before it
         await trio.run_process([sys.executable, "-c", program])
         await wait_status(db, iid, "done", timeout=20)
         n.cancel_scope.cancel()
