@@ -569,7 +569,9 @@ async def test_a_timeout_fires_from_another_runtime_after_the_parking_one_was_ki
     first = durable.Runtime(db, queues={"tm_order": 2}, listen=False, worker_id="tm-first")
     async with trio.open_nursery() as n:
         await n.start(first.run)
-        iid = await db.insert(Order, {"timeout": 1.0, "timeout_step": "expire"})
+        # the kill must come before the deadline, or the first runtime fires it itself: 3 s, not the 1 s a
+        # loaded box could spend between the park's commit and the kill
+        iid = await db.insert(Order, {"timeout": 3.0, "timeout_step": "expire"})
         await wait_status(db, iid, "awaiting_signal")
         first.kill()
         await first.wait_stopped()
