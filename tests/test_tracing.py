@@ -65,6 +65,11 @@ class Doomed(Machine, queue="trace"):
         return Stop("out of stock")
 
 
+# The slow queue's lease, never extended: attempt 0 must outlive it, attempt 1 (from its pick to its
+# commit) must not. 0.8 s left a loaded box too little for attempt 1 (a lost lease and an attempt 2).
+SLOW_LEASE = 3.0
+
+
 class Slow(Machine, queue="slow"):
     """The first attempt outlives its lease: the runtime cancels it when the lease passes (lease_lost,
     no outcome), and attempt 1 runs."""
@@ -72,7 +77,7 @@ class Slow(Machine, queue="slow"):
     @step
     async def work(self, ctx: durable.Context) -> Done:
         if ctx.attempt == 0:
-            await trio.sleep(2.0)
+            await trio.sleep(60.0)  # cancelled when its lease passes
         return Done(ctx.attempt)
 
 
@@ -95,7 +100,7 @@ async def workload(dsn: str, schema: str, chain: int) -> dict[str, Any]:
                 await nursery.start(durable.Runtime(db, queues={"trace": 4}, worker_id="w-trace", chain=chain).run)
                 await nursery.start(
                     durable.Runtime(
-                        db, queues={"slow": 2}, worker_id="w-slow", lease=0.8, heartbeat=60, reap_every=0.1
+                        db, queues={"slow": 2}, worker_id="w-slow", lease=SLOW_LEASE, heartbeat=60, reap_every=0.1
                     ).run
                 )
                 with tracer.start_as_current_span("POST /checkout"):
@@ -109,7 +114,7 @@ async def workload(dsn: str, schema: str, chain: int) -> dict[str, Any]:
                 done = await wait_status(db, order, "done", "failed")
                 await wait_status(db, doomed, "failed")
                 await wait_status(db, slow, "done")
-                # attempt 0 is cancelled once its 0.8 s lease passes (no heartbeat extends it)
+                # attempt 0 is cancelled once its lease passes (no heartbeat extends it)
                 with trio.fail_after(20):
                     while not any(e.event == "lease_lost" for e in await db.history(slow)):
                         await trio.sleep(0.05)
