@@ -296,7 +296,7 @@ class Zombie(Machine, name="values.zombie", queue="values-zombie"):
     async def work(self, ctx: durable.Context) -> Done:
         if ctx.attempt == 0:
             with trio.CancelScope(shield=True):
-                await trio.sleep(2.5)  # the 0.8 s lease passes: the claim is taken back and run again
+                await trio.sleep(4.5)  # the 2 s lease passes: the claim is taken back and run again
                 try:
                     await ctx.values.put("result", b"zombie", override=True)
                     Zombie.seen.append("stored")
@@ -312,9 +312,11 @@ async def test_a_step_that_lost_its_lease_cannot_put(db: durable.Database) -> No
     Zombie.seen.clear()
     iid = await db.insert(Zombie)
     async with trio.open_nursery() as nursery:
+        # a lease never extended: attempt 1, from its pick to its commit, must fit in it (0.8 s left a loaded
+        # box too little: a lost lease and an attempt 2)
         await nursery.start(
             durable.Runtime(
-                db, machines=[Zombie], queues={"values-zombie": 2}, lease=0.8, heartbeat=60, reap_every=0.1
+                db, machines=[Zombie], queues={"values-zombie": 2}, lease=2.0, heartbeat=60, reap_every=0.1
             ).run
         )
         with trio.fail_after(30):
