@@ -11,7 +11,7 @@ import trio
 
 from durable.contrib.streams_client import Backoff, Fenced, StreamsClient
 
-from .test_streams_durability import free_port, start
+from .test_streams_durability import port_of, start
 from .test_streams_util import ServeProcess, drop, new_schema, serving
 
 pytestmark = pytest.mark.trio
@@ -82,8 +82,8 @@ async def test_stale_epoch_is_fenced_and_auto_claim_takes_over(server: ServeProc
 
 
 async def test_long_poll_reader_backs_off_and_resumes_after_server_restart(pg_dsn: str) -> None:
-    schema, port = new_schema(), free_port()
-    srv = await start(pg_dsn, schema, port)
+    schema = new_schema()
+    srv = await start(pg_dsn, schema)
     try:
         async with StreamsClient(srv.url, backoff=Backoff(base=0.05, cap=0.5, attempts=60)) as c:
             await c.create("/cl/restart", content_type=JSON)
@@ -103,7 +103,7 @@ async def test_long_poll_reader_backs_off_and_resumes_after_server_restart(pg_ds
                 nursery.start_soon(tail)
                 await two.wait()
                 await trio.to_thread.run_sync(srv.kill)  # the reader's long-poll dies with it
-                srv = await start(pg_dsn, schema, port)
+                srv = await start(pg_dsn, schema, port_of(srv))  # the reader's URL
                 await c.append("/cl/restart", b"[3,4]", content_type=JSON)
             assert got == [1, 2, 3, 4]
     finally:

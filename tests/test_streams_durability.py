@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 
 import httpx
@@ -33,12 +32,6 @@ pytestmark = pytest.mark.trio
 OCTETS = {"content-type": "application/octet-stream"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def record(writer: int, n: int, size: int) -> bytes:
     """A self-describing record: header, filler, trailer. A torn record cannot parse."""
     head = f"<{writer:02d}:{n:05d}:{size:07d}|".encode()
@@ -56,6 +49,11 @@ def parse(data: bytes) -> list[tuple[int, int, int]]:
         out.append((int(w), int(n), end))
         pos = end
     return out
+
+
+def port_of(server: ServeProcess) -> int:
+    """The port ``server`` listens on."""
+    return int(server.url.rsplit(":", 1)[1])
 
 
 def position(offset: str) -> int:
@@ -83,16 +81,17 @@ def schema(pg_dsn: str):  # type: ignore[no-untyped-def]
     drop(pg_dsn, name)
 
 
-async def start(pg_dsn: str, schema: str, port: int) -> ServeProcess:
-    """``durable serve`` on a fixed port (a restarted server keeps its clients' URL)."""
+async def start(pg_dsn: str, schema: str, port: int = 0) -> ServeProcess:
+    """``durable serve`` on ``port``: 0 (the system picks a free one), or the port of the server it replaces, so
+    that its clients keep their URL. A port found free beforehand (bind, close, pass it on) was open to any
+    other process of the box until the server bound it."""
     server = ServeProcess(pg_dsn, schema, "--long-poll-timeout", "2", "--port", str(port))
     await trio.to_thread.run_sync(server.start)
     return server
 
 
 async def test_sigkill_mid_append_loses_no_acknowledged_byte(pg_dsn: str, schema: str) -> None:
-    port = free_port()
-    server = await start(pg_dsn, schema, port)
+    server = await start(pg_dsn, schema)
     acked: dict[tuple[int, int], str] = {}
     cut: list[tuple[int, int]] = []
     sizes = [40, 300, 70_000, 900, 250_000]
@@ -120,7 +119,7 @@ async def test_sigkill_mid_append_loses_no_acknowledged_byte(pg_dsn: str, schema
     finally:
         server.kill()
 
-    server = await start(pg_dsn, schema, port)
+    server = await start(pg_dsn, schema)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             data, _ = await read_all(http, "/dur/kill")
@@ -141,8 +140,7 @@ async def test_sigkill_mid_append_loses_no_acknowledged_byte(pg_dsn: str, schema
 
 
 async def test_concurrent_writers_and_resuming_readers(pg_dsn: str, schema: str) -> None:
-    port = free_port()
-    server = await start(pg_dsn, schema, port)
+    server = await start(pg_dsn, schema)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             assert (await http.put("/dur/many", headers=OCTETS)).status_code == 201
@@ -196,8 +194,7 @@ async def test_concurrent_writers_and_resuming_readers(pg_dsn: str, schema: str)
 
 
 async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str, schema: str) -> None:
-    port = free_port()
-    server = await start(pg_dsn, schema, port)
+    server = await start(pg_dsn, schema)
     items = [{"i": i} for i in range(400)]
     try:
         async with StreamsClient(server.url, backoff=Backoff(base=0.05, cap=0.5, attempts=80)) as c:
@@ -222,7 +219,7 @@ async def test_batching_writer_is_exactly_once_across_a_server_kill(pg_dsn: str,
                         while not (w.seq > 5 and w.in_flight):
                             await trio.sleep(0.0005)
                     await trio.to_thread.run_sync(server.kill)  # a batch is in flight right now
-                    server = await start(pg_dsn, schema, port)
+                    server = await start(pg_dsn, schema, port_of(server))  # the writer's URL
             assert w.retries > 0, "the kill did not interrupt the writer"
             got = [m for chunk in [x async for x in c.read("/dur/exactly")] for m in chunk.json()]
         assert got == items
@@ -240,8 +237,7 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
     all and never twice, an acknowledged append is stored, and the restarted server takes the next append
     at the tail. The cut-off append and a live read ended by the stop get a 503 (not a 500 with a logged
     traceback)."""
-    port = free_port()
-    server = await start(pg_dsn, schema, port)
+    server = await start(pg_dsn, schema)
     answer: list[httpx.Response | httpx.TransportError] = []
     reading: list[httpx.Response | httpx.TransportError] = []
     try:
@@ -291,7 +287,7 @@ async def test_stopping_the_server_during_a_blocked_append_stores_it_whole_or_no
         assert isinstance(cut, httpx.TransportError) or cut.status_code in (204, 503), (cut, server.log)
         assert not isinstance(cut, httpx.Response) or cut.status_code != 503 or cut.headers["retry-after"] == "1"
     assert "Traceback" not in "".join(server.log), "".join(server.log)
-    server = await start(pg_dsn, schema, port)
+    server = await start(pg_dsn, schema)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             data, _ = await read_all(http, "/dur/stop")
