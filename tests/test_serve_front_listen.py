@@ -123,15 +123,18 @@ async def test_a_reader_is_woken_after_the_fronts_listen_connection_is_lost(pg_d
             async with trio.open_nursery() as nursery:
                 server: Server = await nursery.start(partial(serve, pg_dsn, schema, port=0, settings=Settings()))
                 async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-                    assert (await http.put("/l/a", headers={"content-type": "text/plain"})).status_code == 201
+                    created = await http.put("/l/a", headers={"content-type": "text/plain"})
+                    assert created.status_code == 201
                     with trio.fail_after(20):
                         while not (before := await listeners(pg_dsn, channel)):
                             await trio.sleep(0.05)
                     assert len(before) == 1, before
                     answer: list[httpx.Response] = []
 
-                    async def reader() -> None:
-                        answer.append(await http.get("/l/a", params={"offset": "now", "live": "long-poll"}))
+                    async def reader() -> None:  # from the tail the stream was created with, not "now": a
+                        # request the front handed on only after the append would otherwise wait out 30 s
+                        tail = created.headers["stream-next-offset"]
+                        answer.append(await http.get("/l/a", params={"offset": tail, "live": "long-poll"}))
 
                     nursery.start_soon(reader)
                     await trio.testing.wait_all_tasks_blocked(0.2)
