@@ -10,7 +10,7 @@ import durable
 from durable.runtime.claim import Claim, Committed, Encoded, claims_from_rows
 from durable.runtime.executor import run_claim
 from durable.runtime.flusher import Flusher
-from durable.sql import Q
+from durable.sql import Q, Query
 
 
 async def pick(
@@ -42,6 +42,28 @@ async def wait_for(predicate: Any, timeout: float = 20.0, every: float = 0.02) -
     with trio.fail_after(timeout):
         while not await predicate():
             await trio.sleep(every)
+
+
+TAIL_MARK = Query("test_tail_mark", "select pg_current_xact_id()::text", "A new transaction id (test).")
+TAIL_PAST = Query(
+    "test_tail_past",
+    "select pg_snapshot_xmin(pg_current_snapshot()) > $1::text::xid8",
+    "Whether every transaction older than transaction $1 has ended (test).",
+)
+
+
+async def tail_settled(db: durable.Database, timeout: float = 90.0) -> None:
+    """Until every transaction of the server that began before this call has ended, so that db.tail (and
+    ``durable tail``) returns every event committed before it. The tail returns only rows of transactions older
+    than every transaction still running on the whole server (ops.sql: tail_history), and the tests of the
+    other xdist worker share the server: one of theirs holding a transaction open hid this test's committed
+    events. ``timeout`` only guards against a hang (other tests hold transactions for seconds at most)."""
+    mark = await db.pool.fetchval(TAIL_MARK)  # a transaction of its own, committed: newer than every event so far
+
+    async def past() -> bool:
+        return bool(await db.pool.fetchval(TAIL_PAST, mark))
+
+    await wait_for(past, timeout)
 
 
 async def listening(db: durable.Database, channel: str) -> bool:

@@ -20,6 +20,7 @@ from durable.filters import InstanceFilter
 from durable.limits import MAX_ATTRIBUTES
 from durable.ops import query_statement
 from durable.sql import Q, Query
+from tests.helpers import tail_settled
 from tests.test_cli_ops import CLI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,7 @@ async def test_attributes_are_stored_shown_and_filtered_by_equality(db: durable.
     assert await ids_of(db, attributes={"tenant": "acme"}, status="executing") == acme_summer[:3]
 
     # the tail filters on the attributes of the event's instance
+    await tail_settled(db)  # no older transaction of another test holds the events back
     events = [e async for e in db.tail(attributes={"tenant": "globex"})]
     assert [e.instance_id for e in events] == globex and {e.event for e in events} == {"inserted"}
 
@@ -193,6 +195,12 @@ def test_console_filter_parses_attributes() -> None:
             InstanceFilter.parse(bad)
 
 
+async def settled(dsn: str, schema: str) -> None:
+    """tests/helpers.tail_settled on a connection of its own (for the CLI's tail)."""
+    async with durable.connect(dsn, schema=schema, migrate=False) as db:
+        await tail_settled(db)
+
+
 def test_cli_ls_cancel_show_and_tail_take_attr(pg_dsn: str, schema_name: str) -> None:
     cli = CLI(pg_dsn, schema_name)
 
@@ -213,6 +221,7 @@ def test_cli_ls_cancel_show_and_tail_take_attr(pg_dsn: str, schema_name: str) ->
         shown = cli("show", str(acme[0]), "--no-history").stdout
         assert "attributes" in shown and "tenant=acme campaign=summer" in shown
         assert cli.json("show", str(acme[0]))["attributes"] == {"tenant": "acme", "campaign": "summer"}
+        trio.run(settled, pg_dsn, schema_name)
         lines = cli("tail", "--attr", "tenant=globex").stdout.splitlines()
         assert [int(line.split()[2]) for line in lines] == other
         for args, message in (

@@ -22,6 +22,7 @@ import durable
 from durable.migrate import drop_schema
 from durable.sql import Q
 
+from .helpers import tail_settled
 from .locks import holding
 from .test_streams_util import drop
 
@@ -277,6 +278,7 @@ def test_tail_prints_offsets_and_resumes(cli: CLI) -> None:
     in_process(
         cli.dsn, cli.schema, lambda db: db.insert_many([durable.Insert("cli.tail", {}, step="s", queue="nobody")] * 3)
     )
+    in_process(cli.dsn, cli.schema, tail_settled)  # no older transaction of another test holds them back
     events = [json.loads(line) for line in cli("tail", "--json").stdout.splitlines()]
     assert events and all(set(e) >= {"offset", "instance_id", "event", "at"} for e in events)
     offsets = [e["offset"] for e in events]

@@ -14,6 +14,8 @@ import durable
 from durable.ops import InvalidArgument, TailEvent
 from durable.sql import Q, Query
 
+from .helpers import tail_settled
+
 pytestmark = pytest.mark.trio
 
 
@@ -34,6 +36,7 @@ async def drain(db: durable.Database, after: str, **kw: Any) -> list[TailEvent]:
 
 async def test_transactions_committing_in_reverse_id_order_are_not_skipped(db: durable.Database) -> None:
     before, early, late = await fresh(db, 3)
+    await tail_settled(db)  # no older transaction of another test holds them back
     seen = await drain(db, "-1")
     assert [e.instance_id for e in seen] == [before, early, late]
     offset = seen[-1].offset
@@ -47,6 +50,7 @@ async def test_transactions_committing_in_reverse_id_order_are_not_skipped(db: d
         assert await drain(db, offset) == []
         assert len(await drain(db, "-1")) == 3
     # both committed: the resumed reader gets both, once, in (transaction, id) order
+    await tail_settled(db)
     resumed = await drain(db, offset)
     assert [(e.instance_id, e.event) for e in resumed] == [(early, "cancelled"), (late, "cancelled")]
     assert resumed[0].id < resumed[1].id
@@ -90,13 +94,15 @@ async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db:
             if writers_done.is_set() and len(got) >= len(written):
                 return
 
-    with trio.fail_after(30):
+    # a guard against a hang: the tail also waits for every older transaction of the server (another test's)
+    with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             async with trio.open_nursery() as writers:
                 for k in range(6):
                     writers.start_soon(writer, k)
             # every history row written, by anyone
+            await tail_settled(db)
             written.extend(e.id for e in await drain(db, "-1"))
             writers_done.set()
     ids = [e.id for e in got]
@@ -109,6 +115,7 @@ async def test_a_reader_that_stops_and_resumes_sees_every_event_exactly_once(db:
 
 async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Database) -> None:
     await db.insert_many([durable.Insert("m", {}, step="s")] * 3)
+    await tail_settled(db)
     assert len(await drain(db, "-1")) == 3
     assert await drain(db, "now") == []
     received: list[TailEvent] = []
@@ -127,7 +134,8 @@ async def test_now_starts_at_the_end_and_follow_sees_new_events(db: durable.Data
                 await trio.sleep(0.01)
         (iid,) = await fresh(db)
         await db.signal(iid, "ping", {"n": 1})
-        with trio.fail_after(10):
+        # the follower sees them once every older transaction of the server has ended (another test's too)
+        with trio.fail_after(90):
             await trio.sleep_forever()
     assert [(e.instance_id, e.event) for e in received] == [(iid, "inserted"), (iid, "signal")]
     assert received[1].detail["name"] == "ping"
@@ -138,6 +146,7 @@ async def test_filters_by_instance_and_machine(db: durable.Database) -> None:
     await db.signal(a, "x")
     await db.signal(b, "y")
     await db.cancel(b)
+    await tail_settled(db)
     assert [e.event for e in await drain(db, "-1", instance=b)] == ["inserted", "signal", "cancelled"]
     assert [(e.instance_id, e.event) for e in await drain(db, "-1", machine="alpha")] == [
         (a, "inserted"),
@@ -188,6 +197,7 @@ async def test_offsets_order_numerically_across_a_digit_boundary(db: durable.Dat
     await db.pool.execute(BURNER)
     await db.pool.fetchval(BURN, boundary - xid_a)
     (b,) = await fresh(db)
+    await tail_settled(db)
     events = [ev async for ev in db.tail(after="-1", batch=1)]
     assert [e.instance_id for e in events] == [a, b]
     xids = [int(e.offset.split("-")[0], 16) for e in events]
