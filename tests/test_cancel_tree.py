@@ -240,11 +240,12 @@ async def test_a_running_step_is_cancelled_within_a_heartbeat_and_on_cancel_runs
         assert iid is not None
         await until(lambda: _true(iid in Busy.running))
         Busy.beats, Busy.beats_at_cancel = (lambda: rt.heartbeats), []
-        beats = rt.heartbeats
         assert await db.cancel(iid, "stop it", by="ops-team") == "executing"
+        beats = rt.heartbeats  # counted from the cancel's commit: a cancel slow to commit is not the runtime's
         ended = await _wait_status(db, iid, "cancelled")
-        # the step is interrupted within the heartbeat period: at most the beat under way and the next one
-        # (counted when on_cancel runs: the commit after it may take longer than a period under load)
+        # the step is interrupted within the heartbeat period of the cancel's commit: at most the beat under way
+        # and the next one (counted when on_cancel runs: the commit after it may take longer than a period
+        # under load)
         assert len(Busy.beats_at_cancel) == 1 and Busy.beats_at_cancel[0] - beats <= 2, (beats, Busy.beats_at_cancel)
         Busy.beats = None
     assert ended["last_error"] == "cancelled"
