@@ -47,8 +47,10 @@ async def one(db: durable.Database, **kwargs: Any) -> durable.Claim:
 
 
 async def reap_now(db: durable.Database, iid: int) -> None:
-    """The reaper, as if the claim's lease had passed: a zombie claim's row goes back to runnable."""
-    later = (await row(db, iid))["lease_expires_at"] + datetime.timedelta(seconds=1)
+    """The reaper, as if the claim's lease had passed: a zombie claim's row goes back to runnable. "Now" is an
+    hour past the lease read here: a heartbeat of the claim (run_once's, every third of its lease) may extend
+    it meanwhile, and a second past it was then too early when the reap came late (a loaded box)."""
+    later = (await row(db, iid))["lease_expires_at"] + datetime.timedelta(hours=1)
     assert [r["id"] for r in await db.pool.fetch(Q.reap, later, 100)] == [iid]
 
 
