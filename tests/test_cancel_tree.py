@@ -379,9 +379,11 @@ async def test_children_committed_under_a_cancel_are_cancelled_too(db: durable.D
     assert claim.id == parent
     locked, go = trio.Event(), trio.Event()
     result: list[str] = []
+    holder: list[int] = []  # the backend of the spawn's transaction
 
     async def spawn_commits() -> None:  # the spawn's commit, by hand, held open until `go`
         async with db.pool.transaction() as conn:
+            holder.append(await conn.fetchval(sql("select pg_backend_pid()")))
             await conn.execute(
                 sql(
                     "update instances set status = 'awaiting_children', children_pending = 2, "
@@ -402,10 +404,11 @@ async def test_children_committed_under_a_cancel_are_cancelled_too(db: durable.D
     async def cancel() -> None:
         result.append(await db.cancel(parent))
 
-    async def blocked() -> bool:  # the cancel waits for the parent's row lock
+    async def blocked() -> bool:  # the cancel waits for the parent's row lock, held by the spawn's transaction
+        # (any ungranted lock of the server was another test's wait too: then the spawn committed first)
         return bool(
             await db.pool.fetchval(
-                sql("select count(*) from pg_locks where not granted and locktype = 'transactionid'")
+                sql("select count(*) from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))"), holder[0]
             )
         )
 
