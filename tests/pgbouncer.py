@@ -6,6 +6,7 @@ runs as the owner of the server's socket folder (the embedded server's own user)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CANDIDATES = ("pgbouncer", "/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
+PORT_TRIES = 5  # free ports tried when another process takes the one chosen before PgBouncer binds it
 
 
 def binary() -> str | None:
@@ -61,8 +63,41 @@ def pgbouncer(server_dsn: str, connect_query: str | None = None, pool_size: int 
         target += f" connect_query={_quote(connect_query)}"
     folder = Path(tempfile.mkdtemp(prefix="durable-pgbouncer-"))
     os.chmod(folder, 0o777)  # PgBouncer may run as another user (below)
-    listen = _free_port()
     (folder / "users.txt").write_text(f'"{user}" ""\n')
+    argv = [exe]
+    if os.getuid() == 0:
+        owner = os.stat(host).st_uid if host.startswith("/") else pwd.getpwnam("nobody").pw_uid
+        argv += ["-u", pwd.getpwuid(owner).pw_name]
+    argv.append(str(folder / "pgbouncer.ini"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        # the free port is closed again before PgBouncer binds it: another process may take it meanwhile (a
+        # client socket's ephemeral port, another test's server), and PgBouncer then exits ("nowhere to listen
+        # on") or a connection would reach the other listener. Up means its log says it listens on the port.
+        for _ in range(PORT_TRIES):
+            listen = _free_port()
+            (folder / "pgbouncer.pid").unlink(missing_ok=True)  # an exited try's, if it left one
+            _write_config(folder, dbname, target, listen, pool_size)
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if _up(proc, folder, listen):
+                break
+            proc.wait()
+        else:
+            log = folder / "pgbouncer.log"
+            raise RuntimeError(f"pgbouncer did not start: {log.read_text() if log.exists() else ''}")
+        yield f"postgresql://{urllib.parse.quote(user)}@127.0.0.1:{listen}/{dbname}"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_config(folder: Path, dbname: str, target: str, listen: int, pool_size: int) -> None:
     (folder / "pgbouncer.ini").write_text(
         "[databases]\n"
         f"{dbname} = {target}\n"
@@ -82,29 +117,21 @@ def pgbouncer(server_dsn: str, connect_query: str | None = None, pool_size: int 
     )
     for f in folder.iterdir():
         os.chmod(f, 0o644)
-    argv = [exe]
-    if os.getuid() == 0:
-        owner = os.stat(host).st_uid if host.startswith("/") else pwd.getpwnam("nobody").pw_uid
-        argv += ["-u", pwd.getpwuid(owner).pw_name]
-    argv.append(str(folder / "pgbouncer.ini"))
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:  # up once it accepts connections
-            try:
+
+
+def _up(proc: subprocess.Popen[bytes], folder: Path, listen: int) -> bool:
+    """Wait until PgBouncer listens on ``listen`` (True) or has exited (False: the port was taken); 20 s
+    guard against a hang."""
+    log = folder / "pgbouncer.log"
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            return False
+        text = log.read_text() if log.exists() else ""
+        if f"listening on 127.0.0.1:{listen}\n" in text:
+            with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = folder / "pgbouncer.log"
-                    raise RuntimeError(f"pgbouncer did not start: {log.read_text() if log.exists() else ''}") from exc
-                time.sleep(0.05)
-        yield f"postgresql://{urllib.parse.quote(user)}@127.0.0.1:{listen}/{dbname}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+                return True
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pgbouncer did not start: {text}")
+        time.sleep(0.05)
