@@ -55,9 +55,12 @@ TAIL_PAST = Query(
 async def tail_settled(db: durable.Database, timeout: float = 90.0) -> None:
     """Until every transaction of the server that began before this call has ended, so that db.tail (and
     ``durable tail``) returns every event committed before it. The tail returns only rows of transactions older
-    than every transaction still running on the whole server (ops.sql: tail_history), and the tests of the
-    other xdist worker share the server: one of theirs holding a transaction open hid this test's committed
-    events. ``timeout`` only guards against a hang (other tests hold transactions for seconds at most)."""
+    than every transaction still running on the whole server (ops.sql: tail_history). Each xdist worker has
+    a server of its own (conftest.pg_dsn) unless DURABLE_TEST_DSN names one, which the workers then share: a
+    transaction still open there (a process an earlier test killed or stopped, another worker's test holding
+    a row lock) hid this test's committed events. ``timeout`` only guards against a hang: the longest such
+    transactions of the suite (test_streams_durability's row locks held across a server's start and kill, a
+    SIGSTOPped sim worker's for 1.5 leases) last seconds, tens under load."""
     mark = await db.pool.fetchval(TAIL_MARK)  # a transaction of its own, committed: newer than every event so far
 
     async def past() -> bool:
