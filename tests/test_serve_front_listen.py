@@ -112,10 +112,34 @@ async def terminate(dsn: str, pid: int) -> bool:
         await aio(con.close)()
 
 
-async def test_a_reader_is_woken_after_the_fronts_listen_connection_is_lost(pg_dsn: str) -> None:
+async def test_a_reader_is_woken_after_the_fronts_listen_connection_is_lost(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The LISTEN connection of the front is terminated while a long-poll reader waits: the front listens
-    again on a fresh connection, and an append made after that wakes the reader (it answers with the
-    data well before the long-poll timeout). Without the re-listen the reader would wait out its 30 s."""
+    again on a fresh connection, and the NOTIFY of an append made after that reaches the trio side's hub
+    and wakes the reader (it answers with the data well before the long-poll timeout). The reader alone
+    would not show it: it re-reads every second without a notification, so the NOTIFY's hand-over is
+    watched (the hub's and the hand-over's own methods, wrapped, run unchanged)."""
+    subscribed: list[tuple[Hub, int]] = []  # (the trio side's hub, the stream) of each reader's subscribe
+    woken_all: list[Hub] = []  # the hub's notify_all: what the front does on the trio side after each LISTEN
+    handed: list[int] = []  # a NOTIFY the front's LISTEN connection received for a stream a reader waits on
+    real_subscribe, real_notify_all, real_hand = Hub.subscribe, Hub.notify_all, Handover.notify
+
+    def subscribe(self: Hub, sid: int) -> trio.Event:
+        subscribed.append((self, sid))
+        return real_subscribe(self, sid)
+
+    def notify_all(self: Hub) -> None:
+        woken_all.append(self)
+        real_notify_all(self)
+
+    def hand(self: Handover, sid: int) -> None:
+        handed.append(sid)
+        real_hand(self, sid)
+
+    monkeypatch.setattr(Hub, "subscribe", subscribe)
+    monkeypatch.setattr(Hub, "notify_all", notify_all)
+    monkeypatch.setattr(Handover, "notify", hand)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     channel = f"ds_{schema}"
     async with durable.connect(pg_dsn, schema=schema) as db:
@@ -126,25 +150,35 @@ async def test_a_reader_is_woken_after_the_fronts_listen_connection_is_lost(pg_d
                     created = await http.put("/l/a", headers={"content-type": "text/plain"})
                     assert created.status_code == 201
                     with trio.fail_after(20):
-                        while not (before := await listeners(pg_dsn, channel)):
+                        while not (before := await listeners(pg_dsn, channel)) or not woken_all:
                             await trio.sleep(0.05)
                     assert len(before) == 1, before
                     answer: list[httpx.Response] = []
 
-                    async def reader() -> None:  # from the tail the stream was created with, not "now": a
-                        # request the front handed on only after the append would otherwise wait out 30 s
+                    async def reader() -> None:  # from the tail the stream was created with
                         tail = created.headers["stream-next-offset"]
                         answer.append(await http.get("/l/a", params={"offset": tail, "live": "long-poll"}))
 
                     nursery.start_soon(reader)
-                    await trio.testing.wait_all_tasks_blocked(0.2)
+                    with trio.fail_after(20):  # the reader waits on the trio side
+                        while not subscribed:
+                            await trio.sleep(0.01)
+                    hub, sid = subscribed[0]
+                    listens = len(woken_all)
                     assert await terminate(pg_dsn, before[0])
-                    with trio.fail_after(20):  # listening again, on another backend
-                        while (after := await listeners(pg_dsn, channel)) in ([], before):
+                    with trio.fail_after(20):  # listening again, on another backend, and the hub told so
+                        while (after := await listeners(pg_dsn, channel)) in ([], before) or len(woken_all) == listens:
                             await trio.sleep(0.05)
+                    with trio.fail_after(20):  # woken by that, the reader waits again
+                        while not hub.wants(sid):
+                            await trio.sleep(0.01)
+                    handed_before = len(handed)
                     assert (
                         await http.post("/l/a", content=b"hello", headers={"content-type": "text/plain"})
                     ).is_success
+                    with trio.fail_after(20):  # the append's NOTIFY, over the new LISTEN connection
+                        while sid not in handed[handed_before:]:
+                            await trio.sleep(0.01)
                     with trio.fail_after(20):  # far below the 30 s long-poll timeout
                         while not answer:
                             await trio.sleep(0.05)
