@@ -1,8 +1,10 @@
 """Chaos mode with ``--processes``: every worker slot is an OS process (``python -m durable.sim.worker``); the
 seed's fault plan becomes signals and backend kills at planned moments: crash and commit_unknown ->
 SIGKILL (restarted after half a lease), zombie -> SIGSTOP past the lease then SIGCONT, conn_* ->
-pg_terminate_backend of the worker's connections. Step-level faults and reaper delays need the worker's
-gate and are not applied across processes (the report counts only what fired)."""
+pg_terminate_backend of the worker's connections. A fault strikes a running worker: it waits until the slot's
+current process says it is ready (registered, its schedulers running), so what it hits does not depend on how
+long a start takes on a loaded machine. Step-level faults and reaper delays need the worker's gate and are not
+applied across processes (the report counts only what fired)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ class Workers:
         self.incarnation: dict[int, int] = {}
         self.stopping = False
         self.killed: set[int] = set()  # pids SIGKILLed on purpose
+        # slot -> set once its current process is ready; replaced by an unset one when a fault kills it
+        self.ready: dict[int, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
 
     def records(self) -> list[StepRecord]:
@@ -48,6 +52,9 @@ class Workers:
         return out
 
     async def start(self, slot: int) -> None:
+        ready = self.ready.get(slot)
+        if ready is None or ready.is_set():
+            ready = self.ready[slot] = trio.Event()
         self.incarnation[slot] = self.incarnation.get(slot, 0) + 1
         wid = f"w{slot}.{self.incarnation[slot]}"
         with open(self.folder / f"{wid}.err", "wb") as err:  # noqa: ASYNC230 (a local file, once)
@@ -63,7 +70,7 @@ class Workers:
                     str(self.lease),
                     str(self.folder / f"{wid}.jsonl"),
                 ],
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,  # one line, "ready", once the runtime runs
                 stderr=err,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -75,6 +82,28 @@ class Workers:
         self.run.log.add(f"{wid} start (process)")
         assert self.nursery is not None
         self.nursery.start_soon(self.watchdog, slot, wid, proc)
+        self.nursery.start_soon(self.until_ready, proc, ready)
+
+    async def until_ready(self, proc: trio.Process, ready: trio.Event) -> None:
+        """Set ``ready`` when the worker prints its "ready" line (its start is done); never if it dies first.
+        Reads its standard output to the end (the pipe is closed with the process)."""
+        assert proc.stdout is not None
+        seen = b""
+        async with proc.stdout:
+            while chunk := await proc.stdout.receive_some():
+                seen = (seen + chunk)[-64:]
+                if b"ready" in seen:
+                    ready.set()
+
+    async def running(self, slot: int) -> trio.Process:
+        """The slot's current process, once it is ready (a fault strikes a running worker, not its start:
+        a connection kill during its start fails the start, which tells nothing of the engine, and a second
+        crash would kill the dead process of the first and start an orphan beside the new one)."""
+        while True:
+            ready = self.ready[slot]
+            await ready.wait()
+            if self.ready[slot] is ready:
+                return self.procs[slot]
 
     async def watchdog(self, slot: int, wid: str, proc: trio.Process) -> None:
         """A worker process that exits on its own (not SIGKILLed by a fault, not stopped) died of an
@@ -82,11 +111,8 @@ class Workers:
         code = await proc.wait()
         if self.stopping or proc.pid in self.killed:
             return
-        lines = [
-            line.strip(" |")
-            for line in (self.folder / f"{wid}.err").read_text(errors="replace").splitlines()
-            if "Error" in line
-        ]
+        text = (self.folder / f"{wid}.err").read_text(errors="replace")
+        lines = [line.strip(" |") for line in text.splitlines() if line.strip(" |")]  # its error: the last line
         self.run.violate(
             "workers_survive", f"worker process {wid} exited with status {code}: {lines[-1] if lines else 'no output'}"
         )
@@ -104,11 +130,12 @@ class Workers:
     async def inject(self, fault: Fault) -> None:
         assert fault.slot is not None
         await trio.sleep(fault.nth * SPACING + fault.slot * SPACING / self.count)
+        proc = await self.running(fault.slot)
         if not self.run.faults_on or self.stopping:
             return
-        proc = self.procs[fault.slot]
         self.run.fire(fault, f" (process {fault.slot})")
         if fault.kind in ("crash", "commit_unknown"):
+            self.ready[fault.slot] = trio.Event()  # the slot's next faults wait for its restart
             self.killed.add(proc.pid)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
