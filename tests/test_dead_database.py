@@ -22,6 +22,8 @@ from durable import Await, Child, Done, Machine, Next, Spawn, embedded, step
 from durable.errors import DatabaseUnavailable
 from durable.sql import Query
 
+from .locks import holding
+
 pytestmark = pytest.mark.trio
 
 ORDERS = 500
@@ -197,3 +199,41 @@ async def test_a_callers_mistake_is_not_taken_for_a_lost_database(db: durable.Da
     with pytest.raises(asyncpg.exceptions.DataError):  # an argument that does not encode: SQLSTATE 22000
         await db.pool.fetchval(two, "one", 2)
     assert await db.pool.fetchval(two, 1, 2) == 3  # the pool carries on
+
+
+class DeadDbStart(Machine, queue="dd_start"):
+    @step
+    async def run(self, ctx):
+        return Done(ctx.state["n"] + 1)
+
+
+async def test_a_runtime_starts_through_a_killed_connection(
+    db: durable.Database, pg_dsn: str, schema_name: str
+) -> None:
+    """The server ending the connection of the runtime's registration (here while it waits on a lock) is
+    waited out like an outage of any loop: the runtime registers on another connection, starts and runs.
+    Before, the registration's DatabaseUnavailable ended the runtime (a simulator worker process died of it
+    at startup: test_worker_processes_are_killed_and_the_run_still_converges)."""
+    kill = Query("test_dead_db_kill_start", "select pg_terminate_backend($1)", "End backend $1.")
+    runtime = durable.Runtime(db, machines=[DeadDbStart], queues={"dd_start": 1})
+    started = trio.Event()
+
+    async def start(nursery: trio.Nursery) -> None:
+        await nursery.start(runtime.run)
+        started.set()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async with holding(pg_dsn, "lock table workers in exclusive mode", schema=schema_name) as held:
+                nursery.start_soon(start, nursery)
+                await held.until_waited_on(30)  # the registration's insert waits on the lock
+                waiting = await held.waiting()
+                assert len(waiting) == 1 and await db.pool.fetchval(kill, waiting[0])
+                await held.release()
+            await started.wait()
+            iid = await db.insert(DeadDbStart, {"n": 41})
+            while (await db.get(iid)).status != "done":
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert (await db.get(iid)).result == 42
+    assert runtime.outage.failures >= 1 and not runtime.outage.down  # the kill was an outage, now over

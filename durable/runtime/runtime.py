@@ -387,15 +387,7 @@ class Runtime:
         pool = self.db.pool
         await self._free_dead_workers()  # before registering: this very id may be a dead predecessor's
         self._running = running.enter(self.worker_id)
-        await pool.execute(
-            Q.register_worker,
-            self.worker_id,
-            socket.gethostname(),
-            os.getpid(),
-            list(self.schedulers),
-            self._gauges_json(),
-            self.clock.now(),
-        )
+        await self._register()
         for q, s in self.schedulers.items():
             self.db.add_waker(q, s.wakeup.set)
             self.db.add_handoff(q, s)
@@ -641,6 +633,29 @@ class Runtime:
             return  # the row, if still ours, is reaped when its lease expires
         self.outage.succeeded()
         self.db.wake(r["queue"] for r in rows)
+
+    async def _register(self) -> None:
+        """Register this runtime in ``workers``, waiting out a database that does not answer like every loop
+        does (a connection killed at start ended the runtime: test_a_runtime_starts_through_a_killed_connection).
+        A refusal (say an unmigrated schema) still raises; a stop ends the wait with the drain deadline."""
+        while True:
+            try:
+                await self.db.pool.execute(
+                    Q.register_worker,
+                    self.worker_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    list(self.schedulers),
+                    self._gauges_json(),
+                    self.clock.now(),
+                )
+            except (DatabaseUnavailable, OSError) as exc:
+                if not unavailable(exc):
+                    raise
+                await self.outage.pause(exc)
+                continue
+            self.outage.succeeded()
+            return
 
     async def _free_dead_workers(self) -> None:
         """At start: release the claims of this host's registered runtimes whose process is gone (and of a
