@@ -45,9 +45,9 @@ class SimConfig:
 
     def command(self, extra: str = "") -> str:
         """The exact command that reproduces this run."""
-        from .plan import FAULT_KINDS
+        from .plan import ALIASES
 
-        faults = "all" if set(self.faults) == set(FAULT_KINDS) else ",".join(self.faults) or "none"
+        faults = "all" if set(self.faults) == set(ALIASES["all"]) else ",".join(self.faults) or "none"
         parts = [
             f"durable sim --seed {self.seed} --workload {self.workload} --instances {self.instances}",
             f"--workers {self.workers} --faults {faults}",

@@ -297,7 +297,7 @@ class SlotGate:
             if "crash" in kinds:
                 self._crash(next(f for f in faults if f.kind == "crash"))
                 await trio.lowlevel.checkpoint()  # the kill cancelled us: the statement never runs
-            if kinds & {"conn_pick", "conn_heartbeat", "conn_complete"}:
+            if kinds & {"conn_pick", "conn_heartbeat", "conn_complete", "conn_register"}:
                 fault = next(f for f in faults if f.kind.startswith("conn_"))
                 await self.serializer.release_held()  # its table lock would wait on a held row lock
                 result = await self._kill_during(fault, name, run)
@@ -458,7 +458,8 @@ class SlotGate:
         killed = 0
         async with trio.open_nursery() as nursery:
             async with self.admin.transaction() as conn:
-                await conn.execute(Q.sim_block_instances)
+                # the statement's table: instances for the engine's statements, workers for a registration
+                await conn.execute(Q.sim_block_workers if name == "register_worker" else Q.sim_block_instances)
                 nursery.start_soon(victim)
                 pids = await self._blocked_backends(done)
                 if pids:  # the statement returns once its backend has exited

@@ -36,8 +36,15 @@ FAULT_KINDS: dict[str, str] = {
     "lease_loss": "a worker's heartbeats and its outcome commits stall while its picks, steps and reaper go "
     "on: its finished steps' claims are reaped and picked again while their stale outcomes are "
     "still queued",
+    "conn_register": "connection terminated while a starting runtime registers (its first incarnation's "
+    "register_worker); opt-in: not part of `all` or `conn`, so the plans of recorded seeds stay as they were",
 }
-ALIASES = {"conn": ["conn_pick", "conn_heartbeat", "conn_complete"], "all": list(FAULT_KINDS)}
+# kinds a run gets only when named (FAULT_KINDS' order is the plan's draw order: new kinds go last)
+OPT_IN = frozenset({"conn_register"})
+ALIASES = {
+    "conn": ["conn_pick", "conn_heartbeat", "conn_complete"],
+    "all": [k for k in FAULT_KINDS if k not in OPT_IN],
+}
 
 # the statement a slot-keyed fault waits for
 STATEMENT = {
@@ -47,6 +54,7 @@ STATEMENT = {
     "conn_pick": "pick",
     "conn_heartbeat": "heartbeat",
     "conn_complete": "complete",
+    "conn_register": "register_worker",
     "reaper_delay": "reap",
     "drain": "pick",
     "lease_loss": "complete",
@@ -130,6 +138,8 @@ def draw_plan(rng: random.Random, kinds: list[str], *, workers: int, instances: 
                 plan.append(Fault(kind, nth=rng.randint(1, 3), seconds=round(rng.uniform(2, 10), 1)))
             elif kind == "conn_heartbeat":
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 4)))
+            elif kind == "conn_register":  # a slot registers once per incarnation: its first start
+                plan.append(Fault(kind, slot=slot, nth=1))
             else:
                 plan.append(Fault(kind, slot=slot, nth=rng.randint(1, 6)))
     return plan

@@ -53,6 +53,11 @@ from history order by id;
 -- (the connection-kill fault terminates it while it waits). No parameters.
 lock table instances in access exclusive mode;
 
+-- name: sim_block_workers
+-- Inside an admin transaction: lock the workers table so a starting runtime's registration blocks on it
+-- (the conn_register fault terminates it while it waits). No parameters.
+lock table workers in access exclusive mode;
+
 -- name: sim_blocked_backends
 -- Backends of application $1 waiting on a lock (the statement the connection-kill fault targets).
 select pid from pg_stat_activity
