@@ -78,6 +78,8 @@ class Workers:
         if self.stopping:  # stop() began while this one was starting
             proc.kill()
             await proc.wait()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
             return
         self.run.log.add(f"{wid} start (process)")
         assert self.nursery is not None
