@@ -477,9 +477,10 @@ class Simulation:
                     if all(r["status"] in TERMINAL for r in rows):
                         break
             except BaseException:
-                if procs is not None:  # no worker process may outlive a failed run
+                if procs is not None:  # no worker process may outlive a failed run, nor its files
                     with trio.CancelScope(shield=True):
                         await procs.stop()
+                    procs.remove()
                 raise
             run.phase = "done"
             run.log.add("phase liveness")
@@ -492,7 +493,10 @@ class Simulation:
         if nursery.cancel_scope.cancelled_caught:
             run.violate("workers_survive", "a worker did not stop within four leases of being asked")
         if procs is not None:
-            run.steps = procs.records()
+            try:
+                run.steps = procs.records()
+            finally:
+                procs.remove()
 
     async def _final(self) -> Final:
         if self.clock is not None:

@@ -9,6 +9,7 @@ applied across processes (the report counts only what fired)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,11 @@ class Workers:
         # slot -> set once its current process is ready; replaced by an unset one when a fault kills it
         self.ready: dict[int, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
+
+    def remove(self) -> None:
+        """Delete the run's folder of worker logs and step records (read by then; the report keeps the
+        last error line of a worker that died)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def records(self) -> list[StepRecord]:
         out = []

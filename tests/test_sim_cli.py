@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,9 @@ def test_worker_processes_are_killed_and_the_run_still_converges(
 ) -> None:
     """--processes: real OS workers, SIGKILL / SIGSTOP / backend kills from the seed's plan. Every instance
     ends terminal, every check holds, and no worker process dies on its own (it did, twice, before the
-    engine handled dropped connections: see test_sim_engine_bugs.py)."""
+    engine handled dropped connections: see test_sim_engine_bugs.py). The workers' log folder is removed."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run makes its workers' folder
     code, out = sim(
         "--mode",
         "chaos",
@@ -123,3 +125,4 @@ def test_worker_processes_are_killed_and_the_run_still_converges(
     assert code == 0, out
     assert "--processes" in out and "not reproducible" in out
     assert "FAIL" not in out
+    assert not list(tmp_path.glob("durable-sim-*")), "the workers' folder was left behind"
