@@ -297,7 +297,7 @@ class SlotGate:
             if "crash" in kinds:
                 self._crash(next(f for f in faults if f.kind == "crash"))
                 await trio.lowlevel.checkpoint()  # the kill cancelled us: the statement never runs
-            if kinds & {"conn_pick", "conn_heartbeat", "conn_complete", "conn_register"}:
+            if any(kind.startswith("conn_") for kind in kinds):
                 fault = next(f for f in faults if f.kind.startswith("conn_"))
                 await self.serializer.release_held()  # its table lock would wait on a held row lock
                 result = await self._kill_during(fault, name, run)

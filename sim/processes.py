@@ -105,8 +105,9 @@ class Workers:
 
     async def running(self, slot: int) -> trio.Process:
         """The slot's current process, once it is ready (a fault strikes a running worker, not its start:
-        a connection kill during its start fails the start, which tells nothing of the engine, and a second
-        crash would kill the dead process of the first and start an orphan beside the new one)."""
+        what a fault hits then does not depend on how long a start takes on a loaded machine, and a second
+        crash would kill the dead process of the first and start an orphan beside the new one). A kill
+        during a start is the dst fault conn_register, drawn from the seed."""
         while True:
             ready = self.ready[slot]
             await ready.wait()
