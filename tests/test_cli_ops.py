@@ -178,6 +178,15 @@ def running(proc: subprocess.Popen[str]) -> None:
     assert proc.poll() is None, proc.communicate()
 
 
+async def stderr_at_exit(proc: subprocess.Popen[str], ignored: str) -> str:
+    """``proc``'s standard error once it has exited, within 30 s; AssertionError("``ignored``") when it has not."""
+    try:
+        _, err = await trio.to_thread.run_sync(partial(proc.communicate, timeout=30))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(ignored) from None
+    return err  # type: ignore[no-any-return]
+
+
 @pytest.mark.trio
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal.Signals) -> None:
@@ -192,10 +201,7 @@ async def test_a_signal_while_the_worker_migrates_stops_it(cli: CLI, sig: signal
             try:
                 await held.until_waited_on(60, alive=lambda: running(worker))  # its migration waits on the lock
                 worker.send_signal(sig)
-                try:
-                    _, err = await trio.to_thread.run_sync(partial(worker.communicate, timeout=30))
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"{sig.name} ignored while the worker started") from None
+                err = await stderr_at_exit(worker, f"{sig.name} ignored while the worker started")
             finally:
                 if worker.poll() is None:
                     worker.kill()
@@ -232,10 +238,7 @@ async def test_a_second_signal_stops_a_worker_whose_runtime_start_waits(cli: CLI
                         assert line, lines
                         lines.append(line)
                 worker.send_signal(signal.SIGTERM)
-                try:
-                    _, err = await trio.to_thread.run_sync(partial(worker.communicate, timeout=30))
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"a second SIGTERM ignored while the runtime started: {lines}") from None
+                err = await stderr_at_exit(worker, f"a second SIGTERM ignored while the runtime started: {lines}")
             finally:
                 if worker.poll() is None:
                     worker.kill()
